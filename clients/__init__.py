@@ -1,0 +1,1 @@
+"""Clients of the cvh suite: the Python client and the ``cvh`` command line."""

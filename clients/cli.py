@@ -1,0 +1,85 @@
+"""The ``cvh`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from services.common.config import DEFAULT_LISTEN, SERVICE_NAMES
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from services.common import logs
+    from services.common.config import ServerConfig
+    from services.common.server import serve
+
+    unknown = [s for s in args.services if s not in SERVICE_NAMES]
+    if unknown:
+        print(f"cvh serve: unknown service {unknown[0]!r}; choose from {', '.join(SERVICE_NAMES)}", file=sys.stderr)
+        return 2
+    services = tuple(dict.fromkeys(args.services)) or SERVICE_NAMES
+    config = ServerConfig.from_env(services=services, listen=args.listen, database_url=args.database_url,
+                                   metrics_port=args.metrics_port, grace_seconds=args.grace,
+                                   log_level=args.log_level)
+    logs.configure(config.log_level)
+    try:
+        asyncio.run(serve(config))
+    except OSError as error:
+        print(f"cvh serve: {error}; choose another address with --listen HOST:PORT", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from services.common import db
+    from services.common.config import ServerConfig
+
+    config = ServerConfig.from_env(database_url=args.database_url)
+    db.upgrade(db.create_engine(config.database_url), args.revision)
+    print(f"database at {config.database_url} upgraded to {args.revision}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cvh", description="Customer Value Hierarchy: register, score and rank customers by the value they bring.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve", help="run the gRPC services",
+        description="Run gRPC services in this process. With no SERVICE, all three share one port and an "
+                    "embedded SQLite database. Stops gracefully on SIGTERM or Ctrl-C.")
+    serve.add_argument("services", nargs="*", metavar="SERVICE",
+                       help=f"which services to run: {', '.join(SERVICE_NAMES)} (default: all)")
+    serve.add_argument("--listen", default=None, metavar="HOST:PORT",
+                       help=f"address to listen on (env CVH_LISTEN, default {DEFAULT_LISTEN}); port 0 picks one")
+    serve.add_argument("--database-url", default=None, metavar="URL",
+                       help="SQLAlchemy URL (env CVH_DATABASE_URL, default sqlite:///.cvh/cvh.db), "
+                            "e.g. postgresql://user@host:5432/cvh")
+    serve.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                       help="serve Prometheus metrics on this port (env CVH_METRICS_PORT, default off)")
+    serve.add_argument("--grace", type=float, default=None, metavar="SECONDS",
+                       help="time in-flight calls get after SIGTERM (env CVH_GRACE_SECONDS, default 10)")
+    serve.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                       help="log level (env CVH_LOG_LEVEL, default INFO)")
+    serve.set_defaults(run=_serve)
+
+    database = commands.add_parser("db", help="manage the database schema")
+    db_commands = database.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    upgrade = db_commands.add_parser("upgrade", help="apply migrations",
+                                     description="Apply the schema migrations up to REVISION (default: latest).")
+    upgrade.add_argument("revision", nargs="?", default="head", help="target revision (default head)")
+    upgrade.add_argument("--database-url", default=None, metavar="URL",
+                         help="SQLAlchemy URL (env CVH_DATABASE_URL, default sqlite:///.cvh/cvh.db)")
+    upgrade.set_defaults(run=_db_upgrade)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,350 @@
+import datetime
+
+from cvh.common.v1 import common_pb2 as _common_pb2
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class InheritanceRule(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INHERITANCE_RULE_UNSPECIFIED: _ClassVar[InheritanceRule]
+    INHERITANCE_RULE_OWN: _ClassVar[InheritanceRule]
+    INHERITANCE_RULE_TOP_PARENT: _ClassVar[InheritanceRule]
+    INHERITANCE_RULE_PARENT_MINUS_ONE: _ClassVar[InheritanceRule]
+
+class RankRule(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RANK_RULE_UNSPECIFIED: _ClassVar[RankRule]
+    RANK_RULE_TIER: _ClassVar[RankRule]
+    RANK_RULE_ROLE_PRECEDENCE: _ClassVar[RankRule]
+    RANK_RULE_SCORE: _ClassVar[RankRule]
+    RANK_RULE_TIE: _ClassVar[RankRule]
+INHERITANCE_RULE_UNSPECIFIED: InheritanceRule
+INHERITANCE_RULE_OWN: InheritanceRule
+INHERITANCE_RULE_TOP_PARENT: InheritanceRule
+INHERITANCE_RULE_PARENT_MINUS_ONE: InheritanceRule
+RANK_RULE_UNSPECIFIED: RankRule
+RANK_RULE_TIER: RankRule
+RANK_RULE_ROLE_PRECEDENCE: RankRule
+RANK_RULE_SCORE: RankRule
+RANK_RULE_TIE: RankRule
+
+class SlaTargets(_message.Message):
+    __slots__ = ("first_response", "resolution")
+    FIRST_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    RESOLUTION_FIELD_NUMBER: _ClassVar[int]
+    first_response: _duration_pb2.Duration
+    resolution: _duration_pb2.Duration
+    def __init__(self, first_response: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., resolution: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class FrontLineAuthority(_message.Message):
+    __slots__ = ("goodwill_credit_limit_minor", "currency", "may_waive_fees", "offers")
+    GOODWILL_CREDIT_LIMIT_MINOR_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    MAY_WAIVE_FEES_FIELD_NUMBER: _ClassVar[int]
+    OFFERS_FIELD_NUMBER: _ClassVar[int]
+    goodwill_credit_limit_minor: int
+    currency: str
+    may_waive_fees: bool
+    offers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, goodwill_credit_limit_minor: _Optional[int] = ..., currency: _Optional[str] = ..., may_waive_fees: _Optional[bool] = ..., offers: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class EscalationPath(_message.Message):
+    __slots__ = ("owner_first", "team")
+    OWNER_FIRST_FIELD_NUMBER: _ClassVar[int]
+    TEAM_FIELD_NUMBER: _ClassVar[int]
+    owner_first: bool
+    team: str
+    def __init__(self, owner_first: _Optional[bool] = ..., team: _Optional[str] = ...) -> None: ...
+
+class TierServicePolicy(_message.Message):
+    __slots__ = ("tier_id", "display_name", "sla", "routing_priority", "authority", "escalation")
+    TIER_ID_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    SLA_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    AUTHORITY_FIELD_NUMBER: _ClassVar[int]
+    ESCALATION_FIELD_NUMBER: _ClassVar[int]
+    tier_id: str
+    display_name: str
+    sla: SlaTargets
+    routing_priority: int
+    authority: FrontLineAuthority
+    escalation: EscalationPath
+    def __init__(self, tier_id: _Optional[str] = ..., display_name: _Optional[str] = ..., sla: _Optional[_Union[SlaTargets, _Mapping]] = ..., routing_priority: _Optional[int] = ..., authority: _Optional[_Union[FrontLineAuthority, _Mapping]] = ..., escalation: _Optional[_Union[EscalationPath, _Mapping]] = ...) -> None: ...
+
+class TierPolicy(_message.Message):
+    __slots__ = ("version", "tiers", "default_tier", "role_precedence", "inheritance_rule", "create_time", "change_note")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_TIER_FIELD_NUMBER: _ClassVar[int]
+    ROLE_PRECEDENCE_FIELD_NUMBER: _ClassVar[int]
+    INHERITANCE_RULE_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_NOTE_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    tiers: _containers.RepeatedCompositeFieldContainer[TierServicePolicy]
+    default_tier: TierServicePolicy
+    role_precedence: _containers.RepeatedScalarFieldContainer[_common_pb2.StakeholderRole]
+    inheritance_rule: InheritanceRule
+    create_time: _timestamp_pb2.Timestamp
+    change_note: str
+    def __init__(self, version: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierServicePolicy, _Mapping]]] = ..., default_tier: _Optional[_Union[TierServicePolicy, _Mapping]] = ..., role_precedence: _Optional[_Iterable[_Union[_common_pb2.StakeholderRole, str]]] = ..., inheritance_rule: _Optional[_Union[InheritanceRule, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., change_note: _Optional[str] = ...) -> None: ...
+
+class GetPriorityRequest(_message.Message):
+    __slots__ = ("customer",)
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    def __init__(self, customer: _Optional[str] = ...) -> None: ...
+
+class PriorityReason(_message.Message):
+    __slots__ = ("dimension", "text")
+    DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    dimension: _common_pb2.ValueDimension
+    text: str
+    def __init__(self, dimension: _Optional[_Union[_common_pb2.ValueDimension, str]] = ..., text: _Optional[str] = ...) -> None: ...
+
+class Priority(_message.Message):
+    __slots__ = ("customer", "scored", "own_tier", "effective_tier", "composite", "percentile", "rank", "dimension_scores", "reasons", "stakeholder_role", "owner", "policy", "run", "score_time", "policy_version")
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    SCORED_FIELD_NUMBER: _ClassVar[int]
+    OWN_TIER_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_TIER_FIELD_NUMBER: _ClassVar[int]
+    COMPOSITE_FIELD_NUMBER: _ClassVar[int]
+    PERCENTILE_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    DIMENSION_SCORES_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    STAKEHOLDER_ROLE_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    SCORE_TIME_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    scored: bool
+    own_tier: _common_pb2.TierRef
+    effective_tier: _common_pb2.TierRef
+    composite: float
+    percentile: float
+    rank: int
+    dimension_scores: _containers.RepeatedCompositeFieldContainer[_common_pb2.DimensionScore]
+    reasons: _containers.RepeatedCompositeFieldContainer[PriorityReason]
+    stakeholder_role: _common_pb2.StakeholderRole
+    owner: str
+    policy: TierServicePolicy
+    run: str
+    score_time: _timestamp_pb2.Timestamp
+    policy_version: int
+    def __init__(self, customer: _Optional[str] = ..., scored: _Optional[bool] = ..., own_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., effective_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., composite: _Optional[float] = ..., percentile: _Optional[float] = ..., rank: _Optional[int] = ..., dimension_scores: _Optional[_Iterable[_Union[_common_pb2.DimensionScore, _Mapping]]] = ..., reasons: _Optional[_Iterable[_Union[PriorityReason, _Mapping]]] = ..., stakeholder_role: _Optional[_Union[_common_pb2.StakeholderRole, str]] = ..., owner: _Optional[str] = ..., policy: _Optional[_Union[TierServicePolicy, _Mapping]] = ..., run: _Optional[str] = ..., score_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., policy_version: _Optional[int] = ...) -> None: ...
+
+class BatchGetPriorityRequest(_message.Message):
+    __slots__ = ("customers",)
+    CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    customers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, customers: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class BatchGetPriorityResponse(_message.Message):
+    __slots__ = ("priorities",)
+    PRIORITIES_FIELD_NUMBER: _ClassVar[int]
+    priorities: _containers.RepeatedCompositeFieldContainer[Priority]
+    def __init__(self, priorities: _Optional[_Iterable[_Union[Priority, _Mapping]]] = ...) -> None: ...
+
+class RankCustomersRequest(_message.Message):
+    __slots__ = ("customers",)
+    CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    customers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, customers: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RankedCustomer(_message.Message):
+    __slots__ = ("customer", "effective_tier", "stakeholder_role", "composite", "decided_by")
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_TIER_FIELD_NUMBER: _ClassVar[int]
+    STAKEHOLDER_ROLE_FIELD_NUMBER: _ClassVar[int]
+    COMPOSITE_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_BY_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    effective_tier: _common_pb2.TierRef
+    stakeholder_role: _common_pb2.StakeholderRole
+    composite: float
+    decided_by: RankRule
+    def __init__(self, customer: _Optional[str] = ..., effective_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., stakeholder_role: _Optional[_Union[_common_pb2.StakeholderRole, str]] = ..., composite: _Optional[float] = ..., decided_by: _Optional[_Union[RankRule, str]] = ...) -> None: ...
+
+class RankCustomersResponse(_message.Message):
+    __slots__ = ("ranked",)
+    RANKED_FIELD_NUMBER: _ClassVar[int]
+    ranked: _containers.RepeatedCompositeFieldContainer[RankedCustomer]
+    def __init__(self, ranked: _Optional[_Iterable[_Union[RankedCustomer, _Mapping]]] = ...) -> None: ...
+
+class ListTierMembersRequest(_message.Message):
+    __slots__ = ("tier_id", "page_size", "page_token")
+    TIER_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    tier_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, tier_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class TierMember(_message.Message):
+    __slots__ = ("customer", "rank", "composite", "owner")
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    COMPOSITE_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    rank: int
+    composite: float
+    owner: str
+    def __init__(self, customer: _Optional[str] = ..., rank: _Optional[int] = ..., composite: _Optional[float] = ..., owner: _Optional[str] = ...) -> None: ...
+
+class ListTierMembersResponse(_message.Message):
+    __slots__ = ("members", "next_page_token")
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    members: _containers.RepeatedCompositeFieldContainer[TierMember]
+    next_page_token: str
+    def __init__(self, members: _Optional[_Iterable[_Union[TierMember, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetHierarchySummaryRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class TierSummary(_message.Message):
+    __slots__ = ("tier", "customers", "customer_percent", "value_percent", "min_composite", "max_composite")
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    VALUE_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MIN_COMPOSITE_FIELD_NUMBER: _ClassVar[int]
+    MAX_COMPOSITE_FIELD_NUMBER: _ClassVar[int]
+    tier: _common_pb2.TierRef
+    customers: int
+    customer_percent: float
+    value_percent: _containers.RepeatedCompositeFieldContainer[_common_pb2.DimensionScore]
+    min_composite: float
+    max_composite: float
+    def __init__(self, tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., customers: _Optional[int] = ..., customer_percent: _Optional[float] = ..., value_percent: _Optional[_Iterable[_Union[_common_pb2.DimensionScore, _Mapping]]] = ..., min_composite: _Optional[float] = ..., max_composite: _Optional[float] = ...) -> None: ...
+
+class HierarchySummary(_message.Message):
+    __slots__ = ("tiers", "total_customers", "run")
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    tiers: _containers.RepeatedCompositeFieldContainer[TierSummary]
+    total_customers: int
+    run: str
+    def __init__(self, tiers: _Optional[_Iterable[_Union[TierSummary, _Mapping]]] = ..., total_customers: _Optional[int] = ..., run: _Optional[str] = ...) -> None: ...
+
+class GetAccountTreeRequest(_message.Message):
+    __slots__ = ("customer", "max_children")
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHILDREN_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    max_children: int
+    def __init__(self, customer: _Optional[str] = ..., max_children: _Optional[int] = ...) -> None: ...
+
+class AccountNode(_message.Message):
+    __slots__ = ("customer", "tier", "composite", "stakeholder_role")
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    COMPOSITE_FIELD_NUMBER: _ClassVar[int]
+    STAKEHOLDER_ROLE_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    tier: _common_pb2.TierRef
+    composite: float
+    stakeholder_role: _common_pb2.StakeholderRole
+    def __init__(self, customer: _Optional[str] = ..., tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., composite: _Optional[float] = ..., stakeholder_role: _Optional[_Union[_common_pb2.StakeholderRole, str]] = ...) -> None: ...
+
+class SubtreeRollup(_message.Message):
+    __slots__ = ("customers", "best_tier", "group_composite", "signal_sums")
+    class SignalSumsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    BEST_TIER_FIELD_NUMBER: _ClassVar[int]
+    GROUP_COMPOSITE_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_SUMS_FIELD_NUMBER: _ClassVar[int]
+    customers: int
+    best_tier: _common_pb2.TierRef
+    group_composite: float
+    signal_sums: _containers.ScalarMap[str, float]
+    def __init__(self, customers: _Optional[int] = ..., best_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., group_composite: _Optional[float] = ..., signal_sums: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class AccountTree(_message.Message):
+    __slots__ = ("customer", "ancestors", "children", "children_total", "rollup")
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    ANCESTORS_FIELD_NUMBER: _ClassVar[int]
+    CHILDREN_FIELD_NUMBER: _ClassVar[int]
+    CHILDREN_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ROLLUP_FIELD_NUMBER: _ClassVar[int]
+    customer: AccountNode
+    ancestors: _containers.RepeatedCompositeFieldContainer[AccountNode]
+    children: _containers.RepeatedCompositeFieldContainer[AccountNode]
+    children_total: int
+    rollup: SubtreeRollup
+    def __init__(self, customer: _Optional[_Union[AccountNode, _Mapping]] = ..., ancestors: _Optional[_Iterable[_Union[AccountNode, _Mapping]]] = ..., children: _Optional[_Iterable[_Union[AccountNode, _Mapping]]] = ..., children_total: _Optional[int] = ..., rollup: _Optional[_Union[SubtreeRollup, _Mapping]] = ...) -> None: ...
+
+class SetTierPolicyRequest(_message.Message):
+    __slots__ = ("policy",)
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    policy: TierPolicy
+    def __init__(self, policy: _Optional[_Union[TierPolicy, _Mapping]] = ...) -> None: ...
+
+class GetTierPolicyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WatchPriorityChangesRequest(_message.Message):
+    __slots__ = ("tier_ids", "owner")
+    TIER_IDS_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    tier_ids: _containers.RepeatedScalarFieldContainer[str]
+    owner: str
+    def __init__(self, tier_ids: _Optional[_Iterable[str]] = ..., owner: _Optional[str] = ...) -> None: ...
+
+class PriorityChange(_message.Message):
+    __slots__ = ("customer", "previous_tier", "new_tier", "owner", "run")
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_TIER_FIELD_NUMBER: _ClassVar[int]
+    NEW_TIER_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    previous_tier: _common_pb2.TierRef
+    new_tier: _common_pb2.TierRef
+    owner: str
+    run: str
+    def __init__(self, customer: _Optional[str] = ..., previous_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., new_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., owner: _Optional[str] = ..., run: _Optional[str] = ...) -> None: ...
+
+class GetSnapshotInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SnapshotInfo(_message.Message):
+    __slots__ = ("run", "customers", "load_time", "age", "sources_reachable", "status")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_TIME_FIELD_NUMBER: _ClassVar[int]
+    AGE_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    customers: int
+    load_time: _timestamp_pb2.Timestamp
+    age: _duration_pb2.Duration
+    sources_reachable: bool
+    status: str
+    def __init__(self, run: _Optional[str] = ..., customers: _Optional[int] = ..., load_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., sources_reachable: _Optional[bool] = ..., status: _Optional[str] = ...) -> None: ...

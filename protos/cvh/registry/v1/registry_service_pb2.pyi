@@ -1,0 +1,242 @@
+import datetime
+
+from cvh.common.v1 import common_pb2 as _common_pb2
+from google.protobuf import empty_pb2 as _empty_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Customer(_message.Message):
+    __slots__ = ("name", "customer_id", "display_name", "parent", "stakeholder_role", "owner", "labels", "signals", "create_time", "update_time", "etag")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class SignalsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: SignalValue
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[SignalValue, _Mapping]] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    STAKEHOLDER_ROLE_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    customer_id: str
+    display_name: str
+    parent: str
+    stakeholder_role: _common_pb2.StakeholderRole
+    owner: str
+    labels: _containers.ScalarMap[str, str]
+    signals: _containers.MessageMap[str, SignalValue]
+    create_time: _timestamp_pb2.Timestamp
+    update_time: _timestamp_pb2.Timestamp
+    etag: str
+    def __init__(self, name: _Optional[str] = ..., customer_id: _Optional[str] = ..., display_name: _Optional[str] = ..., parent: _Optional[str] = ..., stakeholder_role: _Optional[_Union[_common_pb2.StakeholderRole, str]] = ..., owner: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., signals: _Optional[_Mapping[str, SignalValue]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ...) -> None: ...
+
+class SignalValue(_message.Message):
+    __slots__ = ("value", "observe_time")
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    OBSERVE_TIME_FIELD_NUMBER: _ClassVar[int]
+    value: float
+    observe_time: _timestamp_pb2.Timestamp
+    def __init__(self, value: _Optional[float] = ..., observe_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateCustomerRequest(_message.Message):
+    __slots__ = ("customer",)
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    customer: Customer
+    def __init__(self, customer: _Optional[_Union[Customer, _Mapping]] = ...) -> None: ...
+
+class GetCustomerRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class BatchGetCustomersRequest(_message.Message):
+    __slots__ = ("names", "allow_missing")
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_MISSING_FIELD_NUMBER: _ClassVar[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    allow_missing: bool
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., allow_missing: _Optional[bool] = ...) -> None: ...
+
+class BatchGetCustomersResponse(_message.Message):
+    __slots__ = ("customers",)
+    CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    customers: _containers.RepeatedCompositeFieldContainer[Customer]
+    def __init__(self, customers: _Optional[_Iterable[_Union[Customer, _Mapping]]] = ...) -> None: ...
+
+class UpdateCustomerRequest(_message.Message):
+    __slots__ = ("customer", "update_mask")
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    customer: Customer
+    update_mask: _field_mask_pb2.FieldMask
+    def __init__(self, customer: _Optional[_Union[Customer, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
+
+class DeleteCustomerRequest(_message.Message):
+    __slots__ = ("name", "etag")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    etag: str
+    def __init__(self, name: _Optional[str] = ..., etag: _Optional[str] = ...) -> None: ...
+
+class ListCustomersRequest(_message.Message):
+    __slots__ = ("page_size", "page_token", "parent", "stakeholder_role", "owner", "label")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    STAKEHOLDER_ROLE_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    parent: str
+    stakeholder_role: _common_pb2.StakeholderRole
+    owner: str
+    label: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., parent: _Optional[str] = ..., stakeholder_role: _Optional[_Union[_common_pb2.StakeholderRole, str]] = ..., owner: _Optional[str] = ..., label: _Optional[str] = ...) -> None: ...
+
+class ListCustomersResponse(_message.Message):
+    __slots__ = ("customers", "next_page_token")
+    CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    customers: _containers.RepeatedCompositeFieldContainer[Customer]
+    next_page_token: str
+    def __init__(self, customers: _Optional[_Iterable[_Union[Customer, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ImportCustomersRequest(_message.Message):
+    __slots__ = ("customers", "all_or_nothing")
+    CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    ALL_OR_NOTHING_FIELD_NUMBER: _ClassVar[int]
+    customers: _containers.RepeatedCompositeFieldContainer[Customer]
+    all_or_nothing: bool
+    def __init__(self, customers: _Optional[_Iterable[_Union[Customer, _Mapping]]] = ..., all_or_nothing: _Optional[bool] = ...) -> None: ...
+
+class RowError(_message.Message):
+    __slots__ = ("position", "customer_id", "field", "reason")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    customer_id: str
+    field: str
+    reason: str
+    def __init__(self, position: _Optional[int] = ..., customer_id: _Optional[str] = ..., field: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ImportCustomersResponse(_message.Message):
+    __slots__ = ("created", "updated", "rejected", "errors", "batches_committed")
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    created: int
+    updated: int
+    rejected: int
+    errors: _containers.RepeatedCompositeFieldContainer[RowError]
+    batches_committed: int
+    def __init__(self, created: _Optional[int] = ..., updated: _Optional[int] = ..., rejected: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[RowError, _Mapping]]] = ..., batches_committed: _Optional[int] = ...) -> None: ...
+
+class SignalObservations(_message.Message):
+    __slots__ = ("customer", "signals")
+    class SignalsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: SignalValue
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[SignalValue, _Mapping]] = ...) -> None: ...
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    signals: _containers.MessageMap[str, SignalValue]
+    def __init__(self, customer: _Optional[str] = ..., signals: _Optional[_Mapping[str, SignalValue]] = ...) -> None: ...
+
+class RecordSignalsRequest(_message.Message):
+    __slots__ = ("observations",)
+    OBSERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    observations: _containers.RepeatedCompositeFieldContainer[SignalObservations]
+    def __init__(self, observations: _Optional[_Iterable[_Union[SignalObservations, _Mapping]]] = ...) -> None: ...
+
+class RecordSignalsResponse(_message.Message):
+    __slots__ = ("current", "historical")
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    HISTORICAL_FIELD_NUMBER: _ClassVar[int]
+    current: int
+    historical: int
+    def __init__(self, current: _Optional[int] = ..., historical: _Optional[int] = ...) -> None: ...
+
+class ListSignalHistoryRequest(_message.Message):
+    __slots__ = ("customer", "signal", "page_size", "page_token")
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    signal: str
+    page_size: int
+    page_token: str
+    def __init__(self, customer: _Optional[str] = ..., signal: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class SignalObservation(_message.Message):
+    __slots__ = ("signal", "value", "current")
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    signal: str
+    value: SignalValue
+    current: bool
+    def __init__(self, signal: _Optional[str] = ..., value: _Optional[_Union[SignalValue, _Mapping]] = ..., current: _Optional[bool] = ...) -> None: ...
+
+class ListSignalHistoryResponse(_message.Message):
+    __slots__ = ("observations", "next_page_token")
+    OBSERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    observations: _containers.RepeatedCompositeFieldContainer[SignalObservation]
+    next_page_token: str
+    def __init__(self, observations: _Optional[_Iterable[_Union[SignalObservation, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ExportSignalMatrixRequest(_message.Message):
+    __slots__ = ("signal_names", "chunk_size")
+    SIGNAL_NAMES_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    signal_names: _containers.RepeatedScalarFieldContainer[str]
+    chunk_size: int
+    def __init__(self, signal_names: _Optional[_Iterable[str]] = ..., chunk_size: _Optional[int] = ...) -> None: ...
+
+class ExportSignalMatrixResponse(_message.Message):
+    __slots__ = ("chunk", "parent_ids", "stakeholder_roles", "owners", "total_customers")
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    PARENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    STAKEHOLDER_ROLES_FIELD_NUMBER: _ClassVar[int]
+    OWNERS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    chunk: _common_pb2.ColumnarChunk
+    parent_ids: _containers.RepeatedScalarFieldContainer[str]
+    stakeholder_roles: bytes
+    owners: _containers.RepeatedScalarFieldContainer[str]
+    total_customers: int
+    def __init__(self, chunk: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ..., parent_ids: _Optional[_Iterable[str]] = ..., stakeholder_roles: _Optional[bytes] = ..., owners: _Optional[_Iterable[str]] = ..., total_customers: _Optional[int] = ...) -> None: ...

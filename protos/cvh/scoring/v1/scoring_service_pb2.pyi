@@ -1,0 +1,464 @@
+import datetime
+
+from cvh.common.v1 import common_pb2 as _common_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Transform(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRANSFORM_UNSPECIFIED: _ClassVar[Transform]
+    TRANSFORM_IDENTITY: _ClassVar[Transform]
+    TRANSFORM_LOG1P: _ClassVar[Transform]
+    TRANSFORM_CLIP: _ClassVar[Transform]
+
+class Direction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DIRECTION_UNSPECIFIED: _ClassVar[Direction]
+    DIRECTION_HIGHER_IS_BETTER: _ClassVar[Direction]
+    DIRECTION_LOWER_IS_BETTER: _ClassVar[Direction]
+
+class Normalization(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NORMALIZATION_UNSPECIFIED: _ClassVar[Normalization]
+    NORMALIZATION_MIN_MAX: _ClassVar[Normalization]
+    NORMALIZATION_Z_SCORE: _ClassVar[Normalization]
+    NORMALIZATION_PERCENTILE: _ClassVar[Normalization]
+    NORMALIZATION_BANDS: _ClassVar[Normalization]
+
+class MissingPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MISSING_POLICY_UNSPECIFIED: _ClassVar[MissingPolicy]
+    MISSING_POLICY_RENORMALIZE: _ClassVar[MissingPolicy]
+    MISSING_POLICY_FIXED_VALUE: _ClassVar[MissingPolicy]
+    MISSING_POLICY_MIN_COVERAGE: _ClassVar[MissingPolicy]
+
+class RunState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RUN_STATE_UNSPECIFIED: _ClassVar[RunState]
+    RUN_STATE_PENDING: _ClassVar[RunState]
+    RUN_STATE_RUNNING: _ClassVar[RunState]
+    RUN_STATE_COMPLETED: _ClassVar[RunState]
+    RUN_STATE_FAILED: _ClassVar[RunState]
+    RUN_STATE_CANCELLED: _ClassVar[RunState]
+TRANSFORM_UNSPECIFIED: Transform
+TRANSFORM_IDENTITY: Transform
+TRANSFORM_LOG1P: Transform
+TRANSFORM_CLIP: Transform
+DIRECTION_UNSPECIFIED: Direction
+DIRECTION_HIGHER_IS_BETTER: Direction
+DIRECTION_LOWER_IS_BETTER: Direction
+NORMALIZATION_UNSPECIFIED: Normalization
+NORMALIZATION_MIN_MAX: Normalization
+NORMALIZATION_Z_SCORE: Normalization
+NORMALIZATION_PERCENTILE: Normalization
+NORMALIZATION_BANDS: Normalization
+MISSING_POLICY_UNSPECIFIED: MissingPolicy
+MISSING_POLICY_RENORMALIZE: MissingPolicy
+MISSING_POLICY_FIXED_VALUE: MissingPolicy
+MISSING_POLICY_MIN_COVERAGE: MissingPolicy
+RUN_STATE_UNSPECIFIED: RunState
+RUN_STATE_PENDING: RunState
+RUN_STATE_RUNNING: RunState
+RUN_STATE_COMPLETED: RunState
+RUN_STATE_FAILED: RunState
+RUN_STATE_CANCELLED: RunState
+
+class Band(_message.Message):
+    __slots__ = ("lower_bound", "score")
+    LOWER_BOUND_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    lower_bound: float
+    score: float
+    def __init__(self, lower_bound: _Optional[float] = ..., score: _Optional[float] = ...) -> None: ...
+
+class SignalSpec(_message.Message):
+    __slots__ = ("name", "transform", "clip_min", "clip_max", "direction", "normalization", "fixed_min", "fixed_max", "bands")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TRANSFORM_FIELD_NUMBER: _ClassVar[int]
+    CLIP_MIN_FIELD_NUMBER: _ClassVar[int]
+    CLIP_MAX_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZATION_FIELD_NUMBER: _ClassVar[int]
+    FIXED_MIN_FIELD_NUMBER: _ClassVar[int]
+    FIXED_MAX_FIELD_NUMBER: _ClassVar[int]
+    BANDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    transform: Transform
+    clip_min: float
+    clip_max: float
+    direction: Direction
+    normalization: Normalization
+    fixed_min: float
+    fixed_max: float
+    bands: _containers.RepeatedCompositeFieldContainer[Band]
+    def __init__(self, name: _Optional[str] = ..., transform: _Optional[_Union[Transform, str]] = ..., clip_min: _Optional[float] = ..., clip_max: _Optional[float] = ..., direction: _Optional[_Union[Direction, str]] = ..., normalization: _Optional[_Union[Normalization, str]] = ..., fixed_min: _Optional[float] = ..., fixed_max: _Optional[float] = ..., bands: _Optional[_Iterable[_Union[Band, _Mapping]]] = ...) -> None: ...
+
+class SignalWeight(_message.Message):
+    __slots__ = ("signal", "weight")
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    signal: str
+    weight: float
+    def __init__(self, signal: _Optional[str] = ..., weight: _Optional[float] = ...) -> None: ...
+
+class DimensionSpec(_message.Message):
+    __slots__ = ("dimension", "weights", "missing_policy", "missing_value", "min_coverage", "composite_weight")
+    DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_POLICY_FIELD_NUMBER: _ClassVar[int]
+    MISSING_VALUE_FIELD_NUMBER: _ClassVar[int]
+    MIN_COVERAGE_FIELD_NUMBER: _ClassVar[int]
+    COMPOSITE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    dimension: _common_pb2.ValueDimension
+    weights: _containers.RepeatedCompositeFieldContainer[SignalWeight]
+    missing_policy: MissingPolicy
+    missing_value: float
+    min_coverage: float
+    composite_weight: float
+    def __init__(self, dimension: _Optional[_Union[_common_pb2.ValueDimension, str]] = ..., weights: _Optional[_Iterable[_Union[SignalWeight, _Mapping]]] = ..., missing_policy: _Optional[_Union[MissingPolicy, str]] = ..., missing_value: _Optional[float] = ..., min_coverage: _Optional[float] = ..., composite_weight: _Optional[float] = ...) -> None: ...
+
+class TierSpec(_message.Message):
+    __slots__ = ("tier_id", "display_name", "min_composite", "population_percent")
+    TIER_ID_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    MIN_COMPOSITE_FIELD_NUMBER: _ClassVar[int]
+    POPULATION_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    tier_id: str
+    display_name: str
+    min_composite: float
+    population_percent: float
+    def __init__(self, tier_id: _Optional[str] = ..., display_name: _Optional[str] = ..., min_composite: _Optional[float] = ..., population_percent: _Optional[float] = ...) -> None: ...
+
+class ValueModel(_message.Message):
+    __slots__ = ("name", "model_id", "version", "description", "signals", "dimensions", "tiers", "hysteresis_points", "change_note", "creator", "create_time", "active")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    HYSTERESIS_POINTS_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_NOTE_FIELD_NUMBER: _ClassVar[int]
+    CREATOR_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model_id: str
+    version: int
+    description: str
+    signals: _containers.RepeatedCompositeFieldContainer[SignalSpec]
+    dimensions: _containers.RepeatedCompositeFieldContainer[DimensionSpec]
+    tiers: _containers.RepeatedCompositeFieldContainer[TierSpec]
+    hysteresis_points: float
+    change_note: str
+    creator: str
+    create_time: _timestamp_pb2.Timestamp
+    active: bool
+    def __init__(self, name: _Optional[str] = ..., model_id: _Optional[str] = ..., version: _Optional[int] = ..., description: _Optional[str] = ..., signals: _Optional[_Iterable[_Union[SignalSpec, _Mapping]]] = ..., dimensions: _Optional[_Iterable[_Union[DimensionSpec, _Mapping]]] = ..., tiers: _Optional[_Iterable[_Union[TierSpec, _Mapping]]] = ..., hysteresis_points: _Optional[float] = ..., change_note: _Optional[str] = ..., creator: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., active: _Optional[bool] = ...) -> None: ...
+
+class CreateModelRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: ValueModel
+    def __init__(self, model: _Optional[_Union[ValueModel, _Mapping]] = ...) -> None: ...
+
+class GetModelRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ("model_id", "page_size", "page_token")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, model_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models", "next_page_token")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ValueModel]
+    next_page_token: str
+    def __init__(self, models: _Optional[_Iterable[_Union[ValueModel, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ActivateModelRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class TierCount(_message.Message):
+    __slots__ = ("tier", "customers")
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    tier: _common_pb2.TierRef
+    customers: int
+    def __init__(self, tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., customers: _Optional[int] = ...) -> None: ...
+
+class ScoringRun(_message.Message):
+    __slots__ = ("name", "model", "state", "customers_done", "customers_total", "percent_done", "tier_counts", "failure_reason", "create_time", "start_time", "end_time", "export_seconds", "scoring_seconds", "store_seconds", "previous_run")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_DONE_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_DONE_FIELD_NUMBER: _ClassVar[int]
+    TIER_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    EXPORT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SCORING_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STORE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_RUN_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model: str
+    state: RunState
+    customers_done: int
+    customers_total: int
+    percent_done: float
+    tier_counts: _containers.RepeatedCompositeFieldContainer[TierCount]
+    failure_reason: str
+    create_time: _timestamp_pb2.Timestamp
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    export_seconds: float
+    scoring_seconds: float
+    store_seconds: float
+    previous_run: str
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., customers_done: _Optional[int] = ..., customers_total: _Optional[int] = ..., percent_done: _Optional[float] = ..., tier_counts: _Optional[_Iterable[_Union[TierCount, _Mapping]]] = ..., failure_reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., export_seconds: _Optional[float] = ..., scoring_seconds: _Optional[float] = ..., store_seconds: _Optional[float] = ..., previous_run: _Optional[str] = ...) -> None: ...
+
+class StartScoringRunRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class GetScoringRunRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListScoringRunsRequest(_message.Message):
+    __slots__ = ("model_id", "state", "page_size", "page_token")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    state: RunState
+    page_size: int
+    page_token: str
+    def __init__(self, model_id: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListScoringRunsResponse(_message.Message):
+    __slots__ = ("runs", "next_page_token")
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[ScoringRun]
+    next_page_token: str
+    def __init__(self, runs: _Optional[_Iterable[_Union[ScoringRun, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class WatchScoringRunRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class WatchRunsRequest(_message.Message):
+    __slots__ = ("model_id", "include_current")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_CURRENT_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    include_current: bool
+    def __init__(self, model_id: _Optional[str] = ..., include_current: _Optional[bool] = ...) -> None: ...
+
+class CancelScoringRunRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class StreamRunResultsRequest(_message.Message):
+    __slots__ = ("run", "chunk_size")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    chunk_size: int
+    def __init__(self, run: _Optional[str] = ..., chunk_size: _Optional[int] = ...) -> None: ...
+
+class RunResultsChunk(_message.Message):
+    __slots__ = ("run", "dimension_scores", "composite", "tier_levels", "ranks", "percentiles", "previous_tier_levels", "tiers", "total_customers")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    DIMENSION_SCORES_FIELD_NUMBER: _ClassVar[int]
+    COMPOSITE_FIELD_NUMBER: _ClassVar[int]
+    TIER_LEVELS_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
+    PERCENTILES_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_TIER_LEVELS_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    dimension_scores: _common_pb2.ColumnarChunk
+    composite: bytes
+    tier_levels: bytes
+    ranks: bytes
+    percentiles: bytes
+    previous_tier_levels: bytes
+    tiers: _containers.RepeatedCompositeFieldContainer[_common_pb2.TierRef]
+    total_customers: int
+    def __init__(self, run: _Optional[str] = ..., dimension_scores: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ..., composite: _Optional[bytes] = ..., tier_levels: _Optional[bytes] = ..., ranks: _Optional[bytes] = ..., percentiles: _Optional[bytes] = ..., previous_tier_levels: _Optional[bytes] = ..., tiers: _Optional[_Iterable[_Union[_common_pb2.TierRef, _Mapping]]] = ..., total_customers: _Optional[int] = ...) -> None: ...
+
+class ListRunResultsRequest(_message.Message):
+    __slots__ = ("run", "tier_id", "page_size", "page_token")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    TIER_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    tier_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, run: _Optional[str] = ..., tier_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class CustomerResult(_message.Message):
+    __slots__ = ("customer", "dimension_scores", "composite", "tier", "rank", "percentile", "previous_tier")
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    DIMENSION_SCORES_FIELD_NUMBER: _ClassVar[int]
+    COMPOSITE_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    PERCENTILE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_TIER_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    dimension_scores: _containers.RepeatedCompositeFieldContainer[_common_pb2.DimensionScore]
+    composite: float
+    tier: _common_pb2.TierRef
+    rank: int
+    percentile: float
+    previous_tier: _common_pb2.TierRef
+    def __init__(self, customer: _Optional[str] = ..., dimension_scores: _Optional[_Iterable[_Union[_common_pb2.DimensionScore, _Mapping]]] = ..., composite: _Optional[float] = ..., tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., rank: _Optional[int] = ..., percentile: _Optional[float] = ..., previous_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ...) -> None: ...
+
+class ListRunResultsResponse(_message.Message):
+    __slots__ = ("results", "next_page_token")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[CustomerResult]
+    next_page_token: str
+    def __init__(self, results: _Optional[_Iterable[_Union[CustomerResult, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetTierMovementRequest(_message.Message):
+    __slots__ = ("run",)
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    def __init__(self, run: _Optional[str] = ...) -> None: ...
+
+class TierMove(_message.Message):
+    __slots__ = ("from_tier", "to_tier", "customers")
+    FROM_TIER_FIELD_NUMBER: _ClassVar[int]
+    TO_TIER_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    from_tier: _common_pb2.TierRef
+    to_tier: _common_pb2.TierRef
+    customers: int
+    def __init__(self, from_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., to_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., customers: _Optional[int] = ...) -> None: ...
+
+class TierMovement(_message.Message):
+    __slots__ = ("run", "previous_run", "moves")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_RUN_FIELD_NUMBER: _ClassVar[int]
+    MOVES_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    previous_run: str
+    moves: _containers.RepeatedCompositeFieldContainer[TierMove]
+    def __init__(self, run: _Optional[str] = ..., previous_run: _Optional[str] = ..., moves: _Optional[_Iterable[_Union[TierMove, _Mapping]]] = ...) -> None: ...
+
+class SignalContribution(_message.Message):
+    __slots__ = ("signal", "dimension", "raw_value", "normalized", "dimension_points", "composite_points")
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    RAW_VALUE_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZED_FIELD_NUMBER: _ClassVar[int]
+    DIMENSION_POINTS_FIELD_NUMBER: _ClassVar[int]
+    COMPOSITE_POINTS_FIELD_NUMBER: _ClassVar[int]
+    signal: str
+    dimension: _common_pb2.ValueDimension
+    raw_value: float
+    normalized: float
+    dimension_points: float
+    composite_points: float
+    def __init__(self, signal: _Optional[str] = ..., dimension: _Optional[_Union[_common_pb2.ValueDimension, str]] = ..., raw_value: _Optional[float] = ..., normalized: _Optional[float] = ..., dimension_points: _Optional[float] = ..., composite_points: _Optional[float] = ...) -> None: ...
+
+class CustomerScore(_message.Message):
+    __slots__ = ("customer", "model", "run", "dimension_scores", "composite", "tier", "contributions")
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    DIMENSION_SCORES_FIELD_NUMBER: _ClassVar[int]
+    COMPOSITE_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    model: str
+    run: str
+    dimension_scores: _containers.RepeatedCompositeFieldContainer[_common_pb2.DimensionScore]
+    composite: float
+    tier: _common_pb2.TierRef
+    contributions: _containers.RepeatedCompositeFieldContainer[SignalContribution]
+    def __init__(self, customer: _Optional[str] = ..., model: _Optional[str] = ..., run: _Optional[str] = ..., dimension_scores: _Optional[_Iterable[_Union[_common_pb2.DimensionScore, _Mapping]]] = ..., composite: _Optional[float] = ..., tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., contributions: _Optional[_Iterable[_Union[SignalContribution, _Mapping]]] = ...) -> None: ...
+
+class ScoreCustomerRequest(_message.Message):
+    __slots__ = ("customer", "model")
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    model: str
+    def __init__(self, customer: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+
+class ScoreSignalsRequest(_message.Message):
+    __slots__ = ("signals", "model")
+    class SignalsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    signals: _containers.ScalarMap[str, float]
+    model: str
+    def __init__(self, signals: _Optional[_Mapping[str, float]] = ..., model: _Optional[str] = ...) -> None: ...
+
+class ScoreBatchRequest(_message.Message):
+    __slots__ = ("model", "signals")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    signals: _common_pb2.ColumnarChunk
+    def __init__(self, model: _Optional[str] = ..., signals: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ...) -> None: ...
+
+class ScoreBatchResponse(_message.Message):
+    __slots__ = ("dimension_scores", "composite", "tier_levels")
+    DIMENSION_SCORES_FIELD_NUMBER: _ClassVar[int]
+    COMPOSITE_FIELD_NUMBER: _ClassVar[int]
+    TIER_LEVELS_FIELD_NUMBER: _ClassVar[int]
+    dimension_scores: _common_pb2.ColumnarChunk
+    composite: bytes
+    tier_levels: bytes
+    def __init__(self, dimension_scores: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ..., composite: _Optional[bytes] = ..., tier_levels: _Optional[bytes] = ...) -> None: ...

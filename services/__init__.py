@@ -1,0 +1,1 @@
+"""cvh gRPC services: registry, scoring and hierarchy, and what they share (``services.common``)."""

@@ -1,0 +1,1 @@
+"""What the services share: configuration, database, errors, interceptors and server bootstrap."""

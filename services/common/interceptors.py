@@ -1,0 +1,107 @@
+"""Server interceptors: error mapping, metrics and logging, written once for every service."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import grpc
+from prometheus_client import Counter, Histogram
+from sqlalchemy import exc as sa_exc
+
+from services.common.errors import ServiceError, unavailable
+
+log = logging.getLogger("cvh.rpc")
+
+RPC_COUNT = Counter("cvh_rpc_total", "RPCs handled, by method and status code", ["method", "code"])
+RPC_LATENCY = Histogram("cvh_rpc_latency_seconds", "Time to handle an RPC, by method", ["method"],
+                        buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
+
+
+def _as_service_error(error: Exception) -> ServiceError | None:
+    """The caller-facing form of an expected failure; None for a bug."""
+    if isinstance(error, ServiceError):
+        return error
+    if isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError) or (
+            isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated):
+        return unavailable("the database is unavailable; retry later")
+    return None
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """Maps ServiceError (and lost databases) to statuses with details; counts and times every RPC."""
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, method), handler.request_deserializer, handler.response_serializer)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._streaming(handler.unary_stream, method), handler.request_deserializer,
+                handler.response_serializer)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._unary(handler.stream_unary, method), handler.request_deserializer, handler.response_serializer)
+        return grpc.stream_stream_rpc_method_handler(
+            self._streaming(handler.stream_stream, method), handler.request_deserializer,
+            handler.response_serializer)
+
+    def _unary(self, behavior, method):
+        async def wrapper(request, context):
+            started = time.perf_counter()
+            code = "OK"
+            try:
+                return await behavior(request, context)
+            except Exception as error:
+                status = _status_for(error, method)
+                if status is None:
+                    raise
+                code = status.code.name
+                await context.abort(status.code, status.details, status.trailing_metadata)
+            finally:
+                _observe(method, code, started, context)
+        return wrapper
+
+    def _streaming(self, behavior, method):
+        async def wrapper(request, context):
+            started = time.perf_counter()
+            code = "OK"
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except Exception as error:
+                status = _status_for(error, method)
+                if status is None:
+                    raise
+                code = status.code.name
+                await context.abort(status.code, status.details, status.trailing_metadata)
+            finally:
+                _observe(method, code, started, context)
+        return wrapper
+
+
+def _status_for(error: Exception, method: str) -> grpc.Status | None:
+    """The status to answer with; None when the handler already aborted."""
+    if isinstance(error, grpc.aio.AbortError):
+        return None
+    expected = _as_service_error(error)
+    if expected is None:
+        log.exception("unexpected error in %s", method)
+        expected = ServiceError(grpc.StatusCode.INTERNAL,
+                                f"internal error in {method}; the server log has details", "INTERNAL")
+    elif expected.code == grpc.StatusCode.UNAVAILABLE:
+        log.warning("%s: %s (%s)", method, expected.message, error)
+    return expected.to_status()
+
+
+def _observe(method: str, code: str, started: float, context) -> None:
+    if code == "OK" and context.code() not in (None, grpc.StatusCode.OK):
+        code = getattr(context.code(), "name", str(context.code()))
+    elapsed = time.perf_counter() - started
+    RPC_COUNT.labels(method, code).inc()
+    RPC_LATENCY.labels(method).observe(elapsed)
+    log.debug("rpc", extra={"method": method, "code": code, "ms": round(elapsed * 1000, 3)})

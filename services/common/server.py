@@ -1,0 +1,140 @@
+"""Server bootstrap: one grpc.aio server with the chosen services, health, reflection and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import message_factory
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+from sqlalchemy.engine import Engine
+
+from cvh.hierarchy.v1 import hierarchy_service_pb2
+from cvh.registry.v1 import registry_service_pb2
+from cvh.scoring.v1 import scoring_service_pb2
+from services.common import db
+from services.common.config import ServerConfig
+from services.common.errors import unimplemented
+from services.common.interceptors import ServiceInterceptor
+
+log = logging.getLogger("cvh.server")
+
+SERVICE_DESCRIPTORS = {
+    "registry": registry_service_pb2.DESCRIPTOR.services_by_name["RegistryService"],
+    "scoring": scoring_service_pb2.DESCRIPTOR.services_by_name["ScoringService"],
+    "hierarchy": hierarchy_service_pb2.DESCRIPTOR.services_by_name["HierarchyService"],
+}
+
+
+@dataclass
+class Suite:
+    """A built server: start it, then stop it gracefully."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    engine: Engine
+    service_names: list[str]
+
+    async def start(self) -> None:
+        await self.server.start()
+        for name in ["", *self.service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float) -> None:
+        """Refuse new calls (health NOT_SERVING), let in-flight ones finish within ``grace`` seconds."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        self.engine.dispose()
+
+
+def server_options(config: ServerConfig) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+def create_server(config: ServerConfig) -> Suite:
+    """Build (not start) a server for ``config.services``; binds now, so ``port`` is known."""
+    engine = db.create_engine(config.database_url)
+    if config.migrate:
+        db.upgrade(engine)
+    server = grpc.aio.server(interceptors=[ServiceInterceptor()], options=server_options(config))
+    names = []
+    for service in config.services:
+        descriptor = SERVICE_DESCRIPTORS[service]
+        _add_service(service, server, engine, config)
+        names.append(descriptor.full_name)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    port = server.add_insecure_port(config.listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {config.listen}")
+    return Suite(server, port, health_servicer, engine, names)
+
+
+def _add_service(service: str, server: grpc.aio.Server, engine: Engine, config: ServerConfig) -> None:
+    if service == "registry":
+        from services.registry.servicer import add_to_server
+        add_to_server(server, engine)
+    else:
+        server.add_generic_rpc_handlers([_unimplemented_handler(SERVICE_DESCRIPTORS[service])])
+
+
+def _unimplemented_handler(descriptor) -> grpc.GenericRpcHandler:
+    """Every method of a service not built yet answers UNIMPLEMENTED (and still shows in reflection)."""
+    handlers = {}
+    for method in descriptor.methods:
+        request_class = message_factory.GetMessageClass(method.input_type)
+        response_class = message_factory.GetMessageClass(method.output_type)
+        full = f"/{descriptor.full_name}/{method.name}"
+
+        async def refuse(request, context, full=full):
+            raise unimplemented(full)
+
+        async def refuse_stream(request, context, full=full):
+            raise unimplemented(full)
+            yield  # makes this an async generator
+
+        kind = (method.client_streaming, method.server_streaming)
+        make = {(False, False): grpc.unary_unary_rpc_method_handler,
+                (False, True): grpc.unary_stream_rpc_method_handler,
+                (True, False): grpc.stream_unary_rpc_method_handler,
+                (True, True): grpc.stream_stream_rpc_method_handler}[kind]
+        handlers[method.name] = make(refuse_stream if method.server_streaming else refuse,
+                                     request_deserializer=request_class.FromString,
+                                     response_serializer=response_class.SerializeToString)
+    return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    suite = create_server(config)
+    await suite.start()
+    if config.metrics_port:
+        start_http_server(config.metrics_port)
+    log.info("serving", extra={"services": config.services, "listen": config.listen, "port": suite.port,
+                               "database": _redacted(config.database_url), "metrics_port": config.metrics_port})
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("shutting down", extra={"grace_seconds": config.grace_seconds})
+    await suite.stop(config.grace_seconds)
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+    return make_url(db.normalize_url(url)).render_as_string(hide_password=True)

@@ -1,0 +1,78 @@
+"""Checks of identifiers, resource names and paging arguments, shared by every servicer."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import re
+
+from services.common.errors import Violations, invalid_argument
+
+CUSTOMER_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+SIGNAL_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+LABEL_KEY = re.compile(r"[a-z][a-z0-9_.-]{0,62}")
+SLUG = re.compile(r"[a-z][a-z0-9-]{0,62}")
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+
+def customer_id_from_name(name: str, field_path: str, violations: Violations | None = None) -> str | None:
+    """``customers/{id}`` -> id; records (or raises) a violation naming field_path."""
+    problem = None
+    if not name:
+        problem = "required: a resource name like customers/{customer_id}"
+    elif not name.startswith("customers/"):
+        problem = f"{name!r} is not a resource name like customers/{{customer_id}}"
+    elif not CUSTOMER_ID.fullmatch(name[len("customers/"):]):
+        problem = "customer_id must be 1 to 128 characters of [A-Za-z0-9._:-]"
+    if problem is None:
+        return name[len("customers/"):]
+    if violations is None:
+        raise invalid_argument(field_path, problem)
+    violations.add(field_path, problem)
+    return None
+
+
+def check_text(value: str, field_path: str, max_len: int, violations: Violations) -> None:
+    if len(value) > max_len:
+        violations.add(field_path, f"at most {max_len} characters, got {len(value)}")
+
+
+def check_finite(value: float, field_path: str, violations: Violations) -> None:
+    if not math.isfinite(value):
+        violations.add(field_path, f"must be a finite number, got {value}")
+
+
+def page_size(requested: int, default: int = DEFAULT_PAGE_SIZE, maximum: int = MAX_PAGE_SIZE) -> int:
+    """AIP-158: 0 -> default, above max -> max, negative -> INVALID_ARGUMENT."""
+    if requested < 0:
+        raise invalid_argument("page_size", "must not be negative")
+    return default if requested == 0 else min(requested, maximum)
+
+
+def _filter_hash(filters: dict) -> str:
+    return hashlib.sha256(json.dumps(filters, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def encode_page_token(position, filters: dict) -> str:
+    """An opaque token holding where the next page starts and which filters it belongs to."""
+    payload = json.dumps({"p": position, "f": _filter_hash(filters)}).encode()
+    return base64.urlsafe_b64encode(payload).decode().rstrip("=")
+
+
+def decode_page_token(token: str, filters: dict):
+    """Position stored in the token, or None for the first page."""
+    if not token:
+        return None
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        payload = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        position, filter_hash = payload["p"], payload["f"]
+    except (ValueError, KeyError, TypeError):
+        raise invalid_argument("page_token", "not a token returned by this list call") from None
+    if filter_hash != _filter_hash(filters):
+        raise invalid_argument("page_token", "was issued for other filters; send the same filters or start over")
+    return position

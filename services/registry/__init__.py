@@ -1,0 +1,1 @@
+"""The customer registry service: customers, their account tree and their signals."""

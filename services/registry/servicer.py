@@ -1,0 +1,329 @@
+"""RegistryService: checks requests, runs the store's queries off the event loop, builds answers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from google.protobuf import empty_pb2
+from sqlalchemy.engine import Engine, Row
+
+from cvh.common.v1 import common_pb2
+from cvh.registry.v1 import registry_service_pb2 as pb
+from cvh.registry.v1 import registry_service_pb2_grpc as pb_grpc
+from services.common.db import read_transaction, write_transaction
+from services.common.errors import (
+    ServiceError, Violations, aborted, already_exists, failed_precondition, invalid_argument, not_found,
+)
+from services.common.validation import (
+    LABEL_KEY, SIGNAL_NAME, customer_id_from_name, decode_page_token, encode_page_token, page_size,
+)
+from services.registry import signals as packed
+from services.registry import store
+from services.registry.customers import (
+    VALID_ROLES, CustomerRow, etag_of, now_us, parse_attributes, parse_customer, parse_signals,
+    revision_of_etag, set_timestamp,
+)
+from services.registry.importer import ImportSession
+from services.registry.signals import SignalCatalog
+
+UPDATABLE = frozenset({"display_name", "parent", "stakeholder_role", "owner", "labels"})
+MAX_BATCH_GET = 1000
+MAX_OBSERVATION_BATCH = 10_000
+MAX_EXPORT_SIGNALS = 256
+DEFAULT_CHUNK = 8192
+MAX_CHUNK = 65_536
+# Export chunks stay below this many bytes of matrix, whatever chunk_size asks.
+MAX_CHUNK_BYTES = 8 * 1024 * 1024
+
+
+class RegistryServicer(pb_grpc.RegistryServiceServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.catalog = SignalCatalog()
+
+    # -- reading ---------------------------------------------------------------------------------------
+
+    async def GetCustomer(self, request, context):
+        customer_id = customer_id_from_name(request.name, "name")
+        return await asyncio.to_thread(self._get, customer_id)
+
+    def _get(self, customer_id: str) -> pb.Customer:
+        with read_transaction(self.engine) as conn:
+            row = store.fetch(conn, [customer_id]).get(customer_id)
+            if row is None:
+                raise not_found(f"customers/{customer_id}")
+            return self._to_proto(conn, [row])[0]
+
+    async def BatchGetCustomers(self, request, context):
+        if not 1 <= len(request.names) <= MAX_BATCH_GET:
+            raise invalid_argument("names", f"1 to {MAX_BATCH_GET} names, got {len(request.names)}")
+        violations = Violations()
+        ids = [customer_id_from_name(n, f"names[{i}]", violations) for i, n in enumerate(request.names)]
+        violations.raise_if_any()
+        return await asyncio.to_thread(self._batch_get, ids, request.allow_missing)
+
+    def _batch_get(self, ids: list[str], allow_missing: bool) -> pb.BatchGetCustomersResponse:
+        with read_transaction(self.engine) as conn:
+            found = store.fetch(conn, ids)
+            missing = [i for i in ids if i not in found]
+            if missing and not allow_missing:
+                raise not_found(f"customers/{missing[0]}")
+            rows = [found[i] for i in ids if i in found]
+            return pb.BatchGetCustomersResponse(customers=self._to_proto(conn, rows))
+
+    async def ListCustomers(self, request, context):
+        size = page_size(request.page_size)
+        filters = store.ListFilters(stakeholder_role=request.stakeholder_role, owner=request.owner)
+        violations = Violations()
+        if request.parent:
+            filters.parent_id = customer_id_from_name(request.parent, "parent", violations)
+        if request.stakeholder_role and request.stakeholder_role not in VALID_ROLES:
+            violations.add("stakeholder_role", f"unknown role {request.stakeholder_role}")
+        if request.label:
+            key, sep, value = request.label.partition("=")
+            if not LABEL_KEY.fullmatch(key):
+                violations.add("label", 'expected "key" or "key=value" with a valid label key')
+            filters.label_key, filters.label_value = key, (value if sep else None)
+        violations.raise_if_any()
+        filter_key = {"parent": request.parent, "role": request.stakeholder_role, "owner": request.owner,
+                      "label": request.label}
+        after = decode_page_token(request.page_token, filter_key)
+        if after is not None and not isinstance(after, str):
+            raise invalid_argument("page_token", "not a token returned by this list call")
+        return await asyncio.to_thread(self._list, filters, after, size, filter_key)
+
+    def _list(self, filters, after, size, filter_key) -> pb.ListCustomersResponse:
+        with read_transaction(self.engine) as conn:
+            rows = store.list_page(conn, filters, after, size + 1)
+            response = pb.ListCustomersResponse(customers=self._to_proto(conn, rows[:size]))
+        if len(rows) > size:
+            response.next_page_token = encode_page_token(rows[size - 1].customer_id, filter_key)
+        return response
+
+    async def ListSignalHistory(self, request, context):
+        customer_id = customer_id_from_name(request.customer, "customer")
+        if request.signal and not SIGNAL_NAME.fullmatch(request.signal):
+            raise invalid_argument("signal", "not a signal name ([a-z][a-z0-9_]{0,62})")
+        size = page_size(request.page_size)
+        filter_key = {"customer": customer_id, "signal": request.signal}
+        offset = decode_page_token(request.page_token, filter_key) or 0
+        if not isinstance(offset, int) or offset < 0:
+            raise invalid_argument("page_token", "not a token returned by this list call")
+        return await asyncio.to_thread(self._history, customer_id, request.signal, offset, size, filter_key)
+
+    def _history(self, customer_id, signal, offset, size, filter_key) -> pb.ListSignalHistoryResponse:
+        with read_transaction(self.engine) as conn:
+            row = store.fetch(conn, [customer_id]).get(customer_id)
+            if row is None:
+                raise not_found(f"customers/{customer_id}")
+            self.catalog.reload(conn)
+            signal_id = self.catalog.id_of(signal) if signal else None
+            if signal and signal_id is None:
+                return pb.ListSignalHistoryResponse()
+            observations = store.signal_observations(conn, self.catalog, row, signal_id)
+        response = pb.ListSignalHistoryResponse()
+        for name, value, time_us, current in observations[offset:offset + size]:
+            item = response.observations.add(signal=name, current=current)
+            item.value.value = value
+            set_timestamp(item.value.observe_time, time_us)
+        if offset + size < len(observations):
+            response.next_page_token = encode_page_token(offset + size, filter_key)
+        return response
+
+    async def ExportSignalMatrix(self, request, context):
+        names = list(request.signal_names)
+        violations = Violations()
+        if not 1 <= len(names) <= MAX_EXPORT_SIGNALS:
+            violations.add("signal_names", f"1 to {MAX_EXPORT_SIGNALS} names, got {len(names)}")
+        for i, name in enumerate(names):
+            if not SIGNAL_NAME.fullmatch(name):
+                violations.add(f"signal_names[{i}]", "not a signal name ([a-z][a-z0-9_]{0,62})")
+        if len(set(names)) != len(names):
+            violations.add("signal_names", "names must not repeat")
+        if not 0 <= request.chunk_size <= MAX_CHUNK:
+            violations.add("chunk_size", f"0 (default {DEFAULT_CHUNK}) to {MAX_CHUNK}")
+        violations.raise_if_any()
+        chunk_size = min(request.chunk_size or DEFAULT_CHUNK, max(1, MAX_CHUNK_BYTES // (8 * max(1, len(names)))))
+        # One read transaction for the whole export; each chunk is made on a worker thread.
+        messages = self._export(names, chunk_size)
+        try:
+            while (message := await asyncio.to_thread(next, messages, None)) is not None:
+                yield message
+        finally:
+            await asyncio.to_thread(messages.close)
+
+    def _export(self, names: list[str], chunk_size: int):
+        with read_transaction(self.engine) as conn:
+            total = store.count_customers(conn)
+            if total == 0:
+                yield pb.ExportSignalMatrixResponse()
+                return
+            for chunk in store.export_chunks(conn, self.catalog, names, chunk_size):
+                yield _export_message(chunk, names, total)
+                total = 0
+
+    # -- writing ---------------------------------------------------------------------------------------
+
+    async def CreateCustomer(self, request, context):
+        violations = Violations()
+        row = parse_customer(request.customer, violations, "customer.", now_us())
+        violations.raise_if_any("customer")
+        return await asyncio.to_thread(self._create, row)
+
+    def _create(self, row: CustomerRow) -> pb.Customer:
+        with write_transaction(self.engine) as conn:
+            if store.fetch(conn, [row.customer_id]):
+                raise already_exists(f"customers/{row.customer_id}")
+            self._check_parent(conn, row, {})
+            store.write_customers(conn, self.catalog, [row], {}, now_us())
+            return self._to_proto(conn, list(store.fetch(conn, [row.customer_id]).values()))[0]
+
+    def _check_parent(self, conn, row: CustomerRow, stored: dict[str, Row]) -> None:
+        if row.parent_id is None:
+            return
+        if not store.parents_of(conn, [row.parent_id]):
+            raise failed_precondition(f"parent customers/{row.parent_id} does not exist; create it first",
+                                      "PARENT_NOT_FOUND")
+        for problem in store.check_tree(conn, {row.customer_id: row.parent_id}, stored):
+            raise failed_precondition(problem.message, problem.reason)
+
+    async def UpdateCustomer(self, request, context):
+        customer = request.customer
+        customer_id = customer_id_from_name(customer.name, "customer.name")
+        paths = set(request.update_mask.paths)
+        violations = Violations()
+        if not paths:
+            violations.add("update_mask", f"required: name the fields to change ({', '.join(sorted(UPDATABLE))}) or *")
+        if "*" in paths:
+            paths = set(UPDATABLE)
+        for path in sorted(paths - UPDATABLE):
+            violations.add("update_mask", f"{path!r} cannot be updated; updatable: {', '.join(sorted(UPDATABLE))}")
+        expected = None
+        if customer.etag:
+            expected = revision_of_etag(customer.etag)
+            if expected is None:
+                violations.add("customer.etag", "not an etag returned by this service")
+        patch = CustomerRow(customer_id=customer_id)
+        probe = pb.Customer()
+        probe.CopyFrom(customer)
+        probe.customer_id = customer_id
+        parse_attributes(probe, patch, violations, "customer.", frozenset(paths))
+        violations.raise_if_any()
+        return await asyncio.to_thread(self._update, customer_id, patch, frozenset(paths), expected)
+
+    def _update(self, customer_id, patch: CustomerRow, paths, expected) -> pb.Customer:
+        with write_transaction(self.engine) as conn:
+            stored = store.fetch(conn, [customer_id])
+            old = stored.get(customer_id)
+            if old is None:
+                raise not_found(f"customers/{customer_id}")
+            if expected is not None and expected != old.revision:
+                raise aborted(f"customers/{customer_id} changed since etag {etag_of(expected)} was read "
+                              f"(now {etag_of(old.revision)}); get it again and retry")
+            row = CustomerRow(customer_id, old.display_name, old.parent_id, old.stakeholder_role, old.owner,
+                              store.labels_of(conn, [customer_id]).get(customer_id, {}))
+            for path in paths:
+                attribute = "parent_id" if path == "parent" else path
+                setattr(row, attribute, getattr(patch, attribute))
+            if "parent" in paths and row.parent_id != old.parent_id:
+                self._check_parent(conn, row, stored)
+            if not store.update_attributes(conn, row, old.revision, now_us()):
+                raise aborted(f"customers/{customer_id} was changed by another writer; get it again and retry")
+            return self._to_proto(conn, list(store.fetch(conn, [customer_id]).values()))[0]
+
+    async def DeleteCustomer(self, request, context):
+        customer_id = customer_id_from_name(request.name, "name")
+        expected = None
+        if request.etag:
+            expected = revision_of_etag(request.etag)
+            if expected is None:
+                raise invalid_argument("etag", "not an etag returned by this service")
+        await asyncio.to_thread(self._delete, customer_id, expected)
+        return empty_pb2.Empty()
+
+    def _delete(self, customer_id: str, expected: int | None) -> None:
+        with write_transaction(self.engine) as conn:
+            old = store.fetch(conn, [customer_id]).get(customer_id)
+            if old is None:
+                raise not_found(f"customers/{customer_id}")
+            if expected is not None and expected != old.revision:
+                raise aborted(f"customers/{customer_id} changed since etag {etag_of(expected)} was read")
+            children = store.child_count(conn, customer_id)
+            if children:
+                raise failed_precondition(
+                    f"customers/{customer_id} has {children} child accounts; move or delete them first",
+                    "HAS_CHILDREN")
+            store.delete(conn, customer_id, old.revision)
+
+    async def ImportCustomers(self, request_iterator, context):
+        session: ImportSession | None = None
+        async for request in request_iterator:
+            if session is None:
+                session = ImportSession(self.engine, self.catalog, all_or_nothing=request.all_or_nothing)
+            await asyncio.to_thread(session.add_batch, request.customers)
+        if session is None:
+            return pb.ImportCustomersResponse()
+        return await asyncio.to_thread(session.finish)
+
+    async def RecordSignals(self, request, context):
+        if not 1 <= len(request.observations) <= MAX_OBSERVATION_BATCH:
+            raise invalid_argument("observations", f"1 to {MAX_OBSERVATION_BATCH} entries, got {len(request.observations)}")
+        violations = Violations()
+        now = now_us()
+        observations: dict[str, list] = {}
+        for i, entry in enumerate(request.observations):
+            customer_id = customer_id_from_name(entry.customer, f"observations[{i}].customer", violations)
+            signals = parse_signals(entry.signals, f"observations[{i}].signals", violations, now)
+            if not entry.signals:
+                violations.add(f"observations[{i}].signals", "at least one signal")
+            if customer_id is not None:
+                observations.setdefault(customer_id, []).extend(signals)
+        violations.raise_if_any()
+        return await asyncio.to_thread(self._record, observations, now)
+
+    def _record(self, observations: dict[str, list], now: int) -> pb.RecordSignalsResponse:
+        with write_transaction(self.engine) as conn:
+            stored = store.fetch(conn, observations)
+            missing = [i for i in observations if i not in stored]
+            if missing:
+                raise not_found(f"customers/{missing[0]}")
+            counts = store.record_signals(conn, self.catalog, observations, stored, now)
+        return pb.RecordSignalsResponse(current=counts.current, historical=counts.historical)
+
+    # -- answers ---------------------------------------------------------------------------------------
+
+    def _to_proto(self, conn, rows: list[Row]) -> list[pb.Customer]:
+        all_labels = store.labels_of(conn, [r.customer_id for r in rows])
+        answers = []
+        for row in rows:
+            customer = pb.Customer(
+                name=f"customers/{row.customer_id}", customer_id=row.customer_id, display_name=row.display_name,
+                parent=f"customers/{row.parent_id}" if row.parent_id else "",
+                stakeholder_role=row.stakeholder_role, owner=row.owner,
+                labels=all_labels.get(row.customer_id, {}), etag=etag_of(row.revision))
+            set_timestamp(customer.create_time, row.create_time_us)
+            set_timestamp(customer.update_time, row.update_time_us)
+            values, times = packed.unpack(row.signal_values, row.signal_times)
+            for signal_id, value in enumerate(values):
+                if value == value:  # not NaN
+                    signal = customer.signals[self.catalog.name_of(signal_id, conn)]
+                    signal.value = value
+                    set_timestamp(signal.observe_time, times[signal_id])
+            answers.append(customer)
+        return answers
+
+
+def _export_message(chunk: store.ExportChunk, names: list[str], total: int) -> pb.ExportSignalMatrixResponse:
+    rows = len(chunk.customer_ids)
+    message = pb.ExportSignalMatrixResponse(
+        chunk=common_pb2.ColumnarChunk(
+            customer_ids=chunk.customer_ids, column_names=names,
+            values=common_pb2.Float64Matrix(rows=rows, columns=len(names), data=chunk.matrix.astype("<f8").tobytes())),
+        parent_ids=chunk.parent_ids, stakeholder_roles=chunk.stakeholder_roles, owners=chunk.owners,
+        total_customers=total)
+    return message
+
+
+def add_to_server(server: grpc.aio.Server, engine: Engine) -> None:
+    pb_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(engine), server)

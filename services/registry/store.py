@@ -1,0 +1,314 @@
+"""Queries over the registry's tables. Every function runs inside the caller's transaction."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+
+from services.registry import signals as packed
+from services.registry.customers import CustomerRow
+from services.registry.signals import SignalCatalog
+from services.registry.tables import customers, labels, signal_history
+
+# The deepest account tree: a top parent and at most nine levels below it.
+MAX_DEPTH = 10
+# Parameters per IN (...) list: well under SQLite's and PostgreSQL's limits.
+IN_CHUNK = 900
+
+STORED_COLUMNS = (
+    customers.c.customer_id, customers.c.display_name, customers.c.parent_id, customers.c.stakeholder_role,
+    customers.c.owner, customers.c.signal_values, customers.c.signal_times, customers.c.revision,
+    customers.c.create_time_us, customers.c.update_time_us,
+)
+
+
+def _chunks(items: list, size: int = IN_CHUNK) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def fetch(conn: Connection, ids: Iterable[str]) -> dict[str, Row]:
+    """Stored customers by id; unknown ids are absent."""
+    found: dict[str, Row] = {}
+    for part in _chunks(list(ids)):
+        for row in conn.execute(sa.select(*STORED_COLUMNS).where(customers.c.customer_id.in_(part))):
+            found[row.customer_id] = row
+    return found
+
+
+def parents_of(conn: Connection, ids: Iterable[str]) -> dict[str, str | None]:
+    """Stored parent of each id that exists."""
+    found: dict[str, str | None] = {}
+    for part in _chunks(list(ids)):
+        query = sa.select(customers.c.customer_id, customers.c.parent_id).where(customers.c.customer_id.in_(part))
+        found.update((cid, parent) for cid, parent in conn.execute(query))
+    return found
+
+
+def labels_of(conn: Connection, ids: Iterable[str]) -> dict[str, dict[str, str]]:
+    found: dict[str, dict[str, str]] = {}
+    for part in _chunks(list(ids)):
+        query = sa.select(labels.c.customer_id, labels.c.key, labels.c.value).where(labels.c.customer_id.in_(part))
+        for customer_id, key, value in conn.execute(query):
+            found.setdefault(customer_id, {})[key] = value
+    return found
+
+
+def child_count(conn: Connection, customer_id: str) -> int:
+    query = sa.select(sa.func.count()).select_from(customers).where(customers.c.parent_id == customer_id)
+    return conn.execute(query).scalar_one()
+
+
+def subtree_height(conn: Connection, customer_id: str) -> int:
+    """Levels below ``customer_id`` (0 for a leaf)."""
+    tree = sa.select(customers.c.customer_id, sa.literal(0).label("level")).where(
+        customers.c.parent_id == customer_id).cte("tree", recursive=True)
+    tree = tree.union_all(
+        sa.select(customers.c.customer_id, (tree.c.level + 1).label("level"))
+        .join(tree, customers.c.parent_id == tree.c.customer_id)
+        .where(tree.c.level < MAX_DEPTH))
+    height = conn.execute(sa.select(sa.func.max(tree.c.level))).scalar()
+    return 0 if height is None else height + 1
+
+
+@dataclass
+class TreeProblem:
+    customer_id: str
+    reason: str
+    message: str
+
+
+def check_tree(conn: Connection, proposed: dict[str, str | None], stored: dict[str, Row]) -> list[TreeProblem]:
+    """Cycles and depth of the tree once ``proposed`` parents are written.
+
+    ``proposed`` maps customers being written to their new parent; ``stored``
+    holds those of them that exist already (to find subtrees that move).
+    """
+    known: dict[str, str | None] = dict(proposed)
+    frontier = {p for p in proposed.values() if p and p not in known}
+    for _ in range(MAX_DEPTH + 1):
+        if not frontier:
+            break
+        fetched = parents_of(conn, frontier)
+        known.update(fetched)
+        frontier = {p for p in fetched.values() if p and p not in known}
+
+    problems = []
+    for customer_id, parent_id in proposed.items():
+        if parent_id:
+            problem = _tree_problem(conn, customer_id, parent_id, known, stored)
+            if problem:
+                problems.append(problem)
+    return problems
+
+
+def _tree_problem(conn: Connection, customer_id: str, parent_id: str, known: dict[str, str | None],
+                  stored: dict[str, Row]) -> TreeProblem | None:
+    path, current = [customer_id], parent_id
+    while current:
+        if current in path:
+            cycle = " -> ".join(f"customers/{c}" for c in [*path[path.index(current):], current])
+            return TreeProblem(customer_id, "PARENT_CYCLE", f"the parent would make a cycle: {cycle}")
+        path.append(current)
+        if len(path) > MAX_DEPTH:
+            break
+        current = known.get(current)
+    depth = len(path)
+    moved = customer_id in stored and stored[customer_id].parent_id != parent_id
+    if moved and depth <= MAX_DEPTH:
+        depth += subtree_height(conn, customer_id)
+    if depth > MAX_DEPTH:
+        return TreeProblem(customer_id, "TREE_TOO_DEEP",
+                           f"the account tree would be more than {MAX_DEPTH} levels deep")
+    return None
+
+
+@dataclass
+class WriteCounts:
+    created: int = 0
+    updated: int = 0
+    current: int = 0
+    historical: int = 0
+
+
+def write_customers(conn: Connection, catalog: SignalCatalog, rows: list[CustomerRow],
+                    stored: dict[str, Row], now: int) -> WriteCounts:
+    """Insert new customers and update stored ones (attributes replaced, signals merged)."""
+    signal_ids = catalog.ids_for(conn, {name for row in rows for name, _, _ in row.signals})
+    counts = WriteCounts()
+    inserts, updates, history = [], [], []
+    for row in rows:
+        observations = [(signal_ids[name], value, t) for name, value, t in row.signals]
+        old = stored.get(row.customer_id)
+        values, times = packed.unpack(old.signal_values, old.signal_times) if old else packed.unpack(None, None)
+        superseded, became_current = packed.merge(values, times, observations)
+        counts.current += became_current
+        counts.historical += len(observations) - became_current
+        history.extend({"customer_id": row.customer_id, "signal_id": s, "value": v, "observe_time_us": t}
+                       for s, v, t in superseded)
+        record = {
+            "b_customer_id": row.customer_id, "display_name": row.display_name, "parent_id": row.parent_id,
+            "stakeholder_role": row.stakeholder_role, "owner": row.owner,
+            "signal_values": values.tobytes() if values else None,
+            "signal_times": times.tobytes() if times else None, "update_time_us": now,
+        }
+        if old is None:
+            record.update(revision=1, create_time_us=now)
+            inserts.append(record)
+        else:
+            record["revision"] = old.revision + 1
+            updates.append(record)
+    if inserts:
+        conn.execute(customers.insert().values(customer_id=sa.bindparam("b_customer_id")), inserts)
+    if updates:
+        conn.execute(customers.update().where(customers.c.customer_id == sa.bindparam("b_customer_id"))
+                     .values(**{k: sa.bindparam(k) for k in updates[0] if k != "b_customer_id"}), updates)
+        for part in _chunks([r["b_customer_id"] for r in updates]):
+            conn.execute(labels.delete().where(labels.c.customer_id.in_(part)))
+    label_rows = [{"customer_id": row.customer_id, "key": k, "value": v} for row in rows for k, v in row.labels.items()]
+    if label_rows:
+        conn.execute(labels.insert(), label_rows)
+    if history:
+        conn.execute(signal_history.insert(), history)
+    counts.created, counts.updated = len(inserts), len(updates)
+    return counts
+
+
+def update_attributes(conn: Connection, row: CustomerRow, expected_revision: int, now: int) -> bool:
+    """Replace a stored customer's attributes if it is still at ``expected_revision``."""
+    result = conn.execute(
+        customers.update()
+        .where(customers.c.customer_id == row.customer_id, customers.c.revision == expected_revision)
+        .values(display_name=row.display_name, parent_id=row.parent_id, stakeholder_role=row.stakeholder_role,
+                owner=row.owner, revision=expected_revision + 1, update_time_us=now))
+    if result.rowcount != 1:
+        return False
+    conn.execute(labels.delete().where(labels.c.customer_id == row.customer_id))
+    if row.labels:
+        conn.execute(labels.insert(), [{"customer_id": row.customer_id, "key": k, "value": v}
+                                       for k, v in row.labels.items()])
+    return True
+
+
+def delete(conn: Connection, customer_id: str, expected_revision: int | None) -> bool:
+    where = [customers.c.customer_id == customer_id]
+    if expected_revision is not None:
+        where.append(customers.c.revision == expected_revision)
+    conn.execute(signal_history.delete().where(signal_history.c.customer_id == customer_id))
+    conn.execute(labels.delete().where(labels.c.customer_id == customer_id))
+    return conn.execute(customers.delete().where(*where)).rowcount == 1
+
+
+def record_signals(conn: Connection, catalog: SignalCatalog, observations: dict[str, list[tuple[str, float, int]]],
+                   stored: dict[str, Row], now: int) -> WriteCounts:
+    """Merge observations into stored customers' current signals; the rest becomes history."""
+    signal_ids = catalog.ids_for(conn, {name for obs in observations.values() for name, _, _ in obs})
+    counts = WriteCounts()
+    changed, history = [], []
+    for customer_id, obs in observations.items():
+        old = stored[customer_id]
+        values, times = packed.unpack(old.signal_values, old.signal_times)
+        superseded, became_current = packed.merge(values, times, [(signal_ids[n], v, t) for n, v, t in obs])
+        counts.current += became_current
+        counts.historical += len(obs) - became_current
+        history.extend({"customer_id": customer_id, "signal_id": s, "value": v, "observe_time_us": t}
+                       for s, v, t in superseded)
+        if became_current:
+            changed.append({"b_customer_id": customer_id, "signal_values": values.tobytes(),
+                            "signal_times": times.tobytes(), "revision": old.revision + 1, "update_time_us": now})
+    if changed:
+        conn.execute(customers.update().where(customers.c.customer_id == sa.bindparam("b_customer_id"))
+                     .values(signal_values=sa.bindparam("signal_values"), signal_times=sa.bindparam("signal_times"),
+                             revision=sa.bindparam("revision"), update_time_us=sa.bindparam("update_time_us")),
+                     changed)
+    if history:
+        conn.execute(signal_history.insert(), history)
+    return counts
+
+
+@dataclass
+class ListFilters:
+    parent_id: str | None = None
+    stakeholder_role: int = 0
+    owner: str = ""
+    label_key: str = ""
+    label_value: str | None = None
+
+
+def list_page(conn: Connection, filters: ListFilters, after_id: str | None, limit: int) -> list[Row]:
+    query = sa.select(*STORED_COLUMNS).order_by(customers.c.customer_id).limit(limit)
+    if after_id is not None:
+        query = query.where(customers.c.customer_id > after_id)
+    if filters.parent_id is not None:
+        query = query.where(customers.c.parent_id == filters.parent_id)
+    if filters.stakeholder_role:
+        query = query.where(customers.c.stakeholder_role == filters.stakeholder_role)
+    if filters.owner:
+        query = query.where(customers.c.owner == filters.owner)
+    if filters.label_key:
+        has_label = sa.select(labels.c.customer_id).where(
+            labels.c.customer_id == customers.c.customer_id, labels.c.key == filters.label_key)
+        if filters.label_value is not None:
+            has_label = has_label.where(labels.c.value == filters.label_value)
+        query = query.where(has_label.exists())
+    return list(conn.execute(query))
+
+
+def signal_observations(conn: Connection, catalog: SignalCatalog, stored: Row,
+                        signal_id: int | None) -> list[tuple[str, float, int, bool]]:
+    """Every kept observation of a customer: (signal, value, observe_time_us, current)."""
+    values, times = packed.unpack(stored.signal_values, stored.signal_times)
+    found = [(catalog.name_of(i, conn), values[i], times[i], True)
+             for i in range(len(values)) if not math.isnan(values[i]) and signal_id in (None, i)]
+    query = sa.select(signal_history.c.signal_id, signal_history.c.value, signal_history.c.observe_time_us).where(
+        signal_history.c.customer_id == stored.customer_id)
+    if signal_id is not None:
+        query = query.where(signal_history.c.signal_id == signal_id)
+    found.extend((catalog.name_of(s, conn), v, t, False) for s, v, t in conn.execute(query))
+    found.sort(key=lambda o: (-o[2], o[0], not o[3]))
+    return found
+
+
+@dataclass
+class ExportChunk:
+    customer_ids: list[str]
+    parent_ids: list[str]
+    stakeholder_roles: bytes
+    owners: list[str]
+    matrix: np.ndarray  # float64 (rows, signals)
+
+
+def count_customers(conn: Connection) -> int:
+    return conn.execute(sa.select(sa.func.count()).select_from(customers)).scalar_one()
+
+
+def export_chunks(conn: Connection, catalog: SignalCatalog, signal_names: list[str],
+                  chunk_size: int) -> Iterator[ExportChunk]:
+    """The whole base in insertion order, as column blocks of the requested signals."""
+    catalog.reload(conn)
+    columns = [catalog.id_of(name) for name in signal_names]
+    query = sa.select(customers.c.customer_id, customers.c.parent_id, customers.c.stakeholder_role,
+                      customers.c.owner, customers.c.signal_values).order_by(customers.c.pk)
+    result = conn.execution_options(stream_results=True, yield_per=chunk_size).execute(query)
+    for rows in result.partitions(chunk_size):
+        ids, parents, roles, owners, blobs = zip(*rows)
+        yield ExportChunk(list(ids), [p or "" for p in parents], bytes(roles), list(owners),
+                          _signal_matrix(blobs, columns))
+
+
+def _signal_matrix(blobs: tuple[bytes | None, ...], columns: list[int | None]) -> np.ndarray:
+    """Rows of packed signal arrays -> the requested columns, NaN where absent."""
+    width = max([len(b) for b in blobs if b] + [8 * (c + 1) for c in columns if c is not None] + [8])
+    nan_row = np.full(width // 8, np.nan).tobytes()
+    padded = b"".join(b + nan_row[len(b):] if b else nan_row for b in blobs)
+    full = np.frombuffer(padded, dtype="<f8").reshape(len(blobs), width // 8)
+    matrix = np.full((len(blobs), len(columns)), np.nan)
+    for j, column in enumerate(columns):
+        if column is not None:
+            matrix[:, j] = full[:, column]
+    return matrix

@@ -1,0 +1,60 @@
+"""Tables owned by the registry. Other services reach this data through RegistryService only.
+
+A customer's current signals live on its row as two packed arrays indexed by
+signal id (values as float64 with NaN for "none", observation times as int64
+microseconds): bulk import and export then touch one row per customer instead
+of one per signal. Every observation that is no longer current is kept in
+``registry_signal_history``.
+"""
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+customers = sa.Table(
+    "registry_customers", metadata,
+    sa.Column("pk", BigId, primary_key=True, autoincrement=True),
+    sa.Column("customer_id", sa.String(128), nullable=False, unique=True),
+    sa.Column("display_name", sa.String(256), nullable=False, server_default=""),
+    sa.Column("parent_id", sa.String(128),
+              sa.ForeignKey("registry_customers.customer_id", ondelete="RESTRICT",
+                            deferrable=True, initially="DEFERRED"), nullable=True),
+    sa.Column("stakeholder_role", sa.SmallInteger, nullable=False),
+    sa.Column("owner", sa.String(256), nullable=False, server_default=""),
+    sa.Column("signal_values", sa.LargeBinary, nullable=True),
+    sa.Column("signal_times", sa.LargeBinary, nullable=True),
+    sa.Column("revision", sa.BigInteger, nullable=False),
+    sa.Column("create_time_us", sa.BigInteger, nullable=False),
+    sa.Column("update_time_us", sa.BigInteger, nullable=False),
+    sa.Index("ix_registry_customers_parent_id", "parent_id"),
+    sa.Index("ix_registry_customers_owner", "owner"),
+)
+
+labels = sa.Table(
+    "registry_customer_labels", metadata,
+    sa.Column("customer_id", sa.String(128),
+              sa.ForeignKey("registry_customers.customer_id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("key", sa.String(63), primary_key=True),
+    sa.Column("value", sa.String(256), nullable=False),
+    sa.Index("ix_registry_customer_labels_key_value", "key", "value"),
+)
+
+signal_names = sa.Table(
+    "registry_signal_names", metadata,
+    sa.Column("signal_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.String(63), nullable=False, unique=True),
+)
+
+signal_history = sa.Table(
+    "registry_signal_history", metadata,
+    sa.Column("pk", BigId, primary_key=True, autoincrement=True),
+    sa.Column("customer_id", sa.String(128),
+              sa.ForeignKey("registry_customers.customer_id", ondelete="CASCADE"), nullable=False),
+    sa.Column("signal_id", sa.Integer, nullable=False),
+    sa.Column("value", sa.Float(53), nullable=False),
+    sa.Column("observe_time_us", sa.BigInteger, nullable=False),
+    sa.Index("ix_registry_signal_history_customer", "customer_id", "observe_time_us"),
+)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import numpy as np
 from google.protobuf import empty_pb2
 from sqlalchemy.engine import Engine, Row
 
@@ -156,8 +157,8 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     def _export(self, names: list[str], chunk_size: int):
         with read_transaction(self.engine) as conn:
             total = store.count_customers(conn)
-            if total == 0:
-                yield pb.ExportSignalMatrixResponse()
+            if total == 0:  # one empty chunk, so the receiver still learns the columns
+                yield _export_message(store.ExportChunk([], [], b"", [], np.empty((0, len(names)))), names, 0)
                 return
             for chunk in store.export_chunks(conn, self.catalog, names, chunk_size):
                 yield _export_message(chunk, names, total)

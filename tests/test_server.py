@@ -1,0 +1,152 @@
+"""The served suite as outsiders see it: reflection, health, a stub-less client, the CLI process, schema."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from google.protobuf import descriptor_pool, json_format, message_factory
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+from grpc_helpers import raises_status
+from services.common import db
+from services.registry.tables import metadata as registry_metadata
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICES = ["cvh.registry.v1.RegistryService", "cvh.scoring.v1.ScoringService", "cvh.hierarchy.v1.HierarchyService"]
+
+
+class GenericClient:
+    """Calls any method by name with dicts, learning every type from server reflection alone."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.channel = channel
+        self.database = ProtoReflectionDescriptorDatabase(channel)
+        self.pool = descriptor_pool.DescriptorPool(self.database)
+
+    def _method(self, full_method: str):
+        service_name, method_name = full_method.rsplit("/", 1)
+        method = self.pool.FindServiceByName(service_name).FindMethodByName(method_name)
+        request_class = message_factory.GetMessageClass(method.input_type)
+        response_class = message_factory.GetMessageClass(method.output_type)
+        return method, request_class, response_class
+
+    def call(self, full_method: str, requests):
+        method, request_class, response_class = self._method(full_method)
+        path = "/" + full_method
+        kind = {(False, False): self.channel.unary_unary, (False, True): self.channel.unary_stream,
+                (True, False): self.channel.stream_unary, (True, True): self.channel.stream_stream}[
+            (method.client_streaming, method.server_streaming)]
+        rpc = kind(path, request_serializer=lambda m: m.SerializeToString(),
+                   response_deserializer=response_class.FromString)
+        build = lambda d: json_format.ParseDict(d, request_class())  # noqa: E731
+        argument = (build(d) for d in requests) if method.client_streaming else build(requests)
+        answer = rpc(argument, timeout=30)
+        to_dict = lambda m: json_format.MessageToDict(m, preserving_proto_field_name=True)  # noqa: E731
+        return [to_dict(m) for m in answer] if method.server_streaming else to_dict(answer)
+
+
+def test_generic_client_discovers_checks_and_uses_the_registry(channel):
+    client = GenericClient(channel)
+    assert set(SERVICES) <= set(client.database.get_services())
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ["", *SERVICES]:
+        assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == \
+            health_pb2.HealthCheckResponse.SERVING
+
+    registry = "cvh.registry.v1.RegistryService/"
+    created = client.call(registry + "CreateCustomer", {"customer": {
+        "customer_id": "acme", "display_name": "Acme", "stakeholder_role": "STAKEHOLDER_ROLE_BUYER",
+        "signals": {"annual_revenue": {"value": 125000.0}}}})
+    assert created["name"] == "customers/acme"
+    summary = client.call(registry + "ImportCustomers", [
+        {"customers": [{"customer_id": "unit", "parent": "customers/group", "signals": {"nps": {"value": 40}}}]},
+        {"customers": [{"customer_id": "group"}]}])
+    assert summary["created"] == "2"  # int64 is a string in proto JSON
+    listed = client.call(registry + "ListCustomers", {"page_size": 10})
+    assert [c["customer_id"] for c in listed["customers"]] == ["acme", "group", "unit"]
+    chunks = client.call(registry + "ExportSignalMatrix", {"signal_names": ["annual_revenue", "nps"]})
+    values = chunks[0]["chunk"]["values"]
+    matrix = np.frombuffer(base64.b64decode(values["data"]), "<f8").reshape(values["rows"], values["columns"])
+    row = {customer_id: i for i, customer_id in enumerate(chunks[0]["chunk"]["customer_ids"])}
+    assert matrix[row["acme"], 0] == 125000.0 and matrix[row["unit"], 1] == 40.0
+
+
+def test_services_not_built_yet_answer_unimplemented(channel):
+    client = GenericClient(channel)
+    with raises_status(grpc.StatusCode.UNIMPLEMENTED):
+        client.call("cvh.hierarchy.v1.HierarchyService/GetPriority", {"customer": "customers/acme"})
+
+
+def test_generated_stubs_are_fresh():
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "gen_protos.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_migrations_match_the_tables(database_url):
+    engine = db.create_engine(database_url)
+    db.upgrade(engine)
+    with engine.connect() as conn:
+        differences = compare_metadata(MigrationContext.configure(conn), registry_metadata)
+    engine.dispose()
+    assert differences == []
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cvh_serve_process_serves_exports_metrics_and_stops_on_sigterm(tmp_path):
+    port, metrics_port = _free_port(), _free_port()
+    env = {**os.environ, "CVH_DATA_DIR": str(tmp_path)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "clients.cli", "serve", "registry", "--listen", f"127.0.0.1:{port}",
+         "--metrics-port", str(metrics_port)], env=env, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+            health = health_pb2_grpc.HealthStub(channel)
+            assert health.Check(health_pb2.HealthCheckRequest(
+                service="cvh.registry.v1.RegistryService")).status == health_pb2.HealthCheckResponse.SERVING
+            GenericClient(channel).call("cvh.registry.v1.RegistryService/CreateCustomer",
+                                        {"customer": {"customer_id": "acme"}})
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        assert 'cvh_rpc_total{code="OK",method="/cvh.registry.v1.RegistryService/CreateCustomer"} 1.0' in metrics
+        assert (tmp_path / "cvh.db").exists()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        log = process.stderr.read()
+        assert '"message": "shutting down"' in log
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_sqlite_is_in_wal_mode(tmp_path):
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    engine.dispose()
+
+
+@pytest.mark.parametrize("url", ["postgresql://u@h/db", "postgres://u@h/db"])
+def test_postgres_urls_use_psycopg3(url):
+    assert sa.engine.make_url(db.normalize_url(url)).drivername == "postgresql+psycopg"

@@ -49,6 +49,8 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute("PRAGMA cache_size=-131072")  # 128 MiB: bulk imports keep the indexes in memory
+        cursor.execute("PRAGMA temp_store=MEMORY")
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")

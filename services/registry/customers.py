@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from cvh.common.v1 import common_pb2
 from cvh.registry.v1 import registry_service_pb2 as pb
@@ -34,6 +37,34 @@ class CustomerRow:
     labels: dict[str, str] = field(default_factory=dict)
     # (signal name, value, observe_time_us)
     signals: list[tuple[str, float, int]] = field(default_factory=list)
+    # Signals given as a row of a packed block instead: (block, row index).
+    block: tuple["SignalBlock", int] | None = None
+
+    def observations(self) -> list[tuple[str, float, int]]:
+        if self.block is None:
+            return self.signals
+        block, i = self.block
+        return [(name, float(v), block.observe_time_us)
+                for name, v in zip(block.names, block.values[i]) if v == v]
+
+
+@dataclass
+class SignalBlock:
+    """Signals of many rows at once: a float64 matrix (NaN = not observed) and one observation time."""
+
+    names: list[str]
+    values: np.ndarray
+    observe_time_us: int
+
+    def packed_rows(self, signal_ids: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per row: values and times laid out by signal id (the stored layout), and observations made."""
+        columns = [signal_ids[name] for name in self.names]
+        width = max(columns, default=-1) + 1
+        values = np.full((len(self.values), width), np.nan)
+        values[:, columns] = self.values
+        observed = ~np.isnan(values)
+        times = np.where(observed, self.observe_time_us, 0).astype(np.int64)
+        return values, times, observed.sum(axis=1)
 
 
 def parse_signals(signals, prefix: str, violations: Violations, now: int) -> list[tuple[str, float, int]]:
@@ -127,3 +158,91 @@ def revision_of_etag(etag: str) -> int | None:
 def set_timestamp(ts, micros: int) -> None:
     ts.seconds, ts.nanos = divmod(micros, 1_000_000)
     ts.nanos *= 1000
+
+
+def parse_columns(columns: pb.CustomerColumns, first_position: int, now: int,
+                  reject) -> list[tuple[int, CustomerRow]]:
+    """Rows of a packed block as (position, row); bad rows go to ``reject(position, id, problems)``.
+
+    Whole-block problems (a column of the wrong length) reject every row of the block.
+    """
+    n = len(columns.customer_ids)
+    block_problems = []
+    for name in ("display_names", "parent_ids", "owners"):
+        if len(getattr(columns, name)) not in (0, n):
+            block_problems.append((f"columns.{name}", f"must be empty or have one entry per row ({n})"))
+    if len(columns.stakeholder_roles) not in (0, n):
+        block_problems.append(("columns.stakeholder_roles", f"must be empty or have one byte per row ({n})"))
+    names = list(columns.signal_names)
+    for name in names:
+        if not SIGNAL_NAME.fullmatch(name):
+            block_problems.append((f"columns.signal_names[{name}]", "not a signal name ([a-z][a-z0-9_]{0,62})"))
+    if len(set(names)) != len(names):
+        block_problems.append(("columns.signal_names", "names must not repeat"))
+    matrix = columns.signal_values
+    rows_expected = n if names else 0
+    if (matrix.rows, matrix.columns, len(matrix.data)) != (rows_expected, len(names), 8 * rows_expected * len(names)):
+        block_problems.append(("columns.signal_values", f"must be {rows_expected} x {len(names)} float64 values"))
+    observed = now
+    if columns.HasField("observe_time"):
+        observed = columns.observe_time.seconds * 1_000_000 + columns.observe_time.nanos // 1000
+        if observed > now + MAX_FUTURE_US:
+            block_problems.append(("columns.observe_time", "is more than one day in the future"))
+    if block_problems:
+        for i in range(n):
+            reject(first_position + i, columns.customer_ids[i], block_problems)
+        return []
+    values = np.frombuffer(matrix.data, "<f8").reshape(n, len(names)) if names else np.empty((n, 0))
+    block = SignalBlock(names, values, observed)
+    ids = list(columns.customer_ids)
+    display_names = list(columns.display_names) or [""] * n
+    parents = list(columns.parent_ids) or [""] * n
+    owners = list(columns.owners) or [""] * n
+    roles = np.frombuffer(columns.stakeholder_roles, np.uint8) if columns.stakeholder_roles else \
+        np.full(n, common_pb2.STAKEHOLDER_ROLE_END_USER, np.uint8)
+    roles = np.where(roles == 0, common_pb2.STAKEHOLDER_ROLE_END_USER, roles)
+    # Whole columns are checked in one pass each; only a block with a bad row is examined row by row.
+    suspect = _all_match(CUSTOMER_ID, ids) and _all_match(PARENT_OR_EMPTY, parents)
+    suspect = not suspect or max(map(len, display_names), default=0) > MAX_TEXT \
+        or max(map(len, owners), default=0) > MAX_TEXT or not np.isin(roles, list(VALID_ROLES)).all() \
+        or np.isinf(values).any() or any(p == c for p, c in zip(parents, ids) if p)
+    roles = roles.tolist()
+    rows = []
+    for i, customer_id in enumerate(ids):
+        if suspect:
+            problems = _row_problems(customer_id, display_names[i], parents[i], roles[i], owners[i],
+                                     values[i], names)
+            if problems:
+                reject(first_position + i, customer_id, problems)
+                continue
+        rows.append((first_position + i, CustomerRow(customer_id, display_names[i], parents[i] or None,
+                                                     roles[i], owners[i], block=(block, i))))
+    return rows
+
+
+PARENT_OR_EMPTY = re.compile(r"[A-Za-z0-9._:-]{0,128}")
+
+
+def _all_match(pattern: re.Pattern, texts: list[str]) -> bool:
+    """Whether every text fully matches ``pattern``, checked in one regex pass over the joined column."""
+    joined = re.compile(rf"(?:(?:{pattern.pattern})\n)*")
+    return joined.fullmatch("".join(t + "\n" for t in texts)) is not None
+
+
+def _row_problems(customer_id: str, display_name: str, parent: str, role: int, owner: str,
+                  values: np.ndarray, names: list[str]) -> list[tuple[str, str]]:
+    problems = []
+    if not CUSTOMER_ID.fullmatch(customer_id):
+        problems.append(("customer_id", "required: 1 to 128 characters of [A-Za-z0-9._:-]"))
+    if parent and (not CUSTOMER_ID.fullmatch(parent) or parent == customer_id):
+        problems.append(("parent", "must be another customer's id (1 to 128 characters of [A-Za-z0-9._:-])"))
+    if role not in VALID_ROLES:
+        problems.append(("stakeholder_role", f"unknown role {role}"))
+    if len(display_name) > MAX_TEXT:
+        problems.append(("display_name", f"at most {MAX_TEXT} characters"))
+    if len(owner) > MAX_TEXT:
+        problems.append(("owner", f"at most {MAX_TEXT} characters"))
+    infinite = np.flatnonzero(np.isinf(values))
+    if infinite.size:
+        problems.append((f"signals[{names[infinite[0]]}].value", "must be a finite number or NaN (not observed)"))
+    return problems

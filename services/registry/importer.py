@@ -16,7 +16,7 @@ from cvh.registry.v1 import registry_service_pb2 as pb
 from services.common.db import write_transaction
 from services.common.errors import FieldViolation, ServiceError, Violations
 from services.registry import store
-from services.registry.customers import CustomerRow, now_us, parse_customer
+from services.registry.customers import CustomerRow, now_us, parse_columns, parse_customer
 from services.registry.signals import SignalCatalog
 
 MAX_BATCH = 10_000
@@ -41,14 +41,15 @@ class ImportSession:
     # all_or_nothing: every valid row, written together at the end.
     staged: dict[str, Positioned] = field(default_factory=dict)
 
-    def add_batch(self, customers) -> None:
+    def add_batch(self, request: pb.ImportCustomersRequest) -> None:
         """Check one message's rows, then write them (or stage them for all_or_nothing)."""
-        if not 1 <= len(customers) <= MAX_BATCH:
+        size = len(request.customers) + len(request.columns.customer_ids)
+        if not 1 <= size <= MAX_BATCH:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"customers: each message holds 1 to {MAX_BATCH} customers, got {len(customers)}; "
+                               f"customers: each message holds 1 to {MAX_BATCH} customers, got {size}; "
                                f"batches before this one are committed", "BATCH_SIZE",
                                [FieldViolation("customers", f"1 to {MAX_BATCH} customers per message")])
-        rows = self._parse(customers)
+        rows = self._parse(request)
         if self.all_or_nothing:
             for item in rows:
                 if self.staged.pop(item.row.customer_id, None):
@@ -90,17 +91,23 @@ class ImportSession:
             f"first: row {errors[0].position} {errors[0].field}: {errors[0].reason}",
             "IMPORT_REJECTED", violations[: Violations.MAX_REPORTED])
 
-    def _parse(self, customers) -> list[Positioned]:
+    def _parse(self, request: pb.ImportCustomersRequest) -> list[Positioned]:
         now = now_us()
-        rows, seen = [], {}
-        for msg in customers:
-            position = self.next_position
-            self.next_position += 1
+        parsed = []
+        for msg in request.customers:
             violations = Violations()
             row = parse_customer(msg, violations, "", now)
             if row is None:
-                self._reject(position, msg.customer_id, [(v.field, v.description) for v in violations.items])
-            elif row.customer_id in seen:
+                self._reject(self.next_position, msg.customer_id, [(v.field, v.description) for v in violations.items])
+            else:
+                parsed.append((self.next_position, row))
+            self.next_position += 1
+        if request.columns.customer_ids:
+            parsed += parse_columns(request.columns, self.next_position, now, self._reject)
+            self.next_position += len(request.columns.customer_ids)
+        rows, seen = [], {}
+        for position, row in parsed:
+            if row.customer_id in seen:
                 self._reject(position, row.customer_id, [(
                     "customer_id", f"repeats row {seen[row.customer_id]} of the same message; send one row per customer")])
             else:

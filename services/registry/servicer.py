@@ -262,7 +262,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         async for request in request_iterator:
             if session is None:
                 session = ImportSession(self.engine, self.catalog, all_or_nothing=request.all_or_nothing)
-            await asyncio.to_thread(session.add_batch, request.customers)
+            await asyncio.to_thread(session.add_batch, request)
         if session is None:
             return pb.ImportCustomersResponse()
         return await asyncio.to_thread(session.finish)

@@ -409,3 +409,60 @@ BAD_REQUESTS = [
 def test_bad_input_is_invalid_argument_naming_the_field(registry, method, request_message, field):
     with raises_status(Code.INVALID_ARGUMENT, field=field):
         getattr(registry, method)(request_message)
+
+
+# -- packed-column import --------------------------------------------------------------------------------
+
+def columns(ids, names=(), values=None, **extra) -> pb.CustomerColumns:
+    block = pb.CustomerColumns(customer_ids=ids, signal_names=list(names), **extra)
+    if names:
+        matrix = np.asarray(values, dtype="<f8").reshape(len(ids), len(names))
+        block.signal_values.CopyFrom(common_pb2.Float64Matrix(rows=len(ids), columns=len(names),
+                                                              data=matrix.tobytes()))
+    block.observe_time.seconds = 1_700_000_000
+    return block
+
+
+def test_import_packed_columns(registry):
+    block = columns(["g", "a", "b"], ["nps", "annual_revenue"], [[1, 10], [2, math.nan], [3, 30]],
+                    parent_ids=["", "g", "g"], owners=["ann", "bob", ""],
+                    stakeholder_roles=bytes([common_pb2.STAKEHOLDER_ROLE_BUYER, 0, common_pb2.STAKEHOLDER_ROLE_DONOR]))
+    summary = registry.ImportCustomers(iter([pb.ImportCustomersRequest(customers=[customer("row-form")],
+                                                                       columns=block)]))
+    assert (summary.created, summary.rejected) == (4, 0)
+    a = registry.GetCustomer(pb.GetCustomerRequest(name="customers/a"))
+    assert a.parent == "customers/g" and a.owner == "bob" and a.stakeholder_role == common_pb2.STAKEHOLDER_ROLE_END_USER
+    assert a.signals["nps"].value == 2 and "annual_revenue" not in a.signals
+    assert a.signals["nps"].observe_time.seconds == 1_700_000_000
+    ids, parents, roles, _, matrix = export(registry, ["annual_revenue", "nps"])
+    assert ids == ["row-form", "g", "a", "b"]
+    assert roles[1] == common_pb2.STAKEHOLDER_ROLE_BUYER and roles[3] == common_pb2.STAKEHOLDER_ROLE_DONOR
+    assert matrix[3].tolist() == [30, 3]
+
+    # Re-importing with newer values merges into the stored signals and keeps history.
+    newer = columns(["a"], ["nps"], [[7]], parent_ids=["g"])
+    newer.observe_time.seconds = 1_750_000_000
+    again = registry.ImportCustomers(iter([pb.ImportCustomersRequest(columns=newer)]))
+    assert (again.created, again.updated) == (0, 1)
+    history = registry.ListSignalHistory(pb.ListSignalHistoryRequest(customer="customers/a", signal="nps"))
+    assert [(o.value.value, o.current) for o in history.observations] == [(7, True), (2, False)]
+
+
+def test_import_packed_columns_rejects_bad_rows_by_position(registry):
+    block = columns(["ok-1", "bad id", "inf", "role", "ok-2"], ["nps"], [[1], [2], [math.inf], [4], [5]],
+                    stakeholder_roles=bytes([1, 1, 1, 99, 1]))
+    summary = registry.ImportCustomers(iter([pb.ImportCustomersRequest(customers=[customer("first")], columns=block)]))
+    assert (summary.created, summary.rejected) == (3, 3)
+    assert [(e.position, e.field) for e in summary.errors] == [
+        (2, "customer_id"), (3, "signals[nps].value"), (4, "stakeholder_role")]
+
+
+def test_import_packed_columns_of_wrong_length_reject_the_block(registry):
+    block = columns(["a", "b"], ["nps"], [[1], [2]], owners=["only-one"])
+    summary = registry.ImportCustomers(iter([pb.ImportCustomersRequest(columns=block)]))
+    assert (summary.created, summary.rejected) == (0, 2)
+    assert {e.field for e in summary.errors} == {"columns.owners"}
+    short = columns(["a", "b"], ["nps"], [[1], [2]])
+    short.signal_values.data = short.signal_values.data[:8]
+    summary = registry.ImportCustomers(iter([pb.ImportCustomersRequest(columns=short)]))
+    assert summary.rejected == 2 and summary.errors[0].field == "columns.signal_values"

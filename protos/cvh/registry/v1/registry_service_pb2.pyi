@@ -127,12 +127,34 @@ class ListCustomersResponse(_message.Message):
     def __init__(self, customers: _Optional[_Iterable[_Union[Customer, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ImportCustomersRequest(_message.Message):
-    __slots__ = ("customers", "all_or_nothing")
+    __slots__ = ("customers", "all_or_nothing", "columns")
     CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
     ALL_OR_NOTHING_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     customers: _containers.RepeatedCompositeFieldContainer[Customer]
     all_or_nothing: bool
-    def __init__(self, customers: _Optional[_Iterable[_Union[Customer, _Mapping]]] = ..., all_or_nothing: _Optional[bool] = ...) -> None: ...
+    columns: CustomerColumns
+    def __init__(self, customers: _Optional[_Iterable[_Union[Customer, _Mapping]]] = ..., all_or_nothing: _Optional[bool] = ..., columns: _Optional[_Union[CustomerColumns, _Mapping]] = ...) -> None: ...
+
+class CustomerColumns(_message.Message):
+    __slots__ = ("customer_ids", "display_names", "parent_ids", "stakeholder_roles", "owners", "signal_names", "signal_values", "observe_time")
+    CUSTOMER_IDS_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAMES_FIELD_NUMBER: _ClassVar[int]
+    PARENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    STAKEHOLDER_ROLES_FIELD_NUMBER: _ClassVar[int]
+    OWNERS_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_NAMES_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_VALUES_FIELD_NUMBER: _ClassVar[int]
+    OBSERVE_TIME_FIELD_NUMBER: _ClassVar[int]
+    customer_ids: _containers.RepeatedScalarFieldContainer[str]
+    display_names: _containers.RepeatedScalarFieldContainer[str]
+    parent_ids: _containers.RepeatedScalarFieldContainer[str]
+    stakeholder_roles: bytes
+    owners: _containers.RepeatedScalarFieldContainer[str]
+    signal_names: _containers.RepeatedScalarFieldContainer[str]
+    signal_values: _common_pb2.Float64Matrix
+    observe_time: _timestamp_pb2.Timestamp
+    def __init__(self, customer_ids: _Optional[_Iterable[str]] = ..., display_names: _Optional[_Iterable[str]] = ..., parent_ids: _Optional[_Iterable[str]] = ..., stakeholder_roles: _Optional[bytes] = ..., owners: _Optional[_Iterable[str]] = ..., signal_names: _Optional[_Iterable[str]] = ..., signal_values: _Optional[_Union[_common_pb2.Float64Matrix, _Mapping]] = ..., observe_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RowError(_message.Message):
     __slots__ = ("position", "customer_id", "field", "reason")

@@ -1,0 +1,1 @@
+"""Benchmarks of the suite, each run as ``python -m benchmarks.<name>``."""

@@ -172,6 +172,29 @@ def serialized_batches(base: CustomerBase, batch_size: int, progress: Progress) 
     return batches
 
 
+def serialized_column_batches(base: CustomerBase, batch_size: int, progress: Progress) -> list[bytes]:
+    """The same customers as packed CustomerColumns messages (the bulk path; no labels in this form)."""
+    batches = []
+    n = len(base)
+    owners = [owner_name(i) for i in range(OWNERS)]
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        rows = range(start, stop)
+        parents = base.parent[start:stop].tolist()
+        columns = registry_service_pb2.CustomerColumns(
+            customer_ids=[customer_id(i) for i in rows], display_names=[f"Customer {i:,}" for i in rows],
+            parent_ids=[customer_id(p) if p >= 0 else "" for p in parents],
+            stakeholder_roles=base.role[start:stop].astype(np.uint8).tobytes(),
+            owners=[owners[k] for k in base.owner[start:stop].tolist()], signal_names=SIGNAL_NAMES)
+        columns.signal_values.rows, columns.signal_values.columns = stop - start, len(SIGNAL_NAMES)
+        columns.signal_values.data = np.ascontiguousarray(base.signals[start:stop], dtype="<f8").tobytes()
+        columns.observe_time.CopyFrom(OBSERVED_AT)
+        batches.append(registry_service_pb2.ImportCustomersRequest(columns=columns).SerializeToString())
+        progress.update(stop, n)
+    progress.done()
+    return batches
+
+
 # -- the server under test ------------------------------------------------------------------------------
 
 
@@ -432,6 +455,7 @@ def report(args, import_result: ImportResult, export_result: ExportResult, prepa
     figures = {
         "customers": n,
         "signals": len(SIGNAL_NAMES),
+        "format": args.format,
         "batch_size": args.batch_size,
         "import_s": round(import_result.seconds, 3),
         "import_customers_per_s": round(import_rate, 1),
@@ -520,6 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="customers to import and export (default 1,000,000)")
     parser.add_argument("--batch-size", type=int, default=5_000, metavar="N",
                         help="customers per ImportCustomersRequest message, 1 to 10,000 (default 5,000)")
+    parser.add_argument("--format", choices=["columns", "rows"], default="columns",
+                        help="import message form: packed CustomerColumns (the bulk path, default) or one "
+                             "Customer message per row (with a region label each)")
     parser.add_argument("--chunk-size", type=int, default=0, metavar="N",
                         help="customers per ExportSignalMatrix chunk; 0 (the default) lets the server choose: 8,192")
     parser.add_argument("--seed", type=int, default=20250101,
@@ -567,7 +594,8 @@ def main(argv: list[str] | None = None) -> int:
         say(f"generating {args.customers:,} customers and serializing the import messages (not timed)")
         started = time.perf_counter()
         base = generate_base(args.customers, args.seed)
-        batches = serialized_batches(base, args.batch_size, Progress("serialize", show))
+        serialize = serialized_column_batches if args.format == "columns" else serialized_batches
+        batches = serialize(base, args.batch_size, Progress("serialize", show))
         prepare_s = time.perf_counter() - started
         server.wait_serving()
 

@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from grpc_helpers import raises_status
 from services.common import db
 from services.registry.tables import metadata as registry_metadata
+from services.scoring.tables import metadata as scoring_metadata
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ["cvh.registry.v1.RegistryService", "cvh.scoring.v1.ScoringService", "cvh.hierarchy.v1.HierarchyService"]
@@ -102,7 +103,7 @@ def test_migrations_match_the_tables(database_url):
     engine = db.create_engine(database_url)
     db.upgrade(engine)
     with engine.connect() as conn:
-        differences = compare_metadata(MigrationContext.configure(conn), registry_metadata)
+        differences = compare_metadata(MigrationContext.configure(conn), [registry_metadata, scoring_metadata])
     engine.dispose()
     assert differences == []
 

@@ -33,6 +33,11 @@ class ServiceError(Exception):
     violations: list[FieldViolation] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
 
+    @classmethod
+    def invalid(cls, violations: list[FieldViolation], what: str = "request") -> "ServiceError":
+        """INVALID_ARGUMENT listing every violation."""
+        return Violations(violations).error(what)
+
     def __str__(self) -> str:
         return f"{self.code.name}: {self.message}"
 
@@ -60,8 +65,8 @@ class Violations:
 
     MAX_REPORTED = 100
 
-    def __init__(self) -> None:
-        self.items: list[FieldViolation] = []
+    def __init__(self, items: list[FieldViolation] | None = None) -> None:
+        self.items: list[FieldViolation] = list(items or [])
 
     def add(self, field_path: str, description: str) -> None:
         self.items.append(FieldViolation(field_path, description))
@@ -70,13 +75,15 @@ class Violations:
         return bool(self.items)
 
     def raise_if_any(self, what: str = "request") -> None:
-        if not self.items:
-            return
+        if self.items:
+            raise self.error(what)
+
+    def error(self, what: str = "request") -> ServiceError:
         shown = self.items[: self.MAX_REPORTED]
         summary = "; ".join(f"{v.field}: {v.description}" for v in shown[:3])
         more = f" (and {len(self.items) - 3} more)" if len(self.items) > 3 else ""
-        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid {what}: {summary}{more}",
-                           "INVALID_ARGUMENT", shown)
+        return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid {what}: {summary}{more}",
+                            "INVALID_ARGUMENT", shown)
 
 
 def invalid_argument(field_path: str, description: str) -> ServiceError:

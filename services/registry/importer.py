@@ -7,6 +7,7 @@ ends are rejected. So every commit leaves a tree whose parents all exist.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import grpc
@@ -41,15 +42,25 @@ class ImportSession:
     # all_or_nothing: every valid row, written together at the end.
     staged: dict[str, Positioned] = field(default_factory=dict)
 
+    # Checking message k+1 runs while message k is written, so both touch the summary.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
     def add_batch(self, request: pb.ImportCustomersRequest) -> None:
         """Check one message's rows, then write them (or stage them for all_or_nothing)."""
+        self.commit(self.check(request))
+
+    def check(self, request: pb.ImportCustomersRequest) -> list[Positioned]:
+        """One message's valid rows; bad ones are counted and reported."""
         size = len(request.customers) + len(request.columns.customer_ids)
         if not 1 <= size <= MAX_BATCH:
             raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"customers: each message holds 1 to {MAX_BATCH} customers, got {size}; "
                                f"batches before this one are committed", "BATCH_SIZE",
                                [FieldViolation("customers", f"1 to {MAX_BATCH} customers per message")])
-        rows = self._parse(request)
+        return self._parse(request)
+
+    def commit(self, rows: list[Positioned]) -> None:
+        """Write checked rows in one transaction (or stage them for all_or_nothing). Calls come in order."""
         if self.all_or_nothing:
             for item in rows:
                 if self.staged.pop(item.row.customer_id, None):
@@ -117,21 +128,23 @@ class ImportSession:
 
     def _reject(self, position: int, customer_id: str, problems: list[tuple[str, str]]) -> None:
         """Count one rejected row and keep why (the first errors by position are reported)."""
-        self.summary.rejected += 1
-        for field_path, reason in problems:
-            if len(self.summary.errors) < 10 * MAX_REPORTED_ERRORS:
-                self.summary.errors.add(position=position, customer_id=customer_id[:128], field=field_path,
-                                        reason=reason)
+        with self.lock:
+            self.summary.rejected += 1
+            for field_path, reason in problems:
+                if len(self.summary.errors) < 10 * MAX_REPORTED_ERRORS:
+                    self.summary.errors.add(position=position, customer_id=customer_id[:128], field=field_path,
+                                            reason=reason)
 
     def _write(self, conn: Connection, rows: list[Positioned], final: bool) -> None:
         candidates = {item.row.customer_id: item for item in rows}
         for customer_id, item in list(self.waiting.items()):
             if customer_id in candidates:
-                self.summary.updated += 1  # an older row for the same customer, superseded
+                with self.lock:
+                    self.summary.updated += 1  # an older row for the same customer, superseded
             else:
                 candidates[customer_id] = item
         self.waiting = {}
-        stored = store.fetch(conn, candidates)
+        stored = store.existing(conn, candidates)
         stored_parents = set(store.parents_of(conn, {i.row.parent_id for i in candidates.values() if i.row.parent_id}))
         while True:
             self._hold_orphans(candidates, stored_parents)
@@ -148,8 +161,9 @@ class ImportSession:
             self.waiting = {}
         ordered = sorted(candidates.values(), key=lambda i: i.position)
         counts = store.write_customers(conn, self.catalog, [i.row for i in ordered], stored, now_us())
-        self.summary.created += counts.created
-        self.summary.updated += counts.updated
+        with self.lock:
+            self.summary.created += counts.created
+            self.summary.updated += counts.updated
 
     def _hold_orphans(self, candidates: dict[str, Positioned], stored_parents: set[str]) -> None:
         """Move rows whose parent is not available to the waiting room, until none is left."""

@@ -259,10 +259,22 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     async def ImportCustomers(self, request_iterator, context):
         session: ImportSession | None = None
-        async for request in request_iterator:
-            if session is None:
-                session = ImportSession(self.engine, self.catalog, all_or_nothing=request.all_or_nothing)
-            await asyncio.to_thread(session.add_batch, request)
+        writing: asyncio.Future | None = None  # the previous message's transaction
+        try:
+            async for request in request_iterator:
+                if session is None:
+                    session = ImportSession(self.engine, self.catalog, all_or_nothing=request.all_or_nothing)
+                # Check this message while the previous one is written: SQLite and psycopg release the GIL.
+                rows = await asyncio.to_thread(session.check, request)
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(asyncio.to_thread(session.commit, rows))
+            if writing is not None:
+                await writing
+        except BaseException:
+            if writing is not None:  # a started transaction ends (commits or rolls back) before the answer
+                await asyncio.wait([writing])
+            raise
         if session is None:
             return pb.ImportCustomersResponse()
         return await asyncio.to_thread(session.finish)

@@ -41,6 +41,18 @@ def fetch(conn: Connection, ids: Iterable[str]) -> dict[str, Row]:
     return found
 
 
+def existing(conn: Connection, ids: Iterable[str]) -> dict[str, Row]:
+    """Like fetch, but first finds which ids exist with a bare driver query: cheap when (as in a
+    first import) most do not."""
+    ids = list(ids)
+    found = []
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    for part in _chunks(ids):
+        sql = f"SELECT customer_id FROM registry_customers WHERE customer_id IN ({', '.join([mark] * len(part))})"
+        found += [row[0] for row in conn.exec_driver_sql(sql, tuple(part))]
+    return fetch(conn, found) if found else {}
+
+
 def parents_of(conn: Connection, ids: Iterable[str]) -> dict[str, str | None]:
     """Stored parent of each id that exists."""
     found: dict[str, str | None] = {}

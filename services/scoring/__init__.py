@@ -1,0 +1,1 @@
+"""The scoring service: versioned value models, scoring runs over the whole base, online scoring."""

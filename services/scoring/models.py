@@ -1,0 +1,51 @@
+"""Value model versions: the proto form, the engine's JSON form, and their checks."""
+
+from __future__ import annotations
+
+import json
+
+from google.protobuf import json_format
+
+from cvh.scoring.v1 import scoring_service_pb2 as pb
+from services.common.errors import FieldViolation, ServiceError
+from services.common.validation import SLUG
+
+# Fields of ValueModel that describe the model (the rest is bookkeeping set by the service).
+SPEC_FIELDS = ("model_id", "description", "signals", "dimensions", "tiers", "hysteresis_points")
+
+
+def spec_of(model: pb.ValueModel) -> dict:
+    """The engine's JSON form of a model message (proto3 JSON, field names as in the proto)."""
+    full = json_format.MessageToDict(model, preserving_proto_field_name=True)
+    return {key: full[key] for key in SPEC_FIELDS if key in full}
+
+
+def check_spec(spec: dict, prefix: str = "model."):
+    """The engine's model for ``spec``; INVALID_ARGUMENT naming every bad field otherwise."""
+    import scoring_engine
+
+    if not SLUG.fullmatch(spec.get("model_id", "")):
+        raise ServiceError.invalid([FieldViolation(f"{prefix}model_id",
+                                                   "required: [a-z][a-z0-9-]{0,62}, e.g. \"default\"")])
+    try:
+        return scoring_engine.ValueModel.from_dict(spec)
+    except scoring_engine.ModelValidationError as error:
+        raise ServiceError.invalid([FieldViolation(prefix + _field(v), _description(v))
+                                    for v in error.violations]) from None
+
+
+def _field(violation) -> str:
+    return getattr(violation, "field", None) or violation[0]
+
+
+def _description(violation) -> str:
+    return getattr(violation, "description", None) or violation[1]
+
+
+def to_proto(spec_json: str, version: int, change_note: str, creator: str, create_time_us: int,
+             active: bool) -> pb.ValueModel:
+    model = json_format.ParseDict(json.loads(spec_json), pb.ValueModel())
+    model.name = f"models/{model.model_id}/versions/{version}"
+    model.version, model.change_note, model.creator, model.active = version, change_note, creator, active
+    model.create_time.FromMicroseconds(create_time_us)
+    return model

@@ -1,0 +1,67 @@
+"""Tables owned by the scoring service.
+
+A run's results are stored as packed column chunks in rank order (a few
+hundred rows for a million customers): written in bulk, streamed out as they
+are, and paged through by rank without a row per customer.
+"""
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+models = sa.Table(
+    "scoring_models", metadata,
+    sa.Column("pk", BigId, primary_key=True, autoincrement=True),
+    sa.Column("model_id", sa.String(63), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("spec_json", sa.Text, nullable=False),
+    sa.Column("change_note", sa.String(1024), nullable=False, server_default=""),
+    sa.Column("creator", sa.String(256), nullable=False, server_default=""),
+    sa.Column("create_time_us", sa.BigInteger, nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.UniqueConstraint("model_id", "version", name="uq_scoring_models_model_id_version"),
+)
+
+runs = sa.Table(
+    "scoring_runs", metadata,
+    sa.Column("run_id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("model_id", sa.String(63), nullable=False),
+    sa.Column("model_version", sa.Integer, nullable=False),
+    sa.Column("state", sa.SmallInteger, nullable=False),
+    sa.Column("customers_done", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("customers_total", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("percent_done", sa.Float, nullable=False, server_default="0"),
+    sa.Column("failure_reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("previous_run_id", sa.BigInteger, nullable=True),
+    sa.Column("create_time_us", sa.BigInteger, nullable=False),
+    sa.Column("start_time_us", sa.BigInteger, nullable=True),
+    sa.Column("end_time_us", sa.BigInteger, nullable=True),
+    sa.Column("export_seconds", sa.Float, nullable=False, server_default="0"),
+    sa.Column("scoring_seconds", sa.Float, nullable=False, server_default="0"),
+    sa.Column("store_seconds", sa.Float, nullable=False, server_default="0"),
+    # JSON: customers per tier level, and (from level, to level) -> customers.
+    sa.Column("tier_counts_json", sa.Text, nullable=False, server_default="[]"),
+    sa.Column("tier_moves_json", sa.Text, nullable=False, server_default="[]"),
+    # scoring_engine.FittedModel.to_bytes(): what online scoring needs.
+    sa.Column("fitted", sa.LargeBinary, nullable=True),
+    sa.Index("ix_scoring_runs_model_state", "model_id", "state"),
+)
+
+result_chunks = sa.Table(
+    "scoring_result_chunks", metadata,
+    sa.Column("run_id", sa.BigInteger, sa.ForeignKey("scoring_runs.run_id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("chunk_index", sa.Integer, primary_key=True, autoincrement=False),
+    # Rank of the chunk's first row (1-based); rows are in rank order.
+    sa.Column("first_rank", sa.BigInteger, nullable=False),
+    sa.Column("rows", sa.Integer, nullable=False),
+    # customer ids joined by "\n" (ids never contain it), UTF-8.
+    sa.Column("customer_ids", sa.LargeBinary, nullable=False),
+    # float64 rows x dimensions, then composite, percentile (float64); tiers, previous tiers (int32).
+    sa.Column("dimension_scores", sa.LargeBinary, nullable=False),
+    sa.Column("composite", sa.LargeBinary, nullable=False),
+    sa.Column("percentiles", sa.LargeBinary, nullable=False),
+    sa.Column("tier_levels", sa.LargeBinary, nullable=False),
+    sa.Column("previous_tier_levels", sa.LargeBinary, nullable=False),
+)

@@ -11,7 +11,7 @@ from services.common.config import DEFAULT_LISTEN, SERVICE_NAMES
 
 def _serve(args: argparse.Namespace) -> int:
     from services.common import logs
-    from services.common.config import ServerConfig
+    from services.common.config import ConfigError, ServerConfig
     from services.common.server import serve
 
     unknown = [s for s in args.services if s not in SERVICE_NAMES]
@@ -21,10 +21,15 @@ def _serve(args: argparse.Namespace) -> int:
     services = tuple(dict.fromkeys(args.services)) or SERVICE_NAMES
     config = ServerConfig.from_env(services=services, listen=args.listen, database_url=args.database_url,
                                    metrics_port=args.metrics_port, grace_seconds=args.grace,
-                                   log_level=args.log_level)
+                                   log_level=args.log_level, tls_cert_file=args.tls_cert, tls_key_file=args.tls_key,
+                                   tls_client_ca_file=args.tls_client_ca, tokens_file=args.tokens_file,
+                                   insecure=args.insecure or None)
     logs.configure(config.log_level)
     try:
         asyncio.run(serve(config))
+    except ConfigError as error:
+        print(f"cvh serve: {error}", file=sys.stderr)
+        return 2
     except OSError as error:
         print(f"cvh serve: {error}; choose another address with --listen HOST:PORT", file=sys.stderr)
         return 1
@@ -63,6 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="time in-flight calls get after SIGTERM (env CVH_GRACE_SECONDS, default 10)")
     serve.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                        help="log level (env CVH_LOG_LEVEL, default INFO)")
+    serve.add_argument("--tls-cert", default=None, metavar="PEM",
+                       help="serve TLS with this certificate chain (env CVH_TLS_CERT); needs --tls-key")
+    serve.add_argument("--tls-key", default=None, metavar="PEM", help="private key of --tls-cert (env CVH_TLS_KEY)")
+    serve.add_argument("--tls-client-ca", default=None, metavar="PEM",
+                       help="require client certificates signed by this CA: mutual TLS (env CVH_TLS_CLIENT_CA)")
+    serve.add_argument("--tokens-file", default=None, metavar="JSON",
+                       help='bearer tokens and roles (env CVH_TOKENS_FILE): {"tokens": [{"name": "support", '
+                            '"sha256": "<hex digest of the token>", "roles": ["reader"]}]}; roles are reader, '
+                            "scorer, writer, admin")
+    serve.add_argument("--insecure", action="store_true",
+                       help="allow listening beyond loopback without TLS or tokens (env CVH_INSECURE=1)")
     serve.set_defaults(run=_serve)
 
     database = commands.add_parser("db", help="manage the database schema")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,14 @@ class ServerConfig:
     # Apply database migrations at start-up.
     migrate: bool = True
     log_level: str = "INFO"
+    # TLS: certificate chain and private key (PEM files); with a client CA, clients must present certificates.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    # JSON file of bearer tokens (SHA-256 digests) and their roles; empty means no authentication.
+    tokens_file: str = ""
+    # Allow listening beyond loopback without TLS or without tokens.
+    insecure: bool = False
     # Where the other services are, when this process does not serve them itself.
     registry_target: str = ""
     scoring_target: str = ""
@@ -49,6 +58,36 @@ class ServerConfig:
             "log_level": env.get("CVH_LOG_LEVEL", "INFO"),
             "registry_target": env.get("CVH_REGISTRY_TARGET", ""),
             "scoring_target": env.get("CVH_SCORING_TARGET", ""),
+            "tls_cert_file": env.get("CVH_TLS_CERT", ""),
+            "tls_key_file": env.get("CVH_TLS_KEY", ""),
+            "tls_client_ca_file": env.get("CVH_TLS_CLIENT_CA", ""),
+            "tokens_file": env.get("CVH_TOKENS_FILE", ""),
+            "insecure": env.get("CVH_INSECURE", "") in ("1", "true", "yes"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def is_loopback(listen: str) -> bool:
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(config: ServerConfig) -> None:
+    """Refuse to serve beyond loopback without TLS and tokens, unless told --insecure."""
+    if config.insecure or is_loopback(config.listen):
+        return
+    missing = [what for what, given in (("TLS (--tls-cert and --tls-key)", config.tls_cert_file),
+                                        ("authentication (--tokens-file)", config.tokens_file)) if not given]
+    if missing:
+        raise ConfigError(f"refusing to listen on {config.listen} without {' and '.join(missing)}; "
+                          "configure them, listen on 127.0.0.1, or pass --insecure to accept the risk")
+
+
+class ConfigError(ValueError):
+    """A configuration the server will not start with."""

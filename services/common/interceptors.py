@@ -18,6 +18,19 @@ RPC_LATENCY = Histogram("cvh_rpc_latency_seconds", "Time to handle an RPC, by me
                         buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
 
 
+def wrap_handler(handler: grpc.RpcMethodHandler, wrap_unary, wrap_streaming) -> grpc.RpcMethodHandler:
+    """The same handler with its behaviour wrapped: ``wrap_unary`` for single responses,
+    ``wrap_streaming`` (which must return an async generator function) for response streams."""
+    kinds = ((handler.unary_unary, grpc.unary_unary_rpc_method_handler, wrap_unary),
+             (handler.unary_stream, grpc.unary_stream_rpc_method_handler, wrap_streaming),
+             (handler.stream_unary, grpc.stream_unary_rpc_method_handler, wrap_unary),
+             (handler.stream_stream, grpc.stream_stream_rpc_method_handler, wrap_streaming))
+    for behavior, make, wrap in kinds:
+        if behavior:
+            return make(wrap(behavior), handler.request_deserializer, handler.response_serializer)
+    raise ValueError("handler without behaviour")
+
+
 def _as_service_error(error: Exception) -> ServiceError | None:
     """The caller-facing form of an expected failure; None for a bug."""
     if isinstance(error, ServiceError):
@@ -36,19 +49,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method), handler.request_deserializer, handler.response_serializer)
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._streaming(handler.unary_stream, method), handler.request_deserializer,
-                handler.response_serializer)
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.stream_unary, method), handler.request_deserializer, handler.response_serializer)
-        return grpc.stream_stream_rpc_method_handler(
-            self._streaming(handler.stream_stream, method), handler.request_deserializer,
-            handler.response_serializer)
+        return wrap_handler(handler, lambda b: self._unary(b, method), lambda b: self._streaming(b, method))
 
     def _unary(self, behavior, method):
         async def wrapper(request, context):

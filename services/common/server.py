@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from google.protobuf import message_factory
@@ -18,7 +19,8 @@ from cvh.hierarchy.v1 import hierarchy_service_pb2
 from cvh.registry.v1 import registry_service_pb2
 from cvh.scoring.v1 import scoring_service_pb2
 from services.common import db
-from services.common.config import ServerConfig
+from services.common.auth import AuthInterceptor, TokenTable
+from services.common.config import ServerConfig, check_exposure
 from services.common.errors import unimplemented
 from services.common.interceptors import ServiceInterceptor
 
@@ -66,10 +68,14 @@ def server_options(config: ServerConfig) -> list[tuple[str, int]]:
 
 def create_server(config: ServerConfig) -> Suite:
     """Build (not start) a server for ``config.services``; binds now, so ``port`` is known."""
+    check_exposure(config)
+    interceptors = [ServiceInterceptor()]
+    if config.tokens_file:
+        interceptors.insert(0, AuthInterceptor(TokenTable.load(config.tokens_file)))
     engine = db.create_engine(config.database_url)
     if config.migrate:
         db.upgrade(engine)
-    server = grpc.aio.server(interceptors=[ServiceInterceptor()], options=server_options(config))
+    server = grpc.aio.server(interceptors=interceptors, options=server_options(config))
     names = []
     for service in config.services:
         descriptor = SERVICE_DESCRIPTORS[service]
@@ -78,10 +84,20 @@ def create_server(config: ServerConfig) -> Suite:
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(config.listen)
+    if config.tls_cert_file:
+        port = server.add_secure_port(config.listen, server_credentials(config))
+    else:
+        port = server.add_insecure_port(config.listen)
     if port == 0:
         raise OSError(f"cannot listen on {config.listen}")
     return Suite(server, port, health_servicer, engine, names)
+
+
+def server_credentials(config: ServerConfig) -> grpc.ServerCredentials:
+    key, chain = Path(config.tls_key_file).read_bytes(), Path(config.tls_cert_file).read_bytes()
+    client_ca = Path(config.tls_client_ca_file).read_bytes() if config.tls_client_ca_file else None
+    return grpc.ssl_server_credentials([(key, chain)], root_certificates=client_ca,
+                                       require_client_auth=client_ca is not None)
 
 
 def _add_service(service: str, server: grpc.aio.Server, engine: Engine, config: ServerConfig) -> None:

@@ -1,0 +1,145 @@
+"""Transport and identity: TLS, mutual TLS, bearer tokens and roles, refusing exposed insecure servers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+
+import grpc
+import pytest
+import trustme
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from conftest import ServerThread
+from cvh.hierarchy.v1 import hierarchy_service_pb2
+from cvh.registry.v1 import registry_service_pb2 as pb
+from cvh.registry.v1 import registry_service_pb2_grpc as pb_grpc
+from cvh.scoring.v1 import scoring_service_pb2
+from grpc_helpers import raises_status
+from services.common.auth import REQUIRED_ROLE, digest
+from services.common.config import ConfigError, ServerConfig, check_exposure
+
+TOKENS = {"reader-token-1": ("support-desk", ["reader"]), "writer-token-2": ("crm-sync", ["writer"]),
+          "admin-token-3": ("platform", ["admin"])}
+
+
+def test_every_rpc_has_a_required_role():
+    services = [pb.DESCRIPTOR.services_by_name["RegistryService"],
+                scoring_service_pb2.DESCRIPTOR.services_by_name["ScoringService"],
+                hierarchy_service_pb2.DESCRIPTOR.services_by_name["HierarchyService"]]
+    methods = {f"/{s.full_name}/{m.name}" for s in services for m in s.methods}
+    assert methods == set(REQUIRED_ROLE)
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    client = ca.issue_cert("client@example.com")
+    paths = {}
+    for name, blob in {"ca": ca.cert_pem, "cert": server.cert_chain_pems[0], "key": server.private_key_pem,
+                       "client_cert": client.cert_chain_pems[0], "client_key": client.private_key_pem}.items():
+        paths[name] = folder / f"{name}.pem"
+        blob.write_to_path(str(paths[name]))
+    tokens = folder / "tokens.json"
+    tokens.write_text(json.dumps({"tokens": [{"name": name, "sha256": digest(token), "roles": roles}
+                                             for token, (name, roles) in TOKENS.items()]}))
+    paths["tokens"] = tokens
+    return paths
+
+
+@pytest.fixture
+def secured(certificates, tmp_path):
+    server = ServerThread(ServerConfig(
+        services=("registry", "scoring", "hierarchy"), listen="127.0.0.1:0",
+        database_url=f"sqlite:///{tmp_path / 'cvh.db'}", tls_cert_file=str(certificates["cert"]),
+        tls_key_file=str(certificates["key"]), tokens_file=str(certificates["tokens"])))
+    credentials = grpc.ssl_channel_credentials(root_certificates=certificates["ca"].read_bytes())
+    with grpc.secure_channel(server.target, credentials) as channel:
+        yield channel
+    server.stop()
+
+
+def bearer(token: str):
+    return (("authorization", f"Bearer {token}"),)
+
+
+def test_no_token_is_unauthenticated_but_health_is_open(secured):
+    registry = pb_grpc.RegistryServiceStub(secured)
+    with raises_status(grpc.StatusCode.UNAUTHENTICATED, reason="UNAUTHENTICATED"):
+        registry.GetCustomer(pb.GetCustomerRequest(name="customers/acme"))
+    with raises_status(grpc.StatusCode.UNAUTHENTICATED):
+        registry.GetCustomer(pb.GetCustomerRequest(name="customers/acme"), metadata=bearer("not-a-token"))
+    assert health_pb2_grpc.HealthStub(secured).Check(health_pb2.HealthCheckRequest()).status == \
+        health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reader_reads_but_cannot_write_and_writes_are_audited(secured, caplog):
+    registry = pb_grpc.RegistryServiceStub(secured)
+    with caplog.at_level(logging.INFO, logger="cvh.audit"):
+        registry.CreateCustomer(pb.CreateCustomerRequest(customer=pb.Customer(customer_id="acme")),
+                                metadata=bearer("writer-token-2"))
+    got = registry.GetCustomer(pb.GetCustomerRequest(name="customers/acme"), metadata=bearer("reader-token-1"))
+    assert got.customer_id == "acme"
+    with raises_status(grpc.StatusCode.PERMISSION_DENIED, reason="PERMISSION_DENIED") as seen:
+        registry.CreateCustomer(pb.CreateCustomerRequest(customer=pb.Customer(customer_id="beta")),
+                                metadata=bearer("reader-token-1"))
+    assert "writer" in seen.message
+    # Admin may do everything, streams included.
+    summary = registry.ImportCustomers(iter([pb.ImportCustomersRequest(customers=[pb.Customer(customer_id="c")])]),
+                                       metadata=bearer("admin-token-3"))
+    assert summary.created == 1
+    audits = [r for r in caplog.records if r.name == "cvh.audit"]
+    assert any(r.caller == "crm-sync" and r.method.endswith("/CreateCustomer") for r in audits)
+    assert not any(token in caplog.text for token in TOKENS)
+
+
+def test_mutual_tls_requires_a_client_certificate(certificates, tmp_path):
+    server = ServerThread(ServerConfig(
+        services=("registry",), listen="127.0.0.1:0", database_url=f"sqlite:///{tmp_path / 'cvh.db'}",
+        tls_cert_file=str(certificates["cert"]), tls_key_file=str(certificates["key"]),
+        tls_client_ca_file=str(certificates["ca"])))
+    try:
+        ca = certificates["ca"].read_bytes()
+        anonymous = grpc.ssl_channel_credentials(root_certificates=ca)
+        with grpc.secure_channel(server.target, anonymous) as channel:
+            with raises_status(grpc.StatusCode.UNAVAILABLE):
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        known = grpc.ssl_channel_credentials(root_certificates=ca,
+                                             private_key=certificates["client_key"].read_bytes(),
+                                             certificate_chain=certificates["client_cert"].read_bytes())
+        with grpc.secure_channel(server.target, known) as channel:
+            assert health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status == \
+                health_pb2.HealthCheckResponse.SERVING
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("listen,tls,tokens,insecure,refused", [
+    ("127.0.0.1:50051", False, False, False, False),
+    ("localhost:50051", False, False, False, False),
+    ("[::1]:50051", False, False, False, False),
+    ("0.0.0.0:50051", False, False, False, True),
+    ("0.0.0.0:50051", True, False, False, True),
+    ("0.0.0.0:50051", True, True, False, False),
+    ("0.0.0.0:50051", False, False, True, False),
+])
+def test_exposed_servers_need_tls_and_tokens_or_insecure(listen, tls, tokens, insecure, refused):
+    config = ServerConfig(listen=listen, tls_cert_file="c.pem" if tls else "", tls_key_file="k.pem" if tls else "",
+                          tokens_file="t.json" if tokens else "", insecure=insecure)
+    if refused:
+        with pytest.raises(ConfigError, match="--insecure"):
+            check_exposure(config)
+    else:
+        check_exposure(config)
+
+
+def test_cli_refuses_to_expose_an_insecure_server(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "clients.cli", "serve", "--listen", "0.0.0.0:0"],
+                            capture_output=True, text=True, timeout=60, env={"CVH_DATA_DIR": str(tmp_path),
+                                                                             "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    assert "refusing to listen on 0.0.0.0:0 without TLS" in result.stderr

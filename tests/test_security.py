@@ -12,12 +12,12 @@ import pytest
 import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import ServerThread
+from tests.conftest import ServerThread
 from cvh.hierarchy.v1 import hierarchy_service_pb2
 from cvh.registry.v1 import registry_service_pb2 as pb
 from cvh.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from cvh.scoring.v1 import scoring_service_pb2
-from grpc_helpers import raises_status
+from tests.grpc_helpers import raises_status
 from services.common.auth import REQUIRED_ROLE, digest
 from services.common.config import ConfigError, ServerConfig, check_exposure
 

@@ -22,7 +22,7 @@ from google.protobuf import descriptor_pool, json_format, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from grpc_helpers import raises_status
+from tests.grpc_helpers import raises_status
 from services.common import db
 from services.registry.tables import metadata as registry_metadata
 from services.scoring.tables import metadata as scoring_metadata

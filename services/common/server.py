@@ -76,11 +76,10 @@ def create_server(config: ServerConfig) -> Suite:
     if config.migrate:
         db.upgrade(engine)
     server = grpc.aio.server(interceptors=interceptors, options=server_options(config))
-    names = []
+    names, servicers = [], {}
     for service in config.services:
-        descriptor = SERVICE_DESCRIPTORS[service]
-        _add_service(service, server, engine, config)
-        names.append(descriptor.full_name)
+        servicers[service] = _add_service(service, server, engine, config)
+        names.append(SERVICE_DESCRIPTORS[service].full_name)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
@@ -90,6 +89,8 @@ def create_server(config: ServerConfig) -> Suite:
         port = server.add_insecure_port(config.listen)
     if port == 0:
         raise OSError(f"cannot listen on {config.listen}")
+    if "scoring" in servicers:  # in one process, the scoring service reaches the registry through this port
+        servicers["scoring"].runs.registry_target = config.registry_target or f"127.0.0.1:{port}"
     return Suite(server, port, health_servicer, engine, names)
 
 
@@ -100,12 +101,15 @@ def server_credentials(config: ServerConfig) -> grpc.ServerCredentials:
                                        require_client_auth=client_ca is not None)
 
 
-def _add_service(service: str, server: grpc.aio.Server, engine: Engine, config: ServerConfig) -> None:
+def _add_service(service: str, server: grpc.aio.Server, engine: Engine, config: ServerConfig):
     if service == "registry":
         from services.registry.servicer import add_to_server
-        add_to_server(server, engine)
-    else:
-        server.add_generic_rpc_handlers([_unimplemented_handler(SERVICE_DESCRIPTORS[service])])
+        return add_to_server(server, engine)
+    if service == "scoring":
+        from services.scoring.servicer import add_to_server
+        return add_to_server(server, engine)
+    server.add_generic_rpc_handlers([_unimplemented_handler(SERVICE_DESCRIPTORS[service])])
+    return None
 
 
 def _unimplemented_handler(descriptor) -> grpc.GenericRpcHandler:

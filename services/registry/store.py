@@ -10,6 +10,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
+from services.common.db import insert_many
 from services.registry import signals as packed
 from services.registry.customers import CustomerRow
 from services.registry.signals import SignalCatalog
@@ -195,19 +196,6 @@ def write_customers(conn: Connection, catalog: SignalCatalog, rows: list[Custome
     insert_many(conn, signal_history, ["customer_id", "signal_id", "value", "observe_time_us"], history)
     counts.created, counts.updated = len(inserts), len(updates)
     return counts
-
-
-def insert_many(conn: Connection, table: sa.Table, columns: list[str], rows: list[tuple]) -> None:
-    """Bulk INSERT through the driver's executemany.
-
-    SQLAlchemy's per-row parameter processing costs more than SQLite's insert
-    itself on the import path; plain tuples of plain values need none of it.
-    """
-    if not rows:
-        return
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))})"
-    conn.exec_driver_sql(sql, rows)
 
 
 def update_attributes(conn: Connection, row: CustomerRow, expected_revision: int, now: int) -> bool:

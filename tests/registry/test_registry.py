@@ -13,7 +13,7 @@ from google.protobuf import field_mask_pb2, timestamp_pb2
 from cvh.common.v1 import common_pb2
 from cvh.registry.v1 import registry_service_pb2 as pb
 from cvh.registry.v1 import registry_service_pb2_grpc as pb_grpc
-from grpc_helpers import raises_status
+from tests.grpc_helpers import raises_status
 
 Code = grpc.StatusCode
 

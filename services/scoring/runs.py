@@ -1,0 +1,183 @@
+"""A scoring run: export the base from the registry, fit, score, rank, apply hysteresis, store.
+
+Runs execute as tasks of the serving process. Progress goes to the run's row
+(so any replica can report it) and wakes local watchers at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+from sqlalchemy.engine import Engine
+
+import scoring_engine
+from cvh.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
+from cvh.scoring.v1 import scoring_service_pb2 as pb
+from services.common.db import read_transaction, write_transaction
+from services.registry.customers import now_us
+from services.scoring import store
+from services.scoring.store import ResultChunk
+
+log = logging.getLogger("cvh.scoring.runs")
+
+RESULT_CHUNK = 8192
+# Shares of percent_done given to each phase.
+EXPORT_SHARE, SCORE_SHARE = 60.0, 20.0
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+
+
+class RunCancelled(Exception):
+    pass
+
+
+@dataclass
+class RunExecutor:
+    engine: Engine
+    # host:port of the registry (set once the server knows its own port).
+    registry_target: str = ""
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: dict[int, asyncio.Task] = field(default_factory=dict)
+    cancelled: set[int] = field(default_factory=set)
+
+    def notify(self) -> None:
+        """Wake every watcher; each re-reads what it watches."""
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    def launch(self, run_id: int, model: scoring_engine.ValueModel) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(run_id, model))
+        self.tasks[run_id] = task
+        task.add_done_callback(lambda _: self.tasks.pop(run_id, None))
+
+    def cancel(self, run_id: int) -> None:
+        self.cancelled.add(run_id)
+
+    async def _update(self, run_id: int, **values) -> None:
+        def write():
+            with write_transaction(self.engine) as conn:
+                store.update_run(conn, run_id, **values)
+        await asyncio.to_thread(write)
+        self.notify()
+
+    async def _run(self, run_id: int, model: scoring_engine.ValueModel) -> None:
+        try:
+            await self._update(run_id, state=pb.RUN_STATE_RUNNING, start_time_us=now_us())
+            await self._execute(run_id, model)
+        except RunCancelled:
+            await self._update(run_id, state=pb.RUN_STATE_CANCELLED, end_time_us=now_us(),
+                               failure_reason="cancelled by CancelScoringRun")
+        except grpc.aio.AioRpcError as error:
+            await self._fail(run_id, f"the registry at {self.registry_target} answered {error.code().name}: "
+                                     f"{error.details()}")
+        except Exception as error:  # a failed run is reported on the run, not lost
+            log.exception("run %s failed", run_id)
+            await self._fail(run_id, f"{type(error).__name__}: {error}")
+        finally:
+            self.cancelled.discard(run_id)
+
+    async def _fail(self, run_id: int, reason: str) -> None:
+        await self._update(run_id, state=pb.RUN_STATE_FAILED, end_time_us=now_us(), failure_reason=reason)
+
+    def _check(self, run_id: int) -> None:
+        if run_id in self.cancelled:
+            raise RunCancelled()
+
+    async def _execute(self, run_id: int, model: scoring_engine.ValueModel) -> None:
+        started = time.perf_counter()
+        ids, matrix = await self._export(run_id, model)
+        exported = time.perf_counter()
+        self._check(run_id)
+        previous_run, previous_tiers = await asyncio.to_thread(self._previous_tiers, run_id, model, ids)
+        fitted, result = await asyncio.to_thread(_fit_and_score, model, matrix, previous_tiers)
+        scored = time.perf_counter()
+        await self._update(run_id, percent_done=EXPORT_SHARE + SCORE_SHARE)
+        self._check(run_id)
+        chunks, counts, moves = _result_chunks(ids, result, previous_tiers)
+
+        def write():
+            with write_transaction(self.engine) as conn:
+                store.write_results(conn, run_id, chunks)
+                self._check(run_id)
+                store.update_run(
+                    conn, run_id, state=pb.RUN_STATE_COMPLETED, end_time_us=now_us(), percent_done=100.0,
+                    customers_done=len(ids), customers_total=len(ids),
+                    previous_run_id=previous_run, fitted=fitted.to_bytes(),
+                    tier_counts_json=json.dumps(counts), tier_moves_json=json.dumps(moves),
+                    export_seconds=exported - started, scoring_seconds=scored - exported,
+                    store_seconds=time.perf_counter() - scored)
+        await asyncio.to_thread(write)
+        self.notify()
+
+    async def _export(self, run_id: int, model: scoring_engine.ValueModel) -> tuple[list[str], np.ndarray]:
+        ids: list[str] = []
+        blocks: list[np.ndarray] = []
+        total = 0
+        request = registry_service_pb2.ExportSignalMatrixRequest(signal_names=list(model.signal_names))
+        async with grpc.aio.insecure_channel(self.registry_target, options=CHANNEL_OPTIONS) as channel:
+            stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
+            last_report = 0.0
+            async for message in stub.ExportSignalMatrix(request):
+                self._check(run_id)
+                total = total or message.total_customers
+                values = message.chunk.values
+                ids.extend(message.chunk.customer_ids)
+                blocks.append(np.frombuffer(values.data, "<f8").reshape(values.rows, values.columns))
+                if time.monotonic() - last_report > 0.25:
+                    last_report = time.monotonic()
+                    await self._update(run_id, customers_done=len(ids), customers_total=total,
+                                       percent_done=EXPORT_SHARE * len(ids) / max(total, 1))
+        matrix = np.concatenate(blocks) if blocks else np.empty((0, len(model.signal_names)))
+        await self._update(run_id, customers_done=len(ids), customers_total=len(ids), percent_done=EXPORT_SHARE)
+        return ids, matrix
+
+    def _previous_tiers(self, run_id: int, model, ids: list[str]) -> tuple[int | None, np.ndarray]:
+        """The previous completed run of the model and each customer's tier in it (-1: not in it)."""
+        with read_transaction(self.engine) as conn:
+            previous = store.latest_completed(conn, model.model_id, before_run=run_id)
+            tiers = np.full(len(ids), -1, dtype=np.int32)
+            if previous is None:
+                return None, tiers
+            level_of: dict[str, int] = {}
+            for chunk in store.read_results(conn, previous.run_id, _dims_of(conn, previous)):
+                level_of.update(zip(chunk.customer_ids, chunk.tier_levels.tolist()))
+        levels = np.fromiter((level_of.get(i, 0) for i in ids), dtype=np.int32, count=len(ids))
+        # A model's tiers may have changed between versions: levels beyond today's tiers count as none.
+        levels[levels > len(model.tiers)] = 0
+        return previous.run_id, levels - 1
+
+
+def _dims_of(conn, run) -> int:
+    spec = store.get_model(conn, run.model_id, run.model_version)
+    return len(json.loads(spec.spec_json).get("dimensions", []))
+
+
+def _fit_and_score(model, matrix: np.ndarray, previous_tiers: np.ndarray):
+    fitted = scoring_engine.fit(model, matrix)
+    result = scoring_engine.score(fitted, matrix, previous_tiers=previous_tiers, with_rank=True)
+    return fitted.with_tier_thresholds(result.tier_thresholds), result
+
+
+def _result_chunks(ids: list[str], result, previous_tiers: np.ndarray):
+    """Results in rank order, cut into chunks; counts per tier; (from level, to level, customers) moves."""
+    order = np.argsort(result.rank, kind="stable")
+    ids_sorted = [ids[i] for i in order.tolist()]
+    levels = result.tier.astype(np.int32) + 1
+    previous_levels = previous_tiers.astype(np.int32) + 1
+    chunks = []
+    for start in range(0, len(order), RESULT_CHUNK):
+        part = order[start:start + RESULT_CHUNK]
+        chunks.append(ResultChunk(start + 1, ids_sorted[start:start + RESULT_CHUNK], result.dimensions[part],
+                                  result.composite[part], result.percentile[part], levels[part],
+                                  previous_levels[part]))
+    counts = np.bincount(result.tier, minlength=len(result.tier_ids)).tolist() if len(ids) else \
+        [0] * len(result.tier_ids)
+    pairs, pair_counts = np.unique(np.stack([previous_levels, levels], axis=1), axis=0, return_counts=True) \
+        if len(ids) else (np.empty((0, 2), int), np.empty(0, int))
+    moves = [(int(a), int(b), int(c)) for (a, b), c in zip(pairs, pair_counts)]
+    return chunks, counts, moves

@@ -1,0 +1,502 @@
+"""ScoringService: model versions, scoring runs, run results and online scoring."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import math
+import re
+
+import grpc
+import numpy as np
+from sqlalchemy.engine import Engine, Row
+
+import scoring_engine
+from cvh.common.v1 import common_pb2
+from cvh.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
+from cvh.scoring.v1 import scoring_service_pb2 as pb
+from cvh.scoring.v1 import scoring_service_pb2_grpc as pb_grpc
+from services.common.auth import current_caller
+from services.common.db import read_transaction, write_transaction
+from services.common.errors import (
+    ServiceError, Violations, failed_precondition, invalid_argument, not_found,
+)
+from services.common.validation import (
+    SIGNAL_NAME, customer_id_from_name, decode_page_token, encode_page_token, page_size,
+)
+from services.registry.customers import now_us, set_timestamp
+from services.scoring import store
+from services.scoring.models import check_spec, spec_of, to_proto
+from services.scoring.runs import CHANNEL_OPTIONS, RunExecutor
+
+MODEL_NAME = re.compile(r"models/([a-z][a-z0-9-]{0,62})(?:/versions/([1-9][0-9]{0,8}))?")
+RUN_NAME = re.compile(r"runs/([1-9][0-9]{0,17})")
+DEFAULT_MODEL = "models/default"
+MAX_BATCH_ROWS = 65_536
+TERMINAL = (pb.RUN_STATE_COMPLETED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED)
+WATCH_POLL_SECONDS = 1.0
+
+
+def parse_model_name(name: str, field_path: str) -> tuple[str, int | None]:
+    match = MODEL_NAME.fullmatch(name or DEFAULT_MODEL)
+    if not match:
+        raise invalid_argument(field_path, 'expected "models/{model_id}" or "models/{model_id}/versions/{n}"')
+    return match.group(1), int(match.group(2)) if match.group(2) else None
+
+
+def parse_run_name(name: str, field_path: str) -> int:
+    match = RUN_NAME.fullmatch(name)
+    if not match:
+        raise invalid_argument(field_path, 'expected "runs/{run_id}"')
+    return int(match.group(1))
+
+
+class ScoringServicer(pb_grpc.ScoringServiceServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.runs = RunExecutor(engine)
+        self._fitted: dict[int, scoring_engine.FittedModel] = {}
+        with write_transaction(engine) as conn:
+            store.fail_interrupted(conn, now_us())
+            if store.get_model(conn, "default", None) is None:
+                default = scoring_engine.default_model()
+                store.create_model(conn, "default", default.to_json(), "shipped default model", "cvh", now_us())
+
+    # -- models ----------------------------------------------------------------------------------------
+
+    async def CreateModel(self, request, context):
+        model = check_spec(spec_of(request.model))
+        if len(request.model.change_note) > 1024:
+            raise invalid_argument("model.change_note", "at most 1,024 characters")
+        creator = current_caller.get()
+
+        def create():
+            with write_transaction(self.engine) as conn:
+                return store.create_model(conn, model.model_id, model.to_json(), request.model.change_note,
+                                          creator, now_us())
+        return _model_proto(await asyncio.to_thread(create))
+
+    async def GetModel(self, request, context):
+        model_id, version = parse_model_name(request.name, "name")
+        return _model_proto(await asyncio.to_thread(self._model_row, model_id, version))
+
+    def _model_row(self, model_id: str, version: int | None) -> Row:
+        with read_transaction(self.engine) as conn:
+            row = store.get_model(conn, model_id, version)
+        if row is None:
+            raise not_found(f"models/{model_id}" + (f"/versions/{version}" if version else ""))
+        return row
+
+    async def ListModels(self, request, context):
+        size = page_size(request.page_size)
+        if request.model_id and not MODEL_NAME.fullmatch(f"models/{request.model_id}"):
+            raise invalid_argument("model_id", "[a-z][a-z0-9-]{0,62}")
+        offset = _offset(request.page_token, {"model_id": request.model_id})
+
+        def page():
+            with read_transaction(self.engine) as conn:
+                return store.list_models(conn, request.model_id, offset, size + 1)
+        rows = await asyncio.to_thread(page)
+        response = pb.ListModelsResponse(models=[_model_proto(r) for r in rows[:size]])
+        if len(rows) > size:
+            response.next_page_token = encode_page_token(offset + size, {"model_id": request.model_id})
+        return response
+
+    async def ActivateModel(self, request, context):
+        model_id, version = parse_model_name(request.name, "name")
+        if version is None:
+            raise invalid_argument("name", 'name a version: "models/{model_id}/versions/{n}"')
+
+        def activate():
+            with write_transaction(self.engine) as conn:
+                if store.get_model(conn, model_id, version) is None:
+                    raise not_found(request.name)
+                store.activate(conn, model_id, version)
+                return store.get_model(conn, model_id, version)
+        return _model_proto(await asyncio.to_thread(activate))
+
+    # -- runs ------------------------------------------------------------------------------------------
+
+    async def StartScoringRun(self, request, context):
+        model_id, version = parse_model_name(request.model, "model")
+
+        def start():
+            with write_transaction(self.engine) as conn:
+                row = store.get_model(conn, model_id, version)
+                if row is None:
+                    raise not_found(request.model or DEFAULT_MODEL)
+                running = store.active_run(conn, model_id)
+                if running is not None:
+                    raise failed_precondition(
+                        f"runs/{running.run_id} of models/{model_id} is still running; wait for it or cancel it",
+                        "RUN_IN_PROGRESS")
+                return store.create_run(conn, model_id, row.version, now_us()), row
+        run_id, row = await asyncio.to_thread(start)
+        self.runs.launch(run_id, _engine_model(row.spec_json))
+        return await self._run_proto(run_id)
+
+    async def GetScoringRun(self, request, context):
+        return await self._run_proto(parse_run_name(request.name, "name"))
+
+    async def _run_proto(self, run_id: int) -> pb.ScoringRun:
+        return await asyncio.to_thread(self._read_run, run_id)
+
+    def _read_run(self, run_id: int) -> pb.ScoringRun:
+        with read_transaction(self.engine) as conn:
+            run = store.get_run(conn, run_id)
+            if run is None:
+                raise not_found(f"runs/{run_id}")
+            return self._to_run_proto(conn, run)
+
+    def _to_run_proto(self, conn, run: Row) -> pb.ScoringRun:
+        message = pb.ScoringRun(
+            name=f"runs/{run.run_id}", model=f"models/{run.model_id}/versions/{run.model_version}",
+            state=run.state, customers_done=run.customers_done, customers_total=run.customers_total,
+            percent_done=run.percent_done, failure_reason=run.failure_reason,
+            export_seconds=run.export_seconds, scoring_seconds=run.scoring_seconds, store_seconds=run.store_seconds,
+            previous_run=f"runs/{run.previous_run_id}" if run.previous_run_id else "")
+        for field_name in ("create_time", "start_time", "end_time"):
+            if getattr(run, field_name + "_us"):
+                set_timestamp(getattr(message, field_name), getattr(run, field_name + "_us"))
+        tiers = self._tiers(conn, run)
+        for level, count in enumerate(store.tier_counts(run), start=1):
+            message.tier_counts.add(tier=tiers[level - 1], customers=count)
+        return message
+
+    def _tiers(self, conn, run: Row) -> list[common_pb2.TierRef]:
+        model = _engine_model(store.get_model(conn, run.model_id, run.model_version).spec_json)
+        return [common_pb2.TierRef(tier_id=t.tier_id, level=i + 1, display_name=t.display_name or t.tier_id)
+                for i, t in enumerate(model.tiers)]
+
+    async def ListScoringRuns(self, request, context):
+        size = page_size(request.page_size, default=50)
+        if request.state not in pb.RunState.values():
+            raise invalid_argument("state", f"unknown run state {request.state}")
+        filters = {"model_id": request.model_id, "state": request.state}
+        offset = _offset(request.page_token, filters)
+
+        def page():
+            with read_transaction(self.engine) as conn:
+                rows = store.list_runs(conn, request.model_id, request.state, offset, size + 1)
+                return [self._to_run_proto(conn, r) for r in rows[:size]], len(rows) > size
+        found, more = await asyncio.to_thread(page)
+        response = pb.ListScoringRunsResponse(runs=found)
+        if more:
+            response.next_page_token = encode_page_token(offset + size, filters)
+        return response
+
+    async def WatchScoringRun(self, request, context):
+        run_id = parse_run_name(request.name, "name")
+        last = None
+        while True:
+            changed = self.runs.changed
+            run = await self._run_proto(run_id)
+            if run != last:
+                yield run
+                last = run
+            if run.state in TERMINAL:
+                return
+            try:  # local runs wake us at once; runs of other replicas are polled
+                await asyncio.wait_for(changed.wait(), WATCH_POLL_SECONDS)
+            except TimeoutError:
+                pass
+
+    async def WatchRuns(self, request, context):
+        if request.model_id and not MODEL_NAME.fullmatch(f"models/{request.model_id}"):
+            raise invalid_argument("model_id", "[a-z][a-z0-9-]{0,62}")
+
+        def completed(after: int) -> list[pb.ScoringRun]:
+            with read_transaction(self.engine) as conn:
+                rows = store.completed_since(conn, after, request.model_id)
+                return [self._to_run_proto(conn, r) for r in rows]
+
+        found = await asyncio.to_thread(completed, 0)
+        if request.include_current:
+            latest = {}
+            for run in found:
+                latest[run.model] = run
+            for run in latest.values():
+                yield run
+        after = max((int(r.name.split("/")[1]) for r in found), default=0)
+        while True:
+            changed = self.runs.changed
+            try:
+                await asyncio.wait_for(changed.wait(), WATCH_POLL_SECONDS)
+            except TimeoutError:
+                pass
+            for run in await asyncio.to_thread(completed, after):
+                after = int(run.name.split("/")[1])
+                yield run
+
+    async def CancelScoringRun(self, request, context):
+        run_id = parse_run_name(request.name, "name")
+        run = await self._run_proto(run_id)
+        if run.state in TERMINAL:
+            raise failed_precondition(f"runs/{run_id} already ended ({pb.RunState.Name(run.state)})", "RUN_ENDED")
+        self.runs.cancel(run_id)
+        for _ in range(600):
+            run = await self._run_proto(run_id)
+            if run.state in TERMINAL or run_id not in self.runs.tasks:
+                break
+            await asyncio.sleep(0.05)
+        return run
+
+    # -- results ---------------------------------------------------------------------------------------
+
+    def _completed_run(self, conn, name: str, field_path: str) -> Row:
+        """A completed run named by "runs/{id}" or "models/{model_id}" (its current run)."""
+        if name.startswith("models/"):
+            model_id, _ = parse_model_name(name, field_path)
+            run = store.latest_completed(conn, model_id)
+            if run is None:
+                raise failed_precondition(f"{name} has no completed run yet; start one with StartScoringRun",
+                                          "NO_COMPLETED_RUN")
+            return run
+        run = store.get_run(conn, parse_run_name(name, field_path))
+        if run is None:
+            raise not_found(name)
+        if run.state != pb.RUN_STATE_COMPLETED:
+            raise failed_precondition(f"{name} is {pb.RunState.Name(run.state)}, not completed", "RUN_NOT_COMPLETED")
+        return run
+
+    async def StreamRunResults(self, request, context):
+        if not 0 <= request.chunk_size <= 65_536:
+            raise invalid_argument("chunk_size", "0 (default 8,192) to 65,536")
+        messages = self._result_messages(request.run)
+        try:
+            while (message := await asyncio.to_thread(next, messages, None)) is not None:
+                yield message
+        finally:
+            await asyncio.to_thread(messages.close)
+
+    def _result_messages(self, name: str):
+        with read_transaction(self.engine) as conn:
+            run = self._completed_run(conn, name, "run")
+            model = _engine_model(store.get_model(conn, run.model_id, run.model_version).spec_json)
+            columns = _dimension_names(model)
+            first = True
+            for chunk in store.read_results(conn, run.run_id, len(columns)):
+                message = pb.RunResultsChunk(
+                    run=f"runs/{run.run_id}", dimension_scores=_columnar(chunk.customer_ids, columns,
+                                                                         chunk.dimension_scores),
+                    composite=chunk.composite.tobytes(), tier_levels=chunk.tier_levels.tobytes(),
+                    ranks=np.arange(chunk.first_rank, chunk.first_rank + len(chunk.customer_ids),
+                                    dtype="<i8").tobytes(),
+                    percentiles=chunk.percentiles.tobytes(), previous_tier_levels=chunk.previous_tier_levels.tobytes())
+                if first:
+                    message.tiers.extend(self._tiers(conn, run))
+                    message.total_customers = run.customers_total
+                    first = False
+                yield message
+            if first:  # an empty base: one chunk that still names the run, tiers and columns
+                yield pb.RunResultsChunk(run=f"runs/{run.run_id}", tiers=self._tiers(conn, run),
+                                         dimension_scores=_columnar([], columns, np.empty((0, len(columns)))))
+
+    async def ListRunResults(self, request, context):
+        size = page_size(request.page_size)
+        filters = {"run": request.run, "tier": request.tier_id}
+        rank = _offset(request.page_token, filters) + 1
+
+        def page():
+            with read_transaction(self.engine) as conn:
+                run = self._completed_run(conn, request.run, "run")
+                model = _engine_model(store.get_model(conn, run.model_id, run.model_version).spec_json)
+                tiers = self._tiers(conn, run)
+                level = None
+                if request.tier_id:
+                    level = next((t.level for t in tiers if t.tier_id == request.tier_id), None)
+                    if level is None:
+                        raise invalid_argument("tier_id", f"the run's model has no tier {request.tier_id!r}")
+                results, next_rank = [], None
+                for chunk in store.read_results(conn, run.run_id, len(model.dimensions), from_rank=rank):
+                    for i, customer_id in enumerate(chunk.customer_ids):
+                        row_rank = chunk.first_rank + i
+                        if row_rank < rank or (level is not None and chunk.tier_levels[i] != level):
+                            continue
+                        if len(results) == size:
+                            next_rank = row_rank
+                            break
+                        results.append(_customer_result(customer_id, model, chunk, i, row_rank, tiers))
+                    if next_rank is not None:
+                        break
+                return results, next_rank
+        results, next_rank = await asyncio.to_thread(page)
+        response = pb.ListRunResultsResponse(results=results)
+        if next_rank is not None:
+            response.next_page_token = encode_page_token(next_rank - 1, filters)
+        return response
+
+    async def GetTierMovement(self, request, context):
+        def movement():
+            with read_transaction(self.engine) as conn:
+                run = self._completed_run(conn, request.run, "run")
+                tiers = self._tiers(conn, run)
+                answer = pb.TierMovement(run=f"runs/{run.run_id}",
+                                         previous_run=f"runs/{run.previous_run_id}" if run.previous_run_id else "")
+                for before, after, count in store.tier_moves(run):
+                    answer.moves.add(from_tier=tiers[before - 1] if before else common_pb2.TierRef(),
+                                     to_tier=tiers[after - 1], customers=count)
+                return answer
+        return await asyncio.to_thread(movement)
+
+    # -- online scoring --------------------------------------------------------------------------------
+
+    def _current(self, model_name: str, field_path: str) -> tuple[Row, scoring_engine.FittedModel]:
+        with read_transaction(self.engine) as conn:
+            run = self._completed_run(conn, f"models/{parse_model_name(model_name, field_path)[0]}", field_path)
+        fitted = self._fitted.get(run.run_id)
+        if fitted is None:
+            fitted = self._fitted[run.run_id] = scoring_engine.FittedModel.from_bytes(run.fitted)
+        return run, fitted
+
+    async def ScoreSignals(self, request, context):
+        violations = Violations()
+        for name, value in request.signals.items():
+            if not SIGNAL_NAME.fullmatch(name):
+                violations.add(f"signals[{name}]", "not a signal name ([a-z][a-z0-9_]{0,62})")
+            elif not math.isfinite(value):
+                violations.add(f"signals[{name}]", f"must be a finite number, got {value}")
+        violations.raise_if_any()
+        run, fitted = await asyncio.to_thread(self._current, request.model, "model")
+        return _customer_score("", run, fitted, dict(request.signals))
+
+    async def ScoreCustomer(self, request, context):
+        customer_id = customer_id_from_name(request.customer, "customer")
+        run, fitted = await asyncio.to_thread(self._current, request.model, "model")
+        async with grpc.aio.insecure_channel(self.runs.registry_target, options=CHANNEL_OPTIONS) as channel:
+            stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
+            try:
+                customer = await stub.GetCustomer(registry_service_pb2.GetCustomerRequest(name=request.customer))
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.NOT_FOUND:
+                    raise not_found(f"customers/{customer_id}") from None
+                raise ServiceError(grpc.StatusCode.UNAVAILABLE, f"the registry answered {error.code().name}",
+                                   "REGISTRY_UNAVAILABLE") from None
+        signals = {name: s.value for name, s in customer.signals.items()}
+        return _customer_score(request.customer, run, fitted, signals)
+
+    async def ScoreBatch(self, request_iterator, context):
+        fitted = run = None
+        async for request in request_iterator:
+            if fitted is None:
+                run, fitted = await asyncio.to_thread(self._current, request.model, "model")
+            chunk = request.signals
+            matrix = _matrix_of(chunk)
+            result = await asyncio.to_thread(scoring_engine.score, fitted, matrix, None, False,
+                                             list(chunk.column_names))
+            model = fitted.model
+            yield pb.ScoreBatchResponse(
+                dimension_scores=_columnar(list(chunk.customer_ids), _dimension_names(model), result.dimensions),
+                composite=result.composite.astype("<f8").tobytes(),
+                tier_levels=(result.tier.astype("<i4") + 1).tobytes())
+
+
+# -- conversions ------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=256)
+def _engine_model(spec_json: str) -> scoring_engine.ValueModel:
+    return scoring_engine.ValueModel.from_json(spec_json)
+
+
+def _model_proto(row: Row) -> pb.ValueModel:
+    return to_proto(row.spec_json, row.version, row.change_note, row.creator, row.create_time_us, row.active)
+
+
+def _dimension_names(model) -> list[str]:
+    return [scoring_engine.model.enum_json_name(d.dimension) for d in model.dimensions]
+
+
+def _columnar(ids: list[str], columns: list[str], values: np.ndarray) -> common_pb2.ColumnarChunk:
+    return common_pb2.ColumnarChunk(customer_ids=ids, column_names=columns, values=common_pb2.Float64Matrix(
+        rows=len(ids), columns=len(columns), data=np.ascontiguousarray(values, dtype="<f8").tobytes()))
+
+
+def _matrix_of(chunk: common_pb2.ColumnarChunk) -> np.ndarray:
+    values = chunk.values
+    violations = Violations()
+    rows = len(chunk.customer_ids)
+    if rows > MAX_BATCH_ROWS:
+        violations.add("signals.customer_ids", f"at most {MAX_BATCH_ROWS:,} rows per message")
+    names = list(chunk.column_names)
+    for i, name in enumerate(names):
+        if not SIGNAL_NAME.fullmatch(name):
+            violations.add(f"signals.column_names[{i}]", "not a signal name ([a-z][a-z0-9_]{0,62})")
+    if len(set(names)) != len(names):
+        violations.add("signals.column_names", "names must not repeat")
+    if (values.rows, values.columns, len(values.data)) != (rows, len(names), 8 * rows * len(names)):
+        violations.add("signals.values", f"must be {rows} x {len(names)} float64 values (rows x column_names)")
+    violations.raise_if_any()
+    matrix = np.frombuffer(values.data, "<f8").reshape(rows, len(names))
+    bad = np.argwhere(np.isinf(matrix))
+    if bad.size:
+        row, column = bad[0]
+        raise invalid_argument(f"signals.values[{row}][{names[column]}]", "must be finite or NaN (missing)")
+    return matrix
+
+
+def _dimension_scores(model, values) -> list[common_pb2.DimensionScore]:
+    scores = []
+    for spec, value in zip(model.dimensions, values):
+        score = common_pb2.DimensionScore(dimension=int(spec.dimension))
+        if value == value:
+            score.score = float(value)
+        scores.append(score)
+    return scores
+
+
+def _customer_result(customer_id, model, chunk, i, rank, tiers) -> pb.CustomerResult:
+    result = pb.CustomerResult(
+        customer=f"customers/{customer_id}", dimension_scores=_dimension_scores(model, chunk.dimension_scores[i]),
+        tier=tiers[chunk.tier_levels[i] - 1], rank=rank, percentile=float(np.nan_to_num(chunk.percentiles[i])))
+    if chunk.composite[i] == chunk.composite[i]:
+        result.composite = float(chunk.composite[i])
+    previous = int(chunk.previous_tier_levels[i])
+    result.previous_tier.CopyFrom(tiers[previous - 1] if 0 < previous <= len(tiers) else common_pb2.TierRef())
+    return result
+
+
+def _customer_score(customer: str, run: Row, fitted, signals: dict[str, float]) -> pb.CustomerScore:
+    model = fitted.model
+    known = {k: v for k, v in signals.items() if k in set(model.signal_names)}
+    explanation = scoring_engine.explain(fitted, known)
+    tier = model.tiers[explanation.tier]
+    answer = pb.CustomerScore(
+        customer=customer, model=f"models/{run.model_id}/versions/{run.model_version}", run=f"runs/{run.run_id}",
+        dimension_scores=[common_pb2.DimensionScore(dimension=_dimension_value(d.dimension),
+                                                    **({"score": d.score} if d.score == d.score else {}))
+                          for d in explanation.dimensions],
+        tier=common_pb2.TierRef(tier_id=tier.tier_id, level=explanation.tier + 1,
+                                display_name=tier.display_name or tier.tier_id))
+    if explanation.composite == explanation.composite:
+        answer.composite = explanation.composite
+    for s in explanation.signals:
+        contribution = answer.contributions.add(
+            signal=s.signal, dimension=_dimension_value(s.dimension),
+            dimension_points=_finite(s.dimension_points), composite_points=_finite(s.composite_points))
+        if s.value == s.value:
+            contribution.raw_value = s.value
+        if s.normalized == s.normalized:
+            contribution.normalized = s.normalized
+    return answer
+
+
+def _dimension_value(name: str) -> int:
+    return common_pb2.ValueDimension.Value(name)
+
+
+def _finite(value: float) -> float:
+    return float(value) if value == value else 0.0
+
+
+def _offset(token: str, filters: dict) -> int:
+    offset = decode_page_token(token, filters) or 0
+    if not isinstance(offset, int) or offset < 0:
+        raise invalid_argument("page_token", "not a token returned by this list call")
+    return offset
+
+
+def add_to_server(server: grpc.aio.Server, engine: Engine) -> ScoringServicer:
+    servicer = ScoringServicer(engine)
+    pb_grpc.add_ScoringServiceServicer_to_server(servicer, server)
+    return servicer

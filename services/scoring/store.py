@@ -1,0 +1,145 @@
+"""Queries over the scoring service's tables. Every function runs inside the caller's transaction."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+
+from cvh.scoring.v1 import scoring_service_pb2 as pb
+from services.common.db import insert_many
+from services.scoring.tables import models, result_chunks, runs
+
+ACTIVE_STATES = (pb.RUN_STATE_PENDING, pb.RUN_STATE_RUNNING)
+
+
+# -- models ---------------------------------------------------------------------------------------------
+
+def create_model(conn: Connection, model_id: str, spec_json: str, change_note: str, creator: str, now: int) -> Row:
+    """A new version of ``model_id``; the first version of a model becomes its active one."""
+    latest = conn.execute(sa.select(sa.func.max(models.c.version)).where(models.c.model_id == model_id)).scalar()
+    version = (latest or 0) + 1
+    conn.execute(models.insert().values(model_id=model_id, version=version, spec_json=spec_json,
+                                        change_note=change_note, creator=creator, create_time_us=now,
+                                        active=latest is None))
+    return get_model(conn, model_id, version)
+
+
+def get_model(conn: Connection, model_id: str, version: int | None) -> Row | None:
+    """One version, or the active version when ``version`` is None."""
+    query = sa.select(models).where(models.c.model_id == model_id)
+    query = query.where(models.c.version == version) if version is not None else query.where(models.c.active)
+    return conn.execute(query).first()
+
+
+def list_models(conn: Connection, model_id: str, offset: int, limit: int) -> list[Row]:
+    query = sa.select(models).order_by(models.c.create_time_us.desc(), models.c.pk.desc()).offset(offset).limit(limit)
+    if model_id:
+        query = query.where(models.c.model_id == model_id)
+    return list(conn.execute(query))
+
+
+def activate(conn: Connection, model_id: str, version: int) -> None:
+    conn.execute(models.update().where(models.c.model_id == model_id).values(active=models.c.version == version))
+
+
+# -- runs -----------------------------------------------------------------------------------------------
+
+def active_run(conn: Connection, model_id: str) -> Row | None:
+    return conn.execute(sa.select(runs).where(runs.c.model_id == model_id, runs.c.state.in_(ACTIVE_STATES))).first()
+
+
+def latest_completed(conn: Connection, model_id: str, before_run: int | None = None) -> Row | None:
+    query = sa.select(runs).where(runs.c.model_id == model_id, runs.c.state == pb.RUN_STATE_COMPLETED)
+    if before_run is not None:
+        query = query.where(runs.c.run_id < before_run)
+    return conn.execute(query.order_by(runs.c.run_id.desc()).limit(1)).first()
+
+
+def create_run(conn: Connection, model_id: str, version: int, now: int) -> int:
+    result = conn.execute(runs.insert().values(model_id=model_id, model_version=version,
+                                               state=pb.RUN_STATE_PENDING, create_time_us=now))
+    return result.inserted_primary_key[0]
+
+
+def get_run(conn: Connection, run_id: int) -> Row | None:
+    return conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).first()
+
+
+def list_runs(conn: Connection, model_id: str, state: int, offset: int, limit: int) -> list[Row]:
+    query = sa.select(runs).order_by(runs.c.run_id.desc()).offset(offset).limit(limit)
+    if model_id:
+        query = query.where(runs.c.model_id == model_id)
+    if state:
+        query = query.where(runs.c.state == state)
+    return list(conn.execute(query))
+
+
+def completed_since(conn: Connection, after_run: int, model_id: str) -> list[Row]:
+    query = sa.select(runs).where(runs.c.run_id > after_run, runs.c.state == pb.RUN_STATE_COMPLETED)
+    if model_id:
+        query = query.where(runs.c.model_id == model_id)
+    return list(conn.execute(query.order_by(runs.c.run_id)))
+
+
+def update_run(conn: Connection, run_id: int, **values) -> None:
+    conn.execute(runs.update().where(runs.c.run_id == run_id).values(**values))
+
+
+def fail_interrupted(conn: Connection, now: int) -> int:
+    """Runs left pending or running by a process that died: failed, so the previous run stays current."""
+    result = conn.execute(runs.update().where(runs.c.state.in_(ACTIVE_STATES)).values(
+        state=pb.RUN_STATE_FAILED, end_time_us=now,
+        failure_reason="the server stopped during the run; start a new one"))
+    return result.rowcount
+
+
+# -- results --------------------------------------------------------------------------------------------
+
+@dataclass
+class ResultChunk:
+    """Results of consecutive ranks, as arrays."""
+
+    first_rank: int
+    customer_ids: list[str]
+    dimension_scores: np.ndarray  # float64 (rows, dims)
+    composite: np.ndarray  # float64
+    percentiles: np.ndarray  # float64
+    tier_levels: np.ndarray  # int32, 1 = top
+    previous_tier_levels: np.ndarray  # int32, 0 = not in the previous run
+
+
+def write_results(conn: Connection, run_id: int, chunks: list[ResultChunk]) -> None:
+    insert_many(conn, result_chunks, ["run_id", "chunk_index", "first_rank", "rows", "customer_ids",
+                                      "dimension_scores", "composite", "percentiles", "tier_levels",
+                                      "previous_tier_levels"],
+                [(run_id, i, c.first_rank, len(c.customer_ids), "\n".join(c.customer_ids).encode(),
+                  c.dimension_scores.astype("<f8").tobytes(), c.composite.astype("<f8").tobytes(),
+                  c.percentiles.astype("<f8").tobytes(), c.tier_levels.astype("<i4").tobytes(),
+                  c.previous_tier_levels.astype("<i4").tobytes()) for i, c in enumerate(chunks)])
+
+
+def read_results(conn: Connection, run_id: int, n_dims: int, from_rank: int = 1) -> Iterator[ResultChunk]:
+    """Chunks in rank order, starting with the one holding ``from_rank``."""
+    start = conn.execute(sa.select(sa.func.max(result_chunks.c.chunk_index)).where(
+        result_chunks.c.run_id == run_id, result_chunks.c.first_rank <= from_rank)).scalar() or 0
+    query = sa.select(result_chunks).where(result_chunks.c.run_id == run_id,
+                                           result_chunks.c.chunk_index >= start).order_by(result_chunks.c.chunk_index)
+    for row in conn.execute(query):
+        ids = row.customer_ids.decode().split("\n") if row.rows else []
+        yield ResultChunk(row.first_rank, ids,
+                          np.frombuffer(row.dimension_scores, "<f8").reshape(row.rows, n_dims),
+                          np.frombuffer(row.composite, "<f8"), np.frombuffer(row.percentiles, "<f8"),
+                          np.frombuffer(row.tier_levels, "<i4"), np.frombuffer(row.previous_tier_levels, "<i4"))
+
+
+def tier_counts(run: Row) -> list[int]:
+    return json.loads(run.tier_counts_json)
+
+
+def tier_moves(run: Row) -> list[tuple[int, int, int]]:
+    return [tuple(m) for m in json.loads(run.tier_moves_json)]

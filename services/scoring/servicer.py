@@ -57,6 +57,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         self.engine = engine
         self.runs = RunExecutor(engine)
         self._fitted: dict[int, scoring_engine.FittedModel] = {}
+        self._registry_stub: registry_service_pb2_grpc.RegistryServiceStub | None = None
         with write_transaction(engine) as conn:
             store.fail_interrupted(conn, now_us())
             if store.get_model(conn, "default", None) is None:
@@ -364,17 +365,23 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
     async def ScoreCustomer(self, request, context):
         customer_id = customer_id_from_name(request.customer, "customer")
         run, fitted = await asyncio.to_thread(self._current, request.model, "model")
-        async with grpc.aio.insecure_channel(self.runs.registry_target, options=CHANNEL_OPTIONS) as channel:
-            stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
-            try:
-                customer = await stub.GetCustomer(registry_service_pb2.GetCustomerRequest(name=request.customer))
-            except grpc.aio.AioRpcError as error:
-                if error.code() == grpc.StatusCode.NOT_FOUND:
-                    raise not_found(f"customers/{customer_id}") from None
-                raise ServiceError(grpc.StatusCode.UNAVAILABLE, f"the registry answered {error.code().name}",
-                                   "REGISTRY_UNAVAILABLE") from None
+        try:
+            customer = await self._registry().GetCustomer(
+                registry_service_pb2.GetCustomerRequest(name=request.customer), timeout=10)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                raise not_found(f"customers/{customer_id}") from None
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE, f"the registry answered {error.code().name}",
+                               "REGISTRY_UNAVAILABLE") from None
         signals = {name: s.value for name, s in customer.signals.items()}
         return _customer_score(request.customer, run, fitted, signals)
+
+    def _registry(self) -> registry_service_pb2_grpc.RegistryServiceStub:
+        """One channel to the registry for every online call (made on first use, inside the event loop)."""
+        if self._registry_stub is None:
+            channel = grpc.aio.insecure_channel(self.runs.registry_target, options=CHANNEL_OPTIONS)
+            self._registry_stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
+        return self._registry_stub
 
     async def ScoreBatch(self, request_iterator, context):
         fitted = run = None

@@ -44,9 +44,12 @@ class RunExecutor:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: dict[int, asyncio.Task] = field(default_factory=dict)
     cancelled: set[int] = field(default_factory=set)
+    # Counts notifications: caches of "the current run" compare it to know they are stale.
+    generation: int = 0
 
     def notify(self) -> None:
         """Wake every watcher; each re-reads what it watches."""
+        self.generation += 1
         self.changed.set()
         self.changed = asyncio.Event()
 

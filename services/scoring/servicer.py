@@ -7,6 +7,7 @@ import functools
 import json
 import math
 import re
+import time
 
 import grpc
 import numpy as np
@@ -36,6 +37,7 @@ DEFAULT_MODEL = "models/default"
 MAX_BATCH_ROWS = 65_536
 TERMINAL = (pb.RUN_STATE_COMPLETED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED)
 WATCH_POLL_SECONDS = 1.0
+CURRENT_RUN_TTL = 1.0
 
 
 def parse_model_name(name: str, field_path: str) -> tuple[str, int | None]:
@@ -58,6 +60,8 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         self.runs = RunExecutor(engine)
         self._fitted: dict[int, scoring_engine.FittedModel] = {}
         self._registry_stub: registry_service_pb2_grpc.RegistryServiceStub | None = None
+        # model_id -> (run, fitted, executor generation, monotonic time read)
+        self._current_runs: dict[str, tuple] = {}
         with write_transaction(engine) as conn:
             store.fail_interrupted(conn, now_us())
             if store.get_model(conn, "default", None) is None:
@@ -344,11 +348,21 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
     # -- online scoring --------------------------------------------------------------------------------
 
     def _current(self, model_name: str, field_path: str) -> tuple[Row, scoring_engine.FittedModel]:
+        """The model's current run and its fitted statistics, re-read at most once a second.
+
+        Runs completed here replace it at once (see RunExecutor.notify); another
+        replica's new run is seen within CURRENT_RUN_TTL seconds.
+        """
+        model_id = parse_model_name(model_name, field_path)[0]
+        cached = self._current_runs.get(model_id)
+        if cached and cached[2] == self.runs.generation and time.monotonic() - cached[3] < CURRENT_RUN_TTL:
+            return cached[0], cached[1]
         with read_transaction(self.engine) as conn:
-            run = self._completed_run(conn, f"models/{parse_model_name(model_name, field_path)[0]}", field_path)
+            run = self._completed_run(conn, f"models/{model_id}", field_path)
         fitted = self._fitted.get(run.run_id)
         if fitted is None:
             fitted = self._fitted[run.run_id] = scoring_engine.FittedModel.from_bytes(run.fitted)
+        self._current_runs[model_id] = (run, fitted, self.runs.generation, time.monotonic())
         return run, fitted
 
     async def ScoreSignals(self, request, context):

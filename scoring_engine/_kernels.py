@@ -13,7 +13,7 @@ The packed parameters (built by ``engine._Plan``) are:
   (min-max: a=lo, b=hi; z-score: a=mean, b=std; percentile: n = fitted count);
 * ``tables`` float64: percentile tables (distinct values, then the count of
   values below each, then each one's count) and band tables (lower bounds,
-  then scores), at ``I[:, 4]`` with length ``I[:, 5]``;
+  then 0 and the scores), at ``I[:, 4]`` with length ``I[:, 5]``;
 * ``D_int`` int64 (n_dims, 3): missing policy, weight offset, weight count;
 * ``D_float`` float64 (n_dims, 4): missing value, min coverage, total weight,
   composite weight; ``w_sig`` int64 / ``w_val`` float64: the weighted signals.
@@ -40,7 +40,8 @@ STAT_COUNT, STAT_MIN, STAT_MAX, STAT_SUM, STAT_M2, STAT_EXP = range(6)
 N_STATS = 6
 
 SQRT2 = math.sqrt(2.0)
-SCORE_BLOCK = 1024  # rows per parallel work item of the score kernel
+SCORE_BLOCK = 256  # rows per work item of the score kernel (its scratch stays in L1/L2)
+SMALL_TABLE = 64  # percentile tables up to this many distinct values are scanned, larger ones searched
 FIT_BLOCK = 2048  # rows per parallel work item of the fit kernel (its transformed block stays in L2)
 
 
@@ -49,7 +50,7 @@ FIT_BLOCK = 2048  # rows per parallel work item of the fit kernel (its transform
 def transform(x, kind, clip_lo, clip_hi):
     """The signal transform of a finite value."""
     if kind == T_LOG1P:
-        return math.log1p(x if x > 0.0 else 0.0)
+        return log1p_nonneg(x if x > 0.0 else 0.0)
     if kind == T_CLIP:
         if x < clip_lo:
             return clip_lo
@@ -60,145 +61,235 @@ def transform(x, kind, clip_lo, clip_hi):
 
 
 @helper_jit
-def normalize(t, j, I, F, tables):
-    """A transformed value of signal j mapped onto 0..1, direction applied."""
+def log1p_nonneg(x):
+    """log(1 + x) for finite x >= 0, within about 1 ulp: log of u = 1 + x (the fast C-library log) plus
+    the first-order correction for the rounding of u (x - (u - 1)) / u, as in fdlibm's log1p."""
+    u = 1.0 + x
+    return math.log(u) + (x - (u - 1.0)) / u
+
+
+@helper_jit
+def _percentile(t, off, m, n, tables):
+    """Mid-rank of t in a percentile table: (count below + 0.5 x count equal) / n (branch-free search)."""
+    base = off
+    size = m
+    while size > 1:  # the trip count depends on m only; no data-dependent branch
+        half = size >> 1
+        base += half * (tables[base + half] < t)
+        size -= half
+    k = base - off + (tables[base] < t)  # first distinct value >= t
+    if k == m:
+        return 1.0
+    less = tables[off + m + k]
+    equal = tables[off + 2 * m + k] if tables[off + k] == t else 0.0
+    return (less + 0.5 * equal) / n
+
+
+@helper_jit
+def _normalize_column(v, m, j, I, F, tables, count):
+    """In place: transformed values v[:m] of signal j -> 0..1 values, direction applied; NaN stays NaN.
+
+    ``count`` is scratch of at least m values.
+    """
     norm = I[j, I_NORM]
     mode = I[j, I_MODE]
     if mode == MODE_DEGENERATE:
-        v = 0.5
+        for r in range(m):
+            v[r] = 0.5 if v[r] == v[r] else np.nan
     elif norm == N_MINMAX:
         lo = F[j, F_A]
         hi = F[j, F_B]
         if mode == MODE_NORMAL:
-            v = (t - lo) / (hi - lo)
+            span = hi - lo
+            for r in range(m):
+                y = (v[r] - lo) / span
+                v[r] = 0.0 if y < 0.0 else (1.0 if y > 1.0 else y)
         else:  # the span overflows: halve everything first
-            v = (t * 0.5 - lo * 0.5) / (hi * 0.5 - lo * 0.5)
-        if v < 0.0:
-            v = 0.0
-        elif v > 1.0:
-            v = 1.0
+            lo_half = lo * 0.5
+            span = hi * 0.5 - lo_half
+            for r in range(m):
+                y = (v[r] * 0.5 - lo_half) / span
+                v[r] = 0.0 if y < 0.0 else (1.0 if y > 1.0 else y)
     elif norm == N_ZSCORE:
-        z = (t - F[j, F_A]) / F[j, F_B]
-        v = 0.5 * math.erfc(-z / SQRT2)
+        mean = F[j, F_A]
+        std = F[j, F_B]
+        for r in range(m):
+            z = (v[r] - mean) / std
+            v[r] = 0.5 * math.erfc(-z / SQRT2)
     elif norm == N_PERCENTILE:
         off = I[j, I_OFF]
-        m = I[j, I_LEN]
-        lo_i = 0
-        hi_i = m
-        while lo_i < hi_i:  # first distinct value >= t
-            mid = (lo_i + hi_i) >> 1
-            if tables[off + mid] < t:
-                lo_i = mid + 1
-            else:
-                hi_i = mid
+        size = I[j, I_LEN]
         n = F[j, F_N]
-        if lo_i == m:
-            less = n
-            equal = 0.0
+        if size <= SMALL_TABLE:  # few distinct values (counts, ratings): count them per row, table-major
+            for r in range(m):
+                count[r] = 0.0
+            for q in range(off, off + size):
+                edge = tables[q]
+                for r in range(m):
+                    count[r] += 1.0 if edge < v[r] else 0.0
+            for r in range(m):
+                t = v[r]
+                if t == t:
+                    k = int(count[r])
+                    if k == size:
+                        v[r] = 1.0
+                    else:
+                        equal = tables[off + 2 * size + k] if tables[off + k] == t else 0.0
+                        v[r] = (tables[off + size + k] + 0.5 * equal) / n
         else:
-            less = tables[off + m + lo_i]
-            equal = tables[off + 2 * m + lo_i] if tables[off + lo_i] == t else 0.0
-        v = (less + 0.5 * equal) / n
+            for r in range(m):
+                t = v[r]
+                if t == t:
+                    v[r] = _percentile(t, off, size, n, tables)
     else:  # bands: the score of the last band whose lower bound is <= t, 0 below the first
         off = I[j, I_OFF]
-        m = I[j, I_LEN]
-        v = 0.0
-        for k in range(m):
-            if t >= tables[off + k]:
-                v = tables[off + m + k]
-            else:
-                break
+        size = I[j, I_LEN]
+        for r in range(m):
+            count[r] = 0.0
+        for q in range(off, off + size):  # bands ascend: count the lower bounds each t reaches
+            edge = tables[q]
+            for r in range(m):
+                count[r] += 1.0 if edge <= v[r] else 0.0
+        for r in range(m):
+            t = v[r]
+            v[r] = tables[off + size + int(count[r])] if t == t else np.nan
     if I[j, I_LOWER] != 0:
-        v = 1.0 - v
-    return v
+        for r in range(m):
+            v[r] = 1.0 - v[r]
 
 
 @helper_jit
-def score_row(X, i, cols, I, F, tables, D_int, D_float, w_sig, w_val, vals, dims):
-    """Scores row i of X into dims[i, :]; returns (composite, index of a signal holding +-inf or -1)."""
+def _score_block(start, stop, X, cols, I, F, tables, D_int, D_float, w_sig, w_val, dims, comp, V, acc):
+    """Scores rows start..stop-1 (at most V.shape[1]) column by column through the scratch V (n_signals, block).
+
+    Returns the index of the first row holding +-inf in a column the model reads, or -1.
+    """
+    m = stop - start
     n_sig = I.shape[0]
+    infinite = False
     for j in range(n_sig):
         c = cols[j]
-        x = X[i, c] if c >= 0 else np.nan
-        if x != x:
-            vals[j] = np.nan
-        elif x == np.inf or x == -np.inf:
-            return np.nan, j
-        else:
-            vals[j] = normalize(transform(x, I[j, I_TRANSFORM], F[j, F_CLIP_LO], F[j, F_CLIP_HI]), j, I, F, tables)
-    c_num = 0.0
-    c_den = 0.0
+        v = V[j]
+        if c < 0:
+            for r in range(m):
+                v[r] = np.nan
+            continue
+        for r in range(m):
+            x = X[start + r, c]
+            infinite |= abs(x) == np.inf
+            v[r] = x
+        kind = I[j, I_TRANSFORM]
+        if kind == T_LOG1P:
+            for r in range(m):
+                x = v[r]
+                if x == x:
+                    v[r] = log1p_nonneg(x if x > 0.0 else 0.0)
+        elif kind == T_CLIP:
+            lo = F[j, F_CLIP_LO]
+            hi = F[j, F_CLIP_HI]
+            for r in range(m):
+                x = v[r]
+                v[r] = lo if x < lo else (hi if x > hi else x)
+        _normalize_column(v, m, j, I, F, tables, acc[0])
+    if infinite:
+        for r in range(m):
+            for j in range(n_sig):
+                c = cols[j]
+                if c >= 0 and abs(X[start + r, c]) == np.inf:
+                    return start + r
+    num = acc[0]
+    den = acc[1]
+    c_num = acc[2]
+    c_den = acc[3]
+    for r in range(m):
+        c_num[r] = 0.0
+        c_den[r] = 0.0
     for d in range(D_int.shape[0]):
         policy = D_int[d, D_POLICY]
-        off = D_int[d, D_OFF]
-        num = 0.0
-        den = 0.0
-        for k in range(off, off + D_int[d, D_LEN]):
+        for r in range(m):
+            num[r] = 0.0
+            den[r] = 0.0
+        for k in range(D_int[d, D_OFF], D_int[d, D_OFF] + D_int[d, D_LEN]):
             w = w_val[k]
-            v = vals[w_sig[k]]
-            if v == v:
-                num += w * v
-                den += w
-            elif policy == P_FIXED_VALUE:
-                num += w * D_float[d, D_MISSING]
+            v = V[w_sig[k]]
+            if policy == P_FIXED_VALUE:
+                fill = w * D_float[d, D_MISSING]
+                for r in range(m):
+                    x = v[r]
+                    num[r] += w * x if x == x else fill
+            else:
+                for r in range(m):  # branch-free so that it vectorises
+                    x = v[r]
+                    present = x == x
+                    num[r] += w * x if present else 0.0
+                    den[r] += w if present else 0.0
+        total = D_float[d, D_TOTAL]
+        cw = D_float[d, D_COMPOSITE]
         if policy == P_FIXED_VALUE:
-            s = 100.0 * (num / D_float[d, D_TOTAL])
-        elif den > 0.0 and (policy != P_MIN_COVERAGE or den >= D_float[d, D_COVERAGE] * D_float[d, D_TOTAL]):
-            s = 100.0 * (num / den)
+            for r in range(m):
+                s = 100.0 * (num[r] / total)
+                dims[start + r, d] = s
+                c_num[r] += cw * s
+                c_den[r] += cw
         else:
-            s = np.nan
-        dims[i, d] = s
-        if s == s:
-            cw = D_float[d, D_COMPOSITE]
-            c_num += cw * s
-            c_den += cw
-    if c_den > 0.0:
-        comp = c_num / c_den
-        if comp > 100.0:
-            comp = 100.0
-        elif comp < 0.0:
-            comp = 0.0
-    else:
-        comp = np.nan
-    return comp, -1
-
-
-@helper_jit
-def _score_block(start, stop, X, cols, I, F, tables, D_int, D_float, w_sig, w_val, dims, comp, bad, b):
-    vals = np.empty(I.shape[0])
-    for i in range(start, stop):
-        value, j = score_row(X, i, cols, I, F, tables, D_int, D_float, w_sig, w_val, vals, dims)
-        comp[i] = value
-        if j >= 0 and bad[b, 0] < 0:
-            bad[b, 0] = i
-            bad[b, 1] = j
+            need = D_float[d, D_COVERAGE] * total if policy == P_MIN_COVERAGE else 0.0
+            for r in range(m):
+                if den[r] > 0.0 and den[r] >= need:
+                    s = 100.0 * (num[r] / den[r])
+                    c_num[r] += cw * s
+                    c_den[r] += cw
+                else:
+                    s = np.nan
+                dims[start + r, d] = s
+    for r in range(m):
+        if c_den[r] > 0.0:
+            y = c_num[r] / c_den[r]
+            comp[start + r] = 0.0 if y < 0.0 else (100.0 if y > 100.0 else y)
+        else:
+            comp[start + r] = np.nan
+    return -1
 
 
 @parallel_jit
 def score_parallel(X, cols, I, F, tables, D_int, D_float, w_sig, w_val, dims, comp, bad):
-    """dims (n, n_dims) and comp (n,) of every row; bad[b] = (row, signal) of block b's first +-inf."""
+    """dims (n, n_dims) and comp (n,) of every row; bad[b] = first row of block b holding +-inf (else -1)."""
     n = X.shape[0]
+    n_sig = I.shape[0]
     n_blocks = (n + SCORE_BLOCK - 1) // SCORE_BLOCK
     for b in prange(n_blocks):
         start = b * SCORE_BLOCK
-        _score_block(start, min(n, start + SCORE_BLOCK), X, cols, I, F, tables, D_int, D_float, w_sig, w_val,
-                     dims, comp, bad, b)
+        V = np.empty((n_sig, SCORE_BLOCK))
+        acc = np.empty((4, SCORE_BLOCK))
+        bad[b] = _score_block(start, min(n, start + SCORE_BLOCK), X, cols, I, F, tables, D_int, D_float, w_sig,
+                              w_val, dims, comp, V, acc)
 
 
 @serial_jit
 def score_serial(X, cols, I, F, tables, D_int, D_float, w_sig, w_val, dims, comp, bad):
-    """Serial twin of score_parallel (bad has one row)."""
-    _score_block(0, X.shape[0], X, cols, I, F, tables, D_int, D_float, w_sig, w_val, dims, comp, bad, 0)
+    """Serial twin of score_parallel (same block function, so the same bits)."""
+    n = X.shape[0]
+    n_sig = I.shape[0]
+    block = min(n, SCORE_BLOCK)
+    V = np.empty((n_sig, block))
+    acc = np.empty((4, block))
+    for b in range((n + SCORE_BLOCK - 1) // SCORE_BLOCK):
+        start = b * SCORE_BLOCK
+        bad[b] = _score_block(start, min(n, start + SCORE_BLOCK), X, cols, I, F, tables, D_int, D_float, w_sig,
+                              w_val, dims, comp, V, acc)
 
 
 @serial_jit
 def score_one(x, I, F, tables, D_int, D_float, w_sig, w_val, thresholds, previous, band, vals, dims):
     """One customer: x holds its values in model order. Fills vals (normalised signal values) and
-    dims (1, n_dims); returns (composite, tier, index of a signal holding +-inf or -1)."""
-    X = x.reshape((1, x.shape[0]))
-    cols = np.arange(x.shape[0])
-    comp, j = score_row(X, 0, cols, I, F, tables, D_int, D_float, w_sig, w_val, vals, dims)
-    return comp, final_tier(comp, thresholds, previous, band), j
+    dims (1, n_dims); returns (composite, tier, 1 if a value is +-inf else 0)."""
+    n_sig = x.shape[0]
+    X = x.reshape((1, n_sig))
+    cols = np.arange(n_sig)
+    V = vals.reshape((n_sig, 1))
+    acc = np.empty((4, 1))
+    comp = np.empty(1)
+    bad = _score_block(0, 1, X, cols, I, F, tables, D_int, D_float, w_sig, w_val, dims, comp, V, acc)
+    return comp[0], final_tier(comp[0], thresholds, previous, band), 1 if bad >= 0 else 0
 
 
 # --------------------------------------------------------------------------- tiers

@@ -170,10 +170,10 @@ class FittedModel:
                 offset += 3 * (b - a)
             else:
                 lows = np.array([band.lower_bound for band in s.bands], dtype=np.float64)
-                scores = np.array([band.score for band in s.bands], dtype=np.float64)
+                scores = np.array([0.0] + [band.score for band in s.bands], dtype=np.float64)  # 0 below the first
                 tables += [lows, scores]
                 I[j, K.I_OFF], I[j, K.I_LEN] = offset, len(lows)
-                offset += 2 * len(lows)
+                offset += 2 * len(lows) + 1
             I[j, K.I_MODE] = mode
         table = np.concatenate(tables) if tables else np.zeros(0)
         return I, F, np.ascontiguousarray(table, dtype=np.float64), D_int, D_float, w_sig, w_val
@@ -417,15 +417,17 @@ def _score_arrays(fitted: FittedModel, X: np.ndarray, cols: np.ndarray, row_offs
     n = X.shape[0]
     dims = np.empty((n, D_int.shape[0]))
     comp = np.empty(n)
+    bad = np.full((n + K.SCORE_BLOCK - 1) // K.SCORE_BLOCK, -1, dtype=np.int64)
     if n >= PARALLEL_MIN_ROWS:
-        bad = np.full(((n + K.SCORE_BLOCK - 1) // K.SCORE_BLOCK, 2), -1, dtype=np.int64)
         with PARALLEL_LOCK:
             K.score_parallel(X, cols, I, F, tables, D_int, D_float, w_sig, w_val, dims, comp, bad)
-    else:
-        bad = np.full((1, 2), -1, dtype=np.int64)
-        if n:
-            K.score_serial(X, cols, I, F, tables, D_int, D_float, w_sig, w_val, dims, comp, bad)
-    _raise_bad(bad, X, cols, fitted.model, row_offset)
+    elif n:
+        K.score_serial(X, cols, I, F, tables, D_int, D_float, w_sig, w_val, dims, comp, bad)
+    rows = bad[bad >= 0]
+    if rows.size:
+        row = int(rows[0])
+        j = next(j for j in range(len(cols)) if cols[j] >= 0 and np.isinf(X[row, cols[j]]))
+        raise NonFiniteValueError(row + row_offset, fitted.model.signal_names[j], float(X[row, cols[j]]))
     return dims, comp
 
 
@@ -730,8 +732,9 @@ def _one(fitted: FittedModel, values, previous_tier: int):
     dims = np.empty((1, D_int.shape[0]))
     comp, tier, bad = K.score_one(x, I, F, tables, D_int, D_float, w_sig, w_val, thresholds, previous_tier,
                                   fitted.model.hysteresis_points, vals, dims)
-    if bad >= 0:
-        raise NonFiniteValueError(0, fitted.model.signal_names[bad], float(x[bad]))
+    if bad:
+        j = int(np.flatnonzero(np.isinf(x))[0])
+        raise NonFiniteValueError(0, fitted.model.signal_names[j], float(x[j]))
     return x, vals, dims[0], comp, tier
 
 

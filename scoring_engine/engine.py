@@ -145,8 +145,8 @@ class FittedModel:
             norm = s.effective_normalization
             mode = K.MODE_NORMAL
             if norm == Normalization.MIN_MAX:
-                lo = s.fixed_min if s.fixed_min is not None else (st[K.STAT_MIN] if count > 0 else math.nan)
-                hi = s.fixed_max if s.fixed_max is not None else (st[K.STAT_MAX] if count > 0 else math.nan)
+                lo = float(s.fixed_min if s.fixed_min is not None else (st[K.STAT_MIN] if count > 0 else math.nan))
+                hi = float(s.fixed_max if s.fixed_max is not None else (st[K.STAT_MAX] if count > 0 else math.nan))
                 F[j, K.F_A], F[j, K.F_B] = lo, hi
                 if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
                     mode = K.MODE_DEGENERATE

@@ -331,6 +331,8 @@ _MODEL_SCHEMA = {
     "create_time": ("str", None),
     "active": ("bool", None),
 }
+_FIELD_ORDER = {name: i for schema in (_MODEL_SCHEMA, _SIGNAL_SCHEMA, _BAND_SCHEMA, _DIMENSION_SCHEMA, _WEIGHT_SCHEMA,
+                                       _TIER_SCHEMA) for i, name in enumerate(schema)}
 _DEFAULTS = {"str": "", "double": 0.0, "opt_double": None, "int": 0, "bool": False}
 
 
@@ -469,7 +471,9 @@ def _covers(bad: str, path: str) -> bool:
 
 
 def _path_key(path: str) -> list:
-    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"[.\[\]]+", path) if p != ""]
+    """Sort key of a field path in document order (fields in proto order, list items by index)."""
+    return [(0, int(p), "") if p.isdigit() else (1, _FIELD_ORDER.get(p, 99), p)
+            for p in re.split(r"[.\[\]]+", path) if p != ""]
 
 
 def _emit(obj: Any, schema: dict) -> dict[str, Any]:

@@ -150,10 +150,10 @@ def normalized_reference(fit: ReferenceFit, matrix: np.ndarray, signal_names=Non
         t = transform(s, X[:, j])
         norm = s.effective_normalization
         if norm == Normalization.MIN_MAX:
-            lo, hi = fit.lo[j], fit.hi[j]
-            if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+            lo, hi = float(fit.lo[j]), float(fit.hi[j])
+            if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
                 v = np.full_like(t, 0.5)
-            elif np.isfinite(hi - lo):
+            elif math.isfinite(hi - lo):
                 v = np.clip((t - lo) / (hi - lo), 0.0, 1.0)
             else:
                 v = np.clip((t * 0.5 - lo * 0.5) / (hi * 0.5 - lo * 0.5), 0.0, 1.0)

@@ -24,8 +24,8 @@ The maths, step by step
    * min-max: (t - lo) / (hi - lo) clamped to [0, 1]; lo/hi are the population's minimum and
      maximum unless fixed_min/fixed_max fix them; a degenerate span (constant column, no data,
      hi <= lo) gives 0.5;
-   * z-score: the standard normal CDF of (t - mean) / std (population std, ddof 0); std 0 or no
-     data gives 0.5;
+   * z-score: the standard normal CDF of (t - mean) / std (population std, ddof 0); a constant
+     column (fitted min = max), std 0 or no data gives 0.5;
    * percentile: exact mid-rank within the fitted population, (count below t + 0.5 x count equal
      to t) / n; no data gives 0.5;
    * bands: the score of the last band whose lower_bound <= t; 0 below the first band.

@@ -100,7 +100,7 @@ class FittedModel:
     """A model plus the population statistics its normalisations need.
 
     ``stats`` (n_signals, 6): per signal the count of observed values and the
-    minimum, maximum, scaled sum, scaled squared deviations and scale exponent
+    minimum, maximum, scaled mean, scaled squared deviations and scale exponent
     of its transformed values. ``pct_values``/``pct_counts`` hold, for each
     PERCENTILE signal, its distinct transformed values (ascending) and how
     often each occurred, at ``pct_offsets[j]:pct_offsets[j + 1]``.
@@ -155,7 +155,8 @@ class FittedModel:
             elif norm == Normalization.Z_SCORE:
                 mean, std = _mean_std(st)
                 F[j, K.F_A], F[j, K.F_B] = mean, std
-                if not (count > 0 and math.isfinite(mean) and math.isfinite(std) and std > 0):
+                constant = st[K.STAT_MIN] == st[K.STAT_MAX]  # rounding must not turn a constant into a spread
+                if not (count > 0 and not constant and math.isfinite(mean) and math.isfinite(std) and std > 0):
                     mode = K.MODE_DEGENERATE
             elif norm == Normalization.PERCENTILE:
                 a, b = self.pct_offsets[j], self.pct_offsets[j + 1]
@@ -249,7 +250,7 @@ def _mean_std(st: np.ndarray) -> tuple[float, float]:
     if count <= 0:
         return math.nan, math.nan
     e = int(st[K.STAT_EXP])
-    mean = math.ldexp(st[K.STAT_SUM] / count, e)
+    mean = math.ldexp(st[K.STAT_MEAN], e)
     std = math.ldexp(math.sqrt(st[K.STAT_M2] / count), e)
     return mean, std
 

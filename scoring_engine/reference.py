@@ -130,6 +130,7 @@ def fit_reference(model: ValueModel, matrix: np.ndarray, signal_names: Sequence[
             e = math.frexp(float(np.abs(t).max()))[1]
             y = np.ldexp(t, -e)
             my = y.sum() / t.size
+            my += (y - my).sum() / t.size  # one refinement step: the mean to within an ulp or two
             mean[j] = math.ldexp(my, e)
             std[j] = math.ldexp(math.sqrt(((y - my) ** 2).sum() / t.size), e)
         if s.fixed_min is not None:
@@ -159,7 +160,7 @@ def normalized_reference(fit: ReferenceFit, matrix: np.ndarray, signal_names=Non
                 v = np.clip((t * 0.5 - lo * 0.5) / (hi * 0.5 - lo * 0.5), 0.0, 1.0)
         elif norm == Normalization.Z_SCORE:
             m, sd = fit.mean[j], fit.std[j]
-            if not (fit.count[j] > 0 and np.isfinite(m) and np.isfinite(sd) and sd > 0):
+            if not (fit.count[j] > 0 and fit.lo[j] != fit.hi[j] and np.isfinite(m) and np.isfinite(sd) and sd > 0):
                 v = np.full_like(t, 0.5)
             else:
                 v = normal_cdf((t - m) / sd)

@@ -298,6 +298,14 @@ def test_reference_erfc_matches_the_c_library():
     np.testing.assert_allclose(got, want, rtol=3e-13, atol=1e-300)  # 1 - erf loses a few bits just below 2
 
 
+def test_normal_cdf_kernel_matches_the_c_library():
+    z = np.concatenate([np.linspace(-12, 12, 100_001), [0.0, -9.0, 9.0, np.nextafter(9.0, 0), -np.inf, np.inf]])
+    got = np.array([K.normal_cdf(v) for v in z])
+    want = np.array([0.5 * math.erfc(-v / math.sqrt(2)) for v in z])
+    np.testing.assert_allclose(got, want, rtol=0, atol=4e-15)
+    assert math.isnan(K.normal_cdf(math.nan))
+
+
 def test_log1p_kernel_within_an_ulp():
     x = np.concatenate([np.geomspace(1e-300, 1e300, 20_001), [0.0, 1.0, 2.0 ** 53, np.finfo(float).max]])
     got = np.array([K.log1p_nonneg(v) for v in x])

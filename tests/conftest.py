@@ -44,6 +44,8 @@ def _empty_tables(url: str) -> None:
     with engine.begin() as conn:
         names = [t for t in sa.inspect(conn).get_table_names() if t != "alembic_version"]
         if names:
+            # A session a test leaked would block TRUNCATE for ever: fail fast and say so instead.
+            conn.exec_driver_sql("SET LOCAL lock_timeout = '20s'")
             conn.exec_driver_sql(f"TRUNCATE {', '.join(names)} RESTART IDENTITY CASCADE")
     engine.dispose()
 
@@ -85,6 +87,14 @@ class ServerThread:
             raise failure[0]
         self.target = f"127.0.0.1:{self.suite.port}"
 
+    async def _stop(self, grace: float) -> None:
+        """As asyncio.run ends `cvh serve`: stop the server, then let every leftover task unwind."""
+        await self.suite.stop(grace)
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     @staticmethod
     async def _start(config: ServerConfig) -> Suite:
         suite = create_server(config)
@@ -92,7 +102,7 @@ class ServerThread:
         return suite
 
     def stop(self, grace: float = 0) -> None:
-        asyncio.run_coroutine_threadsafe(self.suite.stop(grace), self.loop).result(30)
+        asyncio.run_coroutine_threadsafe(self._stop(grace), self.loop).result(60)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(30)
 

@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from tests.grpc_helpers import raises_status
 from services.common import db
 from services.registry.tables import metadata as registry_metadata
+from services.hierarchy.tables import metadata as hierarchy_metadata
 from services.scoring.tables import metadata as scoring_metadata
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,10 +88,10 @@ def test_generic_client_discovers_checks_and_uses_the_registry(channel):
     assert matrix[row["acme"], 0] == 125000.0 and matrix[row["unit"], 1] == 40.0
 
 
-def test_services_not_built_yet_answer_unimplemented(channel):
+def test_rpcs_not_built_yet_answer_unimplemented(channel):
     client = GenericClient(channel)
-    with raises_status(grpc.StatusCode.UNIMPLEMENTED):
-        client.call("cvh.hierarchy.v1.HierarchyService/GetPriority", {"customer": "customers/acme"})
+    with raises_status(grpc.StatusCode.UNIMPLEMENTED, reason="NOT_IMPLEMENTED"):
+        client.call("cvh.hierarchy.v1.HierarchyService/GetAccountTree", {"customer": "customers/acme"})
 
 
 def test_generated_stubs_are_fresh():
@@ -103,7 +104,7 @@ def test_migrations_match_the_tables(database_url):
     engine = db.create_engine(database_url)
     db.upgrade(engine)
     with engine.connect() as conn:
-        differences = compare_metadata(MigrationContext.configure(conn), [registry_metadata, scoring_metadata])
+        differences = compare_metadata(MigrationContext.configure(conn), [registry_metadata, scoring_metadata, hierarchy_metadata])
     engine.dispose()
     assert differences == []
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
@@ -21,7 +20,6 @@ from cvh.scoring.v1 import scoring_service_pb2
 from services.common import db
 from services.common.auth import AuthInterceptor, TokenTable
 from services.common.config import ServerConfig, check_exposure
-from services.common.errors import unimplemented
 from services.common.interceptors import ServiceInterceptor
 
 log = logging.getLogger("cvh.server")
@@ -42,15 +40,21 @@ class Suite:
     health: health.aio.HealthServicer
     engine: Engine
     service_names: list[str]
+    # Servicers with background work (start_background / stop_background), e.g. the snapshot loader.
+    background: list = field(default_factory=list)
 
     async def start(self) -> None:
         await self.server.start()
+        for servicer in self.background:
+            await servicer.start_background()
         for name in ["", *self.service_names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float) -> None:
         """Refuse new calls (health NOT_SERVING), let in-flight ones finish within ``grace`` seconds."""
         await self.health.enter_graceful_shutdown()
+        for servicer in self.background:
+            await servicer.stop_background()
         await self.server.stop(grace)
         self.engine.dispose()
 
@@ -89,9 +93,17 @@ def create_server(config: ServerConfig) -> Suite:
         port = server.add_insecure_port(config.listen)
     if port == 0:
         raise OSError(f"cannot listen on {config.listen}")
-    if "scoring" in servicers:  # in one process, the scoring service reaches the registry through this port
-        servicers["scoring"].runs.registry_target = config.registry_target or f"127.0.0.1:{port}"
-    return Suite(server, port, health_servicer, engine, names)
+    # Services reach each other through their targets; in one process, through this very port.
+    own = f"127.0.0.1:{port}"
+    if "scoring" in servicers:
+        servicers["scoring"].runs.registry_target = config.registry_target or own
+    background = []
+    if "hierarchy" in servicers:
+        hierarchy = servicers["hierarchy"]
+        hierarchy.registry_target = config.registry_target or own
+        hierarchy.scoring_target = config.scoring_target or own
+        background.append(hierarchy)
+    return Suite(server, port, health_servicer, engine, names, background)
 
 
 def server_credentials(config: ServerConfig) -> grpc.ServerCredentials:
@@ -108,34 +120,8 @@ def _add_service(service: str, server: grpc.aio.Server, engine: Engine, config: 
     if service == "scoring":
         from services.scoring.servicer import add_to_server
         return add_to_server(server, engine)
-    server.add_generic_rpc_handlers([_unimplemented_handler(SERVICE_DESCRIPTORS[service])])
-    return None
-
-
-def _unimplemented_handler(descriptor) -> grpc.GenericRpcHandler:
-    """Every method of a service not built yet answers UNIMPLEMENTED (and still shows in reflection)."""
-    handlers = {}
-    for method in descriptor.methods:
-        request_class = message_factory.GetMessageClass(method.input_type)
-        response_class = message_factory.GetMessageClass(method.output_type)
-        full = f"/{descriptor.full_name}/{method.name}"
-
-        async def refuse(request, context, full=full):
-            raise unimplemented(full)
-
-        async def refuse_stream(request, context, full=full):
-            raise unimplemented(full)
-            yield  # makes this an async generator
-
-        kind = (method.client_streaming, method.server_streaming)
-        make = {(False, False): grpc.unary_unary_rpc_method_handler,
-                (False, True): grpc.unary_stream_rpc_method_handler,
-                (True, False): grpc.stream_unary_rpc_method_handler,
-                (True, True): grpc.stream_stream_rpc_method_handler}[kind]
-        handlers[method.name] = make(refuse_stream if method.server_streaming else refuse,
-                                     request_deserializer=request_class.FromString,
-                                     response_serializer=response_class.SerializeToString)
-    return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
+    from services.hierarchy.servicer import add_to_server
+    return add_to_server(server, engine)
 
 
 async def serve(config: ServerConfig) -> None:

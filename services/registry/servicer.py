@@ -13,6 +13,7 @@ from cvh.common.v1 import common_pb2
 from cvh.registry.v1 import registry_service_pb2 as pb
 from cvh.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from services.common.db import read_transaction, write_transaction
+from services.common.streams import in_threads
 from services.common.errors import (
     ServiceError, Violations, aborted, already_exists, failed_precondition, invalid_argument, not_found,
 )
@@ -147,12 +148,8 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         violations.raise_if_any()
         chunk_size = min(request.chunk_size or DEFAULT_CHUNK, max(1, MAX_CHUNK_BYTES // (8 * max(1, len(names)))))
         # One read transaction for the whole export; each chunk is made on a worker thread.
-        messages = self._export(names, chunk_size)
-        try:
-            while (message := await asyncio.to_thread(next, messages, None)) is not None:
-                yield message
-        finally:
-            await asyncio.to_thread(messages.close)
+        async for message in in_threads(self._export(names, chunk_size)):
+            yield message
 
     def _export(self, names: list[str], chunk_size: int):
         with read_transaction(self.engine) as conn:

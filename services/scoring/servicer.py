@@ -20,6 +20,7 @@ from cvh.scoring.v1 import scoring_service_pb2 as pb
 from cvh.scoring.v1 import scoring_service_pb2_grpc as pb_grpc
 from services.common.auth import current_caller
 from services.common.db import read_transaction, write_transaction
+from services.common.streams import in_threads
 from services.common.errors import (
     ServiceError, Violations, failed_precondition, invalid_argument, not_found,
 )
@@ -268,12 +269,8 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
     async def StreamRunResults(self, request, context):
         if not 0 <= request.chunk_size <= 65_536:
             raise invalid_argument("chunk_size", "0 (default 8,192) to 65,536")
-        messages = self._result_messages(request.run)
-        try:
-            while (message := await asyncio.to_thread(next, messages, None)) is not None:
-                yield message
-        finally:
-            await asyncio.to_thread(messages.close)
+        async for message in in_threads(self._result_messages(request.run)):
+            yield message
 
     def _result_messages(self, name: str):
         with read_transaction(self.engine) as conn:

@@ -1,0 +1,350 @@
+"""HierarchyService: answers from the in-memory snapshot; a background loader swaps in new runs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+
+import grpc
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from cvh.common.v1 import common_pb2
+from cvh.hierarchy.v1 import hierarchy_service_pb2 as pb
+from cvh.hierarchy.v1 import hierarchy_service_pb2_grpc as pb_grpc
+from cvh.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
+from cvh.scoring.v1 import scoring_service_pb2, scoring_service_pb2_grpc
+from services.common.db import read_transaction, write_transaction
+from services.common.errors import Violations, invalid_argument, unimplemented
+from services.common.validation import customer_id_from_name
+from services.hierarchy import snapshot as snapshots
+from services.hierarchy.policy import default_policy
+from services.hierarchy.tables import policies
+from services.registry.customers import now_us, set_timestamp
+
+log = logging.getLogger("cvh.hierarchy")
+
+MAX_BATCH = 1000
+MAX_REASONS = 3
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+RETRY_SECONDS = (0.5, 1, 2, 5, 10)
+DIMENSION_WORDS = {
+    common_pb2.VALUE_DIMENSION_PROFITABILITY: "profitability",
+    common_pb2.VALUE_DIMENSION_STRATEGIC_GROWTH: "strategic growth",
+    common_pb2.VALUE_DIMENSION_REPUTATION: "reputation and authority",
+    common_pb2.VALUE_DIMENSION_FEEDBACK: "feedback and innovation",
+}
+
+
+class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.policy = self._load_policy()
+        self.snapshot = snapshots.empty_snapshot()
+        self.sources_reachable = False
+        self.scoring_target = ""
+        self.registry_target = ""
+        self.model_id = "default"
+        self._loader: asyncio.Task | None = None
+
+    # -- the snapshot ------------------------------------------------------------------------------------
+
+    async def start_background(self) -> None:
+        self._loader = asyncio.get_running_loop().create_task(self._follow_runs())
+
+    async def stop_background(self) -> None:
+        if self._loader:
+            self._loader.cancel()
+
+    async def _follow_runs(self) -> None:
+        """Load the current run, then every run that completes; on errors keep serving and retry."""
+        attempt = 0
+        while True:
+            try:
+                async with grpc.aio.insecure_channel(self.scoring_target, options=CHANNEL_OPTIONS) as channel:
+                    runs = scoring_service_pb2_grpc.ScoringServiceStub(channel).WatchRuns(
+                        scoring_service_pb2.WatchRunsRequest(model_id=self.model_id, include_current=True))
+                    self.sources_reachable = True
+                    async for run in runs:
+                        if run.name != self.snapshot.run:
+                            await self._load(channel, run)
+                        attempt = 0
+            except grpc.aio.AioRpcError as error:
+                self.sources_reachable = False
+                log.warning("snapshot source unavailable, serving %s: %s", self.snapshot.run or "no run",
+                            error.code().name)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.sources_reachable = False
+                log.exception("loading a snapshot failed; serving %s", self.snapshot.run or "no run")
+            await asyncio.sleep(RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)])
+            attempt += 1
+
+    async def _load(self, scoring_channel, run: scoring_service_pb2.ScoringRun) -> None:
+        started = time.perf_counter()
+        results = await _read_results(scoring_channel, run)
+        async with grpc.aio.insecure_channel(self.registry_target, options=CHANNEL_OPTIONS) as channel:
+            accounts = await _read_accounts(channel)
+        built = await asyncio.to_thread(snapshots.build, results, accounts, self.policy.inheritance_rule)
+        self.snapshot = built  # one reference swap: readers see the old snapshot or the new one
+        log.info("snapshot loaded", extra={"run": run.name, "customers": built.size,
+                                           "seconds": round(time.perf_counter() - started, 3)})
+
+    # -- policies ----------------------------------------------------------------------------------------
+
+    def _load_policy(self) -> pb.TierPolicy:
+        with read_transaction(self.engine) as conn:
+            blob = conn.execute(sa.select(policies.c.policy).order_by(policies.c.version.desc()).limit(1)).scalar()
+        return pb.TierPolicy.FromString(blob) if blob else default_policy()
+
+    async def GetTierPolicy(self, request, context):
+        return self.policy
+
+    async def SetTierPolicy(self, request, context):
+        policy = pb.TierPolicy()
+        policy.CopyFrom(request.policy)
+        _check_policy(policy)
+
+        def store() -> pb.TierPolicy:
+            with write_transaction(self.engine) as conn:
+                latest = conn.execute(sa.select(sa.func.max(policies.c.version))).scalar() or 0
+                policy.version = latest + 1
+                set_timestamp(policy.create_time, now_us())
+                conn.execute(policies.insert().values(version=policy.version, policy=policy.SerializeToString(),
+                                                      create_time_us=now_us()))
+            return policy
+        stored = await asyncio.to_thread(store)
+        self.snapshot = await asyncio.to_thread(snapshots.with_rule, self.snapshot, stored.inheritance_rule)
+        self.policy = stored
+        return stored
+
+    # -- look-ups ----------------------------------------------------------------------------------------
+
+    async def GetPriority(self, request, context):
+        customer_id = customer_id_from_name(request.customer, "customer")
+        return _priority(self.snapshot, self.policy, customer_id)
+
+    async def BatchGetPriority(self, request, context):
+        if not 1 <= len(request.customers) <= MAX_BATCH:
+            raise invalid_argument("customers", f"1 to {MAX_BATCH} names, got {len(request.customers)}")
+        violations = Violations()
+        ids = [customer_id_from_name(n, f"customers[{i}]", violations) for i, n in enumerate(request.customers)]
+        violations.raise_if_any()
+        snap, policy = self.snapshot, self.policy
+        return pb.BatchGetPriorityResponse(priorities=[_priority(snap, policy, i) for i in ids])
+
+    async def RankCustomers(self, request, context):
+        if not 2 <= len(request.customers) <= MAX_BATCH:
+            raise invalid_argument("customers", f"2 to {MAX_BATCH} names, got {len(request.customers)}")
+        violations = Violations()
+        ids = [customer_id_from_name(n, f"customers[{i}]", violations) for i, n in enumerate(request.customers)]
+        if len(set(ids)) != len(ids):
+            violations.add("customers", "names must not repeat")
+        violations.raise_if_any()
+        snap, policy = self.snapshot, self.policy
+        precedence = {role: i for i, role in enumerate(policy.role_precedence)}
+        keyed = sorted((_rank_key(snap, precedence, c), c) for c in ids)
+        answer = pb.RankCustomersResponse()
+        for k, (key, customer_id) in enumerate(keyed):
+            row = snap.index.get(customer_id)
+            ranked = answer.ranked.add(customer=f"customers/{customer_id}",
+                                       effective_tier=_tier_ref(snap, key[0] if key[0] <= len(snap.tiers) else 0),
+                                       stakeholder_role=int(snap.roles[row]) if row is not None else 0)
+            if row is not None and not math.isnan(snap.composite[row]):
+                ranked.composite = float(snap.composite[row])
+            if k + 1 < len(keyed):
+                ranked.decided_by = _decided_by(key, keyed[k + 1][0])
+        return answer
+
+    async def GetSnapshotInfo(self, request, context):
+        snap = self.snapshot
+        info = pb.SnapshotInfo(run=snap.run, customers=snap.size, sources_reachable=self.sources_reachable)
+        info.load_time.FromSeconds(int(snap.load_time))
+        if snap.run:
+            age = max(0.0, time.time() - snap.score_time_us / 1e6)
+            info.age.FromSeconds(int(age))
+            info.status = (f"serving {snap.run} ({snap.size:,} customers), scored {age / 60:.0f} min ago"
+                           + ("" if self.sources_reachable else "; sources unreachable, snapshot may be stale"))
+        else:
+            info.status = "no completed run loaded yet: every customer gets the default policy"
+        return info
+
+    async def GetHierarchySummary(self, request, context):
+        snap = self.snapshot
+        summary = pb.HierarchySummary(run=snap.run, total_customers=int((snap.own_level > 0).sum()))
+        totals = np.nansum(snap.dimension_scores, axis=0) if snap.size else np.zeros(0)
+        for tier in snap.tiers:
+            members = snap.own_level == tier.level
+            entry = summary.tiers.add(tier=tier, customers=int(members.sum()))
+            if summary.total_customers:
+                entry.customer_percent = 100.0 * entry.customers / summary.total_customers
+            for j, dimension in enumerate(snap.dimensions):
+                share = np.nansum(snap.dimension_scores[members, j]) / totals[j] * 100 if totals[j] else 0.0
+                entry.value_percent.add(dimension=dimension, score=float(share))
+            if entry.customers:
+                entry.min_composite = float(np.nanmin(snap.composite[members]))
+                entry.max_composite = float(np.nanmax(snap.composite[members]))
+        return summary
+
+    async def ListTierMembers(self, request, context):
+        raise unimplemented("/cvh.hierarchy.v1.HierarchyService/ListTierMembers")
+
+    async def GetAccountTree(self, request, context):
+        raise unimplemented("/cvh.hierarchy.v1.HierarchyService/GetAccountTree")
+
+    async def WatchPriorityChanges(self, request, context):
+        raise unimplemented("/cvh.hierarchy.v1.HierarchyService/WatchPriorityChanges")
+        yield  # an async generator, like every server stream
+
+
+# -- loading ----------------------------------------------------------------------------------------------
+
+async def _read_results(channel, run: scoring_service_pb2.ScoringRun) -> snapshots.RunResults:
+    stub = scoring_service_pb2_grpc.ScoringServiceStub(channel)
+    ids, dims, composite, tiers, ranks, percentiles = [], [], [], [], [], []
+    tier_refs, columns = [], []
+    async for chunk in stub.StreamRunResults(scoring_service_pb2.StreamRunResultsRequest(run=run.name)):
+        if chunk.tiers:
+            tier_refs = list(chunk.tiers)
+            columns = [common_pb2.ValueDimension.Value(c) for c in chunk.dimension_scores.column_names]
+        values = chunk.dimension_scores.values
+        ids.extend(chunk.dimension_scores.customer_ids)
+        dims.append(np.frombuffer(values.data, "<f8").reshape(values.rows, values.columns))
+        composite.append(np.frombuffer(chunk.composite, "<f8"))
+        tiers.append(np.frombuffer(chunk.tier_levels, "<i4"))
+        ranks.append(np.frombuffer(chunk.ranks, "<i8"))
+        percentiles.append(np.frombuffer(chunk.percentiles, "<f8"))
+    end = run.end_time.seconds * 1_000_000 + run.end_time.nanos // 1000
+    return snapshots.RunResults(run.name, end, tier_refs, columns, ids, np.concatenate(dims),
+                                np.concatenate(composite), np.concatenate(tiers), np.concatenate(ranks),
+                                np.concatenate(percentiles))
+
+
+async def _read_accounts(channel) -> snapshots.AccountBase:
+    stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
+    ids, parents, roles, owners, values = [], [], [], [], []
+    request = registry_service_pb2.ExportSignalMatrixRequest(signal_names=snapshots.ROLLUP_SIGNALS)
+    async for chunk in stub.ExportSignalMatrix(request):
+        ids.extend(chunk.chunk.customer_ids)
+        parents.extend(chunk.parent_ids)
+        roles.append(np.frombuffer(chunk.stakeholder_roles, np.uint8))
+        owners.extend(chunk.owners)
+        matrix = chunk.chunk.values
+        values.append(np.frombuffer(matrix.data, "<f8").reshape(matrix.rows, matrix.columns))
+    return snapshots.AccountBase(ids, parents, np.concatenate(roles), owners, np.concatenate(values))
+
+
+# -- answers ----------------------------------------------------------------------------------------------
+
+def _tier_ref(snap: snapshots.Snapshot, level: int) -> common_pb2.TierRef:
+    return snap.tiers[level - 1] if 0 < level <= len(snap.tiers) else common_pb2.TierRef()
+
+
+def _tier_policy(policy: pb.TierPolicy, tier_id: str) -> pb.TierServicePolicy:
+    return next((t for t in policy.tiers if tier_id and t.tier_id == tier_id), policy.default_tier)
+
+
+def _priority(snap: snapshots.Snapshot, policy: pb.TierPolicy, customer_id: str) -> pb.Priority:
+    answer = pb.Priority(customer=f"customers/{customer_id}", policy_version=policy.version)
+    row = snap.index.get(customer_id)
+    if row is None or snap.own_level[row] == 0 and snap.effective_level[row] == 0:
+        answer.policy.CopyFrom(policy.default_tier)
+        if row is not None:
+            answer.stakeholder_role, answer.owner = int(snap.roles[row]), snap.owners[row]
+        return answer
+    own, effective = int(snap.own_level[row]), int(snap.effective_level[row])
+    answer.scored = own > 0
+    answer.own_tier.CopyFrom(_tier_ref(snap, own))
+    answer.effective_tier.CopyFrom(_tier_ref(snap, effective))
+    answer.policy.CopyFrom(_tier_policy(policy, answer.effective_tier.tier_id))
+    answer.stakeholder_role, answer.owner = int(snap.roles[row]), snap.owners[row]
+    answer.run = snap.run
+    set_timestamp(answer.score_time, snap.score_time_us)
+    if own:
+        answer.composite = float(snap.composite[row])
+        answer.percentile = float(snap.percentile[row])
+        answer.rank = int(snap.rank[row])
+        for j, dimension in enumerate(snap.dimensions):
+            score = snap.dimension_scores[row, j]
+            entry = answer.dimension_scores.add(dimension=dimension)
+            if not math.isnan(score):
+                entry.score = float(score)
+    answer.reasons.extend(_reasons(snap, row, own, effective))
+    return answer
+
+
+def _reasons(snap: snapshots.Snapshot, row: int, own: int, effective: int) -> list[pb.PriorityReason]:
+    reasons = []
+    if effective and (own == 0 or effective < own):
+        reasons.append(pb.PriorityReason(text=f"{snap.tiers[effective - 1].display_name} standing inherited "
+                                              f"from its parent account"))
+    ranked = []
+    for j, dimension in enumerate(snap.dimensions):
+        score, population = snap.dimension_scores[row, j], snap.sorted_dimension_scores[j]
+        if math.isnan(score) or not len(population):
+            continue
+        above = len(population) - np.searchsorted(population, score, side="left")
+        ranked.append((100.0 * above / len(population), dimension))
+    for top, dimension in sorted(ranked)[:2]:
+        if top <= 50:
+            reasons.append(pb.PriorityReason(dimension=dimension,
+                                             text=f"top {_percent(top)} by {DIMENSION_WORDS.get(dimension, 'value')}"))
+    if own and len(reasons) < MAX_REASONS and not math.isnan(snap.percentile[row]):
+        reasons.append(pb.PriorityReason(text=f"top {_percent(100 - snap.percentile[row])} overall "
+                                              f"(rank {int(snap.rank[row]):,})"))
+    return reasons[:MAX_REASONS]
+
+
+def _percent(value: float) -> str:
+    return f"{max(value, 0.01):.2g} %" if value < 1 else f"{math.ceil(value):.0f} %"
+
+
+def _rank_key(snap: snapshots.Snapshot, precedence: dict[int, int], customer_id: str) -> tuple:
+    """(effective level, role precedence, -composite, id): smaller is served first."""
+    row = snap.index.get(customer_id)
+    floor = len(snap.tiers) + 1
+    if row is None:
+        return (floor, len(precedence), math.inf, customer_id)
+    level = int(snap.effective_level[row]) or floor
+    composite = snap.composite[row]
+    return (level, precedence.get(int(snap.roles[row]), len(precedence)),
+            -composite if not math.isnan(composite) else math.inf, customer_id)
+
+
+def _decided_by(first: tuple, second: tuple) -> int:
+    for position, rule in enumerate((pb.RANK_RULE_TIER, pb.RANK_RULE_ROLE_PRECEDENCE, pb.RANK_RULE_SCORE)):
+        if first[position] != second[position]:
+            return rule
+    return pb.RANK_RULE_TIE
+
+
+def _check_policy(policy: pb.TierPolicy) -> None:
+    violations = Violations()
+    roles = list(policy.role_precedence)
+    expected = set(common_pb2.StakeholderRole.values()) - {common_pb2.STAKEHOLDER_ROLE_UNSPECIFIED}
+    if sorted(roles) != sorted(expected):
+        violations.add("policy.role_precedence", "must list every stakeholder role except UNSPECIFIED exactly once")
+    if policy.inheritance_rule not in pb.InheritanceRule.values():
+        violations.add("policy.inheritance_rule", f"unknown rule {policy.inheritance_rule}")
+    seen = set()
+    for i, tier in enumerate(policy.tiers):
+        if not tier.tier_id or tier.tier_id in seen:
+            violations.add(f"policy.tiers[{i}].tier_id", "required and unique")
+        seen.add(tier.tier_id)
+        for name, value in (("routing_priority", tier.routing_priority),
+                            ("authority.goodwill_credit_limit_minor", tier.authority.goodwill_credit_limit_minor)):
+            if value < 0:
+                violations.add(f"policy.tiers[{i}].{name}", "must not be negative")
+    if len(policy.change_note) > 1024:
+        violations.add("policy.change_note", "at most 1,024 characters")
+    violations.raise_if_any("policy")
+
+
+def add_to_server(server: grpc.aio.Server, engine: Engine) -> HierarchyServicer:
+    servicer = HierarchyServicer(engine)
+    pb_grpc.add_HierarchyServiceServicer_to_server(servicer, server)
+    return servicer

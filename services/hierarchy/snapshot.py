@@ -1,0 +1,145 @@
+"""The in-memory snapshot: one completed run joined to the account tree, as NumPy arrays plus an id index.
+
+A snapshot is immutable once built; the service swaps the reference to a new
+one, so a reader holding a snapshot never sees half of two runs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cvh.common.v1 import common_pb2
+from cvh.hierarchy.v1 import hierarchy_service_pb2 as pb
+
+# Signals summed over account subtrees.
+ROLLUP_SIGNALS = ["annual_revenue", "predicted_ltv"]
+
+
+@dataclass(frozen=True, eq=False)
+class Snapshot:
+    run: str                          # "runs/{id}", "" when nothing was loaded
+    score_time_us: int                # when the run completed
+    load_time: float                  # time.time() of the load
+    tiers: tuple[common_pb2.TierRef, ...]
+    dimensions: tuple[int, ...]       # ValueDimension values, columns of dimension_scores
+    customer_ids: list[str]
+    index: dict[str, int]
+    parent: np.ndarray                # int64 row of the parent, -1 for none
+    roles: np.ndarray                 # uint8 StakeholderRole
+    owners: list[str]
+    rollup_values: np.ndarray         # float64 (n, len(ROLLUP_SIGNALS)), NaN missing
+    own_level: np.ndarray             # int32, 1 = top tier, 0 = not in the run
+    effective_level: np.ndarray       # int32, after the inheritance rule
+    composite: np.ndarray             # float64, NaN when unscored
+    percentile: np.ndarray            # float64
+    rank: np.ndarray                  # int64, 0 when unscored
+    dimension_scores: np.ndarray      # float64 (n, dims)
+    # Per dimension, the scored customers' scores in ascending order (for "top x %" reasons).
+    sorted_dimension_scores: tuple[np.ndarray, ...] = field(default=())
+
+    @property
+    def size(self) -> int:
+        return len(self.customer_ids)
+
+
+def empty_snapshot() -> Snapshot:
+    nothing = np.empty(0)
+    return Snapshot("", 0, time.time(), (), (), [], {}, np.empty(0, np.int64), np.empty(0, np.uint8), [],
+                    np.empty((0, len(ROLLUP_SIGNALS))), np.empty(0, np.int32), np.empty(0, np.int32), nothing,
+                    nothing, np.empty(0, np.int64), np.empty((0, 0)))
+
+
+@dataclass
+class RunResults:
+    """A run's results as arrays (from StreamRunResults)."""
+
+    run: str
+    score_time_us: int
+    tiers: list[common_pb2.TierRef]
+    dimensions: list[int]
+    customer_ids: list[str]
+    dimension_scores: np.ndarray
+    composite: np.ndarray
+    tier_levels: np.ndarray
+    ranks: np.ndarray
+    percentiles: np.ndarray
+
+
+@dataclass
+class AccountBase:
+    """The registry's view of every customer (from ExportSignalMatrix)."""
+
+    customer_ids: list[str]
+    parent_ids: list[str]
+    roles: np.ndarray
+    owners: list[str]
+    rollup_values: np.ndarray
+
+
+def build(results: RunResults, accounts: AccountBase, inheritance_rule: int) -> Snapshot:
+    """Join a run's results onto the account base; customers the run lacks stay unscored."""
+    ids = accounts.customer_ids
+    index = {customer_id: i for i, customer_id in enumerate(ids)}
+    n = len(ids)
+    parent = np.fromiter((index.get(p, -1) if p else -1 for p in accounts.parent_ids), np.int64, count=n)
+    rows = np.fromiter((index.get(c, -1) for c in results.customer_ids), np.int64, count=len(results.customer_ids))
+    known = rows >= 0
+    rows = rows[known]
+    own = np.zeros(n, np.int32)
+    own[rows] = results.tier_levels[known]
+    composite = np.full(n, np.nan)
+    composite[rows] = results.composite[known]
+    percentile = np.full(n, np.nan)
+    percentile[rows] = results.percentiles[known]
+    rank = np.zeros(n, np.int64)
+    rank[rows] = results.ranks[known]
+    dims = np.full((n, len(results.dimensions)), np.nan)
+    dims[rows] = results.dimension_scores[known]
+    sorted_dims = tuple(np.sort(col[~np.isnan(col)]) for col in results.dimension_scores.T)
+    effective = effective_levels(own, parent, len(results.tiers), inheritance_rule)
+    return Snapshot(results.run, results.score_time_us, time.time(), tuple(results.tiers), tuple(results.dimensions),
+                    ids, index, parent, accounts.roles, accounts.owners, accounts.rollup_values, own, effective,
+                    composite, percentile, rank, dims, sorted_dims)
+
+
+def with_rule(snapshot: Snapshot, inheritance_rule: int) -> Snapshot:
+    """The same snapshot under another inheritance rule (a policy change)."""
+    from dataclasses import replace
+    return replace(snapshot, effective_level=effective_levels(snapshot.own_level, snapshot.parent,
+                                                              len(snapshot.tiers), inheritance_rule))
+
+
+def effective_levels(own: np.ndarray, parent: np.ndarray, n_tiers: int, rule: int) -> np.ndarray:
+    """Tier levels after inheritance (1 = top; 0 = unscored and nothing inherited)."""
+    if rule in (pb.INHERITANCE_RULE_UNSPECIFIED, pb.INHERITANCE_RULE_OWN) or not len(own):
+        return own.copy()
+    floor = n_tiers + 1  # unscored counts as below the lowest tier
+    level = np.where(own == 0, floor, own).astype(np.int64)
+    order = _top_down(parent)
+    if rule == pb.INHERITANCE_RULE_TOP_PARENT:
+        top = np.arange(len(own))
+        for nodes in order[1:]:
+            top[nodes] = top[parent[nodes]]
+        level = np.minimum(level, level[top])
+    else:  # PARENT_MINUS_ONE: at least the parent's effective level, one level lower
+        for nodes in order[1:]:
+            level[nodes] = np.minimum(level[nodes], level[parent[nodes]] + 1)
+    result = level.astype(np.int32)
+    result[result > n_tiers] = 0
+    return result
+
+
+def _top_down(parent: np.ndarray) -> list[np.ndarray]:
+    """Rows grouped by depth: roots first, then their children, and so on."""
+    depth = np.zeros(len(parent), np.int64)
+    current = parent.copy()
+    while (current >= 0).any():
+        has = current >= 0
+        depth[has] += 1
+        current[has] = parent[current[has]]
+        if depth.max() > len(parent):  # a cycle cannot come from the registry; stop rather than spin
+            break
+    return [np.flatnonzero(depth == d) for d in range(int(depth.max(initial=0)) + 1)]

@@ -1,0 +1,182 @@
+"""HierarchyService over real gRPC with the registry and scoring services, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import pytest
+
+from cvh.common.v1 import common_pb2
+from cvh.hierarchy.v1 import hierarchy_service_pb2 as pb
+from cvh.hierarchy.v1 import hierarchy_service_pb2_grpc as pb_grpc
+from cvh.registry.v1 import registry_service_pb2 as rpb
+from cvh.registry.v1 import registry_service_pb2_grpc as rpb_grpc
+from cvh.scoring.v1 import scoring_service_pb2 as spb
+from cvh.scoring.v1 import scoring_service_pb2_grpc as spb_grpc
+from services.common.config import ServerConfig
+from tests.conftest import ServerThread
+from tests.grpc_helpers import raises_status
+from tests.scoring.test_scoring_service import run_to_end, seed, stream_results
+
+Code = grpc.StatusCode
+
+
+def wait_for_snapshot(hierarchy, run: str, timeout: float = 60) -> pb.SnapshotInfo:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = hierarchy.GetSnapshotInfo(pb.GetSnapshotInfoRequest())
+        if info.run == run:
+            return info
+        time.sleep(0.05)
+    raise AssertionError(f"snapshot of {run} not loaded; serving {info.run!r}: {info.status}")
+
+
+@pytest.fixture
+def stubs(channel):
+    return (rpb_grpc.RegistryServiceStub(channel), spb_grpc.ScoringServiceStub(channel),
+            pb_grpc.HierarchyServiceStub(channel))
+
+
+def test_before_any_run_everyone_gets_the_default_policy(stubs):
+    _, _, hierarchy = stubs
+    info = hierarchy.GetSnapshotInfo(pb.GetSnapshotInfoRequest())
+    assert info.run == "" and "default policy" in info.status
+    priority = hierarchy.GetPriority(pb.GetPriorityRequest(customer="customers/anyone"))
+    assert not priority.scored and priority.policy == hierarchy.GetTierPolicy(pb.GetTierPolicyRequest()).default_tier
+    with raises_status(Code.INVALID_ARGUMENT, field="customer"):
+        hierarchy.GetPriority(pb.GetPriorityRequest(customer="customers/not valid"))
+
+
+def test_priorities_match_the_stored_run(stubs):
+    registry, scoring, hierarchy = stubs
+    ids, _ = seed(registry, 2000)
+    run = run_to_end(scoring)
+    wait_for_snapshot(hierarchy, run.name)
+    stored = stream_results(scoring, run.name)
+    batch = hierarchy.BatchGetPriority(pb.BatchGetPriorityRequest(customers=[f"customers/{i}" for i in ids[:300]]))
+    assert len(batch.priorities) == 300
+    for customer_id, priority in zip(ids[:300], batch.priorities):
+        composite, level, rank = stored[customer_id]
+        assert priority.scored and priority.run == run.name
+        assert priority.composite == pytest.approx(composite) and priority.rank == rank
+        assert priority.own_tier.level == level == priority.effective_tier.level  # no parents here
+        assert priority.policy.tier_id == priority.effective_tier.tier_id
+        assert priority.reasons
+    top = next(p for p in batch.priorities if p.rank <= 5) if any(p.rank <= 5 for p in batch.priorities) else None
+    if top is not None:
+        assert any("overall" in r.text or "top" in r.text for r in top.reasons)
+    unknown = hierarchy.GetPriority(pb.GetPriorityRequest(customer="customers/never-imported"))
+    assert not unknown.scored and unknown.policy.display_name == "Unscored"
+    summary = hierarchy.GetHierarchySummary(pb.GetHierarchySummaryRequest())
+    assert sum(t.customers for t in summary.tiers) == summary.total_customers == 2000
+    assert sum(t.customer_percent for t in summary.tiers) == pytest.approx(100)
+    for dimension in range(len(summary.tiers[0].value_percent)):
+        assert sum(t.value_percent[dimension].score for t in summary.tiers) == pytest.approx(100)
+
+
+def test_inheritance_rules_and_role_precedence_on_a_three_level_tree(stubs):
+    registry, scoring, hierarchy = stubs
+    seed(registry, 1000)
+    first = stream_results(scoring, run_to_end(scoring).name)
+    stored_top = next(customer for customer, (_, _, rank) in first.items() if rank == 1)
+    # group (a top customer) -> division -> team, the last two with no signals (lowest tier).
+    registry.ImportCustomers(iter([rpb.ImportCustomersRequest(customers=[
+        rpb.Customer(customer_id="division", parent=f"customers/{stored_top}",
+                     stakeholder_role=common_pb2.STAKEHOLDER_ROLE_BUYER),
+        rpb.Customer(customer_id="team", parent="customers/division",
+                     stakeholder_role=common_pb2.STAKEHOLDER_ROLE_INTERNAL),
+        rpb.Customer(customer_id="peer", parent="customers/division",
+                     stakeholder_role=common_pb2.STAKEHOLDER_ROLE_END_USER)])]))
+    run = run_to_end(scoring)
+    wait_for_snapshot(hierarchy, run.name)
+
+    def levels():
+        got = hierarchy.BatchGetPriority(pb.BatchGetPriorityRequest(
+            customers=[f"customers/{stored_top}", "customers/division", "customers/team"])).priorities
+        return [(p.own_tier.level, p.effective_tier.level) for p in got]
+
+    policy = hierarchy.GetTierPolicy(pb.GetTierPolicyRequest())
+    (top_own, top_eff), (div_own, div_eff), (team_own, team_eff) = levels()
+    assert policy.inheritance_rule == pb.INHERITANCE_RULE_PARENT_MINUS_ONE
+    assert div_eff == min(div_own, top_eff + 1) and team_eff == min(team_own, div_eff + 1)
+
+    for rule, expect in [(pb.INHERITANCE_RULE_TOP_PARENT, lambda: (min(div_own, top_own), min(team_own, top_own))),
+                         (pb.INHERITANCE_RULE_OWN, lambda: (div_own, team_own))]:
+        policy.inheritance_rule = rule
+        set_policy = hierarchy.SetTierPolicy(pb.SetTierPolicyRequest(policy=policy))
+        assert set_policy.version >= 1
+        (_, _), (_, div_eff), (_, team_eff) = levels()
+        assert (div_eff, team_eff) == expect()
+
+    # team (internal) and peer (end user) share a tier and a (missing) score: the role decides.
+    ranked = hierarchy.RankCustomers(pb.RankCustomersRequest(customers=["customers/team", "customers/peer"])).ranked
+    assert [r.customer for r in ranked] == ["customers/peer", "customers/team"]
+    assert ranked[0].decided_by == pb.RANK_RULE_ROLE_PRECEDENCE
+    ranked = hierarchy.RankCustomers(pb.RankCustomersRequest(customers=["customers/team", f"customers/{stored_top}"]))
+    assert ranked.ranked[0].customer == f"customers/{stored_top}" and ranked.ranked[0].decided_by == pb.RANK_RULE_TIER
+
+
+def test_a_new_run_swaps_the_snapshot_under_readers(stubs):
+    registry, scoring, hierarchy = stubs
+    ids, _ = seed(registry, 5000)
+    first = run_to_end(scoring)
+    wait_for_snapshot(hierarchy, first.name)
+    seen, failures, stop = set(), [], threading.Event()
+
+    def read():
+        while not stop.is_set():
+            try:
+                p = hierarchy.GetPriority(pb.GetPriorityRequest(customer=f"customers/{ids[7]}"))
+                seen.add(p.run)
+                if not p.scored:
+                    failures.append("unscored answer")
+            except grpc.RpcError as error:
+                failures.append(error.code())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    second = run_to_end(scoring)
+    wait_for_snapshot(hierarchy, second.name)
+    time.sleep(0.2)
+    stop.set()
+    reader.join()
+    assert not failures and seen == {first.name, second.name}
+
+
+def test_lookups_go_on_when_scoring_stops(database_url):
+    core = ServerThread(ServerConfig(services=("registry", "scoring"), listen="127.0.0.1:0",
+                                     database_url=database_url))
+    front = ServerThread(ServerConfig(services=("hierarchy",), listen="127.0.0.1:0", database_url=database_url,
+                                      registry_target=core.target, scoring_target=core.target))
+    try:
+        with grpc.insecure_channel(core.target) as core_channel, grpc.insecure_channel(front.target) as front_channel:
+            ids, _ = seed(rpb_grpc.RegistryServiceStub(core_channel), 300)
+            run = run_to_end(spb_grpc.ScoringServiceStub(core_channel))
+            hierarchy = pb_grpc.HierarchyServiceStub(front_channel)
+            wait_for_snapshot(hierarchy, run.name)
+            core.stop()
+            time.sleep(0.5)
+            for customer_id in ids[:20]:
+                assert hierarchy.GetPriority(pb.GetPriorityRequest(customer=f"customers/{customer_id}")).scored
+            info = hierarchy.GetSnapshotInfo(pb.GetSnapshotInfoRequest())
+            assert info.run == run.name and not info.sources_reachable
+    finally:
+        front.stop()
+
+
+BAD_REQUESTS = [
+    ("GetPriority", pb.GetPriorityRequest(customer=""), "customer"),
+    ("BatchGetPriority", pb.BatchGetPriorityRequest(), "customers"),
+    ("BatchGetPriority", pb.BatchGetPriorityRequest(customers=["customers/a", "b"]), "customers[1]"),
+    ("RankCustomers", pb.RankCustomersRequest(customers=["customers/a"]), "customers"),
+    ("RankCustomers", pb.RankCustomersRequest(customers=["customers/a", "customers/a"]), "customers"),
+    ("SetTierPolicy", pb.SetTierPolicyRequest(policy=pb.TierPolicy()), "policy.role_precedence"),
+]
+
+
+@pytest.mark.parametrize("method,request_message,field", BAD_REQUESTS, ids=[f"{m}-{f}" for m, _, f in BAD_REQUESTS])
+def test_bad_input_is_invalid_argument_naming_the_field(stubs, method, request_message, field):
+    with raises_status(Code.INVALID_ARGUMENT, field=field):
+        getattr(stubs[2], method)(request_message)

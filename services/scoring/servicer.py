@@ -58,6 +58,7 @@ def parse_run_name(name: str, field_path: str) -> int:
 class ScoringServicer(pb_grpc.ScoringServiceServicer):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        scoring_engine.warm_up()  # compile or load the kernels now, not in the first request
         self.runs = RunExecutor(engine)
         self._fitted: dict[int, scoring_engine.FittedModel] = {}
         self._registry_stub: registry_service_pb2_grpc.RegistryServiceStub | None = None

@@ -61,6 +61,8 @@ SIGNAL_NAMES = (
     "annual_revenue", "gross_margin", "tenure_years", "predicted_ltv", "expansion_potential", "strategic_fit",
     "product_lines", "logo_value", "referenceability", "audience_reach", "nps", "feedback_items_90d",
 )
+# Further signals generate_base can add on request (the rest of the default value model's 16).
+EXTRA_SIGNAL_NAMES = ("payment_delay_days", "beta_programs", "feature_adoption", "co_design_sessions")
 # Stakeholder roles and how common each is in a generated base.
 ROLE_WEIGHTS = {
     common_pb2.STAKEHOLDER_ROLE_BUYER: 0.30,
@@ -98,6 +100,7 @@ class CustomerBase:
     role: np.ndarray  # int8 (N,)
     owner: np.ndarray  # int32 (N,), index into owner_name
     region: np.ndarray  # int8 (N,), index into REGIONS
+    signal_names: tuple[str, ...] = SIGNAL_NAMES  # the columns of signals, in order
 
     def __len__(self) -> int:
         return len(self.parent)
@@ -107,8 +110,16 @@ def owner_name(index: int) -> str:
     return f"owner{index:03d}@example.com"
 
 
-def generate_base(n: int, seed: int) -> CustomerBase:
-    """Realistic-looking, reproducible values; every signal finite."""
+def generate_base(n: int, seed: int, signal_names: tuple[str, ...] = SIGNAL_NAMES) -> CustomerBase:
+    """Realistic-looking, reproducible values; every signal finite.
+
+    ``signal_names`` picks and orders the signal columns, from SIGNAL_NAMES and EXTRA_SIGNAL_NAMES. The extra
+    signals are drawn after everything else, so the 12 standard signals and the other columns are the same
+    for a given seed whichever signals are asked for.
+    """
+    unknown = set(signal_names) - set(SIGNAL_NAMES) - set(EXTRA_SIGNAL_NAMES)
+    if unknown:
+        raise ValueError(f"generate_base cannot make signals {sorted(unknown)}")
     rng = np.random.default_rng(seed)
     revenue = np.round(rng.lognormal(mean=13.0, sigma=1.6, size=n), 2)  # median ~440k currency units
     columns = {
@@ -125,7 +136,6 @@ def generate_base(n: int, seed: int) -> CustomerBase:
         "nps": rng.integers(-100, 101, size=n).astype(np.float64),
         "feedback_items_90d": rng.poisson(4.0, size=n).astype(np.float64),
     }
-    signals = np.column_stack([columns[name] for name in SIGNAL_NAMES])
     # A few percent are subsidiaries or departments of an earlier top-level customer,
     # so the tree stays two levels deep and every parent precedes its children.
     is_child = rng.random(n) < PARENT_SHARE
@@ -140,7 +150,16 @@ def generate_base(n: int, seed: int) -> CustomerBase:
     role = rng.choice(roles, size=n, p=weights / weights.sum())
     owner = rng.integers(0, OWNERS, size=n, dtype=np.int32)
     region = rng.integers(0, len(REGIONS), size=n, dtype=np.int8)
-    return CustomerBase(signals, parent, role, owner, region)
+    if any(name in EXTRA_SIGNAL_NAMES for name in signal_names):
+        late = rng.random(n) < 0.3  # most customers pay on time
+        columns.update({
+            "payment_delay_days": np.where(late, np.round(rng.exponential(12.0, size=n), 1), 0.0),
+            "beta_programs": rng.poisson(0.6, size=n).astype(np.float64),
+            "feature_adoption": np.round(rng.beta(2, 5, size=n), 3),
+            "co_design_sessions": rng.negative_binomial(1, 0.6, size=n).astype(np.float64),
+        })
+    signals = np.column_stack([columns[name] for name in signal_names])
+    return CustomerBase(signals, parent, role, owner, region, tuple(signal_names))
 
 
 def serialized_batches(base: CustomerBase, batch_size: int, progress: Progress) -> list[bytes]:
@@ -162,7 +181,7 @@ def serialized_batches(base: CustomerBase, batch_size: int, progress: Progress) 
                 owner=owners[owner_ix[k]], parent=f"customers/{customer_id(parents[k])}" if parents[k] >= 0 else "")
             customer.labels["region"] = REGIONS[regions[k]]
             signals = customer.signals
-            for name, value in zip(SIGNAL_NAMES, values[k]):
+            for name, value in zip(base.signal_names, values[k]):
                 signal = signals[name]
                 signal.value = value
                 signal.observe_time.CopyFrom(OBSERVED_AT)
@@ -185,8 +204,8 @@ def serialized_column_batches(base: CustomerBase, batch_size: int, progress: Pro
             customer_ids=[customer_id(i) for i in rows], display_names=[f"Customer {i:,}" for i in rows],
             parent_ids=[customer_id(p) if p >= 0 else "" for p in parents],
             stakeholder_roles=base.role[start:stop].astype(np.uint8).tobytes(),
-            owners=[owners[k] for k in base.owner[start:stop].tolist()], signal_names=SIGNAL_NAMES)
-        columns.signal_values.rows, columns.signal_values.columns = stop - start, len(SIGNAL_NAMES)
+            owners=[owners[k] for k in base.owner[start:stop].tolist()], signal_names=base.signal_names)
+        columns.signal_values.rows, columns.signal_values.columns = stop - start, len(base.signal_names)
         columns.signal_values.data = np.ascontiguousarray(base.signals[start:stop], dtype="<f8").tobytes()
         columns.observe_time.CopyFrom(OBSERVED_AT)
         batches.append(registry_service_pb2.ImportCustomersRequest(columns=columns).SerializeToString())
@@ -205,14 +224,19 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``cvh serve registry`` in a subprocess, on its own SQLite file."""
+    """``cvh serve SERVICES...`` (default: the registry) in a subprocess, on its own SQLite file.
 
-    def __init__(self, workdir: Path) -> None:
+    ``health_services`` are the full gRPC service names wait_serving waits to see SERVING.
+    """
+
+    def __init__(self, workdir: Path, services: tuple[str, ...] = ("registry",),
+                 health_services: tuple[str, ...] = (SERVICE,)) -> None:
         self.database = workdir / "cvh.db"
         self.log_path = workdir / "server.log"
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "clients.cli", "serve", "registry", "--listen", self.target,
+        self.health_services = health_services
+        command = [sys.executable, "-m", "clients.cli", "serve", *services, "--listen", self.target,
                    "--database-url", f"sqlite:///{self.database}", "--log-level", "WARNING"]
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
@@ -222,16 +246,21 @@ class ServerProcess:
         return self.process.pid
 
     def wait_serving(self, timeout: float = 120) -> None:
-        """Block until the health check reports the registry SERVING."""
+        """Block until the health check reports every one of health_services SERVING."""
         deadline = time.monotonic() + timeout
+        waiting = list(self.health_services)
         with grpc.insecure_channel(self.target) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
                     raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.log_tail()}")
                 with contextlib.suppress(grpc.RpcError):
-                    answer = health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=1)
-                    if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    while waiting:
+                        answer = health.Check(health_pb2.HealthCheckRequest(service=waiting[0]), timeout=1)
+                        if answer.status != health_pb2.HealthCheckResponse.SERVING:
+                            break
+                        waiting.pop(0)
+                    if not waiting:
                         return
                 time.sleep(0.1)
         raise RuntimeError(f"the server was not SERVING within {timeout:.0f} s:\n{self.log_tail()}")

@@ -1,0 +1,394 @@
+"""Scoring benchmark: a complete scoring run over the whole base, and online ScoreCustomer latency.
+
+Run as ``python -m benchmarks.runs`` (``--help`` for the flags). It starts
+``cvh serve registry scoring`` in a subprocess on a fresh SQLite file in a
+temporary directory (the server in its own process, as in production; the
+scoring service reaches the registry through the same port), waits for the
+gRPC health check to answer SERVING for both services, and then:
+
+0. compiles (or loads) the scoring engine's Numba kernels once in this
+   process, so their on-disk cache is current: the server then loads the
+   cache instead of compiling, as a deployed server whose package was warmed
+   at install would (``--cold`` skips this and measures whatever the cache
+   holds, e.g. a compile after the kernels' source changed);
+1. generates N customers carrying the 16 signals of the default value model
+   (skewed, realistic values; see benchmarks.registry.generate_base) and
+   imports them through one ImportCustomers stream of packed CustomerColumns
+   messages. None of this is part of the timed run;
+2. times a complete scoring run: StartScoringRun (model "models/default") and
+   WatchScoringRun until the run ends, i.e. registry export, fit, score, rank
+   and storing every customer's result. The finished ScoringRun gives the
+   server's own split (export_seconds, scoring_seconds, store_seconds). The
+   run must be COMPLETED with tier counts summing to N;
+3. measures ScoreCustomer latency over loopback: a warm-up, then sequential
+   unary calls on one channel for random existing customers (each call reads
+   the customer from the registry and scores it with the run's fitted
+   statistics); p50 / p90 / p99 in milliseconds. ScoreSignals (what-if, the
+   same customers' signals inline, no registry read) is measured likewise, and
+   a sample of customers is checked to score the same both ways.
+
+With ``--runs K`` (K > 1) further runs follow the first one, each against the
+previous completed run (reading its tiers for hysteresis), as every run but a
+model's first does; the headline figures are the first run's.
+
+Targets (issue 4, on the 2-core reference machine): a run over 1,000,000
+customers x 16 signals in 15 s or less; ScoreCustomer median 2 ms or less.
+With ``--json`` the last line printed is one JSON object with the figures
+(``run_1m_s`` is the run time scaled linearly to 1,000,000 customers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+import scoring_engine
+from benchmarks.registry import (CHANNEL_OPTIONS, MIB, SERVICE as REGISTRY_SERVICE, Progress, ServerProcess,
+                                 customer_id, database_size, generate_base, serialized_column_batches,
+                                 timed_import)
+from cvh.scoring.v1 import scoring_service_pb2, scoring_service_pb2_grpc
+
+SCORING_SERVICE = scoring_service_pb2.DESCRIPTOR.services_by_name["ScoringService"].full_name
+RUN_TARGET_1M_S = 15.0
+SCORE_CUSTOMER_TARGET_P50_MS = 2.0
+TERMINAL = {scoring_service_pb2.RUN_STATE_COMPLETED, scoring_service_pb2.RUN_STATE_FAILED,
+            scoring_service_pb2.RUN_STATE_CANCELLED}
+
+
+# -- the timed run --------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    seconds: float  # client wall clock: StartScoringRun sent .. the watch stream's final message received
+    run: scoring_service_pb2.ScoringRun  # the final state
+    updates: int  # messages seen on the watch stream
+    server_cpu_s: float | None
+
+
+def timed_run(stub: scoring_service_pb2_grpc.ScoringServiceStub, server, progress: Progress) -> RunResult:
+    cpu_before = server.cpu_seconds()
+    started = time.perf_counter()
+    run = stub.StartScoringRun(scoring_service_pb2.StartScoringRunRequest(), timeout=60)
+    updates = 0
+    if run.state not in TERMINAL:
+        for update in stub.WatchScoringRun(scoring_service_pb2.WatchScoringRunRequest(name=run.name)):
+            run = update
+            updates += 1
+            if run.customers_total:
+                progress.update(round(run.percent_done * 10), 1000)
+            if run.state in TERMINAL:
+                break
+    seconds = time.perf_counter() - started
+    cpu_after = server.cpu_seconds()
+    progress.done()
+    return RunResult(seconds, run, updates, None if cpu_before is None else cpu_after - cpu_before)
+
+
+def check_run(result: RunResult, customers: int) -> list[str]:
+    """Problems with the finished run (empty when it completed over every customer)."""
+    run = result.run
+    problems = []
+    if run.state != scoring_service_pb2.RUN_STATE_COMPLETED:
+        return [f"{run.name} ended {scoring_service_pb2.RunState.Name(run.state)}: {run.failure_reason or '?'}"]
+    counted = sum(t.customers for t in run.tier_counts)
+    if counted != customers:
+        problems.append(f"tier counts sum to {counted:,}, not the {customers:,} customers imported")
+    if run.customers_done != customers or run.customers_total != customers:
+        problems.append(f"customers_done {run.customers_done:,} / customers_total {run.customers_total:,}, "
+                        f"expected {customers:,}")
+    return problems
+
+
+# -- online latency -------------------------------------------------------------------------------------
+
+
+def latencies(call, requests: list, warmup: int, progress: Progress) -> tuple[np.ndarray, list]:
+    """Seconds per sequential call (after ``warmup`` untimed ones), and the answers of the timed calls."""
+    for request in requests[:warmup]:
+        call(request, timeout=30)
+    timed = requests[warmup:]
+    seconds = np.empty(len(timed))
+    answers = []
+    clock = time.perf_counter
+    for k, request in enumerate(timed):
+        started = clock()
+        answer = call(request, timeout=30)
+        seconds[k] = clock() - started
+        answers.append(answer)
+        progress.update(k + 1, len(timed))
+    progress.done()
+    return seconds, answers
+
+
+def percentiles_ms(seconds: np.ndarray) -> dict[str, float]:
+    p50, p90, p99 = np.percentile(seconds, [50, 90, 99]) * 1000
+    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(seconds.mean() * 1000),
+            "max": float(seconds.max() * 1000)}
+
+
+def check_online(base, rows: np.ndarray, customer_answers: list, signal_answers: list,
+                 run_name: str) -> list[str]:
+    """ScoreCustomer (registry read) and ScoreSignals (inline) must agree for the same customers."""
+    problems = []
+    for row, by_id, inline in zip(rows.tolist(), customer_answers, signal_answers):
+        want = f"customers/{customer_id(row)}"
+        if by_id.customer != want or by_id.run != run_name:
+            problems.append(f"ScoreCustomer({want}) answered customer {by_id.customer!r}, run {by_id.run!r}")
+        elif not (by_id.HasField("composite") and 0 <= by_id.composite <= 100):
+            problems.append(f"ScoreCustomer({want}) has no composite in 0..100")
+        elif abs(by_id.composite - inline.composite) > 1e-9 or by_id.tier.level != inline.tier.level:
+            problems.append(f"{want}: ScoreCustomer composite {by_id.composite!r} tier {by_id.tier.level}, "
+                            f"ScoreSignals {inline.composite!r} tier {inline.tier.level}")
+        if len(problems) > 10:
+            break
+    return problems
+
+
+# -- report ---------------------------------------------------------------------------------------------
+
+
+def report(args, signal_count: int, imported, run_results: list[RunResult], customer_ms: dict,
+           signals_ms: dict | None, database_bytes: int | None, warm_up_s: float | None) -> dict:
+    n = args.customers
+    run_result = run_results[0]
+    run = run_result.run
+    scale = 1_000_000 / n
+    run_1m = run_result.seconds * scale
+    server_s = (run.end_time.ToNanoseconds() - run.start_time.ToNanoseconds()) / 1e9
+    accounted = run.export_seconds + run.scoring_seconds + run.store_seconds
+    figures = {
+        "customers": n,
+        "signals": signal_count,
+        "run": run.name,
+        "run_s": round(run_result.seconds, 3),
+        "run_1m_s": round(run_1m, 3),
+        "run_server_s": round(server_s, 3),
+        "export_seconds": round(run.export_seconds, 3),
+        "scoring_seconds": round(run.scoring_seconds, 3),
+        "store_seconds": round(run.store_seconds, 3),
+        "other_seconds": round(run_result.seconds - accounted, 3),
+        "run_customers_per_s": round(n / run_result.seconds, 1),
+        "run_server_cpu_s": None if run_result.server_cpu_s is None else round(run_result.server_cpu_s, 2),
+        "watch_updates": run_result.updates,
+        "tier_counts": {t.tier.tier_id: t.customers for t in run.tier_counts},
+        "import_s": round(imported.seconds, 3),
+        "latency_calls": args.calls,
+        "score_customer_p50_ms": round(customer_ms["p50"], 3),
+        "score_customer_p90_ms": round(customer_ms["p90"], 3),
+        "score_customer_p99_ms": round(customer_ms["p99"], 3),
+        "score_customer_mean_ms": round(customer_ms["mean"], 3),
+        "score_customer_max_ms": round(customer_ms["max"], 3),
+        "database_bytes": database_bytes,
+        "engine_warm_up_s": None if warm_up_s is None else round(warm_up_s, 2),
+        "runs": [{"run": r.run.name, "run_s": round(r.seconds, 3), "export_seconds": round(r.run.export_seconds, 3),
+                  "scoring_seconds": round(r.run.scoring_seconds, 3), "store_seconds": round(r.run.store_seconds, 3),
+                  "previous_run": r.run.previous_run} for r in run_results],
+        "run_target_1m_s": RUN_TARGET_1M_S,
+        "score_customer_target_p50_ms": SCORE_CUSTOMER_TARGET_P50_MS,
+        "run_meets_target": run_1m <= RUN_TARGET_1M_S,
+        "score_customer_meets_target": customer_ms["p50"] <= SCORE_CUSTOMER_TARGET_P50_MS,
+    }
+    if signals_ms is not None:
+        figures.update({f"score_signals_{k}_ms": round(signals_ms[k], 3) for k in ("p50", "p90", "p99")})
+
+    def verdict(ok: bool) -> str:
+        return "ok" if ok else "MISSED"
+
+    scaled = "" if n == 1_000_000 else f" (scaled from {n:,})"
+    rows = [
+        ("run", "seconds", f"{run_result.seconds:.2f}", "", ""),
+        ("run", f"seconds per 1M{scaled}", f"{run_1m:.2f}", f"<= {RUN_TARGET_1M_S:g}",
+         verdict(figures["run_meets_target"])),
+        ("run", "  export (server)", f"{run.export_seconds:.2f}", "", ""),
+        ("run", "  fit, score, rank (server)", f"{run.scoring_seconds:.2f}", "", ""),
+        ("run", "  store (server)", f"{run.store_seconds:.2f}", "", ""),
+        ("run", "  other (start, updates, watch)", f"{run_result.seconds - accounted:.2f}", "", ""),
+        ("run", "customers/s", f"{n / run_result.seconds:,.0f}", "", ""),
+        ("run", "server CPU s", "n/a" if run_result.server_cpu_s is None else f"{run_result.server_cpu_s:.1f}",
+         "", ""),
+    ]
+    for k, later in enumerate(run_results[1:], start=2):
+        r = later.run
+        rows += [(f"run {k}", f"seconds (after {r.previous_run})", f"{later.seconds:.2f}", "", ""),
+                 (f"run {k}", "  export / score / store",
+                  f"{r.export_seconds:.2f} / {r.scoring_seconds:.2f} / {r.store_seconds:.2f}", "", "")]
+    rows += [
+        ("ScoreCustomer", "p50 ms", f"{customer_ms['p50']:.3f}", f"<= {SCORE_CUSTOMER_TARGET_P50_MS:g}",
+         verdict(figures["score_customer_meets_target"])),
+        ("ScoreCustomer", "p90 ms", f"{customer_ms['p90']:.3f}", "", ""),
+        ("ScoreCustomer", "p99 ms", f"{customer_ms['p99']:.3f}", "", ""),
+    ]
+    if signals_ms is not None:
+        rows += [("ScoreSignals", f"{k} ms", f"{signals_ms[k]:.3f}", "", "") for k in ("p50", "p90", "p99")]
+    print()
+    print(f"Scoring benchmark: {n:,} customers x {signal_count} signals, model models/default, SQLite, "
+          f"registry and scoring in one server subprocess, {os.cpu_count()} CPUs")
+    print(("Numba kernels warmed in the benchmark process before the server started (the server loads "
+           f"the cache on its first run). " if warm_up_s is not None else
+           "--cold: the Numba cache was not warmed first. ") +
+          f"Import through ImportCustomers took {imported.seconds:.1f} s (not part of the run). Run time is "
+          "StartScoringRun until WatchScoringRun reports the end; the split is the server's own. Latency: "
+          f"{args.calls:,} sequential calls on one channel after {args.warmup:,} warm-up calls, random customers.")
+    header = ("phase", "figure", "measured", "target", "")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(5)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+    print("  ".join("-" * w for w in widths[:4]))
+    for row in rows:
+        print("  ".join([row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].rjust(widths[2]),
+                         row[3].ljust(widths[3]), row[4]]).rstrip())
+    print("tiers: " + ", ".join(f"{t.tier.tier_id} {t.customers:,} ({100 * t.customers / n:.1f} %)"
+                                for t in run.tier_counts))
+    if database_bytes is not None:
+        print(f"SQLite database after the run: {database_bytes / MIB:,.0f} MiB")
+    return figures
+
+
+# -- command line ---------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.runs",
+        description="Benchmark the scoring service over real gRPC against a fresh SQLite database: start "
+                    "`cvh serve registry scoring` in a subprocess, import N customers with the 16 signals of "
+                    "the default model (not timed), time one complete scoring run (StartScoringRun + "
+                    "WatchScoringRun until it ends: export, fit/score/rank, store), then measure ScoreCustomer "
+                    "(and ScoreSignals) latency with sequential calls over loopback. Targets: a run over "
+                    f"1,000,000 customers in <= {RUN_TARGET_1M_S:g} s; ScoreCustomer median <= "
+                    f"{SCORE_CUSTOMER_TARGET_P50_MS:g} ms.")
+    parser.add_argument("--customers", type=int, default=1_000_000, metavar="N",
+                        help="customers to import and score (default 1,000,000); run_1m_s scales the run "
+                             "time linearly to 1,000,000")
+    parser.add_argument("--runs", type=int, default=1, metavar="K",
+                        help="scoring runs one after the other (default 1); runs after the first apply "
+                             "hysteresis against the one before. The headline figures are the first run's")
+    parser.add_argument("--cold", action="store_true",
+                        help="do not compile/load the scoring engine's Numba kernels in this process first "
+                             "(by default it does, so the server finds an up-to-date on-disk cache)")
+    parser.add_argument("--calls", type=int, default=2_000, metavar="N",
+                        help="timed sequential ScoreCustomer calls, and as many ScoreSignals calls "
+                             "(default 2,000)")
+    parser.add_argument("--warmup", type=int, default=200, metavar="N",
+                        help="untimed calls of each kind before timing (default 200)")
+    parser.add_argument("--no-score-signals", action="store_true",
+                        help="skip the ScoreSignals latency figure (and the ScoreCustomer/ScoreSignals check)")
+    parser.add_argument("--batch-size", type=int, default=5_000, metavar="N",
+                        help="customers per ImportCustomers message, 1 to 10,000 (default 5,000)")
+    parser.add_argument("--seed", type=int, default=20250101,
+                        help="seed of the generated customer base and of the customers picked for latency "
+                             "(default %(default)s)")
+    parser.add_argument("--workdir", default=None, metavar="DIR",
+                        help="directory for the SQLite file and server log (default: a temporary directory, "
+                             "removed at the end); it must not hold a cvh.db yet")
+    parser.add_argument("--json", action="store_true",
+                        help="print the figures as one JSON object on the last line")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress reports on stderr (the result table still goes to stdout)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.customers < 1:
+        raise SystemExit("--customers must be at least 1")
+    if args.runs < 1:
+        raise SystemExit("--runs must be at least 1")
+    if args.calls < 1 or args.warmup < 0:
+        raise SystemExit("--calls must be at least 1 and --warmup at least 0")
+    if not 1 <= args.batch_size <= 10_000:
+        raise SystemExit("--batch-size must be 1 to 10,000 (the server's limit per message)")
+    show = not args.no_progress
+    signal_names = tuple(scoring_engine.default_model().signal_names)
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    with contextlib.ExitStack() as stack:
+        workdir = Path(args.workdir) if args.workdir else Path(stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="cvh-bench-runs-")))
+        workdir.mkdir(parents=True, exist_ok=True)
+        if (workdir / "cvh.db").exists():
+            raise SystemExit(f"{workdir / 'cvh.db'} exists; the benchmark needs a fresh database")
+        warm_up_s = None
+        if not args.cold:
+            say("engine: compiling or loading the Numba kernels (fills the on-disk cache the server reads)")
+            warm_up_s = scoring_engine.warm_up()
+            say(f"engine: {warm_up_s:.1f} s")
+        server = ServerProcess(workdir, services=("registry", "scoring"),
+                               health_services=(REGISTRY_SERVICE, SCORING_SERVICE))
+        stack.callback(server.stop)
+        say(f"server: cvh serve registry scoring on {server.target}, pid {server.pid}, database {server.database}")
+
+        say(f"generating {args.customers:,} customers x {len(signal_names)} signals and serializing the import "
+            "messages")
+        base = generate_base(args.customers, args.seed, signal_names)
+        batches = serialized_column_batches(base, args.batch_size, Progress("serialize", show))
+        server.wait_serving()
+
+        with grpc.insecure_channel(server.target, options=CHANNEL_OPTIONS) as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+            say(f"import: {len(batches):,} messages, {sum(map(len, batches)) / MIB:,.0f} MiB (not part of the run)")
+            imported = timed_import(channel, batches, args.customers, args.batch_size, server,
+                                    Progress("import", show))
+            del batches
+            summary = imported.summary
+            if summary.created != args.customers or summary.rejected or summary.updated:
+                first = summary.errors[0] if summary.errors else None
+                raise SystemExit(f"import summary: created {summary.created:,}, updated {summary.updated:,}, "
+                                 f"rejected {summary.rejected:,} (expected created {args.customers:,}, none "
+                                 f"rejected){'; first error: ' + str(first).strip() if first else ''}")
+            say(f"import: {imported.seconds:.2f} s; created {summary.created:,}")
+
+            stub = scoring_service_pb2_grpc.ScoringServiceStub(channel)
+            run_results = []
+            for k in range(args.runs):
+                say(f"run {k + 1}: StartScoringRun(models/default), watching until it ends")
+                run_result = timed_run(stub, server, Progress("run (percent x 10)", show))
+                problems = check_run(run_result, args.customers)
+                if problems:
+                    raise SystemExit("the run is not right:\n  " + "\n  ".join(problems) +
+                                     f"\nserver log:\n{server.log_tail()}")
+                run = run_result.run
+                say(f"run {k + 1}: {run.name} COMPLETED in {run_result.seconds:.2f} s (export "
+                    f"{run.export_seconds:.2f}, scoring {run.scoring_seconds:.2f}, store {run.store_seconds:.2f})")
+                run_results.append(run_result)
+
+            rng = np.random.default_rng(args.seed + 2)
+            rows = rng.integers(0, args.customers, size=args.warmup + args.calls)
+            say(f"ScoreCustomer: {args.warmup:,} warm-up + {args.calls:,} timed sequential calls")
+            customer_s, customer_answers = latencies(
+                stub.ScoreCustomer, [scoring_service_pb2.ScoreCustomerRequest(customer=f"customers/{customer_id(i)}")
+                                     for i in rows.tolist()],
+                args.warmup, Progress("ScoreCustomer", show))
+            signals_ms = None
+            if not args.no_score_signals:
+                say(f"ScoreSignals: {args.warmup:,} warm-up + {args.calls:,} timed sequential calls")
+                signal_s, signal_answers = latencies(
+                    stub.ScoreSignals, [scoring_service_pb2.ScoreSignalsRequest(
+                        signals=dict(zip(signal_names, base.signals[i].tolist()))) for i in rows.tolist()],
+                    args.warmup, Progress("ScoreSignals", show))
+                signals_ms = percentiles_ms(signal_s)
+                problems = check_online(base, rows[args.warmup:], customer_answers, signal_answers, run.name)
+                if problems:
+                    raise SystemExit("ScoreCustomer and ScoreSignals disagree:\n  " + "\n  ".join(problems))
+                say(f"checked: ScoreCustomer and ScoreSignals agree on all {args.calls:,} customers")
+        figures = report(args, len(signal_names), imported, run_results, percentiles_ms(customer_s), signals_ms,
+                         database_size(server.database), warm_up_s)
+    if args.json:
+        print(json.dumps(figures, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

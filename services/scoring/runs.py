@@ -146,13 +146,27 @@ class RunExecutor:
             tiers = np.full(len(ids), -1, dtype=np.int32)
             if previous is None:
                 return None, tiers
-            level_of: dict[str, int] = {}
+            previous_ids, previous_levels = [], []
             for chunk in store.read_results(conn, previous.run_id, _dims_of(conn, previous)):
-                level_of.update(zip(chunk.customer_ids, chunk.tier_levels.tolist()))
-        levels = np.fromiter((level_of.get(i, 0) for i in ids), dtype=np.int32, count=len(ids))
+                previous_ids.extend(chunk.customer_ids)
+                previous_levels.append(chunk.tier_levels)
+        levels = _levels_by_id(ids, previous_ids, np.concatenate(previous_levels) if previous_levels else
+                               np.empty(0, np.int32))
         # A model's tiers may have changed between versions: levels beyond today's tiers count as none.
         levels[levels > len(model.tiers)] = 0
         return previous.run_id, levels - 1
+
+
+def _levels_by_id(ids: list[str], known_ids: list[str], known_levels: np.ndarray) -> np.ndarray:
+    """Level of each of ``ids`` among ``known_ids`` (0 when absent), matched by sorting, not a dict."""
+    if not known_ids or not ids:
+        return np.zeros(len(ids), np.int32)
+    known = np.array(known_ids)
+    order = np.argsort(known)
+    wanted = np.array(ids)
+    at = np.minimum(np.searchsorted(known[order], wanted), len(known) - 1)
+    found = known[order][at] == wanted
+    return np.where(found, known_levels[order][at], 0).astype(np.int32)
 
 
 def _dims_of(conn, run) -> int:
@@ -180,7 +194,7 @@ def _result_chunks(ids: list[str], result, previous_tiers: np.ndarray):
                                   previous_levels[part]))
     counts = np.bincount(result.tier, minlength=len(result.tier_ids)).tolist() if len(ids) else \
         [0] * len(result.tier_ids)
-    pairs, pair_counts = np.unique(np.stack([previous_levels, levels], axis=1), axis=0, return_counts=True) \
-        if len(ids) else (np.empty((0, 2), int), np.empty(0, int))
-    moves = [(int(a), int(b), int(c)) for (a, b), c in zip(pairs, pair_counts)]
+    width = len(result.tier_ids) + 1  # levels 0 (not in the previous run) .. tiers
+    pair_counts = np.bincount(previous_levels.astype(np.int64) * width + levels, minlength=width * width)
+    moves = [(int(pair // width), int(pair % width), int(pair_counts[pair])) for pair in np.flatnonzero(pair_counts)]
     return chunks, counts, moves

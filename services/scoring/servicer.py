@@ -345,6 +345,17 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
 
     # -- online scoring --------------------------------------------------------------------------------
 
+    async def _current_async(self, model_name: str, field_path: str) -> tuple[Row, scoring_engine.FittedModel]:
+        """_current, answered on the event loop when cached (the usual case), else on a worker thread."""
+        cached = self._cached_current(parse_model_name(model_name, field_path)[0])
+        return cached if cached else await asyncio.to_thread(self._current, model_name, field_path)
+
+    def _cached_current(self, model_id: str):
+        cached = self._current_runs.get(model_id)
+        if cached and cached[2] == self.runs.generation and time.monotonic() - cached[3] < CURRENT_RUN_TTL:
+            return cached[0], cached[1]
+        return None
+
     def _current(self, model_name: str, field_path: str) -> tuple[Row, scoring_engine.FittedModel]:
         """The model's current run and its fitted statistics, re-read at most once a second.
 
@@ -352,9 +363,9 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         replica's new run is seen within CURRENT_RUN_TTL seconds.
         """
         model_id = parse_model_name(model_name, field_path)[0]
-        cached = self._current_runs.get(model_id)
-        if cached and cached[2] == self.runs.generation and time.monotonic() - cached[3] < CURRENT_RUN_TTL:
-            return cached[0], cached[1]
+        cached = self._cached_current(model_id)
+        if cached:
+            return cached
         with read_transaction(self.engine) as conn:
             run = self._completed_run(conn, f"models/{model_id}", field_path)
         fitted = self._fitted.get(run.run_id)
@@ -371,12 +382,12 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             elif not math.isfinite(value):
                 violations.add(f"signals[{name}]", f"must be a finite number, got {value}")
         violations.raise_if_any()
-        run, fitted = await asyncio.to_thread(self._current, request.model, "model")
+        run, fitted = await self._current_async(request.model, "model")
         return _customer_score("", run, fitted, dict(request.signals))
 
     async def ScoreCustomer(self, request, context):
         customer_id = customer_id_from_name(request.customer, "customer")
-        run, fitted = await asyncio.to_thread(self._current, request.model, "model")
+        run, fitted = await self._current_async(request.model, "model")
         try:
             customer = await self._registry().GetCustomer(
                 registry_service_pb2.GetCustomerRequest(name=request.customer), timeout=10)
@@ -477,7 +488,8 @@ def _customer_result(customer_id, model, chunk, i, rank, tiers) -> pb.CustomerRe
 
 def _customer_score(customer: str, run: Row, fitted, signals: dict[str, float]) -> pb.CustomerScore:
     model = fitted.model
-    known = {k: v for k, v in signals.items() if k in set(model.signal_names)}
+    reads = model.signal_index
+    known = {k: v for k, v in signals.items() if k in reads}
     explanation = scoring_engine.explain(fitted, known)
     tier = model.tiers[explanation.tier]
     answer = pb.CustomerScore(

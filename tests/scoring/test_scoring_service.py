@@ -154,7 +154,7 @@ def test_second_run_sees_movement_and_concurrent_runs_are_refused(scoring, regis
 
 
 def test_cancel_keeps_the_previous_run_current(scoring, registry):
-    seed(registry, 20_000)
+    seed(registry, 100_000)  # a run of this base lasts far longer than the cancel takes to arrive
     first = run_to_end(scoring)
     second = scoring.StartScoringRun(pb.StartScoringRunRequest())
     cancelled = scoring.CancelScoringRun(pb.CancelScoringRunRequest(name=second.name))

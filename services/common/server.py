@@ -94,7 +94,8 @@ def create_server(config: ServerConfig) -> Suite:
     if port == 0:
         raise OSError(f"cannot listen on {config.listen}")
     # Services reach each other through their targets; in one process, through this very port.
-    own = f"127.0.0.1:{port}"
+    host = config.listen.rsplit(":", 1)[0]
+    own = f"{'127.0.0.1' if host in ('', '0.0.0.0', '[::]', '::') else host}:{port}"
     if "scoring" in servicers:
         servicers["scoring"].runs.registry_target = config.registry_target or own
     background = []

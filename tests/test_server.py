@@ -91,7 +91,7 @@ def test_generic_client_discovers_checks_and_uses_the_registry(channel):
 def test_rpcs_not_built_yet_answer_unimplemented(channel):
     client = GenericClient(channel)
     with raises_status(grpc.StatusCode.UNIMPLEMENTED, reason="NOT_IMPLEMENTED"):
-        client.call("cvh.hierarchy.v1.HierarchyService/GetAccountTree", {"customer": "customers/acme"})
+        client.call("cvh.hierarchy.v1.HierarchyService/WatchPriorityChanges", {})
 
 
 def test_generated_stubs_are_fresh():

@@ -18,8 +18,8 @@ from cvh.hierarchy.v1 import hierarchy_service_pb2_grpc as pb_grpc
 from cvh.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from cvh.scoring.v1 import scoring_service_pb2, scoring_service_pb2_grpc
 from services.common.db import read_transaction, write_transaction
-from services.common.errors import Violations, invalid_argument, unimplemented
-from services.common.validation import customer_id_from_name
+from services.common.errors import Violations, invalid_argument, not_found, unimplemented
+from services.common.validation import customer_id_from_name, decode_page_token, encode_page_token, page_size
 from services.hierarchy import snapshot as snapshots
 from services.hierarchy.policy import default_policy
 from services.hierarchy.tables import policies
@@ -191,10 +191,54 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         return summary
 
     async def ListTierMembers(self, request, context):
-        raise unimplemented("/cvh.hierarchy.v1.HierarchyService/ListTierMembers")
+        size = page_size(request.page_size)
+        snap = self.snapshot
+        tier = next((t for t in snap.tiers if t.tier_id == request.tier_id), None)
+        if tier is None:
+            known = ", ".join(t.tier_id for t in snap.tiers) or "none: no run loaded yet"
+            raise invalid_argument("tier_id", f"unknown tier {request.tier_id!r}; tiers: {known}")
+        filters = {"tier": request.tier_id, "run": snap.run}
+        offset = decode_page_token(request.page_token, filters) or 0
+        if not isinstance(offset, int) or offset < 0:
+            raise invalid_argument("page_token", "not a token of this list call for the snapshot now served")
+        members = snap.tier_members(tier.level)
+        answer = pb.ListTierMembersResponse()
+        for row in members[offset:offset + size].tolist():
+            member = answer.members.add(customer=f"customers/{snap.customer_ids[row]}", rank=int(snap.rank[row]),
+                                        owner=snap.owners[row])
+            if not math.isnan(snap.composite[row]):
+                member.composite = float(snap.composite[row])
+        if offset + size < len(members):
+            answer.next_page_token = encode_page_token(offset + size, filters)
+        return answer
 
     async def GetAccountTree(self, request, context):
-        raise unimplemented("/cvh.hierarchy.v1.HierarchyService/GetAccountTree")
+        customer_id = customer_id_from_name(request.customer, "customer")
+        if not 0 <= request.max_children <= MAX_BATCH:
+            raise invalid_argument("max_children", f"0 (default 100) to {MAX_BATCH}")
+        snap = self.snapshot
+        row = snap.index.get(customer_id)
+        if row is None:
+            raise not_found(f"customers/{customer_id} (not in the snapshot of {snap.run or 'no run'})")
+        tree = pb.AccountTree(customer=_node(snap, row))
+        parent = int(snap.parent[row])
+        while parent >= 0 and len(tree.ancestors) < snap.size:
+            tree.ancestors.append(_node(snap, parent))
+            parent = int(snap.parent[parent])
+        children = snap.children(row)
+        tree.children_total = len(children)
+        ordered = sorted(children.tolist(), key=lambda r: snap.customer_ids[r])
+        tree.children.extend(_node(snap, r) for r in ordered[:request.max_children or 100])
+        subtree = snap.subtree(row)
+        rollup = tree.rollup
+        rollup.customers = len(subtree)
+        levels = snap.own_level[subtree]
+        if (levels > 0).any():
+            rollup.best_tier.CopyFrom(_tier_ref(snap, int(levels[levels > 0].min())))
+            rollup.group_composite = float(np.nanmean(snap.composite[subtree]))
+        for j, name in enumerate(snapshots.ROLLUP_SIGNALS):
+            rollup.signal_sums[name] = float(np.nansum(snap.rollup_values[subtree, j]))
+        return tree
 
     async def WatchPriorityChanges(self, request, context):
         raise unimplemented("/cvh.hierarchy.v1.HierarchyService/WatchPriorityChanges")
@@ -242,6 +286,14 @@ async def _read_accounts(channel) -> snapshots.AccountBase:
 
 def _tier_ref(snap: snapshots.Snapshot, level: int) -> common_pb2.TierRef:
     return snap.tiers[level - 1] if 0 < level <= len(snap.tiers) else common_pb2.TierRef()
+
+
+def _node(snap: snapshots.Snapshot, row: int) -> pb.AccountNode:
+    node = pb.AccountNode(customer=f"customers/{snap.customer_ids[row]}", tier=_tier_ref(snap, int(snap.own_level[row])),
+                          stakeholder_role=int(snap.roles[row]))
+    if not math.isnan(snap.composite[row]):
+        node.composite = float(snap.composite[row])
+    return node
 
 
 def _tier_policy(policy: pb.TierPolicy, tier_id: str) -> pb.TierServicePolicy:

@@ -6,6 +6,7 @@ one, so a reader holding a snapshot never sees half of two runs.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -43,6 +44,28 @@ class Snapshot:
     @property
     def size(self) -> int:
         return len(self.customer_ids)
+
+    @functools.cached_property
+    def rank_order(self) -> np.ndarray:
+        """Scored rows by rank, sorted once per snapshot."""
+        scored = np.flatnonzero(self.rank > 0)
+        return scored[np.argsort(self.rank[scored], kind="stable")]
+
+    def tier_members(self, level: int) -> np.ndarray:
+        """Rows whose own tier is ``level``, in rank order."""
+        order = self.rank_order
+        return order[self.own_level[order] == level]
+
+    def children(self, row: int) -> np.ndarray:
+        return np.flatnonzero(self.parent == row)
+
+    def subtree(self, row: int) -> np.ndarray:
+        """``row`` and every account below it."""
+        found, frontier = [np.array([row])], np.array([row])
+        while frontier.size:
+            frontier = np.flatnonzero(np.isin(self.parent, frontier))
+            found.append(frontier)
+        return np.concatenate(found)
 
 
 def empty_snapshot() -> Snapshot:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -18,9 +19,13 @@ from cvh.scoring.v1 import scoring_service_pb2_grpc as spb_grpc
 from services.common.config import ServerConfig
 from tests.conftest import ServerThread
 from tests.grpc_helpers import raises_status
-from tests.scoring.test_scoring_service import run_to_end, seed, stream_results
+from tests.scoring.test_scoring_service import SIGNALS, run_to_end, seed, stream_results
 
 Code = grpc.StatusCode
+
+
+def summary_tiers(hierarchy):
+    return hierarchy.GetHierarchySummary(pb.GetHierarchySummaryRequest()).tiers
 
 
 def wait_for_snapshot(hierarchy, run: str, timeout: float = 60) -> pb.SnapshotInfo:
@@ -67,6 +72,18 @@ def test_priorities_match_the_stored_run(stubs):
     top = next(p for p in batch.priorities if p.rank <= 5) if any(p.rank <= 5 for p in batch.priorities) else None
     if top is not None:
         assert any("overall" in r.text or "top" in r.text for r in top.reasons)
+    for tier in summary_tiers(hierarchy):
+        members, token = [], ""
+        while True:
+            page = hierarchy.ListTierMembers(pb.ListTierMembersRequest(tier_id=tier.tier.tier_id, page_size=97,
+                                                                       page_token=token))
+            members += page.members
+            token = page.next_page_token
+            if not token:
+                break
+        assert len(members) == tier.customers
+        assert [m.rank for m in members] == sorted(m.rank for m in members)
+        assert all(stored[m.customer.split("/")[1]][1] == tier.tier.level for m in members)
     unknown = hierarchy.GetPriority(pb.GetPriorityRequest(customer="customers/never-imported"))
     assert not unknown.scored and unknown.policy.display_name == "Unscored"
     summary = hierarchy.GetHierarchySummary(pb.GetHierarchySummaryRequest())
@@ -78,7 +95,7 @@ def test_priorities_match_the_stored_run(stubs):
 
 def test_inheritance_rules_and_role_precedence_on_a_three_level_tree(stubs):
     registry, scoring, hierarchy = stubs
-    seed(registry, 1000)
+    ids, matrix = seed(registry, 1000)
     first = stream_results(scoring, run_to_end(scoring).name)
     stored_top = next(customer for customer, (_, _, rank) in first.items() if rank == 1)
     # group (a top customer) -> division -> team, the last two with no signals (lowest tier).
@@ -109,6 +126,17 @@ def test_inheritance_rules_and_role_precedence_on_a_three_level_tree(stubs):
         assert set_policy.version >= 1
         (_, _), (_, div_eff), (_, team_eff) = levels()
         assert (div_eff, team_eff) == expect()
+
+    tree = hierarchy.GetAccountTree(pb.GetAccountTreeRequest(customer="customers/team"))
+    assert [a.customer for a in tree.ancestors] == ["customers/division", f"customers/{stored_top}"]
+    assert tree.children_total == 0 and tree.rollup.customers == 1
+    group = hierarchy.GetAccountTree(pb.GetAccountTreeRequest(customer=f"customers/{stored_top}"))
+    assert [c.customer for c in group.children] == ["customers/division"]
+    assert group.rollup.customers == 4 and group.rollup.best_tier.level == top_own
+    revenue = matrix[ids.index(stored_top), SIGNALS.index("annual_revenue")]  # the only one with signals
+    assert group.rollup.signal_sums["annual_revenue"] == pytest.approx(0.0 if math.isnan(revenue) else revenue)
+    with raises_status(Code.NOT_FOUND):
+        hierarchy.GetAccountTree(pb.GetAccountTreeRequest(customer="customers/ghost"))
 
     # team (internal) and peer (end user) share a tier and a (missing) score: the role decides.
     ranked = hierarchy.RankCustomers(pb.RankCustomersRequest(customers=["customers/team", "customers/peer"])).ranked
@@ -173,6 +201,10 @@ BAD_REQUESTS = [
     ("RankCustomers", pb.RankCustomersRequest(customers=["customers/a"]), "customers"),
     ("RankCustomers", pb.RankCustomersRequest(customers=["customers/a", "customers/a"]), "customers"),
     ("SetTierPolicy", pb.SetTierPolicyRequest(policy=pb.TierPolicy()), "policy.role_precedence"),
+    ("ListTierMembers", pb.ListTierMembersRequest(tier_id="gold"), "tier_id"),
+    ("ListTierMembers", pb.ListTierMembersRequest(page_size=-1), "page_size"),
+    ("GetAccountTree", pb.GetAccountTreeRequest(customer="x"), "customer"),
+    ("GetAccountTree", pb.GetAccountTreeRequest(customer="customers/a", max_children=-1), "max_children"),
 ]
 
 

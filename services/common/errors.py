@@ -113,10 +113,6 @@ def unavailable(message: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.UNAVAILABLE, message, "BACKEND_UNAVAILABLE")
 
 
-def unimplemented(method: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet", "NOT_IMPLEMENTED")
-
-
 # Codes a client library turns back into the reason string.
 CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 assert code_pb2.INVALID_ARGUMENT == grpc.StatusCode.INVALID_ARGUMENT.value[0]

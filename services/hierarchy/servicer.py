@@ -18,7 +18,7 @@ from cvh.hierarchy.v1 import hierarchy_service_pb2_grpc as pb_grpc
 from cvh.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from cvh.scoring.v1 import scoring_service_pb2, scoring_service_pb2_grpc
 from services.common.db import read_transaction, write_transaction
-from services.common.errors import Violations, invalid_argument, not_found, unimplemented
+from services.common.errors import Violations, invalid_argument, not_found
 from services.common.validation import customer_id_from_name, decode_page_token, encode_page_token, page_size
 from services.hierarchy import snapshot as snapshots
 from services.hierarchy.policy import default_policy
@@ -29,6 +29,8 @@ log = logging.getLogger("cvh.hierarchy")
 
 MAX_BATCH = 1000
 MAX_REASONS = 3
+# Runs' worth of changes a WatchPriorityChanges client may fall behind before it misses some.
+WATCH_BACKLOG = 4
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 RETRY_SECONDS = (0.5, 1, 2, 5, 10)
 DIMENSION_WORDS = {
@@ -49,6 +51,7 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         self.registry_target = ""
         self.model_id = "default"
         self._loader: asyncio.Task | None = None
+        self._watchers: set[asyncio.Queue] = set()
 
     # -- the snapshot ------------------------------------------------------------------------------------
 
@@ -90,7 +93,8 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         async with grpc.aio.insecure_channel(self.registry_target, options=CHANNEL_OPTIONS) as channel:
             accounts = await _read_accounts(channel)
         built = await asyncio.to_thread(snapshots.build, results, accounts, self.policy.inheritance_rule)
-        self.snapshot = built  # one reference swap: readers see the old snapshot or the new one
+        previous, self.snapshot = self.snapshot, built  # one reference swap: readers see old or new
+        self._announce(previous, built)
         log.info("snapshot loaded", extra={"run": run.name, "customers": built.size,
                                            "seconds": round(time.perf_counter() - started, 3)})
 
@@ -241,8 +245,36 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         return tree
 
     async def WatchPriorityChanges(self, request, context):
-        raise unimplemented("/cvh.hierarchy.v1.HierarchyService/WatchPriorityChanges")
-        yield  # an async generator, like every server stream
+        tier_ids = set(request.tier_ids)
+        known = {t.tier_id for t in self.snapshot.tiers}
+        unknown = sorted(tier_ids - known) if known else []
+        if unknown:
+            raise invalid_argument("tier_ids", f"unknown tiers {unknown}; tiers: {', '.join(sorted(known))}")
+        queue: asyncio.Queue = asyncio.Queue(maxsize=WATCH_BACKLOG)
+        self._watchers.add(queue)
+        try:
+            while True:
+                snap, changes = await queue.get()
+                for customer_id, before, after, owner in changes:
+                    previous_tier, new_tier = _tier_ref(snap, before), _tier_ref(snap, after)
+                    if tier_ids and not tier_ids & {previous_tier.tier_id, new_tier.tier_id}:
+                        continue
+                    if request.owner and owner != request.owner:
+                        continue
+                    yield pb.PriorityChange(customer=f"customers/{customer_id}", previous_tier=previous_tier,
+                                            new_tier=new_tier, owner=owner, run=snap.run)
+        finally:
+            self._watchers.discard(queue)
+
+    def _announce(self, old: snapshots.Snapshot, new: snapshots.Snapshot) -> None:
+        if not self._watchers or not old.run:
+            return
+        changes = snapshots.tier_changes(old, new)
+        for queue in list(self._watchers):
+            if queue.full():
+                log.warning("a WatchPriorityChanges client is too slow; it misses the changes of %s", new.run)
+                continue
+            queue.put_nowait((new, changes))
 
 
 # -- loading ----------------------------------------------------------------------------------------------

@@ -166,3 +166,11 @@ def _top_down(parent: np.ndarray) -> list[np.ndarray]:
         if depth.max() > len(parent):  # a cycle cannot come from the registry; stop rather than spin
             break
     return [np.flatnonzero(depth == d) for d in range(int(depth.max(initial=0)) + 1)]
+
+
+def tier_changes(old: Snapshot, new: Snapshot) -> list[tuple[str, int, int, str]]:
+    """(customer_id, previous effective level, new level, owner) of every customer whose effective tier moved."""
+    old_rows = np.fromiter((old.index.get(c, -1) for c in new.customer_ids), np.int64, count=new.size)
+    before = np.where(old_rows >= 0, old.effective_level[np.maximum(old_rows, 0)] if old.size else 0, 0)
+    moved = np.flatnonzero(before != new.effective_level)
+    return [(new.customer_ids[r], int(before[r]), int(new.effective_level[r]), new.owners[r]) for r in moved.tolist()]

@@ -173,6 +173,34 @@ def test_a_new_run_swaps_the_snapshot_under_readers(stubs):
     assert not failures and seen == {first.name, second.name}
 
 
+def test_watch_priority_changes_after_a_new_run(stubs, channel):
+    registry, scoring, hierarchy = stubs
+    ids, _ = seed(registry, 2000)
+    first = run_to_end(scoring)
+    wait_for_snapshot(hierarchy, first.name)
+    climber = next(p for p in hierarchy.BatchGetPriority(pb.BatchGetPriorityRequest(
+        customers=[f"customers/{i}" for i in ids[:200]])).priorities if p.effective_tier.tier_id == "standard")
+    registry.UpdateCustomer(rpb.UpdateCustomerRequest(
+        customer=rpb.Customer(name=climber.customer, owner="ann@example.com"),
+        update_mask={"paths": ["owner"]}))
+    registry.RecordSignals(rpb.RecordSignalsRequest(observations=[rpb.SignalObservations(
+        customer=climber.customer, signals={name: rpb.SignalValue(value=1e9) for name in SIGNALS
+                                            if name != "payment_delay_days"})]))
+    everything = hierarchy.WatchPriorityChanges(pb.WatchPriorityChangesRequest(), timeout=120)
+    anns = hierarchy.WatchPriorityChanges(pb.WatchPriorityChangesRequest(owner="ann@example.com"), timeout=120)
+    time.sleep(0.3)  # the calls start at once; give the server a moment to register both watchers
+    second = run_to_end(scoring)
+    change = next(c for c in anns)
+    assert change.customer == climber.customer and change.run == second.name
+    assert change.previous_tier.tier_id == "standard" and change.new_tier.level < change.previous_tier.level
+    anns.cancel()
+    seen = next(c for c in everything if c.customer == climber.customer)
+    assert seen.new_tier == change.new_tier
+    everything.cancel()
+    with raises_status(Code.INVALID_ARGUMENT, field="tier_ids"):
+        next(iter(hierarchy.WatchPriorityChanges(pb.WatchPriorityChangesRequest(tier_ids=["gold"]))))
+
+
 def test_lookups_go_on_when_scoring_stops(database_url):
     core = ServerThread(ServerConfig(services=("registry", "scoring"), listen="127.0.0.1:0",
                                      database_url=database_url))

@@ -230,14 +230,14 @@ class ServerProcess:
     """
 
     def __init__(self, workdir: Path, services: tuple[str, ...] = ("registry",),
-                 health_services: tuple[str, ...] = (SERVICE,)) -> None:
+                 health_services: tuple[str, ...] = (SERVICE,), extra_args: tuple[str, ...] = ()) -> None:
         self.database = workdir / "cvh.db"
         self.log_path = workdir / "server.log"
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.health_services = health_services
         command = [sys.executable, "-m", "clients.cli", "serve", *services, "--listen", self.target,
-                   "--database-url", f"sqlite:///{self.database}", "--log-level", "WARNING"]
+                   "--database-url", f"sqlite:///{self.database}", "--log-level", "WARNING", *extra_args]
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
 

@@ -6,6 +6,8 @@ import json
 
 from google.protobuf import json_format
 
+import scoring_engine
+
 from cvh.scoring.v1 import scoring_service_pb2 as pb
 from services.common.errors import FieldViolation, ServiceError
 from services.common.validation import SLUG
@@ -22,8 +24,6 @@ def spec_of(model: pb.ValueModel) -> dict:
 
 def check_spec(spec: dict, prefix: str = "model."):
     """The engine's model for ``spec``; INVALID_ARGUMENT naming every bad field otherwise."""
-    import scoring_engine
-
     if not SLUG.fullmatch(spec.get("model_id", "")):
         raise ServiceError.invalid([FieldViolation(f"{prefix}model_id",
                                                    "required: [a-z][a-z0-9-]{0,62}, e.g. \"default\"")])

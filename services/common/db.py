@@ -90,6 +90,12 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     command.upgrade(alembic_config(engine), revision)
 
 
+def placeholders(conn: Connection, count: int) -> str:
+    """``count`` positional parameter marks for raw driver SQL (sqlite3: ?, psycopg: %s)."""
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    return ", ".join([mark] * count)
+
+
 def insert_many(conn: Connection, table: sa.Table, columns: list[str], rows: list[tuple]) -> None:
     """Bulk INSERT through the driver's executemany.
 
@@ -98,6 +104,5 @@ def insert_many(conn: Connection, table: sa.Table, columns: list[str], rows: lis
     """
     if not rows:
         return
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))})"
+    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({placeholders(conn, len(columns))})"
     conn.exec_driver_sql(sql, rows)

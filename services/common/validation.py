@@ -76,3 +76,11 @@ def decode_page_token(token: str, filters: dict):
     if filter_hash != _filter_hash(filters):
         raise invalid_argument("page_token", "was issued for other filters; send the same filters or start over")
     return position
+
+
+def decode_offset_token(token: str, filters: dict) -> int:
+    """The offset a token of an offset-paged list holds (0 for the first page)."""
+    offset = decode_page_token(token, filters) or 0
+    if not isinstance(offset, int) or offset < 0:
+        raise invalid_argument("page_token", "not a token returned by this list call")
+    return offset

@@ -19,7 +19,7 @@ from cvh.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from cvh.scoring.v1 import scoring_service_pb2, scoring_service_pb2_grpc
 from services.common.db import read_transaction, write_transaction
 from services.common.errors import Violations, invalid_argument, not_found
-from services.common.validation import customer_id_from_name, decode_page_token, encode_page_token, page_size
+from services.common.validation import customer_id_from_name, decode_offset_token, encode_page_token, page_size
 from services.hierarchy import snapshot as snapshots
 from services.hierarchy.policy import default_policy
 from services.hierarchy.tables import policies
@@ -202,9 +202,7 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
             known = ", ".join(t.tier_id for t in snap.tiers) or "none: no run loaded yet"
             raise invalid_argument("tier_id", f"unknown tier {request.tier_id!r}; tiers: {known}")
         filters = {"tier": request.tier_id, "run": snap.run}
-        offset = decode_page_token(request.page_token, filters) or 0
-        if not isinstance(offset, int) or offset < 0:
-            raise invalid_argument("page_token", "not a token of this list call for the snapshot now served")
+        offset = decode_offset_token(request.page_token, filters)
         members = snap.tier_members(tier.level)
         answer = pb.ListTierMembersResponse()
         for row in members[offset:offset + size].tolist():

@@ -15,10 +15,11 @@ from cvh.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from services.common.db import read_transaction, write_transaction
 from services.common.streams import in_threads
 from services.common.errors import (
-    ServiceError, Violations, aborted, already_exists, failed_precondition, invalid_argument, not_found,
+    Violations, aborted, already_exists, failed_precondition, invalid_argument, not_found,
 )
 from services.common.validation import (
-    LABEL_KEY, SIGNAL_NAME, customer_id_from_name, decode_page_token, encode_page_token, page_size,
+    LABEL_KEY, SIGNAL_NAME, customer_id_from_name, decode_offset_token, decode_page_token, encode_page_token,
+    page_size,
 )
 from services.registry import signals as packed
 from services.registry import store
@@ -109,9 +110,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             raise invalid_argument("signal", "not a signal name ([a-z][a-z0-9_]{0,62})")
         size = page_size(request.page_size)
         filter_key = {"customer": customer_id, "signal": request.signal}
-        offset = decode_page_token(request.page_token, filter_key) or 0
-        if not isinstance(offset, int) or offset < 0:
-            raise invalid_argument("page_token", "not a token returned by this list call")
+        offset = decode_offset_token(request.page_token, filter_key)
         return await asyncio.to_thread(self._history, customer_id, request.signal, offset, size, filter_key)
 
     def _history(self, customer_id, signal, offset, size, filter_key) -> pb.ListSignalHistoryResponse:

@@ -64,10 +64,6 @@ def unpack(values_blob: bytes | None, times_blob: bytes | None) -> tuple[array, 
     return values, times
 
 
-def pack(values: array, times: array) -> tuple[bytes, bytes]:
-    return values.tobytes(), times.tobytes()
-
-
 def merge(values: array, times: array, observations: list[Observation]) -> tuple[list[Observation], int]:
     """Apply observations in place: the latest by observe time becomes current.
 

@@ -10,7 +10,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
-from services.common.db import insert_many
+from services.common.db import insert_many, placeholders
 from services.registry import signals as packed
 from services.registry.customers import CustomerRow
 from services.registry.signals import SignalCatalog
@@ -47,9 +47,8 @@ def existing(conn: Connection, ids: Iterable[str]) -> dict[str, Row]:
     first import) most do not."""
     ids = list(ids)
     found = []
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     for part in _chunks(ids):
-        sql = f"SELECT customer_id FROM registry_customers WHERE customer_id IN ({', '.join([mark] * len(part))})"
+        sql = f"SELECT customer_id FROM registry_customers WHERE customer_id IN ({placeholders(conn, len(part))})"
         found += [row[0] for row in conn.exec_driver_sql(sql, tuple(part))]
     return fetch(conn, found) if found else {}
 

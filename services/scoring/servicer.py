@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import math
 import re
 import time
@@ -25,7 +24,7 @@ from services.common.errors import (
     ServiceError, Violations, failed_precondition, invalid_argument, not_found,
 )
 from services.common.validation import (
-    SIGNAL_NAME, customer_id_from_name, decode_page_token, encode_page_token, page_size,
+    SIGNAL_NAME, customer_id_from_name, decode_offset_token, encode_page_token, page_size,
 )
 from services.registry.customers import now_us, set_timestamp
 from services.scoring import store
@@ -99,7 +98,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         size = page_size(request.page_size)
         if request.model_id and not MODEL_NAME.fullmatch(f"models/{request.model_id}"):
             raise invalid_argument("model_id", "[a-z][a-z0-9-]{0,62}")
-        offset = _offset(request.page_token, {"model_id": request.model_id})
+        offset = decode_offset_token(request.page_token, {"model_id": request.model_id})
 
         def page():
             with read_transaction(self.engine) as conn:
@@ -181,7 +180,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         if request.state not in pb.RunState.values():
             raise invalid_argument("state", f"unknown run state {request.state}")
         filters = {"model_id": request.model_id, "state": request.state}
-        offset = _offset(request.page_token, filters)
+        offset = decode_offset_token(request.page_token, filters)
 
         def page():
             with read_transaction(self.engine) as conn:
@@ -299,7 +298,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
     async def ListRunResults(self, request, context):
         size = page_size(request.page_size)
         filters = {"run": request.run, "tier": request.tier_id}
-        rank = _offset(request.page_token, filters) + 1
+        rank = decode_offset_token(request.page_token, filters) + 1
 
         def page():
             with read_transaction(self.engine) as conn:
@@ -518,13 +517,6 @@ def _dimension_value(name: str) -> int:
 
 def _finite(value: float) -> float:
     return float(value) if value == value else 0.0
-
-
-def _offset(token: str, filters: dict) -> int:
-    offset = decode_page_token(token, filters) or 0
-    if not isinstance(offset, int) or offset < 0:
-        raise invalid_argument("page_token", "not a token returned by this list call")
-    return offset
 
 
 def add_to_server(server: grpc.aio.Server, engine: Engine) -> ScoringServicer:

@@ -14,7 +14,6 @@ from cvh.hierarchy.v1 import hierarchy_service_pb2 as pb
 from cvh.hierarchy.v1 import hierarchy_service_pb2_grpc as pb_grpc
 from cvh.registry.v1 import registry_service_pb2 as rpb
 from cvh.registry.v1 import registry_service_pb2_grpc as rpb_grpc
-from cvh.scoring.v1 import scoring_service_pb2 as spb
 from cvh.scoring.v1 import scoring_service_pb2_grpc as spb_grpc
 from services.common.config import ServerConfig
 from tests.conftest import ServerThread

@@ -1,0 +1,146 @@
+"""Channels to the suite: TLS, bearer tokens, retries of UNAVAILABLE and keepalive, set up once."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+SERVICES = ("cvh.registry.v1.RegistryService", "cvh.scoring.v1.ScoringService",
+            "cvh.hierarchy.v1.HierarchyService", "grpc.health.v1.Health")
+
+# Every method retries UNAVAILABLE (server restarting, database briefly away) with backoff. The servers
+# answer UNAVAILABLE only when nothing was written, so a retried write is not applied twice.
+SERVICE_CONFIG = json.dumps({
+    "methodConfig": [{
+        "name": [{"service": service} for service in SERVICES],
+        "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.1s", "maxBackoff": "2s",
+                        "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+    }],
+})
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Pings every 60 s on idle connections keep NATs and proxies from dropping them; the servers allow pings
+# every 10 s or more, so these never trip their "too many pings" guard.
+KEEPALIVE_OPTIONS = [("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000),
+                     ("grpc.keepalive_permit_without_calls", 1)]
+
+
+def channel_options(load_balancing: str = "") -> list[tuple[str, object]]:
+    """Options for a channel to the suite; ``round_robin`` spreads calls over every address of a
+    headless Service (see deploy/README.md)."""
+    config = json.loads(SERVICE_CONFIG)
+    if load_balancing:
+        config["loadBalancingConfig"] = [{load_balancing: {}}]
+    return [
+        ("grpc.service_config", json.dumps(config)),
+        ("grpc.enable_retries", 1),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        *KEEPALIVE_OPTIONS,
+    ]
+
+
+@dataclass(frozen=True)
+class Tls:
+    """TLS settings: the CA that signed the server's certificate (None: the system's roots), and a
+    client certificate and key for mutual TLS."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    # Name to verify the server certificate against, when it differs from the target's host.
+    server_name: str | None = None
+
+    @classmethod
+    def from_env(cls) -> "Tls | None":
+        """CVH_TLS_CA / CVH_TLS_CLIENT_CERT / CVH_TLS_CLIENT_KEY; None when CVH_TLS is unset and no CA is given."""
+        env = os.environ
+        if not (env.get("CVH_TLS") in ("1", "true", "yes") or env.get("CVH_TLS_CA")):
+            return None
+        return cls(env.get("CVH_TLS_CA") or None, env.get("CVH_TLS_CLIENT_CERT") or None,
+                   env.get("CVH_TLS_CLIENT_KEY") or None, env.get("CVH_TLS_SERVER_NAME") or None)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path):
+            return Path(path).read_bytes() if path else None
+        return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file), read(self.cert_file))
+
+
+def open_channel(target: str = DEFAULT_SERVER, *, tls: Tls | None = None, token: str | None = None,
+                 load_balancing: str = "") -> grpc.Channel:
+    """A channel to ``target`` (``host:port`` or ``dns:///name:port``) that sends ``token`` as a bearer
+    token on every call."""
+    options = channel_options(load_balancing)
+    if tls is not None:
+        if tls.server_name:
+            options.append(("grpc.ssl_target_name_override", tls.server_name))
+        channel = grpc.secure_channel(target, tls.credentials(), options=options)
+    else:
+        channel = grpc.insecure_channel(target, options=options)
+    if token:
+        channel = grpc.intercept_channel(channel, BearerToken(token))
+    return channel
+
+
+def open_aio_channel(target: str, *, tls: Tls | None = None, token: str | None = None) -> grpc.aio.Channel:
+    """The asyncio twin of :func:`open_channel`, for services calling each other."""
+    options = channel_options()
+    interceptors = [AioBearerToken(token)] if token else None
+    if tls is not None:
+        if tls.server_name:
+            options.append(("grpc.ssl_target_name_override", tls.server_name))
+        return grpc.aio.secure_channel(target, tls.credentials(), options=options, interceptors=interceptors)
+    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+
+
+def _with_token(details, metadata: tuple):
+    """Call details with the authorization header added (details are a namedtuple-like object)."""
+    return _Details(details.method, details.timeout, [*(details.metadata or ()), *metadata],
+                    details.credentials, getattr(details, "wait_for_ready", None),
+                    getattr(details, "compression", None))
+
+
+class _Details(grpc.ClientCallDetails):
+    def __init__(self, method, timeout, metadata, credentials, wait_for_ready, compression):
+        self.method, self.timeout, self.metadata = method, timeout, metadata
+        self.credentials, self.wait_for_ready, self.compression = credentials, wait_for_ready, compression
+
+
+class BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                  grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds ``authorization: Bearer <token>`` to every call. Metadata rather than call credentials, so it
+    also works over plaintext on loopback."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = (("authorization", f"Bearer {token}"),)
+
+    def _call(self, continuation, details, request):
+        return continuation(_with_token(details, self._metadata), request)
+
+    intercept_unary_unary = intercept_unary_stream = _call
+    intercept_stream_unary = intercept_stream_stream = _call
+
+
+class AioBearerToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor,
+                     grpc.aio.StreamUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
+    """:class:`BearerToken` for grpc.aio channels."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = (("authorization", f"Bearer {token}"),)
+
+    async def _call(self, continuation, details, request):
+        return await continuation(_with_aio_token(details, self._metadata), request)
+
+    intercept_unary_unary = intercept_unary_stream = _call
+    intercept_stream_unary = intercept_stream_stream = _call
+
+
+def _with_aio_token(details, metadata: tuple):
+    merged = grpc.aio.Metadata(*(details.metadata or ()), *metadata)
+    return grpc.aio.ClientCallDetails(details.method, details.timeout, merged, details.credentials,
+                                      details.wait_for_ready)

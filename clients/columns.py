@@ -1,0 +1,162 @@
+"""Columnar chunks to NumPy arrays and back.
+
+Bulk data crosses the wire as packed little-endian arrays (``Float64Matrix``,
+``ColumnarChunk`` and the byte columns of run results), thousands of customers
+per message. These helpers are the one place that packs and unpacks them; the
+readers accumulate a stream of chunks and concatenate once at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cvh.common.v1 import common_pb2
+from cvh.registry.v1 import registry_service_pb2
+from cvh.scoring.v1 import scoring_service_pb2
+
+
+def to_matrix(values: np.ndarray) -> common_pb2.Float64Matrix:
+    """A rows x columns float64 array as a packed matrix."""
+    values = np.asarray(values, dtype="<f8")
+    if values.ndim != 2:
+        raise ValueError(f"expected a 2-d array, got shape {values.shape}")
+    return common_pb2.Float64Matrix(rows=values.shape[0], columns=values.shape[1],
+                                    data=np.ascontiguousarray(values).tobytes())
+
+
+def from_matrix(matrix: common_pb2.Float64Matrix) -> np.ndarray:
+    """A packed matrix as a read-only rows x columns float64 array (no copy)."""
+    return np.frombuffer(matrix.data, "<f8").reshape(matrix.rows, matrix.columns)
+
+
+def to_chunk(customer_ids: Sequence[str], column_names: Sequence[str], values: np.ndarray) -> common_pb2.ColumnarChunk:
+    return common_pb2.ColumnarChunk(customer_ids=list(customer_ids), column_names=list(column_names),
+                                    values=to_matrix(values))
+
+
+def customer_columns(customer_ids: Sequence[str], signal_names: Sequence[str] = (), values: np.ndarray | None = None,
+                     *, display_names: Sequence[str] = (), parent_ids: Sequence[str] = (),
+                     roles: np.ndarray | Sequence[int] = (), owners: Sequence[str] = ()
+                     ) -> registry_service_pb2.CustomerColumns:
+    """One message of a columnar import; NaN values mean "not observed"."""
+    if values is None:
+        values = np.empty((len(customer_ids), len(signal_names)))
+    return registry_service_pb2.CustomerColumns(
+        customer_ids=list(customer_ids), display_names=list(display_names), parent_ids=list(parent_ids),
+        stakeholder_roles=np.asarray(roles, np.uint8).tobytes(), owners=list(owners),
+        signal_names=list(signal_names), signal_values=to_matrix(values))
+
+
+def _concat(parts: list[np.ndarray], dtype, width: int | None = None) -> np.ndarray:
+    if parts:
+        return np.concatenate(parts)
+    return np.empty((0, width) if width is not None else 0, dtype=dtype)
+
+
+@dataclass
+class SignalExport:
+    """The registry's signal matrix: one row per customer, in customer_id order."""
+
+    signal_names: list[str]
+    customer_ids: list[str] = field(default_factory=list)
+    values: np.ndarray | None = None
+    parent_ids: list[str] = field(default_factory=list)
+    roles: np.ndarray | None = None
+    owners: list[str] = field(default_factory=list)
+    total_customers: int = 0
+
+
+class SignalExportReader:
+    """Accumulates ``ExportSignalMatrix`` messages; ``add`` each, then ``result()``."""
+
+    def __init__(self, signal_names: Sequence[str]) -> None:
+        self.export = SignalExport(list(signal_names))
+        self._values: list[np.ndarray] = []
+        self._roles: list[np.ndarray] = []
+
+    def add(self, message: registry_service_pb2.ExportSignalMatrixResponse) -> int:
+        """Takes one message; returns the customers read so far."""
+        export = self.export
+        export.total_customers = export.total_customers or message.total_customers
+        export.customer_ids.extend(message.chunk.customer_ids)
+        export.parent_ids.extend(message.parent_ids)
+        export.owners.extend(message.owners)
+        self._values.append(from_matrix(message.chunk.values))
+        self._roles.append(np.frombuffer(message.stakeholder_roles, np.uint8))
+        return len(export.customer_ids)
+
+    def result(self) -> SignalExport:
+        self.export.values = _concat(self._values, np.float64, len(self.export.signal_names))
+        self.export.roles = _concat(self._roles, np.uint8)
+        return self.export
+
+
+@dataclass
+class RunResults:
+    """A scoring run's results in rank order (rank 1 first)."""
+
+    run: str
+    tiers: list[common_pb2.TierRef]
+    dimension_names: list[str]
+    customer_ids: list[str]
+    dimension_scores: np.ndarray  # rows x dimensions, NaN where a dimension lacked coverage
+    composite: np.ndarray         # NaN for customers with no score
+    tier_levels: np.ndarray       # int32, 1 = top tier
+    ranks: np.ndarray             # int64, 1 = best
+    percentiles: np.ndarray
+    previous_tier_levels: np.ndarray  # int32, 0 = not in the previous run
+
+
+class RunResultsReader:
+    """Accumulates ``StreamRunResults`` chunks; ``add`` each, then ``result()``."""
+
+    COLUMNS = (("composite", "<f8"), ("tier_levels", "<i4"), ("ranks", "<i8"), ("percentiles", "<f8"),
+               ("previous_tier_levels", "<i4"))
+
+    def __init__(self) -> None:
+        self.run, self.tiers, self.dimension_names = "", [], []
+        self.customer_ids: list[str] = []
+        self._dims: list[np.ndarray] = []
+        self._columns: dict[str, list[np.ndarray]] = {name: [] for name, _ in self.COLUMNS}
+
+    def add(self, chunk: scoring_service_pb2.RunResultsChunk) -> int:
+        if chunk.tiers:
+            self.run, self.tiers = chunk.run, list(chunk.tiers)
+            self.dimension_names = list(chunk.dimension_scores.column_names)
+        self.customer_ids.extend(chunk.dimension_scores.customer_ids)
+        self._dims.append(from_matrix(chunk.dimension_scores.values))
+        for name, dtype in self.COLUMNS:
+            self._columns[name].append(np.frombuffer(getattr(chunk, name), dtype))
+        return len(self.customer_ids)
+
+    def result(self) -> RunResults:
+        columns = {name: _concat(self._columns[name], dtype) for name, dtype in self.COLUMNS}
+        return RunResults(self.run, self.tiers, self.dimension_names, self.customer_ids,
+                          _concat(self._dims, np.float64, len(self.dimension_names)), **columns)
+
+
+@dataclass
+class BatchScores:
+    """Scores of a ScoreBatch call, in the order the rows were sent."""
+
+    customer_ids: list[str]
+    dimension_names: list[str]
+    dimension_scores: np.ndarray
+    composite: np.ndarray
+    tier_levels: np.ndarray
+
+
+def read_batch_scores(responses) -> BatchScores:
+    ids, names, dims, composite, tiers = [], [], [], [], []
+    for response in responses:
+        chunk = response.dimension_scores
+        names = list(chunk.column_names)
+        ids.extend(chunk.customer_ids)
+        dims.append(from_matrix(chunk.values))
+        composite.append(np.frombuffer(response.composite, "<f8"))
+        tiers.append(np.frombuffer(response.tier_levels, "<i4"))
+    return BatchScores(ids, names, _concat(dims, np.float64, len(names)), _concat(composite, np.float64),
+                       _concat(tiers, np.int32))

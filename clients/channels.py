@@ -90,7 +90,7 @@ def open_channel(target: str = DEFAULT_SERVER, *, tls: Tls | None = None, token:
 def open_aio_channel(target: str, *, tls: Tls | None = None, token: str | None = None) -> grpc.aio.Channel:
     """The asyncio twin of :func:`open_channel`, for services calling each other."""
     options = channel_options()
-    interceptors = [AioBearerToken(token)] if token else None
+    interceptors = aio_bearer_token(token) if token else None
     if tls is not None:
         if tls.server_name:
             options.append(("grpc.ssl_target_name_override", tls.server_name))
@@ -126,9 +126,9 @@ class BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterc
     intercept_stream_unary = intercept_stream_stream = _call
 
 
-class AioBearerToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor,
-                     grpc.aio.StreamUnaryClientInterceptor, grpc.aio.StreamStreamClientInterceptor):
-    """:class:`BearerToken` for grpc.aio channels."""
+class _AioBearerToken:
+    """:class:`BearerToken` for grpc.aio channels. A grpc.aio channel files each interceptor under the
+    first call kind it implements, so each kind gets its own class (see :func:`aio_bearer_token`)."""
 
     def __init__(self, token: str) -> None:
         self._metadata = (("authorization", f"Bearer {token}"),)
@@ -136,8 +136,26 @@ class AioBearerToken(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamC
     async def _call(self, continuation, details, request):
         return await continuation(_with_aio_token(details, self._metadata), request)
 
-    intercept_unary_unary = intercept_unary_stream = _call
-    intercept_stream_unary = intercept_stream_stream = _call
+
+class _AioUnaryUnary(_AioBearerToken, grpc.aio.UnaryUnaryClientInterceptor):
+    intercept_unary_unary = _AioBearerToken._call
+
+
+class _AioUnaryStream(_AioBearerToken, grpc.aio.UnaryStreamClientInterceptor):
+    intercept_unary_stream = _AioBearerToken._call
+
+
+class _AioStreamUnary(_AioBearerToken, grpc.aio.StreamUnaryClientInterceptor):
+    intercept_stream_unary = _AioBearerToken._call
+
+
+class _AioStreamStream(_AioBearerToken, grpc.aio.StreamStreamClientInterceptor):
+    intercept_stream_stream = _AioBearerToken._call
+
+
+def aio_bearer_token(token: str) -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors adding ``authorization: Bearer <token>`` to every kind of call on a grpc.aio channel."""
+    return [kind(token) for kind in (_AioUnaryUnary, _AioUnaryStream, _AioStreamUnary, _AioStreamStream)]
 
 
 def _with_aio_token(details, metadata: tuple):

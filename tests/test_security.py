@@ -143,3 +143,40 @@ def test_cli_refuses_to_expose_an_insecure_server(tmp_path):
                                                                              "PATH": "/usr/bin:/bin"})
     assert result.returncode == 2
     assert "refusing to listen on 0.0.0.0:0 without TLS" in result.stderr
+
+
+def test_services_call_each_other_over_tls_with_a_peer_token(certificates, tmp_path):
+    """Registry apart from scoring + hierarchy, all with TLS and tokens: the run's export and the snapshot
+    load reach their peers only because the servers present a reader token over verified TLS."""
+    from clients.channels import Tls
+    from clients.client import CvhClient
+    from clients.errors import CvhError
+
+    secure = dict(tls_cert_file=str(certificates["cert"]), tls_key_file=str(certificates["key"]),
+                  tokens_file=str(certificates["tokens"]), database_url=f"sqlite:///{tmp_path / 'cvh.db'}",
+                  listen="127.0.0.1:0")
+    registry = ServerThread(ServerConfig(services=("registry",), **secure))
+    tls = Tls(ca_file=str(certificates["ca"]))
+    fronts = []
+    try:
+        with CvhClient(registry.target, tls=tls, token="writer-token-2") as writer:
+            writer.create_customer(pb.Customer(customer_id="acme", signals={"nps": pb.SignalValue(value=9)}))
+        for peer_token in ("", "reader-token-1"):
+            fronts.append(ServerThread(ServerConfig(
+                services=("scoring", "hierarchy"), registry_target=registry.target, peer_token=peer_token,
+                peer_tls_ca_file=str(certificates["ca"]), **secure)))
+            with CvhClient(fronts[-1].target, tls=tls, token="admin-token-3") as admin:
+                run = admin.wait_for_run(admin.start_run().name, timeout=60)
+                if not peer_token:
+                    assert run.state == scoring_service_pb2.RUN_STATE_FAILED
+                    assert "UNAUTHENTICATED" in run.failure_reason
+                    continue
+                assert run.state == scoring_service_pb2.RUN_STATE_COMPLETED, run.failure_reason
+                admin.wait_for_snapshot(run.name, timeout=30)
+                assert admin.get_priority("acme").scored
+        with CvhClient(fronts[-1].target, tls=tls) as anonymous, pytest.raises(CvhError) as refused:
+            anonymous.get_priority("acme")
+        assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        for server in (*fronts, registry):
+            server.stop()

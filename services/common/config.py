@@ -46,6 +46,12 @@ class ServerConfig:
     # Where the other services are, when this process does not serve them itself.
     registry_target: str = ""
     scoring_target: str = ""
+    # How this server presents itself to those services: a bearer token (role reader suffices), and the CA
+    # that signed their certificates (TLS to peers; this server's own certificate is presented for mTLS).
+    peer_token: str = ""
+    peer_tls_ca_file: str = ""
+    # Name the peers' certificates are issued to, when it differs from the target's host.
+    peer_tls_server_name: str = ""
 
     @classmethod
     def from_env(cls, **overrides) -> "ServerConfig":
@@ -58,6 +64,9 @@ class ServerConfig:
             "log_level": env.get("CVH_LOG_LEVEL", "INFO"),
             "registry_target": env.get("CVH_REGISTRY_TARGET", ""),
             "scoring_target": env.get("CVH_SCORING_TARGET", ""),
+            "peer_token": env.get("CVH_PEER_TOKEN", ""),
+            "peer_tls_ca_file": env.get("CVH_PEER_TLS_CA", ""),
+            "peer_tls_server_name": env.get("CVH_PEER_TLS_SERVER_NAME", ""),
             "tls_cert_file": env.get("CVH_TLS_CERT", ""),
             "tls_key_file": env.get("CVH_TLS_KEY", ""),
             "tls_client_ca_file": env.get("CVH_TLS_CLIENT_CA", ""),

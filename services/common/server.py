@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 from sqlalchemy.engine import Engine
 
+from clients.channels import Tls
 from cvh.hierarchy.v1 import hierarchy_service_pb2
 from cvh.registry.v1 import registry_service_pb2
 from cvh.scoring.v1 import scoring_service_pb2
@@ -21,6 +22,7 @@ from services.common import db
 from services.common.auth import AuthInterceptor, TokenTable
 from services.common.config import ServerConfig, check_exposure
 from services.common.interceptors import ServiceInterceptor
+from services.common.peers import Peer
 
 log = logging.getLogger("cvh.server")
 
@@ -96,15 +98,24 @@ def create_server(config: ServerConfig) -> Suite:
     # Services reach each other through their targets; in one process, through this very port.
     host = config.listen.rsplit(":", 1)[0]
     own = f"{'127.0.0.1' if host in ('', '0.0.0.0', '[::]', '::') else host}:{port}"
+    registry, scoring = peer(config.registry_target or own, config), peer(config.scoring_target or own, config)
     if "scoring" in servicers:
-        servicers["scoring"].runs.registry_target = config.registry_target or own
+        servicers["scoring"].runs.registry = registry
     background = []
     if "hierarchy" in servicers:
         hierarchy = servicers["hierarchy"]
-        hierarchy.registry_target = config.registry_target or own
-        hierarchy.scoring_target = config.scoring_target or own
+        hierarchy.registry, hierarchy.scoring = registry, scoring
         background.append(hierarchy)
     return Suite(server, port, health_servicer, engine, names, background)
+
+
+def peer(target: str, config: ServerConfig) -> Peer:
+    """How this server reaches another service at ``target``."""
+    tls = None
+    if config.peer_tls_ca_file:
+        tls = Tls(config.peer_tls_ca_file, config.tls_cert_file or None, config.tls_key_file or None,
+                  config.peer_tls_server_name or None)
+    return Peer(target, tls, config.peer_token or None)
 
 
 def server_credentials(config: ServerConfig) -> grpc.ServerCredentials:

@@ -18,7 +18,9 @@ from cvh.hierarchy.v1 import hierarchy_service_pb2_grpc as pb_grpc
 from cvh.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from cvh.scoring.v1 import scoring_service_pb2, scoring_service_pb2_grpc
 from services.common.db import read_transaction, write_transaction
+from clients import columns
 from services.common.errors import Violations, invalid_argument, not_found
+from services.common.peers import Peer
 from services.common.validation import customer_id_from_name, decode_offset_token, encode_page_token, page_size
 from services.hierarchy import snapshot as snapshots
 from services.hierarchy.policy import default_policy
@@ -31,7 +33,6 @@ MAX_BATCH = 1000
 MAX_REASONS = 3
 # Runs' worth of changes a WatchPriorityChanges client may fall behind before it misses some.
 WATCH_BACKLOG = 4
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 RETRY_SECONDS = (0.5, 1, 2, 5, 10)
 DIMENSION_WORDS = {
     common_pb2.VALUE_DIMENSION_PROFITABILITY: "profitability",
@@ -47,8 +48,9 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         self.policy = self._load_policy()
         self.snapshot = snapshots.empty_snapshot()
         self.sources_reachable = False
-        self.scoring_target = ""
-        self.registry_target = ""
+        # Set by the server: where the scoring and registry services are.
+        self.scoring: Peer | None = None
+        self.registry: Peer | None = None
         self.model_id = "default"
         self._loader: asyncio.Task | None = None
         self._watchers: set[asyncio.Queue] = set()
@@ -67,11 +69,11 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         attempt = 0
         while True:
             try:
-                async with grpc.aio.insecure_channel(self.scoring_target, options=CHANNEL_OPTIONS) as channel:
+                async with self.scoring.channel() as channel:
                     runs = scoring_service_pb2_grpc.ScoringServiceStub(channel).WatchRuns(
                         scoring_service_pb2.WatchRunsRequest(model_id=self.model_id, include_current=True))
-                    self.sources_reachable = True
                     async for run in runs:
+                        self.sources_reachable = True  # only once the scoring service has answered
                         if run.name != self.snapshot.run:
                             await self._load(channel, run)
                         attempt = 0
@@ -90,7 +92,7 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
     async def _load(self, scoring_channel, run: scoring_service_pb2.ScoringRun) -> None:
         started = time.perf_counter()
         results = await _read_results(scoring_channel, run)
-        async with grpc.aio.insecure_channel(self.registry_target, options=CHANNEL_OPTIONS) as channel:
+        async with self.registry.channel() as channel:
             accounts = await _read_accounts(channel)
         built = await asyncio.to_thread(snapshots.build, results, accounts, self.policy.inheritance_rule)
         previous, self.snapshot = self.snapshot, built  # one reference swap: readers see old or new
@@ -278,38 +280,26 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
 # -- loading ----------------------------------------------------------------------------------------------
 
 async def _read_results(channel, run: scoring_service_pb2.ScoringRun) -> snapshots.RunResults:
+    reader = columns.RunResultsReader()
     stub = scoring_service_pb2_grpc.ScoringServiceStub(channel)
-    ids, dims, composite, tiers, ranks, percentiles = [], [], [], [], [], []
-    tier_refs, columns = [], []
     async for chunk in stub.StreamRunResults(scoring_service_pb2.StreamRunResultsRequest(run=run.name)):
-        if chunk.tiers:
-            tier_refs = list(chunk.tiers)
-            columns = [common_pb2.ValueDimension.Value(c) for c in chunk.dimension_scores.column_names]
-        values = chunk.dimension_scores.values
-        ids.extend(chunk.dimension_scores.customer_ids)
-        dims.append(np.frombuffer(values.data, "<f8").reshape(values.rows, values.columns))
-        composite.append(np.frombuffer(chunk.composite, "<f8"))
-        tiers.append(np.frombuffer(chunk.tier_levels, "<i4"))
-        ranks.append(np.frombuffer(chunk.ranks, "<i8"))
-        percentiles.append(np.frombuffer(chunk.percentiles, "<f8"))
+        reader.add(chunk)
+    results = reader.result()
     end = run.end_time.seconds * 1_000_000 + run.end_time.nanos // 1000
-    return snapshots.RunResults(run.name, end, tier_refs, columns, ids, np.concatenate(dims),
-                                np.concatenate(composite), np.concatenate(tiers), np.concatenate(ranks),
-                                np.concatenate(percentiles))
+    dimensions = [common_pb2.ValueDimension.Value(name) for name in results.dimension_names]
+    return snapshots.RunResults(run.name, end, results.tiers, dimensions, results.customer_ids,
+                                results.dimension_scores, results.composite, results.tier_levels, results.ranks,
+                                results.percentiles)
 
 
 async def _read_accounts(channel) -> snapshots.AccountBase:
+    reader = columns.SignalExportReader(snapshots.ROLLUP_SIGNALS)
     stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
-    ids, parents, roles, owners, values = [], [], [], [], []
-    request = registry_service_pb2.ExportSignalMatrixRequest(signal_names=snapshots.ROLLUP_SIGNALS)
-    async for chunk in stub.ExportSignalMatrix(request):
-        ids.extend(chunk.chunk.customer_ids)
-        parents.extend(chunk.parent_ids)
-        roles.append(np.frombuffer(chunk.stakeholder_roles, np.uint8))
-        owners.extend(chunk.owners)
-        matrix = chunk.chunk.values
-        values.append(np.frombuffer(matrix.data, "<f8").reshape(matrix.rows, matrix.columns))
-    return snapshots.AccountBase(ids, parents, np.concatenate(roles), owners, np.concatenate(values))
+    async for message in stub.ExportSignalMatrix(
+            registry_service_pb2.ExportSignalMatrixRequest(signal_names=snapshots.ROLLUP_SIGNALS)):
+        reader.add(message)
+    export = reader.result()
+    return snapshots.AccountBase(export.customer_ids, export.parent_ids, export.roles, export.owners, export.values)
 
 
 # -- answers ----------------------------------------------------------------------------------------------

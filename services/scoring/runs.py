@@ -17,9 +17,11 @@ import numpy as np
 from sqlalchemy.engine import Engine
 
 import scoring_engine
+from clients import columns
 from cvh.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from cvh.scoring.v1 import scoring_service_pb2 as pb
 from services.common.db import read_transaction, write_transaction
+from services.common.peers import Peer
 from services.registry.customers import now_us
 from services.scoring import store
 from services.scoring.store import ResultChunk
@@ -29,7 +31,6 @@ log = logging.getLogger("cvh.scoring.runs")
 RESULT_CHUNK = 8192
 # Shares of percent_done given to each phase.
 EXPORT_SHARE, SCORE_SHARE = 60.0, 20.0
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 
 
 class RunCancelled(Exception):
@@ -39,8 +40,8 @@ class RunCancelled(Exception):
 @dataclass
 class RunExecutor:
     engine: Engine
-    # host:port of the registry (set once the server knows its own port).
-    registry_target: str = ""
+    # Set by the server once it knows its own port: where the registry is.
+    registry: Peer | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: dict[int, asyncio.Task] = field(default_factory=dict)
     cancelled: set[int] = field(default_factory=set)
@@ -76,7 +77,7 @@ class RunExecutor:
             await self._update(run_id, state=pb.RUN_STATE_CANCELLED, end_time_us=now_us(),
                                failure_reason="cancelled by CancelScoringRun")
         except grpc.aio.AioRpcError as error:
-            await self._fail(run_id, f"the registry at {self.registry_target} answered {error.code().name}: "
+            await self._fail(run_id, f"the registry at {self.registry} answered {error.code().name}: "
                                      f"{error.details()}")
         except Exception as error:  # a failed run is reported on the run, not lost
             log.exception("run %s failed", run_id)
@@ -118,26 +119,23 @@ class RunExecutor:
         self.notify()
 
     async def _export(self, run_id: int, model: scoring_engine.ValueModel) -> tuple[list[str], np.ndarray]:
-        ids: list[str] = []
-        blocks: list[np.ndarray] = []
-        total = 0
+        reader = columns.SignalExportReader(model.signal_names)
         request = registry_service_pb2.ExportSignalMatrixRequest(signal_names=list(model.signal_names))
-        async with grpc.aio.insecure_channel(self.registry_target, options=CHANNEL_OPTIONS) as channel:
+        async with self.registry.channel() as channel:
             stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
             last_report = 0.0
             async for message in stub.ExportSignalMatrix(request):
                 self._check(run_id)
-                total = total or message.total_customers
-                values = message.chunk.values
-                ids.extend(message.chunk.customer_ids)
-                blocks.append(np.frombuffer(values.data, "<f8").reshape(values.rows, values.columns))
+                done = reader.add(message)
                 if time.monotonic() - last_report > 0.25:
                     last_report = time.monotonic()
-                    await self._update(run_id, customers_done=len(ids), customers_total=total,
-                                       percent_done=EXPORT_SHARE * len(ids) / max(total, 1))
-        matrix = np.concatenate(blocks) if blocks else np.empty((0, len(model.signal_names)))
-        await self._update(run_id, customers_done=len(ids), customers_total=len(ids), percent_done=EXPORT_SHARE)
-        return ids, matrix
+                    total = reader.export.total_customers
+                    await self._update(run_id, customers_done=done, customers_total=total,
+                                       percent_done=EXPORT_SHARE * done / max(total, 1))
+        export = reader.result()
+        done = len(export.customer_ids)
+        await self._update(run_id, customers_done=done, customers_total=done, percent_done=EXPORT_SHARE)
+        return export.customer_ids, export.values
 
     def _previous_tiers(self, run_id: int, model, ids: list[str]) -> tuple[int | None, np.ndarray]:
         """The previous completed run of the model and each customer's tier in it (-1: not in it)."""

@@ -29,7 +29,7 @@ from services.common.validation import (
 from services.registry.customers import now_us, set_timestamp
 from services.scoring import store
 from services.scoring.models import check_spec, spec_of, to_proto
-from services.scoring.runs import CHANNEL_OPTIONS, RunExecutor
+from services.scoring.runs import RunExecutor
 
 MODEL_NAME = re.compile(r"models/([a-z][a-z0-9-]{0,62})(?:/versions/([1-9][0-9]{0,8}))?")
 RUN_NAME = re.compile(r"runs/([1-9][0-9]{0,17})")
@@ -401,7 +401,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
     def _registry(self) -> registry_service_pb2_grpc.RegistryServiceStub:
         """One channel to the registry for every online call (made on first use, inside the event loop)."""
         if self._registry_stub is None:
-            channel = grpc.aio.insecure_channel(self.runs.registry_target, options=CHANNEL_OPTIONS)
+            channel = self.runs.registry.channel()
             self._registry_stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
         return self._registry_stub
 

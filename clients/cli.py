@@ -6,6 +6,11 @@ import argparse
 import asyncio
 import sys
 
+import grpc
+
+from clients.commands import demo, hierarchy, registry, scoring
+from clients.commands.common import client_options
+from clients.errors import CvhError
 from services.common.config import DEFAULT_LISTEN, SERVICE_NAMES
 
 
@@ -48,7 +53,10 @@ def _db_upgrade(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="cvh", description="Customer Value Hierarchy: register, score and rank customers by the value they bring.")
+        prog="cvh", description="Customer Value Hierarchy: register, score and rank customers by the value they "
+                                "bring. Start the suite with `cvh serve`, then try `cvh demo`.",
+        epilog="Client commands reach the suite at --server HOST:PORT (env CVH_SERVER, default 127.0.0.1:50051). "
+               "`cvh COMMAND --help` tells more.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser(
@@ -89,12 +97,27 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.add_argument("--database-url", default=None, metavar="URL",
                          help="SQLAlchemy URL (env CVH_DATABASE_URL, default sqlite:///.cvh/cvh.db)")
     upgrade.set_defaults(run=_db_upgrade)
+
+    client = client_options()
+    for module in (registry, scoring, hierarchy, demo):
+        module.add_parsers(commands, client)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except CvhError as error:
+        print(f"cvh {args.command}: {error.describe()}", file=sys.stderr)
+        if error.code == grpc.StatusCode.UNAVAILABLE:
+            print(f"  is the suite running at {getattr(args, 'server', '?')}? Start it with `cvh serve`, "
+                  "or point --server / CVH_SERVER at it.", file=sys.stderr)
+        elif error.code == grpc.StatusCode.UNAUTHENTICATED:
+            print("  set CVH_TOKEN (or --token) to a token the server knows.", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,49 @@
+"""What the command line prints: aligned tables for people, one JSON document for scripts, progress bars."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Sequence
+
+from google.protobuf import json_format
+from tqdm import tqdm
+
+
+def message_dict(message) -> dict:
+    """A protobuf message as JSON-ready data, field names as in the proto."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def print_json(data) -> None:
+    print(json.dumps(data, indent=None, separators=(",", ":"), default=str))
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence], right: Sequence[int] = ()) -> None:
+    """Columns padded to their widest cell; ``right`` lists columns aligned right (numbers)."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        line = "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        print(line.rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def number(value: float | None, digits: int = 1) -> str:
+    """A score for people: fixed digits, an en dash when missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def progress(total: int | None, description: str, unit: str = "it", enabled: bool = True) -> tqdm:
+    """A progress bar on stderr (stdout stays clean for --json); hidden when stderr is not a terminal."""
+    return tqdm(total=total, desc=description, unit=unit, unit_scale=True, dynamic_ncols=True, file=sys.stderr,
+                disable=None if enabled else True, leave=True)
+
+
+def fail(message: str, code: int = 1) -> int:
+    print(f"cvh: {message}", file=sys.stderr)
+    return code

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import threading
 import uuid
 from collections.abc import Iterator
 
@@ -14,7 +12,7 @@ import sqlalchemy as sa
 
 from services.common import db
 from services.common.config import ServerConfig
-from services.common.server import Suite, create_server
+from services.common.embedded import EmbeddedSuite
 
 POSTGRES_URL = os.environ.get("CVH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -60,51 +58,8 @@ def database_url(request, tmp_path) -> str:
     return url
 
 
-class ServerThread:
-    """A Suite served by its own event loop on a background thread."""
-
-    def __init__(self, config: ServerConfig) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.suite: Suite | None = None
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            try:
-                self.suite = self.loop.run_until_complete(self._start(config))
-            except BaseException as error:  # reported to the test below
-                failure.append(error)
-                ready.set()
-                return
-            ready.set()
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, name="cvh-test-server", daemon=True)
-        self.thread.start()
-        ready.wait(60)
-        if failure:
-            raise failure[0]
-        self.target = f"127.0.0.1:{self.suite.port}"
-
-    async def _stop(self, grace: float) -> None:
-        """As asyncio.run ends `cvh serve`: stop the server, then let every leftover task unwind."""
-        await self.suite.stop(grace)
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    @staticmethod
-    async def _start(config: ServerConfig) -> Suite:
-        suite = create_server(config)
-        await suite.start()
-        return suite
-
-    def stop(self, grace: float = 0) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(grace), self.loop).result(60)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(30)
+# A suite served by its own event loop on a background thread (the name the tests know it by).
+ServerThread = EmbeddedSuite
 
 
 def start_server(database_url: str, services=("registry", "scoring", "hierarchy")) -> ServerThread:

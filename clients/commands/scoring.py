@@ -46,10 +46,10 @@ def models_list(args: argparse.Namespace) -> int:
     if args.json:
         print_json([message_dict(m) for m in models])
         return 0
-    print_table(["model", "version", "active", "tiers", "created", "note"],
-                [[m.model_id, m.version, "yes" if m.active else "", len(m.tiers),
+    print_table(["version", "active", "tiers", "created", "note"],
+                [[m.name, "yes" if m.active else "", len(m.tiers),
                   m.create_time.ToDatetime().strftime("%Y-%m-%d %H:%M"), m.change_note] for m in models],
-                right=[1, 3])
+                right=[2])
     return 0
 
 

@@ -9,7 +9,7 @@ import sys
 import grpc
 
 from clients.commands import demo, hierarchy, registry, scoring
-from clients.commands.common import client_options
+from clients.commands.common import client_options, server
 from clients.errors import CvhError
 from services.common.config import DEFAULT_LISTEN, SERVICE_NAMES
 
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     except CvhError as error:
         print(f"cvh {args.command}: {error.describe()}", file=sys.stderr)
         if error.code == grpc.StatusCode.UNAVAILABLE:
-            print(f"  is the suite running at {getattr(args, 'server', '?')}? Start it with `cvh serve`, "
+            print(f"  is the suite running at {server(args)}? Start it with `cvh serve`, "
                   "or point --server / CVH_SERVER at it.", file=sys.stderr)
         elif error.code == grpc.StatusCode.UNAUTHENTICATED:
             print("  set CVH_TOKEN (or --token) to a token the server knows.", file=sys.stderr)

@@ -13,7 +13,7 @@ def client_options() -> argparse.ArgumentParser:
     """Flags of every command that talks to a running suite (a parent parser)."""
     options = argparse.ArgumentParser(add_help=False)
     group = options.add_argument_group("connection")
-    group.add_argument("--server", default=os.environ.get("CVH_SERVER", DEFAULT_SERVER), metavar="HOST:PORT",
+    group.add_argument("--server", default=os.environ.get("CVH_SERVER"), metavar="HOST:PORT",
                        help=f"where the suite listens (env CVH_SERVER, default {DEFAULT_SERVER}); "
                             "dns:///name:port resolves every address")
     group.add_argument("--token", default=os.environ.get("CVH_TOKEN"), metavar="TOKEN",
@@ -36,7 +36,12 @@ def connect(args: argparse.Namespace) -> CvhClient:
     tls = None
     if args.tls or args.tls_ca or args.tls_cert:
         tls = Tls(args.tls_ca, args.tls_cert, args.tls_key)
-    return CvhClient(args.server, tls=tls, token=args.token, timeout=args.timeout)
+    return CvhClient(server(args), tls=tls, token=args.token, timeout=args.timeout)
+
+
+def server(args: argparse.Namespace) -> str:
+    """--server, else CVH_SERVER, else the default address."""
+    return getattr(args, "server", None) or DEFAULT_SERVER
 
 
 def enum_word(enum_type, value: int) -> str:

@@ -120,39 +120,44 @@ def tree(args: argparse.Namespace) -> int:
 def tiers(args: argparse.Namespace) -> int:
     with connect(args) as cvh:
         summary = cvh.get_hierarchy_summary()
-    if args.json:
-        print_json(message_dict(summary))
-        return 0
-    print(f"{summary.total_customers:,} customers in {summary.run or 'no run yet'}")
-    rows = []
-    for t in summary.tiers:
-        shares = {enum_word(common_pb2.ValueDimension, s.dimension): s.score for s in t.value_percent if s.HasField("score")}
-        rows.append([t.tier.level, t.tier.display_name or t.tier.tier_id, f"{t.customers:,}",
-                     f"{t.customer_percent:.1f} %",
-                     *(f"{shares.get(d, float('nan')):.1f} %" for d in DIMENSION_WORDS),
-                     f"{number(t.min_composite)}–{number(t.max_composite)}"])
-    print_table(["level", "tier", "customers", "share", *[f"{d} value" for d in DIMENSION_WORDS], "value range"],
-                rows, right=[0, 2, 3, 4, 5, 6, 7])
+    print_json(message_dict(summary)) if args.json else tiers_table(summary)
     return 0
 
 
 DIMENSION_WORDS = [enum_word(common_pb2.ValueDimension, d) for d in common_pb2.ValueDimension.values() if d]
 
 
-def pyramid(args: argparse.Namespace) -> int:
-    from clients import pyramid as drawing
+def tiers_table(summary: pb.HierarchySummary) -> None:
+    print(f"{summary.total_customers:,} customers in {summary.run or 'no run yet'}")
+    rows = []
+    for t in summary.tiers:
+        shares = {enum_word(common_pb2.ValueDimension, s.dimension): s.score
+                  for s in t.value_percent if s.HasField("score")}
+        rows.append([t.tier.level, t.tier.display_name or t.tier.tier_id, f"{t.customers:,}",
+                     f"{t.customer_percent:.1f} %",
+                     *(f"{shares.get(d, float('nan')):.1f} %" for d in DIMENSION_WORDS),
+                     f"{number(t.min_composite)}–{number(t.max_composite)}"])
+    print_table(["level", "tier", "customers", "share", *[f"{d} value" for d in DIMENSION_WORDS], "value range"],
+                rows, right=[0, 2, 3, 4, 5, 6, 7])
 
+
+def pyramid(args: argparse.Namespace) -> int:
     with connect(args) as cvh:
         summary = cvh.get_hierarchy_summary()
     if not summary.total_customers:
         print("cvh pyramid: no customers in the hierarchy yet; import some and run scoring (see `cvh demo`)")
         return 1
     out = Path(args.out)
-    drawing.draw_pyramid(drawing.layers_from_summary(summary), out,
-                         title=args.title or "Customer value hierarchy",
-                         subtitle=f"{summary.total_customers:,} customers, {summary.run}")
+    pyramid_file(summary, out, args.title)
     print_json({"out": str(out), "tiers": len(summary.tiers)}) if args.json else print(f"wrote {out}")
     return 0
+
+
+def pyramid_file(summary: pb.HierarchySummary, out: Path, title: str = "") -> None:
+    from clients import pyramid as drawing  # matplotlib loads only for pictures
+
+    drawing.draw_pyramid(drawing.layers_from_summary(summary), out, title=title or "Customer value hierarchy",
+                         subtitle=f"{summary.total_customers:,} customers, {summary.run}")
 
 
 def add_parsers(commands, client: argparse.ArgumentParser) -> None:

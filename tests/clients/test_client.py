@@ -263,3 +263,19 @@ def test_channel_without_server_reports_unavailable():
     assert down.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
     channel = open_channel("127.0.0.1:1")
     channel.close()
+
+
+# Client methods whose names differ from the RPC's snake_case form.
+RENAMED = {"StartScoringRun": "start_run", "GetScoringRun": "get_run", "ListScoringRuns": "list_runs",
+           "WatchScoringRun": "watch_run", "CancelScoringRun": "cancel_run"}
+
+
+def test_every_rpc_has_a_client_method():
+    import re
+
+    from services.common.server import SERVICE_DESCRIPTORS
+
+    for service in SERVICE_DESCRIPTORS.values():
+        for method in service.methods:
+            name = RENAMED.get(method.name) or re.sub(r"(?<!^)(?=[A-Z])", "_", method.name).lower()
+            assert callable(getattr(CvhClient, name, None)), f"{service.name}.{method.name} has no CvhClient.{name}"

@@ -24,7 +24,8 @@ import grpc
 import numpy as np
 
 import scoring_engine
-from benchmarks.registry import (CHANNEL_OPTIONS, SERVICE as REGISTRY_SERVICE, Progress, ServerProcess, customer_id,
+from benchmarks.registry import (CHANNEL_OPTIONS, SERVICE as REGISTRY_SERVICE, Progress, ServerProcess, add_common_flags,
+                                 customer_id,
                                  free_port, generate_base, serialized_column_batches, timed_import)
 from benchmarks.runs import latencies, percentiles_ms, timed_run
 from cvh.hierarchy.v1 import hierarchy_service_pb2 as pb
@@ -79,11 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calls", type=int, default=5_000, metavar="N",
                         help="timed sequential GetPriority calls (default 5,000)")
     parser.add_argument("--warmup", type=int, default=500, metavar="N", help="untimed calls first (default 500)")
-    parser.add_argument("--batch-size", type=int, default=5_000, metavar="N",
-                        help="customers per ImportCustomers message (default 5,000)")
-    parser.add_argument("--seed", type=int, default=20250101, help="seed of the generated base")
-    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
-    parser.add_argument("--no-progress", action="store_true", help="no progress reports on stderr")
+    add_common_flags(parser)
     return parser
 
 

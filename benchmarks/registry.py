@@ -571,15 +571,11 @@ def build_parser() -> argparse.ArgumentParser:
 )
     parser.add_argument("--customers", type=int, default=1_000_000, metavar="N",
                         help="customers to import and export (default 1,000,000)")
-    parser.add_argument("--batch-size", type=int, default=5_000, metavar="N",
-                        help="customers per ImportCustomersRequest message, 1 to 10,000 (default 5,000)")
     parser.add_argument("--format", choices=["columns", "rows"], default="columns",
                         help="import message form: packed CustomerColumns (the bulk path, default) or one "
                              "Customer message per row (with a region label each)")
     parser.add_argument("--chunk-size", type=int, default=0, metavar="N",
                         help="customers per ExportSignalMatrix chunk; 0 (the default) lets the server choose: 8,192")
-    parser.add_argument("--seed", type=int, default=20250101,
-                        help="seed of the generated customer base (default %(default)s)")
     parser.add_argument("--verify-sample", type=int, default=10_000, metavar="N",
                         help="rows whose parent, role and owner are checked after export "
                              "(default 10,000; every matrix value is always checked)")
@@ -589,11 +585,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workdir", default=None, metavar="DIR",
                         help="directory for the SQLite file and server log (default: a temporary directory, "
                              "removed at the end)")
+    add_common_flags(parser)
+    return parser
+
+
+def add_common_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags every server benchmark shares: base generation, import batching and output."""
+    parser.add_argument("--batch-size", type=int, default=5_000, metavar="N",
+                        help="customers per ImportCustomers message, 1 to 10,000 (default 5,000)")
+    parser.add_argument("--seed", type=int, default=20250101,
+                        help="seed of the generated customer base (default %(default)s)")
     parser.add_argument("--json", action="store_true",
                         help="print the figures as one JSON object on the last line")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress reports on stderr (the result table still goes to stdout)")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,7 +53,7 @@ import grpc
 import numpy as np
 
 import scoring_engine
-from benchmarks.registry import (CHANNEL_OPTIONS, MIB, SERVICE as REGISTRY_SERVICE, Progress, ServerProcess,
+from benchmarks.registry import (CHANNEL_OPTIONS, MIB, SERVICE as REGISTRY_SERVICE, Progress, ServerProcess, add_common_flags,
                                  customer_id, database_size, generate_base, serialized_column_batches,
                                  timed_import)
 from cvh.scoring.v1 import scoring_service_pb2, scoring_service_pb2_grpc
@@ -283,18 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="untimed calls of each kind before timing (default 200)")
     parser.add_argument("--no-score-signals", action="store_true",
                         help="skip the ScoreSignals latency figure (and the ScoreCustomer/ScoreSignals check)")
-    parser.add_argument("--batch-size", type=int, default=5_000, metavar="N",
-                        help="customers per ImportCustomers message, 1 to 10,000 (default 5,000)")
-    parser.add_argument("--seed", type=int, default=20250101,
-                        help="seed of the generated customer base and of the customers picked for latency "
-                             "(default %(default)s)")
     parser.add_argument("--workdir", default=None, metavar="DIR",
                         help="directory for the SQLite file and server log (default: a temporary directory, "
                              "removed at the end); it must not hold a cvh.db yet")
-    parser.add_argument("--json", action="store_true",
-                        help="print the figures as one JSON object on the last line")
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no progress reports on stderr (the result table still goes to stdout)")
+    add_common_flags(parser)
     return parser
 
 

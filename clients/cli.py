@@ -12,6 +12,7 @@ import grpc
 from clients.commands import demo, hierarchy, registry, scoring
 from clients.commands.common import client_options, server
 from clients.errors import CvhError
+from clients.tabular import InputError
 from services.common.config import DEFAULT_LISTEN, SERVICE_NAMES
 
 
@@ -117,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         elif error.code == grpc.StatusCode.UNAUTHENTICATED:
             print("  set CVH_TOKEN (or --token) to a token the server knows.", file=sys.stderr)
         return 1
+    except (InputError, FileNotFoundError, IsADirectoryError, PermissionError) as error:
+        print(f"cvh {args.command}: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `cvh tiers | head`: the reader left; say nothing more

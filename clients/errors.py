@@ -53,5 +53,6 @@ class CvhError(Exception):
     def describe(self) -> str:
         """The message plus one line per bad field: what a command line prints."""
         lines = [str(self)]
-        lines += [f"  {v.field}: {v.description}" for v in self.violations]
+        lines += [f"  {v.field}: {v.description}" for v in self.violations
+                  if f"{v.field}: {v.description}" not in self.message]
         return "\n".join(lines)

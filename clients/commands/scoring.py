@@ -111,7 +111,7 @@ def print_run(run: pb.ScoringRun) -> None:
 
 def run_show(args: argparse.Namespace) -> int:
     with connect(args) as cvh:
-        run = cvh.get_run(args.run) if args.run else latest_run(cvh)
+        run = cvh.get_run(args.run_name) if args.run_name else latest_run(cvh)
     print_json(message_dict(run)) if args.json else print_run(run)
     return 0
 
@@ -138,7 +138,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_moves(args: argparse.Namespace) -> int:
     with connect(args) as cvh:
-        run = args.run or latest_run(cvh, pb.RUN_STATE_COMPLETED).name
+        run = args.run_name or latest_run(cvh, pb.RUN_STATE_COMPLETED).name
         movement = cvh.get_tier_movement(run)
     if args.json:
         print_json(message_dict(movement))
@@ -186,7 +186,8 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
     command.add_argument("--wait", action="store_true", help="show progress until the run ends; exit 1 if it fails")
     command.set_defaults(run=run_start)
     command = actions.add_parser("show", parents=[client], help="a run's state, timings and tier counts")
-    command.add_argument("run", nargs="?", default="", help="runs/N or N (default: the latest run)")
+    command.add_argument("run_name", nargs="?", default="", metavar="RUN",
+                         help="runs/N or N (default: the latest run)")
     command.set_defaults(run=run_show)
     command = actions.add_parser("list", parents=[client], help="recent runs, newest first")
     command.add_argument("--model-id", default="", help="only runs of this model")
@@ -194,5 +195,6 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
     command.add_argument("--limit", type=int, default=20, metavar="N", help="at most N runs (default 20)")
     command.set_defaults(run=run_list)
     command = actions.add_parser("moves", parents=[client], help="how many customers moved between tiers")
-    command.add_argument("run", nargs="?", default="", help="runs/N or N (default: the latest completed run)")
+    command.add_argument("run_name", nargs="?", default="", metavar="RUN",
+                         help="runs/N or N (default: the latest completed run)")
     command.set_defaults(run=run_moves)

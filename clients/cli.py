@@ -30,7 +30,9 @@ def _serve(args: argparse.Namespace) -> int:
                                    metrics_port=args.metrics_port, grace_seconds=args.grace,
                                    log_level=args.log_level, tls_cert_file=args.tls_cert, tls_key_file=args.tls_key,
                                    tls_client_ca_file=args.tls_client_ca, tokens_file=args.tokens_file,
-                                   insecure=args.insecure or None)
+                                   insecure=args.insecure or None,
+                                   max_concurrent_rpcs=args.max_concurrent_rpcs, health_listen=args.health_listen,
+                                   migrate=False if args.no_migrate else None)
     logs.configure(config.log_level)
     try:
         asyncio.run(serve(config))
@@ -76,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="serve Prometheus metrics on this port (env CVH_METRICS_PORT, default off)")
     serve.add_argument("--grace", type=float, default=None, metavar="SECONDS",
                        help="time in-flight calls get after SIGTERM (env CVH_GRACE_SECONDS, default 10)")
+    serve.add_argument("--max-concurrent-rpcs", type=int, default=None, metavar="N",
+                       help="calls served at once; more get RESOURCE_EXHAUSTED (env CVH_MAX_CONCURRENT_RPCS, "
+                            "default 0: no limit); health checks and the services' calls to each other count")
+    serve.add_argument("--health-listen", default=None, metavar="HOST:PORT",
+                       help="also serve plaintext gRPC health checks (only) here, for probes that cannot speak "
+                            "TLS, e.g. Kubernetes' native grpc probes (env CVH_HEALTH_LISTEN, default off)")
+    serve.add_argument("--no-migrate", action="store_true",
+                       help="do not apply migrations at start-up: a `cvh db upgrade` job owns the schema "
+                            "(env CVH_MIGRATE=0)")
     serve.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                        help="log level (env CVH_LOG_LEVEL, default INFO)")
     serve.add_argument("--tls-cert", default=None, metavar="PEM",

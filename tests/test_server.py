@@ -21,7 +21,9 @@ from google.protobuf import descriptor_pool, json_format, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from cvh.hierarchy.v1 import hierarchy_service_pb2, hierarchy_service_pb2_grpc
 from services.common import db
+from services.common.config import ServerConfig
 from services.registry.tables import metadata as registry_metadata
 from services.hierarchy.tables import metadata as hierarchy_metadata
 from services.scoring.tables import metadata as scoring_metadata
@@ -144,3 +146,22 @@ def test_sqlite_is_in_wal_mode(tmp_path):
 @pytest.mark.parametrize("url", ["postgresql://u@h/db", "postgres://u@h/db"])
 def test_postgres_urls_use_psycopg3(url):
     assert sa.engine.make_url(db.normalize_url(url)).drivername == "postgresql+psycopg"
+
+
+def test_health_only_port_answers_health_and_nothing_else(tmp_path):
+    """--health-listen: a plaintext port for native probes that serves the main server's health statuses only."""
+    from services.common.embedded import EmbeddedSuite
+
+    server = EmbeddedSuite(ServerConfig(listen="127.0.0.1:0", health_listen="127.0.0.1:0",
+                                        database_url=f"sqlite:///{tmp_path / 'cvh.db'}"))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.suite.health_port}") as channel:
+            check = health_pb2_grpc.HealthStub(channel).Check
+            assert check(health_pb2.HealthCheckRequest(service="cvh.hierarchy.v1.HierarchyService"),
+                         timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as other:
+                hierarchy_service_pb2_grpc.HierarchyServiceStub(channel).GetSnapshotInfo(
+                    hierarchy_service_pb2.GetSnapshotInfoRequest(), timeout=5)
+            assert other.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        server.stop()

@@ -32,8 +32,18 @@ class ServerConfig:
     grace_seconds: float = 10.0
     # Largest message accepted or sent, bytes.
     max_message_bytes: int = 64 * 1024 * 1024
-    # Apply database migrations at start-up.
+    # Calls served at once; more get RESOURCE_EXHAUSTED at once instead of queueing. 0 means no limit.
+    # Health checks and, when services share a process, their calls to each other count too (the
+    # hierarchy service keeps one WatchRuns call open; a scoring run holds one export).
+    max_concurrent_rpcs: int = 0
+    # Apply database migrations at start-up (off where a migration job owns the schema).
     migrate: bool = True
+    # A second, plaintext port that serves only grpc.health.v1, for probes that cannot speak TLS
+    # (Kubernetes' native gRPC probes); empty means none.
+    health_listen: str = ""
+    # Close each client connection after this many seconds (plus a grace for calls in flight), so clients
+    # re-resolve and spread over pods added since; 0 keeps connections for ever.
+    max_connection_age_seconds: float = 0.0
     log_level: str = "INFO"
     # TLS: certificate chain and private key (PEM files); with a client CA, clients must present certificates.
     tls_cert_file: str = ""
@@ -53,6 +63,12 @@ class ServerConfig:
     # Name the peers' certificates are issued to, when it differs from the target's host.
     peer_tls_server_name: str = ""
 
+    def __post_init__(self) -> None:
+        if self.max_concurrent_rpcs < 0:
+            raise ConfigError(f"max_concurrent_rpcs must be 0 (no limit) or more, got {self.max_concurrent_rpcs}")
+        if self.max_message_bytes < 1:
+            raise ConfigError(f"max_message_bytes must be positive, got {self.max_message_bytes}")
+
     @classmethod
     def from_env(cls, **overrides) -> "ServerConfig":
         env = os.environ
@@ -61,6 +77,10 @@ class ServerConfig:
             "database_url": env.get("CVH_DATABASE_URL") or default_database_url(),
             "metrics_port": int(env.get("CVH_METRICS_PORT", "0")),
             "grace_seconds": float(env.get("CVH_GRACE_SECONDS", "10")),
+            "max_concurrent_rpcs": int(env.get("CVH_MAX_CONCURRENT_RPCS", "0")),
+            "migrate": env.get("CVH_MIGRATE", "1") not in ("0", "false", "no"),
+            "health_listen": env.get("CVH_HEALTH_LISTEN", ""),
+            "max_connection_age_seconds": float(env.get("CVH_MAX_CONNECTION_AGE_SECONDS", "0")),
             "log_level": env.get("CVH_LOG_LEVEL", "INFO"),
             "registry_target": env.get("CVH_REGISTRY_TARGET", ""),
             "scoring_target": env.get("CVH_SCORING_TARGET", ""),

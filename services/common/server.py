@@ -20,6 +20,7 @@ from cvh.registry.v1 import registry_service_pb2
 from cvh.scoring.v1 import scoring_service_pb2
 from services.common import db
 from services.common.auth import AuthInterceptor, TokenTable
+from services.common.channel_options import server_channel_options
 from services.common.config import ServerConfig, check_exposure
 from services.common.interceptors import ServiceInterceptor
 from services.common.peers import Peer
@@ -44,9 +45,14 @@ class Suite:
     service_names: list[str]
     # Servicers with background work (start_background / stop_background), e.g. the snapshot loader.
     background: list = field(default_factory=list)
+    # The plaintext health-only server (ServerConfig.health_listen) and its port.
+    health_server: grpc.aio.Server | None = None
+    health_port: int = 0
 
     async def start(self) -> None:
         await self.server.start()
+        if self.health_server:
+            await self.health_server.start()
         for servicer in self.background:
             await servicer.start_background()
         for name in ["", *self.service_names]:
@@ -58,18 +64,18 @@ class Suite:
         for servicer in self.background:
             await servicer.stop_background()
         await self.server.stop(grace)
+        if self.health_server:
+            await self.health_server.stop(0)
         self.engine.dispose()
 
 
 def server_options(config: ServerConfig) -> list[tuple[str, int]]:
-    return [
-        ("grpc.max_receive_message_length", config.max_message_bytes),
-        ("grpc.max_send_message_length", config.max_message_bytes),
-        ("grpc.keepalive_time_ms", 60_000),
-        ("grpc.keepalive_timeout_ms", 20_000),
-        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-    ]
+    """Message size and keepalive: the pair of the clients' options (services/common/channel_options.py)."""
+    options = server_channel_options(config.max_message_bytes)
+    if config.max_connection_age_seconds:
+        options += [("grpc.max_connection_age_ms", int(config.max_connection_age_seconds * 1000)),
+                    ("grpc.max_connection_age_grace_ms", int(config.grace_seconds * 1000))]
+    return options
 
 
 def create_server(config: ServerConfig) -> Suite:
@@ -81,7 +87,8 @@ def create_server(config: ServerConfig) -> Suite:
     engine = db.create_engine(config.database_url)
     if config.migrate:
         db.upgrade(engine)
-    server = grpc.aio.server(interceptors=interceptors, options=server_options(config))
+    server = grpc.aio.server(interceptors=interceptors, options=server_options(config),
+                             maximum_concurrent_rpcs=config.max_concurrent_rpcs or None)
     names, servicers = [], {}
     for service in config.services:
         servicers[service] = _add_service(service, server, engine, config)
@@ -106,7 +113,21 @@ def create_server(config: ServerConfig) -> Suite:
         hierarchy = servicers["hierarchy"]
         hierarchy.registry, hierarchy.scoring = registry, scoring
         background.append(hierarchy)
-    return Suite(server, port, health_servicer, engine, names, background)
+    suite = Suite(server, port, health_servicer, engine, names, background)
+    if config.health_listen:
+        suite.health_server, suite.health_port = health_only_server(config.health_listen, health_servicer)
+    return suite
+
+
+def health_only_server(listen: str, health_servicer: health.aio.HealthServicer) -> tuple[grpc.aio.Server, int]:
+    """A plaintext server answering only grpc.health.v1 from the main server's health servicer: what
+    Kubernetes' native gRPC probes can reach while the main port serves TLS. It reveals nothing but status."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen} (--health-listen)")
+    return server, port
 
 
 def peer(target: str, config: ServerConfig) -> Peer:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import grpc
 
+from services.common.channel_options import CLIENT_CHANNEL_OPTIONS
+
 DEFAULT_SERVER = "127.0.0.1:50051"
 SERVICES = ("cvh.registry.v1.RegistryService", "cvh.scoring.v1.ScoringService",
             "cvh.hierarchy.v1.HierarchyService", "grpc.health.v1.Health")
@@ -23,11 +25,6 @@ SERVICE_CONFIG = json.dumps({
     }],
 })
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-# Pings every 60 s on idle connections keep NATs and proxies from dropping them; the servers allow pings
-# every 10 s or more, so these never trip their "too many pings" guard.
-KEEPALIVE_OPTIONS = [("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000),
-                     ("grpc.keepalive_permit_without_calls", 1)]
 
 
 def channel_options(load_balancing: str = "") -> list[tuple[str, object]]:
@@ -36,13 +33,8 @@ def channel_options(load_balancing: str = "") -> list[tuple[str, object]]:
     config = json.loads(SERVICE_CONFIG)
     if load_balancing:
         config["loadBalancingConfig"] = [{load_balancing: {}}]
-    return [
-        ("grpc.service_config", json.dumps(config)),
-        ("grpc.enable_retries", 1),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        *KEEPALIVE_OPTIONS,
-    ]
+    # Message sizes and keepalive are the pair of the servers' (services/common/channel_options.py).
+    return [("grpc.service_config", json.dumps(config)), ("grpc.enable_retries", 1), *CLIENT_CHANNEL_OPTIONS]
 
 
 @dataclass(frozen=True)

@@ -42,8 +42,8 @@ def customer_columns(customer_ids: Sequence[str], signal_names: Sequence[str] = 
                      roles: np.ndarray | Sequence[int] = (), owners: Sequence[str] = ()
                      ) -> registry_service_pb2.CustomerColumns:
     """One message of a columnar import; NaN values mean "not observed"."""
-    if values is None:
-        values = np.empty((len(customer_ids), len(signal_names)))
+    if values is None or not len(signal_names):
+        values = np.empty((len(customer_ids) if len(signal_names) else 0, len(signal_names)))
     return registry_service_pb2.CustomerColumns(
         customer_ids=list(customer_ids), display_names=list(display_names), parent_ids=list(parent_ids),
         stakeholder_roles=np.asarray(roles, np.uint8).tobytes(), owners=list(owners),

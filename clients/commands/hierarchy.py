@@ -142,6 +142,9 @@ def tiers_table(summary: pb.HierarchySummary) -> None:
 
 
 def pyramid(args: argparse.Namespace) -> int:
+    from clients.pyramid import check_suffix
+
+    check_suffix(args.out)  # before asking the server anything
     with connect(args) as cvh:
         summary = cvh.get_hierarchy_summary()
     if not summary.total_customers:

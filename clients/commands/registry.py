@@ -18,12 +18,12 @@ def import_customers(args: argparse.Namespace) -> int:
     source = tabular.CustomerFile(args.file, args.format, args.chunk_rows)
     with connect(args) as cvh, progress(source.total_bytes, f"importing {Path(args.file).name}", unit="B",
                                         enabled=not args.json) as bar:
-        def chunks():
-            for chunk in source.chunks():
+        def requests():
+            for request in source.requests(args.all_or_nothing):
                 bar.update(source.bytes_read - bar.n)
-                bar.set_postfix_str(f"{source.rows_sent + len(chunk.customer_ids):,} rows")
-                yield chunk
-        summary = cvh.import_columns(chunks(), all_or_nothing=args.all_or_nothing)
+                bar.set_postfix_str(f"{source.rows_sent:,} rows")
+                yield request
+        summary = cvh.import_customers(requests())
         bar.update(source.total_bytes - bar.n)
     rejects = source.rejected + source.server_rejections(summary.errors)
     rejected = len(source.rejected) + summary.rejected

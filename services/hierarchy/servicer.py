@@ -183,6 +183,7 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         snap = self.snapshot
         summary = pb.HierarchySummary(run=snap.run, total_customers=int((snap.own_level > 0).sum()))
         totals = np.nansum(snap.dimension_scores, axis=0) if snap.size else np.zeros(0)
+        composite_total = float(np.nansum(snap.composite)) if snap.size else 0.0
         for tier in snap.tiers:
             members = snap.own_level == tier.level
             entry = summary.tiers.add(tier=tier, customers=int(members.sum()))
@@ -191,6 +192,8 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
             for j, dimension in enumerate(snap.dimensions):
                 share = np.nansum(snap.dimension_scores[members, j]) / totals[j] * 100 if totals[j] else 0.0
                 entry.value_percent.add(dimension=dimension, score=float(share))
+            if composite_total:
+                entry.composite_value_percent = float(np.nansum(snap.composite[members])) / composite_total * 100
             if entry.customers:
                 entry.min_composite = float(np.nanmin(snap.composite[members]))
                 entry.max_composite = float(np.nanmax(snap.composite[members]))

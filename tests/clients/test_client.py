@@ -279,3 +279,8 @@ def test_every_rpc_has_a_client_method():
         for method in service.methods:
             name = RENAMED.get(method.name) or re.sub(r"(?<!^)(?=[A-Z])", "_", method.name).lower()
             assert callable(getattr(CvhClient, name, None)), f"{service.name}.{method.name} has no CvhClient.{name}"
+
+
+def test_customers_without_signals_import(cvh):
+    summary = cvh.import_columns([columns.customer_columns(["bare-1", "bare-2"], display_names=["A", "B"])])
+    assert (summary.created, summary.rejected) == (2, 0)

@@ -7,6 +7,7 @@ import threading
 import time
 
 import grpc
+import numpy as np
 import pytest
 
 from cvh.common.v1 import common_pb2
@@ -90,6 +91,10 @@ def test_priorities_match_the_stored_run(stubs):
     assert sum(t.customer_percent for t in summary.tiers) == pytest.approx(100)
     for dimension in range(len(summary.tiers[0].value_percent)):
         assert sum(t.value_percent[dimension].score for t in summary.tiers) == pytest.approx(100)
+    total = np.nansum([composite for composite, _, _ in stored.values()])
+    for t in summary.tiers:
+        held = np.nansum([composite for composite, level, _ in stored.values() if level == t.tier.level])
+        assert t.composite_value_percent == pytest.approx(100 * held / total)
 
 
 def test_inheritance_rules_and_role_precedence_on_a_three_level_tree(stubs):

@@ -219,20 +219,22 @@ class GetHierarchySummaryRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TierSummary(_message.Message):
-    __slots__ = ("tier", "customers", "customer_percent", "value_percent", "min_composite", "max_composite")
+    __slots__ = ("tier", "customers", "customer_percent", "value_percent", "min_composite", "max_composite", "composite_value_percent")
     TIER_FIELD_NUMBER: _ClassVar[int]
     CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
     CUSTOMER_PERCENT_FIELD_NUMBER: _ClassVar[int]
     VALUE_PERCENT_FIELD_NUMBER: _ClassVar[int]
     MIN_COMPOSITE_FIELD_NUMBER: _ClassVar[int]
     MAX_COMPOSITE_FIELD_NUMBER: _ClassVar[int]
+    COMPOSITE_VALUE_PERCENT_FIELD_NUMBER: _ClassVar[int]
     tier: _common_pb2.TierRef
     customers: int
     customer_percent: float
     value_percent: _containers.RepeatedCompositeFieldContainer[_common_pb2.DimensionScore]
     min_composite: float
     max_composite: float
-    def __init__(self, tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., customers: _Optional[int] = ..., customer_percent: _Optional[float] = ..., value_percent: _Optional[_Iterable[_Union[_common_pb2.DimensionScore, _Mapping]]] = ..., min_composite: _Optional[float] = ..., max_composite: _Optional[float] = ...) -> None: ...
+    composite_value_percent: float
+    def __init__(self, tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., customers: _Optional[int] = ..., customer_percent: _Optional[float] = ..., value_percent: _Optional[_Iterable[_Union[_common_pb2.DimensionScore, _Mapping]]] = ..., min_composite: _Optional[float] = ..., max_composite: _Optional[float] = ..., composite_value_percent: _Optional[float] = ...) -> None: ...
 
 class HierarchySummary(_message.Message):
     __slots__ = ("tiers", "total_customers", "run")

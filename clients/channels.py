@@ -8,23 +8,35 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2
 
+from cvh.hierarchy.v1 import hierarchy_service_pb2
+from cvh.registry.v1 import registry_service_pb2
+from cvh.scoring.v1 import scoring_service_pb2
 from services.common.channel_options import CLIENT_CHANNEL_OPTIONS
 
 DEFAULT_SERVER = "127.0.0.1:50051"
-SERVICES = ("cvh.registry.v1.RegistryService", "cvh.scoring.v1.ScoringService",
-            "cvh.hierarchy.v1.HierarchyService", "grpc.health.v1.Health")
 
-# Every method retries UNAVAILABLE (server restarting, database briefly away) with backoff. The servers
-# answer UNAVAILABLE only when nothing was written, so a retried write is not applied twice.
+
+def _unary_methods() -> list[dict[str, str]]:
+    services = [module.DESCRIPTOR.services_by_name[name] for module, name in (
+        (registry_service_pb2, "RegistryService"), (scoring_service_pb2, "ScoringService"),
+        (hierarchy_service_pb2, "HierarchyService"), (health_pb2, "Health"))]
+    return [{"service": service.full_name, "method": method.name} for service in services
+            for method in service.methods if not (method.client_streaming or method.server_streaming)]
+
+
+# Unary calls retry UNAVAILABLE (server restarting, database briefly away) with backoff. The servers
+# answer UNAVAILABLE only when nothing was written, so a retried write is not applied twice. Streams are
+# not retried: a retried stream whose server went away was seen to hang (grpcio 1.85), and the callers
+# of watch streams reconnect by themselves.
 SERVICE_CONFIG = json.dumps({
     "methodConfig": [{
-        "name": [{"service": service} for service in SERVICES],
+        "name": _unary_methods(),
         "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.1s", "maxBackoff": "2s",
                         "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
     }],
 })
-
 
 
 def channel_options(load_balancing: str = "") -> list[tuple[str, object]]:

@@ -165,3 +165,36 @@ def test_health_only_port_answers_health_and_nothing_else(tmp_path):
             assert other.value.code() == grpc.StatusCode.UNIMPLEMENTED
     finally:
         server.stop()
+
+
+def test_shutdown_ends_watch_streams_at_once(tmp_path):
+    """Watch streams wait for events for ever: on stop they end with UNAVAILABLE instead of holding the
+    server for its whole grace."""
+    import threading
+    import time
+
+    from clients.client import CvhClient
+    from clients.errors import CvhError
+    from services.common.embedded import EmbeddedSuite
+
+    server = EmbeddedSuite(ServerConfig(listen="127.0.0.1:0", database_url=f"sqlite:///{tmp_path / 'cvh.db'}"))
+    codes = []
+    with CvhClient(server.target) as cvh:
+        streams = [cvh.watch_runs(), cvh.watch_priority_changes()]
+
+        def follow(stream):
+            try:
+                list(stream)
+            except CvhError as error:
+                codes.append(error.code)
+        readers = [threading.Thread(target=follow, args=(s,), daemon=True) for s in streams]
+        for reader in readers:
+            reader.start()
+        time.sleep(0.5)  # both calls reach the server and wait
+        started = time.monotonic()
+        server.stop(grace=20)
+        stopped = time.monotonic() - started
+        for reader in readers:
+            reader.join(10)
+    assert stopped < 5, f"stop took {stopped:.1f} s of its 20 s grace"
+    assert codes == [grpc.StatusCode.UNAVAILABLE] * 2

@@ -42,16 +42,51 @@ class ServiceError(Exception):
         return f"{self.code.name}: {self.message}"
 
     def to_status(self) -> grpc.Status:
-        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata)
+        """The status with its details, kept within what every client accepts as trailers (8 KiB): field
+        names and descriptions that quote a caller's oversized input are shortened, and violations beyond
+        the budget are left out (the message counts them)."""
+        metadata = {key: clip(value, MAX_FIELD_CHARS) for key, value in self.metadata.items()}
+        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=metadata)
         details = [_pack(info)]
         if self.violations:
-            bad_request = error_details_pb2.BadRequest(field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                for v in self.violations
-            ])
+            bad_request = error_details_pb2.BadRequest()
+            budget = MAX_DETAILS_BYTES - info.ByteSize()
+            for v in self.violations:
+                item = error_details_pb2.BadRequest.FieldViolation(
+                    field=clip(v.field, MAX_FIELD_CHARS), description=clip(v.description, MAX_DESCRIPTION_CHARS))
+                budget -= item.ByteSize() + 4
+                if budget < 0 and bad_request.field_violations:
+                    break
+                bad_request.field_violations.append(item)
             details.append(_pack(bad_request))
-        status = status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
+        message = clip_message(self.message)
+        status = status_pb2.Status(code=self.code.value[0], message=message, details=details)
         return rpc_status.to_status(status)
+
+
+# Status trailers (grpc-message, percent-encoded, and grpc-status-details-bin, base64 of the status with the
+# message once more) must stay below the 8 KiB clients accept by default, or the caller sees
+# RESOURCE_EXHAUSTED instead of the error. These bounds keep them near 6 KiB at most.
+MAX_MESSAGE_ENCODED_BYTES = 1024
+MAX_DETAILS_BYTES = 3072
+MAX_FIELD_CHARS = 160
+MAX_DESCRIPTION_CHARS = 400
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, marked with an ellipsis when cut."""
+    return text if len(text) <= limit else text[:limit - 1] + "\u2026"
+
+
+def clip_message(message: str) -> str:
+    """``message`` cut so that its percent-encoded form (grpc-message) fits MAX_MESSAGE_ENCODED_BYTES."""
+    used, end = 0, 0
+    for end, char in enumerate(message):
+        size = 1 if " " <= char <= "~" and char != "%" else 3 * len(char.encode("utf-8", "surrogatepass"))
+        if used + size > MAX_MESSAGE_ENCODED_BYTES - 9:  # room for the ellipsis
+            return message[:end] + "\u2026"
+        used += size
+    return message
 
 
 def _pack(message) -> any_pb2.Any:

@@ -48,6 +48,8 @@ class Suite:
     # The plaintext health-only server (ServerConfig.health_listen) and its port.
     health_server: grpc.aio.Server | None = None
     health_port: int = 0
+    # Servicers with streams that wait for events (begin_shutdown ends them at once).
+    watchers: list = field(default_factory=list)
 
     async def start(self) -> None:
         await self.server.start()
@@ -61,6 +63,8 @@ class Suite:
     async def stop(self, grace: float) -> None:
         """Refuse new calls (health NOT_SERVING), let in-flight ones finish within ``grace`` seconds."""
         await self.health.enter_graceful_shutdown()
+        for servicer in self.watchers:
+            servicer.begin_shutdown()
         for servicer in self.background:
             await servicer.stop_background()
         await self.server.stop(grace)
@@ -108,12 +112,11 @@ def create_server(config: ServerConfig) -> Suite:
     registry, scoring = peer(config.registry_target or own, config), peer(config.scoring_target or own, config)
     if "scoring" in servicers:
         servicers["scoring"].runs.registry = registry
-    background = []
     if "hierarchy" in servicers:
-        hierarchy = servicers["hierarchy"]
-        hierarchy.registry, hierarchy.scoring = registry, scoring
-        background.append(hierarchy)
-    suite = Suite(server, port, health_servicer, engine, names, background)
+        servicers["hierarchy"].registry, servicers["hierarchy"].scoring = registry, scoring
+    background = [s for s in servicers.values() if hasattr(s, "start_background")]
+    suite = Suite(server, port, health_servicer, engine, names, background,
+                  watchers=[s for s in servicers.values() if hasattr(s, "begin_shutdown")])
     if config.health_listen:
         suite.health_server, suite.health_port = health_only_server(config.health_listen, health_servicer)
     return suite

@@ -17,6 +17,8 @@ SLUG = re.compile(r"[a-z][a-z0-9-]{0,62}")
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+# Largest position an offset page token may hold (a signed 64-bit OFFSET with room to add a page).
+MAX_OFFSET = 2**62
 
 
 def customer_id_from_name(name: str, field_path: str, violations: Violations | None = None) -> str | None:
@@ -36,9 +38,33 @@ def customer_id_from_name(name: str, field_path: str, violations: Violations | N
     return None
 
 
-def check_text(value: str, field_path: str, max_len: int, violations: Violations) -> None:
+def check_text(value: str, field_path: str, max_len: int, violations: Violations) -> bool:
+    """Free text the services store or filter on: at most ``max_len`` characters and no NUL (which
+    PostgreSQL text cannot hold). Records a violation and returns False when ``value`` is not such text."""
     if len(value) > max_len:
         violations.add(field_path, f"at most {max_len} characters, got {len(value)}")
+        return False
+    if "\x00" in value:
+        violations.add(field_path, "must not contain NUL (U+0000) characters")
+        return False
+    return True
+
+
+# The range of google.protobuf.Timestamp: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
+MIN_TIMESTAMP_SECONDS = -62_135_596_800
+MAX_TIMESTAMP_SECONDS = 253_402_300_799
+
+
+def timestamp_us(ts, field_path: str, violations: Violations) -> int | None:
+    """A google.protobuf.Timestamp as microseconds since the epoch; None (and a violation) when it is
+    outside the range a Timestamp may hold or its nanos are not 0..999,999,999."""
+    if not 0 <= ts.nanos < 1_000_000_000:
+        violations.add(field_path, "nanos must be in 0..999999999")
+        return None
+    if not MIN_TIMESTAMP_SECONDS <= ts.seconds <= MAX_TIMESTAMP_SECONDS:
+        violations.add(field_path, "must be between 0001-01-01 and 9999-12-31")
+        return None
+    return ts.seconds * 1_000_000 + ts.nanos // 1000
 
 
 def check_finite(value: float, field_path: str, violations: Violations) -> None:
@@ -81,6 +107,7 @@ def decode_page_token(token: str, filters: dict):
 def decode_offset_token(token: str, filters: dict) -> int:
     """The offset a token of an offset-paged list holds (0 for the first page)."""
     offset = decode_page_token(token, filters) or 0
-    if not isinstance(offset, int) or offset < 0:
+    # Tokens are opaque, not signed: a made-up one may hold anything, e.g. an offset no database can take.
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
         raise invalid_argument("page_token", "not a token returned by this list call")
     return offset

@@ -19,7 +19,7 @@ from cvh.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from cvh.scoring.v1 import scoring_service_pb2, scoring_service_pb2_grpc
 from services.common.db import read_transaction, write_transaction
 from clients import columns
-from services.common.errors import Violations, invalid_argument, not_found
+from services.common.errors import Violations, invalid_argument, not_found, unavailable
 from services.common.peers import Peer
 from services.common.validation import customer_id_from_name, decode_offset_token, encode_page_token, page_size
 from services.hierarchy import snapshot as snapshots
@@ -54,6 +54,13 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         self.model_id = "default"
         self._loader: asyncio.Task | None = None
         self._watchers: set[asyncio.Queue] = set()
+
+    def begin_shutdown(self) -> None:
+        """Ends change streams, so they do not hold the server for its whole grace: a None tells each."""
+        for queue in list(self._watchers):
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(None)
 
     # -- the snapshot ------------------------------------------------------------------------------------
 
@@ -257,7 +264,10 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         self._watchers.add(queue)
         try:
             while True:
-                snap, changes = await queue.get()
+                item = await queue.get()
+                if item is None:
+                    raise unavailable("the server is shutting down; watch again to reach another replica")
+                snap, changes = item
                 for customer_id, before, after, owner in changes:
                     previous_tier, new_tier = _tier_ref(snap, before), _tier_ref(snap, after)
                     if tier_ids and not tier_ids & {previous_tier.tier_id, new_tier.tier_id}:

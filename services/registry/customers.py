@@ -12,7 +12,9 @@ import numpy as np
 from cvh.common.v1 import common_pb2
 from cvh.registry.v1 import registry_service_pb2 as pb
 from services.common.errors import Violations
-from services.common.validation import CUSTOMER_ID, LABEL_KEY, SIGNAL_NAME, customer_id_from_name
+from services.common.validation import (
+    CUSTOMER_ID, LABEL_KEY, SIGNAL_NAME, check_text, customer_id_from_name, timestamp_us,
+)
 
 MAX_LABELS = 32
 MAX_SIGNALS = 64
@@ -82,11 +84,9 @@ def parse_signals(signals, prefix: str, violations: Violations, now: int) -> lis
             violations.add(f"{prefix}[{name}].value", f"must be a finite number, got {value}")
             continue
         if signal.HasField("observe_time"):
-            ts = signal.observe_time
-            if not 0 <= ts.nanos < 1_000_000_000:
-                violations.add(f"{prefix}[{name}].observe_time", "nanos must be in 0..999999999")
+            observed = timestamp_us(signal.observe_time, f"{prefix}[{name}].observe_time", violations)
+            if observed is None:
                 continue
-            observed = ts.seconds * 1_000_000 + ts.nanos // 1000
             if observed > now + MAX_FUTURE_US:
                 violations.add(f"{prefix}[{name}].observe_time", "is more than one day in the future")
                 continue
@@ -116,12 +116,10 @@ def parse_attributes(msg: pb.Customer, row: CustomerRow, violations: Violations,
 
     if wanted("display_name"):
         row.display_name = msg.display_name
-        if len(msg.display_name) > MAX_TEXT:
-            violations.add(f"{prefix}display_name", f"at most {MAX_TEXT} characters")
+        check_text(msg.display_name, f"{prefix}display_name", MAX_TEXT, violations)
     if wanted("owner"):
         row.owner = msg.owner
-        if len(msg.owner) > MAX_TEXT:
-            violations.add(f"{prefix}owner", f"at most {MAX_TEXT} characters")
+        check_text(msg.owner, f"{prefix}owner", MAX_TEXT, violations)
     if wanted("parent"):
         row.parent_id = None
         if msg.parent:
@@ -140,19 +138,22 @@ def parse_attributes(msg: pb.Customer, row: CustomerRow, violations: Violations,
         for key, value in row.labels.items():
             if not LABEL_KEY.fullmatch(key):
                 violations.add(f"{prefix}labels[{key}]", "keys are 1 to 63 characters of [a-z0-9_.-], starting with a letter")
-            elif len(value) > MAX_TEXT:
-                violations.add(f"{prefix}labels[{key}]", f"values are at most {MAX_TEXT} characters")
+            else:
+                check_text(value, f"{prefix}labels[{key}]", MAX_TEXT, violations)
 
 
 def etag_of(revision: int) -> str:
     return f'W/"{revision}"'
 
 
+ETAG = re.compile(r'W/"([0-9]{1,18})"')
+
+
 def revision_of_etag(etag: str) -> int | None:
-    """The revision an etag stands for, or None when it is not one of ours."""
-    if etag.startswith('W/"') and etag.endswith('"') and etag[3:-1].isdigit():
-        return int(etag[3:-1])
-    return None
+    """The revision an etag stands for, or None when it is not one of ours (ASCII digits only: str.isdigit
+    also takes "²", which int() refuses)."""
+    match = ETAG.fullmatch(etag)
+    return int(match.group(1)) if match else None
 
 
 def set_timestamp(ts, micros: int) -> None:
@@ -185,8 +186,10 @@ def parse_columns(columns: pb.CustomerColumns, first_position: int, now: int,
         block_problems.append(("columns.signal_values", f"must be {rows_expected} x {len(names)} float64 values"))
     observed = now
     if columns.HasField("observe_time"):
-        observed = columns.observe_time.seconds * 1_000_000 + columns.observe_time.nanos // 1000
-        if observed > now + MAX_FUTURE_US:
+        checked = Violations()
+        observed = timestamp_us(columns.observe_time, "columns.observe_time", checked)
+        block_problems += [(v.field, v.description) for v in checked.items]
+        if observed is not None and observed > now + MAX_FUTURE_US:
             block_problems.append(("columns.observe_time", "is more than one day in the future"))
     if block_problems:
         for i in range(n):
@@ -204,7 +207,8 @@ def parse_columns(columns: pb.CustomerColumns, first_position: int, now: int,
     # Whole columns are checked in one pass each; only a block with a bad row is examined row by row.
     suspect = _all_match(CUSTOMER_ID, ids) and _all_match(PARENT_OR_EMPTY, parents)
     suspect = not suspect or max(map(len, display_names), default=0) > MAX_TEXT \
-        or max(map(len, owners), default=0) > MAX_TEXT or not np.isin(roles, list(VALID_ROLES)).all() \
+        or max(map(len, owners), default=0) > MAX_TEXT or "\x00" in "".join(display_names) + "".join(owners) \
+        or not np.isin(roles, list(VALID_ROLES)).all() \
         or np.isinf(values).any() or any(p == c for p, c in zip(parents, ids) if p)
     roles = roles.tolist()
     rows = []
@@ -226,7 +230,9 @@ PARENT_OR_EMPTY = re.compile(r"[A-Za-z0-9._:-]{0,128}")
 def _all_match(pattern: re.Pattern, texts: list[str]) -> bool:
     """Whether every text fully matches ``pattern``, checked in one regex pass over the joined column."""
     joined = re.compile(rf"(?:(?:{pattern.pattern})\n)*")
-    return joined.fullmatch("".join(t + "\n" for t in texts)) is not None
+    text = "".join(t + "\n" for t in texts)
+    # A text holding a newline would pass as two: count them (ids are stored newline-separated).
+    return text.count("\n") == len(texts) and joined.fullmatch(text) is not None
 
 
 def _row_problems(customer_id: str, display_name: str, parent: str, role: int, owner: str,
@@ -238,10 +244,10 @@ def _row_problems(customer_id: str, display_name: str, parent: str, role: int, o
         problems.append(("parent", "must be another customer's id (1 to 128 characters of [A-Za-z0-9._:-])"))
     if role not in VALID_ROLES:
         problems.append(("stakeholder_role", f"unknown role {role}"))
-    if len(display_name) > MAX_TEXT:
-        problems.append(("display_name", f"at most {MAX_TEXT} characters"))
-    if len(owner) > MAX_TEXT:
-        problems.append(("owner", f"at most {MAX_TEXT} characters"))
+    checked = Violations()
+    check_text(display_name, "display_name", MAX_TEXT, checked)
+    check_text(owner, "owner", MAX_TEXT, checked)
+    problems += [(v.field, v.description) for v in checked.items]
     infinite = np.flatnonzero(np.isinf(values))
     if infinite.size:
         problems.append((f"signals[{names[infinite[0]]}].value", "must be a finite number or NaN (not observed)"))

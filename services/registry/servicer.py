@@ -18,13 +18,13 @@ from services.common.errors import (
     Violations, aborted, already_exists, failed_precondition, invalid_argument, not_found,
 )
 from services.common.validation import (
-    LABEL_KEY, SIGNAL_NAME, customer_id_from_name, decode_offset_token, decode_page_token, encode_page_token,
+    CUSTOMER_ID, LABEL_KEY, SIGNAL_NAME, check_text, customer_id_from_name, decode_offset_token, decode_page_token, encode_page_token,
     page_size,
 )
 from services.registry import signals as packed
 from services.registry import store
 from services.registry.customers import (
-    VALID_ROLES, CustomerRow, etag_of, now_us, parse_attributes, parse_customer, parse_signals,
+    MAX_TEXT, VALID_ROLES, CustomerRow, etag_of, now_us, parse_attributes, parse_customer, parse_signals,
     revision_of_etag, set_timestamp,
 )
 from services.registry.importer import ImportSession
@@ -83,16 +83,19 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             filters.parent_id = customer_id_from_name(request.parent, "parent", violations)
         if request.stakeholder_role and request.stakeholder_role not in VALID_ROLES:
             violations.add("stakeholder_role", f"unknown role {request.stakeholder_role}")
+        check_text(request.owner, "owner", MAX_TEXT, violations)
         if request.label:
             key, sep, value = request.label.partition("=")
             if not LABEL_KEY.fullmatch(key):
                 violations.add("label", 'expected "key" or "key=value" with a valid label key')
+            else:
+                check_text(value, "label", MAX_TEXT, violations)
             filters.label_key, filters.label_value = key, (value if sep else None)
         violations.raise_if_any()
         filter_key = {"parent": request.parent, "role": request.stakeholder_role, "owner": request.owner,
                       "label": request.label}
         after = decode_page_token(request.page_token, filter_key)
-        if after is not None and not isinstance(after, str):
+        if after is not None and not (isinstance(after, str) and CUSTOMER_ID.fullmatch(after)):
             raise invalid_argument("page_token", "not a token returned by this list call")
         return await asyncio.to_thread(self._list, filters, after, size, filter_key)
 

@@ -16,10 +16,41 @@ from services.common.validation import SLUG
 SPEC_FIELDS = ("model_id", "description", "signals", "dimensions", "tiers", "hysteresis_points")
 
 
+def check_sizes(model: pb.ValueModel, prefix: str = "model.") -> None:
+    """The engine's caps on repeated fields, checked before the (costly) conversion of what may be huge."""
+    from scoring_engine import model as limits
+
+    violations = []
+
+    def cap(items, field_path: str, most: int) -> None:
+        if len(items) > most:
+            violations.append(FieldViolation(prefix + field_path, f"at most {most}, got {len(items)}"))
+
+    cap(model.signals, "signals", limits.MAX_SIGNALS)
+    cap(model.dimensions, "dimensions", limits.MAX_DIMENSIONS)
+    cap(model.tiers, "tiers", limits.MAX_TIERS)
+    for i, signal in enumerate(model.signals[:limits.MAX_SIGNALS]):
+        cap(signal.bands, f"signals[{i}].bands", limits.MAX_BANDS)
+    for i, dimension in enumerate(model.dimensions[:limits.MAX_DIMENSIONS]):
+        cap(dimension.weights, f"dimensions[{i}].weights", limits.MAX_SIGNALS)
+    if violations:
+        raise ServiceError.invalid(violations, "model")
+
+
 def spec_of(model: pb.ValueModel) -> dict:
-    """The engine's JSON form of a model message (proto3 JSON, field names as in the proto)."""
-    full = json_format.MessageToDict(model, preserving_proto_field_name=True)
-    return {key: full[key] for key in SPEC_FIELDS if key in full}
+    """The engine's JSON form of a model message (proto3 JSON, field names as in the proto).
+
+    Only the describing fields are converted: the output-only ones (e.g. a create_time out of the
+    Timestamp range, which proto3 JSON cannot express) are ignored, as AIP-203 says, not an error.
+    """
+    spec = pb.ValueModel()
+    for field_name in SPEC_FIELDS:
+        field = pb.ValueModel.DESCRIPTOR.fields_by_name[field_name]
+        if field.is_repeated:
+            getattr(spec, field_name).extend(getattr(model, field_name))
+        else:
+            setattr(spec, field_name, getattr(model, field_name))
+    return json_format.MessageToDict(spec, preserving_proto_field_name=True)
 
 
 def check_spec(spec: dict, prefix: str = "model."):

@@ -37,6 +37,10 @@ class RunCancelled(Exception):
     pass
 
 
+class RunAbandoned(Exception):
+    """The run was failed as abandoned (its heartbeat went stale): nothing more may be written for it."""
+
+
 @dataclass
 class RunExecutor:
     engine: Engine
@@ -62,20 +66,49 @@ class RunExecutor:
     def cancel(self, run_id: int) -> None:
         self.cancelled.add(run_id)
 
-    async def _update(self, run_id: int, **values) -> None:
+    async def _update(self, run_id: int, notify: bool = True, **values) -> None:
         def write():
             with write_transaction(self.engine) as conn:
-                store.update_run(conn, run_id, **values)
+                if not store.update_run(conn, run_id, heartbeat_us=now_us(), **values):
+                    raise RunAbandoned()
         await asyncio.to_thread(write)
-        self.notify()
+        if notify:
+            self.notify()
+
+    async def _beat(self, run_id: int) -> None:
+        """Keeps the run's heartbeat fresh through long phases without progress to report."""
+        while True:
+            await asyncio.sleep(store.HEARTBEAT_US / 2e6)
+            try:
+                await self._update(run_id, notify=False)
+            except RunAbandoned:
+                return
+            except Exception:  # a lost database: the run's own next write reports it
+                log.warning("run %s: heartbeat not written", run_id, exc_info=True)
+
+    async def sweep_abandoned(self) -> None:
+        """Fails runs whose process died, now and then for as long as this process serves."""
+        while True:
+            def sweep() -> int:
+                with write_transaction(self.engine) as conn:
+                    return store.fail_abandoned(conn, now_us())
+            try:
+                if await asyncio.to_thread(sweep):
+                    self.notify()
+            except Exception:  # a lost database: the next sweep tries again
+                log.warning("sweeping abandoned runs failed", exc_info=True)
+            await asyncio.sleep(store.HEARTBEAT_US / 1e6)
 
     async def _run(self, run_id: int, model: scoring_engine.ValueModel) -> None:
+        heartbeat = asyncio.get_running_loop().create_task(self._beat(run_id))
         try:
             await self._update(run_id, state=pb.RUN_STATE_RUNNING, start_time_us=now_us())
             await self._execute(run_id, model)
+        except RunAbandoned:
+            log.warning("run %s was failed as abandoned while it ran here (its heartbeat went stale)", run_id)
+            self.notify()
         except RunCancelled:
-            await self._update(run_id, state=pb.RUN_STATE_CANCELLED, end_time_us=now_us(),
-                               failure_reason="cancelled by CancelScoringRun")
+            await self._end(run_id, state=pb.RUN_STATE_CANCELLED, failure_reason="cancelled by CancelScoringRun")
         except grpc.aio.AioRpcError as error:
             await self._fail(run_id, f"the registry at {self.registry} answered {error.code().name}: "
                                      f"{error.details()}")
@@ -83,10 +116,18 @@ class RunExecutor:
             log.exception("run %s failed", run_id)
             await self._fail(run_id, f"{type(error).__name__}: {error}")
         finally:
+            heartbeat.cancel()
             self.cancelled.discard(run_id)
 
     async def _fail(self, run_id: int, reason: str) -> None:
-        await self._update(run_id, state=pb.RUN_STATE_FAILED, end_time_us=now_us(), failure_reason=reason)
+        await self._end(run_id, state=pb.RUN_STATE_FAILED, failure_reason=reason)
+
+    async def _end(self, run_id: int, **values) -> None:
+        """Records how the run ended, unless it was already failed as abandoned."""
+        try:
+            await self._update(run_id, end_time_us=now_us(), **values)
+        except RunAbandoned:
+            self.notify()
 
     def _check(self, run_id: int) -> None:
         if run_id in self.cancelled:
@@ -108,13 +149,15 @@ class RunExecutor:
             with write_transaction(self.engine) as conn:
                 store.write_results(conn, run_id, chunks)
                 self._check(run_id)
-                store.update_run(
+                completed = store.update_run(
                     conn, run_id, state=pb.RUN_STATE_COMPLETED, end_time_us=now_us(), percent_done=100.0,
                     customers_done=len(ids), customers_total=len(ids),
                     previous_run_id=previous_run, fitted=fitted.to_bytes(),
                     tier_counts_json=json.dumps(counts), tier_moves_json=json.dumps(moves),
                     export_seconds=exported - started, scoring_seconds=scored - exported,
-                    store_seconds=time.perf_counter() - scored)
+                    store_seconds=time.perf_counter() - scored, heartbeat_us=now_us())
+                if not completed:
+                    raise RunAbandoned()  # rolls the results back: another process failed the run
         await asyncio.to_thread(write)
         self.notify()
 

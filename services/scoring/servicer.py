@@ -21,14 +21,14 @@ from services.common.auth import current_caller
 from services.common.db import read_transaction, write_transaction
 from services.common.streams import in_threads
 from services.common.errors import (
-    ServiceError, Violations, failed_precondition, invalid_argument, not_found,
+    ServiceError, Violations, failed_precondition, invalid_argument, not_found, unavailable,
 )
 from services.common.validation import (
-    SIGNAL_NAME, customer_id_from_name, decode_offset_token, encode_page_token, page_size,
+    SIGNAL_NAME, SLUG, check_text, customer_id_from_name, decode_offset_token, encode_page_token, page_size,
 )
 from services.registry.customers import now_us, set_timestamp
 from services.scoring import store
-from services.scoring.models import check_spec, spec_of, to_proto
+from services.scoring.models import check_sizes, check_spec, spec_of, to_proto
 from services.scoring.runs import RunExecutor
 
 MODEL_NAME = re.compile(r"models/([a-z][a-z0-9-]{0,62})(?:/versions/([1-9][0-9]{0,8}))?")
@@ -63,8 +63,10 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         self._registry_stub: registry_service_pb2_grpc.RegistryServiceStub | None = None
         # model_id -> (run, fitted, executor generation, monotonic time read)
         self._current_runs: dict[str, tuple] = {}
+        self.stopping = False
+        self._sweeper: asyncio.Task | None = None
         with write_transaction(engine) as conn:
-            store.fail_interrupted(conn, now_us())
+            store.fail_abandoned(conn, now_us())
             if store.get_model(conn, "default", None) is None:
                 default = scoring_engine.default_model()
                 store.create_model(conn, "default", default.to_json(), "shipped default model", "cvh", now_us())
@@ -72,9 +74,11 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
     # -- models ----------------------------------------------------------------------------------------
 
     async def CreateModel(self, request, context):
+        check_sizes(request.model)
         model = check_spec(spec_of(request.model))
-        if len(request.model.change_note) > 1024:
-            raise invalid_argument("model.change_note", "at most 1,024 characters")
+        violations = Violations()
+        check_text(request.model.change_note, "model.change_note", 1024, violations)
+        violations.raise_if_any("model")
         creator = current_caller.get()
 
         def create():
@@ -96,7 +100,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
 
     async def ListModels(self, request, context):
         size = page_size(request.page_size)
-        if request.model_id and not MODEL_NAME.fullmatch(f"models/{request.model_id}"):
+        if request.model_id and not SLUG.fullmatch(request.model_id):
             raise invalid_argument("model_id", "[a-z][a-z0-9-]{0,62}")
         offset = decode_offset_token(request.page_token, {"model_id": request.model_id})
 
@@ -177,6 +181,8 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
 
     async def ListScoringRuns(self, request, context):
         size = page_size(request.page_size, default=50)
+        if request.model_id and not SLUG.fullmatch(request.model_id):
+            raise invalid_argument("model_id", "[a-z][a-z0-9-]{0,62}")
         if request.state not in pb.RunState.values():
             raise invalid_argument("state", f"unknown run state {request.state}")
         filters = {"model_id": request.model_id, "state": request.state}
@@ -203,13 +209,10 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
                 last = run
             if run.state in TERMINAL:
                 return
-            try:  # local runs wake us at once; runs of other replicas are polled
-                await asyncio.wait_for(changed.wait(), WATCH_POLL_SECONDS)
-            except TimeoutError:
-                pass
+            await self._wait_for_change(changed)
 
     async def WatchRuns(self, request, context):
-        if request.model_id and not MODEL_NAME.fullmatch(f"models/{request.model_id}"):
+        if request.model_id and not SLUG.fullmatch(request.model_id):
             raise invalid_argument("model_id", "[a-z][a-z0-9-]{0,62}")
 
         def completed(after: int) -> list[pb.ScoringRun]:
@@ -226,14 +229,31 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
                 yield run
         after = max((int(r.name.split("/")[1]) for r in found), default=0)
         while True:
-            changed = self.runs.changed
-            try:
-                await asyncio.wait_for(changed.wait(), WATCH_POLL_SECONDS)
-            except TimeoutError:
-                pass
+            await self._wait_for_change(self.runs.changed)
             for run in await asyncio.to_thread(completed, after):
                 after = int(run.name.split("/")[1])
                 yield run
+
+    async def _wait_for_change(self, changed: asyncio.Event) -> None:
+        """Until a local run changes, or for one poll interval (runs of other replicas are polled); a
+        shutdown ends the watch with UNAVAILABLE rather than holding the server for its whole grace."""
+        try:
+            await asyncio.wait_for(changed.wait(), WATCH_POLL_SECONDS)
+        except TimeoutError:
+            pass
+        if self.stopping:
+            raise unavailable("the server is shutting down; watch again to reach another replica")
+
+    async def start_background(self) -> None:
+        self._sweeper = asyncio.get_running_loop().create_task(self.runs.sweep_abandoned())
+
+    async def stop_background(self) -> None:
+        if self._sweeper:
+            self._sweeper.cancel()
+
+    def begin_shutdown(self) -> None:
+        self.stopping = True
+        self.runs.notify()
 
     async def CancelScoringRun(self, request, context):
         run_id = parse_run_name(request.name, "name")

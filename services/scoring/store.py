@@ -86,15 +86,27 @@ def completed_since(conn: Connection, after_run: int, model_id: str) -> list[Row
     return list(conn.execute(query.order_by(runs.c.run_id)))
 
 
-def update_run(conn: Connection, run_id: int, **values) -> None:
-    conn.execute(runs.update().where(runs.c.run_id == run_id).values(**values))
+# The process executing a run writes its heartbeat at least this often ...
+HEARTBEAT_US = 2_000_000
+# ... so a pending or running run whose heartbeat is older than this was abandoned by a process that died.
+ABANDONED_AFTER_US = 15_000_000
 
 
-def fail_interrupted(conn: Connection, now: int) -> int:
-    """Runs left pending or running by a process that died: failed, so the previous run stays current."""
-    result = conn.execute(runs.update().where(runs.c.state.in_(ACTIVE_STATES)).values(
-        state=pb.RUN_STATE_FAILED, end_time_us=now,
-        failure_reason="the server stopped during the run; start a new one"))
+def update_run(conn: Connection, run_id: int, **values) -> bool:
+    """Updates a pending or running run; False when it is not (any more): it ended, or was failed as
+    abandoned while its process could not write."""
+    result = conn.execute(runs.update().where(runs.c.run_id == run_id, runs.c.state.in_(ACTIVE_STATES))
+                          .values(**values))
+    return result.rowcount == 1
+
+
+def fail_abandoned(conn: Connection, now: int) -> int:
+    """Runs whose process went quiet (killed, or lost with its machine): failed, so the previous run stays
+    current. Runs other live processes execute keep their heartbeat fresh and are left alone."""
+    last_sign = sa.func.coalesce(runs.c.heartbeat_us, runs.c.start_time_us, runs.c.create_time_us)
+    result = conn.execute(runs.update().where(runs.c.state.in_(ACTIVE_STATES), last_sign < now - ABANDONED_AFTER_US)
+                          .values(state=pb.RUN_STATE_FAILED, end_time_us=now,
+                                  failure_reason="the server stopped during the run; start a new one"))
     return result.rowcount
 
 

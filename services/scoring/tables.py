@@ -38,6 +38,8 @@ runs = sa.Table(
     sa.Column("create_time_us", sa.BigInteger, nullable=False),
     sa.Column("start_time_us", sa.BigInteger, nullable=True),
     sa.Column("end_time_us", sa.BigInteger, nullable=True),
+    # Written every few seconds by the process executing the run: a run gone quiet was abandoned.
+    sa.Column("heartbeat_us", sa.BigInteger, nullable=True),
     sa.Column("export_seconds", sa.Float, nullable=False, server_default="0"),
     sa.Column("scoring_seconds", sa.Float, nullable=False, server_default="0"),
     sa.Column("store_seconds", sa.Float, nullable=False, server_default="0"),

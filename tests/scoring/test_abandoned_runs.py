@@ -1,0 +1,51 @@
+"""Runs of several processes on one database: only a run whose heartbeat went stale is failed as abandoned."""
+
+from __future__ import annotations
+
+from cvh.scoring.v1 import scoring_service_pb2 as pb
+from services.common import db
+from services.registry.customers import now_us
+from services.scoring import store
+from tests.conftest import start_server
+
+NOW = 1_800_000_000_000_000
+
+
+def test_only_quiet_runs_are_failed_and_a_failed_run_takes_no_more_writes(database_url):
+    engine = db.create_engine(database_url)
+    db.upgrade(engine)
+    try:
+        with db.write_transaction(engine) as conn:
+            busy = store.create_run(conn, "default", 1, NOW - 60_000_000)
+            quiet = store.create_run(conn, "default", 1, NOW - 60_000_000)
+            fresh = store.create_run(conn, "other", 1, NOW - 1_000_000)  # pending, just created
+            assert store.update_run(conn, busy, state=pb.RUN_STATE_RUNNING, heartbeat_us=NOW - 1_000_000)
+            assert store.update_run(conn, quiet, state=pb.RUN_STATE_RUNNING,
+                                    heartbeat_us=NOW - store.ABANDONED_AFTER_US - 1)
+        with db.write_transaction(engine) as conn:
+            assert store.fail_abandoned(conn, NOW) == 1
+            states = {run: store.get_run(conn, run).state for run in (busy, quiet, fresh)}
+        assert states == {busy: pb.RUN_STATE_RUNNING, quiet: pb.RUN_STATE_FAILED, fresh: pb.RUN_STATE_PENDING}
+        with db.write_transaction(engine) as conn:
+            # The quiet run's process comes back to life: its completion must not overwrite FAILED.
+            assert not store.update_run(conn, quiet, state=pb.RUN_STATE_COMPLETED, percent_done=100.0)
+            assert store.get_run(conn, quiet).state == pb.RUN_STATE_FAILED
+            assert "stopped during the run" in store.get_run(conn, quiet).failure_reason
+    finally:
+        engine.dispose()
+
+
+def test_a_second_server_on_the_database_leaves_a_running_run_alone(database_url):
+    """What `cvh serve --workers N`, replicas and rolling updates do: a scoring process starting while
+    another one runs a run (its heartbeat fresh) must not fail that run."""
+    first = start_server(database_url, services=("scoring",))
+    try:
+        with db.write_transaction(first.suite.engine) as conn:
+            run = store.create_run(conn, "default", 1, NOW)
+            store.update_run(conn, run, state=pb.RUN_STATE_RUNNING, heartbeat_us=now_us())
+        second = start_server(database_url, services=("scoring",))
+        second.stop()
+        with db.read_transaction(first.suite.engine) as conn:
+            assert store.get_run(conn, run).state == pb.RUN_STATE_RUNNING
+    finally:
+        first.stop()

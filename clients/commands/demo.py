@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import tempfile
 from pathlib import Path
 
@@ -16,6 +17,15 @@ from clients.output import print_json, progress
 
 
 def demo(args: argparse.Namespace) -> int:
+    if not args.json:
+        return _demo(args)
+    with contextlib.redirect_stdout(io.StringIO()):  # --json: only the summary object is printed
+        code = _demo(args)
+    print_json(args.summary)
+    return code
+
+
+def _demo(args: argparse.Namespace) -> int:
     from clients import synthetic
 
     with _suite(args) as cvh:
@@ -23,7 +33,7 @@ def demo(args: argparse.Namespace) -> int:
         print(f"1. generated {args.customers:,} synthetic customers: skewed revenue, correlated signals, "
               "account trees, every stakeholder role")
         with progress(args.customers, "   importing", unit=" customers", enabled=not args.json) as bar:
-            imported = synthetic.import_base(cvh.channel, base, on_progress=lambda done: bar.update(done - bar.n))
+            imported = synthetic.import_base(cvh, base, on_progress=lambda done: bar.update(done - bar.n))
         print(f"2. imported them through ImportCustomers: {imported.created:,} created, "
               f"{imported.updated:,} updated, {imported.rejected:,} rejected")
         run = follow_run(cvh, cvh.start_run(), enabled=not args.json)
@@ -45,12 +55,11 @@ def demo(args: argparse.Namespace) -> int:
         if args.pyramid:
             pyramid_file(summary, Path(args.pyramid))
             print(f"\n6. drew the pyramid into {args.pyramid}")
-        if args.json:
-            print_json({"customers": args.customers, "run": run.name, "examples": examples,
-                        "tiers": {t.tier.tier_id: t.customers for t in summary.tiers}})
-        else:
-            print("\nNext: `cvh tiers`, `cvh rank ID ID`, `cvh tree ID`, `cvh pyramid --out pyramid.png`, "
-                  "`cvh run start --wait` after changing signals, `cvh run moves`.")
+        args.summary = {"customers": args.customers, "imported": imported.created + imported.updated,
+                        "run": run.name, "examples": examples,
+                        "tiers": {t.tier.tier_id: t.customers for t in summary.tiers}}
+        print("\nNext: `cvh tiers`, `cvh rank ID ID`, `cvh tree ID`, `cvh pyramid --out pyramid.png`, "
+              "`cvh run start --wait` after changing signals, `cvh run moves`.")
     return 0
 
 

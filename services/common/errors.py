@@ -144,8 +144,13 @@ def failed_precondition(message: str, reason: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.FAILED_PRECONDITION, message, reason)
 
 
-def unavailable(message: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.UNAVAILABLE, message, "BACKEND_UNAVAILABLE")
+def unavailable(message: str, reason: str = "BACKEND_UNAVAILABLE") -> ServiceError:
+    return ServiceError(grpc.StatusCode.UNAVAILABLE, message, reason)
+
+
+def shutting_down() -> ServiceError:
+    """How a server that is stopping ends a long-lived stream: the client reconnects (to another replica)."""
+    return unavailable("the server is shutting down; watch again to reach another replica", "SHUTTING_DOWN")
 
 
 # Codes a client library turns back into the reason string.

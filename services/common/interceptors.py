@@ -94,7 +94,7 @@ def _status_for(error: Exception, method: str) -> grpc.Status | None:
         log.exception("unexpected error in %s", method)
         expected = ServiceError(grpc.StatusCode.INTERNAL,
                                 f"internal error in {method}; the server log has details", "INTERNAL")
-    elif expected.code == grpc.StatusCode.UNAVAILABLE:
+    elif expected.code == grpc.StatusCode.UNAVAILABLE and expected.reason != "SHUTTING_DOWN":
         log.warning("%s: %s (%s)", method, expected.message, error)
     return expected.to_status()
 

@@ -19,7 +19,7 @@ from cvh.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from cvh.scoring.v1 import scoring_service_pb2, scoring_service_pb2_grpc
 from services.common.db import read_transaction, write_transaction
 from clients import columns
-from services.common.errors import Violations, invalid_argument, not_found, unavailable
+from services.common.errors import Violations, invalid_argument, not_found, shutting_down
 from services.common.peers import Peer
 from services.common.validation import customer_id_from_name, decode_offset_token, encode_page_token, page_size
 from services.hierarchy import snapshot as snapshots
@@ -266,7 +266,7 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
             while True:
                 item = await queue.get()
                 if item is None:
-                    raise unavailable("the server is shutting down; watch again to reach another replica")
+                    raise shutting_down()
                 snap, changes = item
                 for customer_id, before, after, owner in changes:
                     previous_tier, new_tier = _tier_ref(snap, before), _tier_ref(snap, after)

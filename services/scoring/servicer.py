@@ -21,7 +21,7 @@ from services.common.auth import current_caller
 from services.common.db import read_transaction, write_transaction
 from services.common.streams import in_threads
 from services.common.errors import (
-    ServiceError, Violations, failed_precondition, invalid_argument, not_found, unavailable,
+    ServiceError, Violations, failed_precondition, invalid_argument, not_found, shutting_down,
 )
 from services.common.validation import (
     SIGNAL_NAME, SLUG, check_text, customer_id_from_name, decode_offset_token, encode_page_token, page_size,
@@ -242,7 +242,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         except TimeoutError:
             pass
         if self.stopping:
-            raise unavailable("the server is shutting down; watch again to reach another replica")
+            raise shutting_down()
 
     async def start_background(self) -> None:
         self._sweeper = asyncio.get_running_loop().create_task(self.runs.sweep_abandoned())

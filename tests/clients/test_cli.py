@@ -118,3 +118,20 @@ def test_help_explains_every_command():
     for command in ("serve", "import", "signals", "models", "run", "priority", "rank", "tree", "tiers", "pyramid",
                     "demo", "health"):
         assert f"    {command}" in done.stdout, command
+
+
+def test_demo_runs_the_whole_flow_on_its_own_suite(tmp_path):
+    picture = tmp_path / "demo.png"
+    done = subprocess.run([sys.executable, "-m", "clients.cli", "demo", "--customers", "1500", "--embedded",
+                           "--pyramid", str(picture), "--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["imported"] == 1500 and summary["run"] == "runs/1"
+    assert sum(summary["tiers"].values()) == 1500 and len(summary["examples"]) == 3
+    assert picture.stat().st_size > 1000
+
+
+def test_demo_says_so_when_the_suite_asked_for_is_not_there():
+    done = subprocess.run([sys.executable, "-m", "clients.cli", "demo", "--server", "127.0.0.1:1", "--timeout", "2"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "UNAVAILABLE" in done.stderr and "cvh serve" in done.stderr

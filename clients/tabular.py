@@ -566,8 +566,22 @@ def _customer_message(row: _Customer, names: list[str], values: np.ndarray) -> r
     return message
 
 
+class _Progress:
+    """Progress of a reader through its file, for progress bars."""
+
+    _source: _Source
+
+    @property
+    def bytes_read(self) -> int:
+        return self._source.bytes_read
+
+    @property
+    def total_bytes(self) -> int:
+        return self._source.total_bytes
+
+
 @dataclass
-class CustomerFile:
+class CustomerFile(_Progress):
     """A customer file read as ``ImportCustomersRequest`` messages of at most ``chunk_rows`` rows.
 
     ``requests()`` yields ``ImportCustomersRequest`` messages, ``chunks()`` the packed ``CustomerColumns``
@@ -589,14 +603,6 @@ class CustomerFile:
         self._reader = (_CsvCustomers(self._source.header, self._source.path) if self._source.format == "csv"
                         else _JsonCustomers())
         self.rows_read = 0
-
-    @property
-    def bytes_read(self) -> int:
-        return self._source.bytes_read
-
-    @property
-    def total_bytes(self) -> int:
-        return self._source.total_bytes
 
     @property
     def rows_sent(self) -> int:
@@ -670,7 +676,7 @@ class CustomerFile:
 
 
 @dataclass
-class SignalFile:
+class SignalFile(_Progress):
     """A signal file read as batches for ``RecordSignals``: lists of (line, raw row, observation), one
     ``SignalObservations`` with one signal per row, at most ``batch`` per list. Rows refused here go to
     ``rejected``; ``signal_request(batch)`` makes the request."""
@@ -695,14 +701,6 @@ class SignalFile:
                                  f"optionally observe_time, once each; the header has: "
                                  f"{', '.join(self._source.header)}")
             self._columns = {name: header.index(name) for name in SIGNAL_FIELDS if name in header}
-
-    @property
-    def bytes_read(self) -> int:
-        return self._source.bytes_read
-
-    @property
-    def total_bytes(self) -> int:
-        return self._source.total_bytes
 
     def batches(self) -> Iterator[list[tuple[int, str, registry_pb.SignalObservations]]]:
         self.rejected.clear()

@@ -33,8 +33,8 @@ class ServerConfig:
     # Largest message accepted or sent, bytes.
     max_message_bytes: int = 64 * 1024 * 1024
     # Calls served at once; more get RESOURCE_EXHAUSTED at once instead of queueing. 0 means no limit.
-    # Health checks and, when services share a process, their calls to each other count too (the
-    # hierarchy service keeps one WatchRuns call open; a scoring run holds one export).
+    # Health checks and reflection do not count; when services share a process, their calls to each
+    # other do (the hierarchy service keeps one WatchRuns call open; a scoring run holds one export).
     max_concurrent_rpcs: int = 0
     # Apply database migrations at start-up (off where a migration job owns the schema).
     migrate: bool = True

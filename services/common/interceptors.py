@@ -106,3 +106,50 @@ def _observe(method: str, code: str, started: float, context) -> None:
     RPC_COUNT.labels(method, code).inc()
     RPC_LATENCY.labels(method).observe(elapsed)
     log.debug("rpc", extra={"method": method, "code": code, "ms": round(elapsed * 1000, 3)})
+
+
+class ConcurrencyLimit(grpc.aio.ServerInterceptor):
+    """At most ``limit`` calls of the services at once; more get RESOURCE_EXHAUSTED at once, not a queue.
+
+    grpc.aio's own ``maximum_concurrent_rpcs`` miscounts (its counter is decremented for calls it refused
+    too and drifts below zero, after which it limits nothing: grpc/grpc#41531), so the count is kept here:
+    one event loop runs every handler, so a plain integer suffices. Health checks and reflection are not
+    counted, so probes still answer when the services are saturated.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or not handler_call_details.method.startswith("/cvh."):
+            return handler
+        return wrap_handler(handler, self._unary, self._streaming)
+
+    async def _refuse(self, context) -> None:
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"the server is at its limit of {self.limit} concurrent calls; retry later")
+
+    def _unary(self, behavior):
+        async def wrapper(request, context):
+            if self.active >= self.limit:
+                await self._refuse(context)
+            self.active += 1
+            try:
+                return await behavior(request, context)
+            finally:
+                self.active -= 1
+        return wrapper
+
+    def _streaming(self, behavior):
+        async def wrapper(request, context):
+            if self.active >= self.limit:
+                await self._refuse(context)
+            self.active += 1
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            finally:
+                self.active -= 1
+        return wrapper

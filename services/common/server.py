@@ -22,7 +22,7 @@ from services.common import db
 from services.common.auth import AuthInterceptor, TokenTable
 from services.common.channel_options import server_channel_options
 from services.common.config import ServerConfig, check_exposure
-from services.common.interceptors import ServiceInterceptor
+from services.common.interceptors import ConcurrencyLimit, ServiceInterceptor
 from services.common.peers import Peer
 
 log = logging.getLogger("cvh.server")
@@ -86,13 +86,14 @@ def create_server(config: ServerConfig) -> Suite:
     """Build (not start) a server for ``config.services``; binds now, so ``port`` is known."""
     check_exposure(config)
     interceptors = [ServiceInterceptor()]
+    if config.max_concurrent_rpcs:
+        interceptors.append(ConcurrencyLimit(config.max_concurrent_rpcs))
     if config.tokens_file:
         interceptors.insert(0, AuthInterceptor(TokenTable.load(config.tokens_file)))
     engine = db.create_engine(config.database_url)
     if config.migrate:
         db.upgrade(engine)
-    server = grpc.aio.server(interceptors=interceptors, options=server_options(config),
-                             maximum_concurrent_rpcs=config.max_concurrent_rpcs or None)
+    server = grpc.aio.server(interceptors=interceptors, options=server_options(config))
     names, servicers = [], {}
     for service in config.services:
         servicers[service] = _add_service(service, server, engine, config)
@@ -160,10 +161,13 @@ def _add_service(service: str, server: grpc.aio.Server, engine: Engine, config: 
     return add_to_server(server, engine)
 
 
-async def serve(config: ServerConfig) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+async def serve(config: ServerConfig, on_started=None) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully. ``on_started(suite)`` is called once the
+    server serves (services/common/workers.py uses it to start the next worker process)."""
     suite = create_server(config)
     await suite.start()
+    if on_started is not None:
+        on_started(suite)
     if config.metrics_port:
         start_http_server(config.metrics_port)
     log.info("serving", extra={"services": config.services, "listen": config.listen, "port": suite.port,

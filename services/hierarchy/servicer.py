@@ -21,7 +21,9 @@ from services.common.db import read_transaction, write_transaction
 from clients import columns
 from services.common.errors import Violations, invalid_argument, not_found, shutting_down
 from services.common.peers import Peer
-from services.common.validation import customer_id_from_name, decode_offset_token, encode_page_token, page_size
+from services.common.validation import (
+    check_text, customer_id_from_name, decode_offset_token, encode_page_token, page_size,
+)
 from services.hierarchy import snapshot as snapshots
 from services.hierarchy.policy import default_policy
 from services.hierarchy.tables import policies
@@ -30,6 +32,10 @@ from services.registry.customers import now_us, set_timestamp
 log = logging.getLogger("cvh.hierarchy")
 
 MAX_BATCH = 1000
+# A tier policy: tiers (as many as a value model may have), offers per tier, characters per text.
+MAX_POLICY_TIERS = 16
+MAX_POLICY_OFFERS = 16
+MAX_POLICY_TEXT = 256
 MAX_REASONS = 3
 # Runs' worth of changes a WatchPriorityChanges client may fall behind before it misses some.
 WATCH_BACKLOG = 4
@@ -255,6 +261,11 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         return tree
 
     async def WatchPriorityChanges(self, request, context):
+        violations = Violations()
+        if len(request.tier_ids) > MAX_POLICY_TIERS:
+            violations.add("tier_ids", f"at most {MAX_POLICY_TIERS} tier ids, got {len(request.tier_ids)}")
+        check_text(request.owner, "owner", MAX_POLICY_TEXT, violations)
+        violations.raise_if_any()
         tier_ids = set(request.tier_ids)
         known = {t.tier_id for t in self.snapshot.tiers}
         unknown = sorted(tier_ids - known) if known else []
@@ -415,8 +426,20 @@ def _check_policy(policy: pb.TierPolicy) -> None:
         violations.add("policy.role_precedence", "must list every stakeholder role except UNSPECIFIED exactly once")
     if policy.inheritance_rule not in pb.InheritanceRule.values():
         violations.add("policy.inheritance_rule", f"unknown rule {policy.inheritance_rule}")
+    if len(policy.tiers) > MAX_POLICY_TIERS:
+        violations.add("policy.tiers", f"at most {MAX_POLICY_TIERS} tiers, got {len(policy.tiers)}")
     seen = set()
-    for i, tier in enumerate(policy.tiers):
+    tiers = [(f"policy.tiers[{i}]", tier) for i, tier in enumerate(policy.tiers[:MAX_POLICY_TIERS])]
+    for prefix, tier in [*tiers, ("policy.default_tier", policy.default_tier)]:
+        # Every Priority answer carries its tier's policy: text and offers are bounded to keep it small.
+        for name, value in (("tier_id", tier.tier_id), ("display_name", tier.display_name),
+                            ("authority.currency", tier.authority.currency), ("escalation.team", tier.escalation.team)):
+            check_text(value, f"{prefix}.{name}", MAX_POLICY_TEXT, violations)
+        if len(tier.authority.offers) > MAX_POLICY_OFFERS:
+            violations.add(f"{prefix}.authority.offers", f"at most {MAX_POLICY_OFFERS} offers")
+        for j, offer in enumerate(tier.authority.offers[:MAX_POLICY_OFFERS]):
+            check_text(offer, f"{prefix}.authority.offers[{j}]", MAX_POLICY_TEXT, violations)
+    for i, tier in enumerate(policy.tiers[:MAX_POLICY_TIERS]):
         if not tier.tier_id or tier.tier_id in seen:
             violations.add(f"policy.tiers[{i}].tier_id", "required and unique")
         seen.add(tier.tier_id)

@@ -15,7 +15,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from cvh.registry.v1 import registry_service_pb2 as pb
 from services.common.db import write_transaction
-from services.common.errors import FieldViolation, ServiceError, Violations
+from services.common.errors import (
+    MAX_DESCRIPTION_CHARS, MAX_FIELD_CHARS, FieldViolation, ServiceError, Violations, clip,
+)
 from services.registry import store
 from services.registry.customers import CustomerRow, now_us, parse_columns, parse_customer
 from services.registry.signals import SignalCatalog
@@ -132,8 +134,11 @@ class ImportSession:
             self.summary.rejected += 1
             for field_path, reason in problems:
                 if len(self.summary.errors) < 10 * MAX_REPORTED_ERRORS:
-                    self.summary.errors.add(position=position, customer_id=customer_id[:128], field=field_path,
-                                            reason=reason)
+                    # Field names and reasons may quote the row's own (oversized) text: bounded, so that
+                    # 1,000 errors stay far below a client's 4 MiB default for an answer.
+                    self.summary.errors.add(position=position, customer_id=customer_id[:128],
+                                            field=clip(field_path, MAX_FIELD_CHARS),
+                                            reason=clip(reason, MAX_DESCRIPTION_CHARS))
 
     def _write(self, conn: Connection, rows: list[Positioned], final: bool) -> None:
         candidates = {item.row.customer_id: item for item in rows}

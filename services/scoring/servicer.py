@@ -19,6 +19,7 @@ from cvh.scoring.v1 import scoring_service_pb2 as pb
 from cvh.scoring.v1 import scoring_service_pb2_grpc as pb_grpc
 from services.common.auth import current_caller
 from services.common.db import read_transaction, write_transaction
+from services.common.deadlines import Deadline
 from services.common.streams import in_threads
 from services.common.errors import (
     ServiceError, Violations, failed_precondition, invalid_argument, not_found, shutting_down,
@@ -35,6 +36,8 @@ MODEL_NAME = re.compile(r"models/([a-z][a-z0-9-]{0,62})(?:/versions/([1-9][0-9]{
 RUN_NAME = re.compile(r"runs/([1-9][0-9]{0,17})")
 DEFAULT_MODEL = "models/default"
 MAX_BATCH_ROWS = 65_536
+# Signals per ScoreSignals request and columns per ScoreBatch chunk (a model reads at most 256 signals).
+MAX_INLINE_SIGNALS = 256
 TERMINAL = (pb.RUN_STATE_COMPLETED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED)
 WATCH_POLL_SECONDS = 1.0
 CURRENT_RUN_TTL = 1.0
@@ -261,12 +264,14 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         if run.state in TERMINAL:
             raise failed_precondition(f"runs/{run_id} already ended ({pb.RunState.Name(run.state)})", "RUN_ENDED")
         self.runs.cancel(run_id)
-        for _ in range(600):
+        # Wait up to 30 s for the run to end, and answer before the caller's deadline with the state then.
+        remaining = context.time_remaining()
+        deadline = Deadline(30.0 if remaining is None else min(30.0, max(0.0, remaining - 0.5)))
+        while True:
             run = await self._run_proto(run_id)
-            if run.state in TERMINAL or run_id not in self.runs.tasks:
-                break
+            if run.state in TERMINAL or run_id not in self.runs.tasks or deadline.expired():
+                return run
             await asyncio.sleep(0.05)
-        return run
 
     # -- results ---------------------------------------------------------------------------------------
 
@@ -319,6 +324,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         size = page_size(request.page_size)
         filters = {"run": request.run, "tier": request.tier_id}
         rank = decode_offset_token(request.page_token, filters) + 1
+        deadline = Deadline.of(context)
 
         def page():
             with read_transaction(self.engine) as conn:
@@ -332,6 +338,8 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
                         raise invalid_argument("tier_id", f"the run's model has no tier {request.tier_id!r}")
                 results, next_rank = [], None
                 for chunk in store.read_results(conn, run.run_id, len(model.dimensions), from_rank=rank):
+                    # A tier's members may be spread over a whole run: stop scanning for a caller gone.
+                    deadline.check("reading the run's results")
                     for i, customer_id in enumerate(chunk.customer_ids):
                         row_rank = chunk.first_rank + i
                         if row_rank < rank or (level is not None and chunk.tier_levels[i] != level):
@@ -394,6 +402,8 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         return run, fitted
 
     async def ScoreSignals(self, request, context):
+        if len(request.signals) > MAX_INLINE_SIGNALS:
+            raise invalid_argument("signals", f"at most {MAX_INLINE_SIGNALS} signals, got {len(request.signals)}")
         violations = Violations()
         for name, value in request.signals.items():
             if not SIGNAL_NAME.fullmatch(name):
@@ -428,10 +438,10 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
     async def ScoreBatch(self, request_iterator, context):
         fitted = run = None
         async for request in request_iterator:
+            chunk = request.signals
+            matrix = _matrix_of(chunk)  # bad input is INVALID_ARGUMENT whatever state the model is in
             if fitted is None:
                 run, fitted = await asyncio.to_thread(self._current, request.model, "model")
-            chunk = request.signals
-            matrix = _matrix_of(chunk)
             result = await asyncio.to_thread(scoring_engine.score, fitted, matrix, None, False,
                                              list(chunk.column_names))
             model = fitted.model
@@ -468,6 +478,9 @@ def _matrix_of(chunk: common_pb2.ColumnarChunk) -> np.ndarray:
     if rows > MAX_BATCH_ROWS:
         violations.add("signals.customer_ids", f"at most {MAX_BATCH_ROWS:,} rows per message")
     names = list(chunk.column_names)
+    if len(names) > MAX_INLINE_SIGNALS:
+        violations.add("signals.column_names", f"at most {MAX_INLINE_SIGNALS} columns, got {len(names)}")
+        names = names[:MAX_INLINE_SIGNALS]
     for i, name in enumerate(names):
         if not SIGNAL_NAME.fullmatch(name):
             violations.add(f"signals.column_names[{i}]", "not a signal name ([a-z][a-z0-9_]{0,62})")

@@ -113,6 +113,8 @@ def create_server(config: ServerConfig) -> Suite:
     registry, scoring = peer(config.registry_target or own, config), peer(config.scoring_target or own, config)
     if "scoring" in servicers:
         servicers["scoring"].runs.registry = registry
+        if "registry" in servicers and not config.registry_target:
+            servicers["scoring"].local_registry = servicers["registry"]
     if "hierarchy" in servicers:
         servicers["hierarchy"].registry, servicers["hierarchy"].scoring = registry, scoring
     background = [s for s in servicers.values() if hasattr(s, "start_background")]
@@ -161,13 +163,10 @@ def _add_service(service: str, server: grpc.aio.Server, engine: Engine, config: 
     return add_to_server(server, engine)
 
 
-async def serve(config: ServerConfig, on_started=None) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully. ``on_started(suite)`` is called once the
-    server serves (services/common/workers.py uses it to start the next worker process)."""
+async def serve(config: ServerConfig) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
     suite = create_server(config)
     await suite.start()
-    if on_started is not None:
-        on_started(suite)
     if config.metrics_port:
         start_http_server(config.metrics_port)
     log.info("serving", extra={"services": config.services, "listen": config.listen, "port": suite.port,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+from array import array
 
 import grpc
 import numpy as np
@@ -18,8 +20,8 @@ from services.common.errors import (
     Violations, aborted, already_exists, failed_precondition, invalid_argument, not_found,
 )
 from services.common.validation import (
-    CUSTOMER_ID, LABEL_KEY, SIGNAL_NAME, check_text, customer_id_from_name, decode_offset_token, decode_page_token, encode_page_token,
-    page_size,
+    CUSTOMER_ID, LABEL_KEY, SIGNAL_NAME, check_text, customer_id_from_name, decode_offset_token, decode_page_token,
+    encode_page_token, page_size,
 )
 from services.registry import signals as packed
 from services.registry import store
@@ -303,6 +305,40 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             counts = store.record_signals(conn, self.catalog, observations, stored, now)
         return pb.RecordSignalsResponse(current=counts.current, historical=counts.historical)
 
+    # -- in-process reads ------------------------------------------------------------------------------
+
+    def current_signals(self, customer_id: str) -> dict[str, float] | None:
+        """One customer's current signal values by name; None when there is no such customer.
+
+        What online scoring reads when it shares this process (ScoringServicer.ScoreCustomer), instead of
+        a GetCustomer call to itself: one primary-key SELECT straight through the driver, no labels, no
+        message. A single statement reads one consistent row (SQLite runs it in autocommit; a PostgreSQL
+        connection is rolled back as it returns to the pool). About 40 us against 0.8 ms for GetCustomer's
+        read, before its gRPC hop.
+        """
+        connection = self.engine.raw_connection()
+        try:
+            cursor = connection.cursor()
+            cursor.execute(self._signals_sql, (customer_id,))
+            row = cursor.fetchone()
+            cursor.close()
+        finally:
+            connection.close()
+        if row is None:
+            return None
+        values = array("d")
+        values.frombytes(row[0] or b"")
+        present = [(signal_id, value) for signal_id, value in enumerate(values) if value == value]  # not NaN
+        if any(self.catalog.cached_name(signal_id) is None for signal_id, _ in present):
+            with read_transaction(self.engine) as conn:  # a signal named since the catalog was read
+                self.catalog.reload(conn)
+        return {self.catalog.cached_name(signal_id): value for signal_id, value in present}
+
+    @functools.cached_property
+    def _signals_sql(self) -> str:
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        return f"SELECT signal_values FROM registry_customers WHERE customer_id = {mark}"
+
     # -- answers ---------------------------------------------------------------------------------------
 
     def _to_proto(self, conn, rows: list[Row]) -> list[pb.Customer]:
@@ -337,5 +373,7 @@ def _export_message(chunk: store.ExportChunk, names: list[str], total: int) -> p
     return message
 
 
-def add_to_server(server: grpc.aio.Server, engine: Engine) -> None:
-    pb_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(engine), server)
+def add_to_server(server: grpc.aio.Server, engine: Engine) -> RegistryServicer:
+    servicer = RegistryServicer(engine)
+    pb_grpc.add_RegistryServiceServicer_to_server(servicer, server)
+    return servicer

@@ -33,6 +33,10 @@ class SignalCatalog:
     def id_of(self, name: str) -> int | None:
         return self._ids.get(name)
 
+    def cached_name(self, signal_id: int) -> str | None:
+        """The name of ``signal_id`` when the cache knows it (no database read)."""
+        return self._names.get(signal_id)
+
     def name_of(self, signal_id: int, conn: Connection) -> str:
         if signal_id not in self._names:
             self.reload(conn)

@@ -24,9 +24,9 @@ import grpc
 import numpy as np
 
 import scoring_engine
-from benchmarks.registry import (CHANNEL_OPTIONS, SERVICE as REGISTRY_SERVICE, Progress, ServerProcess, add_common_flags,
-                                 customer_id,
-                                 free_port, generate_base, serialized_column_batches, timed_import)
+from benchmarks.registry import (CHANNEL_OPTIONS, SERVICE as REGISTRY_SERVICE, Progress, add_common_flags,
+                                 customer_id, generate_base, serialized_column_batches, timed_import)
+from clients.server_process import ServerProcess, free_port
 from benchmarks.runs import latencies, percentiles_ms, timed_run
 from cvh.hierarchy.v1 import hierarchy_service_pb2 as pb
 from cvh.hierarchy.v1 import hierarchy_service_pb2_grpc as pb_grpc

@@ -27,8 +27,6 @@ import argparse
 import contextlib
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +39,7 @@ import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from clients.server_process import ServerProcess
 from cvh.common.v1 import common_pb2
 from cvh.registry.v1 import registry_service_pb2
 
@@ -215,77 +214,6 @@ def serialized_column_batches(base: CustomerBase, batch_size: int, progress: Pro
 
 
 # -- the server under test ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class ServerProcess:
-    """``cvh serve SERVICES...`` (default: the registry) in a subprocess, on its own SQLite file.
-
-    ``health_services`` are the full gRPC service names wait_serving waits to see SERVING.
-    """
-
-    def __init__(self, workdir: Path, services: tuple[str, ...] = ("registry",),
-                 health_services: tuple[str, ...] = (SERVICE,), extra_args: tuple[str, ...] = ()) -> None:
-        self.database = workdir / "cvh.db"
-        self.log_path = workdir / "server.log"
-        self.port = free_port()
-        self.target = f"127.0.0.1:{self.port}"
-        self.health_services = health_services
-        command = [sys.executable, "-m", "clients.cli", "serve", *services, "--listen", self.target,
-                   "--database-url", f"sqlite:///{self.database}", "--log-level", "WARNING", *extra_args]
-        self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def wait_serving(self, timeout: float = 120) -> None:
-        """Block until the health check reports every one of health_services SERVING."""
-        deadline = time.monotonic() + timeout
-        waiting = list(self.health_services)
-        with grpc.insecure_channel(self.target) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.log_tail()}")
-                with contextlib.suppress(grpc.RpcError):
-                    while waiting:
-                        answer = health.Check(health_pb2.HealthCheckRequest(service=waiting[0]), timeout=1)
-                        if answer.status != health_pb2.HealthCheckResponse.SERVING:
-                            break
-                        waiting.pop(0)
-                    if not waiting:
-                        return
-                time.sleep(0.1)
-        raise RuntimeError(f"the server was not SERVING within {timeout:.0f} s:\n{self.log_tail()}")
-
-    def cpu_seconds(self) -> float | None:
-        """User + system CPU the server process has used so far (Linux only)."""
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def log_tail(self, lines: int = 30) -> str:
-        self._log.flush()
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
 
 
 class ExternalServer:
@@ -621,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if (workdir / "cvh.db").exists():
                 raise SystemExit(f"{workdir / 'cvh.db'} exists; the benchmark needs a fresh database")
-            server = ServerProcess(workdir)
+            server = ServerProcess(workdir, services=("registry",), health_services=(SERVICE,))
             say(f"server: cvh serve registry on {server.target}, pid {server.pid}, database {server.database}")
         stack.callback(server.stop)
 

@@ -53,9 +53,10 @@ import grpc
 import numpy as np
 
 import scoring_engine
-from benchmarks.registry import (CHANNEL_OPTIONS, MIB, SERVICE as REGISTRY_SERVICE, Progress, ServerProcess, add_common_flags,
+from benchmarks.registry import (CHANNEL_OPTIONS, MIB, SERVICE as REGISTRY_SERVICE, Progress, add_common_flags,
                                  customer_id, database_size, generate_base, serialized_column_batches,
                                  timed_import)
+from clients.server_process import ServerProcess
 from cvh.scoring.v1 import scoring_service_pb2, scoring_service_pb2_grpc
 
 SCORING_SERVICE = scoring_service_pb2.DESCRIPTOR.services_by_name["ScoringService"].full_name

@@ -19,13 +19,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from clients.server_process import free_port
 from services.common import db
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def postgres_bin() -> Path | None:

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients.cli import build_parser
+from clients.server_process import free_port
 from services.common.auth import TokenTable
 from services.common.config import SERVICE_NAMES, ServerConfig, check_exposure, is_loopback
 from services.common.server import SERVICE_DESCRIPTORS
@@ -584,11 +584,6 @@ def test_kubelet_probe_passes_against_a_server_started_with_the_pod_configuratio
         server.terminate()
         server.wait(timeout=30)
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _serving_port(log: Path, server: subprocess.Popen, timeout: float = 60) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -21,6 +20,7 @@ from google.protobuf import descriptor_pool, json_format, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from clients.server_process import free_port
 from cvh.hierarchy.v1 import hierarchy_service_pb2, hierarchy_service_pb2_grpc
 from services.common import db
 from services.common.config import ServerConfig
@@ -103,14 +103,9 @@ def test_migrations_match_the_tables(database_url):
     assert differences == []
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_cvh_serve_process_serves_exports_metrics_and_stops_on_sigterm(tmp_path):
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     env = {**os.environ, "CVH_DATA_DIR": str(tmp_path)}
     process = subprocess.Popen(
         [sys.executable, "-m", "clients.cli", "serve", "registry", "--listen", f"127.0.0.1:{port}",

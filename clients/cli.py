@@ -34,7 +34,11 @@ def _serve(args: argparse.Namespace) -> int:
                                    max_concurrent_rpcs=args.max_concurrent_rpcs, health_listen=args.health_listen,
                                    migrate=False if args.no_migrate else None)
     logs.configure(config.log_level)
+    workers = args.workers if args.workers is not None else int(os.environ.get("CVH_WORKERS", "1"))
     try:
+        if workers != 1:
+            from services.common.workers import serve_workers
+            return serve_workers(config, workers)
         asyncio.run(serve(config))
     except ConfigError as error:
         print(f"cvh serve: {error}", file=sys.stderr)
@@ -80,13 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="time in-flight calls get after SIGTERM (env CVH_GRACE_SECONDS, default 10)")
     serve.add_argument("--max-concurrent-rpcs", type=int, default=None, metavar="N",
                        help="calls served at once; more get RESOURCE_EXHAUSTED (env CVH_MAX_CONCURRENT_RPCS, "
-                            "default 0: no limit); health checks and the services' calls to each other count")
+                            "default 0: no limit); the services' calls to each other count, health checks do not")
     serve.add_argument("--health-listen", default=None, metavar="HOST:PORT",
                        help="also serve plaintext gRPC health checks (only) here, for probes that cannot speak "
                             "TLS, e.g. Kubernetes' native grpc probes (env CVH_HEALTH_LISTEN, default off)")
     serve.add_argument("--no-migrate", action="store_true",
                        help="do not apply migrations at start-up: a `cvh db upgrade` job owns the schema "
                             "(env CVH_MIGRATE=0)")
+    serve.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="serve from N processes sharing the port (SO_REUSEPORT, Linux): one core each "
+                            "(env CVH_WORKERS, default 1); see services/common/workers.py")
     serve.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                        help="log level (env CVH_LOG_LEVEL, default INFO)")
     serve.add_argument("--tls-cert", default=None, metavar="PEM",
@@ -114,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     client = client_options()
     for module in (registry, scoring, hierarchy, demo):
         module.add_parsers(commands, client)
+    from clients import loadtest
+    loadtest.add_parser(commands)
     return parser
 
 

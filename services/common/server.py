@@ -163,10 +163,13 @@ def _add_service(service: str, server: grpc.aio.Server, engine: Engine, config: 
     return add_to_server(server, engine)
 
 
-async def serve(config: ServerConfig) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+async def serve(config: ServerConfig, on_started=None) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully. ``on_started(suite)`` is called once the
+    server serves (services/common/workers.py uses it to start the next worker process)."""
     suite = create_server(config)
     await suite.start()
+    if on_started is not None:
+        on_started(suite)
     if config.metrics_port:
         start_http_server(config.metrics_port)
     log.info("serving", extra={"services": config.services, "listen": config.listen, "port": suite.port,

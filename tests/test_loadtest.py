@@ -1,0 +1,176 @@
+"""Load tests: every Locust scenario runs against a real suite without failures, `cvh loadtest` produces its
+report and JSON and its exit code follows the thresholds, and `cvh serve --workers` serves from several
+processes on one port.
+
+Locust runs in subprocesses (importing it would patch this process with gevent)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from clients import loadtest
+from clients.loadtest import CALIBRATION, SCENARIOS, Phase, RpcFigures, start_suite
+
+pytestmark = pytest.mark.slow
+
+RELAXED = ["--max-p99-ms", "*=10000", "--min-rps", "1", "--min-get-priority-ratio", "0",
+           "--min-score-customer-ratio", "0"]
+
+
+def cvh(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "clients.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=Path(__file__).resolve().parent.parent)
+
+
+@pytest.fixture(scope="module")
+def seeded_workers(tmp_path_factory):
+    """`cvh serve --workers 2` on a fresh SQLite file, with 2,000 synthetic customers scored."""
+    folder = tmp_path_factory.mktemp("loadtest-suite")
+    suite = start_suite(folder, workers=2)
+    try:
+        suite.wait_serving(timeout=180)
+        seeding = loadtest.seed(suite.target, 2_000, 0, show_progress=False, workers=2)
+        yield suite, seeding
+    finally:
+        suite.stop()
+    assert suite.process.returncode == 0, suite.log_tail()  # SIGTERM: every worker stopped gracefully
+
+
+def test_workers_share_the_port(seeded_workers):
+    suite, seeding = seeded_workers
+    children = subprocess.run(["pgrep", "-P", str(suite.process.pid), "-f", "multiprocessing.spawn"],
+                              capture_output=True, text=True).stdout.split()
+    assert len(children) >= 2, "two worker processes"
+    # Separate connections land on both workers; each serves health and has loaded the run's snapshot.
+    loadtest.wait_for_snapshot_everywhere(suite.target, seeding["run"], workers=2, timeout=30)
+    with grpc.insecure_channel(suite.target) as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_every_scenario_against_a_deployment(seeded_workers, tmp_path):
+    """The smoke run: each calibration phase and scenario, a few seconds with two users, no failure."""
+    suite, _ = seeded_workers
+    result = cvh("loadtest", "--host", f"grpc://{suite.target}", "--run-time", "3", "--users", "2",
+                 "--sample", "500", "--results", str(tmp_path), "--no-progress", "--json", *RELAXED)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["failures"] == 0
+    assert set(summary["phases"]) == set(CALIBRATION) | set(SCENARIOS)
+    for phase, rpcs in summary["phases"].items():
+        assert rpcs, f"{phase}: no calls"
+        for rpc, figures in rpcs.items():
+            assert figures["failures"] == 0, (phase, rpc, figures)
+            assert figures["requests"] > 0 and figures["rps"] > 0, (phase, rpc, figures)
+    expected = {"support_tooling": {"GetPriority", "BatchGetPriority", "RankCustomers"},
+                "internal_systems": {"ScoreCustomer", "ScoreSignals", "ScoreBatch"},
+                "registry_writers": {"GetCustomer", "UpdateCustomer", "RecordSignals"},
+                "health": {"Check"}}
+    for phase, rpcs in expected.items():
+        assert set(summary["phases"][phase]) == rpcs
+    for name in ("health", "support_tooling", "mixed"):
+        assert (tmp_path / f"{name}_stats.csv").exists() and (tmp_path / f"{name}.html").exists()
+
+
+def test_cvh_loadtest_end_to_end(tmp_path):
+    """Starts its own suite, seeds, scores, runs the calibration and one scenario; JSON on the last line."""
+    result = cvh("loadtest", "--customers", "1000", "--run-time", "2", "--users", "2", "--workers", "1",
+                 "--scenarios", "support_tooling", "--sample", "300", "--results", str(tmp_path), "--no-progress",
+                 "--json", *RELAXED)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("get_priority_ratio", "get_priority_p99_ms", "score_customer_ratio", "health_rps", "failures"):
+        assert key in summary, key
+    assert summary["failures"] == 0 and summary["health_rps"] > 0 and summary["passed"] is True
+    assert 0 < summary["get_priority_ratio"] and 0 < summary["score_customer_ratio"]
+    assert "FAILED" not in result.stderr and "PASSED" in result.stderr  # the table goes to stderr with --json
+    assert (tmp_path / "summary.json").exists() and (tmp_path / "cvh.db").exists()
+
+
+def _args(**overrides) -> argparse.Namespace:
+    values = dict(max_p99_ms=[], min_rps=[], min_get_priority_ratio=0.8, min_score_customer_ratio=0.5)
+    values.update(overrides)
+    return argparse.Namespace(**values)
+
+
+def _phase(name: str, rpc: str, rps: float, p99: float = 5.0, failures: int = 0) -> Phase:
+    figures = RpcFigures(int(rps * 10), failures, rps, 2.0, p99)
+    return Phase(name, "User", {rpc: figures}, figures)
+
+
+def test_thresholds_decide_the_verdict():
+    good = [_phase("health", "Check", 1000), _phase("get_priority", "GetPriority", 850, p99=12),
+            _phase("score_customer", "ScoreCustomer", 600, p99=30)]
+    assert not loadtest.judge(good, _args()).failed
+    figures = loadtest.ratio_figures(good)
+    assert figures["get_priority_ratio"] == 0.85 and figures["score_customer_ratio"] == 0.6
+    assert figures["health_rps"] == 1000 and figures["get_priority_p99_ms"] == 12
+
+    slow = [good[0], _phase("get_priority", "GetPriority", 700, p99=25), good[2]]
+    failed = loadtest.judge(slow, _args()).failed
+    assert any("p99 25 ms" in f for f in failed) and any("0.70 of the health-check" in f for f in failed)
+    assert not loadtest.judge(slow, _args(max_p99_ms=["30"], min_get_priority_ratio=0.5)).failed
+
+    failing = [good[0], good[1], _phase("score_customer", "ScoreCustomer", 600, failures=3)]
+    assert any("failed requests: 3" in f for f in loadtest.judge(failing, _args()).failed)
+    assert any("minimum 2,000" in f for f in loadtest.judge(good, _args(min_rps=["2000"])).failed)
+    assert loadtest.judge(good, _args(min_rps=["ScoreCustomer=700"])).failed
+
+
+def test_locust_stats_are_read(tmp_path):
+    stats = tmp_path / "x_stats.csv"
+    stats.write_text(
+        "Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,"
+        "Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,"
+        "99.99%,100%\n"
+        "grpc,GetPriority,100,1,3,3.5,1,40,500,50.5,0.5,3,4,4,5,6,8,10,12,40,40,40\n"
+        ",Aggregated,100,1,3,3.5,1,40,500,50.5,0.5,3,4,4,5,6,8,10,12,40,40,40\n"
+        "grpc,Idle,0,0,0,0,0,0,0,0,0,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A\n")
+    rpcs, total = loadtest.read_stats(stats)
+    assert rpcs["GetPriority"] == RpcFigures(100, 1, 50.5, 3.0, 12.0)
+    assert total.requests == 100 and math.isnan(rpcs["Idle"].p99_ms)
+
+
+def test_hosts_are_parsed():
+    code = ("from loadtests.grpc_user import parse_host; "
+            "print(parse_host('grpc://h:1'), parse_host('grpcs://h:2/'), parse_host('dns:///svc:3'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert out.stdout.strip() == "('h:1', False) ('h:2', True) ('dns:///svc:3', False)", out.stderr
+
+
+def test_serve_workers_stops_on_sigterm(tmp_path):
+    """Port 0 is chosen once for every worker; SIGTERM stops them all with exit code 0."""
+    process = subprocess.Popen([sys.executable, "-m", "clients.cli", "serve", "--workers", "2", "--listen",
+                                "127.0.0.1:0", "--database-url", f"sqlite:///{tmp_path / 'w.db'}"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, started = time.monotonic() + 120, None
+        for line in process.stdout:
+            if '"workers started"' in line:
+                started = json.loads(line)
+                break
+            assert time.monotonic() < deadline
+        assert started and len(started["pids"]) == 2
+        with grpc.insecure_channel(started["listen"]) as channel:
+            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10,
+                                                               wait_for_ready=True)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

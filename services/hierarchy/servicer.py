@@ -379,9 +379,12 @@ def _reasons(snap: snapshots.Snapshot, row: int, own: int, effective: int) -> li
         reasons.append(pb.PriorityReason(text=f"{snap.tiers[effective - 1].display_name} standing inherited "
                                               f"from its parent account"))
     ranked = []
-    for top, dimension in zip(snap.dimension_top_percent[row].tolist(), snap.dimensions):
-        if top == top:  # not NaN: the customer has a score in this dimension
-            ranked.append((top, dimension))
+    for j, dimension in enumerate(snap.dimensions):
+        score, population = snap.dimension_scores[row, j], snap.sorted_dimension_scores[j]
+        if math.isnan(score) or not len(population):
+            continue
+        above = len(population) - np.searchsorted(population, score, side="left")
+        ranked.append((100.0 * above / len(population), dimension))
     for top, dimension in sorted(ranked)[:2]:
         if top <= 50:
             reasons.append(pb.PriorityReason(dimension=dimension,

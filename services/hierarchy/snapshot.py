@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -38,9 +38,8 @@ class Snapshot:
     percentile: np.ndarray            # float64
     rank: np.ndarray                  # int64, 0 when unscored
     dimension_scores: np.ndarray      # float64 (n, dims)
-    # float64 (n, dims): the share of scored customers, in percent, at or above each customer's score per
-    # dimension (NaN when it has none), worked out once per snapshot so GetPriority only reads it.
-    dimension_top_percent: np.ndarray
+    # Per dimension, the scored customers' scores in ascending order (for "top x %" reasons).
+    sorted_dimension_scores: tuple[np.ndarray, ...] = field(default=())
 
     @property
     def size(self) -> int:
@@ -73,7 +72,7 @@ def empty_snapshot() -> Snapshot:
     nothing = np.empty(0)
     return Snapshot("", 0, time.time(), (), (), [], {}, np.empty(0, np.int64), np.empty(0, np.uint8), [],
                     np.empty((0, len(ROLLUP_SIGNALS))), np.empty(0, np.int32), np.empty(0, np.int32), nothing,
-                    nothing, np.empty(0, np.int64), np.empty((0, 0)), np.empty((0, 0)))
+                    nothing, np.empty(0, np.int64), np.empty((0, 0)))
 
 
 @dataclass
@@ -122,22 +121,11 @@ def build(results: RunResults, accounts: AccountBase, inheritance_rule: int) -> 
     rank[rows] = results.ranks[known]
     dims = np.full((n, len(results.dimensions)), np.nan)
     dims[rows] = results.dimension_scores[known]
+    sorted_dims = tuple(np.sort(col[~np.isnan(col)]) for col in results.dimension_scores.T)
     effective = effective_levels(own, parent, len(results.tiers), inheritance_rule)
     return Snapshot(results.run, results.score_time_us, time.time(), tuple(results.tiers), tuple(results.dimensions),
                     ids, index, parent, accounts.roles, accounts.owners, accounts.rollup_values, own, effective,
-                    composite, percentile, rank, dims, top_percents(dims, results.dimension_scores))
-
-
-def top_percents(scores: np.ndarray, run_scores: np.ndarray) -> np.ndarray:
-    """For each customer and dimension, the percentage of the run's scored customers at or above its score."""
-    top = np.full(scores.shape, np.nan)
-    for j in range(scores.shape[1]):
-        present = ~np.isnan(scores[:, j])
-        population = np.sort(run_scores[~np.isnan(run_scores[:, j]), j])
-        if len(population):
-            above = len(population) - np.searchsorted(population, scores[present, j], side="left")
-            top[present, j] = 100.0 * above / len(population)
-    return top
+                    composite, percentile, rank, dims, sorted_dims)
 
 
 def with_rule(snapshot: Snapshot, inheritance_rule: int) -> Snapshot:

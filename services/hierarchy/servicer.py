@@ -57,6 +57,8 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         # Set by the server: where the scoring and registry services are.
         self.scoring: Peer | None = None
         self.registry: Peer | None = None
+        # The registry servicer when this process serves it too: the account base is read from it directly.
+        self.local_registry = None
         self.model_id = "default"
         self._loader: asyncio.Task | None = None
         self._watchers: set[asyncio.Queue] = set()
@@ -105,8 +107,11 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
     async def _load(self, scoring_channel, run: scoring_service_pb2.ScoringRun) -> None:
         started = time.perf_counter()
         results = await _read_results(scoring_channel, run)
-        async with self.registry.channel() as channel:
-            accounts = await _read_accounts(channel)
+        if self.local_registry is not None:
+            accounts = await asyncio.to_thread(_read_local_accounts, self.local_registry)
+        else:
+            async with self.registry.channel() as channel:
+                accounts = await _read_accounts(channel)
         built = await asyncio.to_thread(snapshots.build, results, accounts, self.policy.inheritance_rule)
         previous, self.snapshot = self.snapshot, built  # one reference swap: readers see old or new
         self._announce(previous, built)
@@ -322,6 +327,18 @@ async def _read_accounts(channel) -> snapshots.AccountBase:
     async for message in stub.ExportSignalMatrix(
             registry_service_pb2.ExportSignalMatrixRequest(signal_names=snapshots.ROLLUP_SIGNALS)):
         reader.add(message)
+    return _account_base(reader)
+
+
+def _read_local_accounts(registry) -> snapshots.AccountBase:
+    """The export's messages straight from the registry servicer of this process: no gRPC, no serializing."""
+    reader = columns.SignalExportReader(snapshots.ROLLUP_SIGNALS)
+    for message in registry.export_messages(list(snapshots.ROLLUP_SIGNALS)):
+        reader.add(message)
+    return _account_base(reader)
+
+
+def _account_base(reader: columns.SignalExportReader) -> snapshots.AccountBase:
     export = reader.result()
     return snapshots.AccountBase(export.customer_ids, export.parent_ids, export.roles, export.owners, export.values)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import numpy as np
 
@@ -105,10 +106,12 @@ class AccountBase:
 def build(results: RunResults, accounts: AccountBase, inheritance_rule: int) -> Snapshot:
     """Join a run's results onto the account base; customers the run lacks stay unscored."""
     ids = accounts.customer_ids
-    index = {customer_id: i for i, customer_id in enumerate(ids)}
     n = len(ids)
-    parent = np.fromiter((index.get(p, -1) if p else -1 for p in accounts.parent_ids), np.int64, count=n)
-    rows = np.fromiter((index.get(c, -1) for c in results.customer_ids), np.int64, count=len(results.customer_ids))
+    index = dict(zip(ids, range(n)))
+    # map() over dict.get with a default runs in C: a third of the time of a generator over a million ids.
+    # No customer id is empty, so an empty parent id maps to -1 like an unknown one.
+    parent = np.fromiter(map(index.get, accounts.parent_ids, repeat(-1)), np.int64, count=n)
+    rows = np.fromiter(map(index.get, results.customer_ids, repeat(-1)), np.int64, count=len(results.customer_ids))
     known = rows >= 0
     rows = rows[known]
     own = np.zeros(n, np.int32)

@@ -152,10 +152,12 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         violations.raise_if_any()
         chunk_size = min(request.chunk_size or DEFAULT_CHUNK, max(1, MAX_CHUNK_BYTES // (8 * max(1, len(names)))))
         # One read transaction for the whole export; each chunk is made on a worker thread.
-        async for message in in_threads(self._export(names, chunk_size)):
+        async for message in in_threads(self.export_messages(names, chunk_size)):
             yield message
 
-    def _export(self, names: list[str], chunk_size: int):
+    def export_messages(self, names: list[str], chunk_size: int = DEFAULT_CHUNK):
+        """ExportSignalMatrix's answers for checked ``names``, read in one transaction (blocking). Also what the
+        hierarchy service reads when it shares this process: the same messages, never serialized."""
         with read_transaction(self.engine) as conn:
             total = store.count_customers(conn)
             if total == 0:  # one empty chunk, so the receiver still learns the columns

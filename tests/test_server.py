@@ -193,3 +193,27 @@ def test_shutdown_ends_watch_streams_at_once(tmp_path):
             reader.join(10)
     assert stopped < 5, f"stop took {stopped:.1f} s of its 20 s grace"
     assert codes == [grpc.StatusCode.UNAVAILABLE] * 2
+
+
+def test_a_server_that_does_not_migrate_refuses_a_schema_behind_its_code(tmp_path):
+    """--no-migrate (a migration job owns the schema): a missing or older schema stops the start with what to
+    do; the current one, or a newer one (a newer release migrated first), serves."""
+    url = f"sqlite:///{tmp_path / 'cvh.db'}"
+    engine = db.create_engine(url)
+    assert "no cvh schema" in db.schema_problem(engine)
+    db.upgrade(engine, "0003_hierarchy")
+    problem = db.schema_problem(engine)
+    assert "0003_hierarchy" in problem and "0004_run_heartbeat" in problem and "cvh db upgrade" in problem
+
+    refused = subprocess.run([sys.executable, "-m", "clients.cli", "serve", "--no-migrate", "--listen",
+                              "127.0.0.1:0", "--database-url", url], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "run `cvh db upgrade`" in refused.stderr, refused.stderr
+    with engine.connect() as conn:  # nothing was migrated by the refused server
+        assert MigrationContext.configure(conn).get_current_revision() == "0003_hierarchy"
+
+    db.upgrade(engine)
+    assert db.schema_problem(engine) is None
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '0099_from_a_newer_release'"))
+    assert db.schema_problem(engine) is None
+    engine.dispose()

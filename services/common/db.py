@@ -14,6 +14,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -97,6 +99,28 @@ def alembic_config(engine: Engine) -> Config:
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Apply migrations up to ``revision``."""
     command.upgrade(alembic_config(engine), revision)
+
+
+def schema_problem(engine: Engine) -> str | None:
+    """Why this code cannot serve from the database's schema, or None when it can.
+
+    For servers that do not migrate at start-up (a `cvh db upgrade` job owns the schema): a schema behind
+    this code's migrations, or none at all, is a problem; a schema ahead of them (a newer release migrated
+    first, during a rolling update) is not, as migrations only add what older code does not read.
+    """
+    script = ScriptDirectory.from_config(alembic_config(engine))
+    heads = set(script.get_heads())
+    with engine.connect() as conn:
+        current = set(MigrationContext.configure(conn).get_current_heads())
+    if current == heads:
+        return None
+    if not current:
+        return "the database has no cvh schema yet: run `cvh db upgrade` against it first"
+    known = {revision.revision for revision in script.walk_revisions()}
+    if current <= known:
+        return (f"the database schema is at {', '.join(sorted(current))}, this server needs "
+                f"{', '.join(sorted(heads))}: run `cvh db upgrade` against it first")
+    return None
 
 
 def placeholders(conn: Connection, count: int) -> str:

@@ -22,7 +22,7 @@ from cvh.scoring.v1 import scoring_service_pb2
 from services.common import db
 from services.common.auth import AuthInterceptor, TokenTable
 from services.common.channel_options import server_channel_options
-from services.common.config import ServerConfig, check_exposure
+from services.common.config import ConfigError, ServerConfig, check_exposure
 from services.common.interceptors import ConcurrencyLimit, ServiceInterceptor
 from services.common.peers import Peer
 
@@ -94,6 +94,8 @@ def create_server(config: ServerConfig) -> Suite:
     engine = db.create_engine(config.database_url)
     if config.migrate:
         db.upgrade(engine)
+    elif problem := db.schema_problem(engine):
+        raise ConfigError(f"{problem} (this server does not migrate: --no-migrate / CVH_MIGRATE=0)")
     server = grpc.aio.server(interceptors=interceptors, options=server_options(config))
     names, servicers = [], {}
     for service in config.services:

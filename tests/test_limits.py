@@ -181,6 +181,34 @@ def test_a_stream_whose_caller_gives_up_stops_and_leaves_no_transaction_open(sui
         assert registry.ListCustomers(rpb.ListCustomersRequest(page_size=1), timeout=10) is not None
 
 
+@pytest.mark.parametrize("grace", [60.0, 0.5])
+def test_an_aged_connection_moves_new_calls_and_lets_streams_in_flight_finish_within_the_grace(tmp_path, grace):
+    """max_connection_age 1 s: new calls go over a new connection while a watch on the old one stays open,
+    to its own deadline with a long grace, cut (UNAVAILABLE) once a short grace has passed."""
+    config = ServerConfig(services=("scoring",), listen="127.0.0.1:0", database_url=f"sqlite:///{tmp_path / 'a.db'}",
+                          max_connection_age_seconds=1.0, max_connection_age_grace_seconds=grace)
+    suite = EmbeddedSuite(config)
+    try:
+        with grpc.insecure_channel(suite.target) as channel:
+            scoring = spb_grpc.ScoringServiceStub(channel)
+            assert scoring.ListModels(spb.ListModelsRequest(), timeout=10).models  # connected
+            started = time.monotonic()
+            watch = scoring.WatchRuns(spb.WatchRunsRequest(model_id="default"), timeout=4)
+            time.sleep(2)  # past the connection's age (1 s, +-10 %) and past the short grace
+            assert scoring.ListModels(spb.ListModelsRequest(), timeout=10).models  # over a new connection
+            with pytest.raises(grpc.RpcError) as ended:
+                for _ in watch:
+                    pass
+            lasted = time.monotonic() - started
+            if grace >= 4:
+                assert ended.value.code() == Code.DEADLINE_EXCEEDED and lasted >= 3.9
+            else:
+                assert ended.value.code() == Code.UNAVAILABLE and lasted < 3.5, (ended.value.code(), lasted)
+            assert serving(channel)
+    finally:
+        suite.stop()
+
+
 def _stored_ids(suite: EmbeddedSuite) -> set[str]:
     with sqlite3.connect(suite.suite.engine.url.database) as conn:
         return {row[0] for row in conn.execute("SELECT customer_id FROM registry_customers")}

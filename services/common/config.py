@@ -41,9 +41,12 @@ class ServerConfig:
     # A second, plaintext port that serves only grpc.health.v1, for probes that cannot speak TLS
     # (Kubernetes' native gRPC probes); empty means none.
     health_listen: str = ""
-    # Close each client connection after this many seconds (plus a grace for calls in flight), so clients
-    # re-resolve and spread over pods added since; 0 keeps connections for ever.
+    # Close each client connection after this many seconds, so clients re-resolve and spread over pods
+    # added since; 0 keeps connections for ever. The server then sends GOAWAY: new calls go over a new
+    # connection at once, while the calls and streams in flight on the old one get the grace below to
+    # finish (watches and long exports are not cut every few minutes; a watch reconnects by itself).
     max_connection_age_seconds: float = 0.0
+    max_connection_age_grace_seconds: float = 3600.0
     log_level: str = "INFO"
     # TLS: certificate chain and private key (PEM files); with a client CA, clients must present certificates.
     tls_cert_file: str = ""
@@ -66,6 +69,8 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if self.max_concurrent_rpcs < 0:
             raise ConfigError(f"max_concurrent_rpcs must be 0 (no limit) or more, got {self.max_concurrent_rpcs}")
+        if self.max_connection_age_seconds < 0 or self.max_connection_age_grace_seconds < 0:
+            raise ConfigError("max_connection_age_seconds and max_connection_age_grace_seconds must be 0 or more")
         if self.max_message_bytes < 1:
             raise ConfigError(f"max_message_bytes must be positive, got {self.max_message_bytes}")
 
@@ -81,6 +86,7 @@ class ServerConfig:
             "migrate": env.get("CVH_MIGRATE", "1") not in ("0", "false", "no"),
             "health_listen": env.get("CVH_HEALTH_LISTEN", ""),
             "max_connection_age_seconds": float(env.get("CVH_MAX_CONNECTION_AGE_SECONDS", "0")),
+            "max_connection_age_grace_seconds": float(env.get("CVH_MAX_CONNECTION_AGE_GRACE_SECONDS", "3600")),
             "log_level": env.get("CVH_LOG_LEVEL", "INFO"),
             "registry_target": env.get("CVH_REGISTRY_TARGET", ""),
             "scoring_target": env.get("CVH_SCORING_TARGET", ""),

@@ -79,7 +79,7 @@ def server_options(config: ServerConfig) -> list[tuple[str, int]]:
     options = server_channel_options(config.max_message_bytes)
     if config.max_connection_age_seconds:
         options += [("grpc.max_connection_age_ms", int(config.max_connection_age_seconds * 1000)),
-                    ("grpc.max_connection_age_grace_ms", int(config.grace_seconds * 1000))]
+                    ("grpc.max_connection_age_grace_ms", int(config.max_connection_age_grace_seconds * 1000))]
     return options
 
 

@@ -114,14 +114,15 @@ def create_server(config: ServerConfig) -> Suite:
     host = config.listen.rsplit(":", 1)[0]
     own = f"{'127.0.0.1' if host in ('', '0.0.0.0', '[::]', '::') else host}:{port}"
     registry, scoring = peer(config.registry_target or own, config), peer(config.scoring_target or own, config)
+    # A registry served here is read directly (no gRPC to this very port, no serializing): online scoring's
+    # signals, a run's export, the hierarchy's account base.
+    local_registry = None if config.registry_target else servicers.get("registry")
     if "scoring" in servicers:
         servicers["scoring"].runs.registry = registry
-        if "registry" in servicers and not config.registry_target:
-            servicers["scoring"].local_registry = servicers["registry"]
+        servicers["scoring"].local_registry = servicers["scoring"].runs.local_registry = local_registry
     if "hierarchy" in servicers:
         servicers["hierarchy"].registry, servicers["hierarchy"].scoring = registry, scoring
-        if "registry" in servicers and not config.registry_target:
-            servicers["hierarchy"].local_registry = servicers["registry"]
+        servicers["hierarchy"].local_registry = local_registry
     background = [s for s in servicers.values() if hasattr(s, "start_background")]
     suite = Suite(server, port, health_servicer, engine, names, background,
                   watchers=[s for s in servicers.values() if hasattr(s, "begin_shutdown")])

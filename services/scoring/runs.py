@@ -7,9 +7,11 @@ Runs execute as tasks of the serving process. Progress goes to the run's row
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -22,6 +24,7 @@ from cvh.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from cvh.scoring.v1 import scoring_service_pb2 as pb
 from services.common.db import read_transaction, write_transaction
 from services.common.peers import Peer
+from services.common.streams import in_threads
 from services.registry.customers import now_us
 from services.scoring import store
 from services.scoring.store import ResultChunk
@@ -44,8 +47,10 @@ class RunAbandoned(Exception):
 @dataclass
 class RunExecutor:
     engine: Engine
-    # Set by the server once it knows its own port: where the registry is.
+    # Set by the server once it knows its own port: where the registry is, and its servicer when this
+    # process serves it too (the export is then read from it directly).
     registry: Peer | None = None
+    local_registry: object | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: dict[int, asyncio.Task] = field(default_factory=dict)
     cancelled: set[int] = field(default_factory=set)
@@ -163,11 +168,9 @@ class RunExecutor:
 
     async def _export(self, run_id: int, model: scoring_engine.ValueModel) -> tuple[list[str], np.ndarray]:
         reader = columns.SignalExportReader(model.signal_names)
-        request = registry_service_pb2.ExportSignalMatrixRequest(signal_names=list(model.signal_names))
-        async with self.registry.channel() as channel:
-            stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
+        async with self._registry_export(list(model.signal_names)) as messages:
             last_report = 0.0
-            async for message in stub.ExportSignalMatrix(request):
+            async for message in messages:
                 self._check(run_id)
                 done = reader.add(message)
                 if time.monotonic() - last_report > 0.25:
@@ -179,6 +182,21 @@ class RunExecutor:
         done = len(export.customer_ids)
         await self._update(run_id, customers_done=done, customers_total=done, percent_done=EXPORT_SHARE)
         return export.customer_ids, export.values
+
+    @contextlib.asynccontextmanager
+    async def _registry_export(self, names: list[str]) -> AsyncIterator[AsyncIterator]:
+        """The registry's ExportSignalMatrix answers for ``names``: from its servicer in this process, or over
+        gRPC; either way the export's transaction ends with the block."""
+        if self.local_registry is not None:
+            messages = in_threads(self.local_registry.export_messages(names))
+            try:
+                yield messages
+            finally:
+                await messages.aclose()
+            return
+        async with self.registry.channel() as channel:
+            stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
+            yield stub.ExportSignalMatrix(registry_service_pb2.ExportSignalMatrixRequest(signal_names=names))
 
     def _previous_tiers(self, run_id: int, model, ids: list[str]) -> tuple[int | None, np.ndarray]:
         """The previous completed run of the model and each customer's tier in it (-1: not in it)."""

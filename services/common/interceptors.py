@@ -127,15 +127,16 @@ class ConcurrencyLimit(grpc.aio.ServerInterceptor):
             return handler
         return wrap_handler(handler, self._unary, self._streaming)
 
-    async def _refuse(self, context) -> None:
-        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"the server is at its limit of {self.limit} concurrent calls; retry later")
+    async def _enter(self, context) -> None:
+        """Count the call in, or refuse it when the server is at its limit."""
+        if self.active >= self.limit:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"the server is at its limit of {self.limit} concurrent calls; retry later")
+        self.active += 1
 
     def _unary(self, behavior):
         async def wrapper(request, context):
-            if self.active >= self.limit:
-                await self._refuse(context)
-            self.active += 1
+            await self._enter(context)
             try:
                 return await behavior(request, context)
             finally:
@@ -144,9 +145,7 @@ class ConcurrencyLimit(grpc.aio.ServerInterceptor):
 
     def _streaming(self, behavior):
         async def wrapper(request, context):
-            if self.active >= self.limit:
-                await self._refuse(context)
-            self.active += 1
+            await self._enter(context)
             try:
                 async for response in behavior(request, context):
                     yield response

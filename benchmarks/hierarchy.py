@@ -25,7 +25,8 @@ import numpy as np
 
 import scoring_engine
 from benchmarks.registry import (CHANNEL_OPTIONS, SERVICE as REGISTRY_SERVICE, Progress, add_common_flags,
-                                 customer_id, generate_base, serialized_column_batches, timed_import)
+                                 check_import, customer_id, generate_base, serialized_column_batches,
+                                 timed_import)
 from clients.server_process import ServerProcess, free_port
 from benchmarks.runs import latencies, percentiles_ms, timed_run
 from cvh.hierarchy.v1 import hierarchy_service_pb2 as pb
@@ -106,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         server.wait_serving()
         with grpc.insecure_channel(server.target, options=CHANNEL_OPTIONS) as channel:
             imported = timed_import(channel, batches, args.customers, args.batch_size, server, Progress("import", show))
-            if imported.summary.created != args.customers:
-                raise SystemExit(f"import created {imported.summary.created:,} of {args.customers:,}")
+            check_import(imported, args.customers)
             del batches
             hierarchy = pb_grpc.HierarchyServiceStub(channel)
             run = timed_run(scoring_service_pb2_grpc.ScoringServiceStub(channel), server,

@@ -308,6 +308,17 @@ def timed_import(channel: grpc.Channel, batches: list[bytes], customers: int, ba
                         None if cpu_before is None else cpu_after - cpu_before)
 
 
+def check_import(imported: ImportResult, customers: int):
+    """The import's summary; exits when it did not create exactly ``customers`` new customers."""
+    summary = imported.summary
+    if summary.created != customers or summary.rejected or summary.updated:
+        first = summary.errors[0] if summary.errors else None
+        raise SystemExit(f"import summary: created {summary.created:,}, updated {summary.updated:,}, "
+                         f"rejected {summary.rejected:,} (expected created {customers:,}, none "
+                         f"rejected){'; first error: ' + str(first).strip() if first else ''}")
+    return summary
+
+
 @dataclass
 class ExportResult:
     seconds: float
@@ -567,12 +578,7 @@ def main(argv: list[str] | None = None) -> int:
             imported = timed_import(channel, batches, args.customers, args.batch_size, server,
                                     Progress("import", show))
             del batches
-            summary = imported.summary
-            if summary.created != args.customers or summary.rejected or summary.updated:
-                first = summary.errors[0] if summary.errors else None
-                raise SystemExit(f"import summary: created {summary.created:,}, updated {summary.updated:,}, "
-                                 f"rejected {summary.rejected:,} (expected created {args.customers:,}, none "
-                                 f"rejected){'; first error: ' + str(first).strip() if first else ''}")
+            summary = check_import(imported, args.customers)
             say(f"import: {imported.seconds:.2f} s; created {summary.created:,}, rejected 0, "
                 f"{summary.batches_committed:,} batches committed")
 

@@ -1,0 +1,39 @@
+"""Every benchmark runs end to end on a small base and ends with its JSON figures, so a change that breaks
+one fails here rather than on the day someone measures. The figures themselves are not judged here:
+timings on a shared CI machine are noise; the benchmarks print them and say which targets they meet."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+BENCHMARKS = {
+    # name: (small run's flags, figures that must be there and positive)
+    "registry": (["--customers", "3000"], ["import_customers_per_s", "export_1m_s"]),
+    "runs": (["--customers", "3000", "--calls", "50", "--warmup", "10"],
+             ["run_s", "score_customer_p50_ms", "score_signals_p50_ms"]),
+    "hierarchy": (["--customers", "3000", "--calls", "50", "--warmup", "10"],
+                  ["snapshot_s", "get_priority_client_p50_ms"]),
+    "scoring": (["--sizes", "20000", "--repeats", "1", "--reference-repeats", "1", "--no-cold"], []),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+def test_benchmark_runs_and_prints_its_figures(name):
+    flags, figures = BENCHMARKS[name]
+    extra = [] if name == "scoring" else ["--no-progress"]
+    result = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *flags, *extra, "--json"],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    for figure in figures:
+        assert summary[figure] > 0, (figure, summary.get(figure))
+    if name == "scoring":
+        small = summary["sizes"]["20000"]
+        assert small["customers"] == 20000 and small["score_s"] > 0 and small["reference_s"] > 0

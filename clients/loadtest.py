@@ -80,11 +80,12 @@ class Verdict:
 
 # -- the suite under test ----------------------------------------------------------------------------------
 
-def start_suite(folder: Path, workers: int):
-    """``cvh serve --workers N`` (all services) on loopback, on a fresh SQLite file in ``folder``."""
+def start_suite(folder: Path, workers: int, database_url: str | None = None):
+    """``cvh serve --workers N`` (all services) on loopback, on ``database_url`` or a fresh SQLite file in
+    ``folder``."""
     from clients.server_process import ServerProcess
 
-    return ServerProcess(folder, extra_args=("--workers", str(workers)))
+    return ServerProcess(folder, extra_args=("--workers", str(workers)), database_url=database_url)
 
 
 def seed(target: str, customers: int, seed_value: int, show_progress: bool, workers: int) -> dict:
@@ -307,6 +308,10 @@ def loadtest(args: argparse.Namespace) -> int:
         except argparse.ArgumentTypeError as error:
             print(f"cvh loadtest: {error}", file=sys.stderr)
             return 2
+    if args.host and args.database_url:
+        print("cvh loadtest: --database-url is for the suite started here; a --host deployment has its own",
+              file=sys.stderr)
+        return 2
     import importlib.util
     if importlib.util.find_spec("locust") is None:
         print("cvh loadtest: Locust is not installed: pip install -e '.[dev]' (or pip install locust)", file=sys.stderr)
@@ -319,11 +324,12 @@ def loadtest(args: argparse.Namespace) -> int:
             host = args.host if "://" in args.host else f"grpc://{args.host}"
             print(f"load-testing {host} (nothing seeded); reports in {results}", file=out)
         else:
-            suite = start_suite(results, args.workers)
+            suite = start_suite(results, args.workers, args.database_url)
             suite.wait_serving(timeout=300)  # a first start may compile the Numba kernels
             host = f"grpc://{suite.target}"
+            where = _redacted(args.database_url) if args.database_url else f"SQLite in {results}"
             print(f"started the suite at {suite.target} ({args.workers} worker process"
-                  f"{'es' if args.workers != 1 else ''}, SQLite in {results}); seeding {args.customers:,} customers",
+                  f"{'es' if args.workers != 1 else ''}, {where}); seeding {args.customers:,} customers",
                   file=out)
             summary["seeding"] = seed(suite.target, args.customers, args.seed, show_progress, args.workers)
             print(f"seeded and scored: {summary['seeding']}", file=out)
@@ -352,6 +358,7 @@ def loadtest(args: argparse.Namespace) -> int:
         "failures": failures, "passed": not verdict.failed, "failed_checks": verdict.failed,
         "users": args.users, "run_time_s": args.run_time, "workers": None if args.host else args.workers,
         "locust_processes": args.locust_processes, "customers": None if args.host else args.customers,
+        "database": None if args.host else ("sqlite" if not args.database_url else _redacted(args.database_url)),
         "phases": {p.name: {name: vars(f) for name, f in p.rpcs.items()} for p in plan},
     })
     summary = _without_nan(summary)
@@ -359,6 +366,13 @@ def loadtest(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, separators=(",", ":"), default=str))
     return 0 if not verdict.failed else 1
+
+
+def _redacted(url: str) -> str:
+    """A database URL without its password, for reports."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def _without_nan(value):
@@ -398,6 +412,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               f"{', '.join(SCENARIOS)}); empty for the calibration only")
     command.add_argument("--workers", type=int, default=2, metavar="N",
                          help="server worker processes of the suite started here (default 2)")
+    command.add_argument("--database-url", default=None, metavar="URL",
+                         help="serve the suite started here on this database instead of a fresh SQLite file, "
+                              "e.g. postgresql://cvh@127.0.0.1:5432/cvh_load: the base is imported into it and "
+                              "scored, so give it an empty database of its own")
     command.add_argument("--locust-processes", type=int, default=1, metavar="N",
                          help="Locust processes per phase (default 1; more need more cores than the server)")
     command.add_argument("--sample", type=int, default=5_000, metavar="N",

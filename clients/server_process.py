@@ -22,22 +22,25 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``cvh serve SERVICES...`` (none named: all three) with its log and database ``cvh.db`` in ``workdir``.
+    """``cvh serve SERVICES...`` (none named: all three) with its log in ``workdir``, on ``database_url`` or
+    else a fresh SQLite file ``workdir/cvh.db`` (``database``; None for another database).
 
     ``health_services`` are the gRPC service names :meth:`wait_serving` waits to see SERVING ("" is the
     server as a whole).
     """
 
     def __init__(self, workdir: Path, services: tuple[str, ...] = (), health_services: tuple[str, ...] = ("",),
-                 extra_args: tuple[str, ...] = ()) -> None:
-        self.database = workdir / "cvh.db"
-        for stale in workdir.glob("cvh.db*"):  # a fresh database every time
-            stale.unlink()
+                 extra_args: tuple[str, ...] = (), database_url: str | None = None) -> None:
+        self.database = None if database_url else workdir / "cvh.db"
+        if self.database:
+            for stale in workdir.glob("cvh.db*"):  # a fresh database every time
+                stale.unlink()
+            database_url = f"sqlite:///{self.database}"
         self.log_path = workdir / "server.log"
         self.target = f"127.0.0.1:{free_port()}"
         self.health_services = health_services
         command = [sys.executable, "-m", "clients.cli", "serve", *services, "--listen", self.target,
-                   "--database-url", f"sqlite:///{self.database}", "--log-level", "WARNING", *extra_args]
+                   "--database-url", database_url, "--log-level", "WARNING", *extra_args]
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
 

@@ -18,10 +18,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+import sqlalchemy as sa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients import loadtest
 from clients.loadtest import CALIBRATION, SCENARIOS, Phase, RpcFigures, start_suite
+from tests.conftest import _empty_tables
 
 pytestmark = pytest.mark.slow
 
@@ -97,6 +99,30 @@ def test_cvh_loadtest_end_to_end(tmp_path):
     assert 0 < summary["get_priority_ratio"] and 0 < summary["score_customer_ratio"]
     assert "FAILED" not in result.stderr and "PASSED" in result.stderr  # the table goes to stderr with --json
     assert (tmp_path / "summary.json").exists() and (tmp_path / "cvh.db").exists()
+
+
+def test_cvh_loadtest_on_postgresql(postgres_database, tmp_path):
+    """--database-url: the suite it starts serves from PostgreSQL (calibration phases only, to stay short)."""
+    _empty_tables(postgres_database)
+    result = cvh("loadtest", "--database-url", postgres_database, "--customers", "1000", "--run-time", "2",
+                 "--users", "2", "--workers", "1", "--scenarios", "", "--sample", "300", "--results", str(tmp_path),
+                 "--no-progress", "--json", *RELAXED)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["database"].startswith("postgresql") and summary["failures"] == 0
+    assert summary["get_priority_ratio"] > 0 and summary["score_customer_ratio"] > 0
+    assert not (tmp_path / "cvh.db").exists()
+    engine = sa.create_engine(postgres_database)
+    with engine.connect() as conn:  # the base went into PostgreSQL
+        assert conn.exec_driver_sql("SELECT count(*) FROM registry_customers").scalar() == 1000
+    engine.dispose()
+    _empty_tables(postgres_database)
+
+
+def test_a_database_url_with_a_host_is_refused(tmp_path):
+    result = cvh("loadtest", "--host", "grpc://127.0.0.1:1", "--database-url", "sqlite:///x.db",
+                 "--results", str(tmp_path))
+    assert result.returncode == 2 and "--database-url is for the suite started here" in result.stderr
 
 
 def _args(**overrides) -> argparse.Namespace:

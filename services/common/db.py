@@ -123,9 +123,9 @@ def schema_problem(engine: Engine) -> str | None:
     return None
 
 
-def placeholders(conn: Connection, count: int) -> str:
+def placeholders(bind: Connection | Engine, count: int) -> str:
     """``count`` positional parameter marks for raw driver SQL (sqlite3: ?, psycopg: %s)."""
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    mark = "?" if bind.dialect.paramstyle == "qmark" else "%s"
     return ", ".join([mark] * count)
 
 

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine, Row
 from cvh.common.v1 import common_pb2
 from cvh.registry.v1 import registry_service_pb2 as pb
 from cvh.registry.v1 import registry_service_pb2_grpc as pb_grpc
-from services.common.db import read_transaction, write_transaction
+from services.common.db import placeholders, read_transaction, write_transaction
 from services.common.streams import in_threads
 from services.common.errors import (
     Violations, aborted, already_exists, failed_precondition, invalid_argument, not_found,
@@ -338,8 +338,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     @functools.cached_property
     def _signals_sql(self) -> str:
-        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
-        return f"SELECT signal_values FROM registry_customers WHERE customer_id = {mark}"
+        return f"SELECT signal_values FROM registry_customers WHERE customer_id = {placeholders(self.engine, 1)}"
 
     # -- answers ---------------------------------------------------------------------------------------
 

@@ -18,8 +18,8 @@ from services.common.config import DEFAULT_LISTEN, SERVICE_NAMES
 
 def _serve(args: argparse.Namespace) -> int:
     from services.common import logs
-    from services.common.config import ConfigError, ServerConfig
-    from services.common.server import serve
+    from services.common.config import ServerConfig
+    from services.common.server import exit_code, serve
 
     unknown = [s for s in args.services if s not in SERVICE_NAMES]
     if unknown:
@@ -35,18 +35,10 @@ def _serve(args: argparse.Namespace) -> int:
                                    migrate=False if args.no_migrate else None)
     logs.configure(config.log_level)
     workers = args.workers if args.workers is not None else int(os.environ.get("CVH_WORKERS", "1"))
-    try:
-        if workers != 1:
-            from services.common.workers import serve_workers
-            return serve_workers(config, workers)
-        asyncio.run(serve(config))
-    except ConfigError as error:
-        print(f"cvh serve: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:
-        print(f"cvh serve: {error}; choose another address with --listen HOST:PORT", file=sys.stderr)
-        return 1
-    return 0
+    if workers != 1:
+        from services.common.workers import serve_workers
+        return exit_code(lambda: serve_workers(config, workers), "cvh serve")
+    return exit_code(lambda: asyncio.run(serve(config)), "cvh serve")
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:

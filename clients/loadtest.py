@@ -294,6 +294,8 @@ def print_report(phases: list[Phase], verdict: Verdict, file=sys.stdout) -> None
 # -- the command -------------------------------------------------------------------------------------------
 
 def loadtest(args: argparse.Namespace) -> int:
+    from services.common.db import redacted_url
+
     out = sys.stderr if args.json else sys.stdout  # --json: stdout holds only the JSON object
     results = Path(args.results or Path("loadtest-results") / datetime.now().strftime("%Y%m%d-%H%M%S"))
     results.mkdir(parents=True, exist_ok=True)
@@ -327,7 +329,7 @@ def loadtest(args: argparse.Namespace) -> int:
             suite = start_suite(results, args.workers, args.database_url)
             suite.wait_serving(timeout=300)  # a first start may compile the Numba kernels
             host = f"grpc://{suite.target}"
-            where = _redacted(args.database_url) if args.database_url else f"SQLite in {results}"
+            where = redacted_url(args.database_url) if args.database_url else f"SQLite in {results}"
             print(f"started the suite at {suite.target} ({args.workers} worker process"
                   f"{'es' if args.workers != 1 else ''}, {where}); seeding {args.customers:,} customers",
                   file=out)
@@ -358,7 +360,7 @@ def loadtest(args: argparse.Namespace) -> int:
         "failures": failures, "passed": not verdict.failed, "failed_checks": verdict.failed,
         "users": args.users, "run_time_s": args.run_time, "workers": None if args.host else args.workers,
         "locust_processes": args.locust_processes, "customers": None if args.host else args.customers,
-        "database": None if args.host else ("sqlite" if not args.database_url else _redacted(args.database_url)),
+        "database": None if args.host else ("sqlite" if not args.database_url else redacted_url(args.database_url)),
         "phases": {p.name: {name: vars(f) for name, f in p.rpcs.items()} for p in plan},
     })
     summary = _without_nan(summary)
@@ -366,13 +368,6 @@ def loadtest(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, separators=(",", ":"), default=str))
     return 0 if not verdict.failed else 1
-
-
-def _redacted(url: str) -> str:
-    """A database URL without its password, for reports."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
 
 
 def _without_nan(value):

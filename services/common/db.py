@@ -29,6 +29,11 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def redacted_url(url: str) -> str:
+    """``url`` without its password, for logs and reports."""
+    return sa.engine.make_url(normalize_url(url)).render_as_string(hide_password=True)
+
+
 def create_engine(url: str) -> Engine:
     url = normalize_url(url)
     if url.startswith("sqlite"):

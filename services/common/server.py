@@ -6,6 +6,8 @@ import asyncio
 import gc
 import logging
 import signal
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,7 +184,7 @@ async def serve(config: ServerConfig, on_started=None) -> None:
     if config.metrics_port:
         start_http_server(config.metrics_port)
     log.info("serving", extra={"services": config.services, "listen": config.listen, "port": suite.port,
-                               "database": _redacted(config.database_url), "metrics_port": config.metrics_port})
+                               "database": db.redacted_url(config.database_url), "metrics_port": config.metrics_port})
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -192,6 +194,14 @@ async def serve(config: ServerConfig, on_started=None) -> None:
     await suite.stop(config.grace_seconds)
 
 
-def _redacted(url: str) -> str:
-    from sqlalchemy.engine import make_url
-    return make_url(db.normalize_url(url)).render_as_string(hide_password=True)
+def exit_code(start: Callable[[], int | None], command: str) -> int:
+    """Run ``start`` (serving until stopped) as a command: its exit code, 0 when it returns none; a refused
+    configuration (2) or an address that cannot be bound (1) is told on stderr with what to do."""
+    try:
+        return start() or 0
+    except ConfigError as error:
+        print(f"{command}: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"{command}: {error}; choose another address with --listen HOST:PORT", file=sys.stderr)
+        return 1

@@ -173,15 +173,8 @@ class _WorkerGroup:
 def _worker_main(config: ServerConfig, index: int, ready) -> None:
     """One worker process: serve until SIGTERM or SIGINT."""
     from services.common import logs
-    from services.common.server import serve
+    from services.common.server import exit_code, serve
 
     logs.configure(config.log_level)
-    try:
-        asyncio.run(serve(config, on_started=lambda suite: ready.set()))
-    except ConfigError as error:
-        print(f"cvh serve (worker {index}): {error}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as error:
-        print(f"cvh serve (worker {index}): {error}; choose another address with --listen HOST:PORT",
-              file=sys.stderr)
-        sys.exit(1)
+    sys.exit(exit_code(lambda: asyncio.run(serve(config, on_started=lambda suite: ready.set())),
+                       f"cvh serve (worker {index})"))

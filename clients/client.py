@@ -20,13 +20,16 @@ import numpy as np
 from google.protobuf import field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from clients import columns
-from clients.channels import DEFAULT_SERVER, Tls, open_channel
 from clients.errors import CvhError
 from cvh.common.v1 import common_pb2
-from cvh.hierarchy.v1 import hierarchy_service_pb2 as hierarchy_pb, hierarchy_service_pb2_grpc
-from cvh.registry.v1 import registry_service_pb2 as registry_pb, registry_service_pb2_grpc
-from cvh.scoring.v1 import scoring_service_pb2 as scoring_pb, scoring_service_pb2_grpc
+from cvh.hierarchy.v1 import hierarchy_service_pb2 as hierarchy_pb
+from cvh.hierarchy.v1 import hierarchy_service_pb2_grpc
+from cvh.registry.v1 import registry_service_pb2 as registry_pb
+from cvh.registry.v1 import registry_service_pb2_grpc
+from cvh.scoring.v1 import scoring_service_pb2 as scoring_pb
+from cvh.scoring.v1 import scoring_service_pb2_grpc
+from wire import columns
+from wire.channels import DEFAULT_SERVER, Tls, open_channel
 
 DEFAULT_TIMEOUT = 10.0
 FINISHED_RUN_STATES = (scoring_pb.RUN_STATE_COMPLETED, scoring_pb.RUN_STATE_FAILED, scoring_pb.RUN_STATE_CANCELLED)

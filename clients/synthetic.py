@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clients.columns import customer_columns
 from cvh.common.v1 import common_pb2
 from cvh.registry.v1 import registry_service_pb2 as registry_pb
+from wire.columns import customer_columns
 
 SIGNALS = ("annual_revenue", "gross_margin", "tenure_years", "predicted_ltv", "payment_delay_days",
            "expansion_potential", "strategic_fit", "product_lines", "logo_value", "referenceability",

@@ -79,9 +79,9 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import timestamp_pb2
 
-from clients.columns import customer_columns
 from cvh.common.v1 import common_pb2
 from cvh.registry.v1 import registry_service_pb2 as registry_pb
+from wire.columns import customer_columns
 
 CUSTOMER_FIELDS = ("customer_id", "display_name", "parent_id", "role", "owner", "observe_time")
 SIGNAL_FIELDS = ("customer_id", "signal", "value", "observe_time")

@@ -27,7 +27,7 @@ from pathlib import Path
 import grpc
 from locust import User, constant, events, task
 
-from services.common.channel_options import CLIENT_CHANNEL_OPTIONS
+from wire.channel_options import CLIENT_CHANNEL_OPTIONS
 
 REQUEST_TYPE = "grpc"
 DEFAULT_TIMEOUT_S = 10.0

@@ -32,11 +32,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from locust import events
 from locust.runners import MasterRunner
 
-from clients.columns import to_chunk
-from cvh.hierarchy.v1 import hierarchy_service_pb2 as hierarchy_pb, hierarchy_service_pb2_grpc
-from cvh.registry.v1 import registry_service_pb2 as registry_pb, registry_service_pb2_grpc
-from cvh.scoring.v1 import scoring_service_pb2 as scoring_pb, scoring_service_pb2_grpc
+from cvh.hierarchy.v1 import hierarchy_service_pb2 as hierarchy_pb
+from cvh.hierarchy.v1 import hierarchy_service_pb2_grpc
+from cvh.registry.v1 import registry_service_pb2 as registry_pb
+from cvh.registry.v1 import registry_service_pb2_grpc
+from cvh.scoring.v1 import scoring_service_pb2 as scoring_pb
+from cvh.scoring.v1 import scoring_service_pb2_grpc
 from loadtests.grpc_user import GrpcUser, open_channel, rpc_task, token_metadata
+from wire.columns import to_chunk
 
 log = logging.getLogger("cvh.loadtest")
 

@@ -26,7 +26,6 @@ from google.protobuf import field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import scoring_engine
-from clients import columns
 from cvh.hierarchy.v1 import hierarchy_service_pb2 as hpb
 from cvh.hierarchy.v1 import hierarchy_service_pb2_grpc as hpb_grpc
 from cvh.registry.v1 import registry_service_pb2 as rpb
@@ -37,6 +36,7 @@ from services.common import db
 from services.scoring.store import ABANDONED_AFTER_US, HEARTBEAT_US
 from tests.grpc_helpers import details_of
 from tests.pg_cluster import PgCluster, free_port, postgres_bin
+from wire import columns
 
 ROOT = Path(__file__).resolve().parent.parent
 SIGNALS = list(scoring_engine.default_model().signal_names)

@@ -13,7 +13,6 @@ import sqlalchemy as sa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients import cli
-from clients.channels import channel_options
 from cvh.common.v1 import common_pb2
 from cvh.hierarchy.v1 import hierarchy_service_pb2 as hpb
 from cvh.hierarchy.v1 import hierarchy_service_pb2_grpc as hpb_grpc
@@ -21,7 +20,6 @@ from cvh.registry.v1 import registry_service_pb2 as rpb
 from cvh.registry.v1 import registry_service_pb2_grpc as rpb_grpc
 from cvh.scoring.v1 import scoring_service_pb2 as spb
 from cvh.scoring.v1 import scoring_service_pb2_grpc as spb_grpc
-from services.common import channel_options as paired
 from services.common.config import ConfigError, ServerConfig
 from services.common.deadlines import Deadline
 from services.common.embedded import EmbeddedSuite
@@ -31,6 +29,8 @@ from services.registry import store as registry_store
 from tests.conftest import _empty_tables
 from tests.grpc_helpers import raises_status
 from tests.scoring.test_scoring_service import SIGNALS, seed
+from wire import channel_options as paired
+from wire.channels import channel_options
 
 Code = grpc.StatusCode
 

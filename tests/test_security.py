@@ -12,14 +12,14 @@ import pytest
 import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import ServerThread
 from cvh.hierarchy.v1 import hierarchy_service_pb2
 from cvh.registry.v1 import registry_service_pb2 as pb
 from cvh.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from cvh.scoring.v1 import scoring_service_pb2
-from tests.grpc_helpers import raises_status
 from services.common.auth import REQUIRED_ROLE, digest
 from services.common.config import ConfigError, ServerConfig, check_exposure
+from tests.conftest import ServerThread
+from tests.grpc_helpers import raises_status
 
 TOKENS = {"reader-token-1": ("support-desk", ["reader"]), "writer-token-2": ("crm-sync", ["writer"]),
           "admin-token-3": ("platform", ["admin"])}
@@ -148,9 +148,9 @@ def test_cli_refuses_to_expose_an_insecure_server(tmp_path):
 def test_services_call_each_other_over_tls_with_a_peer_token(certificates, tmp_path):
     """Registry apart from scoring + hierarchy, all with TLS and tokens: the run's export and the snapshot
     load reach their peers only because the servers present a reader token over verified TLS."""
-    from clients.channels import Tls
     from clients.client import CvhClient
     from clients.errors import CvhError
+    from wire.channels import Tls
 
     secure = dict(tls_cert_file=str(certificates["cert"]), tls_key_file=str(certificates["key"]),
                   tokens_file=str(certificates["tokens"]), database_url=f"sqlite:///{tmp_path / 'cvh.db'}",

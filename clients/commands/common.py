@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from clients.channels import DEFAULT_SERVER, Tls
 from clients.client import DEFAULT_TIMEOUT, CvhClient
+from wire.channels import DEFAULT_SERVER, Tls
 
 
 def client_options() -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from clients.channels import Tls, open_aio_channel
+from wire.channels import Tls, open_aio_channel
 
 
 @dataclass(frozen=True)

@@ -17,16 +17,16 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 from sqlalchemy.engine import Engine
 
-from clients.channels import Tls
 from cvh.hierarchy.v1 import hierarchy_service_pb2
 from cvh.registry.v1 import registry_service_pb2
 from cvh.scoring.v1 import scoring_service_pb2
 from services.common import db
 from services.common.auth import AuthInterceptor, TokenTable
-from services.common.channel_options import server_channel_options
 from services.common.config import ConfigError, ServerConfig, check_exposure
 from services.common.interceptors import ConcurrencyLimit, ServiceInterceptor
 from services.common.peers import Peer
+from wire.channel_options import server_channel_options
+from wire.channels import Tls
 
 log = logging.getLogger("cvh.server")
 
@@ -77,7 +77,7 @@ class Suite:
 
 
 def server_options(config: ServerConfig) -> list[tuple[str, int]]:
-    """Message size and keepalive: the pair of the clients' options (services/common/channel_options.py)."""
+    """Message size and keepalive: the pair of the clients' options (wire/channel_options.py)."""
     options = server_channel_options(config.max_message_bytes)
     if config.max_connection_age_seconds:
         options += [("grpc.max_connection_age_ms", int(config.max_connection_age_seconds * 1000)),

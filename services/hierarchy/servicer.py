@@ -18,16 +18,25 @@ from cvh.hierarchy.v1 import hierarchy_service_pb2_grpc as pb_grpc
 from cvh.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from cvh.scoring.v1 import scoring_service_pb2, scoring_service_pb2_grpc
 from services.common.db import read_transaction, write_transaction
-from clients import columns
-from services.common.errors import Violations, invalid_argument, not_found, shutting_down
+from services.common.errors import (
+    Violations,
+    invalid_argument,
+    not_found,
+    shutting_down,
+)
 from services.common.peers import Peer
 from services.common.validation import (
-    check_text, customer_id_from_name, decode_offset_token, encode_page_token, page_size,
+    check_text,
+    customer_id_from_name,
+    decode_offset_token,
+    encode_page_token,
+    page_size,
 )
 from services.hierarchy import snapshot as snapshots
 from services.hierarchy.policy import default_policy
 from services.hierarchy.tables import policies
 from services.registry.customers import now_us, set_timestamp
+from wire import columns
 
 log = logging.getLogger("cvh.hierarchy")
 

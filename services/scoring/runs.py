@@ -19,7 +19,6 @@ import numpy as np
 from sqlalchemy.engine import Engine
 
 import scoring_engine
-from clients import columns
 from cvh.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from cvh.scoring.v1 import scoring_service_pb2 as pb
 from services.common.db import read_transaction, write_transaction
@@ -28,6 +27,7 @@ from services.common.streams import in_threads
 from services.registry.customers import now_us
 from services.scoring import store
 from services.scoring.store import ResultChunk
+from wire import columns
 
 log = logging.getLogger("cvh.scoring.runs")
 

@@ -12,8 +12,6 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2
 
-from clients import columns
-from clients.channels import open_channel
 from clients.client import CvhClient, customer_name
 from clients.errors import CvhError
 from cvh.common.v1 import common_pb2
@@ -24,6 +22,8 @@ from scoring_engine import default_model
 from services.common.auth import digest
 from services.common.config import ServerConfig
 from tests.conftest import ServerThread
+from wire import columns
+from wire.channels import open_channel
 
 SIGNALS = list(default_model().signal_names)
 ROLES = [common_pb2.STAKEHOLDER_ROLE_BUYER, common_pb2.STAKEHOLDER_ROLE_END_USER, common_pb2.STAKEHOLDER_ROLE_PARTNER]

@@ -13,14 +13,21 @@ import grpc
 import numpy as np
 import pytest
 
-from clients.columns import from_matrix
 from clients.tabular import (
-    MAX_ROWS_PER_MESSAGE, CustomerFile, InputError, RejectedRow, SignalFile, file_format, role_value, signal_request,
+    MAX_ROWS_PER_MESSAGE,
+    CustomerFile,
+    InputError,
+    RejectedRow,
+    SignalFile,
+    file_format,
+    role_value,
+    signal_request,
     write_rejects,
 )
 from cvh.common.v1 import common_pb2
 from cvh.registry.v1 import registry_service_pb2 as registry_pb
 from cvh.registry.v1 import registry_service_pb2_grpc as registry_grpc
+from wire.columns import from_matrix
 
 ROLES = common_pb2.StakeholderRole
 

@@ -5,7 +5,7 @@ match, and keepalive pings the client sends no more often than the server
 allows (a server answers pings that come too often with GOAWAY
 ``too_many_pings`` and drops the connection). The server's options come from
 :func:`server_channel_options`; the client library builds its channels with
-:data:`CLIENT_CHANNEL_OPTIONS` (``clients/channels.py``), and services calling
+:data:`CLIENT_CHANNEL_OPTIONS` (``wire/channels.py``), and services calling
 each other use those same channels. This module imports nothing of the
 project, so the client library can import it alone.
 """

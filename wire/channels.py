@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2
 from cvh.hierarchy.v1 import hierarchy_service_pb2
 from cvh.registry.v1 import registry_service_pb2
 from cvh.scoring.v1 import scoring_service_pb2
-from services.common.channel_options import CLIENT_CHANNEL_OPTIONS
+from wire.channel_options import CLIENT_CHANNEL_OPTIONS
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 
@@ -45,7 +45,7 @@ def channel_options(load_balancing: str = "") -> list[tuple[str, object]]:
     config = json.loads(SERVICE_CONFIG)
     if load_balancing:
         config["loadBalancingConfig"] = [{load_balancing: {}}]
-    # Message sizes and keepalive are the pair of the servers' (services/common/channel_options.py).
+    # Message sizes and keepalive are the pair of the servers' (wire/channel_options.py).
     return [("grpc.service_config", json.dumps(config)), ("grpc.enable_retries", 1), *CLIENT_CHANNEL_OPTIONS]
 
 

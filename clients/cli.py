@@ -10,7 +10,8 @@ import sys
 import grpc
 
 from clients.commands import demo, hierarchy, registry, scoring
-from clients.commands.common import client_options, server
+from clients.commands.common import (client_options, non_negative_int, non_negative_seconds, port_number,
+                                     positive_int, server)
 from clients.errors import CvhError
 from clients.tabular import InputError
 from services.common.config import DEFAULT_LISTEN, SERVICE_NAMES
@@ -51,12 +52,23 @@ def _db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    """The installed package's version (from its metadata), or where the code runs from when not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("cvh")
+    except metadata.PackageNotFoundError:
+        return "(not installed: run from a source tree)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cvh", description="Customer Value Hierarchy: register, score and rank customers by the value they "
                                 "bring. Start the suite with `cvh serve`, then try `cvh demo`.",
         epilog="Client commands reach the suite at --server HOST:PORT (env CVH_SERVER, default 127.0.0.1:50051). "
                "`cvh COMMAND --help` tells more.")
+    parser.add_argument("--version", action="version", version=f"cvh {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser(
@@ -70,11 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--database-url", default=None, metavar="URL",
                        help="SQLAlchemy URL (env CVH_DATABASE_URL, default sqlite:///.cvh/cvh.db), "
                             "e.g. postgresql://user@host:5432/cvh")
-    serve.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+    serve.add_argument("--metrics-port", type=port_number, default=None, metavar="PORT",
                        help="serve Prometheus metrics on this port (env CVH_METRICS_PORT, default off)")
-    serve.add_argument("--grace", type=float, default=None, metavar="SECONDS",
+    serve.add_argument("--grace", type=non_negative_seconds, default=None, metavar="SECONDS",
                        help="time in-flight calls get after SIGTERM (env CVH_GRACE_SECONDS, default 10)")
-    serve.add_argument("--max-concurrent-rpcs", type=int, default=None, metavar="N",
+    serve.add_argument("--max-concurrent-rpcs", type=non_negative_int, default=None, metavar="N",
                        help="calls served at once; more get RESOURCE_EXHAUSTED (env CVH_MAX_CONCURRENT_RPCS, "
                             "default 0: no limit); the services' calls to each other count, health checks do not")
     serve.add_argument("--health-listen", default=None, metavar="HOST:PORT",
@@ -83,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-migrate", action="store_true",
                        help="do not apply migrations at start-up: a `cvh db upgrade` job owns the schema "
                             "(env CVH_MIGRATE=0)")
-    serve.add_argument("--workers", type=int, default=None, metavar="N",
+    serve.add_argument("--workers", type=positive_int, default=None, metavar="N",
                        help="serve from N processes sharing the port (SO_REUSEPORT, Linux): one core each "
                             "(env CVH_WORKERS, default 1); see services/common/workers.py")
     serve.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -115,7 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_parsers(commands, client)
     from clients import loadtest
     loadtest.add_parser(commands)
+    for command in leaf_commands(parser):
+        command.set_defaults(prog=command.prog)
     return parser
+
+
+def leaf_commands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every command that runs something (``cvh models create``, ``cvh tiers``, ...), found by walking the
+    subcommands."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+                found += leaf_commands(command)
+    return found or [parser]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,21 +148,60 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except CvhError as error:
-        print(f"cvh {args.command}: {error.describe()}", file=sys.stderr)
-        if error.code == grpc.StatusCode.UNAVAILABLE:
-            print(f"  is the suite running at {server(args)}? Start it with `cvh serve`, "
-                  "or point --server / CVH_SERVER at it.", file=sys.stderr)
-        elif error.code == grpc.StatusCode.UNAUTHENTICATED:
-            print("  set CVH_TOKEN (or --token) to a token the server knows.", file=sys.stderr)
+        print(f"{args.prog}: {error.describe()}", file=sys.stderr)
+        print(f"  {next_step(error, args)}", file=sys.stderr)
         return 1
-    except (InputError, FileNotFoundError, IsADirectoryError, PermissionError) as error:
-        print(f"cvh {args.command}: {error}", file=sys.stderr)
+    except (InputError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as error:
+        print(f"{args.prog}: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `cvh tiers | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except Exception as error:  # a bug: one line for the user, the traceback only when asked for
+        if os.environ.get("CVH_DEBUG"):
+            raise
+        print(f"{args.prog}: unexpected {type(error).__name__}: {error} (a bug in cvh; "
+              "CVH_DEBUG=1 shows where)", file=sys.stderr)
+        return 1
+
+
+# What to do next, per status code: the line printed under every error from the suite.
+NEXT_STEPS = {
+    grpc.StatusCode.UNAVAILABLE: "is the suite running at {server}? Start it with `cvh serve`, or point --server / "
+                                 "CVH_SERVER at it.",
+    grpc.StatusCode.UNAUTHENTICATED: "set CVH_TOKEN (or --token) to a token the server knows.",
+    grpc.StatusCode.PERMISSION_DENIED: "your token's roles do not allow this: use a token with the role named above "
+                                       "(roles: reader, scorer, writer, admin).",
+    grpc.StatusCode.NOT_FOUND: "check the name; {listing} shows what exists.",
+    grpc.StatusCode.INVALID_ARGUMENT: "fix the fields named above; `{command} --help` says what each takes.",
+    grpc.StatusCode.FAILED_PRECONDITION: "the suite is not ready for this yet: do first what the message says "
+                                         "(e.g. score with `cvh run start --wait`, or move or delete child "
+                                         "accounts first: `cvh customers list --parent ID`).",
+    grpc.StatusCode.ALREADY_EXISTS: "it exists already: choose another id, or change the existing one.",
+    grpc.StatusCode.ABORTED: "it changed while you worked on it: read it again and retry.",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "the server is at a limit (calls at once, or a request too big): retry "
+                                        "in a moment, or send less per call.",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "no answer within --timeout {timeout:g} s: raise --timeout, or check how "
+                                       "busy the server is.",
+    grpc.StatusCode.OUT_OF_RANGE: "ask within the range the message names.",
+    grpc.StatusCode.UNIMPLEMENTED: "this server does not offer the call: is the service running there "
+                                   "(`cvh serve SERVICE`), and is it as recent as this cvh (`cvh --version`)?",
+    grpc.StatusCode.CANCELLED: "the call was cancelled before it finished; run the command again.",
+}
+# Where to look when a name is not found, by the resource's collection.
+LISTINGS = {"customers": "`cvh customers list`", "models": "`cvh models list`", "runs": "`cvh run list`"}
+
+
+def next_step(error: CvhError, args: argparse.Namespace) -> str:
+    """The hint printed under an error from the suite."""
+    hint = NEXT_STEPS.get(error.code, "this is a fault in the suite, not in your request: the server's log says "
+                                      "more; retry, and report it if it persists.")
+    collection = error.metadata.get("resource", "").split("/", 1)[0]
+    listing = LISTINGS.get(collection, "`cvh customers list`, `cvh models list` or `cvh run list`")
+    return hint.format(server=server(args), command=args.prog, listing=listing,
+                       timeout=getattr(args, "timeout", 0) or 0)
 
 
 if __name__ == "__main__":

@@ -381,6 +381,8 @@ def _without_nan(value):
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``cvh loadtest`` on the ``cvh`` command's subparsers."""
+    from clients.commands.common import fraction, positive_int, seed_number
+
     command = subparsers.add_parser(
         "loadtest", help="load-test the suite with Locust and check thresholds",
         description="Start the suite on loopback (or use --host), seed a synthetic base, score it, then run "
@@ -394,26 +396,26 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     command.add_argument("--host", default=None, metavar="grpc://HOST:PORT",
                          help="load-test this deployment instead of starting one (nothing is seeded: it needs "
                               "customers and a completed run); grpcs:// for TLS")
-    command.add_argument("--customers", "-n", type=int, default=100_000, metavar="N",
+    command.add_argument("--customers", "-n", type=positive_int, default=100_000, metavar="N",
                          help="synthetic customers to seed (default 100,000)")
-    command.add_argument("--seed", type=int, default=0, help="seed of the base and of the users' choices")
-    command.add_argument("--run-time", type=int, default=20, metavar="SECONDS", help="seconds per phase (default 20)")
-    command.add_argument("--users", "-u", type=int, default=6, metavar="N",
+    command.add_argument("--seed", type=seed_number, default=0, help="seed of the base and of the users' choices")
+    command.add_argument("--run-time", type=positive_int, default=20, metavar="SECONDS", help="seconds per phase (default 20)")
+    command.add_argument("--users", "-u", type=positive_int, default=6, metavar="N",
                          help="simulated users per phase, each calling as soon as it is answered (default 6: "
                               "enough to keep two cores busy, few enough that Locust's own queueing stays out "
                               "of the latencies)")
     command.add_argument("--scenarios", default=",".join(DEFAULT_SCENARIOS), metavar="LIST",
                          help=f"scenario phases after the calibration, comma-separated (default all: "
                               f"{', '.join(SCENARIOS)}); empty for the calibration only")
-    command.add_argument("--workers", type=int, default=2, metavar="N",
+    command.add_argument("--workers", type=positive_int, default=2, metavar="N",
                          help="server worker processes of the suite started here (default 2)")
     command.add_argument("--database-url", default=None, metavar="URL",
                          help="serve the suite started here on this database instead of a fresh SQLite file, "
                               "e.g. postgresql://cvh@127.0.0.1:5432/cvh_load: the base is imported into it and "
                               "scored, so give it an empty database of its own")
-    command.add_argument("--locust-processes", type=int, default=1, metavar="N",
+    command.add_argument("--locust-processes", type=positive_int, default=1, metavar="N",
                          help="Locust processes per phase (default 1; more need more cores than the server)")
-    command.add_argument("--sample", type=int, default=5_000, metavar="N",
+    command.add_argument("--sample", type=positive_int, default=5_000, metavar="N",
                          help="customer ids each Locust process reads to draw requests from (default 5,000)")
     command.add_argument("--results", default=None, metavar="DIR",
                          help="folder of the reports (default loadtest-results/<date-time>)")
@@ -423,9 +425,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     command.add_argument("--min-rps", action="append", default=[], metavar="[RPC=]N",
                          help="least requests/s of an RPC in every phase where it runs, repeatable; a bare number "
                               f"sets every phase's total (default {DEFAULT_MIN_PHASE_RPS:g})")
-    command.add_argument("--min-get-priority-ratio", type=float, default=DEFAULT_MIN_RATIOS["GetPriority"],
+    command.add_argument("--min-get-priority-ratio", type=fraction, default=DEFAULT_MIN_RATIOS["GetPriority"],
                          metavar="R", help="GetPriority alone, as a fraction of the health-check rate (default 0.8)")
-    command.add_argument("--min-score-customer-ratio", type=float, default=DEFAULT_MIN_RATIOS["ScoreCustomer"],
+    command.add_argument("--min-score-customer-ratio", type=fraction, default=DEFAULT_MIN_RATIOS["ScoreCustomer"],
                          metavar="R", help="ScoreCustomer alone, as a fraction of the health-check rate (default 0.5)")
     command.add_argument("--token", default=os.environ.get("CVH_TOKEN"), metavar="TOKEN",
                          help="bearer token for --host (env CVH_TOKEN; needs reader, scorer and writer roles)")

@@ -38,6 +38,39 @@ def number(value: float | None, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
 
+def percent(share: float) -> str:
+    """A share (0..1) for people, in one format everywhere: one decimal, "< 0.1 %" for a sliver that is
+    not nothing, an en dash when unknown."""
+    if share is None or math.isnan(share):
+        return "–"
+    value = 100 * share
+    if 0 < value < 0.05:
+        return "< 0.1 %"
+    return f"{value:.1f} %"
+
+
+def counted(count: int, noun: str, plural: str = "") -> str:
+    """``1 customer``, ``2 customers``, ``10,000 batches``: a count with its noun in the right number."""
+    if count == 1:
+        return f"1 {noun}"
+    return f"{count:,} {plural or _plural(noun)}"
+
+
+def _plural(noun: str) -> str:
+    if noun.endswith(("s", "x", "ch", "sh")):
+        return noun + "es"
+    if noun.endswith("y") and noun[-2:-1] not in "aeiou":
+        return noun[:-1] + "ies"
+    return noun + "s"
+
+
+def timestamp(stamp) -> str:
+    """A protobuf Timestamp for people, in UTC to the second; an en dash when unset."""
+    if not stamp.seconds and not stamp.nanos:
+        return "–"
+    return stamp.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")
+
+
 def progress(total: int | None, description: str, unit: str = "it", enabled: bool = True) -> tqdm:
     """A progress bar on stderr (stdout stays clean for --json); hidden when stderr is not a terminal."""
     return tqdm(total=total, desc=description, unit=unit, unit_scale=True, dynamic_ncols=True, file=sys.stderr,

@@ -3,10 +3,66 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+from collections.abc import Callable
 
 from clients.client import DEFAULT_TIMEOUT, CvhClient
 from wire.channels import DEFAULT_SERVER, Tls
+
+
+# -- argument types: each turns a flag's text into a value or a usage error (exit 2) that says what is allowed
+
+def whole_number(low: int, high: int | None = None, zero_means: str = "") -> Callable[[str], int]:
+    """An argparse type for integers from ``low`` (to ``high``); ``zero_means`` says what 0 stands for."""
+    allowed = f"a whole number from {low:,}" + (f" to {high:,}" if high is not None else "") \
+        + (f" (0: {zero_means})" if zero_means else "")
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.replace("_", "").replace(",", ""))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {allowed}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value:,} is out of range: give {allowed}")
+        return value
+    parse.__name__ = f"whole number from {low}"
+    return parse
+
+
+def seconds(low: float = 0.0, inclusive: bool = False) -> Callable[[str], float]:
+    """An argparse type for a finite number of seconds above ``low`` (or from it, when ``inclusive``)."""
+    allowed = f"a number of seconds {'from' if inclusive else 'above'} {low:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {allowed}") from None
+        if not math.isfinite(value) or value < low or (value == low and not inclusive):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: give {allowed}")
+        return value
+    parse.__name__ = "seconds"
+    return parse
+
+
+def fraction(text: str) -> float:
+    """An argparse type for a share from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction from 0 to 1")
+    return value
+
+
+positive_int = whole_number(1)
+non_negative_int = whole_number(0)
+port_number = whole_number(1, 65_535)
+seed_number = whole_number(0, 2**63 - 1)
+positive_seconds = seconds(0.0)
+non_negative_seconds = seconds(0.0, inclusive=True)
 
 
 def client_options() -> argparse.ArgumentParser:
@@ -26,7 +82,7 @@ def client_options() -> argparse.ArgumentParser:
                        help="client certificate for mutual TLS (env CVH_TLS_CLIENT_CERT)")
     group.add_argument("--tls-key", default=os.environ.get("CVH_TLS_CLIENT_KEY"), metavar="PEM",
                        help="key of --tls-cert (env CVH_TLS_CLIENT_KEY)")
-    group.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+    group.add_argument("--timeout", type=positive_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                        help=f"deadline of each single call (default {DEFAULT_TIMEOUT:g})")
     options.add_argument("--json", action="store_true", help="print JSON for scripts instead of tables")
     return options

@@ -8,19 +8,31 @@ import io
 import tempfile
 from pathlib import Path
 
+import grpc
+
 from clients.client import CvhClient, customer_id
-from clients.commands.common import connect, server
-from clients.commands.hierarchy import print_priority, pyramid_file, tiers_table
+from clients.commands.common import connect, seed_number, server, whole_number
+from clients.commands.hierarchy import print_priority, pyramid_file, tiers_table, value_sums
 from clients.commands.scoring import follow_run
 from clients.errors import CvhError
-from clients.output import print_json, progress
+from clients.output import counted, print_json, progress
+from clients.pyramid import DEFAULT_VALUE_SIGNAL, tier_layers
+
+MAX_DEMO_CUSTOMERS = 1_000_000  # a demo's base is held in memory whole (16 signals: about 130 MB at the cap)
+# The demo's customers carry this label (and ids with this prefix), so that they can be told from a suite's
+# own customers and taken out again with `cvh demo --remove`.
+DEMO_LABEL = "demo"
+DEMO_ID_PREFIX = "demo-"
+MAX_BATCH_GET = 1000
 
 
 def demo(args: argparse.Namespace) -> int:
+    run = _remove if args.remove else _demo
     if not args.json:
-        return _demo(args)
+        return run(args)
+    args.summary = {}
     with contextlib.redirect_stdout(io.StringIO()):  # --json: only the summary object is printed
-        code = _demo(args)
+        code = run(args)
     print_json(args.summary)
     return code
 
@@ -29,38 +41,98 @@ def _demo(args: argparse.Namespace) -> int:
     from clients import synthetic
 
     with _suite(args) as cvh:
-        base = synthetic.generate_base(args.customers, seed=args.seed)
-        print(f"1. generated {args.customers:,} synthetic customers: skewed revenue, correlated signals, "
+        base = synthetic.generate_base(args.customers, seed=args.seed, id_prefix=DEMO_ID_PREFIX)
+        own = _own_customers(cvh, base.customer_ids)
+        if own:
+            print(f"the suite at {server(args)} holds {counted(own, 'customer')} of its own: the demo adds its "
+                  f"synthetic customers beside them, labelled {DEMO_LABEL} (`cvh customers list --label "
+                  f"{DEMO_LABEL}`), and its scoring run scores yours too; `cvh demo --remove` takes the demo's "
+                  "out again\n")
+        print(f"1. generated {counted(args.customers, 'synthetic customer')}: skewed revenue, correlated signals, "
               "account trees, every stakeholder role")
         with progress(args.customers, "   importing", unit=" customers", enabled=not args.json) as bar:
-            imported = synthetic.import_base(cvh, base, on_progress=lambda done: bar.update(done - bar.n))
-        print(f"2. imported them through ImportCustomers: {imported.created:,} created, "
+            imported = synthetic.import_base(cvh, base, on_progress=lambda done: bar.update(done - bar.n),
+                                             labels={DEMO_LABEL: "cvh"})
+        print(f"2. imported them through ImportCustomers, labelled {DEMO_LABEL}: {imported.created:,} created, "
               f"{imported.updated:,} updated, {imported.rejected:,} rejected")
         run = follow_run(cvh, cvh.start_run(), enabled=not args.json)
         if run.failure_reason:
             print(f"   the run failed: {run.failure_reason}")
             return 1
-        print(f"3. scored them with the default model: {run.name}, {run.customers_total:,} customers in "
+        print(f"3. scored them with the default model: {run.name}, {counted(run.customers_total, 'customer')} in "
               f"{run.export_seconds + run.scoring_seconds + run.store_seconds:.1f} s")
         cvh.wait_for_snapshot(run.name)
         summary = cvh.get_hierarchy_summary()
+        layers = tier_layers(summary, value_sums(cvh, summary.run, DEFAULT_VALUE_SIGNAL))
         print("4. the hierarchy now serves it from memory:\n")
-        tiers_table(summary)
+        tiers_table(summary, layers, DEFAULT_VALUE_SIGNAL)
         examples = _examples(cvh, run.name)
-        print(f"\n5. what support sees for {len(examples)} customers (`cvh priority ID`):\n")
+        print(f"\n5. what support sees for {counted(len(examples), 'customer')} (`cvh priority ID`):\n")
         for n, priority in enumerate(cvh.batch_get_priority(examples)):
             if n:
                 print()
             print_priority(priority)
         if args.pyramid:
-            pyramid_file(summary, Path(args.pyramid))
+            pyramid_file(summary, layers, Path(args.pyramid))
             print(f"\n6. drew the pyramid into {args.pyramid}")
         args.summary = {"customers": args.customers, "imported": imported.created + imported.updated,
-                        "run": run.name, "examples": examples,
+                        "own_customers": own, "label": DEMO_LABEL, "run": run.name, "examples": examples,
                         "tiers": {t.tier.tier_id: t.customers for t in summary.tiers}}
-        print("\nNext: `cvh tiers`, `cvh rank ID ID`, `cvh tree ID`, `cvh pyramid --out pyramid.png`, "
-              "`cvh run start --wait` after changing signals, `cvh run moves`.")
+        print("\nNext: `cvh tiers`, `cvh customers get ID`, `cvh rank ID ID`, `cvh tree ID`, "
+              "`cvh pyramid --out pyramid.png`, `cvh run start --wait` after changing signals, `cvh run moves`"
+              + (", `cvh demo --remove`." if own else "."))
     return 0
+
+
+def _own_customers(cvh: CvhClient, demo_ids: list[str]) -> int:
+    """How many customers the suite holds that are not the demo's; refuses (exit 1) when one of them has an
+    id the demo would overwrite."""
+    with cvh.export_signal_matrix([DEFAULT_VALUE_SIGNAL], chunk_size=1) as stream:  # its first message counts
+        first = next(iter(stream), None)
+    total = first.total_customers if first is not None else 0
+    if not total:
+        return 0
+    demo = sum(1 for _ in cvh.list_customers(label=DEMO_LABEL, page_size=1000))
+    if total > demo:
+        for start in range(0, len(demo_ids), MAX_BATCH_GET):
+            found = cvh.batch_get_customers(demo_ids[start:start + MAX_BATCH_GET], allow_missing=True)
+            taken = [c.customer_id for c in found if DEMO_LABEL not in c.labels]
+            if taken:
+                raise SystemExit(f"cvh demo: the suite already holds customers with the demo's ids (e.g. {taken[0]}) "
+                                 f"that are not labelled {DEMO_LABEL}; the demo would overwrite them, so it stops "
+                                 "here. Run it on a suite of its own: `cvh demo --embedded`.")
+    return total - demo
+
+
+def _remove(args: argparse.Namespace) -> int:
+    """Deletes the customers labelled demo, children before their parents."""
+    with connect(args) as cvh:
+        parent_of = {c.customer_id: customer_id(c.parent) for c in cvh.list_customers(label=DEMO_LABEL, page_size=1000)}
+
+        def depth(customer: str) -> int:
+            levels = 0
+            while (customer := parent_of.get(customer, "")) and levels < 64:
+                levels += 1
+            return levels
+        order = sorted(parent_of, key=depth, reverse=True)
+        kept = []
+        with progress(len(order), "removing the demo's customers", unit=" customers", enabled=not args.json) as bar:
+            for customer in order:
+                try:
+                    cvh.delete_customer(customer)
+                except CvhError as error:
+                    if error.code != grpc.StatusCode.FAILED_PRECONDITION:  # e.g. a child account of your own
+                        raise
+                    kept.append(customer)
+                bar.update(1)
+    removed = len(order) - len(kept)
+    args.summary = {"removed": removed, "kept": kept}
+    print(f"removed {counted(removed, 'demo customer')} (labelled {DEMO_LABEL}) from {server(args)}"
+          + ("; `cvh run start --wait` scores what is left" if removed else ""))
+    if kept:
+        print(f"kept {counted(len(kept), 'demo customer')} that now have child accounts of their own, e.g. "
+              f"{kept[0]}: `cvh customers list --parent {kept[0]}`")
+    return 1 if kept else 0
 
 
 def _examples(cvh: CvhClient, run: str) -> list[str]:
@@ -109,11 +181,16 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
         "demo", parents=[client], help="see the whole flow on a synthetic customer base",
         description="Generates a realistic synthetic customer base, imports it, runs scoring and shows the "
                     "tiers and what support sees for a few customers. Uses the suite at --server, or starts "
-                    "one in this process when nothing listens there.")
-    command.add_argument("--customers", "-n", type=int, default=10_000, metavar="N",
-                         help="customers to generate (default 10,000)")
-    command.add_argument("--seed", type=int, default=7, help="random seed: the same seed gives the same base")
+                    "one in this process when nothing listens there. On a suite with customers of its own, the "
+                    f"demo's are added beside them (ids {DEMO_ID_PREFIX}..., label {DEMO_LABEL}) and "
+                    "`cvh demo --remove` takes them out again.")
+    command.add_argument("--customers", "-n", type=whole_number(1, MAX_DEMO_CUSTOMERS), default=10_000, metavar="N",
+                         help=f"customers to generate, 1 to {MAX_DEMO_CUSTOMERS:,} (default 10,000)")
+    command.add_argument("--seed", type=seed_number, default=7, help="random seed: the same seed gives the same base")
     command.add_argument("--embedded", action="store_true",
                          help="always start a suite in this process (temporary database)")
     command.add_argument("--pyramid", metavar="FILE", help="also draw the pyramid into FILE (.png or .svg)")
+    command.add_argument("--remove", action="store_true",
+                         help=f"take the demo's customers (labelled {DEMO_LABEL}) out of the suite at --server "
+                              "again, children before parents")
     command.set_defaults(run=demo)

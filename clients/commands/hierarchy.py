@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import math
+import sys
 from pathlib import Path
 
+import numpy as np
+
 from clients.client import customer_id
-from clients.commands.common import connect, enum_word
-from clients.output import message_dict, number, print_json, print_table
+from clients.commands.common import connect, enum_word, whole_number
+from clients.output import counted, message_dict, number, percent, print_json, print_table
+from clients.pyramid import check_suffix, tier_layers, value_by_level, value_word
 from cvh.common.v1 import common_pb2
 from cvh.hierarchy.v1 import hierarchy_service_pb2 as pb
 
@@ -109,9 +114,9 @@ def tree(args: argparse.Namespace) -> int:
         print(line(child, depth + 1))
     hidden = account.children_total - len(account.children)
     if hidden > 0:
-        print(f"{'  ' * (depth + 1)}... and {hidden:,} more children")
+        print(f"{'  ' * (depth + 1)}... and {counted(hidden, 'more child', 'more children')}")
     rollup = account.rollup
-    print(f"subtree: {rollup.customers:,} customers, best tier "
+    print(f"subtree: {counted(rollup.customers, 'customer')}, best tier "
           f"{rollup.best_tier.display_name or rollup.best_tier.tier_id or '–'}, group value "
           f"{number(rollup.group_composite if rollup.HasField('group_composite') else None)}")
     return 0
@@ -120,47 +125,81 @@ def tree(args: argparse.Namespace) -> int:
 def tiers(args: argparse.Namespace) -> int:
     with connect(args) as cvh:
         summary = cvh.get_hierarchy_summary()
-    print_json(message_dict(summary)) if args.json else tiers_table(summary)
+        sums = value_sums(cvh, summary.run, args.value_signal)
+    layers = tier_layers(summary, sums)
+    if args.json:
+        data = message_dict(summary)
+        data["value_signal"] = args.value_signal
+        for tier, layer in zip(data.get("tiers", []), sorted(summary.tiers, key=lambda t: t.tier.level)):
+            tier["value_signal_percent"] = None if math.isnan(layer.value_share) else 100 * layer.value_share
+        print_json(data)
+    else:
+        tiers_table(summary, layers, args.value_signal)
     return 0
 
 
-DIMENSION_WORDS = [enum_word(common_pb2.ValueDimension, d) for d in common_pb2.ValueDimension.values() if d]
+def value_sums(cvh, run: str, signal: str) -> dict[int, float] | None:
+    """The value signal summed per tier level of ``run``: the run's tier per customer (StreamRunResults)
+    joined here with the registry's current values of that one signal (ExportSignalMatrix). None when
+    there is no run, no signal asked for, or no customer has the signal."""
+    if not run or not signal:
+        return None
+    ids, levels = [], []
+    for chunk in cvh.stream_run_results(run):
+        ids.extend(chunk.dimension_scores.customer_ids)
+        levels.append(np.frombuffer(chunk.tier_levels, "<i4"))
+    export = cvh.export_signals([signal])
+    if export.values is None or not np.isfinite(export.values).any():
+        return None
+    return value_by_level(ids, np.concatenate(levels) if levels else np.empty(0, np.int32), export.customer_ids,
+                          export.values)
 
 
-def tiers_table(summary: pb.HierarchySummary) -> None:
-    print(f"{summary.total_customers:,} customers in {summary.run or 'no run yet'}")
-    rows = []
-    for t in summary.tiers:
-        shares = {enum_word(common_pb2.ValueDimension, s.dimension): s.score
-                  for s in t.value_percent if s.HasField("score")}
-        rows.append([t.tier.level, t.tier.display_name or t.tier.tier_id, f"{t.customers:,}",
-                     f"{t.customer_percent:.1f} %",
-                     *(f"{shares.get(d, float('nan')):.1f} %" for d in DIMENSION_WORDS),
-                     f"{number(t.min_composite)}–{number(t.max_composite)}"])
-    print_table(["level", "tier", "customers", "share", *[f"{d} value" for d in DIMENSION_WORDS], "value range"],
-                rows, right=[0, 2, 3, 4, 5, 6, 7])
+def tiers_table(summary: pb.HierarchySummary, layers, value_signal: str) -> None:
+    word = value_word(value_signal)
+    print(f"{counted(summary.total_customers, 'customer')} in {summary.run or 'no run yet'}")
+    print_table(["level", "tier", "customers", "% of customers", f"% of {word}", "% of summed composite",
+                 "composite range"],
+                [[t.tier.level, layer.display_name, f"{t.customers:,}", percent(layer.customer_share),
+                  percent(layer.value_share), percent(layer.composite_share),
+                  f"{number(t.min_composite)}–{number(t.max_composite)}"]
+                 for t, layer in zip(sorted(summary.tiers, key=lambda t: t.tier.level), layers)],
+                right=[0, 2, 3, 4, 5, 6])
+    if value_signal and all(math.isnan(layer.value_share) for layer in layers) and layers:
+        print(f"(no customer has {value_signal}: choose the money signal with --value-signal)")
+    elif value_signal and value_signal != word:
+        print(f"({word}: the current values of {value_signal} in the registry)")
+    print("% of summed composite: the tier's share of all customers' 0-100 composite scores added up, not of "
+          "money; per dimension: `cvh tiers --json`")
 
 
 def pyramid(args: argparse.Namespace) -> int:
-    from clients.pyramid import check_suffix
-
     check_suffix(args.out)  # before asking the server anything
     with connect(args) as cvh:
         summary = cvh.get_hierarchy_summary()
+        sums = value_sums(cvh, summary.run, args.value_signal) if summary.total_customers else None
     if not summary.total_customers:
-        print("cvh pyramid: no customers in the hierarchy yet; import some and run scoring (see `cvh demo`)")
+        print("cvh pyramid: no customers in the hierarchy yet; import some and run scoring (see `cvh demo`)",
+              file=sys.stderr)
         return 1
     out = Path(args.out)
-    pyramid_file(summary, out, args.title)
+    pyramid_file(summary, tier_layers(summary, sums), out, args.title, args.value_signal)
     print_json({"out": str(out), "tiers": len(summary.tiers)}) if args.json else print(f"wrote {out}")
     return 0
 
 
-def pyramid_file(summary: pb.HierarchySummary, out: Path, title: str = "") -> None:
+def pyramid_file(summary: pb.HierarchySummary, layers, out: Path, title: str = "",
+                 value_signal: str = "annual_revenue") -> None:
     from clients import pyramid as drawing  # matplotlib loads only for pictures
 
-    drawing.draw_pyramid(drawing.layers_from_summary(summary), out, title=title or "Customer value hierarchy",
-                         subtitle=f"{summary.total_customers:,} customers, {summary.run}")
+    drawing.draw_pyramid(layers, out, title=title or "Customer value hierarchy",
+                         subtitle=f"{counted(summary.total_customers, 'customer')}, {summary.run}",
+                         value_signal=value_signal)
+
+
+def value_signal_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--value-signal", default="annual_revenue", metavar="SIGNAL",
+                         help="the money signal whose share each tier holds (default annual_revenue; '' for none)")
 
 
 def add_parsers(commands, client: argparse.ArgumentParser) -> None:
@@ -187,17 +226,25 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
     command = commands.add_parser("tree", parents=[client], help="a customer's account tree and roll-up",
                                   description="Ancestors, the customer, its children and the subtree's roll-up.")
     command.add_argument("customer", metavar="ID")
-    command.add_argument("--max-children", type=int, default=0, metavar="N", help="children shown (default 100)")
+    command.add_argument("--max-children", type=whole_number(0, 1000, "100"), default=0, metavar="N",
+                         help="children shown, up to 1,000 (default 100)")
     command.set_defaults(run=tree)
 
-    command = commands.add_parser("tiers", parents=[client], help="the hierarchy's tiers, sizes and value shares",
-                                  description="Customers per tier and each tier's share of the value on every "
-                                              "dimension, for the run the hierarchy serves.")
+    command = commands.add_parser(
+        "tiers", parents=[client], help="the hierarchy's tiers: shares of customers and of revenue",
+        description="For the run the hierarchy serves: customers per tier, each tier's share of the customers, "
+                    "of the money a value signal measures (--value-signal, default annual_revenue: the "
+                    "registry's current values, summed over the tier's customers) and of the summed 0-100 "
+                    "composite scores (a share of scores, not of money).")
+    value_signal_option(command)
     command.set_defaults(run=tiers)
 
     command = commands.add_parser(
         "pyramid", parents=[client], help="draw the hierarchy as a pyramid (PNG or SVG)",
-        description="Draw one layer per tier, sized by customer count and annotated with its share of value.")
+        description="Draw one layer per tier, with bars to scale for its share of the customers and of the money "
+                    "a value signal measures (--value-signal, default annual_revenue). Layer widths follow the "
+                    "square root of the customers (the picture says so).")
     command.add_argument("--out", "-o", required=True, metavar="FILE", help="output file: .png or .svg")
     command.add_argument("--title", default="", help="title above the pyramid")
+    value_signal_option(command)
     command.set_defaults(run=pyramid)

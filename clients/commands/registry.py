@@ -1,16 +1,19 @@
-"""Customers in: cvh import, cvh signals record."""
+"""Customers in and out: cvh import, cvh customers get|list|delete, cvh signals record|history."""
 
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 
 import grpc
 
 from clients import tabular
-from clients.commands.common import connect
+from clients.client import customer_id
+from clients.commands.common import connect, enum_word, non_negative_int, whole_number
 from clients.errors import CvhError
-from clients.output import print_json, progress
+from clients.output import counted, message_dict, print_json, print_table, progress, timestamp
+from cvh.common.v1 import common_pb2
 from cvh.registry.v1 import registry_service_pb2 as registry_pb
 
 
@@ -21,7 +24,7 @@ def import_customers(args: argparse.Namespace) -> int:
         def requests():
             for request in source.requests(args.all_or_nothing):
                 bar.update(source.bytes_read - bar.n)
-                bar.set_postfix_str(f"{source.rows_sent:,} rows")
+                bar.set_postfix_str(counted(source.rows_sent, "row"))
                 yield request
         summary = cvh.import_customers(requests())
         bar.update(source.total_bytes - bar.n)
@@ -37,7 +40,7 @@ def import_customers(args: argparse.Namespace) -> int:
         print_json(result)
     else:
         print(f"{summary.created:,} created, {summary.updated:,} updated, {rejected:,} rejected "
-              f"({summary.batches_committed:,} batches committed)")
+              f"({counted(summary.batches_committed, 'batch')} committed)")
         for row in sorted(rejects, key=lambda r: r.line)[:5]:
             print(f"  line {row.line}: {row.customer_id or '(no id)'}: {row.field}: {row.reason}")
         if rejects:
@@ -65,7 +68,8 @@ def record_signals(args: argparse.Namespace) -> int:
         print_json({"current": current, "historical": historical, "rejected": len(rejects),
                     "rejects_file": str(rejects_file) if rejects else ""})
     else:
-        print(f"{current:,} observations became current, {historical:,} went to history, {len(rejects):,} rejected")
+        print(f"{counted(current, 'observation')} became current, {historical:,} went to history, "
+              f"{len(rejects):,} rejected")
         if rejects:
             print(f"rejected rows and reasons: {rejects_file}")
     return 1 if rejects else 0
@@ -107,6 +111,104 @@ def _refused_rows(error: CvhError, batch) -> dict[int, tuple[str, str]]:
     return {}
 
 
+MAX_BATCH_GET = 1000  # BatchGetCustomers: names per call
+
+
+def customers_get(args: argparse.Namespace) -> int:
+    with connect(args) as cvh:
+        found = [c for start in range(0, len(args.customers), MAX_BATCH_GET)
+                 for c in cvh.batch_get_customers(args.customers[start:start + MAX_BATCH_GET])]
+    if args.json:
+        print_json([message_dict(c) for c in found])
+        return 0
+    for n, customer in enumerate(found):
+        if n:
+            print()
+        print_customer(customer)
+    return 0
+
+
+def print_customer(c: registry_pb.Customer) -> None:
+    print(f"{c.customer_id}" + (f"  {c.display_name}" if c.display_name else ""))
+    print(f"  parent     {customer_id(c.parent) if c.parent else '–'}")
+    print(f"  role       {enum_word(common_pb2.StakeholderRole, c.stakeholder_role)}")
+    print(f"  owner      {c.owner or '–'}")
+    print(f"  labels     {_labels(c) or '–'}")
+    print(f"  created    {timestamp(c.create_time)}, updated {timestamp(c.update_time)}")
+    if not c.signals:
+        print("  signals    none observed")
+        return
+    print(f"  signals    {counted(len(c.signals), 'signal')}, current values (`cvh signals history "
+          f"{c.customer_id}` shows earlier ones):")
+    print_table(["signal", "value", "observed"],
+                [[f"    {name}", f"{c.signals[name].value:,.6g}", timestamp(c.signals[name].observe_time)]
+                 for name in sorted(c.signals)], right=[1])
+
+
+def _labels(c: registry_pb.Customer) -> str:
+    return ", ".join(f"{key}={value}" if value else key for key, value in sorted(c.labels.items()))
+
+
+def customers_list(args: argparse.Namespace) -> int:
+    with connect(args) as cvh:
+        listed = cvh.list_customers(parent=args.parent or "", role=args.role or 0, owner=args.owner or "",
+                                    label=args.label or "", page_size=min(args.limit or 1000, 1000))
+        customers = list(itertools.islice(listed, args.limit + 1) if args.limit else listed)
+    more = bool(args.limit) and len(customers) > args.limit
+    customers = customers[:args.limit] if args.limit else customers
+    if args.json:
+        print_json([message_dict(c) for c in customers])
+        return 0
+    print_table(["customer", "name", "parent", "role", "owner", "labels", "signals"],
+                [[c.customer_id, c.display_name, customer_id(c.parent), enum_word(common_pb2.StakeholderRole,
+                  c.stakeholder_role), c.owner, _labels(c), len(c.signals)] for c in customers], right=[6])
+    if more:
+        print(f"(the first {counted(args.limit, 'customer')}; --limit N shows more, --limit 0 all)")
+    elif not customers:
+        print("no customers" + (" match" if args.parent or args.role or args.owner or args.label else " yet: "
+                                "`cvh import FILE` adds some"))
+    return 0
+
+
+def customers_delete(args: argparse.Namespace) -> int:
+    with connect(args) as cvh:
+        for customer in args.customers:
+            cvh.delete_customer(customer)
+            if not args.json:
+                print(f"deleted {customer_id(customer)}")
+    if args.json:
+        print_json({"deleted": [customer_id(c) for c in args.customers]})
+    return 0
+
+
+def signals_history(args: argparse.Namespace) -> int:
+    with connect(args) as cvh:
+        history = cvh.list_signal_history(args.customer, args.signal or "", page_size=min(args.limit or 1000, 1000))
+        observations = list(itertools.islice(history, args.limit + 1) if args.limit else history)
+    more = bool(args.limit) and len(observations) > args.limit
+    observations = observations[:args.limit] if args.limit else observations
+    if args.json:
+        print_json([message_dict(o) for o in observations])
+        return 0
+    if not observations:
+        print(f"no observations of {args.signal or 'any signal'} for {customer_id(args.customer)}")
+        return 0
+    print_table(["observed", "signal", "value", "current"],
+                [[timestamp(o.value.observe_time), o.signal, f"{o.value.value:,.6g}", "yes" if o.current else ""]
+                 for o in observations], right=[2])
+    if more:
+        print(f"(the newest {counted(args.limit, 'observation')}; --limit N shows more, --limit 0 all)")
+    return 0
+
+
+def role_argument(text: str) -> int:
+    """--role: a stakeholder role by name (buyer, end_user, ...), as in import files."""
+    try:
+        return tabular.role_value(text)
+    except tabular.BadRow as bad:
+        raise argparse.ArgumentTypeError(bad.reason) from None
+
+
 def add_parsers(commands, client: argparse.ArgumentParser) -> None:
     command = commands.add_parser(
         "import", parents=[client], help="import customers from CSV or JSON Lines",
@@ -117,13 +219,38 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
     command.add_argument("file", metavar="FILE", help="a .csv, .jsonl or .ndjson file")
     command.add_argument("--format", choices=["csv", "jsonl"], help="file format (default: from the suffix)")
     command.add_argument("--rejects", metavar="FILE", help="where rejected rows go (default FILE.rejects.csv)")
-    command.add_argument("--chunk-rows", type=int, default=tabular.MAX_ROWS_PER_MESSAGE, metavar="N",
+    command.add_argument("--chunk-rows", type=whole_number(1, tabular.MAX_ROWS_PER_MESSAGE), default=tabular.MAX_ROWS_PER_MESSAGE, metavar="N",
                          help="customers per message, each committed on its own (default 10,000)")
     command.add_argument("--all-or-nothing", action="store_true",
                          help="write every row in one transaction at the end, or nothing if any row is bad")
     command.set_defaults(run=import_customers)
 
-    signals = commands.add_parser("signals", help="record signal observations",
+    customers = commands.add_parser("customers", help="look at stored customers: get, list, delete",
+                                    description="What the registry holds about customers.")
+    actions = customers.add_subparsers(dest="action", required=True, metavar="ACTION")
+    command = actions.add_parser("get", parents=[client], help="customers with their labels and current signals",
+                                 description="Each customer's fields, labels and current signal values; "
+                                             "exits 1 (NOT_FOUND) when one is not registered.")
+    command.add_argument("customers", nargs="+", metavar="ID", help="customer ids (or customers/ID names)")
+    command.set_defaults(run=customers_get)
+    command = actions.add_parser("list", parents=[client], help="customers page by page, with filters",
+                                 description="Customers in customer_id order; the filters combine.")
+    command.add_argument("--parent", metavar="ID", help="only the direct children of this customer")
+    command.add_argument("--role", type=role_argument, metavar="ROLE",
+                         help=f"only this stakeholder role: {', '.join(tabular.ROLE_NAMES)}")
+    command.add_argument("--owner", metavar="OWNER", help="only customers of this owner (exact)")
+    command.add_argument("--label", metavar="KEY[=VALUE]", help="only customers carrying this label (e.g. demo)")
+    command.add_argument("--limit", type=non_negative_int, default=100, metavar="N",
+                         help="at most N customers (default 100; 0: all)")
+    command.set_defaults(run=customers_list)
+    command = actions.add_parser("delete", parents=[client], help="delete customers",
+                                 description="Delete customers with their signals and history, in the order "
+                                             "given. A customer with child accounts is refused "
+                                             "(FAILED_PRECONDITION): delete or move its children first.")
+    command.add_argument("customers", nargs="+", metavar="ID", help="customer ids (or customers/ID names)")
+    command.set_defaults(run=customers_delete)
+
+    signals = commands.add_parser("signals", help="record signal observations; show their history",
                                   description="Signal observations: the latest by observe_time is current.")
     actions = signals.add_subparsers(dest="action", required=True, metavar="ACTION")
     command = actions.add_parser(
@@ -135,3 +262,11 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
     command.add_argument("--format", choices=["csv", "jsonl"], help="file format (default: from the suffix)")
     command.add_argument("--rejects", metavar="FILE", help="where rejected rows go (default FILE.rejects.csv)")
     command.set_defaults(run=record_signals)
+    command = actions.add_parser("history", parents=[client], help="a customer's observations, newest first",
+                                 description="Every kept observation of the customer's signals (or of SIGNAL), "
+                                             "newest first; `current` marks the value scoring uses.")
+    command.add_argument("customer", metavar="ID", help="customer id (or customers/ID)")
+    command.add_argument("signal", nargs="?", metavar="SIGNAL", help="only this signal, e.g. annual_revenue")
+    command.add_argument("--limit", type=non_negative_int, default=100, metavar="N",
+                         help="at most N observations (default 100; 0: all)")
+    command.set_defaults(run=signals_history)

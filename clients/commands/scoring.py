@@ -10,8 +10,8 @@ from pathlib import Path
 from google.protobuf import json_format
 
 from clients.client import CvhClient
-from clients.commands.common import connect, enum_word
-from clients.output import message_dict, print_json, print_table, progress
+from clients.commands.common import connect, enum_word, positive_int
+from clients.output import counted, message_dict, print_json, print_table, progress
 from cvh.scoring.v1 import scoring_service_pb2 as pb
 
 # What a model file holds: the model's own fields, not the service's bookkeeping.
@@ -89,7 +89,7 @@ def follow_run(cvh: CvhClient, run: pb.ScoringRun, enabled: bool = True) -> pb.S
 
         def show(update: pb.ScoringRun) -> None:
             bar.update(update.percent_done - bar.n)
-            bar.set_postfix_str(f"{update.customers_done:,}/{update.customers_total:,} customers")
+            bar.set_postfix_str(f"{update.customers_done:,}/{counted(update.customers_total, 'customer')}")
         return cvh.wait_for_run(run.name, on_progress=show)
 
 
@@ -100,7 +100,7 @@ def print_run(run: pb.ScoringRun) -> None:
     if run.failure_reason:
         print(f"  why: {run.failure_reason}")
     if run.state == pb.RUN_STATE_COMPLETED:
-        print(f"  {run.customers_total:,} customers in {run.export_seconds + run.scoring_seconds + run.store_seconds:.1f} s"
+        print(f"  {counted(run.customers_total, 'customer')} in {run.export_seconds + run.scoring_seconds + run.store_seconds:.1f} s"
               f" (export {run.export_seconds:.1f} s, scoring {run.scoring_seconds:.1f} s, "
               f"store {run.store_seconds:.1f} s)")
         total = max(run.customers_total, 1)
@@ -192,7 +192,7 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
     command = actions.add_parser("list", parents=[client], help="recent runs, newest first")
     command.add_argument("--model-id", default="", help="only runs of this model")
     command.add_argument("--state", choices=["pending", "running", "completed", "failed", "cancelled"])
-    command.add_argument("--limit", type=int, default=20, metavar="N", help="at most N runs (default 20)")
+    command.add_argument("--limit", type=positive_int, default=20, metavar="N", help="at most N runs (default 20)")
     command.set_defaults(run=run_list)
     command = actions.add_parser("moves", parents=[client], help="how many customers moved between tiers")
     command.add_argument("run_name", nargs="?", default="", metavar="RUN",

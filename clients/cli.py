@@ -10,8 +10,8 @@ import sys
 import grpc
 
 from clients.commands import demo, hierarchy, registry, scoring
-from clients.commands.common import (client_options, non_negative_int, non_negative_seconds, port_number,
-                                     positive_int, server)
+from clients.commands.common import (client_options, database_url, existing_file, non_negative_int,
+                                     non_negative_seconds, port_number, positive_int, server)
 from clients.errors import CvhError
 from clients.tabular import InputError
 from services.common.config import DEFAULT_LISTEN, SERVICE_NAMES
@@ -46,8 +46,14 @@ def _db_upgrade(args: argparse.Namespace) -> int:
     from services.common import db
     from services.common.config import ServerConfig
 
+    from alembic.util import CommandError
+
     config = ServerConfig.from_env(database_url=args.database_url)
-    db.upgrade(db.create_engine(config.database_url), args.revision)
+    try:
+        db.upgrade(db.create_engine(config.database_url), args.revision)
+    except CommandError as error:  # e.g. a revision that does not exist
+        print(f"cvh db upgrade: {error}; `cvh db upgrade` (no REVISION) goes to the latest", file=sys.stderr)
+        return 2
     print(f"database at {config.database_url} upgraded to {args.revision}")
     return 0
 
@@ -79,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"which services to run: {', '.join(SERVICE_NAMES)} (default: all)")
     serve.add_argument("--listen", default=None, metavar="HOST:PORT",
                        help=f"address to listen on (env CVH_LISTEN, default {DEFAULT_LISTEN}); port 0 picks one")
-    serve.add_argument("--database-url", default=None, metavar="URL",
+    serve.add_argument("--database-url", type=database_url, default=None, metavar="URL",
                        help="SQLAlchemy URL (env CVH_DATABASE_URL, default sqlite:///.cvh/cvh.db), "
                             "e.g. postgresql://user@host:5432/cvh")
     serve.add_argument("--metrics-port", type=port_number, default=None, metavar="PORT",
@@ -100,12 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "(env CVH_WORKERS, default 1); see services/common/workers.py")
     serve.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                        help="log level (env CVH_LOG_LEVEL, default INFO)")
-    serve.add_argument("--tls-cert", default=None, metavar="PEM",
+    serve.add_argument("--tls-cert", type=existing_file, default=None, metavar="PEM",
                        help="serve TLS with this certificate chain (env CVH_TLS_CERT); needs --tls-key")
-    serve.add_argument("--tls-key", default=None, metavar="PEM", help="private key of --tls-cert (env CVH_TLS_KEY)")
-    serve.add_argument("--tls-client-ca", default=None, metavar="PEM",
+    serve.add_argument("--tls-key", type=existing_file, default=None, metavar="PEM", help="private key of --tls-cert (env CVH_TLS_KEY)")
+    serve.add_argument("--tls-client-ca", type=existing_file, default=None, metavar="PEM",
                        help="require client certificates signed by this CA: mutual TLS (env CVH_TLS_CLIENT_CA)")
-    serve.add_argument("--tokens-file", default=None, metavar="JSON",
+    serve.add_argument("--tokens-file", type=existing_file, default=None, metavar="JSON",
                        help='bearer tokens and roles (env CVH_TOKENS_FILE): {"tokens": [{"name": "support", '
                             '"sha256": "<hex digest of the token>", "roles": ["reader"]}]}; roles are reader, '
                             "scorer, writer, admin")
@@ -118,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade = db_commands.add_parser("upgrade", help="apply migrations",
                                      description="Apply the schema migrations up to REVISION (default: latest).")
     upgrade.add_argument("revision", nargs="?", default="head", help="target revision (default head)")
-    upgrade.add_argument("--database-url", default=None, metavar="URL",
+    upgrade.add_argument("--database-url", type=database_url, default=None, metavar="URL",
                          help="SQLAlchemy URL (env CVH_DATABASE_URL, default sqlite:///.cvh/cvh.db)")
     upgrade.set_defaults(run=_db_upgrade)
 

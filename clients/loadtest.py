@@ -381,7 +381,7 @@ def _without_nan(value):
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``cvh loadtest`` on the ``cvh`` command's subparsers."""
-    from clients.commands.common import fraction, positive_int, seed_number
+    from clients.commands.common import database_url, existing_file, fraction, positive_int, seed_number
 
     command = subparsers.add_parser(
         "loadtest", help="load-test the suite with Locust and check thresholds",
@@ -409,7 +409,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               f"{', '.join(SCENARIOS)}); empty for the calibration only")
     command.add_argument("--workers", type=positive_int, default=2, metavar="N",
                          help="server worker processes of the suite started here (default 2)")
-    command.add_argument("--database-url", default=None, metavar="URL",
+    command.add_argument("--database-url", type=database_url, default=None, metavar="URL",
                          help="serve the suite started here on this database instead of a fresh SQLite file, "
                               "e.g. postgresql://cvh@127.0.0.1:5432/cvh_load: the base is imported into it and "
                               "scored, so give it an empty database of its own")
@@ -431,7 +431,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                          metavar="R", help="ScoreCustomer alone, as a fraction of the health-check rate (default 0.5)")
     command.add_argument("--token", default=os.environ.get("CVH_TOKEN"), metavar="TOKEN",
                          help="bearer token for --host (env CVH_TOKEN; needs reader, scorer and writer roles)")
-    command.add_argument("--tls-ca", default=os.environ.get("CVH_TLS_CA"), metavar="PEM",
+    command.add_argument("--tls-ca", type=existing_file, default=os.environ.get("CVH_TLS_CA"), metavar="PEM",
                          help="CA of a grpcs:// --host (env CVH_TLS_CA)")
     command.add_argument("--no-progress", action="store_true", help="no progress bars")
     command.add_argument("--json", action="store_true",

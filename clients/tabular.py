@@ -22,8 +22,9 @@ column             meaning
                    no offset means UTC) or a date; empty means "now" at the server; at most
                    one day ahead
 every other        a signal named by the column (``[a-z][a-z0-9_]{0,62}``, e.g.
-column             ``annual_revenue``) holding a finite number; an empty cell (JSON ``null``,
-                   or ``NaN``) means "not observed": the customer's current value is kept
+column             ``annual_revenue``) holding a finite number; an empty cell (JSON ``null``)
+                   means "not observed": the customer's current value is kept. Anything else
+                   that is not a finite number (``NaN``, ``inf``, ``1e400``) is rejected
 =================  ==========================================================================
 
 The names of the first six columns are matched without regard to case. In JSON Lines the same keys
@@ -94,6 +95,32 @@ CUSTOMER_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 SIGNAL_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 ROLE_NAMES = tuple(name.removeprefix("STAKEHOLDER_ROLE_").lower()
                    for name in common_pb2.StakeholderRole.keys() if not name.endswith("UNSPECIFIED"))
+
+
+# The rules of a customer file as `cvh import --help` and the README state them (the module's notes above say
+# the same at more length).
+CUSTOMER_FILE_RULES = """\
+A .csv or .jsonl/.ndjson/.json file (UTF-8), one customer per row or line. Columns (the first six
+named in any case):
+  customer_id    required: 1 to 128 characters of [A-Za-z0-9._:-]
+  display_name   at most 256 characters
+  parent_id      the parent account's customer_id; empty for none. The parent may come later in the
+                 file, or be in the registry already
+  role           impact_group, end_user (when empty), buyer, gatekeeper, partner, donor, internal; any
+                 case, with or without STAKEHOLDER_ROLE_, '-' or ' ' for '_'
+  owner          the front-line owner (e.g. an e-mail address), at most 256 characters
+  observe_time   when the row's signals were observed: RFC 3339 (2026-11-01T09:30:00Z; no offset means
+                 UTC) or a date; empty means now; at most one day ahead
+  any other      a signal named by the column ([a-z][a-z0-9_]{0,62}, e.g. annual_revenue): a finite
+                 number. An empty cell (JSON null) means "not observed" and keeps the current value;
+                 anything else that is not a finite number (NaN, inf, 1e400) rejects the row
+JSON Lines use the same keys; signals may also be an object under "signals". A header without
+customer_id, with a column twice or with a column that is neither of the six nor a signal name stops
+the import before anything is sent (exit 2).
+An import upserts: a column the file lacks (parent_id, role, owner, display_name) is set empty on the
+customers it updates; a customer_id given twice keeps its later row. Rows that cannot be read, and rows
+the registry refuses (say, a parent that never arrives), go to the rejects file with their line,
+customer_id, column and reason, and the command exits 1."""
 
 
 @dataclass(frozen=True)
@@ -258,7 +285,8 @@ def _field_text(fields: dict, name: str) -> str:
 
 
 def _number(value, name: str) -> float:
-    """A signal value; NaN for "not observed" (empty, null, NaN)."""
+    """A signal value: NaN for "not observed" (an empty cell, JSON null); every other cell must be a finite
+    number (NaN, inf and numbers beyond float64's range such as 1e400 are refused: one rule, the registry's)."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return math.nan
     if isinstance(value, (bool, dict, list)):
@@ -267,8 +295,10 @@ def _number(value, name: str) -> float:
         number = float(value)
     except (TypeError, ValueError):
         raise BadRow(name, f"{value!r} is not a number") from None
-    if math.isinf(number):
-        raise BadRow(name, "must be a finite number")
+    if not math.isfinite(number):
+        text = value.strip() if isinstance(value, str) else repr(value)
+        raise BadRow(name, f"{text} is not a finite number (beyond float64's ±1.8e308, or NaN/inf); leave the cell "
+                           "empty for \"not observed\"")
     return number
 
 
@@ -410,9 +440,11 @@ class _CsvCustomers:
         row = _customer(*("" if index is None else cells[index].strip() for index in self.fixed), now_us)
         try:  # the common case in one pass; the slow one finds the cell at fault
             values = [float(cells[index]) if cells[index] else math.nan for index in self.signal_indexes]
+            suspect = not all(math.isfinite(value) or not cells[index]
+                              for value, index in zip(values, self.signal_indexes))
         except ValueError:
-            values = [_number(cells[index], name) for index, name in self.signals]
-        if math.inf in values or -math.inf in values:
+            suspect = True
+        if suspect:
             values = [_number(cells[index], name) for index, name in self.signals]
         row.names, row.values = self.names, values
         return row
@@ -664,12 +696,40 @@ class CustomerFile(_Progress):
             return None
 
     def server_rejections(self, errors: Sequence[registry_pb.RowError]) -> list[RejectedRow]:
-        """The registry's ``RowError`` list as rejected rows with their lines and raw text."""
+        """The registry's ``RowError`` list as rejected rows with their lines, raw text and the file's column
+        at fault (``parent_id`` where the registry says ``parent``)."""
         lines = [self.line_of(e.position) if 0 <= e.position < self.rows_sent else 0 for e in errors]
         # The rows' text is read again rather than kept for every row sent: rejections are few, rows many.
         raw = self._source.raw_lines({line for line in lines if line})
-        return [RejectedRow(line, e.customer_id, e.field, e.reason, raw.get(line, ""))
+        return [RejectedRow(line, e.customer_id, customer_column(e.field), e.reason, raw.get(line, ""))
                 for line, e in zip(lines, errors)]
+
+
+# The registry names fields as the proto does (``parent``, ``columns.parent_ids``, ``signals[nps].value``);
+# a rejects file names the column of the file the user wrote.
+_CUSTOMER_COLUMNS = {"parent": "parent_id", "parent_ids": "parent_id", "stakeholder_role": "role",
+                     "stakeholder_roles": "role", "display_names": "display_name", "owners": "owner",
+                     "customer_ids": "customer_id", "signal_values": "row", "signal_names": "row"}
+_SIGNAL_PATH = re.compile(r"signal(?:s|_names)\[([^\]]*)\](?:\.(value|observe_time))?")
+
+
+def customer_column(field_path: str) -> str:
+    """The customer file's column for a registry field path: ``parent`` -> ``parent_id``,
+    ``signals[nps].value`` -> ``nps``, ``signals[nps].observe_time`` -> ``observe_time``."""
+    path = field_path.removeprefix("columns.")
+    signal = _SIGNAL_PATH.fullmatch(path)
+    if signal:
+        return "observe_time" if signal.group(2) == "observe_time" else signal.group(1)
+    return _CUSTOMER_COLUMNS.get(path, path)
+
+
+def signal_column(field_path: str) -> str:
+    """The signal file's column for a registry field path within one observation: ``customer`` ->
+    ``customer_id``, ``signals[nps].value`` -> ``value``, ``signals[nps]`` -> ``signal``."""
+    signal = _SIGNAL_PATH.fullmatch(field_path)
+    if signal:
+        return signal.group(2) or "signal"
+    return {"customer": "customer_id"}.get(field_path, field_path)
 
 
 # -- signal observations --------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import argparse
 import math
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 from clients.client import DEFAULT_TIMEOUT, CvhClient
 from wire.channels import DEFAULT_SERVER, Tls
@@ -57,6 +58,29 @@ def fraction(text: str) -> float:
     return value
 
 
+def existing_file(text: str) -> str:
+    """An argparse type for a file to read: it must exist (and not be a folder)."""
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; name a file")
+    return str(path)
+
+
+def database_url(text: str) -> str:
+    """An argparse type for a SQLAlchemy URL (checked for its form only; nothing is opened)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(text)
+    except ArgumentError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a database URL, e.g. sqlite:///.cvh/cvh.db or "
+                                         "postgresql://user@host:5432/cvh") from None
+    return text
+
+
 positive_int = whole_number(1)
 non_negative_int = whole_number(0)
 port_number = whole_number(1, 65_535)
@@ -76,11 +100,11 @@ def client_options() -> argparse.ArgumentParser:
                        help="bearer token (env CVH_TOKEN; prefer the environment: flags show in `ps`)")
     group.add_argument("--tls", action="store_true", default=os.environ.get("CVH_TLS") in ("1", "true", "yes"),
                        help="use TLS, verifying the server against the system's CAs or --tls-ca (env CVH_TLS=1)")
-    group.add_argument("--tls-ca", default=os.environ.get("CVH_TLS_CA"), metavar="PEM",
+    group.add_argument("--tls-ca", type=existing_file, default=os.environ.get("CVH_TLS_CA"), metavar="PEM",
                        help="CA certificate that signed the server's (env CVH_TLS_CA; implies --tls)")
-    group.add_argument("--tls-cert", default=os.environ.get("CVH_TLS_CLIENT_CERT"), metavar="PEM",
+    group.add_argument("--tls-cert", type=existing_file, default=os.environ.get("CVH_TLS_CLIENT_CERT"), metavar="PEM",
                        help="client certificate for mutual TLS (env CVH_TLS_CLIENT_CERT)")
-    group.add_argument("--tls-key", default=os.environ.get("CVH_TLS_CLIENT_KEY"), metavar="PEM",
+    group.add_argument("--tls-key", type=existing_file, default=os.environ.get("CVH_TLS_CLIENT_KEY"), metavar="PEM",
                        help="key of --tls-cert (env CVH_TLS_CLIENT_KEY)")
     group.add_argument("--timeout", type=positive_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                        help=f"deadline of each single call (default {DEFAULT_TIMEOUT:g})")

@@ -12,7 +12,7 @@ import grpc
 
 from clients.client import CvhClient, customer_id
 from clients.commands.common import connect, seed_number, server, whole_number
-from clients.commands.hierarchy import print_priority, pyramid_file, tiers_table, value_sums
+from clients.commands.hierarchy import picture_file, print_priority, pyramid_file, tiers_table, value_sums
 from clients.commands.scoring import follow_run
 from clients.errors import CvhError
 from clients.output import counted, print_json, progress
@@ -189,7 +189,7 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
     command.add_argument("--seed", type=seed_number, default=7, help="random seed: the same seed gives the same base")
     command.add_argument("--embedded", action="store_true",
                          help="always start a suite in this process (temporary database)")
-    command.add_argument("--pyramid", metavar="FILE", help="also draw the pyramid into FILE (.png or .svg)")
+    command.add_argument("--pyramid", type=picture_file, metavar="FILE", help="also draw the pyramid into FILE (.png or .svg)")
     command.add_argument("--remove", action="store_true",
                          help=f"take the demo's customers (labelled {DEMO_LABEL}) out of the suite at --server "
                               "again, children before parents")

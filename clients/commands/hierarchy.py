@@ -16,6 +16,8 @@ from clients.pyramid import check_suffix, tier_layers, value_by_level, value_wor
 from cvh.common.v1 import common_pb2
 from cvh.hierarchy.v1 import hierarchy_service_pb2 as pb
 
+MAX_BATCH = 1000  # BatchGetPriority: customers per call
+
 
 def health(args: argparse.Namespace) -> int:
     with connect(args) as cvh:
@@ -39,10 +41,7 @@ def priority(args: argparse.Namespace) -> int:
 
 def print_priority(p: pb.Priority) -> None:
     """One customer's standing, as a support agent reads it."""
-    tier = p.effective_tier.display_name or p.effective_tier.tier_id or "default policy"
-    inherited = (f" (own tier {p.own_tier.display_name or p.own_tier.tier_id})"
-                 if p.own_tier.tier_id and p.own_tier.tier_id != p.effective_tier.tier_id else "")
-    print(f"{customer_id(p.customer)}: {tier}{inherited}")
+    print(f"{customer_id(p.customer)}: {tier_words(p.effective_tier, p.own_tier, 'default policy')}")
     if p.scored:
         print(f"  value      {number(p.composite)} / 100, rank {p.rank:,}, above {p.percentile:.1f} % of customers")
     else:
@@ -65,6 +64,15 @@ def print_priority(p: pb.Priority) -> None:
     escalation = policy.escalation
     route = ("the account owner, then " if escalation.owner_first else "") + (escalation.team or "the support lead")
     print(f"  escalate   to {route}")
+
+
+def tier_words(effective: common_pb2.TierRef, own: common_pb2.TierRef, none: str = "unscored") -> str:
+    """The tier the customer is served at, first, then its own when it inherits another: what `cvh priority`
+    and `cvh tree` both lead with ("Core (own tier Standard)")."""
+    served = effective.display_name or effective.tier_id or own.display_name or own.tier_id or none
+    if own.tier_id and effective.tier_id and own.tier_id != effective.tier_id:
+        return f"{served} (own tier {own.display_name or own.tier_id})"
+    return served
 
 
 def _duration(duration) -> str:
@@ -96,12 +104,16 @@ def rank(args: argparse.Namespace) -> int:
 def tree(args: argparse.Namespace) -> int:
     with connect(args) as cvh:
         account = cvh.get_account_tree(args.customer, args.max_children)
+        nodes = [*account.ancestors, account.customer, *account.children]
+        # The tree's nodes carry their own tier; the tier each is served at comes with its priority.
+        served = {p.customer: p.effective_tier for start in range(0, len(nodes), MAX_BATCH)
+                  for p in cvh.batch_get_priority([n.customer for n in nodes[start:start + MAX_BATCH]])}
     if args.json:
         print_json(message_dict(account))
         return 0
 
     def line(node: pb.AccountNode, depth: int, mark: str = "") -> str:
-        tier = node.tier.display_name or node.tier.tier_id or "unscored"
+        tier = tier_words(served.get(node.customer, common_pb2.TierRef()), node.tier)
         value = number(node.composite if node.HasField("composite") else None)
         return f"{'  ' * depth}{customer_id(node.customer)}  [{tier}, value {value}]{mark}"
 
@@ -174,7 +186,6 @@ def tiers_table(summary: pb.HierarchySummary, layers, value_signal: str) -> None
 
 
 def pyramid(args: argparse.Namespace) -> int:
-    check_suffix(args.out)  # before asking the server anything
     with connect(args) as cvh:
         summary = cvh.get_hierarchy_summary()
         sums = value_sums(cvh, summary.run, args.value_signal) if summary.total_customers else None
@@ -195,6 +206,15 @@ def pyramid_file(summary: pb.HierarchySummary, layers, out: Path, title: str = "
     drawing.draw_pyramid(layers, out, title=title or "Customer value hierarchy",
                          subtitle=f"{counted(summary.total_customers, 'customer')}, {summary.run}",
                          value_signal=value_signal)
+
+
+def picture_file(text: str) -> str:
+    """An argparse type for where a pyramid goes: a .png or .svg name."""
+    try:
+        check_suffix(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def value_signal_option(command: argparse.ArgumentParser) -> None:
@@ -244,7 +264,8 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
         description="Draw one layer per tier, with bars to scale for its share of the customers and of the money "
                     "a value signal measures (--value-signal, default annual_revenue). Layer widths follow the "
                     "square root of the customers (the picture says so).")
-    command.add_argument("--out", "-o", required=True, metavar="FILE", help="output file: .png or .svg")
+    command.add_argument("--out", "-o", required=True, type=picture_file, metavar="FILE",
+                         help="output file: .png or .svg")
     command.add_argument("--title", default="", help="title above the pyramid")
     value_signal_option(command)
     command.set_defaults(run=pyramid)

@@ -10,7 +10,7 @@ import grpc
 
 from clients import tabular
 from clients.client import customer_id
-from clients.commands.common import connect, enum_word, non_negative_int, whole_number
+from clients.commands.common import connect, enum_word, existing_file, non_negative_int, whole_number
 from clients.errors import CvhError
 from clients.output import counted, message_dict, print_json, print_table, progress, timestamp
 from cvh.common.v1 import common_pb2
@@ -106,7 +106,7 @@ def _refused_rows(error: CvhError, batch) -> dict[int, tuple[str, str]]:
             if head.startswith("observations[") and head.endswith("]"):
                 index = int(head[len("observations["):-1])
                 if index < len(batch):
-                    bad[index] = (violation.field.split(".", 1)[-1], violation.description)
+                    bad[index] = (tabular.signal_column(violation.field.partition(".")[2]), violation.description)
         return bad
     return {}
 
@@ -203,6 +203,8 @@ def signals_history(args: argparse.Namespace) -> int:
 
 def role_argument(text: str) -> int:
     """--role: a stakeholder role by name (buyer, end_user, ...), as in import files."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"name a role: {', '.join(tabular.ROLE_NAMES)}")
     try:
         return tabular.role_value(text)
     except tabular.BadRow as bad:
@@ -212,11 +214,9 @@ def role_argument(text: str) -> int:
 def add_parsers(commands, client: argparse.ArgumentParser) -> None:
     command = commands.add_parser(
         "import", parents=[client], help="import customers from CSV or JSON Lines",
-        description="Upsert customers from a CSV or JSON Lines file (columns: customer_id, display_name, "
-                    "parent_id, role, owner, observe_time, and one column per signal; see clients/tabular.py). "
-                    "Re-importing is safe. Rejected rows are written with their line and reason to --rejects; "
-                    "the command exits 1 when any row was rejected.")
-    command.add_argument("file", metavar="FILE", help="a .csv, .jsonl or .ndjson file")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Upsert customers from FILE; re-importing is safe.\n\n" + tabular.CUSTOMER_FILE_RULES)
+    command.add_argument("file", type=existing_file, metavar="FILE", help="a .csv, .jsonl or .ndjson file")
     command.add_argument("--format", choices=["csv", "jsonl"], help="file format (default: from the suffix)")
     command.add_argument("--rejects", metavar="FILE", help="where rejected rows go (default FILE.rejects.csv)")
     command.add_argument("--chunk-rows", type=whole_number(1, tabular.MAX_ROWS_PER_MESSAGE), default=tabular.MAX_ROWS_PER_MESSAGE, metavar="N",
@@ -258,7 +258,7 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
         description="Record observations from a file with columns customer_id, signal, value and an optional "
                     "observe_time (RFC 3339; default now). Rows naming unknown customers or bad values are "
                     "written to --rejects; the command exits 1 when any row was rejected.")
-    command.add_argument("file", metavar="FILE")
+    command.add_argument("file", type=existing_file, metavar="FILE")
     command.add_argument("--format", choices=["csv", "jsonl"], help="file format (default: from the suffix)")
     command.add_argument("--rejects", metavar="FILE", help="where rejected rows go (default FILE.rejects.csv)")
     command.set_defaults(run=record_signals)

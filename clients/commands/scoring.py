@@ -10,7 +10,7 @@ from pathlib import Path
 from google.protobuf import json_format
 
 from clients.client import CvhClient
-from clients.commands.common import connect, enum_word, positive_int
+from clients.commands.common import connect, enum_word, existing_file, positive_int
 from clients.output import counted, message_dict, print_json, print_table, progress
 from cvh.scoring.v1 import scoring_service_pb2 as pb
 
@@ -161,7 +161,7 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
     command = actions.add_parser("create", parents=[client], help="create a model (or a new version) from JSON",
                                  description="FILE is the model as JSON, in the form `cvh models show` prints "
                                              "(see scoring_engine/default_model.json).")
-    command.add_argument("file", metavar="FILE")
+    command.add_argument("file", type=existing_file, metavar="FILE")
     command.add_argument("--model-id", default="", help="use this model_id instead of the file's")
     command.add_argument("--note", default="", help="change note kept with the version")
     command.set_defaults(run=models_create)

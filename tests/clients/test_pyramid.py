@@ -1,25 +1,28 @@
-"""The hierarchy pyramid: files written, one layer per tier, sizes, labels, and the summary's rows."""
+"""The hierarchy pyramid: files written, one layer per tier, sizes, labels, the summary's rows, and the shares of
+customers and of revenue per tier."""
 
 from __future__ import annotations
 
 import math
 import re
 
+import numpy as np
 import pytest
 from matplotlib.patches import Polygon
 
 from clients import pyramid
-from clients.pyramid import TierLayer, draw_pyramid, layer_widths, layers_from_summary, pyramid_figure
+from clients.pyramid import TierLayer, draw_pyramid, layer_widths, pyramid_figure, tier_layers, value_by_level
 from cvh.common.v1 import common_pb2
 from cvh.hierarchy.v1 import hierarchy_service_pb2 as pb
 
-LAYERS = [
-    TierLayer("strategic", "Strategic", 10, 0.031, 0.01),
-    TierLayer("key", "Key", 40, 0.096, 0.04),
-    TierLayer("growth", "Growth", 150, 0.23, 0.15),
-    TierLayer("core", "Core", 300, 0.33, 0.30),
-    TierLayer("standard", "Standard", 500, 0.313, 0.50),
+LAYERS = [  # tier, name, customers, share of customers, share of revenue
+    TierLayer("strategic", "Strategic", 10, 0.01, 0.31),
+    TierLayer("key", "Key", 40, 0.04, 0.25),
+    TierLayer("growth", "Growth", 150, 0.15, 0.2),
+    TierLayer("core", "Core", 300, 0.30, 0.14),
+    TierLayer("standard", "Standard", 500, 0.50, 0.1),
 ]
+PERCENT = re.compile(r"(?:&lt; )?\d[\d.,]* %")
 
 
 def layer_patches(figure) -> list[Polygon]:
@@ -37,10 +40,16 @@ def test_png_and_svg_are_written_with_a_layer_per_tier(tmp_path):
     # Text stays text: every tier name and figure can be found in the file.
     for layer in LAYERS:
         assert re.search(rf">\s*{layer.display_name}\s*<", text), layer.display_name
-    assert text.count("of value") == len(LAYERS)
-    assert "10 customers (1.0 %)" in text and "3.1 % of value" in text and "runs/7" in text
-    # Besides white and the two text colours, each layer has its own colour of the ramp.
-    fills = set(re.findall(r"fill: (#[0-9a-f]{6})", text)) - {"#ffffff", pyramid.INK, pyramid.MUTED}
+    assert text.count("% of revenue") == len(LAYERS)
+    assert "1.0 % of customers (10)" in text and "31.0 % of revenue" in text and "runs/7" in text
+    assert "of value" not in text, "no unlabelled value share"
+    # One number format: every share with one decimal.
+    assert {re.fullmatch(r"\d+\.\d %", share) is not None for share in PERCENT.findall(text)} == {True}
+    # The picture says what its widths and bars encode.
+    assert "Layer width: the square root of the tier's customers" in text and "to scale" in text
+    # Besides white, the text colours and the customers' bars, each layer has its own colour of the ramp.
+    fills = set(re.findall(r"fill: (#[0-9a-f]{6})", text)) - {"#ffffff", pyramid.INK, pyramid.MUTED,
+                                                                pyramid.CUSTOMER_BAR}
     assert len(fills) == len(LAYERS)
 
 
@@ -63,16 +72,16 @@ def test_widths_follow_the_square_root_of_customers_with_a_visible_floor():
     assert widths[-1] == 1.0
     assert widths[2] == pytest.approx(math.sqrt(150 / 500))
     assert widths[1] == pytest.approx(math.sqrt(40 / 500))
-    tiny = layer_widths([TierLayer("vip", "VIP", 2, 0.1, 2e-6), TierLayer("rest", "Rest", 999_998, 0.9, 1.0)])
+    tiny = layer_widths([TierLayer("vip", "VIP", 2, 2e-6, 0.1), TierLayer("rest", "Rest", 999_998, 1.0, 0.9)])
     assert tiny == [pyramid.MIN_WIDTH, 1.0]
-    assert layer_widths([TierLayer("a", "A", 0, math.nan, 0.0)]) == [pyramid.MIN_WIDTH]
+    assert layer_widths([TierLayer("a", "A", 0, 0.0)]) == [pyramid.MIN_WIDTH]
 
 
 def test_long_names_and_unknown_values_still_draw(tmp_path):
-    layers = [TierLayer("vip", "Very important platinum accounts of the group", 3, math.nan, 3e-6),
-              TierLayer("rest", "", 999_997, math.nan, 0.999997)]
-    text = draw_pyramid(layers, tmp_path / "p.svg").read_text()
-    assert text.count("value n/a") == 2
+    layers = [TierLayer("vip", "Very important platinum accounts of the group", 3, 3e-6),
+              TierLayer("rest", "", 999_997, 0.999997)]
+    text = draw_pyramid(layers, tmp_path / "p.svg", value_signal="arr_eur").read_text()
+    assert text.count("n/a of arr_eur") == 2, "another value signal is named as such; unknown shares say n/a"
     assert "rest" in text, "a layer without a display name shows its tier_id"
     assert "&lt; 0.1 %" in text, "a tiny share does not read as 0 %"
 
@@ -108,22 +117,44 @@ def summary() -> pb.HierarchySummary:
     return message
 
 
-def test_layers_from_summary_reads_counts_shares_and_order():
-    layers = layers_from_summary(summary())
+def test_tier_layers_read_counts_and_shares_top_tier_first():
+    layers = tier_layers(summary(), {1: 600.0, 2: 300.0, 3: 100.0})
     assert [layer.tier_id for layer in layers] == ["strategic", "key", "standard"]
     assert [layer.display_name for layer in layers] == ["Strategic", "Key", "standard"]
     assert [layer.customers for layer in layers] == [10, 40, 150]
     assert [layer.customer_share for layer in layers] == pytest.approx([0.05, 0.20, 0.75])
-    assert [layer.value_share for layer in layers] == pytest.approx([0.45, 0.30, 0.25])
+    assert [layer.value_share for layer in layers] == pytest.approx([0.6, 0.3, 0.1])
+    assert [layer.composite_share for layer in layers] == pytest.approx([0.45, 0.30, 0.25])
 
 
-def test_layers_from_an_empty_summary_have_no_value_share():
+def test_the_value_share_is_revenue_not_the_summed_composite():
+    """The old pyramid showed each tier's share of summed 0-100 scores as "% of value": a top tier of 5 % of the
+    customers holding 60 % of the revenue read as 45 %. The value share is now the money's."""
+    layers = tier_layers(summary(), {1: 600.0, 2: 300.0, 3: 100.0})
+    assert layers[0].value_share == pytest.approx(0.6) != pytest.approx(layers[0].composite_share)
+    unknown = tier_layers(summary(), None)
+    assert all(math.isnan(layer.value_share) for layer in unknown)
+
+
+def test_revenue_per_tier_joins_the_run_with_the_signal_export():
+    # The run lists customers in rank order with their tier levels; the export in id order with revenue.
+    result_ids, levels = ["c", "a", "d", "b"], np.array([1, 2, 2, 3], np.int32)
+    export_ids = ["a", "b", "c", "d", "new"]  # "new" arrived after the run: not in any tier
+    revenue = np.array([[100.0], [np.nan], [1_000.0], [50.0], [7.0]])
+    assert value_by_level(result_ids, levels, export_ids, revenue) == {1: 1_000.0, 2: 150.0, 3: 0.0}
+    assert value_by_level([], np.empty(0, np.int32), [], np.empty((0, 1))) == {}
+
+
+def test_layers_from_an_empty_summary_have_no_shares_of_value():
     message = summary()
     message.total_customers = 0
-    assert all(math.isnan(layer.value_share) for layer in layers_from_summary(message))
+    layers = tier_layers(message, {})
+    assert all(math.isnan(layer.value_share) and math.isnan(layer.composite_share) for layer in layers)
 
 
 def test_a_summary_draws_end_to_end(tmp_path):
-    out = draw_pyramid(layers_from_summary(summary()), tmp_path / "summary.svg", title="From a summary")
+    out = draw_pyramid(tier_layers(summary(), {1: 600.0, 2: 300.0, 3: 100.0}), tmp_path / "summary.svg",
+                       title="From a summary")
     text = out.read_text()
-    assert all(name in text for name in ("Strategic", "Key", "standard", "45 % of value", "150 customers (75 %)"))
+    assert all(name in text for name in ("Strategic", "Key", "standard", "60.0 % of revenue",
+                                         "75.0 % of customers (150)"))

@@ -19,6 +19,7 @@ from clients.tabular import (
     InputError,
     RejectedRow,
     SignalFile,
+    customer_column,
     file_format,
     role_value,
     signal_request,
@@ -53,7 +54,7 @@ CSV = (
     "acme-eu,\"Acme, Europe\",acme,STAKEHOLDER_ROLE_END_USER,,,12.5\n"    # 3
     "\n"                                                                   # 4: blank, skipped
     "beta,Beta,,Gatekeeper,bob,3.5e2,\n"                                   # 5
-    "gamma,Gamma,acme,,,NaN, \n"                                           # 6
+    "gamma,Gamma,acme,,,, \n"                                              # 6
 )
 
 
@@ -75,6 +76,29 @@ def test_csv_rows_become_packed_columns(tmp_path):
     assert source.rejected == []
     assert [source.line_of(p) for p in range(4)] == [2, 3, 5, 6]
     assert source.bytes_read == source.total_bytes and source.rows_read == 4
+
+
+def test_only_an_empty_cell_means_not_observed_every_other_non_finite_cell_is_rejected(tmp_path):
+    """One rule, the registry's: empty (JSON null) is "not observed"; NaN, inf and 1e400 are refused."""
+    csv_text = ("customer_id,nps,annual_revenue\n"
+                "empty,,1\n" "blank, ,2\n" "nan,NaN,3\n" "inf,-inf,4\n" "huge,1e400,5\n" "ok,1e300,6\n")
+    jsonl = "\n".join(['{"customer_id": "null", "nps": null, "annual_revenue": 1}',
+                       '{"customer_id": "nan", "nps": NaN, "annual_revenue": 2}',
+                       '{"customer_id": "huge", "nps": 1e400, "annual_revenue": 3}',
+                       '{"customer_id": "text", "nps": "NaN", "annual_revenue": 4}']) + "\n"
+    for name, text, kept, rejected in (("c.csv", csv_text, ["empty", "blank", "ok"], {"nan", "inf", "huge"}),
+                                       ("c.jsonl", jsonl, ["null"], {"nan", "huge", "text"})):
+        source = CustomerFile(write(tmp_path, name, text))
+        [columns] = columns_of(source)
+        assert list(columns.customer_ids) == kept
+        assert np.isnan(signals_of(columns).get("nps", [np.nan])[0]), "empty or null: not observed"
+        assert {r.customer_id for r in source.rejected} == rejected
+        assert all(r.field == "nps" and "not a finite number" in r.reason and "empty" in r.reason
+                   for r in source.rejected)
+    signal_file = write(tmp_path, "s.csv", "customer_id,signal,value\na,nps,NaN\nb,nps,1e400\nc,nps,7\n")
+    signals = SignalFile(signal_file)
+    assert [len(batch) for batch in signals.batches()] == [1]
+    assert [(r.customer_id, r.field) for r in signals.rejected] == [("a", "value"), ("b", "value")]
 
 
 def test_jsonl_rows_with_signal_objects_nulls_and_numeric_ids(tmp_path):
@@ -258,6 +282,14 @@ def test_rows_observed_at_other_times_ride_in_the_same_message_with_their_own_ti
     assert [split.line_of(p) for p in range(5)] == [2, 4, 5, 3, 6]
 
 
+@pytest.mark.parametrize("registry_field, column", [
+    ("parent", "parent_id"), ("columns.parent_ids", "parent_id"), ("stakeholder_role", "role"),
+    ("signals[nps].value", "nps"), ("signals[nps].observe_time", "observe_time"), ("display_name", "display_name"),
+    ("columns.signal_names[Bad]", "Bad"), ("customer_id", "customer_id")])
+def test_registry_fields_are_named_by_the_files_column(registry_field, column):
+    assert customer_column(registry_field) == column
+
+
 def test_positions_map_back_to_lines_and_server_errors_become_rejected_rows(tmp_path):
     text = "customer_id,parent_id,nps\n" + "".join(
         f"c{i},{'' if i != 5 else 'nobody'},{'x' if i == 2 else i}\n\n" for i in range(8))
@@ -268,7 +300,8 @@ def test_positions_map_back_to_lines_and_server_errors_become_rejected_rows(tmp_
     errors = [registry_pb.RowError(position=4, customer_id="c5", field="parent", reason="never arrived"),
               registry_pb.RowError(position=99, customer_id="zz", field="customer_id", reason="?")]
     rejected = source.server_rejections(errors)
-    assert rejected[0] == RejectedRow(12, "c5", "parent", "never arrived", "c5,nobody,5")
+    assert rejected[0] == RejectedRow(12, "c5", "parent_id", "never arrived", "c5,nobody,5"), \
+        "the rejects name the file's column, not the registry's field"
     assert rejected[1].line == 0 and rejected[1].raw == ""
     assert source.bytes_read == source.total_bytes, "reading the raw rows again leaves the progress alone"
 
@@ -362,7 +395,7 @@ def test_an_import_through_the_registry_maps_its_rejections_back_to_lines(channe
     remote = source.server_rejections(summary.errors)
     assert local == [(3, "role")]
     assert {(r.line, r.customer_id, r.field) for r in remote} == {
-        (4, "orphan", "parent"), (6, "loop", "parent"), (7, "loop2", "parent")}
+        (4, "orphan", "parent_id"), (6, "loop", "parent_id"), (7, "loop2", "parent_id")}
     assert next(r for r in remote if r.line == 4).raw == "orphan,,nobody,,,,2"
 
     child = stub.GetCustomer(registry_pb.GetCustomerRequest(name="customers/child"))

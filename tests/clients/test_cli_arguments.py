@@ -1,0 +1,109 @@
+"""Bad arguments to any cvh command: a usage error (exit 2) that names the flag and what it takes, never a
+traceback. The commands and their typed flags are enumerated from the parser itself, so a command or flag
+added later is checked without touching this file."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import subprocess
+import sys
+
+import pytest
+
+from clients.cli import build_parser, leaf_commands, main
+
+BAD_VALUES = ("abc", "-5", "nan", "")  # no typed flag of cvh takes any of these
+MISSING_FILE = "/nonexistent/cvh-test/missing.csv"
+PARSER = build_parser()
+
+
+def typed_arguments(command: argparse.ArgumentParser) -> list[argparse.Action]:
+    """The command's arguments that check their value (a type or a list of choices)."""
+    return [action for action in command._actions
+            if (action.type is not None or action.choices) and not isinstance(action, argparse._SubParsersAction)]
+
+
+def bad_calls() -> list[tuple[list[str], str]]:
+    """(argv, the flag the error must name) for every typed argument of every command, with each bad value;
+    files to read are given a path that does not exist."""
+    calls, seen = [], set()
+    for command in leaf_commands(PARSER):
+        path = command.prog.split()[1:]
+        for action in typed_arguments(command):
+            if id(action) in seen:  # flags shared by every client command (--timeout, --tls-ca) are one action
+                continue
+            seen.add(id(action))
+            name = action.option_strings[0] if action.option_strings else action.metavar or action.dest
+            values = BAD_VALUES + ((MISSING_FILE,) if getattr(action.type, "__name__", "") == "existing_file" else ())
+            for value in values:
+                if action.choices and value == "":
+                    continue  # an empty choice reads as a missing one: also exit 2, but naming no flag
+                argv = [*path, *([action.option_strings[0], value] if action.option_strings else [value])]
+                calls.append((argv, name))
+    return calls
+
+
+CALLS = bad_calls()
+
+
+def run(argv: list[str]) -> tuple[int, str]:
+    """main() as the `cvh` script runs it: the exit code and stderr; any other exception fails the test."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(argv)
+        except SystemExit as done:
+            code = done.code if isinstance(done.code, int) else 1
+    return code, err.getvalue()
+
+
+def test_every_command_and_typed_flag_is_covered():
+    commands = {tuple(command.prog.split()[1:]) for command in leaf_commands(PARSER)}
+    assert {("demo",), ("customers", "get"), ("customers", "list"), ("customers", "delete"), ("signals", "history"),
+            ("import",), ("models", "create"), ("serve",), ("loadtest",), ("db", "upgrade")} <= commands
+    covered = {tuple(argv[:2]) for argv, _ in CALLS}
+    assert len(CALLS) > 100 and ("demo", "--customers") in covered and ("import", MISSING_FILE) in covered
+
+
+@pytest.mark.parametrize("argv, flag", CALLS, ids=[" ".join(argv) for argv, _ in CALLS])
+def test_a_bad_value_is_a_usage_error_naming_the_flag(argv, flag):
+    # parse_args first: a value the parser wrongly accepts must not start the command (a load test, a server).
+    with contextlib.redirect_stderr(io.StringIO()), pytest.raises(SystemExit) as parsed:
+        PARSER.parse_args(argv)
+    assert parsed.value.code == 2, f"cvh {' '.join(argv)} was accepted"
+    code, err = run(argv)
+    assert code == 2 and "Traceback" not in err
+    assert f"argument {flag}" in err or f"argument {flag.upper()}" in err, err
+    assert "usage: cvh" in err
+
+
+def test_the_reported_case_through_the_installed_entry_point():
+    done = subprocess.run([sys.executable, "-m", "clients.cli", "demo", "--customers", "0"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--customers" in done.stderr and "from 1 to 1,000,000" in done.stderr
+
+
+def test_version_comes_from_the_package_metadata():
+    from importlib import metadata
+
+    with contextlib.redirect_stdout(io.StringIO()) as out, pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and out.getvalue().strip() == f"cvh {metadata.version('cvh')}"
+
+
+def test_an_unknown_database_revision_is_a_usage_error(tmp_path):
+    code, err = run(["db", "upgrade", "no-such-revision", "--database-url", f"sqlite:///{tmp_path / 'x.db'}"])
+    assert code == 2 and "no-such-revision" in err and "Traceback" not in err
+
+
+def test_an_unexpected_failure_is_one_line_not_a_traceback(monkeypatch):
+    from clients.commands import hierarchy
+
+    def broken(args):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(hierarchy, "tiers", broken)
+    code, err = run(["tiers"])
+    assert code == 1 and "Traceback" not in err and "RuntimeError: boom" in err and "CVH_DEBUG=1" in err

@@ -142,8 +142,10 @@ def tiers(args: argparse.Namespace) -> int:
     if args.json:
         data = message_dict(summary)
         data["value_signal"] = args.value_signal
-        for tier, layer in zip(data.get("tiers", []), sorted(summary.tiers, key=lambda t: t.tier.level)):
-            tier["value_signal_percent"] = None if math.isnan(layer.value_share) else 100 * layer.value_share
+        shares = {layer.tier_id: layer.value_share for layer in layers}
+        for tier in data.get("tiers", []):
+            share = shares.get(tier["tier"].get("tier_id", ""), math.nan)
+            tier["value_signal_percent"] = None if math.isnan(share) else 100 * share
         print_json(data)
     else:
         tiers_table(summary, layers, args.value_signal)

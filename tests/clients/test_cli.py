@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
 import subprocess
@@ -34,6 +36,21 @@ def cvh(suite, *args: str, check: bool = True, timeout: float = 120) -> subproce
     return done
 
 
+def cvh_here(suite, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """A cvh command run in this process (as the script runs it, without a second interpreter's start-up)."""
+    from clients.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([*args, "--server", suite.target])
+        except SystemExit as done:
+            code = done.code if isinstance(done.code, int) else 1
+    if check:
+        assert code == 0, f"cvh {' '.join(args)} failed:\n{out.getvalue()}\n{err.getvalue()}"
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
 def write_customers_csv(path, good: int) -> None:
     """``good`` valid rows (c0 parent of c1..c4) plus three bad ones: line 3 of the data has no id, one has a
     non-numeric signal, one names an unknown role, and one refers to a parent that does not exist."""
@@ -42,8 +59,11 @@ def write_customers_csv(path, good: int) -> None:
         writer.writerow(["customer_id", "display_name", "parent_id", "role", "owner", *SIGNALS])
         for i in range(good):
             parent = "c0" if 1 <= i <= 4 else ""
+            values = [(i * 7 + j * 13) % 97 + 1 for j in range(len(SIGNALS))]
+            if i == 0:  # the parent account leads on every signal (and pays on time): its children inherit
+                values = [0 if name == "payment_delay_days" else 10_000 for name in SIGNALS]
             writer.writerow([f"c{i}", f"Customer {i}", parent, ["buyer", "end_user", "partner"][i % 3],
-                             f"owner{i % 3}", *[(i * 7 + j * 13) % 97 + 1 for j in range(len(SIGNALS))]])
+                             f"owner{i % 3}", *values])
         writer.writerow(["", "no id", "", "buyer", "", *[1] * len(SIGNALS)])
         writer.writerow(["bad-number", "", "", "buyer", "", "lots", *[1] * (len(SIGNALS) - 1)])
         writer.writerow(["bad-role", "", "", "emperor", "", *[1] * len(SIGNALS)])
@@ -61,6 +81,7 @@ def test_import_run_priority_pyramid(suite, tmp_path):
         rejected = {row["customer_id"]: row for row in csv.DictReader(f)}
     assert set(rejected) == {"", "bad-number", "bad-role", "orphan"}
     assert rejected["bad-role"]["field"] == "role" and rejected["orphan"]["line"] == "205"
+    assert rejected["orphan"]["field"] == "parent_id", "the rejects name the file's column"
 
     started = json.loads(cvh(suite, "run", "start", "--wait", "--json").stdout)
     assert started["state"] == "RUN_STATE_COMPLETED" and int(started["customers_total"]) == 200
@@ -78,13 +99,64 @@ def test_import_run_priority_pyramid(suite, tmp_path):
     tree = cvh(suite, "tree", "c0").stdout
     assert all(f"c{i}" in tree for i in range(5)) and "subtree: 5 customers" in tree
     tiers = json.loads(cvh(suite, "tiers", "--json").stdout)
-    assert int(tiers["total_customers"]) == 200
+    assert int(tiers["total_customers"]) == 200 and tiers["value_signal"] == "annual_revenue"
+    assert sum(t["value_signal_percent"] for t in tiers["tiers"]) == pytest.approx(100)
+    table = cvh(suite, "tiers").stdout
+    assert "% of customers" in table and "% of revenue" in table and "% of summed composite" in table
+    assert "200 customers in" in table and "value " not in table.splitlines()[1]
+
+    # tree and priority lead with the same tier: the one the customer is served at.
+    served = {line.split(": ")[0]: line.split(": ", 1)[1] for line in
+              cvh(suite, "priority", "c0", "c1", "c2", "c3", "c4").stdout.splitlines() if line.startswith("c")}
+    tree = cvh(suite, "tree", "c0").stdout
+    assert "(own tier" in tree, "a child account inherits c0's better tier: the case where they used to differ"
+    for line in tree.splitlines()[:-1]:
+        customer, tier = line.strip().split("  [")[0], line.split("  [")[1].split(", value")[0]
+        assert tier == served[customer], (line, served[customer])
 
     for suffix in ("png", "svg"):
         picture = tmp_path / f"pyramid.{suffix}"
         cvh(suite, "pyramid", "--out", str(picture))
         assert picture.stat().st_size > 1000
     assert "Strategic" in (tmp_path / "pyramid.svg").read_text()
+
+
+def test_customers_get_list_delete_and_signal_history(suite, tmp_path):
+    source = tmp_path / "look.csv"
+    source.write_text("customer_id,display_name,parent_id,role,owner,nps\n"
+                      "look-top,Top,,buyer,lena,5\nlook-kid,Kid,look-top,partner,lena,\n")
+    cvh_here(suite, "import", str(source))
+    cvh_here(suite, "signals", "record", str(write_signals(tmp_path)))
+
+    shown = cvh_here(suite, "customers", "get", "look-top", "look-kid").stdout
+    assert "look-top  Top" in shown and "role       buyer" in shown and "parent     look-top" in shown
+    assert "nps" in shown and "1 signal," in shown, "one helper for plurals"
+    got = json.loads(cvh_here(suite, "customers", "get", "look-kid", "--json").stdout)
+    assert got[0]["parent"] == "customers/look-top"
+
+    listed = json.loads(cvh_here(suite, "customers", "list", "--owner", "lena", "--json").stdout)
+    assert [c["customer_id"] for c in listed] == ["look-kid", "look-top"]
+    assert [c["customer_id"] for c in json.loads(cvh_here(suite, "customers", "list", "--owner", "lena", "--role",
+                                                         "partner", "--json").stdout)] == ["look-kid"]
+    paged = cvh_here(suite, "customers", "list", "--owner", "lena", "--limit", "1").stdout
+    assert [line.split()[0] for line in paged.splitlines()[2:]] == ["look-kid", "(the"] and "--limit 0 all" in paged
+
+    history = cvh_here(suite, "signals", "history", "look-top", "nps").stdout.splitlines()
+    assert [line.split()[2:] for line in history[2:]] == [["nps", "9", "yes"], ["nps", "5"]], history
+
+    missing = cvh_here(suite, "customers", "get", "nobody-here", check=False)
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr and "`cvh customers list`" in missing.stderr
+    refused = cvh_here(suite, "customers", "delete", "look-top", check=False)
+    assert refused.returncode == 1 and "FAILED_PRECONDITION" in refused.stderr
+    assert "cvh customers list --parent" in refused.stderr, "a hint of what to do next"
+    assert "deleted look-kid" in cvh_here(suite, "customers", "delete", "look-kid", "look-top").stdout
+    assert "no customers match" in cvh_here(suite, "customers", "list", "--owner", "lena").stdout
+
+
+def write_signals(tmp_path):
+    path = tmp_path / "signals.csv"
+    path.write_text("customer_id,signal,value\nlook-top,nps,9\n")  # observed now: newer than the import's 5
+    return path
 
 
 def test_models_and_runs_commands(suite, tmp_path):
@@ -104,6 +176,7 @@ def test_models_and_runs_commands(suite, tmp_path):
 def test_errors_name_the_field_and_say_what_to_do(suite, tmp_path):
     bad = cvh(suite, "priority", "not valid!", check=False)
     assert bad.returncode == 1 and "customers[0]" in bad.stderr
+    assert "`cvh priority --help`" in bad.stderr, "INVALID_ARGUMENT gets a hint too"
     down = subprocess.run([sys.executable, "-m", "clients.cli", "health", "--server", "127.0.0.1:1", "--timeout", "2"],
                           capture_output=True, text=True, timeout=60)
     assert down.returncode == 1 and "cvh serve" in down.stderr
@@ -111,6 +184,16 @@ def test_errors_name_the_field_and_say_what_to_do(suite, tmp_path):
     broken.write_text("{not json")
     refused = cvh(suite, "models", "create", str(broken), check=False)
     assert refused.returncode != 0 and "cannot read the model" in refused.stderr
+
+
+def test_every_status_code_a_caller_meets_has_a_hint():
+    import grpc
+
+    from clients.cli import NEXT_STEPS
+
+    for code in ("NOT_FOUND", "INVALID_ARGUMENT", "PERMISSION_DENIED", "UNAUTHENTICATED", "FAILED_PRECONDITION",
+                 "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "UNAVAILABLE", "ABORTED", "ALREADY_EXISTS"):
+        assert getattr(grpc.StatusCode, code) in NEXT_STEPS, code
 
 
 def test_help_explains_every_command():
@@ -129,6 +212,24 @@ def test_demo_runs_the_whole_flow_on_its_own_suite(tmp_path):
     assert summary["imported"] == 1500 and summary["run"] == "runs/1"
     assert sum(summary["tiers"].values()) == 1500 and len(summary["examples"]) == 3
     assert picture.stat().st_size > 1000
+
+
+def test_demo_beside_customers_of_the_suites_own_and_remove(suite, tmp_path):
+    own = tmp_path / "own.csv"
+    own.write_text("customer_id,annual_revenue\nmine-1,10\nmine-2,20\n")
+    cvh_here(suite, "import", str(own))
+    done = cvh_here(suite, "demo", "-n", "150", "--seed", "3")
+    assert "customers of its own: the demo adds" in done.stdout and "labelled demo" in done.stdout
+    assert "`cvh demo --remove`" in done.stdout
+    labelled = json.loads(cvh_here(suite, "customers", "list", "--label", "demo", "--limit", "0", "--json").stdout)
+    assert len(labelled) == 150 and all(c["customer_id"].startswith("demo-") for c in labelled)
+    assert any(c.get("parent") for c in labelled), "the base has account trees: --remove must order them"
+
+    removed = cvh_here(suite, "demo", "--remove", "--json")
+    assert json.loads(removed.stdout) == {"removed": 150, "kept": []}
+    assert json.loads(cvh_here(suite, "customers", "list", "--label", "demo", "--json").stdout) == []
+    mine = json.loads(cvh_here(suite, "customers", "get", "mine-1", "mine-2", "--json").stdout)
+    assert [c["customer_id"] for c in mine] == ["mine-1", "mine-2"], "the suite's own customers stay"
 
 
 def test_demo_says_so_when_the_suite_asked_for_is_not_there():

@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="log level (env CVH_LOG_LEVEL, default INFO)")
     serve.add_argument("--tls-cert", type=existing_file, default=None, metavar="PEM",
                        help="serve TLS with this certificate chain (env CVH_TLS_CERT); needs --tls-key")
-    serve.add_argument("--tls-key", type=existing_file, default=None, metavar="PEM", help="private key of --tls-cert (env CVH_TLS_KEY)")
+    serve.add_argument("--tls-key", type=existing_file, default=None, metavar="PEM",
+                       help="private key of --tls-cert (env CVH_TLS_KEY)")
     serve.add_argument("--tls-client-ca", type=existing_file, default=None, metavar="PEM",
                        help="require client certificates signed by this CA: mutual TLS (env CVH_TLS_CLIENT_CA)")
     serve.add_argument("--tokens-file", type=existing_file, default=None, metavar="JSON",

@@ -189,7 +189,8 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
     command.add_argument("--seed", type=seed_number, default=7, help="random seed: the same seed gives the same base")
     command.add_argument("--embedded", action="store_true",
                          help="always start a suite in this process (temporary database)")
-    command.add_argument("--pyramid", type=picture_file, metavar="FILE", help="also draw the pyramid into FILE (.png or .svg)")
+    command.add_argument("--pyramid", type=picture_file, metavar="FILE",
+                         help="also draw the pyramid into FILE (.png or .svg)")
     command.add_argument("--remove", action="store_true",
                          help=f"take the demo's customers (labelled {DEMO_LABEL}) out of the suite at --server "
                               "again, children before parents")

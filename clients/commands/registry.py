@@ -219,7 +219,8 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
     command.add_argument("file", type=existing_file, metavar="FILE", help="a .csv, .jsonl or .ndjson file")
     command.add_argument("--format", choices=["csv", "jsonl"], help="file format (default: from the suffix)")
     command.add_argument("--rejects", metavar="FILE", help="where rejected rows go (default FILE.rejects.csv)")
-    command.add_argument("--chunk-rows", type=whole_number(1, tabular.MAX_ROWS_PER_MESSAGE), default=tabular.MAX_ROWS_PER_MESSAGE, metavar="N",
+    command.add_argument("--chunk-rows", type=whole_number(1, tabular.MAX_ROWS_PER_MESSAGE),
+                         default=tabular.MAX_ROWS_PER_MESSAGE, metavar="N",
                          help="customers per message, each committed on its own (default 10,000)")
     command.add_argument("--all-or-nothing", action="store_true",
                          help="write every row in one transaction at the end, or nothing if any row is bad")

@@ -100,7 +100,8 @@ def print_run(run: pb.ScoringRun) -> None:
     if run.failure_reason:
         print(f"  why: {run.failure_reason}")
     if run.state == pb.RUN_STATE_COMPLETED:
-        print(f"  {counted(run.customers_total, 'customer')} in {run.export_seconds + run.scoring_seconds + run.store_seconds:.1f} s"
+        seconds = run.export_seconds + run.scoring_seconds + run.store_seconds
+        print(f"  {counted(run.customers_total, 'customer')} in {seconds:.1f} s"
               f" (export {run.export_seconds:.1f} s, scoring {run.scoring_seconds:.1f} s, "
               f"store {run.store_seconds:.1f} s)")
         total = max(run.customers_total, 1)

@@ -183,9 +183,8 @@ NEXT_STEPS = {
                                        "(roles: reader, scorer, writer, admin).",
     grpc.StatusCode.NOT_FOUND: "check the name; {listing} shows what exists.",
     grpc.StatusCode.INVALID_ARGUMENT: "fix the fields named above; `{command} --help` says what each takes.",
-    grpc.StatusCode.FAILED_PRECONDITION: "the suite is not ready for this yet: do first what the message says "
-                                         "(e.g. score with `cvh run start --wait`, or move or delete child "
-                                         "accounts first: `cvh customers list --parent ID`).",
+    grpc.StatusCode.FAILED_PRECONDITION: "the suite is not in the state this needs: do first what the message "
+                                         "says, then run the command again.",
     grpc.StatusCode.ALREADY_EXISTS: "it exists already: choose another id, or change the existing one.",
     grpc.StatusCode.ABORTED: "it changed while you worked on it: read it again and retry.",
     grpc.StatusCode.RESOURCE_EXHAUSTED: "the server is at a limit (calls at once, or a request too big): retry "
@@ -197,15 +196,22 @@ NEXT_STEPS = {
                                    "(`cvh serve SERVICE`), and is it as recent as this cvh (`cvh --version`)?",
     grpc.StatusCode.CANCELLED: "the call was cancelled before it finished; run the command again.",
 }
-# Where to look when a name is not found, by the resource's collection.
-LISTINGS = {"customers": "`cvh customers list`", "models": "`cvh models list`", "runs": "`cvh run list`"}
+# Sharper hints for some ErrorInfo reasons.
+REASON_STEPS = {
+    "HAS_CHILDREN": "move or delete its child accounts first: `cvh customers list --parent ID` lists them.",
+}
+# Where to look when a name is not found, by the resource's collection (ErrorInfo metadata "resource", or the
+# reason's prefix: CUSTOMER_NOT_FOUND).
+LISTINGS = {"customers": "`cvh customers list`", "models": "`cvh models list`", "runs": "`cvh run list`",
+            "CUSTOMER": "`cvh customers list`", "MODEL": "`cvh models list`", "RUN": "`cvh run list`"}
 
 
 def next_step(error: CvhError, args: argparse.Namespace) -> str:
     """The hint printed under an error from the suite."""
-    hint = NEXT_STEPS.get(error.code, "this is a fault in the suite, not in your request: the server's log says "
-                                      "more; retry, and report it if it persists.")
-    collection = error.metadata.get("resource", "").split("/", 1)[0]
+    hint = REASON_STEPS.get(error.reason) or NEXT_STEPS.get(
+        error.code, "this is a fault in the suite, not in your request: the server's log says more; retry, and "
+                    "report it if it persists.")
+    collection = error.metadata.get("resource", "").split("/", 1)[0] or error.reason.split("_", 1)[0]
     listing = LISTINGS.get(collection, "`cvh customers list`, `cvh models list` or `cvh run list`")
     return hint.format(server=server(args), command=args.prog, listing=listing,
                        timeout=getattr(args, "timeout", 0) or 0)

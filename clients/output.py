@@ -20,15 +20,16 @@ def print_json(data) -> None:
     print(json.dumps(data, indent=None, separators=(",", ":"), default=str))
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence], right: Sequence[int] = ()) -> None:
-    """Columns padded to their widest cell; ``right`` lists columns aligned right (numbers)."""
+def print_table(headers: Sequence[str], rows: Sequence[Sequence], right: Sequence[int] = (), indent: str = "") -> None:
+    """Columns padded to their widest cell; ``right`` lists columns aligned right (numbers); every line starts
+    with ``indent``."""
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for n, row in enumerate(cells):
         line = "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
-        print(line.rstrip())
+        print(indent + line.rstrip())
         if n == 0:
-            print("  ".join("-" * w for w in widths))
+            print(indent + "  ".join("-" * w for w in widths))
 
 
 def number(value: float | None, digits: int = 1) -> str:
@@ -36,6 +37,14 @@ def number(value: float | None, digits: int = 1) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{value:,.{digits}f}"
+
+
+def quantity(value: float) -> str:
+    """A signal's value for people: thousands separated, up to two decimals, no exponent below a trillion
+    (1,200,000; 0.35; 40)."""
+    if not math.isfinite(value) or abs(value) >= 1e12 or (value and abs(value) < 0.01):
+        return f"{value:.4g}"
+    return f"{value:,.2f}".rstrip("0").rstrip(".")
 
 
 def percent(share: float) -> str:

@@ -12,7 +12,7 @@ from clients import tabular
 from clients.client import customer_id
 from clients.commands.common import connect, enum_word, existing_file, non_negative_int, whole_number
 from clients.errors import CvhError
-from clients.output import counted, message_dict, print_json, print_table, progress, timestamp
+from clients.output import counted, message_dict, print_json, print_table, progress, quantity, timestamp
 from cvh.common.v1 import common_pb2
 from cvh.registry.v1 import registry_service_pb2 as registry_pb
 
@@ -138,11 +138,11 @@ def print_customer(c: registry_pb.Customer) -> None:
     if not c.signals:
         print("  signals    none observed")
         return
-    print(f"  signals    {counted(len(c.signals), 'signal')}, current values (`cvh signals history "
-          f"{c.customer_id}` shows earlier ones):")
+    print(f"  signals    {counted(len(c.signals), 'signal')}, current values below; earlier ones: "
+          f"`cvh signals history {c.customer_id}`")
     print_table(["signal", "value", "observed"],
-                [[f"    {name}", f"{c.signals[name].value:,.6g}", timestamp(c.signals[name].observe_time)]
-                 for name in sorted(c.signals)], right=[1])
+                [[name, quantity(c.signals[name].value), timestamp(c.signals[name].observe_time)]
+                 for name in sorted(c.signals)], right=[1], indent="    ")
 
 
 def _labels(c: registry_pb.Customer) -> str:
@@ -159,14 +159,15 @@ def customers_list(args: argparse.Namespace) -> int:
     if args.json:
         print_json([message_dict(c) for c in customers])
         return 0
+    if not customers:
+        filtered = args.parent or args.role or args.owner or args.label
+        print("no customers match" if filtered else "no customers yet: `cvh import FILE` adds some")
+        return 0
     print_table(["customer", "name", "parent", "role", "owner", "labels", "signals"],
                 [[c.customer_id, c.display_name, customer_id(c.parent), enum_word(common_pb2.StakeholderRole,
                   c.stakeholder_role), c.owner, _labels(c), len(c.signals)] for c in customers], right=[6])
     if more:
         print(f"(the first {counted(args.limit, 'customer')}; --limit N shows more, --limit 0 all)")
-    elif not customers:
-        print("no customers" + (" match" if args.parent or args.role or args.owner or args.label else " yet: "
-                                "`cvh import FILE` adds some"))
     return 0
 
 
@@ -194,7 +195,7 @@ def signals_history(args: argparse.Namespace) -> int:
         print(f"no observations of {args.signal or 'any signal'} for {customer_id(args.customer)}")
         return 0
     print_table(["observed", "signal", "value", "current"],
-                [[timestamp(o.value.observe_time), o.signal, f"{o.value.value:,.6g}", "yes" if o.current else ""]
+                [[timestamp(o.value.observe_time), o.signal, quantity(o.value.value), "yes" if o.current else ""]
                  for o in observations], right=[2])
     if more:
         print(f"(the newest {counted(args.limit, 'observation')}; --limit N shows more, --limit 0 all)")

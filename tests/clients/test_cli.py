@@ -198,8 +198,8 @@ def test_every_status_code_a_caller_meets_has_a_hint():
 
 def test_help_explains_every_command():
     done = subprocess.run([sys.executable, "-m", "clients.cli", "--help"], capture_output=True, text=True, timeout=60)
-    for command in ("serve", "import", "signals", "models", "run", "priority", "rank", "tree", "tiers", "pyramid",
-                    "demo", "health"):
+    for command in ("serve", "import", "customers", "signals", "models", "run", "priority", "rank", "tree", "tiers",
+                    "pyramid", "demo", "health"):
         assert f"    {command}" in done.stdout, command
 
 

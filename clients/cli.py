@@ -43,10 +43,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
+    from alembic.util import CommandError
+
     from services.common import db
     from services.common.config import ServerConfig
-
-    from alembic.util import CommandError
 
     config = ServerConfig.from_env(database_url=args.database_url)
     try:

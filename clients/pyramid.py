@@ -70,7 +70,7 @@ class TierLayer:
 
 def value_word(signal: str) -> str:
     """How labels name the value signal's money: "revenue" for annual_revenue, else the signal's name."""
-    return "revenue" if signal == DEFAULT_VALUE_SIGNAL else signal
+    return "revenue" if signal == DEFAULT_VALUE_SIGNAL else signal or "no value signal"
 
 
 def value_by_level(result_ids: Sequence[str], tier_levels: np.ndarray, export_ids: Sequence[str],

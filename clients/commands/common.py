@@ -27,7 +27,6 @@ def whole_number(low: int, high: int | None = None, zero_means: str = "") -> Cal
         if value < low or (high is not None and value > high):
             raise argparse.ArgumentTypeError(f"{value:,} is out of range: give {allowed}")
         return value
-    parse.__name__ = f"whole number from {low}"
     return parse
 
 
@@ -43,7 +42,6 @@ def seconds(low: float = 0.0, inclusive: bool = False) -> Callable[[str], float]
         if not math.isfinite(value) or value < low or (value == low and not inclusive):
             raise argparse.ArgumentTypeError(f"{text} is out of range: give {allowed}")
         return value
-    parse.__name__ = "seconds"
     return parse
 
 

@@ -172,13 +172,13 @@ def value_sums(cvh, run: str, signal: str) -> dict[int, float] | None:
 def tiers_table(summary: pb.HierarchySummary, layers, value_signal: str) -> None:
     word = value_word(value_signal)
     print(f"{counted(summary.total_customers, 'customer')} in {summary.run or 'no run yet'}")
+    tiers = {t.tier.tier_id: t for t in summary.tiers}
     print_table(["level", "tier", "customers", "% of customers", f"% of {word}", "% of summed composite",
                  "composite range"],
-                [[t.tier.level, layer.display_name, f"{t.customers:,}", percent(layer.customer_share),
-                  percent(layer.value_share), percent(layer.composite_share),
-                  f"{number(t.min_composite)}–{number(t.max_composite)}"]
-                 for t, layer in zip(sorted(summary.tiers, key=lambda t: t.tier.level), layers)],
-                right=[0, 2, 3, 4, 5, 6])
+                [[tiers[layer.tier_id].tier.level, layer.display_name, f"{layer.customers:,}",
+                  percent(layer.customer_share), percent(layer.value_share), percent(layer.composite_share),
+                  f"{number(tiers[layer.tier_id].min_composite)}–{number(tiers[layer.tier_id].max_composite)}"]
+                 for layer in layers], right=[0, 2, 3, 4, 5, 6])
     if value_signal and all(math.isnan(layer.value_share) for layer in layers) and layers:
         print(f"(no customer has {value_signal}: choose the money signal with --value-signal)")
     elif value_signal and value_signal != word:

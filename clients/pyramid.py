@@ -7,8 +7,8 @@ shares themselves are drawn as bars of honest, linear length beside each layer. 
 with matplotlib's object API on a figure of its own (no ``pyplot``, so no global state and no screen),
 and written as PNG or SVG.
 
-    layers = tier_layers(client.get_hierarchy_summary(), value_by_level(...), "annual_revenue")
-    draw_pyramid(layers, "pyramid.png", title="Customer value hierarchy", subtitle="runs/12")
+    sums = value_by_level(run_ids, run_tier_levels, export_ids, revenue)  # see `cvh tiers`: value_sums
+    draw_pyramid(tier_layers(summary, sums), "pyramid.png", title="Customer value hierarchy", subtitle="runs/12")
 """
 
 from __future__ import annotations

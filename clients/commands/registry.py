@@ -151,11 +151,9 @@ def _labels(c: registry_pb.Customer) -> str:
 
 def customers_list(args: argparse.Namespace) -> int:
     with connect(args) as cvh:
-        listed = cvh.list_customers(parent=args.parent or "", role=args.role or 0, owner=args.owner or "",
-                                    label=args.label or "", page_size=min(args.limit or 1000, 1000))
-        customers = list(itertools.islice(listed, args.limit + 1) if args.limit else listed)
-    more = bool(args.limit) and len(customers) > args.limit
-    customers = customers[:args.limit] if args.limit else customers
+        customers, more = _first(args.limit, lambda size: cvh.list_customers(
+            parent=args.parent or "", role=args.role or 0, owner=args.owner or "", label=args.label or "",
+            page_size=size))
     if args.json:
         print_json([message_dict(c) for c in customers])
         return 0
@@ -184,10 +182,8 @@ def customers_delete(args: argparse.Namespace) -> int:
 
 def signals_history(args: argparse.Namespace) -> int:
     with connect(args) as cvh:
-        history = cvh.list_signal_history(args.customer, args.signal or "", page_size=min(args.limit or 1000, 1000))
-        observations = list(itertools.islice(history, args.limit + 1) if args.limit else history)
-    more = bool(args.limit) and len(observations) > args.limit
-    observations = observations[:args.limit] if args.limit else observations
+        observations, more = _first(args.limit, lambda size: cvh.list_signal_history(
+            args.customer, args.signal or "", page_size=size))
     if args.json:
         print_json([message_dict(o) for o in observations])
         return 0
@@ -200,6 +196,13 @@ def signals_history(args: argparse.Namespace) -> int:
     if more:
         print(f"(the newest {counted(args.limit, 'observation')}; --limit N shows more, --limit 0 all)")
     return 0
+
+
+def _first(limit: int, pages) -> tuple[list, bool]:
+    """The first ``limit`` items (0: all) of a paged List call, ``pages(page_size)``, and whether more exist."""
+    items = list(itertools.islice(pages(min(limit + 1, 1000) if limit else 1000), limit + 1) if limit
+                 else pages(1000))
+    return (items[:limit], True) if limit and len(items) > limit else (items, False)
 
 
 def role_argument(text: str) -> int:

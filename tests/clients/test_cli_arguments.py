@@ -31,6 +31,7 @@ def bad_calls() -> list[tuple[list[str], str]]:
     calls, seen = [], set()
     for command in leaf_commands(PARSER):
         path = command.prog.split()[1:]
+        positionals = [action for action in command._actions if not action.option_strings]
         for action in typed_arguments(command):
             if id(action) in seen:  # flags shared by every client command (--timeout, --tls-ca) are one action
                 continue
@@ -40,7 +41,10 @@ def bad_calls() -> list[tuple[list[str], str]]:
             for value in values:
                 if action.choices and value == "":
                     continue  # an empty choice reads as a missing one: also exit 2, but naming no flag
-                argv = [*path, *([action.option_strings[0], value] if action.option_strings else [value])]
+                if action.option_strings:
+                    argv = [*path, action.option_strings[0], value]
+                else:  # the positionals before it get a plain placeholder each
+                    argv = [*path, *["x"] * positionals.index(action), value]
                 calls.append((argv, name))
     return calls
 

@@ -101,14 +101,13 @@ def test_import_run_priority_pyramid(suite, tmp_path):
     tiers = json.loads(cvh(suite, "tiers", "--json").stdout)
     assert int(tiers["total_customers"]) == 200 and tiers["value_signal"] == "annual_revenue"
     assert sum(t["value_signal_percent"] for t in tiers["tiers"]) == pytest.approx(100)
-    table = cvh(suite, "tiers").stdout
+    table = cvh_here(suite, "tiers").stdout
     assert "% of customers" in table and "% of revenue" in table and "% of summed composite" in table
     assert "200 customers in" in table and "value " not in table.splitlines()[1]
 
     # tree and priority lead with the same tier: the one the customer is served at.
     served = {line.split(": ")[0]: line.split(": ", 1)[1] for line in
-              cvh(suite, "priority", "c0", "c1", "c2", "c3", "c4").stdout.splitlines() if line.startswith("c")}
-    tree = cvh(suite, "tree", "c0").stdout
+              cvh_here(suite, "priority", "c0", "c1", "c2", "c3", "c4").stdout.splitlines() if line.startswith("c")}
     assert "(own tier" in tree, "a child account inherits c0's better tier: the case where they used to differ"
     for line in tree.splitlines()[:-1]:
         customer, tier = line.strip().split("  [")[0], line.split("  [")[1].split(", value")[0]

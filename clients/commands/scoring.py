@@ -11,7 +11,7 @@ from google.protobuf import json_format
 
 from clients.client import CvhClient
 from clients.commands.common import connect, enum_word, existing_file, positive_int
-from clients.output import counted, message_dict, print_json, print_table, progress
+from clients.output import counted, message_dict, percent, print_json, print_table, progress
 from cvh.scoring.v1 import scoring_service_pb2 as pb
 
 # What a model file holds: the model's own fields, not the service's bookkeeping.
@@ -106,7 +106,7 @@ def print_run(run: pb.ScoringRun) -> None:
               f"store {run.store_seconds:.1f} s)")
         total = max(run.customers_total, 1)
         print_table(["tier", "customers", "share"],
-                    [[c.tier.display_name or c.tier.tier_id, f"{c.customers:,}", f"{100 * c.customers / total:.1f} %"]
+                    [[c.tier.display_name or c.tier.tier_id, f"{c.customers:,}", percent(c.customers / total)]
                      for c in run.tier_counts], right=[1, 2])
 
 

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import io
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -24,6 +25,7 @@ MAX_DEMO_CUSTOMERS = 1_000_000  # a demo's base is held in memory whole (16 sign
 DEMO_LABEL = "demo"
 DEMO_ID_PREFIX = "demo-"
 MAX_BATCH_GET = 1000
+REMOVE_CALLS = 4  # deletes in flight at once: each waits for a database write, so a few overlap their round trips
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -105,26 +107,38 @@ def _own_customers(cvh: CvhClient, demo_ids: list[str]) -> int:
 
 
 def _remove(args: argparse.Namespace) -> int:
-    """Deletes the customers labelled demo, children before their parents."""
+    """Deletes the customers labelled demo, children before their parents: the deepest level first, the
+    customers of one level by a few calls at once."""
     with connect(args) as cvh:
-        parent_of = {c.customer_id: customer_id(c.parent) for c in cvh.list_customers(label=DEMO_LABEL, page_size=1000)}
+        parent_of = {c.customer_id: customer_id(c.parent)
+                     for c in cvh.list_customers(label=DEMO_LABEL, page_size=1000)}
 
         def depth(customer: str) -> int:
             levels = 0
             while (customer := parent_of.get(customer, "")) and levels < 64:
                 levels += 1
             return levels
-        order = sorted(parent_of, key=depth, reverse=True)
+        levels: dict[int, list[str]] = {}
+        for customer in parent_of:
+            levels.setdefault(depth(customer), []).append(customer)
+        order = [customer for level in sorted(levels, reverse=True) for customer in levels[level]]
+
+        def delete(customer: str) -> str | None:
+            """The customer when it was kept (a child account of someone else's hangs under it)."""
+            try:
+                cvh.delete_customer(customer)
+            except CvhError as error:
+                if error.code != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+                return customer
+            return None
         kept = []
-        with progress(len(order), "removing the demo's customers", unit=" customers", enabled=not args.json) as bar:
-            for customer in order:
-                try:
-                    cvh.delete_customer(customer)
-                except CvhError as error:
-                    if error.code != grpc.StatusCode.FAILED_PRECONDITION:  # e.g. a child account of your own
-                        raise
-                    kept.append(customer)
-                bar.update(1)
+        with progress(len(order), "removing the demo's customers", unit=" customers", enabled=not args.json) as bar, \
+                ThreadPoolExecutor(REMOVE_CALLS) as calls:
+            for level in sorted(levels, reverse=True):
+                for outcome in calls.map(delete, levels[level]):
+                    kept += [outcome] if outcome else []
+                    bar.update(1)
     removed = len(order) - len(kept)
     args.summary = {"removed": removed, "kept": kept}
     print(f"removed {counted(removed, 'demo customer')} (labelled {DEMO_LABEL}) from {server(args)}"

@@ -7,6 +7,7 @@ and reasons derived before any query).
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -111,6 +112,11 @@ def test_reflection_serves_the_contracts_with_their_comments_and_finds_methods(c
     comments = {tuple(loc.path): loc.leading_comments for loc in registry.source_code_info.location}
     assert "Returns one customer" in comments[(6, 0, 2, method)]
     assert "CUSTOMER_NOT_FOUND" in comments[(6, 0, 2, method)]
+
+    # The details every error carries can be decoded from reflection alone.
+    details = _reflect(channel, version, reflection_pb2.ServerReflectionRequest(
+        file_containing_symbol="google.rpc.ErrorInfo"))
+    assert not details.HasField("error_response"), details.error_response
 
     # A client that knows nothing of our stubs resolves the method through grpcio-reflection's database.
     if version == "v1alpha":
@@ -217,3 +223,15 @@ def test_activating_a_model_without_a_version_says_which_form_and_why(channel):
     seen, _ = refused(lambda: scoring.ListRunResults(pb.ListRunResultsRequest(run="runs/x")),
                       SCORING + "ListRunResults", Code.INVALID_ARGUMENT)
     assert seen.reason == "INVALID_RUN_NAME"
+
+
+def test_cvh_models_activate_takes_short_names_and_says_which_form_it_needs(suite):
+    def cvh(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "clients.cli", "models", "activate", *args], capture_output=True,
+                              text=True, env={**os.environ, "CVH_SERVER": suite.target}, timeout=60)
+    refused = cvh("default")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "models/default/versions/1" in refused.stderr and "active version" in refused.stderr
+    for form in (["default", "1"], ["default/versions/1"]):
+        done = cvh(*form)
+        assert done.returncode == 0 and "models/default/versions/1 is now the active version" in done.stdout, done

@@ -19,16 +19,13 @@ from importlib import resources
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 V1_SERVICE_NAME = "grpc.reflection.v1.ServerReflection"
 V1ALPHA_SERVICE_NAME = reflection.SERVICE_NAME
 SERVICE_NAMES = (V1_SERVICE_NAME, V1ALPHA_SERVICE_NAME)
-
-
-def _file(module) -> descriptor_pb2.FileDescriptorProto:
-    return descriptor_pb2.FileDescriptorProto.FromString(module.DESCRIPTOR.serialized_pb)
 
 
 def _v1_of(alpha: descriptor_pb2.FileDescriptorProto) -> descriptor_pb2.FileDescriptorProto:
@@ -100,11 +97,26 @@ class DocumentedPool:
 
 @functools.cache
 def documented_pool() -> DocumentedPool:
-    """Every cvh file with its comments (and the files they import), health, and both reflection versions."""
+    """Every cvh file with its comments (and the files they import), google.rpc's error details, health, and
+    both reflection versions."""
     contracts = descriptor_pb2.FileDescriptorSet.FromString(
         resources.files("cvh").joinpath("descriptor_set.binpb").read_bytes())
-    alpha = _file(reflection_pb2)
-    return DocumentedPool([*contracts.file, _file(health_pb2), alpha, _v1_of(alpha)])
+    files = {file.name: file for file in contracts.file}
+    # The error details every error carries (so clients decode them), health and reflection itself.
+    for module in (error_details_pb2, status_pb2, health_pb2, reflection_pb2):
+        _add_with_imports(module.DESCRIPTOR, files)
+    alpha = files[reflection_pb2.DESCRIPTOR.name]
+    files[_v1_of(alpha).name] = _v1_of(alpha)
+    return DocumentedPool(list(files.values()))
+
+
+def _add_with_imports(file, files: dict[str, descriptor_pb2.FileDescriptorProto]) -> None:
+    """``file`` (a runtime file descriptor) and the files it imports, each after its imports."""
+    if file.name in files:
+        return
+    for dependency in file.dependencies:
+        _add_with_imports(dependency, files)
+    files[file.name] = descriptor_pb2.FileDescriptorProto.FromString(file.serialized_pb)
 
 
 def enable(server: grpc.aio.Server, service_names: list[str]) -> None:

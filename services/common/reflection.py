@@ -4,7 +4,9 @@ The generated stubs register descriptors without source comments, so reflection
 from the default pool shows tools (grpcurl describe, Postman, a Node.js client)
 no documentation. Here reflection answers from a pool built from
 ``cvh/descriptor_set.binpb`` (written by tools/gen_protos.py with protoc's
---include_source_info) plus the health and reflection protos.
+--include_source_info), plus google.rpc's error details (so clients decode
+every error's details), health and reflection. Its files keep their source
+info, and methods and fields are found by name (``describe Service.Method``).
 
 Both reflection protocols are served: ``grpc.reflection.v1alpha`` from
 grpcio-reflection, and ``grpc.reflection.v1``, from grpcio-reflection when it
@@ -21,7 +23,7 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2
-from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 V1_SERVICE_NAME = "grpc.reflection.v1.ServerReflection"
 V1ALPHA_SERVICE_NAME = reflection.SERVICE_NAME
@@ -105,8 +107,8 @@ def documented_pool() -> DocumentedPool:
     # The error details every error carries (so clients decode them), health and reflection itself.
     for module in (error_details_pb2, status_pb2, health_pb2, reflection_pb2):
         _add_with_imports(module.DESCRIPTOR, files)
-    alpha = files[reflection_pb2.DESCRIPTOR.name]
-    files[_v1_of(alpha).name] = _v1_of(alpha)
+    v1 = _v1_of(files[reflection_pb2.DESCRIPTOR.name])
+    files[v1.name] = v1
     return DocumentedPool(list(files.values()))
 
 
@@ -123,17 +125,16 @@ def enable(server: grpc.aio.Server, service_names: list[str]) -> None:
     """Serve reflection (v1 and v1alpha) of ``service_names``, the health service and reflection itself."""
     names = [*service_names, health.SERVICE_NAME, *SERVICE_NAMES]
     pool = documented_pool()
-    try:  # a grpcio-reflection that serves v1 itself
+    reflection.enable_server_reflection(names, server, pool=pool)
+    try:  # a grpcio-reflection that serves v1 itself (1.85 does not)
         from grpc_reflection.v1 import reflection as reflection_v1  # type: ignore[import-not-found]
-        reflection_v1.enable_server_reflection(names, server, pool=pool)
-        reflection.enable_server_reflection(names, server, pool=pool)
-        return
     except ImportError:
-        pass
-    servicer = reflection.aio.ReflectionServicer(names, pool=pool)
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+        reflection_v1 = None
+    if reflection_v1 is not None:
+        reflection_v1.enable_server_reflection(names, server, pool=pool)
+        return
     handler = grpc.stream_stream_rpc_method_handler(
-        servicer.ServerReflectionInfo,
+        reflection.aio.ReflectionServicer(names, pool=pool).ServerReflectionInfo,
         request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
         response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)
     server.add_generic_rpc_handlers(

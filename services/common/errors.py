@@ -48,7 +48,7 @@ def reason_for_resource(resource_name: str) -> str:
     """What a resource name names, as a reason prefix: customers/x -> CUSTOMER, models/m -> MODEL,
     models/m/versions/3 -> MODEL_VERSION, runs/7 -> RUN (text after the name is ignored)."""
     parts = resource_name.split(maxsplit=1)[0].split("/") if resource_name.strip() else []
-    collections = [c[:-1] if c.endswith("s") else c for c in parts[0::2] if c]
+    collections = [c[:-3] + "y" if c.endswith("ies") else c.removesuffix("s") for c in parts[0::2] if c]
     return "_".join(collections).upper() or "RESOURCE"
 
 

@@ -55,10 +55,12 @@ def raises_status(code: grpc.StatusCode, *, field: str | None = None, reason: st
 
 def documented_reasons(full_method: str) -> set[str]:
     """The ErrorInfo reasons the protos document for ``full_method`` ("cvh.registry.v1.RegistryService/GetCustomer"):
-    the UPPER_SNAKE words of the RPC's comment and of its service's comment (reasons every RPC may meet)."""
+    the UPPER_SNAKE words of the RPC's comment and of its service's comment (reasons every RPC may meet), less
+    status code names (a reason says more than its code; INTERNAL, a bug, has nothing more to say)."""
     service, method = full_method.rsplit("/", 1)
     comments = rpc_comments()
-    return set(re.findall(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b", comments[service] + comments[f"{service}/{method}"]))
+    words = set(re.findall(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b", comments[service] + comments[f"{service}/{method}"]))
+    return words - {code.name for code in grpc.StatusCode if code != grpc.StatusCode.INTERNAL}
 
 
 @functools.cache

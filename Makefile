@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test protos check-protos install bench clean
+.PHONY: run test protos lint check-protos install bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: $(STAMP)
 
 protos: $(STAMP)
 	$(BIN)/python tools/gen_protos.py
+
+# buf lint (STANDARD rules, exceptions in protos/buf.yaml) with the buf of the dev dependencies.
+lint: $(STAMP)
+	cd protos && ../$(BIN)/buf lint
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib import resources
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -47,3 +51,32 @@ def raises_status(code: grpc.StatusCode, *, field: str | None = None, reason: st
         assert field in found.fields, f"no violation for {field!r} in {found.fields}"
     if reason is not None:
         assert found.reason == reason, f"expected reason {reason}, got {found.reason}"
+
+
+def documented_reasons(full_method: str) -> set[str]:
+    """The ErrorInfo reasons the protos document for ``full_method`` ("cvh.registry.v1.RegistryService/GetCustomer"):
+    the UPPER_SNAKE words of the RPC's comment and of its service's comment (reasons every RPC may meet), less
+    status code names (a reason says more than its code; INTERNAL, a bug, has nothing more to say)."""
+    service, method = full_method.rsplit("/", 1)
+    comments = rpc_comments()
+    words = set(re.findall(r"\b[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+\b", comments[service] + comments[f"{service}/{method}"]))
+    return words - {code.name for code in grpc.StatusCode if code != grpc.StatusCode.INTERNAL}
+
+
+@functools.cache
+def rpc_comments() -> dict[str, str]:
+    """Leading comments of every cvh service ("pkg.Service") and RPC ("pkg.Service/Method"), from the committed
+    descriptor set with source info."""
+    files = descriptor_pb2.FileDescriptorSet.FromString(
+        resources.files("cvh").joinpath("descriptor_set.binpb").read_bytes())
+    comments = {}
+    for file in files.file:
+        if not file.package.startswith("cvh."):
+            continue
+        located = {tuple(loc.path): loc.leading_comments for loc in file.source_code_info.location}
+        for s, service in enumerate(file.service):
+            name = f"{file.package}.{service.name}"
+            comments[name] = located.get((6, s), "")
+            for m, method in enumerate(service.method):
+                comments[f"{name}/{method.name}"] = located.get((6, s, 2, m), "")
+    return comments

@@ -37,7 +37,7 @@ from services.common.embedded import EmbeddedSuite
 from services.common.server import SERVICE_DESCRIPTORS
 from services.common.validation import encode_page_token
 from tests.conftest import _empty_tables
-from tests.grpc_helpers import raises_status
+from tests.grpc_helpers import details_of, documented_reasons, raises_status
 from tests.hierarchy.test_hierarchy_service import wait_for_snapshot
 from tests.scoring.test_scoring_service import SIGNALS, run_to_end, seed
 
@@ -591,6 +591,10 @@ def test_bad_input_never_answers_internal_or_unknown(fuzzed, service, method):
                     # An error whose details outgrow what clients accept as trailers reaches them as this.
                     assert "metadata size exceeds" not in details, \
                         f"{method.name}: the error is too large for clients: {details}\nto: {Batch([messages])!r}"
+                    # The reason says what went wrong, and the RPC's proto comment lists it.
+                    reason, full_name = details_of(error).reason, f"{method.containing_service.full_name}/{method.name}"
+                    assert not reason or reason in documented_reasons(full_name), \
+                        f"{method.name} answered reason {reason}, not listed in its proto comment"
                 CODES[database, code.name] += 1
             _check_healthy(channel)
 

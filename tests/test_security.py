@@ -69,7 +69,7 @@ def bearer(token: str):
 
 def test_no_token_is_unauthenticated_but_health_is_open(secured):
     registry = pb_grpc.RegistryServiceStub(secured)
-    with raises_status(grpc.StatusCode.UNAUTHENTICATED, reason="UNAUTHENTICATED"):
+    with raises_status(grpc.StatusCode.UNAUTHENTICATED, reason="TOKEN_REQUIRED"):
         registry.GetCustomer(pb.GetCustomerRequest(name="customers/acme"))
     with raises_status(grpc.StatusCode.UNAUTHENTICATED):
         registry.GetCustomer(pb.GetCustomerRequest(name="customers/acme"), metadata=bearer("not-a-token"))
@@ -84,7 +84,7 @@ def test_reader_reads_but_cannot_write_and_writes_are_audited(secured, caplog):
                                 metadata=bearer("writer-token-2"))
     got = registry.GetCustomer(pb.GetCustomerRequest(name="customers/acme"), metadata=bearer("reader-token-1"))
     assert got.customer_id == "acme"
-    with raises_status(grpc.StatusCode.PERMISSION_DENIED, reason="PERMISSION_DENIED") as seen:
+    with raises_status(grpc.StatusCode.PERMISSION_DENIED, reason="ROLE_REQUIRED") as seen:
         registry.CreateCustomer(pb.CreateCustomerRequest(customer=pb.Customer(customer_id="beta")),
                                 metadata=bearer("reader-token-1"))
     assert "writer" in seen.message

@@ -1,7 +1,12 @@
 """Generate Python, .pyi and gRPC stubs from protos/ into protos/ (package ``cvh``).
 
+Also writes ``cvh/descriptor_set.binpb``: every file with its imports and its
+source comments (protoc --include_source_info), which server reflection serves
+so that tools such as grpcurl show the contracts' documentation.
+
 Run with ``make protos``. ``--check`` regenerates into a temporary folder and
-exits non-zero when the committed stubs differ, so stale stubs fail CI.
+exits non-zero when the committed stubs or descriptor set differ, so stale
+ones fail CI.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from grpc_tools import protoc
 
 PROTO_ROOT = Path(__file__).resolve().parent.parent / "protos"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+DESCRIPTOR_SET = Path("cvh") / "descriptor_set.binpb"
 
 
 def proto_files() -> list[Path]:
@@ -37,6 +43,12 @@ def generate(out_dir: Path) -> None:
         ]
         if protoc.main(args) != 0:
             raise SystemExit(f"protoc failed on {proto}")
+    (out_dir / DESCRIPTOR_SET).parent.mkdir(parents=True, exist_ok=True)
+    args = ["protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--descriptor_set_out={out_dir / DESCRIPTOR_SET}",
+            "--include_imports", "--include_source_info",
+            *(str(p.relative_to(PROTO_ROOT)) for p in proto_files())]
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc failed writing the descriptor set")
     # Every folder on the way to a stub is a regular package.
     for folder in {p.parent for p in out_dir.rglob("*_pb2.py")}:
         while folder != out_dir:
@@ -48,7 +60,7 @@ def generated_files(root: Path) -> set[Path]:
     return {
         p.relative_to(root)
         for p in root.rglob("*")
-        if p.name.endswith(GENERATED_SUFFIXES) or p.name == "__init__.py"
+        if p.name.endswith(GENERATED_SUFFIXES) or p.name == "__init__.py" or p.relative_to(root) == DESCRIPTOR_SET
     }
 
 
@@ -61,7 +73,7 @@ def check() -> int:
                        if p not in want or p not in have
                        or not filecmp.cmp(fresh / p, PROTO_ROOT / p, shallow=False))
     if stale:
-        print("stale generated stubs (run `make protos`):", *stale, sep="\n  ")
+        print("stale generated stubs or descriptor set (run `make protos`):", *stale, sep="\n  ")
         return 1
     print("generated stubs are up to date")
     return 0

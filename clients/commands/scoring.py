@@ -64,8 +64,9 @@ def models_show(args: argparse.Namespace) -> int:
 
 
 def models_activate(args: argparse.Namespace) -> int:
+    name = f"{args.name}/versions/{args.version}" if args.version is not None else args.name
     with connect(args) as cvh:
-        model = cvh.activate_model(args.name)
+        model = cvh.activate_model(name)
     print_json(message_dict(model)) if args.json else print(f"{model.name} is now the active version")
     return 0
 
@@ -175,7 +176,9 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
     command.add_argument("--full", action="store_true", help="include version, creator and times")
     command.set_defaults(run=models_show)
     command = actions.add_parser("activate", parents=[client], help="make a version the one runs use")
-    command.add_argument("name", help="models/ID/versions/N")
+    command.add_argument("name", help="the version: ID/versions/N or models/ID/versions/N, or the model id "
+                                      "followed by VERSION")
+    command.add_argument("version", nargs="?", type=positive_int, metavar="VERSION", help="version number (with a model id)")
     command.set_defaults(run=models_activate)
 
     runs = commands.add_parser("run", help="scoring runs: start, show, list, moves",

@@ -31,7 +31,8 @@ ROLES = (READER, SCORER, WRITER, ADMIN)
 # A role may do what the roles it includes may do.
 INCLUDES = {READER: {READER}, SCORER: {READER, SCORER}, WRITER: {READER, WRITER}, ADMIN: set(ROLES)}
 
-OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/")
+OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
+                 "/grpc.reflection.v1.ServerReflection/")
 
 _REGISTRY = "/cvh.registry.v1.RegistryService/"
 _SCORING = "/cvh.scoring.v1.ScoringService/"
@@ -130,12 +131,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if principal is None:
             return _refusal(grpc.StatusCode.UNAUTHENTICATED,
                             "a valid bearer token is required: send metadata 'authorization: Bearer <token>'",
-                            "UNAUTHENTICATED")
+                            "TOKEN_REQUIRED")
         if not may_call(principal, method):
             needed = REQUIRED_ROLE.get(method, ADMIN)
             return _refusal(grpc.StatusCode.PERMISSION_DENIED,
                             f"{principal.name} may not call {method}: it needs the {needed} role",
-                            "PERMISSION_DENIED")
+                            "ROLE_REQUIRED")
         handler = await continuation(handler_call_details)
         return _as_caller(handler, principal.name, method) if handler else None
 

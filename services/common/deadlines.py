@@ -40,4 +40,4 @@ class Deadline:
         """Raise DEADLINE_EXCEEDED when the deadline has passed (``doing`` says where it was)."""
         if self.expired():
             raise ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED,
-                               f"the call's deadline passed while {doing}; stopped", "DEADLINE_EXCEEDED")
+                               f"the call's deadline passed while {doing}; stopped", "DEADLINE_PASSED")

@@ -3,10 +3,18 @@
 Servicers raise :class:`ServiceError`; the error interceptor turns it into a
 status with one ``google.rpc.ErrorInfo`` and, for bad input, one
 ``google.rpc.BadRequest`` naming every bad field. Nothing else maps errors.
+
+``ErrorInfo.reason`` says what went wrong, not the status code again: it is
+derived here from what the error is about, so servicers rarely name one.
+``not_found("customers/x")`` is CUSTOMER_NOT_FOUND (from the collection);
+a bad ``page_size`` is INVALID_PAGE_SIZE (from the request field at fault).
+The reasons a caller can meet are listed in each RPC's comment in protos/
+(tests/test_contracts.py checks that every reason raised is listed there).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import grpc
@@ -21,6 +29,27 @@ ERROR_DOMAIN = "cvh"
 class FieldViolation:
     field: str
     description: str
+    # ErrorInfo.reason for this violation; empty: derived from the field (see reason_for_field).
+    reason: str = ""
+
+    @property
+    def cause(self) -> str:
+        return self.reason or reason_for_field(self.field)
+
+
+def reason_for_field(field_path: str) -> str:
+    """INVALID_ and the request field at fault: ``page_size`` -> INVALID_PAGE_SIZE,
+    ``customer.signals[nps].value`` -> INVALID_CUSTOMER, ``rows[3].parent`` -> INVALID_ROWS."""
+    top = re.split(r"[.\[]", field_path, maxsplit=1)[0]
+    return "INVALID_" + (re.sub(r"[^A-Za-z0-9]+", "_", top).strip("_").upper() or "REQUEST")
+
+
+def reason_for_resource(resource_name: str) -> str:
+    """What a resource name names, as a reason prefix: customers/x -> CUSTOMER, models/m -> MODEL,
+    models/m/versions/3 -> MODEL_VERSION, runs/7 -> RUN (text after the name is ignored)."""
+    parts = resource_name.split(maxsplit=1)[0].split("/") if resource_name.strip() else []
+    collections = [c[:-3] + "y" if c.endswith("ies") else c.removesuffix("s") for c in parts[0::2] if c]
+    return "_".join(collections).upper() or "RESOURCE"
 
 
 @dataclass
@@ -103,8 +132,8 @@ class Violations:
     def __init__(self, items: list[FieldViolation] | None = None) -> None:
         self.items: list[FieldViolation] = list(items or [])
 
-    def add(self, field_path: str, description: str) -> None:
-        self.items.append(FieldViolation(field_path, description))
+    def add(self, field_path: str, description: str, reason: str = "") -> None:
+        self.items.append(FieldViolation(field_path, description, reason))
 
     def __bool__(self) -> bool:
         return bool(self.items)
@@ -114,26 +143,32 @@ class Violations:
             raise self.error(what)
 
     def error(self, what: str = "request") -> ServiceError:
+        """INVALID_ARGUMENT with every violation. Its reason: the violations' own when they share one,
+        else INVALID_ and ``what`` (INVALID_MODEL, INVALID_CUSTOMER, INVALID_REQUEST)."""
         shown = self.items[: self.MAX_REPORTED]
         summary = "; ".join(f"{v.field}: {v.description}" for v in shown[:3])
         more = f" (and {len(self.items) - 3} more)" if len(self.items) > 3 else ""
-        return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid {what}: {summary}{more}",
-                            "INVALID_ARGUMENT", shown)
+        causes = {v.cause for v in self.items}
+        reason = causes.pop() if len(causes) == 1 else reason_for_field(what)
+        return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid {what}: {summary}{more}", reason, shown)
 
 
-def invalid_argument(field_path: str, description: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"{field_path}: {description}", "INVALID_ARGUMENT",
-                        [FieldViolation(field_path, description)])
+def invalid_argument(field_path: str, description: str, reason: str = "") -> ServiceError:
+    """One bad field; the reason is derived from the field unless given."""
+    violation = FieldViolation(field_path, description, reason)
+    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"{field_path}: {description}", violation.cause,
+                        [violation])
 
 
 def not_found(resource_name: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.NOT_FOUND, f"{resource_name} does not exist", "NOT_FOUND",
-                        metadata={"resource": resource_name})
+    """``resource_name`` (possibly followed by words) does not exist: CUSTOMER_NOT_FOUND, MODEL_NOT_FOUND ..."""
+    return ServiceError(grpc.StatusCode.NOT_FOUND, f"{resource_name} does not exist",
+                        f"{reason_for_resource(resource_name)}_NOT_FOUND", metadata={"resource": resource_name})
 
 
 def already_exists(resource_name: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.ALREADY_EXISTS, f"{resource_name} already exists", "ALREADY_EXISTS",
-                        metadata={"resource": resource_name})
+    return ServiceError(grpc.StatusCode.ALREADY_EXISTS, f"{resource_name} already exists",
+                        f"{reason_for_resource(resource_name)}_ALREADY_EXISTS", metadata={"resource": resource_name})
 
 
 def aborted(message: str, reason: str = "ETAG_MISMATCH") -> ServiceError:

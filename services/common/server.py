@@ -13,14 +13,13 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 from sqlalchemy.engine import Engine
 
 from cvh.hierarchy.v1 import hierarchy_service_pb2
 from cvh.registry.v1 import registry_service_pb2
 from cvh.scoring.v1 import scoring_service_pb2
-from services.common import db
+from services.common import db, reflection
 from services.common.auth import AuthInterceptor, TokenTable
 from services.common.config import ConfigError, ServerConfig, check_exposure
 from services.common.interceptors import ConcurrencyLimit, ServiceInterceptor
@@ -105,7 +104,7 @@ def create_server(config: ServerConfig) -> Suite:
         names.append(SERVICE_DESCRIPTORS[service].full_name)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    reflection.enable(server, names)
     if config.tls_cert_file:
         port = server.add_secure_port(config.listen, server_credentials(config))
     else:

@@ -19,22 +19,25 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 # Largest position an offset page token may hold (a signed 64-bit OFFSET with room to add a page).
 MAX_OFFSET = 2**62
+INVALID_CUSTOMER_NAME = "INVALID_CUSTOMER_NAME"
 
 
 def customer_id_from_name(name: str, field_path: str, violations: Violations | None = None) -> str | None:
-    """``customers/{id}`` -> id; records (or raises) a violation naming field_path."""
+    """``customers/{id}``, or the bare id (it holds no '/'), -> id; records (or raises) a violation naming
+    field_path, with the reason INVALID_CUSTOMER_NAME."""
+    customer_id = name.removeprefix("customers/")
     problem = None
     if not name:
-        problem = "required: a resource name like customers/{customer_id}"
-    elif not name.startswith("customers/"):
-        problem = f"{name!r} is not a resource name like customers/{{customer_id}}"
-    elif not CUSTOMER_ID.fullmatch(name[len("customers/"):]):
+        problem = "required: customers/{customer_id} (or the bare customer_id)"
+    elif "/" in customer_id:
+        problem = f"{name!r} is neither customers/{{customer_id}} nor a customer_id"
+    elif not CUSTOMER_ID.fullmatch(customer_id):
         problem = "customer_id must be 1 to 128 characters of [A-Za-z0-9._:-]"
     if problem is None:
-        return name[len("customers/"):]
+        return customer_id
     if violations is None:
-        raise invalid_argument(field_path, problem)
-    violations.add(field_path, problem)
+        raise invalid_argument(field_path, problem, INVALID_CUSTOMER_NAME)
+    violations.add(field_path, problem, INVALID_CUSTOMER_NAME)
     return None
 
 

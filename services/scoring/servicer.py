@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 import functools
 import math
 import re
@@ -32,8 +33,9 @@ from services.scoring import store
 from services.scoring.models import check_sizes, check_spec, spec_of, to_proto
 from services.scoring.runs import RunExecutor
 
-MODEL_NAME = re.compile(r"models/([a-z][a-z0-9-]{0,62})(?:/versions/([1-9][0-9]{0,8}))?")
-RUN_NAME = re.compile(r"runs/([1-9][0-9]{0,17})")
+# "models/" and "runs/" may be left out: a model id holds no '/', a run id is a number.
+MODEL_NAME = re.compile(r"(?:models/)?([a-z][a-z0-9-]{0,62})(?:/versions/([1-9][0-9]{0,8}))?")
+RUN_NAME = re.compile(r"(?:runs/)?([1-9][0-9]{0,17})")
 DEFAULT_MODEL = "models/default"
 MAX_BATCH_ROWS = 65_536
 # Signals per ScoreSignals request and columns per ScoreBatch chunk (a model reads at most 256 signals).
@@ -44,16 +46,27 @@ CURRENT_RUN_TTL = 1.0
 
 
 def parse_model_name(name: str, field_path: str) -> tuple[str, int | None]:
+    """"models/{id}[/versions/{n}]" or the same without "models/" -> (model_id, version or None)."""
     match = MODEL_NAME.fullmatch(name or DEFAULT_MODEL)
     if not match:
-        raise invalid_argument(field_path, 'expected "models/{model_id}" or "models/{model_id}/versions/{n}"')
+        raise invalid_argument(field_path, 'expected "models/{model_id}" or "models/{model_id}/versions/{n}" '
+                                           '("models/" may be left out)', "INVALID_MODEL_NAME")
     return match.group(1), int(match.group(2)) if match.group(2) else None
+
+
+def parse_model_id(value: str, field_path: str) -> str:
+    """A model_id filter: "default" or "models/default"; empty stays empty (any model)."""
+    model_id = value.removeprefix("models/")
+    if value and not SLUG.fullmatch(model_id):
+        raise invalid_argument(field_path, 'a model_id like "default" ([a-z][a-z0-9-]{0,62}) or "models/default"',
+                               "INVALID_MODEL_NAME")
+    return model_id
 
 
 def parse_run_name(name: str, field_path: str) -> int:
     match = RUN_NAME.fullmatch(name)
     if not match:
-        raise invalid_argument(field_path, 'expected "runs/{run_id}"')
+        raise invalid_argument(field_path, 'expected "runs/{run_id}" or the run_id', "INVALID_RUN_NAME")
     return int(match.group(1))
 
 
@@ -106,28 +119,27 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
 
     async def ListModels(self, request, context):
         size = page_size(request.page_size)
-        if request.model_id and not SLUG.fullmatch(request.model_id):
-            raise invalid_argument("model_id", "[a-z][a-z0-9-]{0,62}")
-        offset = decode_offset_token(request.page_token, {"model_id": request.model_id})
+        model_id = parse_model_id(request.model_id, "model_id")
+        offset = decode_offset_token(request.page_token, {"model_id": model_id})
 
         def page():
             with read_transaction(self.engine) as conn:
-                return store.list_models(conn, request.model_id, offset, size + 1)
+                return store.list_models(conn, model_id, offset, size + 1)
         rows = await asyncio.to_thread(page)
         response = pb.ListModelsResponse(models=[_model_proto(r) for r in rows[:size]])
         if len(rows) > size:
-            response.next_page_token = encode_page_token(offset + size, {"model_id": request.model_id})
+            response.next_page_token = encode_page_token(offset + size, {"model_id": model_id})
         return response
 
     async def ActivateModel(self, request, context):
         model_id, version = parse_model_name(request.name, "name")
-        if version is None:
-            raise invalid_argument("name", 'name a version: "models/{model_id}/versions/{n}"')
 
         def activate():
             with write_transaction(self.engine) as conn:
+                if version is None:
+                    raise _version_required(conn, model_id)
                 if store.get_model(conn, model_id, version) is None:
-                    raise not_found(request.name)
+                    raise not_found(f"models/{model_id}/versions/{version}")
                 store.activate(conn, model_id, version)
                 return store.get_model(conn, model_id, version)
         return _model_proto(await asyncio.to_thread(activate))
@@ -141,7 +153,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             with write_transaction(self.engine) as conn:
                 row = store.get_model(conn, model_id, version)
                 if row is None:
-                    raise not_found(request.model or DEFAULT_MODEL)
+                    raise not_found(f"models/{model_id}" + (f"/versions/{version}" if version else ""))
                 running = store.active_run(conn, model_id)
                 if running is not None:
                     raise failed_precondition(
@@ -187,16 +199,15 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
 
     async def ListScoringRuns(self, request, context):
         size = page_size(request.page_size, default=50)
-        if request.model_id and not SLUG.fullmatch(request.model_id):
-            raise invalid_argument("model_id", "[a-z][a-z0-9-]{0,62}")
+        model_id = parse_model_id(request.model_id, "model_id")
         if request.state not in pb.RunState.values():
             raise invalid_argument("state", f"unknown run state {request.state}")
-        filters = {"model_id": request.model_id, "state": request.state}
+        filters = {"model_id": model_id, "state": request.state}
         offset = decode_offset_token(request.page_token, filters)
 
         def page():
             with read_transaction(self.engine) as conn:
-                rows = store.list_runs(conn, request.model_id, request.state, offset, size + 1)
+                rows = store.list_runs(conn, model_id, request.state, offset, size + 1)
                 return [self._to_run_proto(conn, r) for r in rows[:size]], len(rows) > size
         found, more = await asyncio.to_thread(page)
         response = pb.ListScoringRunsResponse(runs=found)
@@ -218,12 +229,11 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             await self._wait_for_change(changed)
 
     async def WatchRuns(self, request, context):
-        if request.model_id and not SLUG.fullmatch(request.model_id):
-            raise invalid_argument("model_id", "[a-z][a-z0-9-]{0,62}")
+        model_id = parse_model_id(request.model_id, "model_id")
 
         def completed(after: int) -> list[pb.ScoringRun]:
             with read_transaction(self.engine) as conn:
-                rows = store.completed_since(conn, after, request.model_id)
+                rows = store.completed_since(conn, after, model_id)
                 return [self._to_run_proto(conn, r) for r in rows]
 
         found = await asyncio.to_thread(completed, 0)
@@ -279,15 +289,20 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
     # -- results ---------------------------------------------------------------------------------------
 
     def _completed_run(self, conn, name: str, field_path: str) -> Row:
-        """A completed run named by "runs/{id}" or "models/{model_id}" (its current run)."""
-        if name.startswith("models/"):
+        """A completed run named by "runs/{id}" (or the id), or by "models/{model_id}" (or the model_id): that
+        model's current run."""
+        if name and not RUN_NAME.fullmatch(name) and MODEL_NAME.fullmatch(name):
             model_id, _ = parse_model_name(name, field_path)
             run = store.latest_completed(conn, model_id)
             if run is None:
-                raise failed_precondition(f"{name} has no completed run yet; start one with StartScoringRun",
-                                          "NO_COMPLETED_RUN")
+                raise failed_precondition(f"models/{model_id} has no completed run yet; start one with "
+                                          "StartScoringRun", "NO_COMPLETED_RUN")
             return run
-        run = store.get_run(conn, parse_run_name(name, field_path))
+        if not RUN_NAME.fullmatch(name):
+            raise invalid_argument(field_path, 'expected "runs/{run_id}", or "models/{model_id}" for its current run',
+                                   "INVALID_RUN_NAME")
+        name = f"runs/{parse_run_name(name, field_path)}"
+        run = store.get_run(conn, int(name[len("runs/"):]))
         if run is None:
             raise not_found(name)
         if run.state != pb.RUN_STATE_COMPLETED:
@@ -415,6 +430,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
                 violations.add(f"signals[{name}]", f"must be a finite number, got {value}")
         violations.raise_if_any()
         run, fitted = await self._current_async(request.model, "model")
+        _check_model_reads(fitted.model, run, [(f"signals[{name}]", name) for name in request.signals], "signals")
         return _customer_score("", run, fitted, dict(request.signals))
 
     async def ScoreCustomer(self, request, context):
@@ -429,17 +445,17 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
                 signals = await asyncio.to_thread(self.local_registry.current_signals, customer_id)
             if signals is None:
                 raise not_found(f"customers/{customer_id}")
-            return _customer_score(request.customer, run, fitted, signals)
+            return _customer_score(f"customers/{customer_id}", run, fitted, signals)
         try:
             customer = await self._registry().GetCustomer(
-                registry_service_pb2.GetCustomerRequest(name=request.customer), timeout=10)
+                registry_service_pb2.GetCustomerRequest(name=f"customers/{customer_id}"), timeout=10)
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 raise not_found(f"customers/{customer_id}") from None
             raise ServiceError(grpc.StatusCode.UNAVAILABLE, f"the registry answered {error.code().name}",
                                "REGISTRY_UNAVAILABLE") from None
         signals = {name: s.value for name, s in customer.signals.items()}
-        return _customer_score(request.customer, run, fitted, signals)
+        return _customer_score(f"customers/{customer_id}", run, fitted, signals)
 
     def _registry(self) -> registry_service_pb2_grpc.RegistryServiceStub:
         """One channel to the registry for every online call (made on first use, inside the event loop)."""
@@ -455,6 +471,9 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             matrix = _matrix_of(chunk)  # bad input is INVALID_ARGUMENT whatever state the model is in
             if fitted is None:
                 run, fitted = await asyncio.to_thread(self._current, request.model, "model")
+            _check_model_reads(fitted.model, run, [(f"signals.column_names[{i}]", name)
+                                                   for i, name in enumerate(chunk.column_names)],
+                               "signals.column_names")
             result = await asyncio.to_thread(scoring_engine.score, fitted, matrix, None, False,
                                              list(chunk.column_names))
             model = fitted.model
@@ -462,6 +481,37 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
                 dimension_scores=_columnar(list(chunk.customer_ids), _dimension_names(model), result.dimensions),
                 composite=result.composite.astype("<f8").tobytes(),
                 tier_levels=(result.tier.astype("<i4") + 1).tobytes())
+
+
+def _version_required(conn, model_id: str) -> ServiceError:
+    """ActivateModel named a model, not a version: which versions there are, and why one must be named."""
+    rows = store.list_models(conn, model_id, 0, 1000)
+    if not rows:
+        return not_found(f"models/{model_id}")
+    versions = sorted(r.version for r in rows)
+    active = next((r.version for r in rows if r.active), None)
+    return invalid_argument(
+        "name", f'name the version to activate, e.g. "models/{model_id}/versions/{versions[-1]}": '
+                f'"models/{model_id}" means its active version (now {active}); versions: '
+                + ", ".join(map(str, versions[-20:])), "MODEL_VERSION_REQUIRED")
+
+
+def _check_model_reads(model, run: Row, named: list[tuple[str, str]], whole: str) -> None:
+    """INVALID_ARGUMENT naming each signal the model does not read (with the nearest names it does), or,
+    when none is one it reads, saying so: a misspelt name would otherwise score as a missing signal."""
+    reads = list(model.signal_index)
+    violations = Violations()
+    for field_path, name in named:
+        if name not in model.signal_index:
+            nearest = difflib.get_close_matches(name, reads, n=3)
+            hint = f"; did you mean {', '.join(nearest)}?" if nearest else ""
+            violations.add(field_path, f"models/{run.model_id}/versions/{run.model_version} does not read "
+                                       f"signal {name!r}{hint}", "UNKNOWN_SIGNAL")
+    if len(violations.items) == len(named):
+        shown = ", ".join(reads[:12]) + (f" (and {len(reads) - 12} more)" if len(reads) > 12 else "")
+        violations.add(whole, f"none of the signals the model reads is given; it reads {shown}",
+                       "NO_MODEL_SIGNALS" if not named else "UNKNOWN_SIGNAL")
+    violations.raise_if_any()
 
 
 # -- conversions ------------------------------------------------------------------------------------------

@@ -96,7 +96,7 @@ def test_errors_carry_code_reason_and_fields(cvh):
     with pytest.raises(CvhError) as bad:
         cvh.get_customer("not valid!")
     error = bad.value
-    assert error.code == grpc.StatusCode.INVALID_ARGUMENT and error.reason == "INVALID_ARGUMENT"
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT and error.reason == "INVALID_CUSTOMER_NAME"
     assert [v.field for v in error.violations] == ["name"]
     assert "name:" in error.describe()
     with pytest.raises(CvhError) as paging:

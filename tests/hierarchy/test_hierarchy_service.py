@@ -229,13 +229,13 @@ def test_lookups_go_on_when_scoring_stops(database_url):
 BAD_REQUESTS = [
     ("GetPriority", pb.GetPriorityRequest(customer=""), "customer"),
     ("BatchGetPriority", pb.BatchGetPriorityRequest(), "customers"),
-    ("BatchGetPriority", pb.BatchGetPriorityRequest(customers=["customers/a", "b"]), "customers[1]"),
+    ("BatchGetPriority", pb.BatchGetPriorityRequest(customers=["customers/a", "groups/b"]), "customers[1]"),
     ("RankCustomers", pb.RankCustomersRequest(customers=["customers/a"]), "customers"),
     ("RankCustomers", pb.RankCustomersRequest(customers=["customers/a", "customers/a"]), "customers"),
     ("SetTierPolicy", pb.SetTierPolicyRequest(policy=pb.TierPolicy()), "policy.role_precedence"),
     ("ListTierMembers", pb.ListTierMembersRequest(tier_id="gold"), "tier_id"),
     ("ListTierMembers", pb.ListTierMembersRequest(page_size=-1), "page_size"),
-    ("GetAccountTree", pb.GetAccountTreeRequest(customer="x"), "customer"),
+    ("GetAccountTree", pb.GetAccountTreeRequest(customer="customers/x y"), "customer"),
     ("GetAccountTree", pb.GetAccountTreeRequest(customer="customers/a", max_children=-1), "max_children"),
 ]
 

@@ -83,12 +83,12 @@ def test_create_get_and_batch_get(registry):
 
 def test_create_twice_is_already_exists(registry):
     create(registry, "acme")
-    with raises_status(Code.ALREADY_EXISTS, reason="ALREADY_EXISTS"):
+    with raises_status(Code.ALREADY_EXISTS, reason="CUSTOMER_ALREADY_EXISTS"):
         create(registry, "acme")
 
 
 def test_get_unknown_is_not_found(registry):
-    with raises_status(Code.NOT_FOUND, reason="NOT_FOUND"):
+    with raises_status(Code.NOT_FOUND, reason="CUSTOMER_NOT_FOUND"):
         registry.GetCustomer(pb.GetCustomerRequest(name="customers/ghost"))
 
 
@@ -388,8 +388,8 @@ BAD_REQUESTS = [
     ("GetCustomer", pb.GetCustomerRequest(name=""), "name"),
     ("GetCustomer", pb.GetCustomerRequest(name="customers/has space"), "name"),
     ("BatchGetCustomers", pb.BatchGetCustomersRequest(), "names"),
-    ("BatchGetCustomers", pb.BatchGetCustomersRequest(names=["customers/a", "nope"]), "names[1]"),
-    ("UpdateCustomer", pb.UpdateCustomerRequest(customer=pb.Customer(name="bad")), "customer.name"),
+    ("BatchGetCustomers", pb.BatchGetCustomersRequest(names=["customers/a", "orders/nope"]), "names[1]"),
+    ("UpdateCustomer", pb.UpdateCustomerRequest(customer=pb.Customer(name="customers/bad name")), "customer.name"),
     ("UpdateCustomer", pb.UpdateCustomerRequest(customer=pb.Customer(name="customers/a", etag="zzz"),
                                                 update_mask=field_mask_pb2.FieldMask(paths=["owner"])),
      "customer.etag"),

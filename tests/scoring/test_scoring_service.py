@@ -198,10 +198,10 @@ BAD_REQUESTS = [
     ("CancelScoringRun", pb.CancelScoringRunRequest(name=""), "name"),
     ("ListScoringRuns", pb.ListScoringRunsRequest(state=99), "state"),
     ("ListRunResults", pb.ListRunResultsRequest(run="runs/0"), "run"),
-    ("GetTierMovement", pb.GetTierMovementRequest(run="x"), "run"),
+    ("GetTierMovement", pb.GetTierMovementRequest(run="runs/x"), "run"),
     ("ScoreSignals", pb.ScoreSignalsRequest(signals={"nps": float("inf")}), "signals[nps]"),
     ("ScoreSignals", pb.ScoreSignalsRequest(signals={"NPS": 1}), "signals[NPS]"),
-    ("ScoreCustomer", pb.ScoreCustomerRequest(customer="nobody"), "customer"),
+    ("ScoreCustomer", pb.ScoreCustomerRequest(customer="accounts/nobody"), "customer"),
 ]
 
 

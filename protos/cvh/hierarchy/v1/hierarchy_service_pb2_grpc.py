@@ -28,6 +28,15 @@ if _version_not_supported:
 class HierarchyServiceStub:
     """Answers from an in-memory snapshot of the latest completed scoring run, the
     account tree and the active tier policy.
+
+    Naming: customers are "customers/{customer_id}"; request fields also accept
+    the bare customer_id. Tiers are named by the scoring model's tier_id.
+
+    Errors carry a google.rpc.ErrorInfo (domain "cvh") whose reason says what
+    went wrong; each RPC lists its reasons below. Any RPC may also meet the
+    reasons listed on cvh.registry.v1.RegistryService: TOKEN_REQUIRED,
+    ROLE_REQUIRED, BACKEND_UNAVAILABLE, DEADLINE_PASSED, INVALID_REQUEST,
+    INTERNAL (and RESOURCE_EXHAUSTED without ErrorInfo).
     """
 
     def __init__(self, channel):
@@ -91,11 +100,23 @@ class HierarchyServiceStub:
 class HierarchyServiceServicer:
     """Answers from an in-memory snapshot of the latest completed scoring run, the
     account tree and the active tier policy.
+
+    Naming: customers are "customers/{customer_id}"; request fields also accept
+    the bare customer_id. Tiers are named by the scoring model's tier_id.
+
+    Errors carry a google.rpc.ErrorInfo (domain "cvh") whose reason says what
+    went wrong; each RPC lists its reasons below. Any RPC may also meet the
+    reasons listed on cvh.registry.v1.RegistryService: TOKEN_REQUIRED,
+    ROLE_REQUIRED, BACKEND_UNAVAILABLE, DEADLINE_PASSED, INVALID_REQUEST,
+    INTERNAL (and RESOURCE_EXHAUSTED without ErrorInfo).
     """
 
     def GetPriority(self, request, context):
-        """Everything a front-line agent needs about one customer. An unknown customer
-        gets the floor tier's policy marked unscored; a malformed id is INVALID_ARGUMENT.
+        """Everything a front-line agent needs about one customer. A customer the
+        snapshot does not know (not registered, or registered after the run) is
+        not an error: it gets the policy's default_tier (the "Unscored" entry of
+        the shipped policy) with scored = false, no tiers and an empty run.
+        Errors: INVALID_CUSTOMER_NAME.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -103,6 +124,7 @@ class HierarchyServiceServicer:
 
     def BatchGetPriority(self, request, context):
         """GetPriority for 1 to 1,000 customers, in the order asked.
+        Errors: INVALID_CUSTOMERS (none or more than 1,000), INVALID_CUSTOMER_NAME.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -110,6 +132,8 @@ class HierarchyServiceServicer:
 
     def RankCustomers(self, request, context):
         """The order in which to serve competing customers, and the rule that decided each neighbour pair.
+        Errors: INVALID_CUSTOMERS (fewer than 2, more than 1,000, or repeated),
+        INVALID_CUSTOMER_NAME.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -117,6 +141,8 @@ class HierarchyServiceServicer:
 
     def ListTierMembers(self, request, context):
         """Members of one tier in rank order, paginated.
+        Errors: INVALID_TIER_ID (not a tier of the snapshot's model; the message
+        lists them), INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -124,6 +150,7 @@ class HierarchyServiceServicer:
 
     def GetHierarchySummary(self, request, context):
         """Per tier: counts, shares and score ranges; the data to draw the pyramid.
+        Errors: none of its own.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -131,20 +158,26 @@ class HierarchyServiceServicer:
 
     def GetAccountTree(self, request, context):
         """A customer's ancestors, children and subtree roll-ups.
+        Errors: INVALID_CUSTOMER_NAME, INVALID_MAX_CHILDREN, CUSTOMER_NOT_FOUND
+        (not in the snapshot).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SetTierPolicy(self, request, context):
-        """Sets a new version of the tier policy; it takes effect at once.
+        """Stores a new version of the tier policy (version = the latest + 1, so the
+        first one set is 1); it takes effect at once.
+        Errors: INVALID_POLICY (the BadRequest names each bad field).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetTierPolicy(self, request, context):
-        """Returns the active tier policy.
+        """Returns the active tier policy: the latest set, or the shipped default
+        (version 0) while none has been set.
+        Errors: none of its own.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -152,6 +185,8 @@ class HierarchyServiceServicer:
 
     def WatchPriorityChanges(self, request, context):
         """Streams tier changes after each new run, optionally filtered.
+        Errors: INVALID_TIER_IDS, INVALID_OWNER, SHUTTING_DOWN (UNAVAILABLE: the
+        server is stopping; watch again to reach another replica).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -159,6 +194,7 @@ class HierarchyServiceServicer:
 
     def GetSnapshotInfo(self, request, context):
         """Describes the snapshot being served: run, age, size, whether sources are reachable.
+        Errors: none of its own.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -228,6 +264,15 @@ def add_HierarchyServiceServicer_to_server(servicer, server):
 class HierarchyService:
     """Answers from an in-memory snapshot of the latest completed scoring run, the
     account tree and the active tier policy.
+
+    Naming: customers are "customers/{customer_id}"; request fields also accept
+    the bare customer_id. Tiers are named by the scoring model's tier_id.
+
+    Errors carry a google.rpc.ErrorInfo (domain "cvh") whose reason says what
+    went wrong; each RPC lists its reasons below. Any RPC may also meet the
+    reasons listed on cvh.registry.v1.RegistryService: TOKEN_REQUIRED,
+    ROLE_REQUIRED, BACKEND_UNAVAILABLE, DEADLINE_PASSED, INVALID_REQUEST,
+    INTERNAL (and RESOURCE_EXHAUSTED without ErrorInfo).
     """
 
     @staticmethod

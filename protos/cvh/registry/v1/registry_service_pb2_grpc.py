@@ -29,6 +29,24 @@ if _version_not_supported:
 class RegistryServiceStub:
     """Owns customers, accounts (parent links) and signals. Every other service
     reads customer data through these RPCs only.
+
+    Naming: a customer is "customers/{customer_id}" in every field that holds a
+    resource name; such fields also accept the bare customer_id (it has no '/').
+    Answers always carry the full name. Columnar fields (parent_ids,
+    customer_ids) hold bare ids.
+
+    Errors carry a google.rpc.ErrorInfo (domain "cvh") whose reason says what
+    went wrong, and bad input a google.rpc.BadRequest naming every bad field.
+    Each RPC lists its reasons below. Any RPC may also meet: TOKEN_REQUIRED
+    (UNAUTHENTICATED: no or an unknown bearer token), ROLE_REQUIRED
+    (PERMISSION_DENIED; metadata-free, the message names the role),
+    BACKEND_UNAVAILABLE (UNAVAILABLE: the database is down; nothing was
+    written, retry), DEADLINE_PASSED (DEADLINE_EXCEEDED during a long scan),
+    INVALID_REQUEST (INVALID_ARGUMENT with bad fields of several kinds, each
+    in the BadRequest), INTERNAL (a bug, logged; no details) and
+    RESOURCE_EXHAUSTED (without ErrorInfo: the server's concurrency limit).
+    A bad field's reason is otherwise INVALID_ and the request field at fault,
+    e.g. INVALID_PAGE_SIZE.
     """
 
     def __init__(self, channel):
@@ -92,18 +110,39 @@ class RegistryServiceStub:
 class RegistryServiceServicer:
     """Owns customers, accounts (parent links) and signals. Every other service
     reads customer data through these RPCs only.
+
+    Naming: a customer is "customers/{customer_id}" in every field that holds a
+    resource name; such fields also accept the bare customer_id (it has no '/').
+    Answers always carry the full name. Columnar fields (parent_ids,
+    customer_ids) hold bare ids.
+
+    Errors carry a google.rpc.ErrorInfo (domain "cvh") whose reason says what
+    went wrong, and bad input a google.rpc.BadRequest naming every bad field.
+    Each RPC lists its reasons below. Any RPC may also meet: TOKEN_REQUIRED
+    (UNAUTHENTICATED: no or an unknown bearer token), ROLE_REQUIRED
+    (PERMISSION_DENIED; metadata-free, the message names the role),
+    BACKEND_UNAVAILABLE (UNAVAILABLE: the database is down; nothing was
+    written, retry), DEADLINE_PASSED (DEADLINE_EXCEEDED during a long scan),
+    INVALID_REQUEST (INVALID_ARGUMENT with bad fields of several kinds, each
+    in the BadRequest), INTERNAL (a bug, logged; no details) and
+    RESOURCE_EXHAUSTED (without ErrorInfo: the server's concurrency limit).
+    A bad field's reason is otherwise INVALID_ and the request field at fault,
+    e.g. INVALID_PAGE_SIZE.
     """
 
     def CreateCustomer(self, request, context):
-        """Creates one customer. ALREADY_EXISTS when the customer_id is taken;
-        FAILED_PRECONDITION when the parent does not exist or the tree would be too deep.
+        """Creates one customer.
+        Errors: INVALID_CUSTOMER (a field of customer; INVALID_CUSTOMER_NAME when
+        only the parent is malformed), CUSTOMER_ALREADY_EXISTS (the customer_id is
+        taken), PARENT_NOT_FOUND, PARENT_CYCLE, TREE_TOO_DEEP (more than 10 levels).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetCustomer(self, request, context):
-        """Returns one customer with its latest signals. NOT_FOUND when unknown.
+        """Returns one customer with its latest signals.
+        Errors: INVALID_CUSTOMER_NAME, CUSTOMER_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -112,21 +151,30 @@ class RegistryServiceServicer:
     def BatchGetCustomers(self, request, context):
         """Returns up to 1,000 customers in the order asked. NOT_FOUND names the
         first unknown one unless allow_missing is set.
+        Errors: INVALID_NAMES (none or more than 1,000), INVALID_CUSTOMER_NAME,
+        CUSTOMER_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateCustomer(self, request, context):
-        """Updates the fields named in update_mask. ABORTED when the etag is stale;
-        FAILED_PRECONDITION when the new parent would make a cycle or exceed the depth cap.
+        """Updates the fields named in update_mask.
+        Errors: INVALID_CUSTOMER_NAME (customer.name or customer.parent),
+        INVALID_UPDATE_MASK, INVALID_CUSTOMER (another field, e.g. a malformed
+        etag), CUSTOMER_NOT_FOUND, ETAG_MISMATCH (ABORTED: the etag is stale, or
+        another writer won a race), PARENT_NOT_FOUND, PARENT_CYCLE (the new parent
+        is a descendant; the message names the cycle), TREE_TOO_DEEP.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteCustomer(self, request, context):
-        """Deletes a customer and its signal history. FAILED_PRECONDITION while it has children.
+        """Deletes a customer and its signal history.
+        Errors: INVALID_CUSTOMER_NAME, INVALID_ETAG, CUSTOMER_NOT_FOUND,
+        ETAG_MISMATCH, HAS_CHILDREN (FAILED_PRECONDITION: delete or move its
+        children first).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -134,6 +182,8 @@ class RegistryServiceServicer:
 
     def ListCustomers(self, request, context):
         """Lists customers in customer_id order, paginated, optionally filtered.
+        Errors: INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN, INVALID_CUSTOMER_NAME
+        (parent), INVALID_STAKEHOLDER_ROLE, INVALID_OWNER, INVALID_LABEL.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -142,7 +192,11 @@ class RegistryServiceServicer:
     def ImportCustomers(self, request_iterator, context):
         """Loads a customer base: the client streams batches of customers, upserted by
         customer_id so that re-sending is safe. Each batch commits atomically; bad
-        rows are reported, not written. Returns one summary when the stream ends.
+        rows are reported (ImportCustomersResponse.errors), not written. Returns
+        one summary when the stream ends.
+        Errors: BATCH_SIZE (a message with no rows or more than 10,000; messages
+        before it are committed), IMPORT_REJECTED (all_or_nothing and some row
+        was bad: nothing written, the BadRequest names each bad row).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -151,6 +205,8 @@ class RegistryServiceServicer:
     def RecordSignals(self, request, context):
         """Records signal observations for existing customers. The latest observation
         of a signal (by observe_time) is its current value; older ones are history.
+        Errors: INVALID_OBSERVATIONS (count, a signal name, value or time),
+        INVALID_CUSTOMER_NAME, CUSTOMER_NOT_FOUND (nothing is written).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -158,6 +214,8 @@ class RegistryServiceServicer:
 
     def ListSignalHistory(self, request, context):
         """Lists every kept observation of one customer's signals, newest first, paginated.
+        Errors: INVALID_CUSTOMER_NAME, INVALID_SIGNAL, INVALID_PAGE_SIZE,
+        INVALID_PAGE_TOKEN, CUSTOMER_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -166,6 +224,7 @@ class RegistryServiceServicer:
     def ExportSignalMatrix(self, request, context):
         """Streams the whole customer base as columnar chunks: ids, the current value
         of each requested signal (NaN where missing), parents, roles and owners.
+        Errors: INVALID_SIGNAL_NAMES, INVALID_CHUNK_SIZE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -235,6 +294,24 @@ def add_RegistryServiceServicer_to_server(servicer, server):
 class RegistryService:
     """Owns customers, accounts (parent links) and signals. Every other service
     reads customer data through these RPCs only.
+
+    Naming: a customer is "customers/{customer_id}" in every field that holds a
+    resource name; such fields also accept the bare customer_id (it has no '/').
+    Answers always carry the full name. Columnar fields (parent_ids,
+    customer_ids) hold bare ids.
+
+    Errors carry a google.rpc.ErrorInfo (domain "cvh") whose reason says what
+    went wrong, and bad input a google.rpc.BadRequest naming every bad field.
+    Each RPC lists its reasons below. Any RPC may also meet: TOKEN_REQUIRED
+    (UNAUTHENTICATED: no or an unknown bearer token), ROLE_REQUIRED
+    (PERMISSION_DENIED; metadata-free, the message names the role),
+    BACKEND_UNAVAILABLE (UNAVAILABLE: the database is down; nothing was
+    written, retry), DEADLINE_PASSED (DEADLINE_EXCEEDED during a long scan),
+    INVALID_REQUEST (INVALID_ARGUMENT with bad fields of several kinds, each
+    in the BadRequest), INTERNAL (a bug, logged; no details) and
+    RESOURCE_EXHAUSTED (without ErrorInfo: the server's concurrency limit).
+    A bad field's reason is otherwise INVALID_ and the request field at fault,
+    e.g. INVALID_PAGE_SIZE.
     """
 
     @staticmethod

@@ -27,6 +27,19 @@ if _version_not_supported:
 
 class ScoringServiceStub:
     """Owns value models, scoring runs and run results.
+
+    Naming: a model is "models/{model_id}" (its active version) or
+    "models/{model_id}/versions/{version}"; a run is "runs/{run_id}". Fields
+    holding such names also accept them without the "models/" or "runs/"
+    prefix ("default", "default/versions/3", "42"). The model_id filters of
+    ListModels, ListScoringRuns and WatchRuns take a model_id and also accept
+    "models/{model_id}". Answers always carry full names.
+
+    Errors carry a google.rpc.ErrorInfo (domain "cvh") whose reason says what
+    went wrong; each RPC lists its reasons below. Any RPC may also meet the
+    reasons listed on cvh.registry.v1.RegistryService: TOKEN_REQUIRED,
+    ROLE_REQUIRED, BACKEND_UNAVAILABLE, DEADLINE_PASSED, INVALID_REQUEST,
+    INTERNAL (and RESOURCE_EXHAUSTED without ErrorInfo).
     """
 
     def __init__(self, channel):
@@ -119,11 +132,26 @@ class ScoringServiceStub:
 
 class ScoringServiceServicer:
     """Owns value models, scoring runs and run results.
+
+    Naming: a model is "models/{model_id}" (its active version) or
+    "models/{model_id}/versions/{version}"; a run is "runs/{run_id}". Fields
+    holding such names also accept them without the "models/" or "runs/"
+    prefix ("default", "default/versions/3", "42"). The model_id filters of
+    ListModels, ListScoringRuns and WatchRuns take a model_id and also accept
+    "models/{model_id}". Answers always carry full names.
+
+    Errors carry a google.rpc.ErrorInfo (domain "cvh") whose reason says what
+    went wrong; each RPC lists its reasons below. Any RPC may also meet the
+    reasons listed on cvh.registry.v1.RegistryService: TOKEN_REQUIRED,
+    ROLE_REQUIRED, BACKEND_UNAVAILABLE, DEADLINE_PASSED, INVALID_REQUEST,
+    INTERNAL (and RESOURCE_EXHAUSTED without ErrorInfo).
     """
 
     def CreateModel(self, request, context):
-        """Creates a new immutable version of a model (version numbers count up per model_id).
-        INVALID_ARGUMENT names each bad field of the model.
+        """Creates a new immutable version of a model (version numbers count up per
+        model_id from 1). The first version of a model_id is its active one.
+        Errors: INVALID_MODEL (the BadRequest names each bad field, e.g.
+        "model.dimensions[0].weights[0].signal").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -132,6 +160,7 @@ class ScoringServiceServicer:
     def GetModel(self, request, context):
         """Returns one model version ("models/{model_id}/versions/{version}") or the
         active version ("models/{model_id}").
+        Errors: INVALID_MODEL_NAME, MODEL_NOT_FOUND, MODEL_VERSION_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -139,6 +168,7 @@ class ScoringServiceServicer:
 
     def ListModels(self, request, context):
         """Lists model versions, newest first, paginated.
+        Errors: INVALID_MODEL_NAME (model_id), INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -146,6 +176,9 @@ class ScoringServiceServicer:
 
     def ActivateModel(self, request, context):
         """Makes a version the active one for its model_id.
+        Errors: INVALID_MODEL_NAME, MODEL_VERSION_REQUIRED (the name has no
+        version: "models/{model_id}" means the version already active; the
+        message lists the versions), MODEL_NOT_FOUND, MODEL_VERSION_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -153,7 +186,8 @@ class ScoringServiceServicer:
 
     def StartScoringRun(self, request, context):
         """Starts a run over the whole customer base and returns at once.
-        FAILED_PRECONDITION naming the running run if the model already has one.
+        Errors: INVALID_MODEL_NAME, MODEL_NOT_FOUND, MODEL_VERSION_NOT_FOUND,
+        RUN_IN_PROGRESS (FAILED_PRECONDITION naming the model's running run).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -161,6 +195,7 @@ class ScoringServiceServicer:
 
     def GetScoringRun(self, request, context):
         """Returns one run with its state and progress.
+        Errors: INVALID_RUN_NAME, RUN_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -168,6 +203,8 @@ class ScoringServiceServicer:
 
     def ListScoringRuns(self, request, context):
         """Lists runs, newest first, paginated.
+        Errors: INVALID_MODEL_NAME (model_id), INVALID_STATE, INVALID_PAGE_SIZE,
+        INVALID_PAGE_TOKEN.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -175,6 +212,8 @@ class ScoringServiceServicer:
 
     def WatchScoringRun(self, request, context):
         """Streams the run each time its state or progress changes, until it ends.
+        Errors: INVALID_RUN_NAME, RUN_NOT_FOUND, SHUTTING_DOWN (UNAVAILABLE: the
+        server is stopping; watch again to reach another replica).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -182,13 +221,17 @@ class ScoringServiceServicer:
 
     def WatchRuns(self, request, context):
         """Streams every run that completes from now on (for snapshot holders such as the hierarchy service).
+        Errors: INVALID_MODEL_NAME (model_id), SHUTTING_DOWN.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CancelScoringRun(self, request, context):
-        """Cancels a pending or running run. FAILED_PRECONDITION if it already ended.
+        """Cancels a pending or running run; answers with its state once it ended
+        (or after at most 30 s).
+        Errors: INVALID_RUN_NAME, RUN_NOT_FOUND, RUN_ENDED (FAILED_PRECONDITION:
+        it already completed, failed or was cancelled).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -196,6 +239,9 @@ class ScoringServiceServicer:
 
     def StreamRunResults(self, request, context):
         """Streams a completed run's results as columnar chunks.
+        Errors: INVALID_RUN_NAME, INVALID_CHUNK_SIZE, RUN_NOT_FOUND,
+        RUN_NOT_COMPLETED, NO_COMPLETED_RUN (a model named that has no completed
+        run yet).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -203,6 +249,8 @@ class ScoringServiceServicer:
 
     def ListRunResults(self, request, context):
         """Lists a completed run's results per customer, in rank order, paginated.
+        Errors: INVALID_RUN_NAME, INVALID_TIER_ID, INVALID_PAGE_SIZE,
+        INVALID_PAGE_TOKEN, RUN_NOT_FOUND, RUN_NOT_COMPLETED, NO_COMPLETED_RUN.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -210,14 +258,18 @@ class ScoringServiceServicer:
 
     def GetTierMovement(self, request, context):
         """Counts of customers moving between each pair of tiers, from the run before to this run.
+        Errors: INVALID_RUN_NAME, RUN_NOT_FOUND, RUN_NOT_COMPLETED, NO_COMPLETED_RUN.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ScoreCustomer(self, request, context):
-        """Scores one registered customer with the active model's latest completed run.
-        FAILED_PRECONDITION when the model has no completed run yet.
+        """Scores one registered customer with the model's latest completed run.
+        Errors: INVALID_CUSTOMER_NAME, INVALID_MODEL_NAME, NO_COMPLETED_RUN
+        (FAILED_PRECONDITION: the model has no completed run yet, or no such
+        model), CUSTOMER_NOT_FOUND, REGISTRY_UNAVAILABLE (UNAVAILABLE: a registry
+        in another process did not answer).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -225,6 +277,11 @@ class ScoringServiceServicer:
 
     def ScoreSignals(self, request, context):
         """Scores signals given inline (what-if), without touching the registry.
+        Errors: INVALID_SIGNALS (a malformed name, a value not finite, more than
+        256), INVALID_MODEL_NAME, NO_COMPLETED_RUN, UNKNOWN_SIGNAL (a signal the
+        model does not read; the BadRequest names each, "signals[anual_revenue]",
+        with the nearest names it reads), NO_MODEL_SIGNALS (no signals given: the
+        message lists those the model reads).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -232,6 +289,10 @@ class ScoringServiceServicer:
 
     def ScoreBatch(self, request_iterator, context):
         """Scores the caller's own data: columnar chunks of signals in, columnar results out, one per chunk.
+        Errors: INVALID_SIGNALS (the chunk's shape, names or an infinite value),
+        INVALID_MODEL_NAME, NO_COMPLETED_RUN, UNKNOWN_SIGNAL (a column the model
+        does not read, "signals.column_names[2]", with the nearest names),
+        NO_MODEL_SIGNALS (a chunk without columns).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -330,6 +391,19 @@ def add_ScoringServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ScoringService:
     """Owns value models, scoring runs and run results.
+
+    Naming: a model is "models/{model_id}" (its active version) or
+    "models/{model_id}/versions/{version}"; a run is "runs/{run_id}". Fields
+    holding such names also accept them without the "models/" or "runs/"
+    prefix ("default", "default/versions/3", "42"). The model_id filters of
+    ListModels, ListScoringRuns and WatchRuns take a model_id and also accept
+    "models/{model_id}". Answers always carry full names.
+
+    Errors carry a google.rpc.ErrorInfo (domain "cvh") whose reason says what
+    went wrong; each RPC lists its reasons below. Any RPC may also meet the
+    reasons listed on cvh.registry.v1.RegistryService: TOKEN_REQUIRED,
+    ROLE_REQUIRED, BACKEND_UNAVAILABLE, DEADLINE_PASSED, INVALID_REQUEST,
+    INTERNAL (and RESOURCE_EXHAUSTED without ErrorInfo).
     """
 
     @staticmethod

@@ -244,3 +244,64 @@ BAD_REQUESTS = [
 def test_bad_input_is_invalid_argument_naming_the_field(stubs, method, request_message, field):
     with raises_status(Code.INVALID_ARGUMENT, field=field):
         getattr(stubs[2], method)(request_message)
+
+
+def _sla(tier_of, name: str, seconds: int, nanos: int = 0):
+    def change(policy):
+        target = getattr(tier_of(policy).sla, name)
+        target.seconds, target.nanos = seconds, nanos
+    return change
+
+
+def _first(policy):
+    return policy.tiers[0]
+
+
+# (field the BadRequest must name, a change that makes the shipped policy contradict itself)
+CONTRADICTIONS = [
+    ("policy.tiers[0].sla.first_response", _sla(_first, "first_response", -60)),
+    ("policy.default_tier.sla.first_response", _sla(lambda p: p.default_tier, "first_response", -1)),
+    ("policy.tiers[0].sla.resolution", _sla(_first, "first_response", 10 * 3600)),  # resolution is 8 h
+    ("policy.tiers[0].sla.first_response.nanos", _sla(_first, "first_response", 60, 1_500_000_000)),
+    ("policy.tiers[0].sla.resolution", _sla(_first, "resolution", 10**15)),
+    ("policy.tiers[0].sla.first_response", lambda p: p.tiers[0].sla.ClearField("first_response")),
+    ("policy.default_tier.authority.goodwill_credit_limit_minor",
+     lambda p: setattr(p.default_tier.authority, "goodwill_credit_limit_minor", -100)),
+    ("policy.default_tier.routing_priority", lambda p: setattr(p.default_tier, "routing_priority", -3)),
+    ("policy.tiers[1].routing_priority", lambda p: setattr(p.tiers[1], "routing_priority", 0)),
+    ("policy.tiers[0].authority.currency", lambda p: setattr(p.tiers[0].authority, "currency", "euro")),
+    ("policy.tiers", lambda p: p.ClearField("tiers")),
+    ("policy.default_tier", lambda p: p.ClearField("default_tier")),
+    ("policy.inheritance_rule", lambda p: setattr(p, "inheritance_rule", pb.INHERITANCE_RULE_UNSPECIFIED)),
+]
+
+
+def test_tier_policies_that_contradict_themselves_are_refused_and_tiers_that_do_not_fit_are_warned(stubs):
+    """Each contradiction is INVALID_ARGUMENT naming its field and changes nothing; a policy whose tiers do not
+    match the served run's is set with warnings, its missing tiers get default_tier, and the answer stays JSON."""
+    from google.protobuf import json_format
+    registry, scoring, hierarchy = stubs
+    shipped = hierarchy.GetTierPolicy(pb.GetTierPolicyRequest())
+    for field, change in CONTRADICTIONS:
+        policy = pb.TierPolicy()
+        policy.CopyFrom(shipped)
+        change(policy)
+        with raises_status(Code.INVALID_ARGUMENT, field=field):
+            hierarchy.SetTierPolicy(pb.SetTierPolicyRequest(policy=policy))
+    assert hierarchy.GetTierPolicy(pb.GetTierPolicyRequest()) == shipped
+
+    ids, _ = seed(registry, 400)
+    run = run_to_end(scoring)
+    wait_for_snapshot(hierarchy, run.name)
+    assert not hierarchy.GetTierPolicy(pb.GetTierPolicyRequest()).warnings  # the shipped policy fits
+    renamed = pb.TierPolicy()
+    renamed.CopyFrom(shipped)
+    renamed.tiers[0].tier_id = "platinum"  # "strategic" loses its entry; "platinum" matches no tier
+    stored = hierarchy.SetTierPolicy(pb.SetTierPolicyRequest(policy=renamed))
+    assert any("'strategic'" in w and "default_tier" in w for w in stored.warnings), stored.warnings
+    assert any("'platinum'" in w and "unused" in w for w in stored.warnings), stored.warnings
+    assert hierarchy.GetTierPolicy(pb.GetTierPolicyRequest()).warnings == stored.warnings
+    json_format.MessageToJson(hierarchy.GetTierPolicy(pb.GetTierPolicyRequest()))  # what `cvh priority --json` does
+    top = hierarchy.BatchGetPriority(pb.BatchGetPriorityRequest(customers=[f"customers/{i}" for i in ids]))
+    strategic = next(p for p in top.priorities if p.effective_tier.tier_id == "strategic")
+    assert strategic.policy == shipped.default_tier and strategic.policy.sla.first_response.seconds > 0

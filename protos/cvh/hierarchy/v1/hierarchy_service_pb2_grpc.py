@@ -137,14 +137,16 @@ class HierarchyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetTierPolicy(self, request, context):
-        """Sets a new version of the tier policy; it takes effect at once.
+        """Sets a new version of the tier policy; it takes effect at once. A policy that is incomplete or
+        contradicts itself is INVALID_ARGUMENT naming each bad field; one that does not fit the served run's
+        tiers is set, with warnings in the answer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetTierPolicy(self, request, context):
-        """Returns the active tier policy.
+        """Returns the active tier policy, with warnings where it does not fit the served run's tiers.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

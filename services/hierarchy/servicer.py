@@ -67,6 +67,9 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         self.model_id = "default"
         self._loader: asyncio.Task | None = None
         self._watchers: set[asyncio.Queue] = set()
+        # Set once the first snapshot after start-up is loaded, or the scoring service said there is no completed
+        # run to load: until then health says NOT_SERVING, so no one is told "not scored" for a scored customer.
+        self.ready = asyncio.Event()
 
     def begin_shutdown(self) -> None:
         """Ends change streams, so they do not hold the server for its whole grace: a None tells each."""
@@ -90,12 +93,16 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         while True:
             try:
                 async with self.scoring.channel() as channel:
-                    runs = scoring_service_pb2_grpc.ScoringServiceStub(channel).WatchRuns(
+                    scoring = scoring_service_pb2_grpc.ScoringServiceStub(channel)
+                    if not self.ready.is_set() and not await self._has_completed_run(scoring):
+                        self.ready.set()
+                    runs = scoring.WatchRuns(
                         scoring_service_pb2.WatchRunsRequest(model_id=self.model_id, include_current=True))
                     async for run in runs:
                         self.sources_reachable = True  # only once the scoring service has answered
                         if run.name != self.snapshot.run:
                             await self._load(channel, run)
+                        self.ready.set()
                         attempt = 0
             except grpc.aio.AioRpcError as error:
                 self.sources_reachable = False
@@ -108,6 +115,11 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
                 log.exception("loading a snapshot failed; serving %s", self.snapshot.run or "no run")
             await asyncio.sleep(RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)])
             attempt += 1
+
+    async def _has_completed_run(self, scoring) -> bool:
+        page = await scoring.ListScoringRuns(scoring_service_pb2.ListScoringRunsRequest(
+            model_id=self.model_id, state=scoring_service_pb2.RUN_STATE_COMPLETED, page_size=1), timeout=30)
+        return len(page.runs) > 0
 
     async def _load(self, scoring_channel, run: scoring_service_pb2.ScoringRun) -> None:
         started = time.perf_counter()

@@ -305,3 +305,53 @@ def test_tier_policies_that_contradict_themselves_are_refused_and_tiers_that_do_
     top = hierarchy.BatchGetPriority(pb.BatchGetPriorityRequest(customers=[f"customers/{i}" for i in ids]))
     strategic = next(p for p in top.priorities if p.effective_tier.tier_id == "strategic")
     assert strategic.policy == shipped.default_tier and strategic.policy.sla.first_response.seconds > 0
+
+
+def test_health_is_not_serving_until_the_first_snapshot_after_a_restart_is_loaded(tmp_path):
+    """No completed run: SERVING at once. A restart on a base with a completed run: NOT_SERVING (the service and
+    "") until the snapshot is in (here held back by stopping its sources), then SERVING, and from then on no
+    scored customer is answered "not scored"."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from clients.server_process import free_port
+
+    url, core_address = f"sqlite:///{tmp_path / 'cvh.db'}", f"127.0.0.1:{free_port()}"
+
+    def core() -> ServerThread:
+        return ServerThread(ServerConfig(services=("registry", "scoring"), listen=core_address, database_url=url))
+
+    def front() -> ServerThread:
+        return ServerThread(ServerConfig(services=("hierarchy",), listen="127.0.0.1:0", database_url=url,
+                                         registry_target=core_address, scoring_target=core_address))
+
+    def statuses(channel) -> set[int]:
+        check = health_pb2_grpc.HealthStub(channel).Check
+        return {check(health_pb2.HealthCheckRequest(service=s), timeout=5).status
+                for s in ("", "cvh.hierarchy.v1.HierarchyService")}
+    serving = {health_pb2.HealthCheckResponse.SERVING}
+    sources, hierarchy_server = core(), front()
+    try:
+        with grpc.insecure_channel(hierarchy_server.target) as channel:
+            assert any(s.status in serving for s in health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(), timeout=10))  # no completed run: nothing to wait for
+        with grpc.insecure_channel(core_address) as channel:
+            ids, _ = seed(rpb_grpc.RegistryServiceStub(channel), 300)
+            run = run_to_end(spb_grpc.ScoringServiceStub(channel))
+        hierarchy_server.stop()
+        sources.stop()
+
+        hierarchy_server = front()  # restarted while its sources are down: nothing loaded, nothing promised
+        with grpc.insecure_channel(hierarchy_server.target) as channel:
+            hierarchy = pb_grpc.HierarchyServiceStub(channel)
+            time.sleep(1)
+            assert statuses(channel) == {health_pb2.HealthCheckResponse.NOT_SERVING}
+            sources = core()
+            deadline = time.monotonic() + 30
+            while statuses(channel) != serving:
+                assert time.monotonic() < deadline, "the hierarchy did not turn SERVING"
+                time.sleep(0.02)
+            answers = hierarchy.BatchGetPriority(pb.BatchGetPriorityRequest(customers=[f"customers/{i}" for i in ids]))
+            assert all(p.scored and p.run == run.name for p in answers.priorities)
+    finally:
+        hierarchy_server.stop()
+        sources.stop()

@@ -8,7 +8,7 @@ from google.protobuf import duration_pb2
 
 from cvh.common.v1 import common_pb2
 from cvh.hierarchy.v1 import hierarchy_service_pb2 as pb
-from services.common.errors import Violations
+from services.common.errors import ServiceError, Violations
 from services.common.validation import check_text
 
 # A tier policy: tiers (as many as a value model may have), offers per tier, characters per text.
@@ -135,13 +135,19 @@ def _sla_seconds(sla: pb.SlaTargets, name: str, prefix: str, violations: Violati
 def policy_warnings(policy: pb.TierPolicy, served_tier_ids: list[str]) -> list[str]:
     """What in a valid ``policy`` does not fit the tiers being served (those of the model's latest completed
     run, in order; empty before any run): tiers without an entry fall back to default_tier, entries for no
-    served tier are unused."""
+    served tier are unused. A policy stored before today's checks is told to fail them."""
+    try:
+        check_policy(policy)
+        warnings = []
+    except ServiceError as error:
+        warnings = [f"this policy was stored before today's checks and fails them ({error.message}); "
+                    f"set a new version"]
     if not served_tier_ids:
-        return ["no completed run is served yet: tier ids are checked against the run's tiers once one is "
-                "(GetTierPolicy reports it)"]
+        return [*warnings, "no completed run is served yet: tier ids are checked against the run's tiers once "
+                           "one is (GetTierPolicy reports it)"]
     entries = [tier.tier_id for tier in policy.tiers]
     fallback = policy.default_tier.display_name or "default_tier"
-    warnings = [f"tier {tier_id!r} of the served run has no entry: its customers get default_tier ({fallback})"
+    warnings += [f"tier {tier_id!r} of the served run has no entry: its customers get default_tier ({fallback})"
                 for tier_id in served_tier_ids if tier_id not in entries]
     warnings += [f"tiers[{i}].tier_id {tier_id!r} matches no tier of the served run "
                  f"({', '.join(served_tier_ids)}): it is unused" for i, tier_id in enumerate(entries)

@@ -305,6 +305,12 @@ def test_tier_policies_that_contradict_themselves_are_refused_and_tiers_that_do_
     top = hierarchy.BatchGetPriority(pb.BatchGetPriorityRequest(customers=[f"customers/{i}" for i in ids]))
     strategic = next(p for p in top.priorities if p.effective_tier.tier_id == "strategic")
     assert strategic.policy == shipped.default_tier and strategic.policy.sla.first_response.seconds > 0
+    # A policy stored before these checks (read back from the table) is served, and told to fail them.
+    from services.hierarchy.policy import policy_warnings
+    stale = pb.TierPolicy()
+    stale.CopyFrom(shipped)
+    stale.tiers[0].sla.resolution.seconds = 10**15
+    assert "fails them" in policy_warnings(stale, ["strategic"])[0]
 
 
 def test_health_is_not_serving_until_the_first_snapshot_after_a_restart_is_loaded(tmp_path):

@@ -190,10 +190,11 @@ def test_serve_workers_stops_on_sigterm(tmp_path):
                 break
             assert time.monotonic() < deadline
         assert started and len(started["pids"]) == 2
-        with grpc.insecure_channel(started["listen"]) as channel:
-            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10,
-                                                               wait_for_ready=True)
-        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        with grpc.insecure_channel(started["listen"]) as channel:  # SERVING once the hierarchy knows its snapshot
+            answers = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=30,
+                                                                wait_for_ready=True)
+            assert any(a.status == health_pb2.HealthCheckResponse.SERVING for a in answers)
+            answers.cancel()
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
     finally:

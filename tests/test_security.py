@@ -6,6 +6,7 @@ import json
 import logging
 import subprocess
 import sys
+import time
 
 import grpc
 import pytest
@@ -53,10 +54,12 @@ def certificates(tmp_path_factory):
 
 @pytest.fixture
 def secured(certificates, tmp_path):
+    # The hierarchy follows runs through this very port: over TLS, with a reader token.
     server = ServerThread(ServerConfig(
         services=("registry", "scoring", "hierarchy"), listen="127.0.0.1:0",
         database_url=f"sqlite:///{tmp_path / 'cvh.db'}", tls_cert_file=str(certificates["cert"]),
-        tls_key_file=str(certificates["key"]), tokens_file=str(certificates["tokens"])))
+        tls_key_file=str(certificates["key"]), tokens_file=str(certificates["tokens"]),
+        peer_tls_ca_file=str(certificates["ca"]), peer_token="reader-token-1"))
     credentials = grpc.ssl_channel_credentials(root_certificates=certificates["ca"].read_bytes())
     with grpc.secure_channel(server.target, credentials) as channel:
         yield channel
@@ -73,8 +76,9 @@ def test_no_token_is_unauthenticated_but_health_is_open(secured):
         registry.GetCustomer(pb.GetCustomerRequest(name="customers/acme"))
     with raises_status(grpc.StatusCode.UNAUTHENTICATED):
         registry.GetCustomer(pb.GetCustomerRequest(name="customers/acme"), metadata=bearer("not-a-token"))
-    assert health_pb2_grpc.HealthStub(secured).Check(health_pb2.HealthCheckRequest()).status == \
-        health_pb2.HealthCheckResponse.SERVING
+    # Open without a token; SERVING once the hierarchy has asked scoring (with its peer token) for a run to load.
+    statuses = health_pb2_grpc.HealthStub(secured).Watch(health_pb2.HealthCheckRequest(), timeout=10)
+    assert any(s.status == health_pb2.HealthCheckResponse.SERVING for s in statuses)
 
 
 def test_reader_reads_but_cannot_write_and_writes_are_audited(secured, caplog):
@@ -95,6 +99,70 @@ def test_reader_reads_but_cannot_write_and_writes_are_audited(secured, caplog):
     audits = [r for r in caplog.records if r.name == "cvh.audit"]
     assert any(r.caller == "crm-sync" and r.method.endswith("/CreateCustomer") for r in audits)
     assert not any(token in caplog.text for token in TOKENS)
+
+
+def test_refused_calls_are_audited_with_the_callers_name(secured, caplog):
+    registry = pb_grpc.RegistryServiceStub(secured)
+    with caplog.at_level(logging.INFO, logger="cvh.audit"):
+        for metadata, code in [((), grpc.StatusCode.UNAUTHENTICATED),
+                               (bearer("not-a-token"), grpc.StatusCode.UNAUTHENTICATED),
+                               (bearer("reader-token-1"), grpc.StatusCode.PERMISSION_DENIED)]:
+            with raises_status(code):
+                registry.DeleteCustomer(pb.DeleteCustomerRequest(name="customers/acme"), metadata=metadata)
+    refused = {(r.caller, r.code) for r in caplog.records if r.name == "cvh.audit" and r.getMessage() == "refused"
+               and r.method.endswith("/DeleteCustomer")}
+    assert refused == {("no token", "UNAUTHENTICATED"), ("unknown", "UNAUTHENTICATED"),
+                       ("support-desk", "PERMISSION_DENIED")}
+    assert not any(token in caplog.text for token in [*TOKENS, "not-a-token"])
+
+
+@pytest.mark.parametrize("value", ["Bearer  reader-token-1", "bearer reader-token-1", "BEARER \x20 reader-token-1"])
+def test_the_bearer_scheme_takes_any_case_and_one_or_more_spaces(secured, value):
+    """RFC 7235: credentials = auth-scheme [ 1*SP token68 ], the scheme case-insensitive."""
+    with raises_status(grpc.StatusCode.NOT_FOUND):  # past authentication: acme does not exist
+        pb_grpc.RegistryServiceStub(secured).GetCustomer(pb.GetCustomerRequest(name="customers/acme"),
+                                                         metadata=(("authorization", value),))
+
+
+def test_a_revoked_token_stops_working_when_the_tokens_file_changes(tmp_path, monkeypatch):
+    """The tokens file is looked at every few seconds (here 0.1 s): a revoked token is refused without a restart;
+    a file that cannot be read leaves the tokens in force."""
+    from services.common import auth
+
+    monkeypatch.setattr(auth, "TOKENS_POLL_SECONDS", 0.1)
+    path = tmp_path / "tokens.json"
+
+    def write(tokens):
+        path.write_text(json.dumps({"tokens": [{"name": name, "sha256": digest(token), "roles": roles}
+                                               for token, (name, roles) in tokens.items()]}))
+    write(TOKENS)
+    server = ServerThread(ServerConfig(services=("registry",), listen="127.0.0.1:0", tokens_file=str(path),
+                                       database_url=f"sqlite:///{tmp_path / 'cvh.db'}"))
+
+    def answer(token: str) -> grpc.StatusCode:
+        try:
+            registry.GetCustomer(pb.GetCustomerRequest(name="customers/acme"), metadata=bearer(token), timeout=5)
+        except grpc.RpcError as error:
+            return error.code()
+        return grpc.StatusCode.OK
+
+    def eventually(token: str, code: grpc.StatusCode) -> None:
+        deadline = time.monotonic() + 5
+        while answer(token) != code:
+            assert time.monotonic() < deadline, f"{token} still answers {answer(token)}, not {code}"
+            time.sleep(0.05)
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            registry = pb_grpc.RegistryServiceStub(channel)
+            assert answer("writer-token-2") == grpc.StatusCode.NOT_FOUND
+            path.write_text('{"tokens": [')  # a half-written file: the tokens in force stay
+            time.sleep(0.5)
+            assert answer("writer-token-2") == grpc.StatusCode.NOT_FOUND
+            write({t: v for t, v in TOKENS.items() if t != "writer-token-2"} | {"new-token-4": ("etl", ["reader"])})
+            eventually("writer-token-2", grpc.StatusCode.UNAUTHENTICATED)
+            assert answer("new-token-4") == answer("reader-token-1") == grpc.StatusCode.NOT_FOUND
+    finally:
+        server.stop()
 
 
 def test_mutual_tls_requires_a_client_certificate(certificates, tmp_path):

@@ -62,13 +62,22 @@ class GenericClient:
         return [to_dict(m) for m in answer] if method.server_streaming else to_dict(answer)
 
 
+def becomes_serving(channel: grpc.Channel, service: str = "", timeout: float = 10) -> bool:
+    """Whether health turns SERVING for ``service`` within ``timeout`` (the hierarchy turns SERVING only once it
+    knows its snapshot: loaded, or no completed run to load)."""
+    statuses = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=service),
+                                                         timeout=timeout)
+    try:
+        return any(answer.status == health_pb2.HealthCheckResponse.SERVING for answer in statuses)
+    finally:
+        statuses.cancel()
+
+
 def test_generic_client_discovers_checks_and_uses_the_registry(channel):
     client = GenericClient(channel)
     assert set(SERVICES) <= set(client.database.get_services())
-    health = health_pb2_grpc.HealthStub(channel)
     for service in ["", *SERVICES]:
-        assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == \
-            health_pb2.HealthCheckResponse.SERVING
+        assert becomes_serving(channel, service)
 
     registry = "cvh.registry.v1.RegistryService/"
     created = client.call(registry + "CreateCustomer", {"customer": {
@@ -151,9 +160,7 @@ def test_health_only_port_answers_health_and_nothing_else(tmp_path):
                                         database_url=f"sqlite:///{tmp_path / 'cvh.db'}"))
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.suite.health_port}") as channel:
-            check = health_pb2_grpc.HealthStub(channel).Check
-            assert check(health_pb2.HealthCheckRequest(service="cvh.hierarchy.v1.HierarchyService"),
-                         timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+            assert becomes_serving(channel, "cvh.hierarchy.v1.HierarchyService")
             with pytest.raises(grpc.RpcError) as other:
                 hierarchy_service_pb2_grpc.HierarchyServiceStub(channel).GetSnapshotInfo(
                     hierarchy_service_pb2.GetSnapshotInfoRequest(), timeout=5)
@@ -203,7 +210,7 @@ def test_a_server_that_does_not_migrate_refuses_a_schema_behind_its_code(tmp_pat
     assert "no cvh schema" in db.schema_problem(engine)
     db.upgrade(engine, "0003_hierarchy")
     problem = db.schema_problem(engine)
-    assert "0003_hierarchy" in problem and "0004_run_heartbeat" in problem and "cvh db upgrade" in problem
+    assert "at 0003_hierarchy, this server needs 0005_run_executor" in problem and "cvh db upgrade" in problem
 
     refused = subprocess.run([sys.executable, "-m", "clients.cli", "serve", "--no-migrate", "--listen",
                               "127.0.0.1:0", "--database-url", url], capture_output=True, text=True, timeout=120)
@@ -217,3 +224,63 @@ def test_a_server_that_does_not_migrate_refuses_a_schema_behind_its_code(tmp_pat
         conn.execute(sa.text("UPDATE alembic_version SET version_num = '0099_from_a_newer_release'"))
     assert db.schema_problem(engine) is None
     engine.dispose()
+
+
+def test_sighup_reloads_the_tokens_file_in_every_worker_and_stops_none(tmp_path):
+    """`cvh serve --workers 2`: SIGHUP to the parent reaches both workers, which read the tokens file again (a
+    change the file's size, time and inode do not show, so only the signal tells) and go on serving."""
+    import json
+    import time
+
+    from cvh.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
+    from services.common.auth import digest
+
+    def tokens_file(revoked: str, kept: str) -> str:
+        return json.dumps({"tokens": [{"name": "ops", "sha256": digest(kept), "roles": ["reader"]},
+                                      {"name": "etl", "sha256": digest(revoked), "roles": ["reader"]}]})
+    path = tmp_path / "tokens.json"
+    path.write_text(tokens_file(revoked="token-old", kept="token-ops"))
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "clients.cli", "serve", "registry", "--listen", f"127.0.0.1:{port}",
+             "--workers", "2", "--tokens-file", str(path), "--log-level", "INFO"],
+            env={**os.environ, "CVH_DATA_DIR": str(tmp_path)}, stdout=log, stderr=log, cwd=ROOT)
+
+    def wait_for(what, condition, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert process.poll() is None, f"the server exited:\n{log_path.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"not {what}:\n{log_path.read_text()[-3000:]}"
+            time.sleep(0.1)
+
+    def answers(token: str) -> set[grpc.StatusCode]:
+        """The code a GetCustomer with ``token`` gets over 8 new connections (spread over both workers)."""
+        codes = set()
+        for _ in range(8):
+            with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+                try:
+                    registry_service_pb2_grpc.RegistryServiceStub(ch).GetCustomer(
+                        registry_service_pb2.GetCustomerRequest(name="customers/nobody"), timeout=10,
+                        metadata=(("authorization", f"Bearer {token}"),))
+                except grpc.RpcError as error:
+                    codes.add(error.code())
+        return codes
+    try:
+        wait_for("serving from two workers", lambda: log_path.read_text().count('"message": "serving"') == 2)
+        assert answers("token-old") == {grpc.StatusCode.NOT_FOUND}
+        before = os.stat(path)
+        with open(path, "r+") as rewrite:  # in place: same inode, same size
+            rewrite.write(tokens_file(revoked="token-new", kept="token-ops"))
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+        process.send_signal(signal.SIGHUP)
+        wait_for("reloaded by both workers", lambda: log_path.read_text().count('"message": "tokens reloaded"') == 2,
+                 timeout=10)
+        assert answers("token-old") == {grpc.StatusCode.UNAUTHENTICATED}
+        assert answers("token-new") == answers("token-ops") == {grpc.StatusCode.NOT_FOUND}
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()

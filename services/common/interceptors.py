@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 
@@ -72,7 +73,11 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             code = "OK"
             try:
-                async for response in behavior(request, context):
+                responses = behavior(request, context)
+                if inspect.isawaitable(responses):  # a handler that sends with context.write (health's Watch)
+                    await responses
+                    return
+                async for response in responses:
                     yield response
             except Exception as error:
                 status = _status_for(error, method)

@@ -52,19 +52,44 @@ class Suite:
     health_port: int = 0
     # Servicers with streams that wait for events (begin_shutdown ends them at once).
     watchers: list = field(default_factory=list)
+    # Services that are NOT_SERVING until their event is set (the hierarchy: its first snapshot is loaded).
+    readiness: dict[str, asyncio.Event] = field(default_factory=dict)
+    _ready_task: asyncio.Task | None = field(default=None, init=False, repr=False)
 
     async def start(self) -> None:
+        for name in ["", *self.service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         if self.health_server:
             await self.health_server.start()
         for servicer in self.background:
             await servicer.start_background()
-        for name in ["", *self.service_names]:
+        for name in self.service_names:
+            if name not in self.readiness:
+                await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._ready_task = asyncio.get_running_loop().create_task(self._serving_when_ready())
+        if not self.readiness:
+            await self._ready_task
+
+    async def _serving_when_ready(self) -> None:
+        """Each waiting service SERVING once ready; "" once all are (after a shutdown began, set is a no-op)."""
+        async def serving(name: str, ready: asyncio.Event) -> None:
+            await ready.wait()
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await asyncio.gather(*(serving(name, ready) for name, ready in self.readiness.items()))
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+
+    def reload(self) -> None:
+        """SIGHUP: read again what may change without a restart (the tokens file)."""
+        for part in self.background:
+            if hasattr(part, "reload"):
+                part.reload()
 
     async def stop(self, grace: float) -> None:
         """Refuse new calls (health NOT_SERVING), let in-flight ones finish within ``grace`` seconds."""
         await self.health.enter_graceful_shutdown()
+        if self._ready_task:
+            self._ready_task.cancel()
         for servicer in self.watchers:
             servicer.begin_shutdown()
         for servicer in self.background:
@@ -124,9 +149,12 @@ def create_server(config: ServerConfig) -> Suite:
     if "hierarchy" in servicers:
         servicers["hierarchy"].registry, servicers["hierarchy"].scoring = registry, scoring
         servicers["hierarchy"].local_registry = local_registry
-    background = [s for s in servicers.values() if hasattr(s, "start_background")]
+    # Background work: servicers' (the snapshot loader, the run sweeper) and the tokens file's watcher.
+    background = [s for s in [*servicers.values(), *interceptors] if hasattr(s, "start_background")]
     suite = Suite(server, port, health_servicer, engine, names, background,
-                  watchers=[s for s in servicers.values() if hasattr(s, "begin_shutdown")])
+                  watchers=[s for s in servicers.values() if hasattr(s, "begin_shutdown")],
+                  readiness={SERVICE_DESCRIPTORS[n].full_name: s.ready for n, s in servicers.items()
+                             if hasattr(s, "ready")})
     if config.health_listen:
         suite.health_server, suite.health_port = health_only_server(config.health_listen, health_servicer)
     return suite
@@ -171,8 +199,9 @@ def _add_service(service: str, server: grpc.aio.Server, engine: Engine, config: 
 
 
 async def serve(config: ServerConfig, on_started=None) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully. ``on_started(suite)`` is called once the
-    server serves (services/common/workers.py uses it to start the next worker process)."""
+    """Run until SIGTERM or SIGINT, then shut down gracefully; SIGHUP reloads the tokens file. ``on_started(suite)``
+    is called once the server serves (services/common/workers.py uses it to start the next worker process)."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until its handler is set: starting up, SIGHUP must not kill
     suite = create_server(config)
     await suite.start()
     # What start-up made lives as long as the process: keep it out of the collector's full passes, which
@@ -188,6 +217,7 @@ async def serve(config: ServerConfig, on_started=None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, suite.reload)
     await stopping.wait()
     log.info("shutting down", extra={"grace_seconds": config.grace_seconds})
     await suite.stop(config.grace_seconds)

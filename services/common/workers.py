@@ -26,7 +26,8 @@ worker 0.
 
 Workers are started with the *spawn* method, never forked: Numba's OpenMP threading layer, gRPC's core
 and open database connections are not fork-safe. SIGTERM or SIGINT to the parent reaches every worker,
-which shuts down gracefully (health NOT_SERVING, in-flight calls get their grace). When a worker dies,
+which shuts down gracefully (health NOT_SERVING, in-flight calls get their grace); SIGHUP to the parent
+reaches every worker too (each reads its tokens file again), and kills none. When a worker dies,
 the parent stops the others and exits with its code, so a supervisor (Kubernetes, systemd) restarts the
 whole set rather than leaving one port half served.
 """
@@ -38,6 +39,7 @@ import dataclasses
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import socket
 import sys
@@ -111,7 +113,13 @@ class _WorkerGroup:
         ready = self.context.Event()
         process = self.context.Process(target=_worker_main, name=f"cvh-worker-{index}",
                                        args=(worker_config(self.config, self.listen, index), index, ready))
-        process.start()
+        # The worker inherits "ignore SIGHUP" through exec, until its server sets its own handler: a SIGHUP
+        # forwarded while it starts does not kill it.
+        hangup = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        try:
+            process.start()
+        finally:
+            signal.signal(signal.SIGHUP, hangup)
         self.processes.append(process)
         self.ready.append(ready)
         return process, ready
@@ -121,8 +129,14 @@ class _WorkerGroup:
             log.info("stopping workers", extra={"signal": signal.Signals(signum).name})
         self.stopping = True
 
+    def _on_hangup(self, _signum, _frame) -> None:
+        for process in self.processes:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGHUP)
+
     def run(self, workers: int, start_timeout: float) -> int:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hangup)
         try:
             code = self._run(workers, start_timeout)
         finally:

@@ -33,7 +33,7 @@ from services.common.validation import (
     page_size,
 )
 from services.hierarchy import snapshot as snapshots
-from services.hierarchy.policy import default_policy
+from services.hierarchy.policy import MAX_POLICY_TEXT, MAX_POLICY_TIERS, check_policy, default_policy, policy_warnings
 from services.hierarchy.tables import policies
 from services.registry.customers import now_us, set_timestamp
 from wire import columns
@@ -41,10 +41,6 @@ from wire import columns
 log = logging.getLogger("cvh.hierarchy")
 
 MAX_BATCH = 1000
-# A tier policy: tiers (as many as a value model may have), offers per tier, characters per text.
-MAX_POLICY_TIERS = 16
-MAX_POLICY_OFFERS = 16
-MAX_POLICY_TEXT = 256
 MAX_REASONS = 3
 # Runs' worth of changes a WatchPriorityChanges client may fall behind before it misses some.
 WATCH_BACKLOG = 4
@@ -71,6 +67,9 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         self.model_id = "default"
         self._loader: asyncio.Task | None = None
         self._watchers: set[asyncio.Queue] = set()
+        # Set once the first snapshot after start-up is loaded, or the scoring service said there is no completed
+        # run to load: until then health says NOT_SERVING, so no one is told "not scored" for a scored customer.
+        self.ready = asyncio.Event()
 
     def begin_shutdown(self) -> None:
         """Ends change streams, so they do not hold the server for its whole grace: a None tells each."""
@@ -94,12 +93,16 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         while True:
             try:
                 async with self.scoring.channel() as channel:
-                    runs = scoring_service_pb2_grpc.ScoringServiceStub(channel).WatchRuns(
+                    scoring = scoring_service_pb2_grpc.ScoringServiceStub(channel)
+                    if not self.ready.is_set() and not await self._has_completed_run(scoring):
+                        self.ready.set()
+                    runs = scoring.WatchRuns(
                         scoring_service_pb2.WatchRunsRequest(model_id=self.model_id, include_current=True))
                     async for run in runs:
                         self.sources_reachable = True  # only once the scoring service has answered
                         if run.name != self.snapshot.run:
                             await self._load(channel, run)
+                        self.ready.set()
                         attempt = 0
             except grpc.aio.AioRpcError as error:
                 self.sources_reachable = False
@@ -112,6 +115,11 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
                 log.exception("loading a snapshot failed; serving %s", self.snapshot.run or "no run")
             await asyncio.sleep(RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)])
             attempt += 1
+
+    async def _has_completed_run(self, scoring) -> bool:
+        page = await scoring.ListScoringRuns(scoring_service_pb2.ListScoringRunsRequest(
+            model_id=self.model_id, state=scoring_service_pb2.RUN_STATE_COMPLETED, page_size=1), timeout=30)
+        return len(page.runs) > 0
 
     async def _load(self, scoring_channel, run: scoring_service_pb2.ScoringRun) -> None:
         started = time.perf_counter()
@@ -135,12 +143,13 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         return pb.TierPolicy.FromString(blob) if blob else default_policy()
 
     async def GetTierPolicy(self, request, context):
-        return self.policy
+        return self._with_warnings(self.policy)
 
     async def SetTierPolicy(self, request, context):
         policy = pb.TierPolicy()
         policy.CopyFrom(request.policy)
-        _check_policy(policy)
+        policy.ClearField("warnings")  # output only: what the answer says, never stored
+        check_policy(policy)
 
         def store() -> pb.TierPolicy:
             with write_transaction(self.engine) as conn:
@@ -153,7 +162,13 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         stored = await asyncio.to_thread(store)
         self.snapshot = await asyncio.to_thread(snapshots.with_rule, self.snapshot, stored.inheritance_rule)
         self.policy = stored
-        return stored
+        return self._with_warnings(stored)
+
+    def _with_warnings(self, policy: pb.TierPolicy) -> pb.TierPolicy:
+        answer = pb.TierPolicy()
+        answer.CopyFrom(policy)
+        answer.warnings.extend(policy_warnings(policy, [t.tier_id for t in self.snapshot.tiers]))
+        return answer
 
     # -- look-ups ----------------------------------------------------------------------------------------
 
@@ -442,40 +457,6 @@ def _decided_by(first: tuple, second: tuple) -> int:
         if first[position] != second[position]:
             return rule
     return pb.RANK_RULE_TIE
-
-
-def _check_policy(policy: pb.TierPolicy) -> None:
-    violations = Violations()
-    roles = list(policy.role_precedence)
-    expected = set(common_pb2.StakeholderRole.values()) - {common_pb2.STAKEHOLDER_ROLE_UNSPECIFIED}
-    if sorted(roles) != sorted(expected):
-        violations.add("policy.role_precedence", "must list every stakeholder role except UNSPECIFIED exactly once")
-    if policy.inheritance_rule not in pb.InheritanceRule.values():
-        violations.add("policy.inheritance_rule", f"unknown rule {policy.inheritance_rule}")
-    if len(policy.tiers) > MAX_POLICY_TIERS:
-        violations.add("policy.tiers", f"at most {MAX_POLICY_TIERS} tiers, got {len(policy.tiers)}")
-    seen = set()
-    tiers = [(f"policy.tiers[{i}]", tier) for i, tier in enumerate(policy.tiers[:MAX_POLICY_TIERS])]
-    for prefix, tier in [*tiers, ("policy.default_tier", policy.default_tier)]:
-        # Every Priority answer carries its tier's policy: text and offers are bounded to keep it small.
-        for name, value in (("tier_id", tier.tier_id), ("display_name", tier.display_name),
-                            ("authority.currency", tier.authority.currency), ("escalation.team", tier.escalation.team)):
-            check_text(value, f"{prefix}.{name}", MAX_POLICY_TEXT, violations)
-        if len(tier.authority.offers) > MAX_POLICY_OFFERS:
-            violations.add(f"{prefix}.authority.offers", f"at most {MAX_POLICY_OFFERS} offers")
-        for j, offer in enumerate(tier.authority.offers[:MAX_POLICY_OFFERS]):
-            check_text(offer, f"{prefix}.authority.offers[{j}]", MAX_POLICY_TEXT, violations)
-    for i, tier in enumerate(policy.tiers[:MAX_POLICY_TIERS]):
-        if not tier.tier_id or tier.tier_id in seen:
-            violations.add(f"policy.tiers[{i}].tier_id", "required and unique")
-        seen.add(tier.tier_id)
-        for name, value in (("routing_priority", tier.routing_priority),
-                            ("authority.goodwill_credit_limit_minor", tier.authority.goodwill_credit_limit_minor)):
-            if value < 0:
-                violations.add(f"policy.tiers[{i}].{name}", "must not be negative")
-    if len(policy.change_note) > 1024:
-        violations.add("policy.change_note", "at most 1,024 characters")
-    violations.raise_if_any("policy")
 
 
 def add_to_server(server: grpc.aio.Server, engine: Engine) -> HierarchyServicer:

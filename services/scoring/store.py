@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from cvh.scoring.v1 import scoring_service_pb2 as pb
+from services.common import processes
 from services.common.db import insert_many
 from services.scoring.tables import models, result_chunks, runs
 
@@ -61,8 +62,10 @@ def latest_completed(conn: Connection, model_id: str, before_run: int | None = N
 
 
 def create_run(conn: Connection, model_id: str, version: int, now: int) -> int:
+    """A pending run, executed by this process (runs execute where they were started)."""
     result = conn.execute(runs.insert().values(model_id=model_id, model_version=version,
-                                               state=pb.RUN_STATE_PENDING, create_time_us=now))
+                                               state=pb.RUN_STATE_PENDING, create_time_us=now,
+                                               executor=processes.this_process()))
     return result.inserted_primary_key[0]
 
 
@@ -101,10 +104,14 @@ def update_run(conn: Connection, run_id: int, **values) -> bool:
 
 
 def fail_abandoned(conn: Connection, now: int) -> int:
-    """Runs whose process went quiet (killed, or lost with its machine): failed, so the previous run stays
-    current. Runs other live processes execute keep their heartbeat fresh and are left alone."""
+    """Runs whose process went quiet (killed, or lost with its machine), or is known to have ended (a process of
+    this machine: services/common/processes.py): failed, so the previous run stays current. Runs other live
+    processes execute keep their heartbeat fresh and are left alone."""
     last_sign = sa.func.coalesce(runs.c.heartbeat_us, runs.c.start_time_us, runs.c.create_time_us)
-    result = conn.execute(runs.update().where(runs.c.state.in_(ACTIVE_STATES), last_sign < now - ABANDONED_AFTER_US)
+    active = conn.execute(sa.select(runs.c.run_id, runs.c.executor).where(runs.c.state.in_(ACTIVE_STATES))).all()
+    ended = [run_id for run_id, executor in active if processes.has_ended(executor)]
+    abandoned = sa.or_(last_sign < now - ABANDONED_AFTER_US, runs.c.run_id.in_(ended))
+    result = conn.execute(runs.update().where(runs.c.state.in_(ACTIVE_STATES), abandoned)
                           .values(state=pb.RUN_STATE_FAILED, end_time_us=now,
                                   failure_reason="the server stopped during the run; start a new one"))
     return result.rowcount

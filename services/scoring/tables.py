@@ -40,6 +40,9 @@ runs = sa.Table(
     sa.Column("end_time_us", sa.BigInteger, nullable=True),
     # Written every few seconds by the process executing the run: a run gone quiet was abandoned.
     sa.Column("heartbeat_us", sa.BigInteger, nullable=True),
+    # The process executing the run (services/common/processes.py): a restart on the same machine fails the runs
+    # of its dead predecessor at once, without waiting for their heartbeat to go stale.
+    sa.Column("executor", sa.String(255), nullable=True),
     sa.Column("export_seconds", sa.Float, nullable=False, server_default="0"),
     sa.Column("scoring_seconds", sa.Float, nullable=False, server_default="0"),
     sa.Column("store_seconds", sa.Float, nullable=False, server_default="0"),

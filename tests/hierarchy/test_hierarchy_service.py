@@ -244,3 +244,120 @@ BAD_REQUESTS = [
 def test_bad_input_is_invalid_argument_naming_the_field(stubs, method, request_message, field):
     with raises_status(Code.INVALID_ARGUMENT, field=field):
         getattr(stubs[2], method)(request_message)
+
+
+def _sla(tier_of, name: str, seconds: int, nanos: int = 0):
+    def change(policy):
+        target = getattr(tier_of(policy).sla, name)
+        target.seconds, target.nanos = seconds, nanos
+    return change
+
+
+def _first(policy):
+    return policy.tiers[0]
+
+
+# (field the BadRequest must name, a change that makes the shipped policy contradict itself)
+CONTRADICTIONS = [
+    ("policy.tiers[0].sla.first_response", _sla(_first, "first_response", -60)),
+    ("policy.default_tier.sla.first_response", _sla(lambda p: p.default_tier, "first_response", -1)),
+    ("policy.tiers[0].sla.resolution", _sla(_first, "first_response", 10 * 3600)),  # resolution is 8 h
+    ("policy.tiers[0].sla.first_response.nanos", _sla(_first, "first_response", 60, 1_500_000_000)),
+    ("policy.tiers[0].sla.resolution", _sla(_first, "resolution", 10**15)),
+    ("policy.tiers[0].sla.first_response", lambda p: p.tiers[0].sla.ClearField("first_response")),
+    ("policy.default_tier.authority.goodwill_credit_limit_minor",
+     lambda p: setattr(p.default_tier.authority, "goodwill_credit_limit_minor", -100)),
+    ("policy.default_tier.routing_priority", lambda p: setattr(p.default_tier, "routing_priority", -3)),
+    ("policy.tiers[1].routing_priority", lambda p: setattr(p.tiers[1], "routing_priority", 0)),
+    ("policy.tiers[0].authority.currency", lambda p: setattr(p.tiers[0].authority, "currency", "euro")),
+    ("policy.tiers", lambda p: p.ClearField("tiers")),
+    ("policy.default_tier", lambda p: p.ClearField("default_tier")),
+    ("policy.inheritance_rule", lambda p: setattr(p, "inheritance_rule", pb.INHERITANCE_RULE_UNSPECIFIED)),
+]
+
+
+def test_tier_policies_that_contradict_themselves_are_refused_and_tiers_that_do_not_fit_are_warned(stubs):
+    """Each contradiction is INVALID_ARGUMENT naming its field and changes nothing; a policy whose tiers do not
+    match the served run's is set with warnings, its missing tiers get default_tier, and the answer stays JSON."""
+    from google.protobuf import json_format
+    registry, scoring, hierarchy = stubs
+    shipped = hierarchy.GetTierPolicy(pb.GetTierPolicyRequest())
+    for field, change in CONTRADICTIONS:
+        policy = pb.TierPolicy()
+        policy.CopyFrom(shipped)
+        change(policy)
+        with raises_status(Code.INVALID_ARGUMENT, field=field):
+            hierarchy.SetTierPolicy(pb.SetTierPolicyRequest(policy=policy))
+    assert hierarchy.GetTierPolicy(pb.GetTierPolicyRequest()) == shipped
+
+    ids, _ = seed(registry, 400)
+    run = run_to_end(scoring)
+    wait_for_snapshot(hierarchy, run.name)
+    assert not hierarchy.GetTierPolicy(pb.GetTierPolicyRequest()).warnings  # the shipped policy fits
+    renamed = pb.TierPolicy()
+    renamed.CopyFrom(shipped)
+    renamed.tiers[0].tier_id = "platinum"  # "strategic" loses its entry; "platinum" matches no tier
+    stored = hierarchy.SetTierPolicy(pb.SetTierPolicyRequest(policy=renamed))
+    assert any("'strategic'" in w and "default_tier" in w for w in stored.warnings), stored.warnings
+    assert any("'platinum'" in w and "unused" in w for w in stored.warnings), stored.warnings
+    assert hierarchy.GetTierPolicy(pb.GetTierPolicyRequest()).warnings == stored.warnings
+    json_format.MessageToJson(hierarchy.GetTierPolicy(pb.GetTierPolicyRequest()))  # what `cvh priority --json` does
+    top = hierarchy.BatchGetPriority(pb.BatchGetPriorityRequest(customers=[f"customers/{i}" for i in ids]))
+    strategic = next(p for p in top.priorities if p.effective_tier.tier_id == "strategic")
+    assert strategic.policy == shipped.default_tier and strategic.policy.sla.first_response.seconds > 0
+    # A policy stored before these checks (read back from the table) is served, and told to fail them.
+    from services.hierarchy.policy import policy_warnings
+    stale = pb.TierPolicy()
+    stale.CopyFrom(shipped)
+    stale.tiers[0].sla.resolution.seconds = 10**15
+    assert "fails them" in policy_warnings(stale, ["strategic"])[0]
+
+
+def test_health_is_not_serving_until_the_first_snapshot_after_a_restart_is_loaded(tmp_path):
+    """No completed run: SERVING at once. A restart on a base with a completed run: NOT_SERVING (the service and
+    "") until the snapshot is in (here held back by stopping its sources), then SERVING, and from then on no
+    scored customer is answered "not scored"."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from clients.server_process import free_port
+
+    url, core_address = f"sqlite:///{tmp_path / 'cvh.db'}", f"127.0.0.1:{free_port()}"
+
+    def core() -> ServerThread:
+        return ServerThread(ServerConfig(services=("registry", "scoring"), listen=core_address, database_url=url))
+
+    def front() -> ServerThread:
+        return ServerThread(ServerConfig(services=("hierarchy",), listen="127.0.0.1:0", database_url=url,
+                                         registry_target=core_address, scoring_target=core_address))
+
+    def statuses(channel) -> set[int]:
+        check = health_pb2_grpc.HealthStub(channel).Check
+        return {check(health_pb2.HealthCheckRequest(service=s), timeout=5).status
+                for s in ("", "cvh.hierarchy.v1.HierarchyService")}
+    serving = {health_pb2.HealthCheckResponse.SERVING}
+    sources, hierarchy_server = core(), front()
+    try:
+        with grpc.insecure_channel(hierarchy_server.target) as channel:
+            assert any(s.status in serving for s in health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(), timeout=10))  # no completed run: nothing to wait for
+        with grpc.insecure_channel(core_address) as channel:
+            ids, _ = seed(rpb_grpc.RegistryServiceStub(channel), 300)
+            run = run_to_end(spb_grpc.ScoringServiceStub(channel))
+        hierarchy_server.stop()
+        sources.stop()
+
+        hierarchy_server = front()  # restarted while its sources are down: nothing loaded, nothing promised
+        with grpc.insecure_channel(hierarchy_server.target) as channel:
+            hierarchy = pb_grpc.HierarchyServiceStub(channel)
+            time.sleep(1)
+            assert statuses(channel) == {health_pb2.HealthCheckResponse.NOT_SERVING}
+            sources = core()
+            deadline = time.monotonic() + 30
+            while statuses(channel) != serving:
+                assert time.monotonic() < deadline, "the hierarchy did not turn SERVING"
+                time.sleep(0.02)
+            answers = hierarchy.BatchGetPriority(pb.BatchGetPriorityRequest(customers=[f"customers/{i}" for i in ids]))
+            assert all(p.scored and p.run == run.name for p in answers.priorities)
+    finally:
+        hierarchy_server.stop()
+        sources.stop()

@@ -49,3 +49,32 @@ def test_a_second_server_on_the_database_leaves_a_running_run_alone(database_url
             assert store.get_run(conn, run).state == pb.RUN_STATE_RUNNING
     finally:
         first.stop()
+
+
+def test_a_run_whose_process_has_ended_on_this_machine_is_failed_at_once(database_url):
+    """A restart does not wait for the heartbeat of its predecessor's run to go stale: a process of this
+    machine that has ended is known dead. A live one, or one of another machine, is left to its heartbeat."""
+    import subprocess
+    import sys
+
+    from services.common import processes
+
+    ended = subprocess.run([sys.executable, "-c", "from services.common import processes; "
+                            "print(processes.this_process())"], capture_output=True, text=True, check=True)
+    engine = db.create_engine(database_url)
+    db.upgrade(engine)
+    try:
+        with db.write_transaction(engine) as conn:
+            fresh = {}
+            for name, executor in [("dead", ended.stdout.strip()), ("alive", processes.this_process()),
+                                   ("elsewhere", "other-host " + ended.stdout.strip().split(" ", 1)[1])]:
+                fresh[name] = store.create_run(conn, name, 1, now_us())
+                store.update_run(conn, fresh[name], state=pb.RUN_STATE_RUNNING, heartbeat_us=now_us(),
+                                 executor=executor)
+        with db.write_transaction(engine) as conn:
+            assert store.fail_abandoned(conn, now_us()) == 1
+            states = {name: store.get_run(conn, run).state for name, run in fresh.items()}
+        assert states == {"dead": pb.RUN_STATE_FAILED, "alive": pb.RUN_STATE_RUNNING,
+                          "elsewhere": pb.RUN_STATE_RUNNING}
+    finally:
+        engine.dispose()

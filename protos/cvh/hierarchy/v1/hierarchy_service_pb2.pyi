@@ -81,7 +81,7 @@ class TierServicePolicy(_message.Message):
     def __init__(self, tier_id: _Optional[str] = ..., display_name: _Optional[str] = ..., sla: _Optional[_Union[SlaTargets, _Mapping]] = ..., routing_priority: _Optional[int] = ..., authority: _Optional[_Union[FrontLineAuthority, _Mapping]] = ..., escalation: _Optional[_Union[EscalationPath, _Mapping]] = ...) -> None: ...
 
 class TierPolicy(_message.Message):
-    __slots__ = ("version", "tiers", "default_tier", "role_precedence", "inheritance_rule", "create_time", "change_note")
+    __slots__ = ("version", "tiers", "default_tier", "role_precedence", "inheritance_rule", "create_time", "change_note", "warnings")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TIERS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_TIER_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +89,7 @@ class TierPolicy(_message.Message):
     INHERITANCE_RULE_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     CHANGE_NOTE_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     version: int
     tiers: _containers.RepeatedCompositeFieldContainer[TierServicePolicy]
     default_tier: TierServicePolicy
@@ -96,7 +97,8 @@ class TierPolicy(_message.Message):
     inheritance_rule: InheritanceRule
     create_time: _timestamp_pb2.Timestamp
     change_note: str
-    def __init__(self, version: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierServicePolicy, _Mapping]]] = ..., default_tier: _Optional[_Union[TierServicePolicy, _Mapping]] = ..., role_precedence: _Optional[_Iterable[_Union[_common_pb2.StakeholderRole, str]]] = ..., inheritance_rule: _Optional[_Union[InheritanceRule, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., change_note: _Optional[str] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierServicePolicy, _Mapping]]] = ..., default_tier: _Optional[_Union[TierServicePolicy, _Mapping]] = ..., role_precedence: _Optional[_Iterable[_Union[_common_pb2.StakeholderRole, str]]] = ..., inheritance_rule: _Optional[_Union[InheritanceRule, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., change_note: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetPriorityRequest(_message.Message):
     __slots__ = ("customer",)

@@ -167,7 +167,9 @@ class HierarchyServiceServicer:
 
     def SetTierPolicy(self, request, context):
         """Stores a new version of the tier policy (version = the latest + 1, so the
-        first one set is 1); it takes effect at once.
+        first one set is 1); it takes effect at once. A policy that is incomplete
+        or contradicts itself is INVALID_ARGUMENT naming each bad field; one that
+        does not fit the served run's tiers is set, with warnings in the answer.
         Errors: INVALID_POLICY (the BadRequest names each bad field).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -176,7 +178,8 @@ class HierarchyServiceServicer:
 
     def GetTierPolicy(self, request, context):
         """Returns the active tier policy: the latest set, or the shipped default
-        (version 0) while none has been set.
+        (version 0) while none has been set; with warnings where it does not fit
+        the served run's tiers.
         Errors: none of its own.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -26,8 +26,8 @@ from services.common.validation import (
 from services.registry import signals as packed
 from services.registry import store
 from services.registry.customers import (
-    MAX_TEXT, VALID_ROLES, CustomerRow, etag_of, now_us, parse_attributes, parse_customer, parse_signals,
-    revision_of_etag, set_timestamp,
+    MAX_SIGNALS, MAX_TEXT, VALID_ROLES, CustomerRow, etag_of, now_us, parse_attributes, parse_customer, parse_signals,
+    revision_of_etag, set_timestamp, too_many_signals,
 )
 from services.registry.importer import ImportSession
 from services.registry.signals import SignalCatalog
@@ -40,6 +40,9 @@ DEFAULT_CHUNK = 8192
 MAX_CHUNK = 65_536
 # Export chunks stay below this many bytes of matrix, whatever chunk_size asks.
 MAX_CHUNK_BYTES = 8 * 1024 * 1024
+# A ListCustomers page stops before this many bytes, so that a client with gRPC's default limit (4 MiB)
+# reads it: 1,000 customers with 64 signals and 32 labels each would not fit.
+MAX_PAGE_BYTES = 3 * 1024 * 1024
 
 
 class RegistryServicer(pb_grpc.RegistryServiceServicer):
@@ -104,9 +107,10 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     def _list(self, filters, after, size, filter_key) -> pb.ListCustomersResponse:
         with read_transaction(self.engine) as conn:
             rows = store.list_page(conn, filters, after, size + 1)
-            response = pb.ListCustomersResponse(customers=self._to_proto(conn, rows[:size]))
-        if len(rows) > size:
-            response.next_page_token = encode_page_token(rows[size - 1].customer_id, filter_key)
+            customers = _within(self._to_proto(conn, rows[:size]), MAX_PAGE_BYTES)
+        response = pb.ListCustomersResponse(customers=customers)
+        if len(rows) > len(customers):
+            response.next_page_token = encode_page_token(customers[-1].customer_id, filter_key)
         return response
 
     async def ListSignalHistory(self, request, context):
@@ -288,6 +292,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         violations = Violations()
         now = now_us()
         observations: dict[str, list] = {}
+        entries: dict[str, int] = {}  # customer -> its last entry, named when the customer has too many signals
         for i, entry in enumerate(request.observations):
             customer_id = customer_id_from_name(entry.customer, f"observations[{i}].customer", violations)
             signals = parse_signals(entry.signals, f"observations[{i}].signals", violations, now)
@@ -295,17 +300,30 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
                 violations.add(f"observations[{i}].signals", "at least one signal")
             if customer_id is not None:
                 observations.setdefault(customer_id, []).extend(signals)
+                entries[customer_id] = i
         violations.raise_if_any()
-        return await asyncio.to_thread(self._record, observations, now)
+        return await asyncio.to_thread(self._record, observations, entries, now)
 
-    def _record(self, observations: dict[str, list], now: int) -> pb.RecordSignalsResponse:
+    def _record(self, observations: dict[str, list], entries: dict[str, int], now: int) -> pb.RecordSignalsResponse:
         with write_transaction(self.engine) as conn:
             stored = store.fetch(conn, observations)
             missing = [i for i in observations if i not in stored]
             if missing:
                 raise not_found(f"customers/{missing[0]}")
+            violations = Violations()
+            signal_ids = self.catalog.current_ids(conn, {name for obs in observations.values() for name, _, _ in obs})
+            for customer_id, obs in observations.items():
+                total = store.signals_after(stored[customer_id], {name for name, _, _ in obs}, signal_ids)
+                if total > MAX_SIGNALS:
+                    violations.add(f"observations[{entries[customer_id]}].signals",
+                                   too_many_signals(customer_id, total))
+            if violations:
+                error = violations.error()
+                error.reason = "TOO_MANY_SIGNALS"
+                raise error
             counts = store.record_signals(conn, self.catalog, observations, stored, now)
-        return pb.RecordSignalsResponse(current=counts.current, historical=counts.historical)
+        return pb.RecordSignalsResponse(current=counts.current, historical=counts.historical,
+                                        unchanged=counts.unchanged)
 
     # -- in-process reads ------------------------------------------------------------------------------
 
@@ -361,6 +379,16 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
                     set_timestamp(signal.observe_time, times[signal_id])
             answers.append(customer)
         return answers
+
+
+def _within(customers: list[pb.Customer], budget: int) -> list[pb.Customer]:
+    """The first customers whose message fits ``budget`` bytes (at least one)."""
+    used = 0
+    for count, customer in enumerate(customers):
+        used += customer.ByteSize() + 8  # field tag and length
+        if used > budget and count:
+            return customers[:count]
+    return customers
 
 
 def _export_message(chunk: store.ExportChunk, names: list[str], total: int) -> pb.ExportSignalMatrixResponse:

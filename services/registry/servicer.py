@@ -38,8 +38,11 @@ MAX_OBSERVATION_BATCH = 10_000
 MAX_EXPORT_SIGNALS = 256
 DEFAULT_CHUNK = 8192
 MAX_CHUNK = 65_536
-# Export chunks stay below this many bytes of matrix, whatever chunk_size asks.
+# Export chunks stay below this many bytes of matrix, whatever chunk_size asks ...
 MAX_CHUNK_BYTES = 8 * 1024 * 1024
+# ... and have at most this many rows, so that their text too (id and parent of 128 characters, an owner of
+# 256 characters of up to 4 bytes: 1,296 bytes a row at most) keeps a chunk within the 64 MiB message cap.
+MAX_CHUNK_ROWS = 48 * 1024 * 1024 // 1296
 # A ListCustomers page stops before this many bytes, so that a client with gRPC's default limit (4 MiB)
 # reads it: 1,000 customers with 64 signals and 32 labels each would not fit.
 MAX_PAGE_BYTES = 3 * 1024 * 1024
@@ -154,7 +157,8 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         if not 0 <= request.chunk_size <= MAX_CHUNK:
             violations.add("chunk_size", f"0 (default {DEFAULT_CHUNK}) to {MAX_CHUNK}")
         violations.raise_if_any()
-        chunk_size = min(request.chunk_size or DEFAULT_CHUNK, max(1, MAX_CHUNK_BYTES // (8 * max(1, len(names)))))
+        chunk_size = min(request.chunk_size or DEFAULT_CHUNK, max(1, MAX_CHUNK_BYTES // (8 * max(1, len(names)))),
+                         MAX_CHUNK_ROWS)
         # One read transaction for the whole export; each chunk is made on a worker thread.
         async for message in in_threads(self.export_messages(names, chunk_size)):
             yield message

@@ -3,33 +3,14 @@ their number, and are capped. Each test on SQLite and on PostgreSQL, over real g
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import grpc
 import numpy as np
-import pytest
 from sqlalchemy import event
 
 from cvh.common.v1 import common_pb2
 from cvh.registry.v1 import registry_service_pb2 as pb
-from cvh.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from services.registry import importer
-from tests.conftest import start_server
 from tests.grpc_helpers import raises_status
-
-
-@pytest.fixture
-def registry_server(database_url) -> Iterator:
-    """The registry alone, so that the database statements counted are the import's own."""
-    server = start_server(database_url, services=("registry",))
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def registry(registry_server) -> Iterator[pb_grpc.RegistryServiceStub]:
-    with grpc.insecure_channel(registry_server.target) as channel:
-        yield pb_grpc.RegistryServiceStub(channel)
 
 
 def columns(rows: list[tuple[str, str]]) -> pb.ImportCustomersRequest:

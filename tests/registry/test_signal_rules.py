@@ -13,15 +13,13 @@ from google.protobuf import timestamp_pb2
 from cvh.common.v1 import common_pb2
 from cvh.registry.v1 import registry_service_pb2 as pb
 from cvh.registry.v1 import registry_service_pb2_grpc as pb_grpc
+from services.registry.customers import MAX_LABELS, MAX_SIGNALS, MAX_TEXT
+from services.registry.servicer import MAX_BATCH_GET
 from tests.grpc_helpers import raises_status
+from wire.channel_options import MAX_MESSAGE_BYTES
 
 Code = grpc.StatusCode
 OBSERVED = 1_700_000_000
-
-
-@pytest.fixture
-def registry(channel) -> pb_grpc.RegistryServiceStub:
-    return pb_grpc.RegistryServiceStub(channel)
 
 
 def stamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -96,7 +94,7 @@ def test_imports_refuse_rows_that_pass_the_cap(registry):
     assert len(get(registry, "acme").signals) == 64
 
 
-def test_list_pages_fit_a_default_client_when_customers_are_large(registry, suite_server):
+def test_list_pages_fit_a_default_client_when_customers_are_large(registry):
     """300 customers with 64 signals and 32 long labels each are about 4.5 MB: more than a client with gRPC's
     default 4 MiB limit reads in one answer, which ListCustomers(page_size=1000) gave before."""
     labels = {f"label_{i:02d}": "v" * 256 for i in range(32)}
@@ -106,16 +104,27 @@ def test_list_pages_fit_a_default_client_when_customers_are_large(registry, suit
     registry.ImportCustomers(iter([pb.ImportCustomersRequest(customers=big[:150]),
                                    pb.ImportCustomersRequest(customers=big[150:])]))
     seen, pages, token = [], 0, ""
-    with grpc.insecure_channel(suite_server.target) as default_client:  # 4 MiB receive limit
-        stub = pb_grpc.RegistryServiceStub(default_client)
-        while True:
-            page = stub.ListCustomers(pb.ListCustomersRequest(page_size=1000, page_token=token))
-            assert page.ByteSize() <= 3 * 1024 * 1024
-            seen += [c.customer_id for c in page.customers]
-            pages, token = pages + 1, page.next_page_token
-            if not token:
-                break
+    while True:  # through a channel with gRPC's default 4 MiB receive limit
+        page = registry.ListCustomers(pb.ListCustomersRequest(page_size=1000, page_token=token))
+        assert page.ByteSize() <= 3 * 1024 * 1024
+        seen += [c.customer_id for c in page.customers]
+        pages, token = pages + 1, page.next_page_token
+        if not token:
+            break
     assert seen == [c.customer_id for c in big] and pages == 2
+
+
+def test_a_batch_of_the_largest_customers_fits_a_message():
+    """What keeps BatchGetCustomers within the message cap (it has no pages): every field of a customer is capped."""
+    wide = "\U0001F600" * MAX_TEXT  # 4 bytes a character
+    moment = timestamp_pb2.Timestamp(seconds=253_402_300_799, nanos=999_999_999)
+    largest = pb.Customer(
+        name="customers/" + "x" * 128, customer_id="x" * 128, display_name=wide, parent="customers/" + "y" * 128,
+        owner=wide, etag='W/"999999999999999999"', create_time=moment, update_time=moment,
+        labels={f"k{i:02d}".ljust(63, "k"): wide for i in range(MAX_LABELS)},
+        signals={f"s{i:02d}".ljust(63, "s"): pb.SignalValue(value=1.5, observe_time=moment) for i in range(MAX_SIGNALS)})
+    answer = MAX_BATCH_GET * (largest.ByteSize() + 8)
+    assert answer < MAX_MESSAGE_BYTES, answer
 
 
 # -- observation times: no further ahead than clock skew; the import says what became current -----------

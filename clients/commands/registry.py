@@ -33,11 +33,15 @@ def import_customers(args: argparse.Namespace) -> int:
     result = {"created": summary.created, "updated": summary.updated, "rejected": rejected,
               "rejected_here": len(source.rejected), "rejected_by_server": summary.rejected,
               "batches_committed": summary.batches_committed, "rejects_file": str(rejects_file) if rejects else ""}
+    result.update(signals_current=summary.signals_current, signals_historical=summary.signals_historical,
+                  signals_unchanged=summary.signals_unchanged)
     if args.json:
         print_json(result)
     else:
         print(f"{summary.created:,} created, {summary.updated:,} updated, {rejected:,} rejected "
               f"({summary.batches_committed:,} batches committed)")
+        print(f"observations: {summary.signals_current:,} became current, {summary.signals_historical:,} went to "
+              f"history only (older than the current value), {summary.signals_unchanged:,} unchanged")
         for row in sorted(rejects, key=lambda r: r.line)[:5]:
             print(f"  line {row.line}: {row.customer_id or '(no id)'}: {row.field}: {row.reason}")
         if rejects:

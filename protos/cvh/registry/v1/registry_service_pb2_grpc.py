@@ -111,9 +111,7 @@ class RegistryServiceServicer:
 
     def BatchGetCustomers(self, request, context):
         """Returns up to 1,000 customers in the order asked. NOT_FOUND names the
-        first unknown one unless allow_missing is set. With every field at its cap an
-        answer is at most ~42 MiB, within the 64 MiB message cap (above gRPC's default
-        4 MiB receive limit: ask for fewer names, or raise the client's limit).
+        first unknown one unless allow_missing is set.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -40,13 +40,13 @@ def import_customers(args: argparse.Namespace) -> int:
     else:
         print(f"{summary.created:,} created, {summary.updated:,} updated, {rejected:,} rejected "
               f"({summary.batches_committed:,} batches committed)")
-        print(f"observations: {summary.signals_current:,} became current, {summary.signals_historical:,} went to "
-              f"history only (older than the current value), {summary.signals_unchanged:,} unchanged")
         for row in sorted(rejects, key=lambda r: r.line)[:5]:
             print(f"  line {row.line}: {row.customer_id or '(no id)'}: {row.field}: {row.reason}")
         if rejects:
             more = f" (the registry lists its first {len(summary.errors):,})" if summary.rejected > len(summary.errors) else ""
             print(f"rejected rows and reasons: {rejects_file}{more}")
+        print(f"observations: {summary.signals_current:,} became current, {summary.signals_historical:,} went to "
+              f"history only (older than the current value), {summary.signals_unchanged:,} unchanged")
     return 1 if rejected else 0
 
 

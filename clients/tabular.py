@@ -20,7 +20,7 @@ column             meaning
 ``owner``          the front-line owner (e.g. an e-mail address), at most 256 characters
 ``observe_time``   when the row's signals were observed: RFC 3339 (``2026-11-01T09:30:00Z``;
                    no offset means UTC) or a date; empty means "now" at the server; at most
-                   one day ahead
+                   5 minutes ahead of now (the registry's allowance for clock skew)
 every other        a signal named by the column (``[a-z][a-z0-9_]{0,62}``, e.g.
 column             ``annual_revenue``) holding a finite number; an empty cell (JSON ``null``)
                    means "not observed": the customer's current value is kept. Anything else
@@ -89,7 +89,7 @@ SIGNAL_FIELDS = ("customer_id", "signal", "value", "observe_time")
 MAX_ROWS_PER_MESSAGE = 10_000          # ImportCustomersRequest: customers + columns rows per message
 MAX_OBSERVATIONS_PER_REQUEST = 10_000  # RecordSignalsRequest.observations
 MAX_TEXT = 256
-MAX_FUTURE_US = 24 * 3600 * 1_000_000
+MAX_FUTURE_US = 5 * 60 * 1_000_000  # the registry's allowance for clock skew
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 CUSTOMER_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 SIGNAL_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
@@ -325,7 +325,7 @@ def _time_us(text: str, name: str, now_us: int) -> int | None:
         return None
     micros = _parse_time(text, name)
     if micros > now_us + MAX_FUTURE_US:
-        raise BadRow(name, f"{text} is more than one day in the future")
+        raise BadRow(name, f"{text} is more than 5 minutes in the future (the allowance for clock skew)")
     return micros
 
 

@@ -36,6 +36,8 @@ def import_customers(args: argparse.Namespace) -> int:
     result = {"created": summary.created, "updated": summary.updated, "rejected": rejected,
               "rejected_here": len(source.rejected), "rejected_by_server": summary.rejected,
               "batches_committed": summary.batches_committed, "rejects_file": str(rejects_file) if rejects else ""}
+    result.update(signals_current=summary.signals_current, signals_historical=summary.signals_historical,
+                  signals_unchanged=summary.signals_unchanged)
     if args.json:
         print_json(result)
     else:
@@ -46,6 +48,8 @@ def import_customers(args: argparse.Namespace) -> int:
         if rejects:
             more = f" (the registry lists its first {len(summary.errors):,})" if summary.rejected > len(summary.errors) else ""
             print(f"rejected rows and reasons: {rejects_file}{more}")
+        print(f"observations: {summary.signals_current:,} became current, {summary.signals_historical:,} went to "
+              f"history only (older than the current value), {summary.signals_unchanged:,} unchanged")
     return 1 if rejected else 0
 
 

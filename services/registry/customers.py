@@ -19,7 +19,9 @@ from services.common.validation import (
 MAX_LABELS = 32
 MAX_SIGNALS = 64
 MAX_TEXT = 256
-MAX_FUTURE_US = 24 * 3600 * 1_000_000
+# Observation times may be this far ahead of the server's clock (clock skew), no further: a stamp in the
+# future would keep later observations out of the current value until the clock caught up.
+MAX_CLOCK_SKEW_US = 5 * 60 * 1_000_000
 VALID_ROLES = frozenset(common_pb2.StakeholderRole.values()) - {common_pb2.STAKEHOLDER_ROLE_UNSPECIFIED}
 
 
@@ -37,12 +39,26 @@ class CustomerRow:
     stakeholder_role: int = common_pb2.STAKEHOLDER_ROLE_END_USER
     owner: str = ""
     labels: dict[str, str] = field(default_factory=dict)
-    # (signal name, value, observe_time_us)
-    signals: list[tuple[str, float, int]] = field(default_factory=list)
+    # (signal name, value, observe_time_us or None when no time was given)
+    signals: list[tuple[str, float, int | None]] = field(default_factory=list)
     # Signals given as a row of a packed block instead: (block, row index).
     block: tuple["SignalBlock", int] | None = None
 
-    def observations(self) -> list[tuple[str, float, int]]:
+    def most_signals(self) -> int:
+        """At most how many signals the row observes (without looking at a block's values)."""
+        return len(self.block[0].names) if self.block else len(self.signals)
+
+    def observed_names(self) -> set[str]:
+        return {name for name, _, _ in self.observations()}
+
+    def detach(self) -> None:
+        """Keep a copy of this row's own signals rather than the whole block of its message, which a row held
+        long (waiting for its parent) would otherwise keep in memory."""
+        if self.block is not None:
+            block, i = self.block
+            self.block = (SignalBlock(block.names, block.values[i:i + 1].copy(), block.observe_time_us), 0)
+
+    def observations(self) -> list[tuple[str, float, int | None]]:
         if self.block is None:
             return self.signals
         block, i = self.block
@@ -50,27 +66,43 @@ class CustomerRow:
                 for name, v in zip(block.names, block.values[i]) if v == v]
 
 
-@dataclass
+@dataclass(slots=True)
 class SignalBlock:
-    """Signals of many rows at once: a float64 matrix (NaN = not observed) and one observation time."""
+    """Signals of many rows at once: a float64 matrix (NaN = not observed) and one observation time
+    (None when none was given)."""
 
     names: list[str]
     values: np.ndarray
-    observe_time_us: int
+    observe_time_us: int | None
 
-    def packed_rows(self, signal_ids: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def packed_rows(self, signal_ids: dict[str, int], now: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per row: values and times laid out by signal id (the stored layout), and observations made."""
         columns = [signal_ids[name] for name in self.names]
         width = max(columns, default=-1) + 1
         values = np.full((len(self.values), width), np.nan)
         values[:, columns] = self.values
         observed = ~np.isnan(values)
-        times = np.where(observed, self.observe_time_us, 0).astype(np.int64)
+        observe_time = now if self.observe_time_us is None else self.observe_time_us
+        times = np.where(observed, observe_time, 0).astype(np.int64)
         return values, times, observed.sum(axis=1)
 
 
-def parse_signals(signals, prefix: str, violations: Violations, now: int) -> list[tuple[str, float, int]]:
-    """Check a map<string, SignalValue>; returns (name, value, observe_time_us) triples."""
+def restack(rows: list[CustomerRow]) -> None:
+    """Gather rows detached from one block (CustomerRow.detach) into one block again, to be laid out at once."""
+    groups: dict[tuple[int, int | None], list[CustomerRow]] = {}
+    for row in rows:
+        if row.block is not None:
+            groups.setdefault((id(row.block[0].names), row.block[0].observe_time_us), []).append(row)
+    for group in groups.values():
+        first = group[0].block[0]
+        block = SignalBlock(first.names, np.vstack([row.block[0].values[row.block[1]] for row in group]),
+                            first.observe_time_us)
+        for i, row in enumerate(group):
+            row.block = (block, i)
+
+
+def parse_signals(signals, prefix: str, violations: Violations, now: int) -> list[tuple[str, float, int | None]]:
+    """Check a map<string, SignalValue>; returns (name, value, observe_time_us or None) triples."""
     if len(signals) > MAX_SIGNALS:
         violations.add(prefix, f"at most {MAX_SIGNALS} signals, got {len(signals)}")
         return []
@@ -87,13 +119,22 @@ def parse_signals(signals, prefix: str, violations: Violations, now: int) -> lis
             observed = timestamp_us(signal.observe_time, f"{prefix}[{name}].observe_time", violations)
             if observed is None:
                 continue
-            if observed > now + MAX_FUTURE_US:
-                violations.add(f"{prefix}[{name}].observe_time", "is more than one day in the future")
+            if observed > now + MAX_CLOCK_SKEW_US:
+                violations.add(f"{prefix}[{name}].observe_time", ahead_of_clock(observed, now))
                 continue
         else:
-            observed = now
+            observed = None
         parsed.append((name, value, observed))
     return parsed
+
+
+def too_many_signals(customer_id: str, total: int) -> str:
+    return f"customers/{customer_id} would have {total} signals, counting those it has; at most {MAX_SIGNALS}"
+
+
+def ahead_of_clock(observed: int, now: int) -> str:
+    return (f"is {(observed - now) / 1e6:,.0f} s ahead of the server's clock; "
+            f"at most {MAX_CLOCK_SKEW_US // 60_000_000} minutes (clock skew) are allowed")
 
 
 def parse_customer(msg: pb.Customer, violations: Violations, prefix: str, now: int) -> CustomerRow | None:
@@ -184,13 +225,15 @@ def parse_columns(columns: pb.CustomerColumns, first_position: int, now: int,
     rows_expected = n if names else 0
     if (matrix.rows, matrix.columns, len(matrix.data)) != (rows_expected, len(names), 8 * rows_expected * len(names)):
         block_problems.append(("columns.signal_values", f"must be {rows_expected} x {len(names)} float64 values"))
-    observed = now
+    if len(names) > MAX_SIGNALS:
+        block_problems.append(("columns.signal_names", f"at most {MAX_SIGNALS} signals (a customer's cap), got {len(names)}"))
+    observed = None
     if columns.HasField("observe_time"):
         checked = Violations()
         observed = timestamp_us(columns.observe_time, "columns.observe_time", checked)
         block_problems += [(v.field, v.description) for v in checked.items]
-        if observed is not None and observed > now + MAX_FUTURE_US:
-            block_problems.append(("columns.observe_time", "is more than one day in the future"))
+        if observed is not None and observed > now + MAX_CLOCK_SKEW_US:
+            block_problems.append(("columns.observe_time", ahead_of_clock(observed, now)))
     if block_problems:
         for i in range(n):
             reject(first_position + i, columns.customer_ids[i], block_problems)

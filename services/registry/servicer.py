@@ -26,8 +26,8 @@ from services.common.validation import (
 from services.registry import signals as packed
 from services.registry import store
 from services.registry.customers import (
-    MAX_TEXT, VALID_ROLES, CustomerRow, etag_of, now_us, parse_attributes, parse_customer, parse_signals,
-    revision_of_etag, set_timestamp,
+    MAX_SIGNALS, MAX_TEXT, VALID_ROLES, CustomerRow, etag_of, now_us, parse_attributes, parse_customer, parse_signals,
+    revision_of_etag, set_timestamp, too_many_signals,
 )
 from services.registry.importer import ImportSession
 from services.registry.signals import SignalCatalog
@@ -38,8 +38,14 @@ MAX_OBSERVATION_BATCH = 10_000
 MAX_EXPORT_SIGNALS = 256
 DEFAULT_CHUNK = 8192
 MAX_CHUNK = 65_536
-# Export chunks stay below this many bytes of matrix, whatever chunk_size asks.
+# Export chunks stay below this many bytes of matrix, whatever chunk_size asks ...
 MAX_CHUNK_BYTES = 8 * 1024 * 1024
+# ... and have at most this many rows, so that their text too (id and parent of 128 characters, an owner of
+# 256 characters of up to 4 bytes: 1,296 bytes a row at most) keeps a chunk within the 64 MiB message cap.
+MAX_CHUNK_ROWS = 48 * 1024 * 1024 // 1296
+# A ListCustomers page stops before this many bytes, so that a client with gRPC's default limit (4 MiB)
+# reads it: 1,000 customers with 64 signals and 32 labels each would not fit.
+MAX_PAGE_BYTES = 3 * 1024 * 1024
 
 
 class RegistryServicer(pb_grpc.RegistryServiceServicer):
@@ -104,9 +110,10 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     def _list(self, filters, after, size, filter_key) -> pb.ListCustomersResponse:
         with read_transaction(self.engine) as conn:
             rows = store.list_page(conn, filters, after, size + 1)
-            response = pb.ListCustomersResponse(customers=self._to_proto(conn, rows[:size]))
-        if len(rows) > size:
-            response.next_page_token = encode_page_token(rows[size - 1].customer_id, filter_key)
+            customers = _within(self._to_proto(conn, rows[:size]), MAX_PAGE_BYTES)
+        response = pb.ListCustomersResponse(customers=customers)
+        if len(rows) > len(customers):
+            response.next_page_token = encode_page_token(customers[-1].customer_id, filter_key)
         return response
 
     async def ListSignalHistory(self, request, context):
@@ -150,7 +157,8 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         if not 0 <= request.chunk_size <= MAX_CHUNK:
             violations.add("chunk_size", f"0 (default {DEFAULT_CHUNK}) to {MAX_CHUNK}")
         violations.raise_if_any()
-        chunk_size = min(request.chunk_size or DEFAULT_CHUNK, max(1, MAX_CHUNK_BYTES // (8 * max(1, len(names)))))
+        chunk_size = min(request.chunk_size or DEFAULT_CHUNK, max(1, MAX_CHUNK_BYTES // (8 * max(1, len(names)))),
+                         MAX_CHUNK_ROWS)
         # One read transaction for the whole export; each chunk is made on a worker thread.
         async for message in in_threads(self.export_messages(names, chunk_size)):
             yield message
@@ -288,6 +296,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         violations = Violations()
         now = now_us()
         observations: dict[str, list] = {}
+        entries: dict[str, int] = {}  # customer -> its last entry, named when the customer has too many signals
         for i, entry in enumerate(request.observations):
             customer_id = customer_id_from_name(entry.customer, f"observations[{i}].customer", violations)
             signals = parse_signals(entry.signals, f"observations[{i}].signals", violations, now)
@@ -295,17 +304,30 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
                 violations.add(f"observations[{i}].signals", "at least one signal")
             if customer_id is not None:
                 observations.setdefault(customer_id, []).extend(signals)
+                entries[customer_id] = i
         violations.raise_if_any()
-        return await asyncio.to_thread(self._record, observations, now)
+        return await asyncio.to_thread(self._record, observations, entries, now)
 
-    def _record(self, observations: dict[str, list], now: int) -> pb.RecordSignalsResponse:
+    def _record(self, observations: dict[str, list], entries: dict[str, int], now: int) -> pb.RecordSignalsResponse:
         with write_transaction(self.engine) as conn:
             stored = store.fetch(conn, observations)
             missing = [i for i in observations if i not in stored]
             if missing:
                 raise not_found(f"customers/{missing[0]}")
+            violations = Violations()
+            signal_ids = self.catalog.current_ids(conn, {name for obs in observations.values() for name, _, _ in obs})
+            for customer_id, obs in observations.items():
+                total = store.signals_after(stored[customer_id], {name for name, _, _ in obs}, signal_ids)
+                if total > MAX_SIGNALS:
+                    violations.add(f"observations[{entries[customer_id]}].signals",
+                                   too_many_signals(customer_id, total))
+            if violations:
+                error = violations.error()
+                error.reason = "TOO_MANY_SIGNALS"
+                raise error
             counts = store.record_signals(conn, self.catalog, observations, stored, now)
-        return pb.RecordSignalsResponse(current=counts.current, historical=counts.historical)
+        return pb.RecordSignalsResponse(current=counts.current, historical=counts.historical,
+                                        unchanged=counts.unchanged)
 
     # -- in-process reads ------------------------------------------------------------------------------
 
@@ -361,6 +383,16 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
                     set_timestamp(signal.observe_time, times[signal_id])
             answers.append(customer)
         return answers
+
+
+def _within(customers: list[pb.Customer], budget: int) -> list[pb.Customer]:
+    """The first customers whose message fits ``budget`` bytes (at least one)."""
+    used = 0
+    for count, customer in enumerate(customers):
+        used += customer.ByteSize() + 8  # field tag and length
+        if used > budget and count:
+            return customers[:count]
+    return customers
 
 
 def _export_message(chunk: store.ExportChunk, names: list[str], total: int) -> pb.ExportSignalMatrixResponse:

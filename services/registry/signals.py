@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 from array import array
+from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -12,8 +13,8 @@ from sqlalchemy.engine import Connection
 from services.registry.tables import signal_names
 
 NAN = float("nan")
-# One observation: (signal_id, value, observe_time_us).
-Observation = tuple[int, float, int]
+# One observation: (signal_id, value, observe_time_us); a time of None means none was given (now).
+Observation = tuple[int, float, int | None]
 
 
 class SignalCatalog:
@@ -29,6 +30,13 @@ class SignalCatalog:
         with self._lock:
             self._ids = {name: sid for sid, name in rows}
             self._names = {sid: name for sid, name in rows}
+
+    def current_ids(self, conn: Connection, names: set[str]) -> dict[str, int | None]:
+        """Ids of ``names`` (None for a name that has none yet), reading the catalog again when the cache lacks
+        some: another writer may have named them since."""
+        if not names <= self._ids.keys():
+            self.reload(conn)
+        return {name: self._ids.get(name) for name in names}
 
     def id_of(self, name: str) -> int | None:
         return self._ids.get(name)
@@ -68,15 +76,26 @@ def unpack(values_blob: bytes | None, times_blob: bytes | None) -> tuple[array, 
     return values, times
 
 
-def merge(values: array, times: array, observations: list[Observation]) -> tuple[list[Observation], int]:
+@dataclass
+class Merged:
+    """What merging observations into a customer's current signals did."""
+
+    # Superseded current values and late arrivals, to keep as history.
+    history: list[Observation] = field(default_factory=list)
+    # Observations that became their signal's current value.
+    current: int = 0
+    # Observations equal to the current value: nothing to write.
+    unchanged: int = 0
+
+
+def merge(values: array, times: array, observations: list[Observation], now: int) -> Merged:
     """Apply observations in place: the latest by observe time becomes current.
 
-    Returns the observations that go to history (superseded current values and
-    late arrivals) and how many observations became current. An observation equal
-    to the current one (same time and value) changes nothing, so re-sending is safe.
+    An observation equal to the current one changes nothing, so re-sending is safe: the same time and
+    value, or the same value with no time given (``None``; otherwise it means ``now``), so that a re-sent
+    import without observation times does not move every unchanged value to history.
     """
-    history: list[Observation] = []
-    became_current = 0
+    merged = Merged()
     for signal_id, value, time_us in observations:
         if signal_id >= len(values):
             grow = signal_id + 1 - len(values)
@@ -84,14 +103,24 @@ def merge(values: array, times: array, observations: list[Observation]) -> tuple
             times.extend([0] * grow)
         current_time = times[signal_id]
         has_current = not math.isnan(values[signal_id])
-        if has_current and time_us == current_time and value == values[signal_id]:
+        if has_current and value == values[signal_id] and time_us in (None, current_time):
+            merged.unchanged += 1
             continue
+        if time_us is None:
+            time_us = now
         if has_current and time_us < current_time:
-            history.append((signal_id, value, time_us))
+            merged.history.append((signal_id, value, time_us))
             continue
         if has_current:
-            history.append((signal_id, values[signal_id], current_time))
+            merged.history.append((signal_id, values[signal_id], current_time))
         values[signal_id] = value
         times[signal_id] = time_us
-        became_current += 1
-    return history, became_current
+        merged.current += 1
+    return merged
+
+
+def count_after(values: array, signal_ids: list[int | None]) -> int:
+    """How many signals a customer with current ``values`` has once the signals of ``signal_ids`` (one per
+    distinct name; None for a name that has no id yet) are observed."""
+    present = {i for i, value in enumerate(values) if value == value}  # not NaN
+    return len(present) + sum(1 for i in signal_ids if i is None or i not in present)

@@ -144,8 +144,22 @@ def _tree_problem(conn: Connection, customer_id: str, parent_id: str, known: dic
 class WriteCounts:
     created: int = 0
     updated: int = 0
+    # Observations that became current, went to history only, or equalled the current value (nothing written).
     current: int = 0
     historical: int = 0
+    unchanged: int = 0
+
+    def count(self, observations: int, merged: packed.Merged) -> None:
+        self.current += merged.current
+        self.unchanged += merged.unchanged
+        self.historical += observations - merged.current - merged.unchanged
+
+
+def signals_after(stored: Row, names: set[str], signal_ids: dict[str, int | None]) -> int:
+    """How many signals a stored customer has once ``names`` are observed (``signal_ids``: from
+    SignalCatalog.current_ids)."""
+    values, _ = packed.unpack(stored.signal_values, stored.signal_times)
+    return packed.count_after(values, [signal_ids[name] for name in names])
 
 
 def write_customers(conn: Connection, catalog: SignalCatalog, rows: list[CustomerRow],
@@ -155,7 +169,7 @@ def write_customers(conn: Connection, catalog: SignalCatalog, rows: list[Custome
     names = {name for row in rows for name, _, _ in row.signals}
     names.update(name for block in blocks.values() for name in block.names)
     signal_ids = catalog.ids_for(conn, names)
-    laid_out = {key: block.packed_rows(signal_ids) for key, block in blocks.items()}
+    laid_out = {key: block.packed_rows(signal_ids, now) for key, block in blocks.items()}
     counts = WriteCounts()
     inserts, updates, history = [], [], []
     for row in rows:
@@ -169,10 +183,9 @@ def write_customers(conn: Connection, catalog: SignalCatalog, rows: list[Custome
         else:
             observations = [(signal_ids[name], value, t) for name, value, t in row.observations()]
             values, times = packed.unpack(old.signal_values, old.signal_times) if old else packed.unpack(None, None)
-            superseded, became_current = packed.merge(values, times, observations)
-            counts.current += became_current
-            counts.historical += len(observations) - became_current
-            history.extend((row.customer_id, s, v, t) for s, v, t in superseded)
+            merged = packed.merge(values, times, observations, now)
+            counts.count(len(observations), merged)
+            history.extend((row.customer_id, s, v, t) for s, v, t in merged.history)
             values_blob, times_blob = values.tobytes() or None, times.tobytes() or None
         if old is None:
             inserts.append((row.customer_id, row.display_name, row.parent_id, row.stakeholder_role, row.owner,
@@ -231,11 +244,10 @@ def record_signals(conn: Connection, catalog: SignalCatalog, observations: dict[
     for customer_id, obs in observations.items():
         old = stored[customer_id]
         values, times = packed.unpack(old.signal_values, old.signal_times)
-        superseded, became_current = packed.merge(values, times, [(signal_ids[n], v, t) for n, v, t in obs])
-        counts.current += became_current
-        counts.historical += len(obs) - became_current
-        history.extend((customer_id, s, v, t) for s, v, t in superseded)
-        if became_current:
+        merged = packed.merge(values, times, [(signal_ids[n], v, t) for n, v, t in obs], now)
+        counts.count(len(obs), merged)
+        history.extend((customer_id, s, v, t) for s, v, t in merged.history)
+        if merged.current:
             changed.append({"b_customer_id": customer_id, "signal_values": values.tobytes(),
                             "signal_times": times.tobytes(), "revision": old.revision + 1, "update_time_us": now})
     if changed:

@@ -77,6 +77,7 @@ def test_import_run_priority_pyramid(suite, tmp_path):
     assert imported.returncode == 1, "an import with rejected rows exits 1"
     summary = json.loads(imported.stdout.strip().splitlines()[-1])
     assert summary["created"] == 200 and summary["rejected"] == 4
+    assert summary["signals_current"] > 0 and summary["signals_historical"] == summary["signals_unchanged"] == 0
     with open(rejects, newline="") as f:
         rejected = {row["customer_id"]: row for row in csv.DictReader(f)}
     assert set(rejected) == {"", "bad-number", "bad-role", "orphan"}

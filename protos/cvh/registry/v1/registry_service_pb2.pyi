@@ -169,18 +169,24 @@ class RowError(_message.Message):
     def __init__(self, position: _Optional[int] = ..., customer_id: _Optional[str] = ..., field: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ImportCustomersResponse(_message.Message):
-    __slots__ = ("created", "updated", "rejected", "errors", "batches_committed")
+    __slots__ = ("created", "updated", "rejected", "errors", "batches_committed", "signals_current", "signals_historical", "signals_unchanged")
     CREATED_FIELD_NUMBER: _ClassVar[int]
     UPDATED_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     BATCHES_COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    SIGNALS_CURRENT_FIELD_NUMBER: _ClassVar[int]
+    SIGNALS_HISTORICAL_FIELD_NUMBER: _ClassVar[int]
+    SIGNALS_UNCHANGED_FIELD_NUMBER: _ClassVar[int]
     created: int
     updated: int
     rejected: int
     errors: _containers.RepeatedCompositeFieldContainer[RowError]
     batches_committed: int
-    def __init__(self, created: _Optional[int] = ..., updated: _Optional[int] = ..., rejected: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[RowError, _Mapping]]] = ..., batches_committed: _Optional[int] = ...) -> None: ...
+    signals_current: int
+    signals_historical: int
+    signals_unchanged: int
+    def __init__(self, created: _Optional[int] = ..., updated: _Optional[int] = ..., rejected: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[RowError, _Mapping]]] = ..., batches_committed: _Optional[int] = ..., signals_current: _Optional[int] = ..., signals_historical: _Optional[int] = ..., signals_unchanged: _Optional[int] = ...) -> None: ...
 
 class SignalObservations(_message.Message):
     __slots__ = ("customer", "signals")
@@ -204,12 +210,14 @@ class RecordSignalsRequest(_message.Message):
     def __init__(self, observations: _Optional[_Iterable[_Union[SignalObservations, _Mapping]]] = ...) -> None: ...
 
 class RecordSignalsResponse(_message.Message):
-    __slots__ = ("current", "historical")
+    __slots__ = ("current", "historical", "unchanged")
     CURRENT_FIELD_NUMBER: _ClassVar[int]
     HISTORICAL_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
     current: int
     historical: int
-    def __init__(self, current: _Optional[int] = ..., historical: _Optional[int] = ...) -> None: ...
+    unchanged: int
+    def __init__(self, current: _Optional[int] = ..., historical: _Optional[int] = ..., unchanged: _Optional[int] = ...) -> None: ...
 
 class ListSignalHistoryRequest(_message.Message):
     __slots__ = ("customer", "signal", "page_size", "page_token")

@@ -196,7 +196,8 @@ class RegistryServiceServicer:
         one summary when the stream ends.
         Errors: BATCH_SIZE (a message with no rows or more than 10,000; messages
         before it are committed), IMPORT_REJECTED (all_or_nothing and some row
-        was bad: nothing written, the BadRequest names each bad row).
+        was bad: nothing written, the BadRequest names each bad row),
+        IMPORT_TOO_LARGE (all_or_nothing beyond 100,000 rows: nothing written).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -206,7 +207,8 @@ class RegistryServiceServicer:
         """Records signal observations for existing customers. The latest observation
         of a signal (by observe_time) is its current value; older ones are history.
         Errors: INVALID_OBSERVATIONS (count, a signal name, value or time),
-        INVALID_CUSTOMER_NAME, CUSTOMER_NOT_FOUND (nothing is written).
+        INVALID_CUSTOMER_NAME, CUSTOMER_NOT_FOUND, TOO_MANY_SIGNALS (a customer
+        would hold more than 64 signals); nothing is written on any error.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

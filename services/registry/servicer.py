@@ -177,6 +177,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     def _create(self, row: CustomerRow) -> pb.Customer:
         with write_transaction(self.engine) as conn:
+            store.lock_tree(conn)  # also makes two creates of one id take turns: the second sees the first
             if store.fetch(conn, [row.customer_id]):
                 raise already_exists(f"customers/{row.customer_id}")
             self._check_parent(conn, row, {})
@@ -218,6 +219,8 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     def _update(self, customer_id, patch: CustomerRow, paths, expected) -> pb.Customer:
         with write_transaction(self.engine) as conn:
+            if "parent" in paths and patch.parent_id is not None:  # clearing a parent cannot break the tree
+                store.lock_tree(conn)
             stored = store.fetch(conn, [customer_id])
             old = stored.get(customer_id)
             if old is None:
@@ -248,6 +251,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     def _delete(self, customer_id: str, expected: int | None) -> None:
         with write_transaction(self.engine) as conn:
+            store.lock_tree(conn)  # no child can be added between counting the children and the delete
             old = store.fetch(conn, [customer_id]).get(customer_id)
             if old is None:
                 raise not_found(f"customers/{customer_id}")

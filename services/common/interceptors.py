@@ -35,6 +35,11 @@ def _as_service_error(error: Exception) -> ServiceError | None:
     """The caller-facing form of an expected failure; None for a bug."""
     if isinstance(error, ServiceError):
         return error
+    if isinstance(error, sa_exc.DBAPIError) and str(getattr(error.orig, "sqlstate", "")).startswith("40"):
+        # PostgreSQL rolled this transaction back for another's (a deadlock, a serialization failure):
+        # what it would have written was not, and the call may be retried as it is.
+        return ServiceError(grpc.StatusCode.ABORTED, "the database rolled this write back to resolve a conflict "
+                            "with a concurrent one; retry it", "CONCURRENT_WRITE")
     if isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError) or (
             isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated):
         return unavailable("the database is unavailable; retry later")

@@ -221,7 +221,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         with write_transaction(self.engine) as conn:
             if "parent" in paths and patch.parent_id is not None:  # clearing a parent cannot break the tree
                 store.lock_tree(conn)
-            stored = store.fetch(conn, [customer_id])
+            stored = store.fetch(conn, [customer_id], for_update=True)
             old = stored.get(customer_id)
             if old is None:
                 raise not_found(f"customers/{customer_id}")
@@ -252,7 +252,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     def _delete(self, customer_id: str, expected: int | None) -> None:
         with write_transaction(self.engine) as conn:
             store.lock_tree(conn)  # no child can be added between counting the children and the delete
-            old = store.fetch(conn, [customer_id]).get(customer_id)
+            old = store.fetch(conn, [customer_id], for_update=True).get(customer_id)
             if old is None:
                 raise not_found(f"customers/{customer_id}")
             if expected is not None and expected != old.revision:
@@ -262,7 +262,8 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
                 raise failed_precondition(
                     f"customers/{customer_id} has {children} child accounts; move or delete them first",
                     "HAS_CHILDREN")
-            store.delete(conn, customer_id, old.revision)
+            if not store.delete(conn, customer_id, old.revision):  # rolls back labels and history too
+                raise aborted(f"customers/{customer_id} was changed by another writer; retry")
 
     async def ImportCustomers(self, request_iterator, context):
         session: ImportSession | None = None
@@ -304,7 +305,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     def _record(self, observations: dict[str, list], now: int) -> pb.RecordSignalsResponse:
         with write_transaction(self.engine) as conn:
-            stored = store.fetch(conn, observations)
+            stored = store.fetch(conn, observations, for_update=True)
             missing = [i for i in observations if i not in stored]
             if missing:
                 raise not_found(f"customers/{missing[0]}")

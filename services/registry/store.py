@@ -37,11 +37,21 @@ def _chunks(items: list, size: int = IN_CHUNK) -> Iterator[list]:
         yield items[start:start + size]
 
 
-def fetch(conn: Connection, ids: Iterable[str]) -> dict[str, Row]:
-    """Stored customers by id; unknown ids are absent."""
+def fetch(conn: Connection, ids: Iterable[str], for_update: bool = False) -> dict[str, Row]:
+    """Stored customers by id; unknown ids are absent.
+
+    ``for_update``: lock the rows until the transaction ends (PostgreSQL; SQLite writers take turns anyway), for
+    a write that reads a customer and then replaces it: a concurrent writer of the same customer waits and then
+    reads what this one wrote, instead of both writing from the same old row (a lost update, or a delete that
+    removes labels and history while the row itself stays). Rows are locked in id order, so two writers that
+    lock this way cannot deadlock each other (a deadlock with another writer is answered ABORTED).
+    """
     found: dict[str, Row] = {}
-    for part in _chunks(list(ids)):
-        for row in conn.execute(sa.select(*STORED_COLUMNS).where(customers.c.customer_id.in_(part))):
+    for part in _chunks(sorted(ids) if for_update else list(ids)):
+        query = sa.select(*STORED_COLUMNS).where(customers.c.customer_id.in_(part))
+        if for_update:
+            query = query.order_by(customers.c.customer_id).with_for_update()
+        for row in conn.execute(query):
             found[row.customer_id] = row
     return found
 

@@ -1,20 +1,23 @@
-"""Concurrent writers on PostgreSQL (real gRPC calls from threads, each on its own database connection): the
-account tree stays free of cycles and within its depth, and each racing call gets the code it would get alone."""
+"""Concurrent writers (real gRPC calls from threads, each on its own database connection), on PostgreSQL where
+READ COMMITTED let them interleave, and on SQLite: the account tree stays free of cycles and within its depth,
+and each racing call gets the code it would get alone."""
 
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
 import sqlalchemy as sa
-from google.protobuf import field_mask_pb2
+from google.protobuf import field_mask_pb2, timestamp_pb2
 
 from cvh.registry.v1 import registry_service_pb2 as pb
 from cvh.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from services.common import db
+from services.common.interceptors import _as_service_error
 from services.registry.store import MAX_DEPTH
 from tests.conftest import _empty_tables, start_server
 from tests.grpc_helpers import details_of
@@ -24,11 +27,16 @@ ROUNDS = 30
 CALL_TIMEOUT = 20  # seconds: a call stuck on a lock fails the test instead of hanging it
 
 
-@pytest.fixture(scope="module")
-def postgres_server(postgres_database) -> Iterator[tuple]:
-    _empty_tables(postgres_database)
-    server = start_server(postgres_database, services=("registry",))
-    engine = db.create_engine(postgres_database)
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def racing_server(request, tmp_path_factory) -> Iterator[tuple]:
+    """One registry per database for every test here (each test uses its own customer ids)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('races') / 'cvh.db'}"
+    else:
+        url = request.getfixturevalue("postgres_database")
+        _empty_tables(url)
+    server = start_server(url, services=("registry",))
+    engine = db.create_engine(url)
     with grpc.insecure_channel(server.target) as channel:
         grpc.channel_ready_future(channel).result(timeout=10)
         yield pb_grpc.RegistryServiceStub(channel), engine
@@ -37,13 +45,13 @@ def postgres_server(postgres_database) -> Iterator[tuple]:
 
 
 @pytest.fixture
-def registry(postgres_server):
-    return postgres_server[0]
+def registry(racing_server):
+    return racing_server[0]
 
 
 @pytest.fixture
-def stored_parents(postgres_server) -> Callable[[], dict[str, str | None]]:
-    engine = postgres_server[1]
+def stored_parents(racing_server) -> Callable[[], dict[str, str | None]]:
+    engine = racing_server[1]
 
     def read() -> dict[str, str | None]:
         with engine.connect() as conn:
@@ -163,3 +171,56 @@ def test_identical_imports_of_new_ids_both_succeed(registry, stored_parents):
         assert sum(summary.created for _, _, summary in outcomes) == len(ids)
     parents = stored_parents()
     assert all(f"imp{i}-{k}" in parents for i in range(rounds) for k in range(300))
+
+
+def test_deleting_a_customer_while_it_is_written_deletes_all_of_it_or_nothing(registry, racing_server):
+    """DeleteCustomer races RecordSignals (an older observation, so history is written) or UpdateCustomer."""
+    engine = racing_server[1]
+    for i in range(ROUNDS):
+        customer_id = f"busy-{i}"
+        registry.CreateCustomer(pb.CreateCustomerRequest(customer=pb.Customer(
+            customer_id=customer_id, labels={"region": "emea"},
+            signals={"nps": pb.SignalValue(value=5, observe_time=timestamp_pb2.Timestamp(seconds=1_700_000_000))})))
+        if i % 2:
+            change = pb.Customer(name=f"customers/{customer_id}", owner="ann")
+            write = lambda: registry.UpdateCustomer(pb.UpdateCustomerRequest(  # noqa: E731
+                customer=change, update_mask=field_mask_pb2.FieldMask(paths=["owner"])), timeout=CALL_TIMEOUT)
+        else:
+            older = pb.SignalObservations(customer=f"customers/{customer_id}", signals={
+                "nps": pb.SignalValue(value=3, observe_time=timestamp_pb2.Timestamp(seconds=1_600_000_000))})
+            write = lambda: registry.RecordSignals(  # noqa: E731
+                pb.RecordSignalsRequest(observations=[older]), timeout=CALL_TIMEOUT)
+        deleted, written = race(
+            lambda: registry.DeleteCustomer(pb.DeleteCustomerRequest(name=f"customers/{customer_id}"),
+                                            timeout=CALL_TIMEOUT), write)
+        assert deleted[0] == "OK" and written[:2] in (("OK", ""), (Code.NOT_FOUND, "NOT_FOUND")), (deleted, written)
+        with engine.connect() as conn:
+            left = conn.execute(sa.text("SELECT count(*) FROM registry_customers WHERE customer_id = :c"),
+                                {"c": customer_id}).scalar_one()
+        assert left == 0, f"round {i}: the delete answered OK but left the customer"
+
+
+def test_a_deadlock_postgresql_resolves_is_aborted_not_database_unavailable(postgres_database):
+    """Two transactions lock two rows in opposite orders; the one PostgreSQL rolls back maps to ABORTED."""
+    engine = db.create_engine(postgres_database)
+    rows = [f"lock-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO registry_customers (customer_id, stakeholder_role, revision, create_time_us, "
+                             "update_time_us) VALUES (:c, 2, 1, 0, 0)"), [{"c": c} for c in rows])
+    both_hold_one = threading.Barrier(2)
+
+    def lock(first: str, second: str):
+        try:
+            with engine.begin() as conn:
+                for customer_id in (first, second):
+                    conn.execute(sa.text("SELECT 1 FROM registry_customers WHERE customer_id = :c FOR UPDATE"),
+                                 {"c": customer_id})
+                    if customer_id == first:
+                        both_hold_one.wait()
+        except sa.exc.DBAPIError as error:
+            return _as_service_error(error)
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = list(pool.map(lock, rows, rows[::-1]))
+    engine.dispose()
+    errors = [o for o in outcomes if o is not None]
+    assert len(errors) == 1 and errors[0].code == Code.ABORTED and errors[0].reason == "CONCURRENT_WRITE", outcomes

@@ -57,14 +57,14 @@ def fetch(conn: Connection, ids: Iterable[str], for_update: bool = False) -> dic
 
 
 def existing(conn: Connection, ids: Iterable[str]) -> dict[str, Row]:
-    """Like fetch, but first finds which ids exist with a bare driver query: cheap when (as in a
-    first import) most do not."""
+    """Like fetch (locking the rows found), but first finds which ids exist with a bare driver query: cheap
+    when (as in a first import) most do not."""
     ids = list(ids)
     found = []
     for part in _chunks(ids):
         sql = f"SELECT customer_id FROM registry_customers WHERE customer_id IN ({placeholders(conn, len(part))})"
         found += [row[0] for row in conn.exec_driver_sql(sql, tuple(part))]
-    return fetch(conn, found) if found else {}
+    return fetch(conn, found, for_update=True) if found else {}
 
 
 def parents_of(conn: Connection, ids: Iterable[str]) -> dict[str, str | None]:

@@ -224,3 +224,23 @@ def test_a_deadlock_postgresql_resolves_is_aborted_not_database_unavailable(post
     engine.dispose()
     errors = [o for o in outcomes if o is not None]
     assert len(errors) == 1 and errors[0].code == Code.ABORTED and errors[0].reason == "CONCURRENT_WRITE", outcomes
+
+
+def test_an_import_racing_record_signals_for_one_customer_keeps_both(registry):
+    """Each writes the customer's signals from the row it read: without the row lock one of them was lost."""
+    stamp = timestamp_pb2.Timestamp(seconds=1_700_000_000)
+    for i in range(ROUNDS):
+        customer_id = f"shared-{i}"
+        registry.CreateCustomer(pb.CreateCustomerRequest(customer=pb.Customer(
+            customer_id=customer_id, signals={"nps": pb.SignalValue(value=1, observe_time=stamp)})))
+        recorded = pb.SignalObservations(customer=f"customers/{customer_id}", signals={
+            "nps": pb.SignalValue(value=2, observe_time=timestamp_pb2.Timestamp(seconds=1_700_000_100))})
+        imported = pb.Customer(customer_id=customer_id, signals={
+            "annual_revenue": pb.SignalValue(value=5, observe_time=stamp)})
+        outcomes = race(
+            lambda: registry.RecordSignals(pb.RecordSignalsRequest(observations=[recorded]), timeout=CALL_TIMEOUT),
+            lambda: registry.ImportCustomers(iter([pb.ImportCustomersRequest(customers=[imported])]),
+                                             timeout=CALL_TIMEOUT))
+        assert [code for code, _, _ in outcomes] == ["OK", "OK"], outcomes
+        signals = registry.GetCustomer(pb.GetCustomerRequest(name=f"customers/{customer_id}")).signals
+        assert (signals["nps"].value, signals["annual_revenue"].value) == (2, 5), f"round {i}: {signals}"

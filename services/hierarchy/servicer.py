@@ -377,7 +377,7 @@ def _node(snap: snapshots.Snapshot, row: int) -> pb.AccountNode:
 def _tree_corrupt(customer_id: str, broken: snapshots.BrokenTree) -> ServiceError:
     repair = ("clear the parent of one of them" if broken.cycle else "move part of it higher up")
     error = failed_precondition(f"customers/{customer_id}: {broken}; {repair} in the registry, and the next "
-                                f"snapshot serves the tree", "TREE_CORRUPT")
+                                f"run's snapshot serves its tree", "TREE_CORRUPT")
     error.metadata["customers"] = ",".join(broken.customer_ids[:12])
     return error
 

@@ -31,6 +31,10 @@ def wrap_handler(handler: grpc.RpcMethodHandler, wrap_unary, wrap_streaming) -> 
     raise ValueError("handler without behaviour")
 
 
+# PostgreSQL's unique_violation and foreign_key_violation.
+RACE_VIOLATIONS = frozenset({"23505", "23503"})
+
+
 def _as_service_error(error: Exception) -> ServiceError | None:
     """The caller-facing form of an expected failure; None for a bug."""
     if isinstance(error, ServiceError):
@@ -40,6 +44,11 @@ def _as_service_error(error: Exception) -> ServiceError | None:
         # what it would have written was not, and the call may be retried as it is.
         return ServiceError(grpc.StatusCode.ABORTED, "the database rolled this write back to resolve a conflict "
                             "with a concurrent one; retry it", "CONCURRENT_WRITE")
+    if isinstance(error, sa_exc.IntegrityError) and getattr(error.orig, "sqlstate", "") in RACE_VIOLATIONS:
+        # A unique or foreign key violation is a writer that skipped the registry's tree lock (a replica of an
+        # older release, SQL by hand) racing this one; the transaction was rolled back.
+        return ServiceError(grpc.StatusCode.ABORTED, "another writer changed the same customers meanwhile; "
+                            "this write (for an import: this message) was rolled back, retry it", "CONCURRENT_WRITE")
     if isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError) or (
             isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated):
         return unavailable("the database is unavailable; retry later")

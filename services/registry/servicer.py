@@ -9,6 +9,7 @@ from array import array
 import grpc
 import numpy as np
 from google.protobuf import empty_pb2
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, Row
 
 from cvh.common.v1 import common_pb2
@@ -17,7 +18,7 @@ from cvh.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from services.common.db import placeholders, read_transaction, write_transaction
 from services.common.streams import in_threads
 from services.common.errors import (
-    Violations, aborted, already_exists, failed_precondition, invalid_argument, not_found,
+    ServiceError, Violations, aborted, already_exists, failed_precondition, invalid_argument, not_found,
 )
 from services.common.validation import (
     CUSTOMER_ID, LABEL_KEY, SIGNAL_NAME, check_text, customer_id_from_name, decode_offset_token, decode_page_token,
@@ -176,6 +177,19 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         return await asyncio.to_thread(self._create, row)
 
     def _create(self, row: CustomerRow) -> pb.Customer:
+        try:
+            return self._insert(row)
+        except sa_exc.IntegrityError:
+            # A writer that skips the tree lock (a replica of an older release during a rolling update, or SQL
+            # by hand) took the id or removed the parent meanwhile: answer as if it had come first.
+            with read_transaction(self.engine) as conn:
+                if store.fetch(conn, [row.customer_id]):
+                    raise already_exists(f"customers/{row.customer_id}") from None
+                if row.parent_id is not None and not store.parents_of(conn, [row.parent_id]):
+                    raise _parent_not_found(row.parent_id) from None
+            raise
+
+    def _insert(self, row: CustomerRow) -> pb.Customer:
         with write_transaction(self.engine) as conn:
             store.lock_tree(conn)  # also makes two creates of one id take turns: the second sees the first
             if store.fetch(conn, [row.customer_id]):
@@ -188,8 +202,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         if row.parent_id is None:
             return
         if not store.parents_of(conn, [row.parent_id]):
-            raise failed_precondition(f"parent customers/{row.parent_id} does not exist; create it first",
-                                      "PARENT_NOT_FOUND")
+            raise _parent_not_found(row.parent_id)
         for problem in store.check_tree(conn, {row.customer_id: row.parent_id}, stored):
             raise failed_precondition(problem.message, problem.reason)
 
@@ -366,6 +379,10 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
                     set_timestamp(signal.observe_time, times[signal_id])
             answers.append(customer)
         return answers
+
+
+def _parent_not_found(parent_id: str) -> ServiceError:
+    return failed_precondition(f"parent customers/{parent_id} does not exist; create it first", "PARENT_NOT_FOUND")
 
 
 def _export_message(chunk: store.ExportChunk, names: list[str], total: int) -> pb.ExportSignalMatrixResponse:

@@ -5,6 +5,7 @@ and each racing call gets the code it would get alone."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -245,3 +246,37 @@ def test_an_import_racing_record_signals_for_one_customer_keeps_both(registry):
         assert [code for code, _, _ in outcomes] == ["OK", "OK"], outcomes
         signals = registry.GetCustomer(pb.GetCustomerRequest(name=f"customers/{customer_id}")).signals
         assert (signals["nps"].value, signals["annual_revenue"].value) == (2, 5), f"round {i}: {signals}"
+
+
+def _insert_behind_the_lock(engine, customer_id: str, call: Callable[[], object]) -> tuple:
+    """Runs ``call`` while a writer that skips the tree lock (as SQL by hand, or a replica of an older release
+    would) holds an uncommitted row ``customer_id``; commits that row once ``call`` waits on it."""
+    with ThreadPoolExecutor(1) as pool, engine.connect() as conn:
+        with conn.begin():
+            conn.execute(sa.text("INSERT INTO registry_customers (customer_id, stakeholder_role, revision, "
+                                 "create_time_us, update_time_us) VALUES (:c, 2, 1, 0, 0)"), {"c": customer_id})
+            outcome = pool.submit(race, call)
+            deadline = time.monotonic() + CALL_TIMEOUT
+            while engine.dialect.name == "postgresql" and time.monotonic() < deadline and not outcome.done():
+                with engine.connect() as probe:  # the call waits on the row's lock
+                    if probe.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                                             "current_database() AND wait_event_type = 'Lock'")).scalar_one():
+                        break
+                time.sleep(0.02)
+            else:
+                time.sleep(0.3)  # SQLite: the call waits for the write lock, then sees the row
+        return outcome.result()[0]
+
+
+def test_a_create_racing_a_writer_that_skips_the_lock_is_already_exists(registry, racing_server):
+    outcome = _insert_behind_the_lock(racing_server[1], "sneaked-in", create(registry, "sneaked-in"))
+    assert outcome[:2] == (Code.ALREADY_EXISTS, "ALREADY_EXISTS"), outcome
+
+
+def test_an_import_racing_a_writer_that_skips_the_lock_can_be_sent_again(registry, racing_server):
+    send = import_rows(registry, [("sneaked-row", ""), ("bystander", "")])
+    code, reason, summary = _insert_behind_the_lock(racing_server[1], "sneaked-row", send)
+    if racing_server[1].dialect.name == "postgresql":
+        assert (code, reason) == (Code.ABORTED, "CONCURRENT_WRITE")  # this message was rolled back
+        summary = send()
+    assert (summary.created, summary.updated, summary.rejected) == (1, 1, 0), summary

@@ -32,10 +32,22 @@ def wrap_handler(handler: grpc.RpcMethodHandler, wrap_unary, wrap_streaming) -> 
     raise ValueError("handler without behaviour")
 
 
+def _lost_to_a_concurrent_write(error: Exception) -> bool:
+    """Whether PostgreSQL rolled the transaction back because of a concurrent one: a serialization failure or
+    a deadlock (SQLSTATE class 40), or a unique or foreign key violation (23505, 23503), which the registry's
+    tree lock leaves only to writers that skip it (a replica of an older release, SQL by hand)."""
+    state = str(getattr(getattr(error, "orig", None), "sqlstate", None) or "")
+    return isinstance(error, sa_exc.DBAPIError) and (state.startswith("40") or state in ("23505", "23503"))
+
+
 def _as_service_error(error: Exception) -> ServiceError | None:
     """The caller-facing form of an expected failure; None for a bug."""
     if isinstance(error, ServiceError):
         return error
+    if _lost_to_a_concurrent_write(error):
+        return ServiceError(grpc.StatusCode.ABORTED, "this write conflicted with a concurrent one and was rolled "
+                            "back (for an import: this message; the ones before it are committed); retry it",
+                            "CONCURRENT_WRITE")
     if isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError) or (
             isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated):
         return unavailable("the database is unavailable; retry later")
@@ -99,7 +111,8 @@ def _status_for(error: Exception, method: str) -> grpc.Status | None:
         log.exception("unexpected error in %s", method)
         expected = ServiceError(grpc.StatusCode.INTERNAL,
                                 f"internal error in {method}; the server log has details", "INTERNAL")
-    elif expected.code == grpc.StatusCode.UNAVAILABLE and expected.reason != "SHUTTING_DOWN":
+    elif (expected.code == grpc.StatusCode.UNAVAILABLE and expected.reason != "SHUTTING_DOWN"
+          or expected.reason == "CONCURRENT_WRITE"):  # the database error itself goes to the log
         log.warning("%s: %s (%s)", method, expected.message, error)
     return expected.to_status()
 

@@ -19,7 +19,9 @@ from cvh.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from cvh.scoring.v1 import scoring_service_pb2, scoring_service_pb2_grpc
 from services.common.db import read_transaction, write_transaction
 from services.common.errors import (
+    ServiceError,
     Violations,
+    failed_precondition,
     invalid_argument,
     not_found,
     shutting_down,
@@ -45,6 +47,9 @@ MAX_REASONS = 3
 # Runs' worth of changes a WatchPriorityChanges client may fall behind before it misses some.
 WATCH_BACKLOG = 4
 RETRY_SECONDS = (0.5, 1, 2, 5, 10)
+BROKEN_TREE_NOTE = (f"customers in a broken account tree (a cycle, or more than {snapshots.MAX_DEPTH} levels: "
+                    f"stored before the registry's checks held, or edited by hand) inherit no tier and get "
+                    f"no account tree (TREE_CORRUPT) until it is repaired in the registry")
 DIMENSION_WORDS = {
     common_pb2.VALUE_DIMENSION_PROFITABILITY: "profitability",
     common_pb2.VALUE_DIMENSION_STRATEGIC_GROWTH: "strategic growth",
@@ -132,6 +137,8 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         built = await asyncio.to_thread(snapshots.build, results, accounts, self.policy.inheritance_rule)
         previous, self.snapshot = self.snapshot, built  # one reference swap: readers see old or new
         self._announce(previous, built)
+        if built.broken:
+            log.warning("%s: %d %s", run.name, built.broken, BROKEN_TREE_NOTE)
         log.info("snapshot loaded", extra={"run": run.name, "customers": built.size,
                                            "seconds": round(time.perf_counter() - started, 3)})
 
@@ -216,7 +223,8 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
             age = max(0.0, time.time() - snap.score_time_us / 1e6)
             info.age.FromSeconds(int(age))
             info.status = (f"serving {snap.run} ({snap.size:,} customers), scored {age / 60:.0f} min ago"
-                           + ("" if self.sources_reachable else "; sources unreachable, snapshot may be stale"))
+                           + ("" if self.sources_reachable else "; sources unreachable, snapshot may be stale")
+                           + (f"; {snap.broken:,} {BROKEN_TREE_NOTE}" if snap.broken else ""))
         else:
             info.status = "no completed run loaded yet: every customer gets the default policy"
         return info
@@ -269,16 +277,16 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         row = snap.index.get(customer_id)
         if row is None:
             raise not_found(f"customers/{customer_id} (not in the snapshot of {snap.run or 'no run'})")
+        try:
+            ancestors, subtree = snap.ancestors(row), snap.subtree(row)
+        except snapshots.BrokenTree as broken:
+            raise _tree_corrupt(customer_id, broken) from None
         tree = pb.AccountTree(customer=_node(snap, row))
-        parent = int(snap.parent[row])
-        while parent >= 0 and len(tree.ancestors) < snap.size:
-            tree.ancestors.append(_node(snap, parent))
-            parent = int(snap.parent[parent])
+        tree.ancestors.extend(_node(snap, r) for r in ancestors)
         children = snap.children(row)
         tree.children_total = len(children)
         ordered = sorted(children.tolist(), key=lambda r: snap.customer_ids[r])
         tree.children.extend(_node(snap, r) for r in ordered[:request.max_children or 100])
-        subtree = snap.subtree(row)
         rollup = tree.rollup
         rollup.customers = len(subtree)
         levels = snap.own_level[subtree]
@@ -379,6 +387,14 @@ def _node(snap: snapshots.Snapshot, row: int) -> pb.AccountNode:
     if not math.isnan(snap.composite[row]):
         node.composite = float(snap.composite[row])
     return node
+
+
+def _tree_corrupt(customer_id: str, broken: snapshots.BrokenTree) -> ServiceError:
+    repair = ("clear the parent of one of them" if broken.cycle else "move part of it higher up")
+    error = failed_precondition(f"customers/{customer_id}: {broken}; {repair} in the registry, and the next "
+                                f"run's snapshot serves its tree", "TREE_CORRUPT")
+    error.metadata["customers"] = ",".join(broken.customer_ids[:12])
+    return error
 
 
 def _tier_policy(policy: pb.TierPolicy, tier_id: str) -> pb.TierServicePolicy:

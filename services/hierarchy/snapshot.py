@@ -15,7 +15,10 @@ import numpy as np
 
 from cvh.common.v1 import common_pb2
 from cvh.hierarchy.v1 import hierarchy_service_pb2 as pb
+from services.registry.store import MAX_DEPTH
 
+# Rows a walk up the tree follows to name what breaks it (a cycle, or a chain too deep).
+MAX_WALK = 1000
 # Signals summed over account subtrees.
 ROLLUP_SIGNALS = ["annual_revenue", "predicted_ltv"]
 
@@ -30,6 +33,7 @@ class Snapshot:
     customer_ids: list[str]
     index: dict[str, int]
     parent: np.ndarray                # int64 row of the parent, -1 for none
+    depth: np.ndarray                 # int32 levels above the row (0 = top account), -1 in a broken tree
     roles: np.ndarray                 # uint8 StakeholderRole
     owners: list[str]
     rollup_values: np.ndarray         # float64 (n, len(ROLLUP_SIGNALS)), NaN missing
@@ -57,21 +61,76 @@ class Snapshot:
         order = self.rank_order
         return order[self.own_level[order] == level]
 
+    @functools.cached_property
+    def broken(self) -> int:
+        """Customers in a broken account tree (see tree_depths)."""
+        return int((self.depth < 0).sum())
+
     def children(self, row: int) -> np.ndarray:
         return np.flatnonzero(self.parent == row)
 
+    def ancestors(self, row: int) -> list[int]:
+        """The rows above ``row``, its parent first; BrokenTree when they do not end in a top account."""
+        if self.depth[row] < 0:
+            raise self._broken_above(row)
+        found = []
+        for _ in range(int(self.depth[row])):
+            row = int(self.parent[row])
+            found.append(row)
+        return found
+
     def subtree(self, row: int) -> np.ndarray:
-        """``row`` and every account below it."""
+        """``row`` and every account below it; BrokenTree when the tree goes deeper than MAX_DEPTH levels."""
+        if self.depth[row] < 0:
+            raise self._broken_above(row)
         found, frontier = [np.array([row])], np.array([row])
-        while frontier.size:
+        for _ in range(MAX_DEPTH - int(self.depth[row])):
             frontier = np.flatnonzero(np.isin(self.parent, frontier))
+            if not frontier.size:
+                return np.concatenate(found)
             found.append(frontier)
-        return np.concatenate(found)
+        deepest = int(frontier[0])
+        raise BrokenTree([self.customer_ids[r] for r in [deepest, *self._up(deepest, MAX_DEPTH)]], cycle=False)
+
+    def _up(self, row: int, steps: int) -> list[int]:
+        """At most ``steps`` rows above ``row``, its parent first, stopping at a top account."""
+        found: list[int] = []
+        while len(found) < steps and self.parent[row] >= 0:
+            row = int(self.parent[row])
+            found.append(row)
+        return found
+
+    def _broken_above(self, row: int) -> "BrokenTree":
+        """What breaks the tree above ``row``: the cycle it is in or under, or the chain too deep."""
+        path = [row, *self._up(row, MAX_WALK)]
+        first: dict[int, int] = {}
+        for i, current in enumerate(path):
+            if current in first:
+                return BrokenTree([self.customer_ids[r] for r in path[first[current]:i + 1]], cycle=True)
+            first[current] = i
+        return BrokenTree([self.customer_ids[r] for r in path], cycle=False)
+
+
+class BrokenTree(Exception):
+    """The account tree around a customer breaks the registry's rules: a cycle, or more than MAX_DEPTH levels.
+
+    The registry refuses both, but a database written before its checks held (or edited by hand) may hold them.
+    ``customer_ids`` runs from a customer to its parent and on up: the cycle (its first customer repeated at the
+    end) or the chain too deep.
+    """
+
+    def __init__(self, customer_ids: list[str], cycle: bool) -> None:
+        self.customer_ids, self.cycle = customer_ids, cycle
+        shown = customer_ids if len(customer_ids) <= 12 else [*customer_ids[:10], "...", customer_ids[-1]]
+        path = " -> ".join(c if c == "..." else f"customers/{c}" for c in shown)
+        super().__init__(f"the account tree holds a cycle: {path}" if cycle else
+                         f"the account tree is more than {MAX_DEPTH} levels deep: {path}")
 
 
 def empty_snapshot() -> Snapshot:
     nothing = np.empty(0)
-    return Snapshot("", 0, time.time(), (), (), [], {}, np.empty(0, np.int64), np.empty(0, np.uint8), [],
+    return Snapshot("", 0, time.time(), (), (), [], {}, np.empty(0, np.int64), np.empty(0, np.int32),
+                    np.empty(0, np.uint8), [],
                     np.empty((0, len(ROLLUP_SIGNALS))), np.empty(0, np.int32), np.empty(0, np.int32), nothing,
                     nothing, np.empty(0, np.int64), np.empty((0, 0)))
 
@@ -125,50 +184,56 @@ def build(results: RunResults, accounts: AccountBase, inheritance_rule: int) -> 
     dims = np.full((n, len(results.dimensions)), np.nan)
     dims[rows] = results.dimension_scores[known]
     sorted_dims = tuple(np.sort(col[~np.isnan(col)]) for col in results.dimension_scores.T)
-    effective = effective_levels(own, parent, len(results.tiers), inheritance_rule)
+    depth = tree_depths(parent)
+    effective = effective_levels(own, parent, depth, len(results.tiers), inheritance_rule)
     return Snapshot(results.run, results.score_time_us, time.time(), tuple(results.tiers), tuple(results.dimensions),
-                    ids, index, parent, accounts.roles, accounts.owners, accounts.rollup_values, own, effective,
+                    ids, index, parent, depth, accounts.roles, accounts.owners, accounts.rollup_values, own, effective,
                     composite, percentile, rank, dims, sorted_dims)
 
 
 def with_rule(snapshot: Snapshot, inheritance_rule: int) -> Snapshot:
     """The same snapshot under another inheritance rule (a policy change)."""
     from dataclasses import replace
-    return replace(snapshot, effective_level=effective_levels(snapshot.own_level, snapshot.parent,
+    return replace(snapshot, effective_level=effective_levels(snapshot.own_level, snapshot.parent, snapshot.depth,
                                                               len(snapshot.tiers), inheritance_rule))
 
 
-def effective_levels(own: np.ndarray, parent: np.ndarray, n_tiers: int, rule: int) -> np.ndarray:
-    """Tier levels after inheritance (1 = top; 0 = unscored and nothing inherited)."""
+def tree_depths(parent: np.ndarray) -> np.ndarray:
+    """Levels above each row (0 = a top account), or -1 where the way up does not reach a top account within
+    MAX_DEPTH levels: a row in or under a cycle, or in a tree deeper than the registry allows. Such data breaks
+    the registry's rules (written before its checks held, or edited by hand); every walk of the tree stops at
+    these rows instead of going round a cycle for ever. MAX_DEPTH vectorised steps, whatever the data."""
+    depth = np.where(parent < 0, 0, -1).astype(np.int32)
+    below = np.flatnonzero(parent >= 0)
+    for level in range(1, MAX_DEPTH):
+        placed = depth[parent[below]] == level - 1
+        if not placed.any():
+            break
+        depth[below[placed]] = level
+        below = below[~placed]
+    return depth
+
+
+def effective_levels(own: np.ndarray, parent: np.ndarray, depth: np.ndarray, n_tiers: int, rule: int) -> np.ndarray:
+    """Tier levels after inheritance (1 = top; 0 = unscored and nothing inherited). Rows of a broken tree
+    (depth -1) inherit nothing: they keep their own level."""
     if rule in (pb.INHERITANCE_RULE_UNSPECIFIED, pb.INHERITANCE_RULE_OWN) or not len(own):
         return own.copy()
     floor = n_tiers + 1  # unscored counts as below the lowest tier
     level = np.where(own == 0, floor, own).astype(np.int64)
-    order = _top_down(parent)
+    # Rows by depth, top accounts' children first: each row's parent is settled before the row.
+    below_top = [np.flatnonzero(depth == d) for d in range(1, int(depth.max(initial=0)) + 1)]
     if rule == pb.INHERITANCE_RULE_TOP_PARENT:
         top = np.arange(len(own))
-        for nodes in order[1:]:
+        for nodes in below_top:
             top[nodes] = top[parent[nodes]]
         level = np.minimum(level, level[top])
     else:  # PARENT_MINUS_ONE: at least the parent's effective level, one level lower
-        for nodes in order[1:]:
+        for nodes in below_top:
             level[nodes] = np.minimum(level[nodes], level[parent[nodes]] + 1)
     result = level.astype(np.int32)
     result[result > n_tiers] = 0
     return result
-
-
-def _top_down(parent: np.ndarray) -> list[np.ndarray]:
-    """Rows grouped by depth: roots first, then their children, and so on."""
-    depth = np.zeros(len(parent), np.int64)
-    current = parent.copy()
-    while (current >= 0).any():
-        has = current >= 0
-        depth[has] += 1
-        current[has] = parent[current[has]]
-        if depth.max() > len(parent):  # a cycle cannot come from the registry; stop rather than spin
-            break
-    return [np.flatnonzero(depth == d) for d in range(int(depth.max(initial=0)) + 1)]
 
 
 def tier_changes(old: Snapshot, new: Snapshot) -> list[tuple[str, int, int, str]]:

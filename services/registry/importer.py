@@ -208,6 +208,7 @@ class ImportSession:
                                             reason=clip(reason, MAX_DESCRIPTION_CHARS))
 
     def _write(self, conn: Connection, rows: list[Positioned], final: bool) -> None:
+        store.lock_tree(conn)  # before anything is read: ids taken and the tree are checked as they are now
         candidates = {item.row.customer_id: item for item in rows}
         superseded = sum(self.waiting.discard(customer_id) for customer_id in candidates)
         stored_parents = _stored_parents(conn, rows)

@@ -9,6 +9,7 @@ from array import array
 import grpc
 import numpy as np
 from google.protobuf import empty_pb2
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, Row
 
 from cvh.common.v1 import common_pb2
@@ -17,7 +18,7 @@ from cvh.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from services.common.db import placeholders, read_transaction, write_transaction
 from services.common.streams import in_threads
 from services.common.errors import (
-    Violations, aborted, already_exists, failed_precondition, invalid_argument, not_found,
+    ServiceError, Violations, aborted, already_exists, failed_precondition, invalid_argument, not_found,
 )
 from services.common.validation import (
     CUSTOMER_ID, LABEL_KEY, SIGNAL_NAME, check_text, customer_id_from_name, decode_offset_token, decode_page_token,
@@ -184,7 +185,21 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         return await asyncio.to_thread(self._create, row)
 
     def _create(self, row: CustomerRow) -> pb.Customer:
+        try:
+            return self._insert(row)
+        except sa_exc.IntegrityError:
+            # A writer that skips the tree lock (a replica of an older release during a rolling update, or SQL
+            # by hand) took the id or removed the parent meanwhile: answer as if it had come first.
+            with read_transaction(self.engine) as conn:
+                if store.fetch(conn, [row.customer_id]):
+                    raise already_exists(f"customers/{row.customer_id}") from None
+                if row.parent_id is not None and not store.parents_of(conn, [row.parent_id]):
+                    raise _parent_not_found(row.parent_id) from None
+            raise
+
+    def _insert(self, row: CustomerRow) -> pb.Customer:
         with write_transaction(self.engine) as conn:
+            store.lock_tree(conn)  # also makes two creates of one id take turns: the second sees the first
             if store.fetch(conn, [row.customer_id]):
                 raise already_exists(f"customers/{row.customer_id}")
             self._check_parent(conn, row, {})
@@ -195,8 +210,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         if row.parent_id is None:
             return
         if not store.parents_of(conn, [row.parent_id]):
-            raise failed_precondition(f"parent customers/{row.parent_id} does not exist; create it first",
-                                      "PARENT_NOT_FOUND")
+            raise _parent_not_found(row.parent_id)
         for problem in store.check_tree(conn, {row.customer_id: row.parent_id}, stored):
             raise failed_precondition(problem.message, problem.reason)
 
@@ -226,7 +240,9 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     def _update(self, customer_id, patch: CustomerRow, paths, expected) -> pb.Customer:
         with write_transaction(self.engine) as conn:
-            stored = store.fetch(conn, [customer_id])
+            if "parent" in paths and patch.parent_id is not None:  # clearing a parent cannot break the tree
+                store.lock_tree(conn)
+            stored = store.fetch(conn, [customer_id], for_update=True)
             old = stored.get(customer_id)
             if old is None:
                 raise not_found(f"customers/{customer_id}")
@@ -256,7 +272,8 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     def _delete(self, customer_id: str, expected: int | None) -> None:
         with write_transaction(self.engine) as conn:
-            old = store.fetch(conn, [customer_id]).get(customer_id)
+            store.lock_tree(conn)  # no child can be added between counting the children and the delete
+            old = store.fetch(conn, [customer_id], for_update=True).get(customer_id)
             if old is None:
                 raise not_found(f"customers/{customer_id}")
             if expected is not None and expected != old.revision:
@@ -266,7 +283,8 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
                 raise failed_precondition(
                     f"customers/{customer_id} has {children} child accounts; move or delete them first",
                     "HAS_CHILDREN")
-            store.delete(conn, customer_id, old.revision)
+            if not store.delete(conn, customer_id, old.revision):  # rolls back labels and history too
+                raise aborted(f"customers/{customer_id} was changed by another writer; retry")
 
     async def ImportCustomers(self, request_iterator, context):
         session: ImportSession | None = None
@@ -310,7 +328,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     def _record(self, observations: dict[str, list], entries: dict[str, int], now: int) -> pb.RecordSignalsResponse:
         with write_transaction(self.engine) as conn:
-            stored = store.fetch(conn, observations)
+            stored = store.fetch(conn, observations, for_update=True)
             missing = [i for i in observations if i not in stored]
             if missing:
                 raise not_found(f"customers/{missing[0]}")
@@ -393,6 +411,10 @@ def _within(customers: list[pb.Customer], budget: int) -> list[pb.Customer]:
         if used > budget and count:
             return customers[:count]
     return customers
+
+
+def _parent_not_found(parent_id: str) -> ServiceError:
+    return failed_precondition(f"parent customers/{parent_id} does not exist; create it first", "PARENT_NOT_FOUND")
 
 
 def _export_message(chunk: store.ExportChunk, names: list[str], total: int) -> pb.ExportSignalMatrixResponse:

@@ -18,6 +18,10 @@ from services.registry.tables import customers, labels, signal_history
 
 # The deepest account tree: a top parent and at most nine levels below it.
 MAX_DEPTH = 10
+# The PostgreSQL advisory lock that serialises writes to the account tree ("cvh-tree" in ASCII).
+TREE_LOCK = 0x6376682D74726565
+# How long such a write waits for the lock: as long as a SQLite writer waits for the database.
+TREE_LOCK_TIMEOUT = "60s"
 # Parameters per IN (...) list: well under SQLite's and PostgreSQL's limits.
 IN_CHUNK = 900
 
@@ -33,24 +37,34 @@ def _chunks(items: list, size: int = IN_CHUNK) -> Iterator[list]:
         yield items[start:start + size]
 
 
-def fetch(conn: Connection, ids: Iterable[str]) -> dict[str, Row]:
-    """Stored customers by id; unknown ids are absent."""
+def fetch(conn: Connection, ids: Iterable[str], for_update: bool = False) -> dict[str, Row]:
+    """Stored customers by id; unknown ids are absent.
+
+    ``for_update``: lock the rows until the transaction ends (PostgreSQL; SQLite writers take turns anyway), for
+    a write that reads a customer and then replaces it: a concurrent writer of the same customer waits and then
+    reads what this one wrote, instead of both writing from the same old row (a lost update, or a delete that
+    removes labels and history while the row itself stays). Rows are locked in id order, so two writers that
+    lock this way cannot deadlock each other (a deadlock with another writer is answered ABORTED).
+    """
     found: dict[str, Row] = {}
-    for part in _chunks(list(ids)):
-        for row in conn.execute(sa.select(*STORED_COLUMNS).where(customers.c.customer_id.in_(part))):
+    for part in _chunks(sorted(ids) if for_update else list(ids)):
+        query = sa.select(*STORED_COLUMNS).where(customers.c.customer_id.in_(part))
+        if for_update:
+            query = query.order_by(customers.c.customer_id).with_for_update()
+        for row in conn.execute(query):
             found[row.customer_id] = row
     return found
 
 
 def existing(conn: Connection, ids: Iterable[str]) -> dict[str, Row]:
-    """Like fetch, but first finds which ids exist with a bare driver query: cheap when (as in a
-    first import) most do not."""
+    """Like fetch (locking the rows found), but first finds which ids exist with a bare driver query: cheap
+    when (as in a first import) most do not."""
     ids = list(ids)
     found = []
     for part in _chunks(ids):
         sql = f"SELECT customer_id FROM registry_customers WHERE customer_id IN ({placeholders(conn, len(part))})"
         found += [row[0] for row in conn.exec_driver_sql(sql, tuple(part))]
-    return fetch(conn, found) if found else {}
+    return fetch(conn, found, for_update=True) if found else {}
 
 
 def parents_of(conn: Connection, ids: Iterable[str]) -> dict[str, str | None]:
@@ -69,6 +83,20 @@ def labels_of(conn: Connection, ids: Iterable[str]) -> dict[str, dict[str, str]]
         for customer_id, key, value in conn.execute(query):
             found.setdefault(customer_id, {})[key] = value
     return found
+
+
+def lock_tree(conn: Connection) -> None:
+    """Hold the account tree until this transaction ends: for writes that add, remove or re-parent customers.
+
+    Their checks (parent exists, no cycle, at most MAX_DEPTH levels, no children left, id not taken) read the
+    tree and then write it. Under PostgreSQL's READ COMMITTED two such writers would each check the tree
+    without the other's change and together store a cycle, an orphan or a tree too deep; the lock makes them
+    take turns, and each statement after it sees every change committed before. SQLite needs nothing here:
+    write transactions begin IMMEDIATE, so writers already take turns and read the latest tree.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{TREE_LOCK_TIMEOUT}'")
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({TREE_LOCK})")
 
 
 def child_count(conn: Connection, customer_id: str) -> int:
@@ -113,18 +141,22 @@ def check_tree(conn: Connection, proposed: dict[str, str | None], stored: dict[s
     problems = []
     for customer_id, parent_id in proposed.items():
         if parent_id:
-            problem = _tree_problem(conn, customer_id, parent_id, known, stored)
+            problem = _tree_problem(conn, customer_id, parent_id, known, proposed, stored)
             if problem:
                 problems.append(problem)
     return problems
 
 
 def _tree_problem(conn: Connection, customer_id: str, parent_id: str, known: dict[str, str | None],
-                  stored: dict[str, Row]) -> TreeProblem | None:
+                  proposed: dict[str, str | None], stored: dict[str, Row]) -> TreeProblem | None:
     path, current = [customer_id], parent_id
     while current:
         if current in path:
-            cycle = " -> ".join(f"customers/{c}" for c in [*path[path.index(current):], current])
+            members = path[path.index(current):]
+            cycle = " -> ".join(f"customers/{c}" for c in [*members, current])
+            if not proposed.keys() & set(members):  # stored before these rules held, or edited by hand
+                return TreeProblem(customer_id, "TREE_CORRUPT", f"the stored account tree has a cycle: {cycle}; "
+                                   f"clear the parent of one of them to repair it")
             return TreeProblem(customer_id, "PARENT_CYCLE", f"the parent would make a cycle: {cycle}")
         path.append(current)
         if len(path) > MAX_DEPTH:

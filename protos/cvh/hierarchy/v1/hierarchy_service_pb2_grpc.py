@@ -159,7 +159,9 @@ class HierarchyServiceServicer:
     def GetAccountTree(self, request, context):
         """A customer's ancestors, children and subtree roll-ups.
         Errors: INVALID_CUSTOMER_NAME, INVALID_MAX_CHILDREN, CUSTOMER_NOT_FOUND
-        (not in the snapshot).
+        (not in the snapshot), TREE_CORRUPT (FAILED_PRECONDITION: the stored tree
+        holds a cycle or a chain over 10 levels; ErrorInfo metadata "customers"
+        names it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,6 +45,9 @@ class RegistryServiceStub:
     INVALID_REQUEST (INVALID_ARGUMENT with bad fields of several kinds, each
     in the BadRequest), INTERNAL (a bug, logged; no details) and
     RESOURCE_EXHAUSTED (without ErrorInfo: the server's concurrency limit).
+    Writes may also meet CONCURRENT_WRITE (ABORTED: the database resolved a
+    race with another writer, e.g. one that skips the tree lock; nothing of this
+    call was written, send it again).
     A bad field's reason is otherwise INVALID_ and the request field at fault,
     e.g. INVALID_PAGE_SIZE.
     """
@@ -126,6 +129,9 @@ class RegistryServiceServicer:
     INVALID_REQUEST (INVALID_ARGUMENT with bad fields of several kinds, each
     in the BadRequest), INTERNAL (a bug, logged; no details) and
     RESOURCE_EXHAUSTED (without ErrorInfo: the server's concurrency limit).
+    Writes may also meet CONCURRENT_WRITE (ABORTED: the database resolved a
+    race with another writer, e.g. one that skips the tree lock; nothing of this
+    call was written, send it again).
     A bad field's reason is otherwise INVALID_ and the request field at fault,
     e.g. INVALID_PAGE_SIZE.
     """
@@ -134,7 +140,9 @@ class RegistryServiceServicer:
         """Creates one customer.
         Errors: INVALID_CUSTOMER (a field of customer; INVALID_CUSTOMER_NAME when
         only the parent is malformed), CUSTOMER_ALREADY_EXISTS (the customer_id is
-        taken), PARENT_NOT_FOUND, PARENT_CYCLE, TREE_TOO_DEEP (more than 10 levels).
+        taken), PARENT_NOT_FOUND, PARENT_CYCLE, TREE_TOO_DEEP (more than 10 levels),
+        TREE_CORRUPT (the parent's stored tree already holds a cycle: clear one
+        member's parent to repair it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -164,7 +172,8 @@ class RegistryServiceServicer:
         INVALID_UPDATE_MASK, INVALID_CUSTOMER (another field, e.g. a malformed
         etag), CUSTOMER_NOT_FOUND, ETAG_MISMATCH (ABORTED: the etag is stale, or
         another writer won a race), PARENT_NOT_FOUND, PARENT_CYCLE (the new parent
-        is a descendant; the message names the cycle), TREE_TOO_DEEP.
+        is a descendant; the message names the cycle), TREE_TOO_DEEP,
+        TREE_CORRUPT (the new parent's stored tree already holds a cycle).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -312,6 +321,9 @@ class RegistryService:
     INVALID_REQUEST (INVALID_ARGUMENT with bad fields of several kinds, each
     in the BadRequest), INTERNAL (a bug, logged; no details) and
     RESOURCE_EXHAUSTED (without ErrorInfo: the server's concurrency limit).
+    Writes may also meet CONCURRENT_WRITE (ABORTED: the database resolved a
+    race with another writer, e.g. one that skips the tree lock; nothing of this
+    call was written, send it again).
     A bad field's reason is otherwise INVALID_ and the request field at fault,
     e.g. INVALID_PAGE_SIZE.
     """

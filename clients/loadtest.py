@@ -13,10 +13,10 @@
    fraction of the health-check ceiling measured by the same harness against the same server, median and
    p99. Each RPC's ratio is its rate over the mean of the two health phases around it, per round; the
    verdict takes the median over the rounds, and states the calibration's noise (how far the health
-   phases, the same measurement repeated, differ). Exits 1 when a threshold fails: any failed request, a
-   p99 above its limit, a phase below its minimum rate, a ratio below its minimum by more than that noise
-   (within it the check is *inconclusive*, reported, exit 0). ``--json`` prints one JSON object as the
-   last line.
+   phases, the same measurement repeated, differ, and the health Check's own p99, measured beside each
+   scenario too by one probe user). Exits 1 when a threshold fails: any failed request, a phase below its
+   minimum rate, a p99 above its limit or a ratio below its minimum by more than that noise (within it the
+   check is *inconclusive*: reported, exit 0). ``--json`` prints one JSON object as the last line.
 """
 
 from __future__ import annotations

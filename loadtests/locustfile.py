@@ -18,6 +18,6 @@ except ImportError:  # run from a checkout without installing: the repository ro
     sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "protos"))
 
 from loadtests.scenarios import (  # noqa: E402,F401
-    GetPriorityUser, HealthUser, InternalSystemsUser, MixedUser, RegistryWriterUser, ScoreCustomerUser,
-    SupportToolingUser,
+    GetPriorityUser, HealthUser, InternalSystemsUser, LatencyProbeUser, MixedUser, RegistryWriterUser,
+    ScoreCustomerUser, SupportToolingUser,
 )

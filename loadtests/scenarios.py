@@ -7,6 +7,7 @@
 | ``RegistryWriterUser`` | GetCustomer + UpdateCustomer of its display name to the value read (1), RecordSignals for 1 to 5 customers (2) |
 | ``MixedUser`` | the three above in the proportion 7 : 2 : 1 |
 | ``HealthUser`` | grpc.health.v1 Check: the cheapest call, the calibration ceiling |
+| ``LatencyProbeUser`` | one user calling Check 20 times a second beside a scenario: the latency noise of that phase |
 | ``GetPriorityUser``, ``ScoreCustomerUser`` | that one RPC alone, for its throughput against the ceiling |
 
 Customers come from the deployment: before the users start, each Locust process reads up to
@@ -29,8 +30,8 @@ from dataclasses import dataclass
 
 from google.protobuf import field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from locust import events
-from locust.runners import MasterRunner
+from locust import constant, events
+from locust.runners import LocalRunner, MasterRunner
 
 from cvh.hierarchy.v1 import hierarchy_service_pb2 as hierarchy_pb
 from cvh.hierarchy.v1 import hierarchy_service_pb2_grpc
@@ -112,9 +113,19 @@ def load_sample(environment) -> Sample:
     return _sample
 
 
+@events.init.add_listener
+def _on_init(environment, runner=None, **_kwargs) -> None:
+    # A local run reads its sample before the test starts: Locust's --run-time clock starts with the test,
+    # and a sample read under load can take seconds of a short phase. (After grpc_user's init listener,
+    # registered first, has made gRPC gevent-aware.) A distributed worker learns its host from the master
+    # and reads at test start.
+    if isinstance(runner, LocalRunner) and environment.host:
+        load_sample(environment)
+
+
 @events.test_start.add_listener
 def _on_test_start(environment, **_kwargs) -> None:
-    if not isinstance(environment.runner, MasterRunner):  # the master runs no users
+    if not isinstance(environment.runner, MasterRunner) and _sample is None:  # the master runs no users
         load_sample(environment)
 
 
@@ -245,6 +256,15 @@ class HealthUser(CvhUser):
 
     def on_start(self) -> None:  # needs no customers
         self.rng = random.Random(next(_user_numbers))
+
+
+class LatencyProbeUser(HealthUser):
+    """One user beside a scenario's users, calling the health Check twenty times a second: the tail that the
+    machine and the harness add to every call in that very phase (``cvh loadtest`` judges the scenario's p99
+    limits with it)."""
+
+    fixed_count = 1
+    wait_time = constant(0.05)
 
 
 class GetPriorityUser(CvhUser):

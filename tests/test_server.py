@@ -20,7 +20,7 @@ from google.protobuf import descriptor_pool, json_format, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from clients.server_process import free_port
+from clients.server_process import ServerProcess, free_port
 from cvh.hierarchy.v1 import hierarchy_service_pb2, hierarchy_service_pb2_grpc
 from services.common import db
 from services.common.config import ServerConfig
@@ -137,6 +137,42 @@ def test_cvh_serve_process_serves_exports_metrics_and_stops_on_sigterm(tmp_path)
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def serve_refused(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`cvh serve ARGS` expected to refuse at once; the old code served on (the timeout then fails the test)."""
+    return subprocess.run([sys.executable, "-m", "clients.cli", "serve", *args], capture_output=True, text=True,
+                          timeout=60, cwd=cwd)
+
+
+def test_a_second_cvh_serve_on_a_served_address_is_refused_and_the_first_keeps_serving(tmp_path):
+    """Issue 13: a second server on a served address (another folder, another database) exits 1 naming the
+    address, without a traceback and before touching its database; --health-listen the same."""
+    health_port = free_port()
+    (tmp_path / "first").mkdir()
+    first = ServerProcess(tmp_path / "first", extra_args=("--health-listen", f"127.0.0.1:{health_port}"))
+    try:
+        first.wait_serving(timeout=120)
+        other = tmp_path / "other"
+        other.mkdir()
+        for args, address, flag in (
+                (("--listen", first.target), first.target, "--listen"),
+                (("--listen", first.target, "--workers", "2"), first.target, "--listen"),
+                (("--listen", "127.0.0.1:0", "--health-listen", f"127.0.0.1:{health_port}"),
+                 f"127.0.0.1:{health_port}", "--health-listen")):
+            refused = serve_refused(*args, "--database-url", f"sqlite:///{other / 'cvh.db'}", cwd=other)
+            assert refused.returncode == 1, (args, refused.stderr[-2000:])
+            assert f"cvh serve: {address} is already in use" in refused.stderr and flag in refused.stderr
+            assert "Traceback" not in refused.stderr
+            assert not (other / "cvh.db").exists()  # refused before its database was created
+        for port in (first.target, f"127.0.0.1:{health_port}"):  # new connections all reach the first
+            for _ in range(5):
+                with grpc.insecure_channel(port, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+                    answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+                assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        assert first.process.poll() is None
+    finally:
+        first.stop()
 
 
 def test_sqlite_is_in_wal_mode(tmp_path):

@@ -24,6 +24,9 @@ class ServerConfig:
     services: tuple[str, ...] = SERVICE_NAMES
     # host:port to listen on; port 0 picks a free one.
     listen: str = DEFAULT_LISTEN
+    # Bind with SO_REUSEPORT: only the worker processes of one `cvh serve --workers N`, whose parent holds
+    # the address for them (services/common/addresses.py); any other server refuses an address in use.
+    share_port: bool = False
     # SQLAlchemy URL; postgresql:// URLs use psycopg 3.
     database_url: str = field(default_factory=default_database_url)
     # Port of the Prometheus metrics endpoint; 0 disables it.

@@ -19,7 +19,8 @@ from sqlalchemy.engine import Engine
 from cvh.hierarchy.v1 import hierarchy_service_pb2
 from cvh.registry.v1 import registry_service_pb2
 from cvh.scoring.v1 import scoring_service_pb2
-from services.common import db, reflection
+from services.common import addresses, db, reflection
+from services.common.addresses import AddressInUse
 from services.common.auth import AuthInterceptor, TokenTable
 from services.common.config import ConfigError, ServerConfig, check_exposure
 from services.common.interceptors import ConcurrencyLimit, ServiceInterceptor
@@ -110,8 +111,13 @@ def server_options(config: ServerConfig) -> list[tuple[str, int]]:
 
 
 def create_server(config: ServerConfig) -> Suite:
-    """Build (not start) a server for ``config.services``; binds now, so ``port`` is known."""
+    """Build (not start) a server for ``config.services``; binds now, so ``port`` is known. An address
+    already served is refused (:class:`AddressInUse`) before the database is touched."""
     check_exposure(config)
+    if not config.share_port:
+        addresses.ensure_free(config.listen)
+    if config.health_listen:
+        addresses.ensure_free(config.health_listen, "--health-listen")
     interceptors = [ServiceInterceptor()]
     if config.max_concurrent_rpcs:
         interceptors.append(ConcurrencyLimit(config.max_concurrent_rpcs))
@@ -122,7 +128,8 @@ def create_server(config: ServerConfig) -> Suite:
         db.upgrade(engine)
     elif problem := db.schema_problem(engine):
         raise ConfigError(f"{problem} (this server does not migrate: --no-migrate / CVH_MIGRATE=0)")
-    server = grpc.aio.server(interceptors=interceptors, options=server_options(config))
+    server = grpc.aio.server(interceptors=interceptors,
+                             options=[*server_options(config), addresses.grpc_option(config.share_port)])
     names, servicers = [], {}
     for service in config.services:
         servicers[service] = _add_service(service, server, engine, config)
@@ -130,12 +137,7 @@ def create_server(config: ServerConfig) -> Suite:
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable(server, names)
-    if config.tls_cert_file:
-        port = server.add_secure_port(config.listen, server_credentials(config))
-    else:
-        port = server.add_insecure_port(config.listen)
-    if port == 0:
-        raise OSError(f"cannot listen on {config.listen}")
+    port = bind(server, config.listen, server_credentials(config) if config.tls_cert_file else None)
     # Services reach each other through their targets; in one process, through this very port.
     host = config.listen.rsplit(":", 1)[0]
     own = f"{'127.0.0.1' if host in ('', '0.0.0.0', '[::]', '::') else host}:{port}"
@@ -163,12 +165,22 @@ def create_server(config: ServerConfig) -> Suite:
 def health_only_server(listen: str, health_servicer: health.aio.HealthServicer) -> tuple[grpc.aio.Server, int]:
     """A plaintext server answering only grpc.health.v1 from the main server's health servicer: what
     Kubernetes' native gRPC probes can reach while the main port serves TLS. It reveals nothing but status."""
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(options=[addresses.grpc_option(share_port=False)])
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(listen)
+    return server, bind(server, listen, None, "--health-listen")
+
+
+def bind(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None,
+         flag: str = "--listen") -> int:
+    """Add ``listen`` to ``server``; the port bound. gRPC reports a failed bind as a RuntimeError (older
+    versions: port 0); both become :class:`AddressInUse` naming the address."""
+    try:
+        port = server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {listen} (--health-listen)")
-    return server, port
+        raise addresses.bind_refused(listen, flag)
+    return port
 
 
 def peer(target: str, config: ServerConfig) -> Peer:
@@ -225,12 +237,16 @@ async def serve(config: ServerConfig, on_started=None) -> None:
 
 def exit_code(start: Callable[[], int | None], command: str) -> int:
     """Run ``start`` (serving until stopped) as a command: its exit code, 0 when it returns none; a refused
-    configuration (2) or an address that cannot be bound (1) is told on stderr with what to do."""
+    configuration (2) or an address that cannot be bound, e.g. one already served (1), is told on stderr with
+    what to do."""
     try:
         return start() or 0
     except ConfigError as error:
         print(f"{command}: {error}", file=sys.stderr)
         return 2
+    except AddressInUse as error:
+        print(f"{command}: {error}", file=sys.stderr)
+        return 1
     except OSError as error:
         print(f"{command}: {error}; choose another address with --listen HOST:PORT", file=sys.stderr)
         return 1

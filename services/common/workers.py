@@ -2,16 +2,18 @@
 
 A Python process serves from one core (the GIL). ``N`` worker processes, each a complete server
 (:func:`services.common.server.serve`: the configured services, health, reflection), bind the same
-address with ``SO_REUSEPORT`` (gRPC sets ``grpc.so_reuseport`` on Linux unless told otherwise), and the
+address with ``SO_REUSEPORT`` (``ServerConfig.share_port``; every other server binds without it), and the
 kernel spreads incoming *connections* over them, as in grpc's ``examples/python/multiprocessing``. A
 client's channel stays with one worker; many clients, or ``round_robin`` over several channels, use them
 all.
 
 Once, in this (parent) process, before any worker starts:
 
-- the database migrations (the workers start with ``migrate=False``);
-- for port 0, choosing the port: a socket bound with ``SO_REUSEPORT`` (never listening) holds it until
-  the workers stop, so nothing else takes it in between.
+- holding the address (:func:`services.common.addresses.reserve`): refused with a clear message when
+  another server (or another worker set) has it; otherwise a socket bound with ``SO_REUSEPORT`` (never
+  listening) holds it until the workers stop, so only this set's workers can bind beside it. For port 0
+  this also chooses the port, once for every worker. The ``--health-listen`` address is checked too;
+- the database migrations (the workers start with ``migrate=False``).
 
 Worker 0 starts alone; the others start once it serves. On a new database it creates the default model,
 and it compiles (or loads from Numba's cache) the scoring kernels, so the others neither race to insert
@@ -41,12 +43,10 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
-import socket
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
+from services.common import addresses
 from services.common.config import ConfigError, ServerConfig, check_exposure
 
 log = logging.getLogger("cvh.workers")
@@ -59,45 +59,27 @@ def serve_workers(config: ServerConfig, workers: int, start_timeout: float = STA
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
     check_exposure(config)
-    if config.migrate:
-        from services.common import db
+    with addresses.reserve(config.listen) as listen:
+        if config.health_listen:
+            addresses.ensure_free(config.health_listen, "--health-listen")
+        if config.migrate:
+            from services.common import db
 
-        engine = db.create_engine(config.database_url)
-        try:
-            db.upgrade(engine)
-        finally:
-            engine.dispose()
-    context = multiprocessing.get_context("spawn")
-    with reserved_address(config.listen) as listen:
-        group = _WorkerGroup(context, config, listen)
+            engine = db.create_engine(config.database_url)
+            try:
+                db.upgrade(engine)
+            finally:
+                engine.dispose()
+        group = _WorkerGroup(multiprocessing.get_context("spawn"), config, listen)
         return group.run(workers, start_timeout)
 
 
 def worker_config(config: ServerConfig, listen: str, index: int) -> ServerConfig:
     """Worker ``index``'s configuration: the shared address, no migrations, its own metrics port."""
     return dataclasses.replace(
-        config, listen=listen, migrate=False,
+        config, listen=listen, share_port=True, migrate=False,
         metrics_port=config.metrics_port + index if config.metrics_port else 0,
         health_listen=config.health_listen if index == 0 else "")
-
-
-@contextmanager
-def reserved_address(listen: str) -> Iterator[str]:
-    """``listen`` itself, or for port 0 ``host:port`` of a free port held (bound with SO_REUSEPORT, not
-    listening) until the block ends."""
-    host, _, port = listen.rpartition(":")
-    if port != "0":
-        yield listen
-        return
-    bare = host.strip("[]") or "0.0.0.0"
-    family = socket.AF_INET6 if ":" in bare else socket.AF_INET
-    holder = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        holder.bind((bare, 0))
-        yield f"{host}:{holder.getsockname()[1]}"
-    finally:
-        holder.close()
 
 
 class _WorkerGroup:

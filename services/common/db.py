@@ -7,6 +7,7 @@ instead of failing when one upgrades a read. PostgreSQL goes through psycopg 3.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,14 +35,19 @@ def redacted_url(url: str) -> str:
     return sa.engine.make_url(normalize_url(url)).render_as_string(hide_password=True)
 
 
-def create_engine(url: str) -> Engine:
+# Seconds a call waits for a free pooled connection before it is answered UNAVAILABLE.
+POOL_TIMEOUT_SECONDS = 10
+
+
+def create_engine(url: str, pool_size: int = 16) -> Engine:
+    """An engine keeping up to ``pool_size`` connections: half stay open, half are opened on demand."""
     url = normalize_url(url)
+    pool = {"pool_size": (pool_size + 1) // 2, "max_overflow": pool_size // 2, "pool_timeout": POOL_TIMEOUT_SECONDS}
     if url.startswith("sqlite"):
         path = sa.engine.make_url(url).database
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False},
-                                  pool_size=8, max_overflow=8)
+        engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False}, **pool)
         _configure_sqlite(engine)
         return engine
     # No server-side prepared statements: psycopg prepares a query after 5 runs and PostgreSQL then
@@ -49,8 +55,7 @@ def create_engine(url: str) -> Engine:
     # not yet analyzed is a sequential scan comparing every row with 900 parameters: a first import
     # became quadratic (the 4th 10,000-row message took 13 s). Unnamed statements are planned with
     # their values every time.
-    return sa.create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True,
-                            connect_args={"prepare_threshold": None})
+    return sa.create_engine(url, pool_pre_ping=True, connect_args={"prepare_threshold": None}, **pool)
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -67,6 +72,9 @@ def _configure_sqlite(engine: Engine) -> None:
         # Checkpoint the log every ~40 MiB rather than every 4 MiB: a committing writer runs the checkpoint,
         # and rarer, larger ones write each hot index page once (a 1M import: 14.5 -> 11 s in SQLite alone).
         cursor.execute("PRAGMA wal_autocheckpoint=10000")
+        # A checkpoint that empties the log also cuts its file back to this size: a log that grew while a long
+        # reader pinned it does not keep its peak size on disk.
+        cursor.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")
@@ -92,6 +100,39 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
             conn.execution_options(isolation_level="REPEATABLE READ")
         with conn.begin():
             yield conn
+
+
+@contextmanager
+def long_read_transaction(engine: Engine) -> Iterator[Connection]:
+    """A read_transaction for a long scan (an export); on SQLite, what the scan took is given back after it.
+
+    The scan fills its connection's page cache (up to 128 MiB, kept while the connection stays pooled), and
+    its snapshot keeps every checkpoint from emptying the log, which grows with each write meanwhile. After
+    it: the cache is freed, and the log is checkpointed and truncated unless another reader or a writer is
+    busy (busy_timeout 0: the checkpoint then does what it can at once and never waits).
+    """
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execution_options(isolation_level="REPEATABLE READ")
+        try:
+            with conn.begin():
+                yield conn
+        finally:
+            if engine.dialect.name == "sqlite":
+                _give_back(conn)
+
+
+def _give_back(conn: Connection) -> None:
+    driver = conn.connection.driver_connection  # straight to sqlite3, outside any transaction
+    try:
+        driver.execute("PRAGMA shrink_memory")
+        driver.execute("PRAGMA busy_timeout=0")
+        try:
+            driver.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            driver.execute("PRAGMA busy_timeout=60000")
+    except sqlite3.Error:  # a busy log is checkpointed by a later writer instead
+        pass
 
 
 def alembic_config(engine: Engine) -> Config:

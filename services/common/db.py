@@ -7,7 +7,10 @@ instead of failing when one upgrades a read. PostgreSQL goes through psycopg 3.
 
 from __future__ import annotations
 
+import ctypes
 import sqlite3
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -104,34 +107,58 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
 
 @contextmanager
 def long_read_transaction(engine: Engine) -> Iterator[Connection]:
-    """A read_transaction for a long scan (an export); on SQLite, what the scan took is given back after it.
+    """A read_transaction for a long scan (an export), after which what it took is given back.
 
-    The scan fills its connection's page cache (up to 128 MiB, kept while the connection stays pooled), and
-    its snapshot keeps every checkpoint from emptying the log, which grows with each write meanwhile. After
-    it: the cache is freed, and the log is checkpointed and truncated unless another reader or a writer is
-    busy (busy_timeout 0: the checkpoint then does what it can at once and never waits).
+    On SQLite the scan fills its connection's page cache (up to 128 MiB, kept while the connection stays
+    pooled): freed after the scan. Its snapshot also keeps checkpoints from emptying the log, which grows
+    with every write meanwhile: the last long scan to end checkpoints the log and truncates it (waiting at
+    most 0.2 s for other readers and writers; when they stay busy, a later writer checkpoints instead). The
+    last one also hands the heap's free pages back to the system (glibc keeps them otherwise).
     """
-    with engine.connect() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execution_options(isolation_level="REPEATABLE READ")
-        try:
-            with conn.begin():
-                yield conn
-        finally:
-            if engine.dialect.name == "sqlite":
-                _give_back(conn)
+    with _long_reads_lock:
+        _long_reads[engine] = _long_reads.get(engine, 0) + 1
+    last = False
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name == "postgresql":
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                with _long_reads_lock:
+                    _long_reads[engine] -= 1
+                    last = not _long_reads[engine]
+                if engine.dialect.name == "sqlite":
+                    _give_back(conn.connection.driver_connection, checkpoint=last)
+    finally:
+        if last:
+            _trim_heap()
 
 
-def _give_back(conn: Connection) -> None:
-    driver = conn.connection.driver_connection  # straight to sqlite3, outside any transaction
+_long_reads: weakref.WeakKeyDictionary[Engine, int] = weakref.WeakKeyDictionary()
+_long_reads_lock = threading.Lock()
+
+
+def _give_back(driver: sqlite3.Connection, checkpoint: bool) -> None:
+    """Frees this connection's page cache; with ``checkpoint``, empties the log (straight through sqlite3,
+    outside any transaction)."""
     try:
         driver.execute("PRAGMA shrink_memory")
-        driver.execute("PRAGMA busy_timeout=0")
-        try:
-            driver.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-        finally:
-            driver.execute("PRAGMA busy_timeout=60000")
+        if checkpoint:
+            driver.execute("PRAGMA busy_timeout=200")
+            try:
+                driver.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            finally:
+                driver.execute("PRAGMA busy_timeout=60000")
     except sqlite3.Error:  # a busy log is checkpointed by a later writer instead
+        pass
+
+
+def _trim_heap() -> None:
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
         pass
 
 

@@ -2,8 +2,8 @@
 
 Each watcher used to read the table itself every second: 500 idle watchers cost half a core, and slowed a
 run 25-fold. Now a single poller reads, once per interval or as soon as a local run changes, what any
-watcher needs (runs completed since the oldest watcher's cursor, and the runs watched one by one), and
-every watcher takes its share from memory. The poller runs only while someone watches.
+watcher needs (the runs completed since those its followers last took, and the runs watched one by one),
+and every watcher takes its share from memory. The poller runs only while someone watches.
 """
 
 from __future__ import annotations
@@ -28,18 +28,20 @@ POLL_SECONDS = 1.0
 
 @dataclass(eq=False)
 class _Follower:
-    """A WatchRuns call: it has seen every completed run up to ``after``."""
+    """A WatchRuns call: it has seen the completed runs (of ``model_id``, when given) up to run ``after``."""
 
     after: int
+    model_id: str
+
+    def wants(self, run_id: int, run: pb.ScoringRun) -> bool:
+        return run_id > self.after and (not self.model_id or run.model.startswith(f"models/{self.model_id}/"))
 
 
 class RunWatch:
     def __init__(self, engine: Engine, executor, to_proto: Callable[[Connection, Row], pb.ScoringRun]) -> None:
         self.engine, self.executor, self.to_proto = engine, executor, to_proto
         self.followers: set[_Follower] = set()
-        # Completed runs with an id above cursor are read by the next poll; those read are kept until every
-        # follower has taken them.
-        self.cursor = 0
+        # Completed runs read by polls, kept until every follower that wants them has taken them.
         self.completed: dict[int, pb.ScoringRun] = {}
         # WatchScoringRun: watchers per run id, and each run as last read.
         self.watched: dict[int, int] = {}
@@ -51,18 +53,15 @@ class RunWatch:
 
     async def completed_runs(self, after: int, model_id: str) -> AsyncIterator[list[pb.ScoringRun]]:
         """Runs completed after run ``after`` (of ``model_id``, when given), in batches as polls find them."""
-        follower = _Follower(after)
-        self.cursor = min(self.cursor, after) if self.followers else after
+        follower = _Follower(after, model_id)
         self.followers.add(follower)
         self._ensure_poller()
-        prefix = f"models/{model_id}/"
         try:
             while True:
                 await self._next_poll()
-                found = [run for run_id, run in sorted(self.completed.items())
-                         if run_id > follower.after and (not model_id or run.model.startswith(prefix))]
-                follower.after = max(follower.after, self.cursor)
+                found = [run for run_id, run in sorted(self.completed.items()) if follower.wants(run_id, run)]
                 if found:
+                    follower.after = int(found[-1].name.split("/")[1])
                     yield found
         finally:
             self.followers.discard(follower)
@@ -110,27 +109,32 @@ class RunWatch:
                 pass
             changed = self.executor.changed  # changes from now on wake the next wait
             try:
-                found, states = await asyncio.to_thread(self._read, self.cursor if self.followers else None,
-                                                        list(self.watched))
+                found, states = await asyncio.to_thread(self._read, self._cursors(), list(self.watched))
                 self._keep(found, states)
             except Exception:  # a lost database: watchers wait, the next poll tries again
                 log.warning("polling runs for watchers failed", exc_info=True)
             self._wake_watchers()
 
-    def _read(self, cursor: int | None, run_ids: list[int]) -> tuple[dict, dict]:
-        """One read for every watcher (blocking): runs completed after ``cursor``, and runs ``run_ids``."""
+    def _cursors(self) -> dict[str, int]:
+        """Per model filter ("" for every model), the run after which its followers still wait for some."""
+        cursors: dict[str, int] = {}
+        for follower in self.followers:
+            cursors[follower.model_id] = min(follower.after, cursors.get(follower.model_id, follower.after))
+        return cursors
+
+    def _read(self, cursors: dict[str, int], run_ids: list[int]) -> tuple[dict, dict]:
+        """One read for every watcher (blocking): the completed runs each group of followers waits for (one
+        statement per model filter in use, as each follower used to make), and runs ``run_ids``."""
         self.polls += 1
         with read_transaction(self.engine) as conn:
-            completed = [] if cursor is None else store.completed_since(conn, cursor, "")
-            found = {run.run_id: self.to_proto(conn, run) for run in completed}
+            found = {run.run_id: self.to_proto(conn, run) for model_id, after in cursors.items()
+                     for run in store.completed_since(conn, after, model_id)}
             states = {run.run_id: self.to_proto(conn, run) for run in store.get_runs(conn, run_ids)}
         return found, states
 
     def _keep(self, found: dict, states: dict) -> None:
         """What a poll read, kept until every watcher has taken it (on the event loop, as watchers read it)."""
         self.completed.update(found)
-        self.cursor = max([self.cursor, *found])
+        self.completed = {run_id: run for run_id, run in self.completed.items()
+                          if any(f.wants(run_id, run) for f in self.followers)}
         self.states.update(states)
-        floor = min((f.after for f in self.followers), default=self.cursor)
-        for run_id in [r for r in self.completed if r <= floor]:
-            del self.completed[run_id]

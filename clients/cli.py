@@ -33,6 +33,8 @@ def _serve(args: argparse.Namespace) -> int:
                                    tls_client_ca_file=args.tls_client_ca, tokens_file=args.tokens_file,
                                    insecure=args.insecure or None,
                                    max_concurrent_rpcs=args.max_concurrent_rpcs, health_listen=args.health_listen,
+                                   database_pool_size=args.database_pool_size, max_bulk_streams=args.max_bulk_streams,
+                                   stream_stall_seconds=args.stream_stall_seconds, max_watchers=args.max_watchers,
                                    migrate=False if args.no_migrate else None)
     logs.configure(config.log_level)
     workers = args.workers if args.workers is not None else int(os.environ.get("CVH_WORKERS", "1"))
@@ -95,6 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-concurrent-rpcs", type=non_negative_int, default=None, metavar="N",
                        help="calls served at once; more get RESOURCE_EXHAUSTED (env CVH_MAX_CONCURRENT_RPCS, "
                             "default 0: no limit); the services' calls to each other count, health checks do not")
+    serve.add_argument("--database-pool-size", type=int, default=None, metavar="N",
+                       help="database connections this process keeps (env CVH_DATABASE_POOL_SIZE, default 16)")
+    serve.add_argument("--max-bulk-streams", type=int, default=None, metavar="N",
+                       help="ExportSignalMatrix and StreamRunResults streams at once, each holding a connection; "
+                            "more get RESOURCE_EXHAUSTED; below the pool size, the rest is the short calls' "
+                            "reserve (env CVH_MAX_BULK_STREAMS, default 8)")
+    serve.add_argument("--stream-stall-seconds", type=float, default=None, metavar="SECONDS",
+                       help="a bulk stream not read for this long is ended (DEADLINE_EXCEEDED) and gives its "
+                            "connection back (env CVH_STREAM_STALL_SECONDS, default 30)")
+    serve.add_argument("--max-watchers", type=int, default=None, metavar="N",
+                       help="watch streams open at once (WatchRuns, WatchScoringRun, WatchPriorityChanges); "
+                            "more get RESOURCE_EXHAUSTED (env CVH_MAX_WATCHERS, default 1000)")
     serve.add_argument("--health-listen", default=None, metavar="HOST:PORT",
                        help="also serve plaintext gRPC health checks (only) here, for probes that cannot speak "
                             "TLS, e.g. Kubernetes' native grpc probes (env CVH_HEALTH_LISTEN, default off)")

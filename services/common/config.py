@@ -39,6 +39,18 @@ class ServerConfig:
     # Health checks and reflection do not count; when services share a process, their calls to each
     # other do (the hierarchy service keeps one WatchRuns call open; a scoring run holds one export).
     max_concurrent_rpcs: int = 0
+    # Database connections this process keeps (SQLAlchemy pool: half kept open, half opened on demand).
+    database_pool_size: int = 16
+    # Bulk streams (ExportSignalMatrix, StreamRunResults) served at once, each holding a database
+    # connection for its whole snapshot; more get RESOURCE_EXHAUSTED. Below database_pool_size, so short
+    # calls always keep the rest of the pool.
+    max_bulk_streams: int = 8
+    # A bulk stream whose reader takes no message for this many seconds is ended (DEADLINE_EXCEEDED) and
+    # gives its database connection back.
+    stream_stall_seconds: float = 30.0
+    # Watch streams (WatchRuns, WatchScoringRun, WatchPriorityChanges) open at once; more get
+    # RESOURCE_EXHAUSTED. Idle watchers cost little: one poll per process serves them all.
+    max_watchers: int = 1000
     # Apply database migrations at start-up (off where a migration job owns the schema).
     migrate: bool = True
     # A second, plaintext port that serves only grpc.health.v1, for probes that cannot speak TLS
@@ -74,6 +86,11 @@ class ServerConfig:
             raise ConfigError(f"max_concurrent_rpcs must be 0 (no limit) or more, got {self.max_concurrent_rpcs}")
         if self.max_connection_age_seconds < 0 or self.max_connection_age_grace_seconds < 0:
             raise ConfigError("max_connection_age_seconds and max_connection_age_grace_seconds must be 0 or more")
+        if not 1 <= self.max_bulk_streams < self.database_pool_size:
+            raise ConfigError(f"max_bulk_streams must be 1 to database_pool_size - 1 ({self.database_pool_size - 1}), "
+                              f"so short calls keep a reserve of connections; got {self.max_bulk_streams}")
+        if self.max_watchers < 1 or self.stream_stall_seconds <= 0:
+            raise ConfigError("max_watchers must be 1 or more and stream_stall_seconds more than 0")
         if self.max_message_bytes < 1:
             raise ConfigError(f"max_message_bytes must be positive, got {self.max_message_bytes}")
 
@@ -86,6 +103,10 @@ class ServerConfig:
             "metrics_port": int(env.get("CVH_METRICS_PORT", "0")),
             "grace_seconds": float(env.get("CVH_GRACE_SECONDS", "10")),
             "max_concurrent_rpcs": int(env.get("CVH_MAX_CONCURRENT_RPCS", "0")),
+            "database_pool_size": int(env.get("CVH_DATABASE_POOL_SIZE", "16")),
+            "max_bulk_streams": int(env.get("CVH_MAX_BULK_STREAMS", "8")),
+            "stream_stall_seconds": float(env.get("CVH_STREAM_STALL_SECONDS", "30")),
+            "max_watchers": int(env.get("CVH_MAX_WATCHERS", "1000")),
             "migrate": env.get("CVH_MIGRATE", "1") not in ("0", "false", "no"),
             "health_listen": env.get("CVH_HEALTH_LISTEN", ""),
             "max_connection_age_seconds": float(env.get("CVH_MAX_CONNECTION_AGE_SECONDS", "0")),

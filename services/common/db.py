@@ -7,6 +7,10 @@ instead of failing when one upgrades a read. PostgreSQL goes through psycopg 3.
 
 from __future__ import annotations
 
+import ctypes
+import sqlite3
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,14 +38,19 @@ def redacted_url(url: str) -> str:
     return sa.engine.make_url(normalize_url(url)).render_as_string(hide_password=True)
 
 
-def create_engine(url: str) -> Engine:
+# Seconds a call waits for a free pooled connection before it is answered UNAVAILABLE.
+POOL_TIMEOUT_SECONDS = 10
+
+
+def create_engine(url: str, pool_size: int = 16) -> Engine:
+    """An engine keeping up to ``pool_size`` connections: half stay open, half are opened on demand."""
     url = normalize_url(url)
+    pool = {"pool_size": (pool_size + 1) // 2, "max_overflow": pool_size // 2, "pool_timeout": POOL_TIMEOUT_SECONDS}
     if url.startswith("sqlite"):
         path = sa.engine.make_url(url).database
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False},
-                                  pool_size=8, max_overflow=8)
+        engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False}, **pool)
         _configure_sqlite(engine)
         return engine
     # No server-side prepared statements: psycopg prepares a query after 5 runs and PostgreSQL then
@@ -49,8 +58,7 @@ def create_engine(url: str) -> Engine:
     # not yet analyzed is a sequential scan comparing every row with 900 parameters: a first import
     # became quadratic (the 4th 10,000-row message took 13 s). Unnamed statements are planned with
     # their values every time.
-    return sa.create_engine(url, pool_size=8, max_overflow=8, pool_pre_ping=True,
-                            connect_args={"prepare_threshold": None})
+    return sa.create_engine(url, pool_pre_ping=True, connect_args={"prepare_threshold": None}, **pool)
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -67,6 +75,9 @@ def _configure_sqlite(engine: Engine) -> None:
         # Checkpoint the log every ~40 MiB rather than every 4 MiB: a committing writer runs the checkpoint,
         # and rarer, larger ones write each hot index page once (a 1M import: 14.5 -> 11 s in SQLite alone).
         cursor.execute("PRAGMA wal_autocheckpoint=10000")
+        # A checkpoint that empties the log also cuts its file back to this size: a log that grew while a long
+        # reader pinned it does not keep its peak size on disk.
+        cursor.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")
@@ -92,6 +103,63 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
             conn.execution_options(isolation_level="REPEATABLE READ")
         with conn.begin():
             yield conn
+
+
+@contextmanager
+def long_read_transaction(engine: Engine) -> Iterator[Connection]:
+    """A read_transaction for a long scan (an export), after which what it took is given back.
+
+    On SQLite the scan fills its connection's page cache (up to 128 MiB, kept while the connection stays
+    pooled): freed after the scan. Its snapshot also keeps checkpoints from emptying the log, which grows
+    with every write meanwhile: the last long scan to end checkpoints the log and truncates it (waiting at
+    most 0.2 s for other readers and writers; when they stay busy, a later writer checkpoints instead). The
+    last one also hands the heap's free pages back to the system (glibc keeps them otherwise).
+    """
+    with _long_reads_lock:
+        _long_reads[engine] = _long_reads.get(engine, 0) + 1
+    last = False
+    try:
+        with engine.connect() as conn:
+            if engine.dialect.name == "postgresql":
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                with _long_reads_lock:
+                    _long_reads[engine] -= 1
+                    last = not _long_reads[engine]
+                if engine.dialect.name == "sqlite":
+                    _give_back(conn.connection.driver_connection, checkpoint=last)
+    finally:
+        if last:
+            _trim_heap()
+
+
+_long_reads: weakref.WeakKeyDictionary[Engine, int] = weakref.WeakKeyDictionary()
+_long_reads_lock = threading.Lock()
+
+
+def _give_back(driver: sqlite3.Connection, checkpoint: bool) -> None:
+    """Frees this connection's page cache; with ``checkpoint``, empties the log (straight through sqlite3,
+    outside any transaction)."""
+    try:
+        driver.execute("PRAGMA shrink_memory")
+        if checkpoint:
+            driver.execute("PRAGMA busy_timeout=200")
+            try:
+                driver.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            finally:
+                driver.execute("PRAGMA busy_timeout=60000")
+    except sqlite3.Error:  # a busy log is checkpointed by a later writer instead
+        pass
+
+
+def _trim_heap() -> None:
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def alembic_config(engine: Engine) -> Config:

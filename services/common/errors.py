@@ -183,6 +183,17 @@ def unavailable(message: str, reason: str = "BACKEND_UNAVAILABLE") -> ServiceErr
     return ServiceError(grpc.StatusCode.UNAVAILABLE, message, reason)
 
 
+def resource_exhausted(message: str, reason: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, reason)
+
+
+def reader_stalled(seconds: float) -> ServiceError:
+    """How a bulk stream whose reader stopped taking messages ends (its snapshot was already released)."""
+    return ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"the stream was not read for {seconds:g} s and was ended to free its database snapshot; "
+                        "read it again, faster", "READER_STALLED")
+
+
 def shutting_down() -> ServiceError:
     """How a server that is stopping ends a long-lived stream: the client reconnects (to another replica)."""
     return unavailable("the server is shutting down; watch again to reach another replica", "SHUTTING_DOWN")

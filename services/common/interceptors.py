@@ -10,7 +10,8 @@ import grpc
 from prometheus_client import Counter, Histogram
 from sqlalchemy import exc as sa_exc
 
-from services.common.errors import ServiceError, unavailable
+from services.common.errors import ServiceError, resource_exhausted, unavailable
+from services.common.streams import StreamTerms, stream_terms
 
 log = logging.getLogger("cvh.rpc")
 
@@ -48,6 +49,8 @@ def _as_service_error(error: Exception) -> ServiceError | None:
         return ServiceError(grpc.StatusCode.ABORTED, "this write conflicted with a concurrent one and was rolled "
                             "back (for an import: this message; the ones before it are committed); retry it",
                             "CONCURRENT_WRITE")
+    if isinstance(error, sa_exc.TimeoutError):  # every pooled connection stayed busy for the pool's timeout
+        return unavailable("every database connection of this server is busy; retry later", "DATABASE_BUSY")
     if isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError) or (
             isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated):
         return unavailable("the database is unavailable; retry later")
@@ -169,4 +172,70 @@ class ConcurrencyLimit(grpc.aio.ServerInterceptor):
                     yield response
             finally:
                 self.active -= 1
+        return wrapper
+
+
+BULK_STREAMS = frozenset({"/cvh.registry.v1.RegistryService/ExportSignalMatrix",
+                          "/cvh.scoring.v1.ScoringService/StreamRunResults"})
+WATCHES = frozenset({"/cvh.scoring.v1.ScoringService/WatchRuns", "/cvh.scoring.v1.ScoringService/WatchScoringRun",
+                     "/cvh.hierarchy.v1.HierarchyService/WatchPriorityChanges"})
+
+
+class StreamLimits(grpc.aio.ServerInterceptor):
+    """Caps on long streams, so that they cannot take what short calls need.
+
+    Bulk streams each hold a database connection for their whole snapshot: at most ``max_bulk`` at once
+    (kept below the pool's size, the rest is the short calls' reserve), and each is held to ``stall_seconds``
+    (services/common/streams.py). Watches hold no connection but memory and a share of each change's fan-out:
+    at most ``max_watchers``. Beyond either cap: RESOURCE_EXHAUSTED at once, with the cap in the message.
+    Counted on the one event loop, like ConcurrencyLimit.
+    """
+
+    def __init__(self, max_bulk: int, max_watchers: int, stall_seconds: float) -> None:
+        self.max_bulk, self.max_watchers, self.stall_seconds = max_bulk, max_watchers, stall_seconds
+        self.bulk = 0
+        self.watchers = 0
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method not in BULK_STREAMS | WATCHES:
+            return handler
+        return wrap_handler(handler, lambda behavior: behavior,
+                            self._bulk if method in BULK_STREAMS else self._watch)
+
+    def _bulk(self, behavior):
+        async def wrapper(request, context):
+            if self.bulk >= self.max_bulk:
+                raise resource_exhausted(
+                    f"the server is at its limit of {self.max_bulk} concurrent bulk streams (ExportSignalMatrix, "
+                    "StreamRunResults); retry later", "TOO_MANY_BULK_STREAMS")
+            self.bulk += 1
+            released = False
+
+            def release() -> None:
+                nonlocal released
+                if not released:
+                    released = True
+                    self.bulk -= 1
+            stream_terms.set(StreamTerms(self.stall_seconds, release))  # this call's task only
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            finally:
+                release()
+        return wrapper
+
+    def _watch(self, behavior):
+        async def wrapper(request, context):
+            if self.watchers >= self.max_watchers:
+                raise resource_exhausted(
+                    f"the server is at its limit of {self.max_watchers} open watches (WatchRuns, WatchScoringRun, "
+                    "WatchPriorityChanges); retry later", "TOO_MANY_WATCHERS")
+            self.watchers += 1
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            finally:
+                self.watchers -= 1
         return wrapper

@@ -23,7 +23,7 @@ from services.common import addresses, db, reflection
 from services.common.addresses import AddressInUse
 from services.common.auth import AuthInterceptor, TokenTable
 from services.common.config import ConfigError, ServerConfig, check_exposure
-from services.common.interceptors import ConcurrencyLimit, ServiceInterceptor
+from services.common.interceptors import ConcurrencyLimit, ServiceInterceptor, StreamLimits
 from services.common.peers import Peer
 from wire.channel_options import server_channel_options
 from wire.channels import Tls
@@ -118,12 +118,13 @@ def create_server(config: ServerConfig) -> Suite:
         addresses.ensure_free(config.listen)
     if config.health_listen:
         addresses.ensure_free(config.health_listen, "--health-listen")
-    interceptors = [ServiceInterceptor()]
+    interceptors = [ServiceInterceptor(),
+                    StreamLimits(config.max_bulk_streams, config.max_watchers, config.stream_stall_seconds)]
     if config.max_concurrent_rpcs:
         interceptors.append(ConcurrencyLimit(config.max_concurrent_rpcs))
     if config.tokens_file:
         interceptors.insert(0, AuthInterceptor(TokenTable.load(config.tokens_file)))
-    engine = db.create_engine(config.database_url)
+    engine = db.create_engine(config.database_url, config.database_pool_size)
     if config.migrate:
         db.upgrade(engine)
     elif problem := db.schema_problem(engine):

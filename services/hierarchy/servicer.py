@@ -136,7 +136,8 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
                 accounts = await _read_accounts(channel)
         built = await asyncio.to_thread(snapshots.build, results, accounts, self.policy.inheritance_rule)
         previous, self.snapshot = self.snapshot, built  # one reference swap: readers see old or new
-        self._announce(previous, built)
+        if self._watchers and previous.run:  # the changes are made once, off the loop, and shared by every watcher
+            self._announce(built.run, await asyncio.to_thread(_priority_changes, previous, built))
         if built.broken:
             log.warning("%s: %d %s", run.name, built.broken, BROKEN_TREE_NOTE)
         log.info("snapshot loaded", extra={"run": run.name, "customers": built.size,
@@ -315,27 +316,29 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
                 item = await queue.get()
                 if item is None:
                     raise shutting_down()
-                snap, changes = item
-                for customer_id, before, after, owner in changes:
-                    previous_tier, new_tier = _tier_ref(snap, before), _tier_ref(snap, after)
-                    if tier_ids and not tier_ids & {previous_tier.tier_id, new_tier.tier_id}:
+                for change in item:
+                    if tier_ids and change.previous_tier.tier_id not in tier_ids \
+                            and change.new_tier.tier_id not in tier_ids:
                         continue
-                    if request.owner and owner != request.owner:
+                    if request.owner and change.owner != request.owner:
                         continue
-                    yield pb.PriorityChange(customer=f"customers/{customer_id}", previous_tier=previous_tier,
-                                            new_tier=new_tier, owner=owner, run=snap.run)
+                    yield change
         finally:
             self._watchers.discard(queue)
 
-    def _announce(self, old: snapshots.Snapshot, new: snapshots.Snapshot) -> None:
-        if not self._watchers or not old.run:
-            return
-        changes = snapshots.tier_changes(old, new)
+    def _announce(self, run: str, changes: list[pb.PriorityChange]) -> None:
         for queue in list(self._watchers):
             if queue.full():
-                log.warning("a WatchPriorityChanges client is too slow; it misses the changes of %s", new.run)
+                log.warning("a WatchPriorityChanges client is too slow; it misses the changes of %s", run)
                 continue
-            queue.put_nowait((new, changes))
+            queue.put_nowait(changes)
+
+
+def _priority_changes(old: snapshots.Snapshot, new: snapshots.Snapshot) -> list[pb.PriorityChange]:
+    """The messages telling the moves between two snapshots (blocking)."""
+    return [pb.PriorityChange(customer=f"customers/{customer_id}", previous_tier=_tier_ref(new, before),
+                              new_tier=_tier_ref(new, after), owner=owner, run=new.run)
+            for customer_id, before, after, owner in snapshots.tier_changes(old, new)]
 
 
 # -- loading ----------------------------------------------------------------------------------------------

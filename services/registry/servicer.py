@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine, Row
 from cvh.common.v1 import common_pb2
 from cvh.registry.v1 import registry_service_pb2 as pb
 from cvh.registry.v1 import registry_service_pb2_grpc as pb_grpc
-from services.common.db import placeholders, read_transaction, write_transaction
+from services.common.db import long_read_transaction, placeholders, read_transaction, write_transaction
 from services.common.streams import in_threads
 from services.common.errors import (
     ServiceError, Violations, aborted, already_exists, failed_precondition, invalid_argument, not_found,
@@ -167,7 +167,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
     def export_messages(self, names: list[str], chunk_size: int = DEFAULT_CHUNK):
         """ExportSignalMatrix's answers for checked ``names``, read in one transaction (blocking). Also what the
         hierarchy service reads when it shares this process: the same messages, never serialized."""
-        with read_transaction(self.engine) as conn:
+        with long_read_transaction(self.engine) as conn:
             total = store.count_customers(conn)
             if total == 0:  # one empty chunk, so the receiver still learns the columns
                 yield _export_message(store.ExportChunk([], [], b"", [], np.empty((0, len(names)))), names, 0)

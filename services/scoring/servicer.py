@@ -19,11 +19,11 @@ from cvh.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from cvh.scoring.v1 import scoring_service_pb2 as pb
 from cvh.scoring.v1 import scoring_service_pb2_grpc as pb_grpc
 from services.common.auth import current_caller
-from services.common.db import read_transaction, write_transaction
+from services.common.db import long_read_transaction, read_transaction, write_transaction
 from services.common.deadlines import Deadline
 from services.common.streams import in_threads
 from services.common.errors import (
-    ServiceError, Violations, failed_precondition, invalid_argument, not_found, shutting_down,
+    ServiceError, Violations, failed_precondition, invalid_argument, not_found,
 )
 from services.common.validation import (
     SIGNAL_NAME, SLUG, check_text, customer_id_from_name, decode_offset_token, encode_page_token, page_size,
@@ -32,6 +32,7 @@ from services.registry.customers import now_us, set_timestamp
 from services.scoring import store
 from services.scoring.models import check_sizes, check_spec, spec_of, to_proto
 from services.scoring.runs import RunExecutor
+from services.scoring.watch import RunWatch
 
 # "models/" and "runs/" may be left out: a model id holds no '/', a run id is a number.
 MODEL_NAME = re.compile(r"(?:models/)?([a-z][a-z0-9-]{0,62})(?:/versions/([1-9][0-9]{0,8}))?")
@@ -41,7 +42,6 @@ MAX_BATCH_ROWS = 65_536
 # Signals per ScoreSignals request and columns per ScoreBatch chunk (a model reads at most 256 signals).
 MAX_INLINE_SIGNALS = 256
 TERMINAL = (pb.RUN_STATE_COMPLETED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED)
-WATCH_POLL_SECONDS = 1.0
 CURRENT_RUN_TTL = 1.0
 
 
@@ -75,6 +75,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         self.engine = engine
         scoring_engine.warm_up()  # compile or load the kernels now, not in the first request
         self.runs = RunExecutor(engine)
+        self.watch = RunWatch(engine, self.runs, self._to_run_proto)
         self._fitted: dict[int, scoring_engine.FittedModel] = {}
         self._registry_stub: registry_service_pb2_grpc.RegistryServiceStub | None = None
         # The registry servicer when this process serves it too (set by the server): ScoreCustomer then
@@ -217,26 +218,26 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
 
     async def WatchScoringRun(self, request, context):
         run_id = parse_run_name(request.name, "name")
-        last = None
-        while True:
-            changed = self.runs.changed
-            run = await self._run_proto(run_id)
+        last = await self._run_proto(run_id)
+        yield last
+        if last.state in TERMINAL:
+            return
+        async for run in self.watch.run_states(run_id):  # one poll per process serves every watcher
             if run != last:
                 yield run
                 last = run
             if run.state in TERMINAL:
                 return
-            await self._wait_for_change(changed)
 
     async def WatchRuns(self, request, context):
         model_id = parse_model_id(request.model_id, "model_id")
 
-        def completed(after: int) -> list[pb.ScoringRun]:
+        def completed() -> list[pb.ScoringRun]:
             with read_transaction(self.engine) as conn:
-                rows = store.completed_since(conn, after, model_id)
+                rows = store.completed_since(conn, 0, model_id)
                 return [self._to_run_proto(conn, r) for r in rows]
 
-        found = await asyncio.to_thread(completed, 0)
+        found = await asyncio.to_thread(completed)
         if request.include_current:
             latest = {}
             for run in found:
@@ -244,21 +245,9 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             for run in latest.values():
                 yield run
         after = max((int(r.name.split("/")[1]) for r in found), default=0)
-        while True:
-            await self._wait_for_change(self.runs.changed)
-            for run in await asyncio.to_thread(completed, after):
-                after = int(run.name.split("/")[1])
+        async for runs in self.watch.completed_runs(after, model_id):  # one poll per process
+            for run in runs:
                 yield run
-
-    async def _wait_for_change(self, changed: asyncio.Event) -> None:
-        """Until a local run changes, or for one poll interval (runs of other replicas are polled); a
-        shutdown ends the watch with UNAVAILABLE rather than holding the server for its whole grace."""
-        try:
-            await asyncio.wait_for(changed.wait(), WATCH_POLL_SECONDS)
-        except TimeoutError:
-            pass
-        if self.stopping:
-            raise shutting_down()
 
     async def start_background(self) -> None:
         self._sweeper = asyncio.get_running_loop().create_task(self.runs.sweep_abandoned())
@@ -269,6 +258,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
 
     def begin_shutdown(self) -> None:
         self.stopping = True
+        self.watch.stop()
         self.runs.notify()
 
     async def CancelScoringRun(self, request, context):
@@ -316,7 +306,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             yield message
 
     def _result_messages(self, name: str):
-        with read_transaction(self.engine) as conn:
+        with long_read_transaction(self.engine) as conn:
             run = self._completed_run(conn, name, "run")
             model = _engine_model(store.get_model(conn, run.model_id, run.model_version).spec_json)
             columns = _dimension_names(model)

@@ -73,6 +73,10 @@ def get_run(conn: Connection, run_id: int) -> Row | None:
     return conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).first()
 
 
+def get_runs(conn: Connection, run_ids: list[int]) -> list[Row]:
+    return list(conn.execute(sa.select(runs).where(runs.c.run_id.in_(run_ids)))) if run_ids else []
+
+
 def list_runs(conn: Connection, model_id: str, state: int, offset: int, limit: int) -> list[Row]:
     query = sa.select(runs).order_by(runs.c.run_id.desc()).offset(offset).limit(limit)
     if model_id:

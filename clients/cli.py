@@ -11,7 +11,8 @@ import grpc
 
 from clients.commands import demo, hierarchy, registry, scoring
 from clients.commands.common import (client_options, database_url, existing_file, non_negative_int,
-                                     non_negative_seconds, port_number, positive_int, server)
+                                     non_negative_seconds, port_number, positive_int, positive_seconds, server,
+                                     whole_number)
 from clients.errors import CvhError
 from clients.tabular import InputError
 from services.common.config import DEFAULT_LISTEN, SERVICE_NAMES
@@ -97,16 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-concurrent-rpcs", type=non_negative_int, default=None, metavar="N",
                        help="calls served at once; more get RESOURCE_EXHAUSTED (env CVH_MAX_CONCURRENT_RPCS, "
                             "default 0: no limit); the services' calls to each other count, health checks do not")
-    serve.add_argument("--database-pool-size", type=int, default=None, metavar="N",
+    serve.add_argument("--database-pool-size", type=whole_number(2), default=None, metavar="N",
                        help="database connections this process keeps (env CVH_DATABASE_POOL_SIZE, default 16)")
-    serve.add_argument("--max-bulk-streams", type=int, default=None, metavar="N",
+    serve.add_argument("--max-bulk-streams", type=positive_int, default=None, metavar="N",
                        help="ExportSignalMatrix and StreamRunResults streams at once, each holding a connection; "
                             "more get RESOURCE_EXHAUSTED; below the pool size, the rest is the short calls' "
                             "reserve (env CVH_MAX_BULK_STREAMS, default 8)")
-    serve.add_argument("--stream-stall-seconds", type=float, default=None, metavar="SECONDS",
+    serve.add_argument("--stream-stall-seconds", type=positive_seconds, default=None, metavar="SECONDS",
                        help="a bulk stream not read for this long is ended (DEADLINE_EXCEEDED) and gives its "
                             "connection back (env CVH_STREAM_STALL_SECONDS, default 30)")
-    serve.add_argument("--max-watchers", type=int, default=None, metavar="N",
+    serve.add_argument("--max-watchers", type=positive_int, default=None, metavar="N",
                        help="watch streams open at once (WatchRuns, WatchScoringRun, WatchPriorityChanges); "
                             "more get RESOURCE_EXHAUSTED (env CVH_MAX_WATCHERS, default 1000)")
     serve.add_argument("--health-listen", default=None, metavar="HOST:PORT",

@@ -110,7 +110,7 @@ named in any case):
                  case, with or without STAKEHOLDER_ROLE_, '-' or ' ' for '_'
   owner          the front-line owner (e.g. an e-mail address), at most 256 characters
   observe_time   when the row's signals were observed: RFC 3339 (2026-11-01T09:30:00Z; no offset means
-                 UTC) or a date; empty means now; at most one day ahead
+                 UTC) or a date; empty means now; at most 5 minutes ahead
   any other      a signal named by the column ([a-z][a-z0-9_]{0,62}, e.g. annual_revenue): a finite
                  number. An empty cell (JSON null) means "not observed" and keeps the current value;
                  anything else that is not a finite number (NaN, inf, 1e400) rejects the row

@@ -281,7 +281,8 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             children = store.child_count(conn, customer_id)
             if children:
                 raise failed_precondition(
-                    f"customers/{customer_id} has {children} child accounts; move or delete them first",
+                    f"customers/{customer_id} has {children} child account{'' if children == 1 else 's'}; "
+                    "move or delete them first",
                     "HAS_CHILDREN")
             if not store.delete(conn, customer_id, old.revision):  # rolls back labels and history too
                 raise aborted(f"customers/{customer_id} was changed by another writer; retry")

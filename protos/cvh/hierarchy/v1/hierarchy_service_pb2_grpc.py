@@ -35,8 +35,8 @@ class HierarchyServiceStub:
     Errors carry a google.rpc.ErrorInfo (domain "cvh") whose reason says what
     went wrong; each RPC lists its reasons below. Any RPC may also meet the
     reasons listed on cvh.registry.v1.RegistryService: TOKEN_REQUIRED,
-    ROLE_REQUIRED, BACKEND_UNAVAILABLE, DEADLINE_PASSED, INVALID_REQUEST,
-    INTERNAL (and RESOURCE_EXHAUSTED without ErrorInfo).
+    ROLE_REQUIRED, BACKEND_UNAVAILABLE, DATABASE_BUSY, DEADLINE_PASSED,
+    INVALID_REQUEST, INTERNAL (and RESOURCE_EXHAUSTED without ErrorInfo).
     """
 
     def __init__(self, channel):
@@ -107,8 +107,8 @@ class HierarchyServiceServicer:
     Errors carry a google.rpc.ErrorInfo (domain "cvh") whose reason says what
     went wrong; each RPC lists its reasons below. Any RPC may also meet the
     reasons listed on cvh.registry.v1.RegistryService: TOKEN_REQUIRED,
-    ROLE_REQUIRED, BACKEND_UNAVAILABLE, DEADLINE_PASSED, INVALID_REQUEST,
-    INTERNAL (and RESOURCE_EXHAUSTED without ErrorInfo).
+    ROLE_REQUIRED, BACKEND_UNAVAILABLE, DATABASE_BUSY, DEADLINE_PASSED,
+    INVALID_REQUEST, INTERNAL (and RESOURCE_EXHAUSTED without ErrorInfo).
     """
 
     def GetPriority(self, request, context):
@@ -191,7 +191,9 @@ class HierarchyServiceServicer:
     def WatchPriorityChanges(self, request, context):
         """Streams tier changes after each new run, optionally filtered.
         Errors: INVALID_TIER_IDS, INVALID_OWNER, SHUTTING_DOWN (UNAVAILABLE: the
-        server is stopping; watch again to reach another replica).
+        server is stopping; watch again to reach another replica),
+        TOO_MANY_WATCHERS (RESOURCE_EXHAUSTED: the server's cap on watch streams
+        at once, 1,000 by default, is reached).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -276,8 +278,8 @@ class HierarchyService:
     Errors carry a google.rpc.ErrorInfo (domain "cvh") whose reason says what
     went wrong; each RPC lists its reasons below. Any RPC may also meet the
     reasons listed on cvh.registry.v1.RegistryService: TOKEN_REQUIRED,
-    ROLE_REQUIRED, BACKEND_UNAVAILABLE, DEADLINE_PASSED, INVALID_REQUEST,
-    INTERNAL (and RESOURCE_EXHAUSTED without ErrorInfo).
+    ROLE_REQUIRED, BACKEND_UNAVAILABLE, DATABASE_BUSY, DEADLINE_PASSED,
+    INVALID_REQUEST, INTERNAL (and RESOURCE_EXHAUSTED without ErrorInfo).
     """
 
     @staticmethod

@@ -41,7 +41,8 @@ class RegistryServiceStub:
     (UNAUTHENTICATED: no or an unknown bearer token), ROLE_REQUIRED
     (PERMISSION_DENIED; metadata-free, the message names the role),
     BACKEND_UNAVAILABLE (UNAVAILABLE: the database is down; nothing was
-    written, retry), DEADLINE_PASSED (DEADLINE_EXCEEDED during a long scan),
+    written, retry), DATABASE_BUSY (UNAVAILABLE: every database connection of
+    the server stayed busy for 10 s; nothing was written, retry), DEADLINE_PASSED (DEADLINE_EXCEEDED during a long scan),
     INVALID_REQUEST (INVALID_ARGUMENT with bad fields of several kinds, each
     in the BadRequest), INTERNAL (a bug, logged; no details) and
     RESOURCE_EXHAUSTED (without ErrorInfo: the server's concurrency limit).
@@ -125,7 +126,8 @@ class RegistryServiceServicer:
     (UNAUTHENTICATED: no or an unknown bearer token), ROLE_REQUIRED
     (PERMISSION_DENIED; metadata-free, the message names the role),
     BACKEND_UNAVAILABLE (UNAVAILABLE: the database is down; nothing was
-    written, retry), DEADLINE_PASSED (DEADLINE_EXCEEDED during a long scan),
+    written, retry), DATABASE_BUSY (UNAVAILABLE: every database connection of
+    the server stayed busy for 10 s; nothing was written, retry), DEADLINE_PASSED (DEADLINE_EXCEEDED during a long scan),
     INVALID_REQUEST (INVALID_ARGUMENT with bad fields of several kinds, each
     in the BadRequest), INTERNAL (a bug, logged; no details) and
     RESOURCE_EXHAUSTED (without ErrorInfo: the server's concurrency limit).
@@ -235,7 +237,11 @@ class RegistryServiceServicer:
     def ExportSignalMatrix(self, request, context):
         """Streams the whole customer base as columnar chunks: ids, the current value
         of each requested signal (NaN where missing), parents, roles and owners.
-        Errors: INVALID_SIGNAL_NAMES, INVALID_CHUNK_SIZE.
+        Errors: INVALID_SIGNAL_NAMES, INVALID_CHUNK_SIZE, TOO_MANY_BULK_STREAMS
+        (RESOURCE_EXHAUSTED: the server's cap on bulk streams at once, 8 by
+        default, is reached; the message names it), READER_STALLED
+        (DEADLINE_EXCEEDED: the caller read no message for the server's stall
+        time, 30 s by default; the stream gave its snapshot back, export again).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -317,7 +323,8 @@ class RegistryService:
     (UNAUTHENTICATED: no or an unknown bearer token), ROLE_REQUIRED
     (PERMISSION_DENIED; metadata-free, the message names the role),
     BACKEND_UNAVAILABLE (UNAVAILABLE: the database is down; nothing was
-    written, retry), DEADLINE_PASSED (DEADLINE_EXCEEDED during a long scan),
+    written, retry), DATABASE_BUSY (UNAVAILABLE: every database connection of
+    the server stayed busy for 10 s; nothing was written, retry), DEADLINE_PASSED (DEADLINE_EXCEEDED during a long scan),
     INVALID_REQUEST (INVALID_ARGUMENT with bad fields of several kinds, each
     in the BadRequest), INTERNAL (a bug, logged; no details) and
     RESOURCE_EXHAUSTED (without ErrorInfo: the server's concurrency limit).

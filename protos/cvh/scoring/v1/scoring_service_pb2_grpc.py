@@ -38,8 +38,10 @@ class ScoringServiceStub:
     Errors carry a google.rpc.ErrorInfo (domain "cvh") whose reason says what
     went wrong; each RPC lists its reasons below. Any RPC may also meet the
     reasons listed on cvh.registry.v1.RegistryService: TOKEN_REQUIRED,
-    ROLE_REQUIRED, BACKEND_UNAVAILABLE, DEADLINE_PASSED, INVALID_REQUEST,
-    INTERNAL (and RESOURCE_EXHAUSTED without ErrorInfo).
+    ROLE_REQUIRED, BACKEND_UNAVAILABLE, DATABASE_BUSY, DEADLINE_PASSED,
+    INVALID_REQUEST, INTERNAL (and RESOURCE_EXHAUSTED without ErrorInfo).
+    Watch streams may meet TOO_MANY_WATCHERS (RESOURCE_EXHAUSTED: the
+    server's cap on watch streams at once, 1,000 by default, is reached).
     """
 
     def __init__(self, channel):
@@ -143,8 +145,10 @@ class ScoringServiceServicer:
     Errors carry a google.rpc.ErrorInfo (domain "cvh") whose reason says what
     went wrong; each RPC lists its reasons below. Any RPC may also meet the
     reasons listed on cvh.registry.v1.RegistryService: TOKEN_REQUIRED,
-    ROLE_REQUIRED, BACKEND_UNAVAILABLE, DEADLINE_PASSED, INVALID_REQUEST,
-    INTERNAL (and RESOURCE_EXHAUSTED without ErrorInfo).
+    ROLE_REQUIRED, BACKEND_UNAVAILABLE, DATABASE_BUSY, DEADLINE_PASSED,
+    INVALID_REQUEST, INTERNAL (and RESOURCE_EXHAUSTED without ErrorInfo).
+    Watch streams may meet TOO_MANY_WATCHERS (RESOURCE_EXHAUSTED: the
+    server's cap on watch streams at once, 1,000 by default, is reached).
     """
 
     def CreateModel(self, request, context):
@@ -213,7 +217,8 @@ class ScoringServiceServicer:
     def WatchScoringRun(self, request, context):
         """Streams the run each time its state or progress changes, until it ends.
         Errors: INVALID_RUN_NAME, RUN_NOT_FOUND, SHUTTING_DOWN (UNAVAILABLE: the
-        server is stopping; watch again to reach another replica).
+        server is stopping; watch again to reach another replica),
+        TOO_MANY_WATCHERS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -221,7 +226,7 @@ class ScoringServiceServicer:
 
     def WatchRuns(self, request, context):
         """Streams every run that completes from now on (for snapshot holders such as the hierarchy service).
-        Errors: INVALID_MODEL_NAME (model_id), SHUTTING_DOWN.
+        Errors: INVALID_MODEL_NAME (model_id), SHUTTING_DOWN, TOO_MANY_WATCHERS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -241,7 +246,8 @@ class ScoringServiceServicer:
         """Streams a completed run's results as columnar chunks.
         Errors: INVALID_RUN_NAME, INVALID_CHUNK_SIZE, RUN_NOT_FOUND,
         RUN_NOT_COMPLETED, NO_COMPLETED_RUN (a model named that has no completed
-        run yet).
+        run yet), TOO_MANY_BULK_STREAMS, READER_STALLED (as
+        cvh.registry.v1.RegistryService.ExportSignalMatrix).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -402,8 +408,10 @@ class ScoringService:
     Errors carry a google.rpc.ErrorInfo (domain "cvh") whose reason says what
     went wrong; each RPC lists its reasons below. Any RPC may also meet the
     reasons listed on cvh.registry.v1.RegistryService: TOKEN_REQUIRED,
-    ROLE_REQUIRED, BACKEND_UNAVAILABLE, DEADLINE_PASSED, INVALID_REQUEST,
-    INTERNAL (and RESOURCE_EXHAUSTED without ErrorInfo).
+    ROLE_REQUIRED, BACKEND_UNAVAILABLE, DATABASE_BUSY, DEADLINE_PASSED,
+    INVALID_REQUEST, INTERNAL (and RESOURCE_EXHAUSTED without ErrorInfo).
+    Watch streams may meet TOO_MANY_WATCHERS (RESOURCE_EXHAUSTED: the
+    server's cap on watch streams at once, 1,000 by default, is reached).
     """
 
     @staticmethod

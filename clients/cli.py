@@ -15,12 +15,12 @@ from clients.commands.common import (client_options, database_url, existing_file
                                      whole_number)
 from clients.errors import CvhError
 from clients.tabular import InputError
-from services.common.config import DEFAULT_LISTEN, SERVICE_NAMES
+from services.common.config import DEFAULT_LISTEN, SERVICE_NAMES, ConfigError
 
 
 def _serve(args: argparse.Namespace) -> int:
     from services.common import logs
-    from services.common.config import ServerConfig
+    from services.common.config import ServerConfig, env_number
     from services.common.server import exit_code, serve
 
     unknown = [s for s in args.services if s not in SERVICE_NAMES]
@@ -38,7 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
                                    stream_stall_seconds=args.stream_stall_seconds, max_watchers=args.max_watchers,
                                    migrate=False if args.no_migrate else None)
     logs.configure(config.log_level)
-    workers = args.workers if args.workers is not None else int(os.environ.get("CVH_WORKERS", "1"))
+    workers = args.workers if args.workers is not None else env_number("CVH_WORKERS", int, 1)
     if workers != 1:
         from services.common.workers import serve_workers
         return exit_code(lambda: serve_workers(config, workers), "cvh serve")
@@ -49,15 +49,15 @@ def _db_upgrade(args: argparse.Namespace) -> int:
     from alembic.util import CommandError
 
     from services.common import db
-    from services.common.config import ServerConfig
+    from services.common.config import default_database_url
 
-    config = ServerConfig.from_env(database_url=args.database_url)
+    database_url = args.database_url or os.environ.get("CVH_DATABASE_URL") or default_database_url()
     try:
-        db.upgrade(db.create_engine(config.database_url), args.revision)
+        db.upgrade(db.create_engine(database_url), args.revision)
     except CommandError as error:  # e.g. a revision that does not exist
         print(f"cvh db upgrade: {error}; `cvh db upgrade` (no REVISION) goes to the latest", file=sys.stderr)
         return 2
-    print(f"database at {config.database_url} upgraded to {args.revision}")
+    print(f"database at {db.redacted_url(database_url)} upgraded to {args.revision}")
     return 0
 
 
@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.prog}: {error.describe()}", file=sys.stderr)
         print(f"  {next_step(error, args)}", file=sys.stderr)
         return 1
-    except (InputError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as error:
+    except (InputError, ConfigError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+            PermissionError) as error:
         print(f"{args.prog}: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from clients.server_process import ServerProcess, free_port
 from cvh.hierarchy.v1 import hierarchy_service_pb2, hierarchy_service_pb2_grpc
 from services.common import db
-from services.common.config import ServerConfig
+from services.common.config import ConfigError, ServerConfig
 from services.registry.tables import metadata as registry_metadata
 from services.hierarchy.tables import metadata as hierarchy_metadata
 from services.scoring.tables import metadata as scoring_metadata
@@ -320,3 +320,28 @@ def test_sighup_reloads_the_tokens_file_in_every_worker_and_stops_none(tmp_path)
     finally:
         if process.poll() is None:
             process.kill()
+
+
+@pytest.mark.parametrize("settings, named", [
+    ({"listen": "nonsense"}, "listen"),
+    ({"listen": "127.0.0.1:99999"}, "listen"),
+    ({"health_listen": ":8081"}, "health_listen"),
+    ({"tls_cert_file": "/no/such/cert.pem", "tls_key_file": "/no/such/key.pem"}, "CVH_TLS_CERT"),
+    ({"tokens_file": "/no/such/tokens.json"}, "--tokens-file"),
+])
+def test_a_configuration_that_cannot_work_is_refused_naming_the_setting(settings, named):
+    with pytest.raises(ConfigError, match=named):
+        ServerConfig(**settings)
+
+
+def test_bad_settings_from_flags_and_environment_exit_2_without_a_traceback(tmp_path):
+    cases = [(["--listen", "nonsense"], {}, "--listen"),
+             (["--listen", "127.0.0.1:0"], {"CVH_MAX_WATCHERS": "abc"}, "CVH_MAX_WATCHERS"),
+             (["--listen", "127.0.0.1:0"], {"CVH_TLS_CERT": str(tmp_path / "missing.pem")}, "CVH_TLS_CERT")]
+    for flags, env, named in cases:
+        result = subprocess.run([sys.executable, "-m", "clients.cli", "serve", *flags,
+                                 "--database-url", f"sqlite:///{tmp_path / 'cvh.db'}"],
+                                env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, (flags, env, result.stderr)
+        assert named in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "cvh.db").exists(), "a refused configuration touches no database"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,16 @@ class ServerConfig:
     peer_tls_server_name: str = ""
 
     def __post_init__(self) -> None:
+        check_address(self.listen, "listen (--listen, CVH_LISTEN)")
+        if self.health_listen:
+            check_address(self.health_listen, "health_listen (--health-listen, CVH_HEALTH_LISTEN)")
+        for what, path in (("--tls-cert, CVH_TLS_CERT", self.tls_cert_file),
+                           ("--tls-key, CVH_TLS_KEY", self.tls_key_file),
+                           ("--tls-client-ca, CVH_TLS_CLIENT_CA", self.tls_client_ca_file),
+                           ("--tokens-file, CVH_TOKENS_FILE", self.tokens_file),
+                           ("CVH_PEER_TLS_CA", self.peer_tls_ca_file)):
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{path} ({what}) is not a file; give the path of an existing file")
         if self.max_concurrent_rpcs < 0:
             raise ConfigError(f"max_concurrent_rpcs must be 0 (no limit) or more, got {self.max_concurrent_rpcs}")
         if self.max_connection_age_seconds < 0 or self.max_connection_age_grace_seconds < 0:
@@ -100,17 +111,17 @@ class ServerConfig:
         values = {
             "listen": env.get("CVH_LISTEN", DEFAULT_LISTEN),
             "database_url": env.get("CVH_DATABASE_URL") or default_database_url(),
-            "metrics_port": int(env.get("CVH_METRICS_PORT", "0")),
-            "grace_seconds": float(env.get("CVH_GRACE_SECONDS", "10")),
-            "max_concurrent_rpcs": int(env.get("CVH_MAX_CONCURRENT_RPCS", "0")),
-            "database_pool_size": int(env.get("CVH_DATABASE_POOL_SIZE", "16")),
-            "max_bulk_streams": int(env.get("CVH_MAX_BULK_STREAMS", "8")),
-            "stream_stall_seconds": float(env.get("CVH_STREAM_STALL_SECONDS", "30")),
-            "max_watchers": int(env.get("CVH_MAX_WATCHERS", "1000")),
+            "metrics_port": env_number("CVH_METRICS_PORT", int, 0),
+            "grace_seconds": env_number("CVH_GRACE_SECONDS", float, 10.0),
+            "max_concurrent_rpcs": env_number("CVH_MAX_CONCURRENT_RPCS", int, 0),
+            "database_pool_size": env_number("CVH_DATABASE_POOL_SIZE", int, 16),
+            "max_bulk_streams": env_number("CVH_MAX_BULK_STREAMS", int, 8),
+            "stream_stall_seconds": env_number("CVH_STREAM_STALL_SECONDS", float, 30.0),
+            "max_watchers": env_number("CVH_MAX_WATCHERS", int, 1000),
             "migrate": env.get("CVH_MIGRATE", "1") not in ("0", "false", "no"),
             "health_listen": env.get("CVH_HEALTH_LISTEN", ""),
-            "max_connection_age_seconds": float(env.get("CVH_MAX_CONNECTION_AGE_SECONDS", "0")),
-            "max_connection_age_grace_seconds": float(env.get("CVH_MAX_CONNECTION_AGE_GRACE_SECONDS", "3600")),
+            "max_connection_age_seconds": env_number("CVH_MAX_CONNECTION_AGE_SECONDS", float, 0.0),
+            "max_connection_age_grace_seconds": env_number("CVH_MAX_CONNECTION_AGE_GRACE_SECONDS", float, 3600.0),
             "log_level": env.get("CVH_LOG_LEVEL", "INFO"),
             "registry_target": env.get("CVH_REGISTRY_TARGET", ""),
             "scoring_target": env.get("CVH_SCORING_TARGET", ""),
@@ -125,6 +136,29 @@ class ServerConfig:
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+
+def env_number(name: str, kind: type, default: int | float) -> int | float:
+    """The environment variable ``name`` as a finite ``kind`` (int or float), ``default`` when unset."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value):
+        noun = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"{name}={text!r} is not {noun}; set it to one or unset it (default {default:g})")
+    return value
+
+
+def check_address(address: str, what: str) -> None:
+    """Refuse an address that is not HOST:PORT with a port from 0 to 65535 (``[::1]:PORT`` for IPv6)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{what} is {address!r}; give HOST:PORT with a port from 0 to 65535 "
+                          "(0 picks a free one), e.g. 127.0.0.1:50051")
 
 
 def is_loopback(listen: str) -> bool:

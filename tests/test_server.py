@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from clients.server_process import ServerProcess, free_port
 from cvh.hierarchy.v1 import hierarchy_service_pb2, hierarchy_service_pb2_grpc
 from services.common import db
-from services.common.config import ConfigError, ServerConfig
+from services.common.config import ConfigError, ServerConfig, check_before_start
 from services.registry.tables import metadata as registry_metadata
 from services.hierarchy.tables import metadata as hierarchy_metadata
 from services.scoring.tables import metadata as scoring_metadata
@@ -326,12 +326,20 @@ def test_sighup_reloads_the_tokens_file_in_every_worker_and_stops_none(tmp_path)
     ({"listen": "nonsense"}, "listen"),
     ({"listen": "127.0.0.1:99999"}, "listen"),
     ({"health_listen": ":8081"}, "health_listen"),
-    ({"tls_cert_file": "/no/such/cert.pem", "tls_key_file": "/no/such/key.pem"}, "CVH_TLS_CERT"),
-    ({"tokens_file": "/no/such/tokens.json"}, "--tokens-file"),
 ])
-def test_a_configuration_that_cannot_work_is_refused_naming_the_setting(settings, named):
+def test_an_address_that_cannot_work_is_refused_naming_the_setting(settings, named):
     with pytest.raises(ConfigError, match=named):
         ServerConfig(**settings)
+
+
+@pytest.mark.parametrize("settings, named", [
+    ({"tls_cert_file": "/no/such/cert.pem", "tls_key_file": "/no/such/key.pem"}, "CVH_TLS_CERT"),
+    ({"tokens_file": "/no/such/tokens.json"}, "--tokens-file"),
+    ({"peer_tls_ca_file": "/no/such/ca.pem"}, "CVH_PEER_TLS_CA"),
+])
+def test_a_missing_file_is_refused_before_start_naming_the_setting(settings, named):
+    with pytest.raises(ConfigError, match=named):
+        check_before_start(ServerConfig(**settings))
 
 
 def test_bad_settings_from_flags_and_environment_exit_2_without_a_traceback(tmp_path):

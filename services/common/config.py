@@ -86,13 +86,6 @@ class ServerConfig:
         check_address(self.listen, "listen (--listen, CVH_LISTEN)")
         if self.health_listen:
             check_address(self.health_listen, "health_listen (--health-listen, CVH_HEALTH_LISTEN)")
-        for what, path in (("--tls-cert, CVH_TLS_CERT", self.tls_cert_file),
-                           ("--tls-key, CVH_TLS_KEY", self.tls_key_file),
-                           ("--tls-client-ca, CVH_TLS_CLIENT_CA", self.tls_client_ca_file),
-                           ("--tokens-file, CVH_TOKENS_FILE", self.tokens_file),
-                           ("CVH_PEER_TLS_CA", self.peer_tls_ca_file)):
-            if path and not Path(path).is_file():
-                raise ConfigError(f"{path} ({what}) is not a file; give the path of an existing file")
         if self.max_concurrent_rpcs < 0:
             raise ConfigError(f"max_concurrent_rpcs must be 0 (no limit) or more, got {self.max_concurrent_rpcs}")
         if self.max_connection_age_seconds < 0 or self.max_connection_age_grace_seconds < 0:
@@ -169,6 +162,23 @@ def is_loopback(listen: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def check_before_start(config: ServerConfig) -> None:
+    """What a server checks before it binds or touches its database: its files exist, its exposure is safe."""
+    check_files(config)
+    check_exposure(config)
+
+
+def check_files(config: ServerConfig) -> None:
+    """Refuse TLS, client CA, tokens and peer CA files that do not exist, naming the setting."""
+    for what, path in (("--tls-cert, CVH_TLS_CERT", config.tls_cert_file),
+                       ("--tls-key, CVH_TLS_KEY", config.tls_key_file),
+                       ("--tls-client-ca, CVH_TLS_CLIENT_CA", config.tls_client_ca_file),
+                       ("--tokens-file, CVH_TOKENS_FILE", config.tokens_file),
+                       ("CVH_PEER_TLS_CA", config.peer_tls_ca_file)):
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{path} ({what}) is not a file; give the path of an existing file")
 
 
 def check_exposure(config: ServerConfig) -> None:

@@ -22,7 +22,7 @@ from cvh.scoring.v1 import scoring_service_pb2
 from services.common import addresses, db, reflection
 from services.common.addresses import AddressInUse
 from services.common.auth import AuthInterceptor, TokenTable
-from services.common.config import ConfigError, ServerConfig, check_exposure
+from services.common.config import ConfigError, ServerConfig, check_before_start
 from services.common.interceptors import ConcurrencyLimit, ServiceInterceptor, StreamLimits
 from services.common.peers import Peer
 from wire.channel_options import server_channel_options
@@ -113,7 +113,7 @@ def server_options(config: ServerConfig) -> list[tuple[str, int]]:
 def create_server(config: ServerConfig) -> Suite:
     """Build (not start) a server for ``config.services``; binds now, so ``port`` is known. An address
     already served is refused (:class:`AddressInUse`) before the database is touched."""
-    check_exposure(config)
+    check_before_start(config)
     if not config.share_port:
         addresses.ensure_free(config.listen)
     if config.health_listen:

@@ -47,7 +47,7 @@ import sys
 import time
 
 from services.common import addresses
-from services.common.config import ConfigError, ServerConfig, check_exposure
+from services.common.config import ConfigError, ServerConfig, check_before_start
 
 log = logging.getLogger("cvh.workers")
 
@@ -58,7 +58,7 @@ def serve_workers(config: ServerConfig, workers: int, start_timeout: float = STA
     """Serve ``config`` from ``workers`` processes on one port until SIGTERM or SIGINT; the exit code."""
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
-    check_exposure(config)
+    check_before_start(config)
     with addresses.reserve(config.listen) as listen:
         if config.health_listen:
             addresses.ensure_free(config.health_listen, "--health-listen")

@@ -866,8 +866,14 @@ def warm_up() -> float:
     for n in (8, PARALLEL_MIN_ROWS):
         X = rng.random((n, len(model.signals)))
         X[::5, 3] = np.nan
-        fitted = fit(model, X)
-        result = score(fitted, X, previous_tiers=np.zeros(n, dtype=np.int32), with_rank=True)
-        frozen = fitted.with_tier_thresholds(result.tier_thresholds)
-        score_one(frozen, X[0])
+        # Numba compiles a kernel apart for read-only arrays, which is what np.frombuffer gives (a columnar
+        # chunk from the wire): without this, the first such batch paid seconds of compiling.
+        read_only = X.copy()
+        read_only.flags.writeable = False
+        for matrix in (X, read_only):
+            fitted = fit(model, matrix)
+            result = score(fitted, matrix, previous_tiers=np.zeros(n, dtype=np.int32), with_rank=True)
+            frozen = fitted.with_tier_thresholds(result.tier_thresholds)
+            score(frozen, matrix)
+            score_one(frozen, matrix[0])
     return time.perf_counter() - start

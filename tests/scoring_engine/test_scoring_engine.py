@@ -291,3 +291,29 @@ def test_concurrent_calls_from_threads(fitted, X):
 
 def test_warm_up_reports_seconds():
     assert 0 <= se.warm_up() < 120
+
+
+def _compiled_signatures() -> int:
+    from numba.core.registry import CPUDispatcher
+
+    from scoring_engine import _kernels
+    return sum(len(kernel.signatures) for kernel in vars(_kernels).values() if isinstance(kernel, CPUDispatcher))
+
+
+def test_after_warm_up_a_batch_from_the_wire_compiles_nothing():
+    """A columnar chunk arrives as a read-only np.frombuffer array: Numba types it apart from a writable one,
+    so a kernel warm_up left out would compile (seconds) inside the first such request."""
+    se.warm_up()
+    before = _compiled_signatures()
+    model = se.default_model()
+    rng = np.random.default_rng(3)
+    for n in (5, PARALLEL_MIN_ROWS + 10):
+        population = rng.random((n, len(model.signals)))
+        fitted = se.fit(model, population)
+        frozen = fitted.with_tier_thresholds(se.score(fitted, population).tier_thresholds)
+        names = [s.name for s in model.signals[:3]]
+        chunk = np.frombuffer(rng.random((n, 3)).tobytes(), "<f8").reshape(n, 3)
+        assert not chunk.flags.writeable
+        se.score(frozen, chunk, None, False, names)
+        se.score(frozen, np.frombuffer(population.tobytes(), "<f8").reshape(population.shape))
+    assert _compiled_signatures() == before

@@ -203,12 +203,51 @@ def placeholders(bind: Connection | Engine, count: int) -> str:
 
 
 def insert_many(conn: Connection, table: sa.Table, columns: list[str], rows: list[tuple]) -> None:
-    """Bulk INSERT through the driver's executemany.
+    """Bulk INSERT of plain tuples: COPY on PostgreSQL, the driver's executemany on SQLite.
 
     SQLAlchemy's per-row parameter processing costs more than SQLite's insert
     itself on the import path; plain tuples of plain values need none of it.
+    On PostgreSQL, executemany is still a statement per row (about 20,000 rows/s
+    here: a re-import whose values changed spent most of its time writing
+    history); COPY in the same transaction is an order of magnitude faster.
     """
     if not rows:
         return
+    if conn.dialect.name == "postgresql":
+        _copy_rows(conn, table, columns, rows)
+        return
     sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({placeholders(conn, len(columns))})"
     conn.exec_driver_sql(sql, rows)
+
+
+def update_many(conn: Connection, table: sa.Table, key: str, columns: list[str], rows: list[tuple]) -> None:
+    """Bulk UPDATE of ``columns`` of the rows whose ``key`` is each tuple's first value (the rest follow in
+    ``columns`` order). On PostgreSQL the tuples are COPYed into a temporary table and applied by one
+    UPDATE ... FROM (an UPDATE per row ran at about 8,000 rows/s); elsewhere, executemany."""
+    if not rows:
+        return
+    if conn.dialect.name != "postgresql":
+        sets = ", ".join(f"{column} = ?" for column in columns)
+        conn.exec_driver_sql(f"UPDATE {table.name} SET {sets} WHERE {key} = ?", [(*r[1:], r[0]) for r in rows])
+        return
+    staged = f"cvh_staged_{table.name}"
+    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE IF NOT EXISTS {staged} ON COMMIT DELETE ROWS AS "
+                         f"SELECT {key}, {', '.join(columns)} FROM {table.name} WITH NO DATA")
+    conn.exec_driver_sql(f"TRUNCATE {staged}")
+    _copy_rows(conn, sa.table(staged), [key, *columns], rows)
+    sets = ", ".join(f"{column} = s.{column}" for column in columns)
+    conn.exec_driver_sql(f"UPDATE {table.name} AS t SET {sets} FROM {staged} AS s WHERE t.{key} = s.{key}")
+
+
+def _copy_rows(conn: Connection, table: sa.Table, columns: list[str], rows: list[tuple]) -> None:
+    """COPY ``rows`` into ``table`` through psycopg, inside ``conn``'s transaction. Driver errors are raised
+    as SQLAlchemy's, as every other statement's are, so the callers' error mapping holds."""
+    import psycopg
+
+    sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+    try:
+        with conn.connection.driver_connection.cursor() as cursor, cursor.copy(sql) as copy:
+            for row in rows:
+                copy.write_row(row)
+    except psycopg.Error as error:
+        raise sa.exc.DBAPIError.instance(sql, None, error, psycopg.Error) from error

@@ -10,7 +10,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
-from services.common.db import insert_many, placeholders
+from services.common.db import insert_many, placeholders, update_many
 from services.registry import signals as packed
 from services.registry.customers import CustomerRow
 from services.registry.signals import SignalCatalog
@@ -223,17 +223,16 @@ def write_customers(conn: Connection, catalog: SignalCatalog, rows: list[Custome
             inserts.append((row.customer_id, row.display_name, row.parent_id, row.stakeholder_role, row.owner,
                             values_blob, times_blob, 1, now, now))
         else:
-            updates.append({
-                "b_customer_id": row.customer_id, "display_name": row.display_name, "parent_id": row.parent_id,
-                "stakeholder_role": row.stakeholder_role, "owner": row.owner, "signal_values": values_blob,
-                "signal_times": times_blob, "update_time_us": now, "revision": old.revision + 1})
+            updates.append((row.customer_id, row.display_name, row.parent_id, row.stakeholder_role, row.owner,
+                            values_blob, times_blob, now, old.revision + 1))
     insert_many(conn, customers, ["customer_id", "display_name", "parent_id", "stakeholder_role", "owner",
                                   "signal_values", "signal_times", "revision", "create_time_us", "update_time_us"],
                 inserts)
+    update_many(conn, customers, "customer_id", ["display_name", "parent_id", "stakeholder_role", "owner",
+                                                 "signal_values", "signal_times", "update_time_us", "revision"],
+                updates)
     if updates:
-        conn.execute(customers.update().where(customers.c.customer_id == sa.bindparam("b_customer_id"))
-                     .values(**{k: sa.bindparam(k) for k in updates[0] if k != "b_customer_id"}), updates)
-        for part in _chunks([r["b_customer_id"] for r in updates]):
+        for part in _chunks([r[0] for r in updates]):
             conn.execute(labels.delete().where(labels.c.customer_id.in_(part)))
     insert_many(conn, labels, ["customer_id", "key", "value"],
                 [(row.customer_id, k, v) for row in rows for k, v in row.labels.items()])

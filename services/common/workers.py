@@ -59,6 +59,8 @@ def serve_workers(config: ServerConfig, workers: int, start_timeout: float = STA
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
     check_before_start(config)
+    # Ignored until the group forwards it to its workers (run): a SIGHUP during migrations killed the set.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     with addresses.reserve(config.listen) as listen:
         if config.health_listen:
             addresses.ensure_free(config.health_listen, "--health-listen")

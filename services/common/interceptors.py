@@ -37,8 +37,13 @@ def _lost_to_a_concurrent_write(error: Exception) -> bool:
     """Whether PostgreSQL rolled the transaction back because of a concurrent one: a serialization failure or
     a deadlock (SQLSTATE class 40), or a unique or foreign key violation (23505, 23503), which the registry's
     tree lock leaves only to writers that skip it (a replica of an older release, SQL by hand)."""
-    state = str(getattr(getattr(error, "orig", None), "sqlstate", None) or "")
+    state = _sqlstate(error)
     return isinstance(error, sa_exc.DBAPIError) and (state.startswith("40") or state in ("23505", "23503"))
+
+
+def _sqlstate(error: Exception) -> str:
+    """PostgreSQL's SQLSTATE of a driver error wrapped by SQLAlchemy; empty for anything else."""
+    return str(getattr(getattr(error, "orig", None), "sqlstate", None) or "")
 
 
 def _as_service_error(error: Exception) -> ServiceError | None:
@@ -51,6 +56,9 @@ def _as_service_error(error: Exception) -> ServiceError | None:
                             "CONCURRENT_WRITE")
     if isinstance(error, sa_exc.TimeoutError):  # every pooled connection stayed busy for the pool's timeout
         return unavailable("every database connection of this server is busy; retry later", "DATABASE_BUSY")
+    if _sqlstate(error) == "55P03":  # lock_timeout: another writer held the lock this write waited for
+        return unavailable("this write waited too long for another writer's lock (a long import?); nothing "
+                           "was written, retry later", "DATABASE_BUSY")
     if isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError) or (
             isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated):
         return unavailable("the database is unavailable; retry later")

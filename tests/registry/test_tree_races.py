@@ -19,6 +19,8 @@ from cvh.registry.v1 import registry_service_pb2 as pb
 from cvh.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from services.common import db
 from services.common.interceptors import _as_service_error
+from services.registry import store
+from services.registry import store
 from services.registry.store import MAX_DEPTH
 from tests.conftest import _empty_tables, start_server
 from tests.grpc_helpers import details_of
@@ -280,3 +282,23 @@ def test_an_import_racing_a_writer_that_skips_the_lock_can_be_sent_again(registr
         assert (code, reason) == (Code.ABORTED, "CONCURRENT_WRITE")  # this message was rolled back
         summary = send()
     assert (summary.created, summary.updated, summary.rejected) == (1, 1, 0), summary
+
+
+
+def test_a_write_that_waits_too_long_for_the_tree_lock_is_unavailable_database_busy(postgres_database, monkeypatch):
+    """On PostgreSQL (SQLite writers wait on the database's own lock instead)."""
+    _empty_tables(postgres_database)
+    monkeypatch.setattr(store, "TREE_LOCK_TIMEOUT", "300ms")
+    server, engine = start_server(postgres_database, services=("registry",)), db.create_engine(postgres_database)
+    try:
+        with grpc.insecure_channel(server.target) as channel, engine.connect() as holder:
+            # Another writer holds the tree lock in its open transaction.
+            holder.exec_driver_sql(f"SELECT pg_advisory_xact_lock({store.TREE_LOCK})")
+            with pytest.raises(grpc.RpcError) as refused:
+                create(pb_grpc.RegistryServiceStub(channel), uuid.uuid4().hex)()
+            holder.rollback()
+    finally:
+        engine.dispose()
+        server.stop()
+    assert refused.value.code() == Code.UNAVAILABLE
+    assert details_of(refused.value).reason == "DATABASE_BUSY", details_of(refused.value)

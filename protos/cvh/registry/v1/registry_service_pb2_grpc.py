@@ -42,7 +42,8 @@ class RegistryServiceStub:
     (PERMISSION_DENIED; metadata-free, the message names the role),
     BACKEND_UNAVAILABLE (UNAVAILABLE: the database is down; nothing was
     written, retry), DATABASE_BUSY (UNAVAILABLE: every database connection of
-    the server stayed busy for 10 s; nothing was written, retry), DEADLINE_PASSED (DEADLINE_EXCEEDED during a long scan),
+    the server stayed busy for 10 s, or a write waited 60 s for another
+    writer's tree lock; nothing was written, retry), DEADLINE_PASSED (DEADLINE_EXCEEDED during a long scan),
     INVALID_REQUEST (INVALID_ARGUMENT with bad fields of several kinds, each
     in the BadRequest), INTERNAL (a bug, logged; no details) and
     RESOURCE_EXHAUSTED (without ErrorInfo: the server's concurrency limit).
@@ -127,7 +128,8 @@ class RegistryServiceServicer:
     (PERMISSION_DENIED; metadata-free, the message names the role),
     BACKEND_UNAVAILABLE (UNAVAILABLE: the database is down; nothing was
     written, retry), DATABASE_BUSY (UNAVAILABLE: every database connection of
-    the server stayed busy for 10 s; nothing was written, retry), DEADLINE_PASSED (DEADLINE_EXCEEDED during a long scan),
+    the server stayed busy for 10 s, or a write waited 60 s for another
+    writer's tree lock; nothing was written, retry), DEADLINE_PASSED (DEADLINE_EXCEEDED during a long scan),
     INVALID_REQUEST (INVALID_ARGUMENT with bad fields of several kinds, each
     in the BadRequest), INTERNAL (a bug, logged; no details) and
     RESOURCE_EXHAUSTED (without ErrorInfo: the server's concurrency limit).
@@ -324,7 +326,8 @@ class RegistryService:
     (PERMISSION_DENIED; metadata-free, the message names the role),
     BACKEND_UNAVAILABLE (UNAVAILABLE: the database is down; nothing was
     written, retry), DATABASE_BUSY (UNAVAILABLE: every database connection of
-    the server stayed busy for 10 s; nothing was written, retry), DEADLINE_PASSED (DEADLINE_EXCEEDED during a long scan),
+    the server stayed busy for 10 s, or a write waited 60 s for another
+    writer's tree lock; nothing was written, retry), DEADLINE_PASSED (DEADLINE_EXCEEDED during a long scan),
     INVALID_REQUEST (INVALID_ARGUMENT with bad fields of several kinds, each
     in the BadRequest), INTERNAL (a bug, logged; no details) and
     RESOURCE_EXHAUSTED (without ErrorInfo: the server's concurrency limit).

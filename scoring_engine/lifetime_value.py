@@ -44,9 +44,10 @@ from ._config import PARALLEL_LOCK, PARALLEL_MIN_ROWS
 from .engine import ScoringError
 
 __all__ = [
-    "BGNBD_PARAMETERS", "GAMMA_GAMMA_PARAMETERS", "Convergence", "LifetimeValueFit", "LifetimeValuePrediction",
-    "ModelFit", "PurchaseDataError", "PurchaseSummary", "bgnbd_log_likelihood", "check_purchases", "fit",
-    "fit_bgnbd", "fit_gamma_gamma", "gamma_gamma_log_likelihood", "predict", "simulate",
+    "BGNBD_PARAMETERS", "GAMMA_GAMMA_PARAMETERS", "Convergence", "DegeneratePopulationError", "LifetimeValueFit",
+    "LifetimeValuePrediction", "ModelFit", "PurchaseDataError", "PurchaseSummary", "bgnbd_log_likelihood",
+    "check_purchases", "fit", "fit_bgnbd", "fit_gamma_gamma", "gamma_gamma_log_likelihood", "horizon", "predict",
+    "simulate",
 ]
 
 BGNBD_PARAMETERS = ("r", "alpha", "a", "b")
@@ -59,6 +60,7 @@ FTOL = 1e-12
 CONVERGED_GRADIENT = 1e-6  # an optimiser stop (e.g. a failed line search at rounding level) with a smaller gradient
 MAX_ITERATIONS = 500
 HESSIAN_STEP = 1e-5
+LOG_BOUND = 30.0  # log-parameters stay within +-LOG_BOUND so that exp() stays finite
 TABLE_MIN_CUSTOMERS = 128  # customers sharing a frequency above which predict interpolates (see _clv_kernels)
 
 
@@ -69,6 +71,10 @@ class PurchaseDataError(ScoringError):
     def __init__(self, row: int, field_name: str, value: float, message: str, reason: str):
         self.row, self.field, self.value, self.reason = row, field_name, value, reason
         super().__init__(f"row {row}, {field_name} = {value!r}: {message}")
+
+
+class DegeneratePopulationError(ScoringError):
+    """A population the model cannot be fitted on (no customer, or no repeat purchase at all)."""
 
 
 # --------------------------------------------------------------------------- input
@@ -300,8 +306,6 @@ def _maximise(problem, names: tuple[str, ...], start: np.ndarray | None, standar
     from scipy.optimize import minimize
 
     n = problem.n
-    if n == 0:
-        raise ScoringError("no customers to fit the model on")
 
     def objective(log_theta):
         theta = np.exp(log_theta)
@@ -312,15 +316,18 @@ def _maximise(problem, names: tuple[str, ...], start: np.ndarray | None, standar
 
     x0 = np.log(problem.start() if start is None else np.asarray(start, dtype=np.float64))
     # Bounds on the log-parameters keep exp() finite; an optimum at a bound means a degenerate population.
-    result = minimize(objective, x0, jac=True, method="L-BFGS-B", bounds=[(-30.0, 30.0)] * len(names),
+    result = minimize(objective, x0, jac=True, method="L-BFGS-B", bounds=[(-LOG_BOUND, LOG_BOUND)] * len(names),
                       options={"maxiter": MAX_ITERATIONS, "gtol": GTOL, "ftol": FTOL, "maxcor": 20})
     theta = np.exp(result.x)
     ll, grad = problem(theta)
     gradient_norm = float(np.max(np.abs(grad * theta)) / n)
-    convergence = Convergence(
-        converged=math.isfinite(ll) and (bool(result.success) or gradient_norm <= CONVERGED_GRADIENT), iterations=int(result.nit), evaluations=int(result.nfev),
-        log_likelihood=float(ll), gradient_norm=gradient_norm,
-        message=str(result.message))
+    converged = math.isfinite(ll) and (bool(result.success) or gradient_norm <= CONVERGED_GRADIENT)
+    message = str(result.message)
+    at_bound = [name for name, v in zip(names, result.x) if abs(v) >= LOG_BOUND * 0.999]
+    if at_bound:  # the likelihood keeps rising toward 0 or infinity: the data do not identify the parameter
+        converged = False
+        message = f"{', '.join(at_bound)} reached the bound exp(+-{LOG_BOUND:g}): the population does not identify it"
+    convergence = Convergence(converged, int(result.nit), int(result.nfev), float(ll), gradient_norm, message)
     errors = _standard_errors(problem, theta, names) if standard_errors else None
     return ModelFit(dict(zip(names, map(float, theta))), convergence, n, errors)
 
@@ -347,6 +354,9 @@ def _standard_errors(problem, theta: np.ndarray, names: tuple[str, ...]) -> dict
 
 def fit_bgnbd(data: PurchaseSummary, *, standard_errors: bool = False, start: Any = None) -> ModelFit:
     """Maximum-likelihood BG/NBD parameters (r, alpha, a, b) of checked purchase summaries."""
+    if not np.any(data.frequency > 0):
+        raise DegeneratePopulationError("no customer has a repeat purchase: the BG/NBD model cannot be fitted "
+                                        f"({len(data)} customers)")
     return _maximise(_BGNBDProblem(data), BGNBD_PARAMETERS, None if start is None else _params(start, BGNBD_PARAMETERS),
                      standard_errors)
 
@@ -357,7 +367,7 @@ def fit_gamma_gamma(data: PurchaseSummary, *, standard_errors: bool = False, sta
         raise ScoringError("spend: the Gamma-Gamma model needs the mean spend per repeat purchase")
     problem = _GammaGammaProblem(data)
     if problem.n == 0:
-        raise ScoringError("no customer has a repeat purchase: the Gamma-Gamma model cannot be fitted")
+        raise DegeneratePopulationError("no customer has a repeat purchase: the Gamma-Gamma model cannot be fitted")
     return _maximise(problem, GAMMA_GAMMA_PARAMETERS,
                      None if start is None else _params(start, GAMMA_GAMMA_PARAMETERS), standard_errors)
 

@@ -278,12 +278,17 @@ def rank_reference(comp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # ``lifetime_value``'s kernels (no x-tables, no block sums, no Euler-transformed series, no interpolation).
 def bgnbd_log_likelihood_reference(params, x, tx, T) -> tuple[float, np.ndarray]:
     """Summed BG/NBD log-likelihood and its gradient in (r, alpha, a, b)."""
-    from scipy.special import betaln, digamma, gammaln
-
     r, alpha, a, b = (float(v) for v in params)
     x, tx, T = (np.asarray(v, dtype=np.float64) for v in (x, tx, T))
     repeat = x > 0
     x1 = np.where(repeat, x, 1.0)  # keeps the unused branch finite
+    with np.errstate(divide="ignore", invalid="ignore"):  # an optimiser may try alpha ~ 0
+        return _bgnbd_terms(r, alpha, a, b, x, tx, T, repeat, x1)
+
+
+def _bgnbd_terms(r, alpha, a, b, x, tx, T, repeat, x1):
+    from scipy.special import betaln, digamma, gammaln
+
     a1 = gammaln(r + x) - gammaln(r) + r * np.log(alpha)
     a2 = betaln(a, b + x) - betaln(a, b)
     a3 = -(r + x) * np.log(alpha + T)

@@ -124,20 +124,14 @@ def bgnbd_tables(xs, counts, r, alpha, a, b, log_ratio, inv_b):
 
 @helper_jit
 def _bgnbd_block(blk, x, code, tx, age, r, alpha, log_ratio, inv_b, out):
-    """Per-customer part of the BG/NBD log-likelihood (A3/A4 of Fader, Hardie and Lee 2005, combined as
-    a log-sum-exp) and of its gradient, over one block; writes out[blk, :N_BG]."""
+    """Per-customer part of the BG/NBD log-likelihood of customers with x > 0 (A3/A4 of Fader, Hardie and
+    Lee 2005, combined as a log-sum-exp) and of its gradient, over one block; writes out[blk, :N_BG]."""
     ll = g_r = g_alpha = s_w4 = g_b = 0.0
     for i in range(blk * BLOCK, min((blk + 1) * BLOCK, x.shape[0])):
-        xi = x[i]
+        k = code[i]
+        rx = r + x[i]
         inv_T = 1.0 / (alpha + age[i])
         log_T = math.log(alpha + age[i])
-        if xi == 0.0:
-            ll -= r * log_T
-            g_r -= log_T
-            g_alpha -= r * inv_T
-            continue
-        k = code[i]
-        rx = r + xi
         inv_t = 1.0 / (alpha + tx[i])
         log_t = math.log(alpha + tx[i])
         a3 = -rx * log_T
@@ -164,16 +158,33 @@ def _bgnbd_block(blk, x, code, tx, age, r, alpha, log_ratio, inv_b, out):
     out[blk, 4] = g_b
 
 
+@helper_jit
+def _bgnbd_zero_block(blk, age, alpha, out):
+    """Customers with x = 0 contribute -r ln(alpha + T) (plus x-only terms): sums of ln(alpha + T) and
+    1/(alpha + T). Kept apart from the others: a loop without branches, about 5x cheaper per customer."""
+    s_log = s_inv = 0.0
+    for i in range(blk * BLOCK, min((blk + 1) * BLOCK, age.shape[0])):
+        s_log += math.log(alpha + age[i])
+        s_inv += 1.0 / (alpha + age[i])
+    out[blk, 0] = s_log
+    out[blk, 1] = s_inv
+
+
 @parallel_jit
-def bgnbd_parallel(x, code, tx, age, r, alpha, log_ratio, inv_b, out):
-    for blk in prange(out.shape[0]):
-        _bgnbd_block(blk, x, code, tx, age, r, alpha, log_ratio, inv_b, out)
+def bgnbd_parallel(x, code, tx, age, age0, r, alpha, log_ratio, inv_b, out, out0):
+    for blk in prange(out.shape[0] + out0.shape[0]):
+        if blk < out.shape[0]:
+            _bgnbd_block(blk, x, code, tx, age, r, alpha, log_ratio, inv_b, out)
+        else:
+            _bgnbd_zero_block(blk - out.shape[0], age0, alpha, out0)
 
 
 @serial_jit
-def bgnbd_serial(x, code, tx, age, r, alpha, log_ratio, inv_b, out):
+def bgnbd_serial(x, code, tx, age, age0, r, alpha, log_ratio, inv_b, out, out0):
     for blk in range(out.shape[0]):
         _bgnbd_block(blk, x, code, tx, age, r, alpha, log_ratio, inv_b, out)
+    for blk in range(out0.shape[0]):
+        _bgnbd_zero_block(blk, age0, alpha, out0)
 
 
 # --------------------------------------------------------------------------- Gamma-Gamma

@@ -223,29 +223,37 @@ class _BGNBDProblem:
     """The BG/NBD log-likelihood of one population, for repeated evaluation by the optimiser."""
 
     def __init__(self, data: PurchaseSummary):
-        self.x, self.tx, self.age = data.frequency, data.recency, data.age
-        self.xs, self.counts, self.code = _distinct(self.x)
-        self.n = self.x.shape[0]
+        self.n = len(data)
+        self.mean_x, self.mean_age = float(np.mean(data.frequency)), float(np.mean(data.age))
+        self.xs, self.counts, _ = _distinct(data.frequency)
+        # Customers with and without repeat purchases in separate arrays: two loops without a branch.
+        repeat = data.frequency > 0
+        self.x, self.tx, self.age = (np.ascontiguousarray(a[repeat]) for a in (data.frequency, data.recency, data.age))
+        self.age0 = np.ascontiguousarray(data.age[~repeat])
+        self.code = np.searchsorted(self.xs, self.x)  # index of each repeat customer's x among the distinct xs
         self.log_ratio, self.inv_b = np.empty(self.xs.shape[0]), np.empty(self.xs.shape[0])
-        self.out = _blocks(self.n, CK.N_BG)
+        self.out, self.out0 = _blocks(self.x.shape[0], CK.N_BG), _blocks(self.age0.shape[0], 2)
 
     def __call__(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """Log-likelihood and its gradient in the natural parameters (r, alpha, a, b)."""
         r, alpha, a, b = (float(v) for v in theta)
         ll, g_r, g_alpha, g_a, g_b = CK.bgnbd_tables(self.xs, self.counts, r, alpha, a, b, self.log_ratio,
                                                      self.inv_b)
-        args = (self.x, self.code, self.tx, self.age, r, alpha, self.log_ratio, self.inv_b, self.out)
+        args = (self.x, self.code, self.tx, self.age, self.age0, r, alpha, self.log_ratio, self.inv_b, self.out,
+                self.out0)
         if self.n >= PARALLEL_MIN_ROWS:
             with PARALLEL_LOCK:
                 CK.bgnbd_parallel(*args)
         else:
             CK.bgnbd_serial(*args)
         s = self.out.sum(axis=0)  # blocks added in order: independent of the thread count
-        return ll + s[0], np.array([g_r + s[1], g_alpha + s[2], g_a + s[3] / a, g_b + s[4]])
+        s_log, s_inv = self.out0.sum(axis=0)
+        return (ll + s[0] - r * s_log,
+                np.array([g_r + s[1] - s_log, g_alpha + s[2] - r * s_inv, g_a + s[3] / a, g_b + s[4]]))
 
     def start(self) -> np.ndarray:
         """A start the optimiser leaves quickly: mean rate matched for r = 1, a = 1, b = 3."""
-        rate = max(float(np.mean(self.x)), 1e-3) / max(float(np.mean(self.age)), 1e-12)
+        rate = max(self.mean_x, 1e-3) / max(self.mean_age, 1e-12)
         return np.array([1.0, 1.0 / rate, 1.0, 3.0])
 
 

@@ -47,7 +47,7 @@ __all__ = [
     "BGNBD_PARAMETERS", "GAMMA_GAMMA_PARAMETERS", "Convergence", "DegeneratePopulationError", "LifetimeValueFit",
     "LifetimeValuePrediction", "ModelFit", "PurchaseDataError", "PurchaseSummary", "bgnbd_log_likelihood",
     "check_purchases", "fit", "fit_bgnbd", "fit_gamma_gamma", "gamma_gamma_log_likelihood", "horizon", "predict",
-    "simulate",
+    "simulate", "warm_up",
 ]
 
 BGNBD_PARAMETERS = ("r", "alpha", "a", "b")
@@ -464,3 +464,15 @@ def simulate(n: int, bgnbd: Mapping[str, float], gamma_gamma: Mapping[str, float
         spend = np.full(n, np.nan)
         spend[repeat] = rng.gamma(p * x[repeat], 1.0 / nu[repeat]) / x[repeat]
     return check_purchases(x.astype(np.float64), tx, T, spend)
+
+
+def warm_up() -> float:
+    """Compiles (or loads from Numba's cache) the serial and parallel kernels; returns the seconds it took."""
+    import time
+
+    start = time.perf_counter()
+    for n in (64, 4 * PARALLEL_MIN_ROWS):
+        data = simulate(n, {"r": 0.5, "alpha": 5.0, "a": 0.8, "b": 2.5}, {"p": 5.0, "q": 3.0, "gamma": 10.0})
+        fitted = fit(data.frequency, data.recency, data.age, data.spend)
+        predict(fitted, data.frequency, data.recency, data.age, data.spend)
+    return time.perf_counter() - start

@@ -162,6 +162,10 @@ def test_huge_frequencies_and_ages_of_a_day():
     np.testing.assert_allclose(grad, ref_grad, rtol=RTOL)
 
 
+def test_warm_up_compiles_and_predicts():
+    assert lv.warm_up() >= 0
+
+
 def test_simulated_summaries_are_consistent():
     data = lv.simulate(10_000, BG, GG, seed=5)
     assert np.all(data.recency <= data.age) and np.all((data.frequency > 0) == (data.recency > 0))

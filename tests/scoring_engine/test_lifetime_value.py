@@ -68,6 +68,26 @@ def test_predictions_match_the_reference(n):
         np.testing.assert_allclose(got.clv, R.clv_reference(bg, gg, x, tx, T, m, steps, step, rate), rtol=RTOL)
 
 
+def test_sums_do_not_depend_on_the_thread_count():
+    """Blocks of fixed size, added in order: the same bits with one thread as with all of them."""
+    import numba
+
+    rng = np.random.default_rng(11)
+    x, tx, T, m = random_population(rng, 5 * PARALLEL_MIN_ROWS)
+    data = lv.check_purchases(x, tx, T, m)
+    bg, gg = random_params(rng)
+    threads = numba.get_num_threads()
+    results = []
+    for n_threads in sorted({1, threads}):
+        numba.set_num_threads(n_threads)
+        try:
+            results.append((lv.bgnbd_log_likelihood(bg, data), lv.gamma_gamma_log_likelihood(gg, data)))
+        finally:
+            numba.set_num_threads(threads)
+    for (ll, grad), (ll2, grad2) in zip(results[0], results[-1]):
+        assert ll == ll2 and np.array_equal(grad, grad2)
+
+
 def test_the_transformed_series_is_continuous_through_a_equal_to_one():
     """At a = 1 the textbook formula is 0/0; the kernel's form is exact there and continuous around it."""
     rng = np.random.default_rng(3)

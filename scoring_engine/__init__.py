@@ -69,6 +69,14 @@ on disk when a writable cache directory exists (``_config`` explains why that is
 parallel ones with this Numba). ``warm_up()`` compiles or loads everything and returns the seconds
 it took; measured figures are in ``BENCHMARKS.md``.
 ``reference`` is the NumPy implementation of the same maths, the tests' oracle.
+
+Predicted lifetime value
+------------------------
+``scoring_engine.lifetime_value`` fits BG/NBD and Gamma-Gamma on per-customer frequency, recency, age
+and mean spend (Numba log-likelihoods and gradients, SciPy's L-BFGS-B) and predicts the probability
+alive, expected purchases, expected spend and a discounted CLV; its module docstring states the maths
+and the discretisation, ``reference`` holds the SciPy oracle. ``lifetime_value.warm_up()`` compiles
+its kernels.
 """
 
 from .engine import (

@@ -20,6 +20,7 @@ BENCHMARKS = {
              ["run_s", "score_customer_p50_ms", "score_signals_p50_ms"]),
     "hierarchy": (["--customers", "3000", "--calls", "50", "--warmup", "10"],
                   ["snapshot_s", "get_priority_client_p50_ms"]),
+    "clv": (["--customers", "20000", "--repeats", "1", "--no-lifetimes"], ["fit_s", "predict_clv_s"]),
     "scoring": (["--sizes", "20000", "--repeats", "1", "--reference-repeats", "1", "--no-cold"], []),
 }
 

@@ -20,8 +20,9 @@ What equals the single-process engine, and how closely
   (the kernels are row-wise). Share-tier cut-offs are exact: a 65,536-bin histogram of the composites is
   summed up the tree, then only the composites of the few bins holding a cut are gathered, and the cut-offs
   come from the same function the in-process engine uses. Tiers (with hysteresis) are then exact. Ranks and
-  percentiles are exact too: each partition counts, for each of its composites, the greater and equal
-  composites of every partition (P x P tasks of O(n log n), memory two partitions per task).
+  percentiles are exact too: a sort partitioned on value ranges (a merged histogram cuts the composites
+  into one range per partition, each range is sorted with ties by row, and the ranks go back to their
+  partitions: every composite moves twice, a task holds about one partition).
 * End to end (fit and score on Dask against fit and score in one process): the 1e-12 of a z-score signal's
   mean and std moves a composite by at most ``COMPOSITE_ATOL`` (1e-9 points); tiers and ranks are the same
   except for customers whose composites lie within that of a cut-off or of each other.
@@ -329,53 +330,94 @@ def _tiers(scored, thresholds: np.ndarray, prev: Any, n_tiers: int, band: float)
     return engine.assign_tiers(comp, thresholds, None if prev is None else _writable(prev, np.int32), band)
 
 
-def _sorted_present(scored) -> np.ndarray:
+RANK_BINS = 65536  # histogram bins that cut the composites into value ranges of about equal size
+
+
+def _rank_bins(comp: np.ndarray, lo: float, scale: float) -> np.ndarray:
+    """Descending bin of each present composite (0 holds the highest): monotone, so equal composites
+    share a bin and every bin's composites exceed those of the bins after it."""
+    return RANK_BINS - 1 - np.minimum(((comp - lo) * scale).astype(np.int64), RANK_BINS - 1)
+
+
+def _rank_histogram(scored, lo: float, scale: float) -> np.ndarray:
     comp = scored[1]
-    return np.sort(comp[~np.isnan(comp)])
+    return np.bincount(_rank_bins(comp[~np.isnan(comp)], lo, scale), minlength=RANK_BINS)
 
 
-def _ahead(scored, other_sorted: np.ndarray, other_is_earlier: bool) -> tuple[np.ndarray, ...]:
-    """For each composite of this partition: the other partition's greater composites, its equal ones if it
-    comes earlier (ties go by row order), and all its equal ones (for the percentile)."""
+def _split_ranges(scored, first_row: int, lo: float, scale: float, range_of_bin: np.ndarray, n_ranges: int) -> list:
+    """This partition's present composites and their rows (across the whole collection), one piece per
+    value range."""
     comp = scored[1]
-    left = np.searchsorted(other_sorted, comp, side="left")
-    right = np.searchsorted(other_sorted, comp, side="right")
-    greater = other_sorted.shape[0] - right
-    equal = right - left
-    return greater, equal if other_is_earlier else np.zeros_like(equal), equal
-
-
-def _own(scored) -> tuple[np.ndarray, ...]:
-    """As :func:`_ahead` against the partition itself: greater ones, equal ones on earlier rows, equal ones."""
-    comp = scored[1]
-    n = comp.shape[0]
-    greater, earlier, equal = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64)
     rows = np.flatnonzero(~np.isnan(comp))
-    order = rows[np.argsort(-comp[rows], kind="stable")]  # descending, ties by row
-    values = comp[order]
-    if values.size:
-        new_run = np.concatenate(([True], values[1:] != values[:-1]))
-        run = np.cumsum(new_run) - 1
-        run_start = np.flatnonzero(new_run)
-        run_end = np.concatenate((run_start[1:], [values.size]))
-        position = np.arange(values.size)
-        greater[order] = run_start[run]
-        earlier[order] = position - run_start[run]
-        equal[order] = (run_end - run_start)[run]
-    return greater, earlier, equal
+    ranges = range_of_bin[_rank_bins(comp[rows], lo, scale)]
+    order = np.argsort(ranges, kind="stable")
+    bounds = np.searchsorted(ranges[order], np.arange(n_ranges + 1))
+    rows = rows[order]
+    return [(comp[rows[a:b]], rows[a:b] + first_row) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def _ranks(scored, counts: tuple[np.ndarray, ...], nan_before: int, n_valid: int):
-    """Exact rank (1 = best, ties by row order, missing composites last) and mid-rank percentile."""
+def _rank_range(pieces: list, ahead: int, n_valid: int, part_starts: np.ndarray) -> list:
+    """Exact ranks and percentiles of one value range (ties by row), as one piece per partition:
+    (rows within the partition, ranks, percentiles). ``ahead``: composites in the ranges above."""
+    values = np.concatenate([p[0] for p in pieces])
+    rows = np.concatenate([p[1] for p in pieces])
+    order = np.lexsort((rows, -values))  # descending composite, then row
+    values, rows = values[order], rows[order]
+    new_run = np.concatenate(([True], values[1:] != values[:-1])) if values.size else np.zeros(0, bool)
+    run_start = np.flatnonzero(new_run)
+    run = np.cumsum(new_run) - 1
+    a = ahead + run_start[run]                                             # rank - 1 of the run's first
+    z = ahead + np.concatenate((run_start[1:], [values.size]))[run]        # past the run's last
+    rank = ahead + np.arange(1, values.size + 1, dtype=np.int64)
+    percentile = 100.0 * ((n_valid - z) + 0.5 * (z - a)) / n_valid       # as the in-process kernels
+    by_part = np.searchsorted(part_starts, rows, side="right") - 1
+    order = np.argsort(by_part, kind="stable")
+    bounds = np.searchsorted(by_part[order], np.arange(part_starts.shape[0]))
+    return [(rows[order[x:y]] - part_starts[p], rank[order[x:y]], percentile[order[x:y]])
+            for p, (x, y) in enumerate(zip(bounds[:-1], bounds[1:]))]
+
+
+def _ranks(scored, pieces: list, nan_before: int, n_valid: int):
+    """A partition's exact ranks (1 = best, ties by row order, missing composites last) and percentiles."""
     comp = scored[1]
-    greater, earlier, equal = counts
-    missing = np.isnan(comp)
-    rank = 1 + greater + earlier
-    rank[missing] = n_valid + nan_before + np.arange(1, int(missing.sum()) + 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        percentile = 100.0 * ((n_valid - (greater + equal)) + 0.5 * equal) / n_valid
-    percentile[missing] = np.nan
-    return rank.astype(np.int64), percentile
+    rank = np.empty(comp.shape[0], dtype=np.int64)
+    percentile = np.full(comp.shape[0], np.nan)
+    for rows, ranks, percentiles in pieces:
+        rank[rows], percentile[rows] = ranks, percentiles
+    missing = np.flatnonzero(np.isnan(comp))
+    rank[missing] = n_valid + nan_before + np.arange(1, missing.shape[0] + 1)
+    return rank, percentile
+
+
+def _exact_ranks(scored: list, summaries: list, split_every: int) -> tuple[list, list]:
+    """Ranks by a sort partitioned on value ranges: a histogram cuts the composites into one range per
+    partition; each range is sorted on its own (ties by row) and its ranks go back to their partitions.
+    Every composite moves twice; a task holds about one partition."""
+    n_valid = sum(s[1] for s in summaries)
+    lengths = [s[0] for s in summaries]
+    part_starts = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+    n_ranges = max(1, len(scored))
+    lo = min((s[2] for s in summaries), default=0.0) if n_valid else 0.0
+    hi = max((s[3] for s in summaries), default=0.0) if n_valid else 0.0
+    scale = engine.bin_scale(lo, hi, RANK_BINS)
+    per_bin = _tree([dask.delayed(_rank_histogram, pure=True)(s, lo, scale) for s in scored], _sum,
+                    split_every).compute()
+    cum = np.cumsum(per_bin)
+    range_of_bin = np.minimum((cum - per_bin) * n_ranges // max(n_valid, 1), n_ranges - 1).astype(np.int64)
+    range_sizes = np.bincount(range_of_bin, weights=per_bin, minlength=n_ranges).astype(np.int64)
+    ahead = np.concatenate(([0], np.cumsum(range_sizes)))
+    split = [dask.delayed(_split_ranges, pure=True, nout=n_ranges)(s, int(part_starts[p]), lo, scale, range_of_bin,
+                                                                           n_ranges)
+             for p, s in enumerate(scored)]
+    ranked_ranges = [dask.delayed(_rank_range, pure=True, nout=len(scored))(
+        [split[p][r] for p in range(len(scored))], int(ahead[r]), n_valid, part_starts)
+        for r in range(n_ranges)]
+    ranks, nan_before = [], 0
+    for p, s in enumerate(scored):
+        ranks.append(dask.delayed(_ranks, pure=True, nout=2)(
+            s, [ranked_ranges[r][p] for r in range(n_ranges)], nan_before, n_valid))
+        nan_before += summaries[p][0] - summaries[p][1]
+    return [r[0] for r in ranks], [r[1] for r in ranks]
 
 
 def _column(parts: list, lengths: list[int], dtype, width: int | None = None) -> da.Array:
@@ -417,16 +459,9 @@ def score(fitted: FittedModel, data: Any, previous_tiers: Any = None, with_rank:
 
     rank = percentile = None
     if with_rank:
-        n_valid = sum(s[1] for s in summaries)
-        present = [dask.delayed(_sorted_present, pure=True)(s) for s in scored]
-        ranked, nan_before = [], 0
-        for p, s in enumerate(scored):
-            counts = [dask.delayed(_own, pure=True)(s)] + [
-                dask.delayed(_ahead, pure=True)(s, present[q], q < p) for q in range(len(scored)) if q != p]
-            ranked.append(dask.delayed(_ranks, pure=True)(s, _tree(counts, _sum, split_every), nan_before, n_valid))
-            nan_before += summaries[p][0] - summaries[p][1]
-        rank = _column([r[0] for r in ranked], lengths, np.int64)
-        percentile = _column([r[1] for r in ranked], lengths, np.float64)
+        ranks, percentiles = _exact_ranks(scored, summaries, split_every)
+        rank = _column(ranks, lengths, np.int64)
+        percentile = _column(percentiles, lengths, np.float64)
     return DistributedScores(
         _column([s[0] for s in scored], lengths, np.float64, len(model.dimensions)),
         _column([s[1] for s in scored], lengths, np.float64),

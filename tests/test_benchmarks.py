@@ -21,6 +21,8 @@ BENCHMARKS = {
     "hierarchy": (["--customers", "3000", "--calls", "50", "--warmup", "10"],
                   ["snapshot_s", "get_priority_client_p50_ms"]),
     "scoring": (["--sizes", "20000", "--repeats", "1", "--reference-repeats", "1", "--no-cold"], []),
+    "distributed": (["--customers", "20000", "--partition-rows", "10000"],
+                    ["in_process_s", "dask_local_s", "dask_peak_worker_mib"]),
 }
 
 

@@ -103,19 +103,26 @@ def test_score_on_dask_equals_the_single_process_engine(client, parquet_base):
     np.testing.assert_array_equal(got.rank, alone.rank)
 
 
+def renormalizing_model() -> se.ValueModel:
+    """The default model with no fixed value for missing signals: customers without signals have no composite."""
+    return se.ValueModel.from_json(se.default_model().to_json().replace("MISSING_POLICY_FIXED_VALUE",
+                                                                        "MISSING_POLICY_RENORMALIZE"))
+
+
 def test_a_dask_array_with_frozen_cutoffs_and_a_previous_tier_array(client):
-    model = se.default_model()
+    model = renormalizing_model()
     X = base(12_000, seed=3)
     fitted = se.fit(model, X)
     frozen = fitted.with_tier_thresholds(se.score(fitted, X).tier_thresholds)
     previous = np.random.default_rng(2).integers(-1, 5, X.shape[0]).astype(np.int32)
     data = da.from_array(X[:, ::-1], chunks=(5_000, 4))  # columns named, in another order and chunked
-    got = D.score(frozen, data, previous_tiers=da.from_array(previous, chunks=5_000),
+    got = D.score(frozen, data, previous_tiers=da.from_array(previous, chunks=5_000), with_rank=True,
                   signal_names=model.signal_names[::-1]).compute()
-    want = se.score(frozen, X, previous_tiers=previous)
-    np.testing.assert_array_equal(got.composite, want.composite)
-    np.testing.assert_array_equal(got.tier, want.tier)
-    assert got.rank is None
+    want = se.score(frozen, X, previous_tiers=previous, with_rank=True)
+    for name in ("composite", "tier", "rank", "percentile"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    assert np.isnan(got.composite).sum() > 200, "customers without a composite rank last, in row order"
+    assert D.score(frozen, data, signal_names=model.signal_names[::-1]).rank is None
 
 
 def test_a_non_finite_value_is_named_by_its_row_across_partitions(client):

@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.prog}: {error.describe()}", file=sys.stderr)
         print(f"  {next_step(error, args)}", file=sys.stderr)
         return 1
-    except (InputError, ConfigError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+    except (InputError, ConfigError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
             PermissionError) as error:
         print(f"{args.prog}: {error}", file=sys.stderr)
         return 2

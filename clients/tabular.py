@@ -1,8 +1,12 @@
-"""Customers and signal observations from CSV or JSON Lines files, streamed into registry messages.
+"""Customers and signal observations from CSV, JSON Lines or Parquet files, streamed into registry messages.
 
-The format comes from the suffix (``.csv``; ``.jsonl``, ``.ndjson`` or ``.json`` for JSON Lines) or
-is named explicitly (``csv`` / ``jsonl``). Files are UTF-8 (a byte-order mark is skipped) and are read
-as a stream: at most one message's rows are held at a time.
+The format comes from the suffix (``.csv``; ``.jsonl``, ``.ndjson`` or ``.json`` for JSON Lines;
+``.parquet``, or a folder of ``.parquet`` part files as ``cvh export`` writes) or is named explicitly
+(``csv`` / ``jsonl`` / ``parquet``). Text files are UTF-8 (a byte-order mark is skipped) and are read
+as a stream: at most one message's rows are held at a time (for Parquet, one row group).
+Parquet rows are read as JSON Lines objects are, with the same rules and rejects: a null is "not
+observed", a timestamp column is an observe_time, and a row's "line" is its 1-based row number across
+the files in name order.
 
 Customer files (``cvh import FILE``), one customer per CSV row or JSON line:
 
@@ -80,6 +84,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import timestamp_pb2
 
+from clients.parquet import ParquetError, ParquetRows
 from cvh.common.v1 import common_pb2
 from cvh.registry.v1 import registry_service_pb2 as registry_pb
 from wire.columns import customer_columns
@@ -90,7 +95,7 @@ MAX_ROWS_PER_MESSAGE = 10_000          # ImportCustomersRequest: customers + col
 MAX_OBSERVATIONS_PER_REQUEST = 10_000  # RecordSignalsRequest.observations
 MAX_TEXT = 256
 MAX_FUTURE_US = 5 * 60 * 1_000_000  # the registry's allowance for clock skew
-FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 CUSTOMER_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 SIGNAL_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 ROLE_NAMES = tuple(name.removeprefix("STAKEHOLDER_ROLE_").lower()
@@ -100,8 +105,8 @@ ROLE_NAMES = tuple(name.removeprefix("STAKEHOLDER_ROLE_").lower()
 # The rules of a customer file as `cvh import --help` and the README state them (the module's notes above say
 # the same at more length).
 CUSTOMER_FILE_RULES = """\
-A .csv or .jsonl/.ndjson/.json file (UTF-8), one customer per row or line. Columns (the first six
-named in any case):
+A .csv or .jsonl/.ndjson/.json file (UTF-8), one customer per row or line, or a .parquet file or a
+folder of them (as `cvh export --format parquet` writes). Columns (the first six named in any case):
   customer_id    required: 1 to 128 characters of [A-Za-z0-9._:-]
   display_name   at most 256 characters
   parent_id      the parent account's customer_id; empty for none. The parent may come later in the
@@ -114,7 +119,8 @@ named in any case):
   any other      a signal named by the column ([a-z][a-z0-9_]{0,62}, e.g. annual_revenue): a finite
                  number. An empty cell (JSON null) means "not observed" and keeps the current value;
                  anything else that is not a finite number (NaN, inf, 1e400) rejects the row
-JSON Lines use the same keys; signals may also be an object under "signals". A header without
+JSON Lines use the same keys; signals may also be an object under "signals". Parquet columns are read
+as JSON Lines keys (null: not observed; a row's line is its row number). A header without
 customer_id, with a column twice or with a column that is neither of the six nor a signal name stops
 the import before anything is sent (exit 2).
 An import upserts: a column the file lacks (parent_id, role, owner, display_name) is set empty on the
@@ -148,15 +154,19 @@ class BadRow(ValueError):
 
 
 def file_format(path: str | Path, explicit: str | None = None) -> str:
-    """``csv`` or ``jsonl``: ``explicit`` when given, else from the suffix."""
+    """``csv``, ``jsonl`` or ``parquet``: ``explicit`` when given, else from the suffix (a folder: parquet)."""
     if explicit:
-        if explicit not in ("csv", "jsonl"):
-            raise InputError(f"unknown format {explicit!r}: csv or jsonl")
+        if explicit not in ("csv", "jsonl", "parquet"):
+            raise InputError(f"unknown format {explicit!r}: csv, jsonl or parquet")
+        if explicit != "parquet" and Path(path).is_dir():
+            raise InputError(f"{path} is a folder: only Parquet part files are read from a folder")
         return explicit
+    if Path(path).is_dir():
+        return "parquet"
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
-        raise InputError(f"cannot tell the format of {path}: name it .csv, .jsonl or .ndjson, "
-                         f"or pass --format csv|jsonl")
+        raise InputError(f"cannot tell the format of {path}: name it .csv, .jsonl, .ndjson or .parquet, "
+                         f"or pass --format csv|jsonl|parquet")
     return FORMATS[suffix]
 
 
@@ -172,12 +182,20 @@ class _Record:
 
 
 class _Source:
-    """The records of a CSV or JSON Lines file, read as a stream, counting bytes and lines."""
+    """The records of a CSV, JSON Lines or Parquet file, read as a stream, counting bytes and lines."""
 
     def __init__(self, path: str | Path, fmt: str) -> None:
         self.path, self.format = Path(path), fmt
-        self.total_bytes = self.path.stat().st_size
-        self.bytes_read = 0
+        self._parquet = None
+        if fmt == "parquet":
+            try:
+                self._parquet = ParquetRows(self.path)
+            except ParquetError as error:
+                raise InputError(str(error)) from None
+            self.total_bytes = self._parquet.total_bytes
+        else:
+            self.total_bytes = self.path.stat().st_size
+        self._bytes_read = 0
         self.header: list[str] = []
         if fmt == "csv":
             for record in self._records():
@@ -188,20 +206,35 @@ class _Source:
             else:
                 raise InputError(f"{self.path}: the file is empty; it needs a header line naming the columns")
 
+    @property
+    def bytes_read(self) -> int:
+        return self._parquet.bytes_read if self._parquet is not None else self._bytes_read
+
     def __iter__(self) -> Iterator[_Record]:
+        if self._parquet is not None:
+            yield from self._parquet_records(self._parquet)
+            return
         records = self._records()
         if self.format == "csv":
             next(records, None)  # the header, checked in __init__
         yield from records
 
+    @staticmethod
+    def _parquet_records(rows: ParquetRows) -> Iterator[_Record]:
+        try:
+            for line, row in enumerate(rows, start=1):
+                yield _Record(line, row, rows.raw(row))
+        except ParquetError as error:  # a later part file that is not Parquet: stop, naming it
+            raise InputError(str(error)) from None
+
     def _records(self) -> Iterator[_Record]:
-        self.bytes_read = 0
+        self._bytes_read = 0
         lines: list[str] = []
         state = {"line": 0, "bad_text": False}
 
         def read(handle) -> Iterator[str]:
             for raw in handle:
-                self.bytes_read += len(raw)
+                self._bytes_read += len(raw)
                 state["line"] += 1
                 if state["line"] == 1 and raw.startswith(b"\xef\xbb\xbf"):
                     raw = raw[3:]
@@ -258,7 +291,8 @@ class _Source:
         """The raw text of the records starting on the ``wanted`` lines (a second pass over the file)."""
         found: dict[int, str] = {}
         last = max(wanted, default=0)
-        for record in _Source(self.path, self.format)._records():  # a reader of its own: progress stays put
+        source = _Source(self.path, self.format)  # a reader of its own: progress stays put
+        for record in (source._parquet_records(source._parquet) if source._parquet is not None else source._records()):
             if record.line > last:
                 break
             if record.line in wanted:

@@ -1,7 +1,8 @@
 """cvh scoring engine: value models, Numba batch kernels and a NumPy reference.
 
 A plain library: no gRPC, no database. The scoring service calls it; so can a
-notebook or a Dask job (fit per partition with chunks, score per partition).
+notebook, or a Dask cluster: ``scoring_engine.distributed`` (the ``dask`` extra)
+fits and scores a Dask collection with these kernels, partition by partition.
 
 Quick use::
 

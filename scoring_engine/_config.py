@@ -66,3 +66,32 @@ def parallel_jit(func):
 def helper_jit(func):
     """A scalar helper called from the kernels (LLVM inlines it into each caller)."""
     return numba.njit(fastmath=FASTMATH)(func)
+
+
+def use_cache_dir(path: str) -> str:
+    """Points the kernels' on-disk cache at ``path`` (e.g. one folder per Dask worker), seeded with the kernels
+    already cached where they were, so a new worker loads rather than compiles. Call it before the first
+    kernel call of the process: kernels already compiled keep their code. Returns the folder the kernels'
+    cache files now go to (unchanged when caching is off)."""
+    import shutil
+
+    from numba.core import config
+    from numba.core.dispatcher import Dispatcher
+
+    from . import _kernels
+
+    kernels = [k for k in vars(_kernels).values() if isinstance(k, Dispatcher) and k._cache.cache_path]
+    if not CACHE or not kernels:
+        return ""
+    old = kernels[0]._cache.cache_path
+    os.environ["NUMBA_CACHE_DIR"] = str(path)
+    config.reload_config()
+    for kernel in kernels:
+        kernel.enable_caching()  # a new cache locator, under the new NUMBA_CACHE_DIR
+    new = kernels[0]._cache.cache_path
+    os.makedirs(new, exist_ok=True)
+    if new != old and os.path.isdir(old) and not any(name.endswith(".nbi") for name in os.listdir(new)):
+        for name in os.listdir(old):
+            if name.startswith("_kernels.") and name.endswith((".nbi", ".nbc")):
+                shutil.copy2(os.path.join(old, name), os.path.join(new, name))
+    return new

@@ -577,25 +577,13 @@ def population_thresholds(composite: np.ndarray, percents: Sequence[float]) -> n
     if n_valid == 0:
         return np.full(len(counts), np.inf)
     lo, hi = float(ranges[:, 1].min()), float(ranges[:, 2].max())
-    n_bins = 65536
-    scale = n_bins / (hi - lo) if hi > lo else 0.0
-    if not math.isfinite(scale):
-        scale = 0.0
+    n_bins = SHARE_BINS
+    scale = bin_scale(lo, hi, n_bins)
     hist = np.empty((parts, n_bins), dtype=np.int64)
     with PARALLEL_LOCK:
         K.part_histograms(comp, lo, scale, hist)
     per_bin = hist.sum(axis=0)
-    cum = np.cumsum(per_bin)  # customers in descending bins 0..b
-    # For each cut: the bin of the (m+1)-th best and the nearest non-empty better bin.
-    wanted_bins: list[int] = []
-    for m in counts:
-        if m < n_valid:
-            b = int(np.searchsorted(cum, m + 1))
-            wanted_bins.append(b)
-            better = np.flatnonzero(per_bin[:b])
-            if better.size:
-                wanted_bins.append(int(better[-1]))
-    wanted_bins = sorted(set(wanted_bins))
+    wanted_bins = cut_bins(per_bin, counts, n_valid)
     wanted = np.full(n_bins, -1, dtype=np.int64)
     wanted[wanted_bins] = np.arange(len(wanted_bins))
     sizes = per_bin[wanted_bins]
@@ -604,6 +592,39 @@ def population_thresholds(composite: np.ndarray, percents: Sequence[float]) -> n
     gathered = np.empty(int(starts[-1]))
     with PARALLEL_LOCK:
         K.gather_bins(comp, lo, scale, n_bins, wanted, np.ascontiguousarray(offsets), gathered)
+    in_bin = {b: gathered[starts[w]:starts[w + 1]] for w, b in enumerate(wanted_bins)}
+    return cutoffs_in_bins(per_bin, counts, n_valid, lo, in_bin)
+
+
+def bin_scale(lo: float, hi: float, n_bins: int) -> float:
+    """Bins per composite point of a histogram over [lo, hi] (0: everything in one bin)."""
+    scale = n_bins / (hi - lo) if hi > lo else 0.0
+    return scale if math.isfinite(scale) else 0.0
+
+
+SHARE_BINS = 65536  # histogram bins of the share cut-offs: only the composites of a few bins are then sorted
+
+
+def cut_bins(per_bin: np.ndarray, counts: Sequence[int], n_valid: int) -> list[int]:
+    """The (descending) histogram bins whose composites the share cut-offs need: for each cut, the bin of the
+    (m + 1)-th best and the nearest non-empty better bin."""
+    cum = np.cumsum(per_bin)  # customers in descending bins 0..b
+    wanted_bins: set[int] = set()
+    for m in counts:
+        if m < n_valid:
+            b = int(np.searchsorted(cum, m + 1))
+            wanted_bins.add(b)
+            better = np.flatnonzero(per_bin[:b])
+            if better.size:
+                wanted_bins.add(int(better[-1]))
+    return sorted(wanted_bins)
+
+
+def cutoffs_in_bins(per_bin: np.ndarray, counts: Sequence[int], n_valid: int, lo: float,
+                    in_bin: Mapping[int, np.ndarray]) -> np.ndarray:
+    """Exact share cut-offs from the histogram ``per_bin`` and the composites ``in_bin[b]`` (any order) of the
+    bins :func:`cut_bins` named; ``lo`` is the lowest composite. Shared by the in-process and Dask engines."""
+    cum = np.cumsum(per_bin)
     out = np.empty(len(counts))
     for k, m in enumerate(counts):
         if m >= n_valid:
@@ -611,19 +632,14 @@ def population_thresholds(composite: np.ndarray, percents: Sequence[float]) -> n
             continue
         b = int(np.searchsorted(cum, m + 1))
         before = int(cum[b - 1]) if b > 0 else 0
-        w = int(wanted[b])
-        in_bin = np.sort(gathered[starts[w]:starts[w + 1]])[::-1]
-        v = in_bin[m - before]  # the (m+1)-th best
-        above = in_bin[in_bin > v]
+        values = np.sort(in_bin[b])[::-1]
+        v = values[m - before]  # the (m+1)-th best
+        above = values[values > v]
         if above.size:
             out[k] = above.min()
         else:
             better = np.flatnonzero(per_bin[:b])
-            if better.size:
-                wb = int(wanted[int(better[-1])])
-                out[k] = gathered[starts[wb]:starts[wb + 1]].min()
-            else:
-                out[k] = np.inf
+            out[k] = in_bin[int(better[-1])].min() if better.size else np.inf
     return out
 
 

@@ -22,6 +22,8 @@ BENCHMARKS = {
                   ["snapshot_s", "get_priority_client_p50_ms"]),
     "clv": (["--customers", "20000", "--repeats", "1", "--no-lifetimes"], ["fit_s", "predict_clv_s"]),
     "scoring": (["--sizes", "20000", "--repeats", "1", "--reference-repeats", "1", "--no-cold"], []),
+    "distributed": (["--customers", "20000", "--partition-rows", "10000"],
+                    ["in_process_s", "dask_local_s", "dask_peak_worker_mib"]),
 }
 
 

@@ -66,6 +66,16 @@ def existing_file(text: str) -> str:
     return str(path)
 
 
+def existing_path(text: str) -> str:
+    """An argparse type for a file or a folder (of Parquet part files) to read: it must exist."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path: name a file or a folder")
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text}: no such file or folder")
+    return str(path)
+
+
 def database_url(text: str) -> str:
     """An argparse type for a SQLAlchemy URL (checked for its form only; nothing is opened)."""
     from sqlalchemy.engine import make_url

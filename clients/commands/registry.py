@@ -10,7 +10,8 @@ import grpc
 
 from clients import tabular
 from clients.client import customer_id
-from clients.commands.common import connect, enum_word, existing_file, non_negative_int, whole_number
+from clients import parquet
+from clients.commands.common import connect, enum_word, existing_file, existing_path, non_negative_int, whole_number
 from clients.errors import CvhError
 from clients.output import counted, message_dict, print_json, print_table, progress, quantity, timestamp
 from cvh.common.v1 import common_pb2
@@ -219,13 +220,50 @@ def role_argument(text: str) -> int:
         raise argparse.ArgumentTypeError(bad.reason) from None
 
 
+def export_customers(args: argparse.Namespace) -> int:
+    """cvh export: the registry's customers and signal matrix, streamed into Parquet parts, CSV or JSON Lines."""
+    with connect(args) as cvh:
+        names = args.signals.split(",") if args.signals else [s.name for s in cvh.get_model(args.model).signals]
+        stream = cvh.export_signal_matrix(names)
+        with progress(None, f"exporting to {Path(args.path).name}", unit=" customers", enabled=not args.json) as bar:
+            def messages():
+                for message in stream:
+                    if message.total_customers and bar.total is None:
+                        bar.total = message.total_customers
+                    bar.update(len(message.chunk.customer_ids))
+                    yield message
+            rows, files = parquet.write_export(args.path, args.format, parquet.export_batches(messages(), names),
+                                               parquet.export_schema(names))
+    result = {"customers": rows, "signals": names, "format": args.format, "files": [str(f) for f in files]}
+    if args.json:
+        print_json(result)
+    else:
+        print(f"{rows:,} customers x {len(names)} signals written to {args.path} "
+              f"({counted(len(files), 'file')})")
+    return 0
+
+
 def add_parsers(commands, client: argparse.ArgumentParser) -> None:
     command = commands.add_parser(
-        "import", parents=[client], help="import customers from CSV or JSON Lines",
+        "export", parents=[client], help="export customers and their signals to Parquet, CSV or JSON Lines",
+        description="Write every customer (customer_id, parent_id, role, owner) with its current signal values "
+                    "(empty / null where not observed), in customer_id order, in the form `cvh import` reads. "
+                    "Parquet goes to a folder of part files (part-00000.parquet, ..., 1,000,000 rows each), "
+                    "streamed: memory stays bounded by one row group. Display names are not exported.")
+    command.add_argument("path", metavar="PATH", help="the folder (parquet) or file (csv, jsonl) to write")
+    command.add_argument("--format", choices=["parquet", "csv", "jsonl"], default="parquet",
+                         help="output format (default parquet)")
+    command.add_argument("--signals", default="", metavar="NAMES",
+                         help="comma-separated signals to export (default: those the model reads)")
+    command.add_argument("--model", default="default", help="whose signals to export (default: default)")
+    command.set_defaults(run=export_customers)
+    command = commands.add_parser(
+        "import", parents=[client], help="import customers from CSV, JSON Lines or Parquet",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Upsert customers from FILE; re-importing is safe.\n\n" + tabular.CUSTOMER_FILE_RULES)
-    command.add_argument("file", type=existing_file, metavar="FILE", help="a .csv, .jsonl or .ndjson file")
-    command.add_argument("--format", choices=["csv", "jsonl"], help="file format (default: from the suffix)")
+    command.add_argument("file", type=existing_path, metavar="FILE",
+                         help="a .csv, .jsonl, .ndjson or .parquet file, or a folder of .parquet files")
+    command.add_argument("--format", choices=["csv", "jsonl", "parquet"], help="file format (default: from the suffix)")
     command.add_argument("--rejects", metavar="FILE", help="where rejected rows go (default FILE.rejects.csv)")
     command.add_argument("--chunk-rows", type=whole_number(1, tabular.MAX_ROWS_PER_MESSAGE),
                          default=tabular.MAX_ROWS_PER_MESSAGE, metavar="N",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
+from clients import parquet
 from clients.client import CvhClient
 from clients.commands.common import connect, enum_word, existing_file, positive_int
 from clients.output import counted, message_dict, percent, print_json, print_table, progress
@@ -155,6 +156,27 @@ def run_moves(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export(args: argparse.Namespace) -> int:
+    """cvh run export: a completed run's results, streamed into Parquet parts, CSV or JSON Lines."""
+    with connect(args) as cvh:
+        run = cvh.get_run(args.run_name)
+        stream = cvh.stream_run_results(run.name)
+        with progress(None, f"exporting {run.name}", unit=" customers", enabled=not args.json) as bar:
+            def chunks():
+                for chunk in stream:
+                    if chunk.total_customers and bar.total is None:
+                        bar.total = chunk.total_customers
+                    bar.update(len(chunk.dimension_scores.customer_ids))
+                    yield chunk
+            rows, files = parquet.write_export(args.path, args.format, parquet.run_result_batches(chunks()))
+    result = {"run": run.name, "customers": rows, "format": args.format, "files": [str(f) for f in files]}
+    if args.json:
+        print_json(result)
+    else:
+        print(f"{run.name}: {rows:,} results written to {args.path} ({counted(len(files), 'file')})")
+    return 0
+
+
 def add_parsers(commands, client: argparse.ArgumentParser) -> None:
     models = commands.add_parser("models", help="value models: create, list, show, activate",
                                  description="Value models are versioned: creating one with an existing "
@@ -202,3 +224,14 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
     command.add_argument("run_name", nargs="?", default="", metavar="RUN",
                          help="runs/N or N (default: the latest completed run)")
     command.set_defaults(run=run_moves)
+    command = actions.add_parser(
+        "export", parents=[client], help="write a run's results to Parquet, CSV or JSON Lines",
+        description="Write a completed run's results in rank order: customer_id, one score per dimension, "
+                    "composite (empty / null when none), tier_id, tier_level (1 = top), rank, percentile and "
+                    "previous_tier_level (0: not in the previous run). Parquet goes to a folder of part files "
+                    "(1,000,000 rows each), streamed: memory stays bounded by one row group.")
+    command.add_argument("run_name", metavar="RUN", help="runs/N or N")
+    command.add_argument("path", metavar="PATH", help="the folder (parquet) or file (csv, jsonl) to write")
+    command.add_argument("--format", choices=["parquet", "csv", "jsonl"], default="parquet",
+                         help="output format (default parquet)")
+    command.set_defaults(run=run_export)

@@ -37,7 +37,7 @@ def bad_calls() -> list[tuple[list[str], str]]:
                 continue
             seen.add(id(action))
             name = action.option_strings[0] if action.option_strings else action.metavar or action.dest
-            values = BAD_VALUES + ((MISSING_FILE,) if getattr(action.type, "__name__", "") == "existing_file" else ())
+            values = BAD_VALUES + ((MISSING_FILE,) if getattr(action.type, "__name__", "") in ("existing_file", "existing_path") else ())
             for value in values:
                 if action.choices and value == "":
                     continue  # an empty choice reads as a missing one: also exit 2, but naming no flag

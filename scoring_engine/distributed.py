@@ -1,0 +1,491 @@
+"""Fit and score a Dask collection with the engine's own kernels, one task per partition.
+
+Needs the ``dask`` extra (``pip install 'cvh[dask]'``): dask, distributed and pandas. Nothing else in the
+suite imports this module.
+
+Input: a ``dask.dataframe`` (say ``dd.read_parquet`` of a ``cvh export`` folder: signal columns by name,
+other columns ignored, a model signal without a column is all missing, nulls are missing values) or a 2-D
+``dask.array`` (columns in ``model.signal_names`` order unless ``signal_names`` names them; row chunks are
+the partitions). Partitions of ~100 MB (about a million customers x 16 signals) keep each task well above
+Dask's overhead.
+
+What equals the single-process engine, and how closely
+------------------------------------------------------
+* ``fit``: per partition ``engine.fit``; partitions merged up a tree (``split_every`` at a time). Counts,
+  minima, maxima and the percentile tables (distinct values with their counts, merged exactly) equal the
+  single-process fit bit for bit. Means and squared deviations (M2) merge by Chan's pairwise formula, as the
+  engine merges its row blocks; a different merge order rounds differently, so they agree to a relative
+  ``MEAN_STD_RTOL`` (1e-12).
+* ``score`` given one fitted model: dimension scores and composites are bit-identical to ``engine.score``
+  (the kernels are row-wise). Share-tier cut-offs are exact: a 65,536-bin histogram of the composites is
+  summed up the tree, then only the composites of the few bins holding a cut are gathered, and the cut-offs
+  come from the same function the in-process engine uses. Tiers (with hysteresis) are then exact. Ranks and
+  percentiles are exact too: a sort partitioned on value ranges (a merged histogram cuts the composites
+  into one range per partition, each range is sorted with ties by row, and the ranks go back to their
+  partitions: every composite moves twice, a task holds about one partition).
+* End to end (fit and score on Dask against fit and score in one process): the 1e-12 of a z-score signal's
+  mean and std moves a composite by at most ``COMPOSITE_ATOL`` (1e-9 points); tiers and ranks are the same
+  except for customers whose composites lie within that of a cut-off or of each other.
+
+Workers: register :class:`ScoringWorker` (``scoring_client`` does) so that each worker process keeps its
+Numba cache in a folder of its own (seeded from the installed cache, so it loads rather than compiles),
+compiles or loads every kernel once at start, and runs Numba with ``cores // dask threads`` threads, so
+Dask threads x Numba threads never exceed the worker's cores.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import dask.array as da
+import numba
+import numpy as np
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from . import _kernels as K
+from . import engine
+from ._config import PARALLEL_LOCK, use_cache_dir
+from .engine import FittedModel, NonFiniteValueError, ScoreResult, ScoringError, model_thresholds
+from .model import Normalization, ValueModel
+
+__all__ = ["COMPOSITE_ATOL", "MEAN_STD_RTOL", "DistributedScores", "ScoringWorker", "fit", "scoring_client",
+           "score"]
+
+MEAN_STD_RTOL = 1e-12   # fitted mean and std against the single-process fit (relative)
+COMPOSITE_ATOL = 1e-9   # composites and dimension scores against the single-process engine (points)
+SPLIT_EVERY = 8         # partial results merged per task up the reduction tree
+
+_THREAD_BUDGET = 0      # Numba threads per task on this worker (0: Numba's default); set by ScoringWorker
+
+
+# --------------------------------------------------------------------------- workers
+class ScoringWorker(WorkerPlugin):
+    """Per worker process: a Numba cache folder of its own, every kernel compiled (or loaded) once at start,
+    and a thread budget of ``cores // threads`` Numba threads per Dask thread.
+
+    ``cores``: the worker's cores (default: those the process may run on); ``cache_root``: where the
+    per-worker cache folders go (default ``$NUMBA_CACHE_DIR``, else the temporary folder).
+    """
+
+    name = "cvh-scoring-worker"
+
+    def __init__(self, cores: int | None = None, cache_root: str | None = None) -> None:
+        self.cores, self.cache_root = cores, cache_root
+
+    def setup(self, worker) -> None:
+        global _THREAD_BUDGET
+        cores = self.cores or len(os.sched_getaffinity(0))
+        _THREAD_BUDGET = max(1, cores // max(1, worker.state.nthreads))
+        root = self.cache_root or os.environ.get("NUMBA_CACHE_DIR") or os.path.join(tempfile.gettempdir(),
+                                                                                     "cvh-numba")
+        use_cache_dir(os.path.join(root, "worker-" + re.sub(r"[^A-Za-z0-9_.-]", "_", str(worker.name))))
+        _apply_thread_budget()
+        engine.warm_up()
+
+
+def _apply_thread_budget() -> int:
+    """Numba's thread count is per calling thread: each task sets it before running a kernel."""
+    if _THREAD_BUDGET:
+        numba.set_num_threads(min(_THREAD_BUDGET, numba.config.NUMBA_NUM_THREADS))
+    return numba.get_num_threads()
+
+
+def scoring_client(address: str | None = None, n_workers: int = 2, threads_per_worker: int = 1,
+                   cache_root: str | None = None):
+    """A ``distributed.Client`` with :class:`ScoringWorker` registered: on the scheduler at ``address``, or
+    on a new LocalCluster of ``n_workers`` processes on 127.0.0.1 that share this machine's cores."""
+    from distributed import Client, LocalCluster
+
+    if address:
+        client = Client(address)
+        cores = None
+    else:
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
+                               host="127.0.0.1", dashboard_address=None, scheduler_port=0)
+        client = Client(cluster)
+        cores = max(1, len(os.sched_getaffinity(0)) // n_workers)
+    client.register_plugin(ScoringWorker(cores, cache_root))
+    return client
+
+
+# --------------------------------------------------------------------------- partitions
+def _partitions(model: ValueModel, data: Any, signal_names: Sequence[str] | None):
+    """(delayed partitions, columns to take from a frame or None, the names of the matrix columns)."""
+    if hasattr(data, "to_delayed") and hasattr(data, "columns"):  # a dask dataframe
+        wanted = set(model.signal_names)
+        columns = [c for c in data.columns if c in wanted]
+        return list(data.to_delayed()), columns, columns
+    if isinstance(data, da.Array):
+        if data.ndim != 2:
+            raise ScoringError(f"expected a 2-D dask array (customers x signals), got {data.ndim} dimension(s)")
+        blocks = data.rechunk({1: -1}).to_delayed()
+        return list(blocks[:, 0]), None, signal_names
+    raise ScoringError(f"expected a dask dataframe or a 2-D dask array, got {type(data).__name__}")
+
+
+def _writable(array: Any, dtype=np.float64) -> np.ndarray:
+    """C-ordered and writable, as the kernels were compiled for: pandas hands out column-major blocks and
+    arrays that arrive from another worker are read-only, and Numba would compile every kernel again for
+    either (seconds per worker process); a copy of one partition costs far less."""
+    return np.require(array, dtype=dtype, requirements=["C_CONTIGUOUS", "WRITEABLE"])
+
+
+def _matrix(part: Any, columns: list[str] | None) -> np.ndarray:
+    if columns is not None:
+        part = part[columns].to_numpy(dtype=np.float64, na_value=np.nan)
+    return _writable(part)
+
+
+def _tree(items: list, merge: Callable[[list], Any], split_every: int):
+    """One delayed result: ``merge`` over ``split_every`` items at a time, partitions kept in order."""
+    merge = dask.delayed(merge, pure=True)
+    while len(items) > 1:
+        items = [merge(items[i:i + split_every]) for i in range(0, len(items), split_every)]
+    return items[0]
+
+
+# --------------------------------------------------------------------------- fit
+@dataclass
+class _FitPart:
+    """A partition's (or merged run of partitions') fit statistics, or its first non-finite value."""
+
+    n_rows: int
+    stats: np.ndarray | None
+    pct: list[tuple[np.ndarray, np.ndarray]] | None  # per PERCENTILE signal: distinct values, counts
+    bad: tuple[int, str, float] | None = None        # (row within these partitions, signal, value)
+
+
+def _fit_part(part: Any, columns, model: ValueModel, names) -> _FitPart:
+    _apply_thread_budget()
+    X = _matrix(part, columns)
+    try:
+        fitted = engine.fit(model, X, names)
+    except NonFiniteValueError as error:
+        return _FitPart(X.shape[0], None, None, (error.row, error.signal, error.value))
+    o = fitted.pct_offsets
+    pct = [(fitted.pct_values[o[j]:o[j + 1]], fitted.pct_counts[o[j]:o[j + 1]])
+           for j, s in enumerate(model.signals) if s.effective_normalization == Normalization.PERCENTILE]
+    return _FitPart(fitted.n_rows, fitted.stats, pct)
+
+
+def _merge_fits(parts: list[_FitPart]) -> _FitPart:
+    acc = parts[0]
+    for part in parts[1:]:
+        n = acc.n_rows + part.n_rows
+        if acc.bad is not None:
+            acc = _FitPart(n, None, None, acc.bad)
+        elif part.bad is not None:
+            row, signal, value = part.bad
+            acc = _FitPart(n, None, None, (acc.n_rows + row, signal, value))
+        else:
+            stats = acc.stats.copy()
+            K.merge_blocks(part.stats[None], stats)  # Chan's pairwise update, as the engine merges blocks
+            acc = _FitPart(n, stats, [_merge_table(a, b) for a, b in zip(acc.pct, part.pct)])
+    return acc
+
+
+def _merge_table(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]):
+    """Two percentile tables (distinct values, counts) as one: exact."""
+    values, where = np.unique(np.concatenate((a[0], b[0])), return_inverse=True)
+    counts = np.zeros(values.shape[0], dtype=np.int64)
+    np.add.at(counts, where, np.concatenate((a[1], b[1])))
+    return values, counts
+
+
+def fit(model: ValueModel, data: Any, signal_names: Sequence[str] | None = None,
+        split_every: int = SPLIT_EVERY) -> FittedModel:
+    """:func:`scoring_engine.fit` over a Dask collection (see the module's notes for what is exact)."""
+    parts, columns, names = _partitions(model, data, signal_names)
+    if not parts:
+        return engine.fit(model, np.empty((0, len(model.signals))))
+    model_d = dask.delayed(model, pure=True)
+    fitted = _tree([dask.delayed(_fit_part, pure=True)(p, columns, model_d, names) for p in parts],
+                   _merge_fits, split_every).compute()
+    if fitted.bad is not None:
+        raise NonFiniteValueError(*fitted.bad)
+    offsets, values, counts = [0], [], []
+    tables = iter(fitted.pct)
+    for s in model.signals:
+        if s.effective_normalization == Normalization.PERCENTILE:
+            v, c = next(tables)
+            values.append(v)
+            counts.append(c)
+        offsets.append(offsets[-1] + (len(values[-1]) if s.effective_normalization == Normalization.PERCENTILE
+                                      else 0))
+    return FittedModel(model, fitted.n_rows, fitted.stats,
+                       np.concatenate(values).astype(np.float64) if values else np.zeros(0),
+                       np.concatenate(counts).astype(np.int64) if counts else np.zeros(0, dtype=np.int64),
+                       np.array(offsets, dtype=np.int64))
+
+
+# --------------------------------------------------------------------------- score
+@dataclass(frozen=True, eq=False)
+class DistributedScores:
+    """Scores of a Dask collection, partitioned as the input: the fields of :class:`ScoreResult` as dask
+    arrays (``tier_thresholds`` as a NumPy array); ``compute()`` gathers them into a ScoreResult."""
+
+    dimensions: da.Array
+    composite: da.Array
+    tier: da.Array
+    tier_thresholds: np.ndarray
+    dimension_names: tuple[str, ...]
+    tier_ids: tuple[str, ...]
+    rank: da.Array | None = None
+    percentile: da.Array | None = None
+    persisted: tuple = ()  # the per-partition scores held on the workers: they live as long as this result
+
+    def compute(self) -> ScoreResult:
+        arrays = dask.compute(self.dimensions, self.composite, self.tier, self.rank, self.percentile)
+        dims, comp, tier, rank, pct = arrays
+        return ScoreResult(dims, comp, tier, self.tier_thresholds, self.dimension_names, self.tier_ids, rank, pct)
+
+
+def _score_part(part: Any, columns, fitted: FittedModel, names):
+    """(dimensions, composites, first non-finite value or None) of a partition."""
+    _apply_thread_budget()
+    X = engine._as_matrix(_matrix(part, columns))
+    cols = engine._columns(fitted.model, X.shape[1], names)
+    try:
+        dims, comp = engine._score_arrays(fitted, X, cols)
+    except NonFiniteValueError as error:
+        n = X.shape[0]
+        return np.full((n, len(fitted.model.dimensions)), np.nan), np.full(n, np.nan), \
+            (error.row, error.signal, error.value)
+    return dims, comp, None
+
+
+def _summary(scored) -> tuple[int, int, float, float, tuple | None]:
+    """(rows, composites present, lowest, highest, first non-finite value) of a scored partition."""
+    comp = scored[1]
+    present = comp[~np.isnan(comp)]
+    lo, hi = (float(present.min()), float(present.max())) if present.size else (np.inf, -np.inf)
+    return comp.shape[0], present.shape[0], lo, hi, scored[2]
+
+
+def _histogram(scored, lo: float, scale: float) -> np.ndarray:
+    hist = np.empty((1, engine.SHARE_BINS), dtype=np.int64)
+    with PARALLEL_LOCK:
+        K.part_histograms(_writable(scored[1]), lo, scale, hist)
+    return hist[0]
+
+
+def _sum(arrays: list) -> Any:
+    total = arrays[0]
+    for a in arrays[1:]:
+        total = tuple(x + y for x, y in zip(total, a)) if isinstance(total, tuple) else total + a
+    return total
+
+
+def _gather(scored, lo: float, scale: float, bins: list[int]) -> dict[int, np.ndarray]:
+    """The composites of this partition in each of the (descending) histogram ``bins``."""
+    _apply_thread_budget()
+    comp = _writable(scored[1])
+    hist = _histogram(scored, lo, scale)[None]
+    sizes = hist[0, bins]
+    starts = np.concatenate(([0], np.cumsum(sizes)))
+    wanted = np.full(engine.SHARE_BINS, -1, dtype=np.int64)
+    wanted[bins] = np.arange(len(bins))
+    out = np.empty(int(starts[-1]))
+    with PARALLEL_LOCK:
+        K.gather_bins(comp, lo, scale, engine.SHARE_BINS, wanted, starts[:-1][None].astype(np.int64), out)
+    return {b: out[starts[w]:starts[w + 1]] for w, b in enumerate(bins)}
+
+
+def _share_thresholds(scored: list, summaries: list, percents: list[float], split_every: int) -> np.ndarray:
+    n_valid = sum(s[1] for s in summaries)
+    counts = engine.share_counts(percents, n_valid)
+    if n_valid == 0:
+        return np.full(len(counts), np.inf)
+    lo, hi = min(s[2] for s in summaries), max(s[3] for s in summaries)
+    scale = engine.bin_scale(lo, hi, engine.SHARE_BINS)
+    per_bin = _tree([dask.delayed(_histogram, pure=True)(s, lo, scale) for s in scored], _sum,
+                    split_every).compute()
+    bins = engine.cut_bins(per_bin, counts, n_valid)
+    gathered = dask.compute(*[dask.delayed(_gather, pure=True)(s, lo, scale, bins) for s in scored])
+    in_bin = {b: np.concatenate([g[b] for g in gathered]) for b in bins}
+    return engine.cutoffs_in_bins(per_bin, counts, n_valid, lo, in_bin)
+
+
+def _previous_part(prev: Any, n: int, n_tiers: int) -> np.ndarray | None:
+    if prev is None:
+        return None
+    if hasattr(prev, "to_numpy"):  # a column of a frame; nulls (NA) as NaN
+        prev = prev.to_numpy(dtype=np.float64, na_value=np.nan)
+    values = np.asarray(prev)
+    if values.dtype.kind == "f":  # a nullable column read as float: null is "no previous tier"
+        values = np.where(np.isnan(values), -1, values).astype(np.int64)
+    return engine._previous(values, n, n_tiers)
+
+
+def _tiers(scored, thresholds: np.ndarray, prev: Any, n_tiers: int, band: float) -> np.ndarray:
+    _apply_thread_budget()
+    comp = _writable(scored[1])
+    prev = _previous_part(prev, comp.shape[0], n_tiers)
+    return engine.assign_tiers(comp, thresholds, None if prev is None else _writable(prev, np.int32), band)
+
+
+RANK_BINS = 65536  # histogram bins that cut the composites into value ranges of about equal size
+
+
+def _rank_bins(comp: np.ndarray, lo: float, scale: float) -> np.ndarray:
+    """Descending bin of each present composite (0 holds the highest): monotone, so equal composites
+    share a bin and every bin's composites exceed those of the bins after it."""
+    return RANK_BINS - 1 - np.minimum(((comp - lo) * scale).astype(np.int64), RANK_BINS - 1)
+
+
+def _rank_histogram(scored, lo: float, scale: float) -> np.ndarray:
+    comp = scored[1]
+    return np.bincount(_rank_bins(comp[~np.isnan(comp)], lo, scale), minlength=RANK_BINS)
+
+
+def _split_ranges(scored, first_row: int, lo: float, scale: float, range_of_bin: np.ndarray, n_ranges: int) -> list:
+    """This partition's present composites and their rows (across the whole collection), one piece per
+    value range."""
+    comp = scored[1]
+    rows = np.flatnonzero(~np.isnan(comp))
+    ranges = range_of_bin[_rank_bins(comp[rows], lo, scale)]
+    order = np.argsort(ranges, kind="stable")
+    bounds = np.searchsorted(ranges[order], np.arange(n_ranges + 1))
+    rows = rows[order]
+    return [(comp[rows[a:b]], rows[a:b] + first_row) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _rank_range(pieces: list, ahead: int, n_valid: int, part_starts: np.ndarray) -> list:
+    """Exact ranks and percentiles of one value range (ties by row), as one piece per partition:
+    (rows within the partition, ranks, percentiles). ``ahead``: composites in the ranges above."""
+    values = np.concatenate([p[0] for p in pieces])
+    rows = np.concatenate([p[1] for p in pieces])
+    order = np.lexsort((rows, -values))  # descending composite, then row
+    values, rows = values[order], rows[order]
+    new_run = np.concatenate(([True], values[1:] != values[:-1])) if values.size else np.zeros(0, bool)
+    run_start = np.flatnonzero(new_run)
+    run = np.cumsum(new_run) - 1
+    a = ahead + run_start[run]                                             # rank - 1 of the run's first
+    z = ahead + np.concatenate((run_start[1:], [values.size]))[run]        # past the run's last
+    rank = ahead + np.arange(1, values.size + 1, dtype=np.int64)
+    percentile = 100.0 * ((n_valid - z) + 0.5 * (z - a)) / n_valid       # as the in-process kernels
+    by_part = np.searchsorted(part_starts, rows, side="right") - 1
+    order = np.argsort(by_part, kind="stable")
+    bounds = np.searchsorted(by_part[order], np.arange(part_starts.shape[0]))
+    return [(rows[order[x:y]] - part_starts[p], rank[order[x:y]], percentile[order[x:y]])
+            for p, (x, y) in enumerate(zip(bounds[:-1], bounds[1:]))]
+
+
+def _ranks(scored, pieces: list, nan_before: int, n_valid: int):
+    """A partition's exact ranks (1 = best, ties by row order, missing composites last) and percentiles."""
+    comp = scored[1]
+    rank = np.empty(comp.shape[0], dtype=np.int64)
+    percentile = np.full(comp.shape[0], np.nan)
+    for rows, ranks, percentiles in pieces:
+        rank[rows], percentile[rows] = ranks, percentiles
+    missing = np.flatnonzero(np.isnan(comp))
+    rank[missing] = n_valid + nan_before + np.arange(1, missing.shape[0] + 1)
+    return rank, percentile
+
+
+def _exact_ranks(scored: list, summaries: list, split_every: int) -> tuple[list, list]:
+    """Ranks by a sort partitioned on value ranges: a histogram cuts the composites into one range per
+    partition; each range is sorted on its own (ties by row) and its ranks go back to their partitions.
+    Every composite moves twice; a task holds about one partition."""
+    n_valid = sum(s[1] for s in summaries)
+    lengths = [s[0] for s in summaries]
+    part_starts = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+    n_ranges = max(1, len(scored))
+    lo = min((s[2] for s in summaries), default=0.0) if n_valid else 0.0
+    hi = max((s[3] for s in summaries), default=0.0) if n_valid else 0.0
+    scale = engine.bin_scale(lo, hi, RANK_BINS)
+    per_bin = _tree([dask.delayed(_rank_histogram, pure=True)(s, lo, scale) for s in scored], _sum,
+                    split_every).compute()
+    cum = np.cumsum(per_bin)
+    range_of_bin = np.minimum((cum - per_bin) * n_ranges // max(n_valid, 1), n_ranges - 1).astype(np.int64)
+    range_sizes = np.bincount(range_of_bin, weights=per_bin, minlength=n_ranges).astype(np.int64)
+    ahead = np.concatenate(([0], np.cumsum(range_sizes)))
+    split = [dask.delayed(_split_ranges, pure=True, nout=n_ranges)(s, int(part_starts[p]), lo, scale, range_of_bin,
+                                                                           n_ranges)
+             for p, s in enumerate(scored)]
+    ranked_ranges = [dask.delayed(_rank_range, pure=True, nout=len(scored))(
+        [split[p][r] for p in range(len(scored))], int(ahead[r]), n_valid, part_starts)
+        for r in range(n_ranges)]
+    ranks, nan_before = [], 0
+    for p, s in enumerate(scored):
+        ranks.append(dask.delayed(_ranks, pure=True, nout=2)(
+            s, [ranked_ranges[r][p] for r in range(n_ranges)], nan_before, n_valid))
+        nan_before += summaries[p][0] - summaries[p][1]
+    return [r[0] for r in ranks], [r[1] for r in ranks]
+
+
+def _column(parts: list, lengths: list[int], dtype, width: int | None = None) -> da.Array:
+    blocks = [da.from_delayed(p, shape=(n,) if width is None else (n, width), dtype=dtype)
+              for p, n in zip(parts, lengths)]
+    return da.concatenate(blocks) if blocks else da.zeros((0,) if width is None else (0, width), dtype=dtype)
+
+
+def score(fitted: FittedModel, data: Any, previous_tiers: Any = None, with_rank: bool = False,
+          signal_names: Sequence[str] | None = None, split_every: int = SPLIT_EVERY) -> DistributedScores:
+    """:func:`scoring_engine.score` over a Dask collection, one task per partition.
+
+    ``previous_tiers``: each customer's previous tier index (0 = best, -1 or null: none) as a collection
+    partitioned like ``data`` (a dask array with the same row chunks, or a column of the same frame, e.g.
+    ``frame["previous_tier"]`` after joining a previous run's results on customer_id), or the name of a
+    column of ``data``. The per-partition scores are persisted on the workers while cut-offs and ranks are
+    worked out; the result's arrays refer to them.
+    """
+    model = fitted.model
+    parts, columns, names = _partitions(model, data, signal_names)
+    fitted_d = dask.delayed(fitted, pure=True)
+    scored = list(dask.persist(*[dask.delayed(_score_part, pure=True)(p, columns, fitted_d, names)
+                                 for p in parts]))
+    summaries = dask.compute(*[dask.delayed(_summary, pure=True)(s) for s in scored])
+    offset = 0
+    for n, _, _, _, bad in summaries:
+        if bad is not None:
+            raise NonFiniteValueError(offset + bad[0], bad[1], bad[2])
+        offset += n
+    lengths = [s[0] for s in summaries]
+
+    thresholds = fitted.tier_thresholds if fitted.tier_thresholds is not None else model_thresholds(model)
+    if thresholds is None:
+        thresholds = _share_thresholds(scored, summaries, [t.population_percent for t in model.tiers[:-1]],
+                                       split_every)
+    prev_parts = _previous_parts(previous_tiers, data, parts)
+    tiers = [dask.delayed(_tiers, pure=True)(s, thresholds, prev, len(model.tiers), model.hysteresis_points)
+             for s, prev in zip(scored, prev_parts)]
+
+    rank = percentile = None
+    if with_rank:
+        ranks, percentiles = _exact_ranks(scored, summaries, split_every)
+        rank = _column(ranks, lengths, np.int64)
+        percentile = _column(percentiles, lengths, np.float64)
+    return DistributedScores(
+        _column([s[0] for s in scored], lengths, np.float64, len(model.dimensions)),
+        _column([s[1] for s in scored], lengths, np.float64),
+        _column(tiers, lengths, np.int32), np.asarray(thresholds, dtype=np.float64),
+        engine._dimension_names(model), model.tier_ids, rank, percentile, tuple(scored))
+
+
+def _frame_column(part: Any, name: str) -> Any:
+    return part[name]
+
+
+def _previous_parts(previous_tiers: Any, data: Any, data_parts: list) -> list:
+    n_parts = len(data_parts)
+    if previous_tiers is None:
+        return [None] * n_parts
+    if isinstance(previous_tiers, str):  # taken from the very partitions scored (a frame's column alone
+        # may be read in other partitions: dask merges small Parquet files when fewer columns are read)
+        if not hasattr(data, "columns") or previous_tiers not in data.columns:
+            raise ScoringError(f"previous_tiers: the data has no column {previous_tiers!r}")
+        return [dask.delayed(_frame_column, pure=True)(p, previous_tiers) for p in data_parts]
+    parts = list(previous_tiers.to_delayed())
+    if isinstance(previous_tiers, da.Array):
+        parts = list(previous_tiers.to_delayed().ravel())
+    if len(parts) != n_parts:
+        raise ScoringError(f"previous_tiers: {len(parts)} partitions for {n_parts} partitions of data "
+                           "(partition it like the data)")
+    return parts

@@ -394,6 +394,11 @@ def append_changes(conn: Connection, customer_ids: list[str]) -> None:
     writing transaction: from here until the commit, other appending writers wait."""
     if not customer_ids:
         return
+    if conn.dialect.name == "postgresql":
+        # The deferred foreign-key checks lock the parents (KEY SHARE) at commit: run them now, before the
+        # counter. Else a writer holding the counter would wait at its commit for a parent another writer
+        # locked (RecordSignals on it) while that one waits for the counter: a deadlock.
+        conn.exec_driver_sql("SET CONSTRAINTS ALL IMMEDIATE")
     mark = placeholders(conn, 1)
     last = conn.exec_driver_sql(
         f"INSERT INTO registry_feed (name, value) VALUES ('{LAST}', {mark}) ON CONFLICT (name) "

@@ -8,8 +8,9 @@ therefore never meets a smaller sequence committed later, on PostgreSQL as on SQ
 anyway); an identity column would not promise that. The lock is taken last, so writers queue on it only for
 the inserts of their change rows and their commit.
 
-A change row names the customer only: a batch read joins the customers as they stand then (a row per
-customer, the columns of ExportSignalMatrix), so the log stays small on a bulk import.
+The log holds one row per write naming the customers it changed (tables.changes): a bulk import adds a row
+per message, not per customer. A batch read joins the customers as they stand then (a row per customer, the
+columns of ExportSignalMatrix).
 """
 
 from __future__ import annotations
@@ -79,9 +80,7 @@ def read(engine: Engine, catalog: SignalCatalog, after: int, upto: int | None, l
         feed = state(conn)
         check_resumable(after, feed)
         upto = feed.last if upto is None else min(upto, feed.last)
-        query = sa.select(changes.c.seq, changes.c.customer_id).where(
-            changes.c.seq > after, changes.c.seq <= upto).order_by(changes.c.seq).limit(limit)
-        found = conn.execute(query).all()
+        found = _changes(conn, after, upto, limit)
         last = found[-1][0] if len(found) == limit else upto
         # A customer changed twice in the batch: one row, at its last change.
         latest = {customer_id: seq for seq, customer_id in found}
@@ -91,6 +90,22 @@ def read(engine: Engine, catalog: SignalCatalog, after: int, upto: int | None, l
     if messages:
         messages[-1].last_sequence = last
     return Batch(after, last, messages)
+
+
+def _changes(conn: Connection, after: int, upto: int, limit: int) -> list[tuple[int, str]]:
+    """(sequence, customer_id) of the changes after ``after`` up to ``upto``, at most ``limit``."""
+    found: list[tuple[int, str]] = []
+    while len(found) < limit:
+        query = sa.select(changes.c.seq, changes.c.first_seq, changes.c.customer_ids).where(
+            changes.c.seq > after, changes.c.first_seq <= upto).order_by(changes.c.seq).limit(16)
+        writes = conn.execute(query).all()
+        for last, first, ids in writes:
+            found += [(first + i, customer_id) for i, customer_id in enumerate(ids.split("\n"))
+                      if after < first + i <= upto]
+        if len(writes) < 16:
+            break
+        after = writes[-1][0]
+    return found[:limit]
 
 
 def _parts(rows: list[tuple[str, int]], stored: dict) -> list[list[tuple[str, int]]]:
@@ -162,20 +177,21 @@ def _raise_compacted(conn: Connection, cut: int) -> None:
 def _last_before(conn: Connection, feed: FeedState, cutoff: int) -> int:
     """The last sequence whose change is older than ``cutoff`` (change times grow with the sequence): a
     binary search over the kept sequences, one primary-key look-up a step."""
-    def time_at(seq: int) -> int | None:
-        return conn.execute(sa.select(changes.c.change_time_us).where(changes.c.seq >= seq)
-                            .order_by(changes.c.seq).limit(1)).scalar()
+    def write_at(seq: int) -> tuple[int, int] | None:
+        """(last sequence, time) of the write holding change ``seq`` (or the next one kept)."""
+        return conn.execute(sa.select(changes.c.seq, changes.c.change_time_us).where(changes.c.seq >= seq)
+                            .order_by(changes.c.seq).limit(1)).first()
 
     low, high = feed.compacted, feed.last  # low: known old enough (or compacted); high + 1: not
-    first = time_at(low + 1)
-    if first is None or first >= cutoff:
+    first = write_at(low + 1)
+    if first is None or first[1] >= cutoff:
         return feed.compacted
-    low = low + 1
+    low = first[0]
     while low < high:
         middle = (low + high + 1) // 2
-        t = time_at(middle)
-        if t is not None and t < cutoff:
-            low = middle
+        found = write_at(middle)
+        if found is not None and found[1] < cutoff:
+            low = found[0]  # the end of that write: all of it is old enough
         else:
             high = middle - 1
     return low

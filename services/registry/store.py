@@ -404,6 +404,6 @@ def append_changes(conn: Connection, customer_ids: list[str]) -> None:
         f"INSERT INTO registry_feed (name, value) VALUES ('{LAST}', {mark}) ON CONFLICT (name) "
         f"DO UPDATE SET value = registry_feed.value + excluded.value RETURNING value",
         (len(customer_ids),)).scalar_one()
-    first, now = last - len(customer_ids) + 1, now_us()  # the time once it is our turn: it grows with seq
-    insert_many(conn, changes, ["seq", "customer_id", "change_time_us"],
-                [(first + i, customer_id, now) for i, customer_id in enumerate(customer_ids)])
+    now = now_us()  # the time once it is our turn: it grows with the sequence
+    insert_many(conn, changes, ["seq", "first_seq", "change_time_us", "customer_ids"],
+                [(last, last - len(customer_ids) + 1, now, "\n".join(customer_ids))])

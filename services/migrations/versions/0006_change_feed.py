@@ -19,8 +19,9 @@ def upgrade() -> None:
     op.create_table(
         "registry_changes",
         sa.Column("seq", BigId, primary_key=True, autoincrement=False),
-        sa.Column("customer_id", sa.String(128), nullable=False),
+        sa.Column("first_seq", sa.BigInteger, nullable=False),
         sa.Column("change_time_us", sa.BigInteger, nullable=False),
+        sa.Column("customer_ids", sa.Text, nullable=False),
     )
     op.create_table(
         "registry_feed",

@@ -36,6 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
                                    max_concurrent_rpcs=args.max_concurrent_rpcs, health_listen=args.health_listen,
                                    database_pool_size=args.database_pool_size, max_bulk_streams=args.max_bulk_streams,
                                    stream_stall_seconds=args.stream_stall_seconds, max_watchers=args.max_watchers,
+                                   feed_retention_seconds=args.feed_retention_seconds,
                                    migrate=False if args.no_migrate else None)
     logs.configure(config.log_level)
     workers = args.workers if args.workers is not None else env_number("CVH_WORKERS", int, 1)
@@ -108,8 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a bulk stream not read for this long is ended (DEADLINE_EXCEEDED) and gives its "
                             "connection back (env CVH_STREAM_STALL_SECONDS, default 30)")
     serve.add_argument("--max-watchers", type=positive_int, default=None, metavar="N",
-                       help="watch streams open at once (WatchRuns, WatchScoringRun, WatchPriorityChanges); "
-                            "more get RESOURCE_EXHAUSTED (env CVH_MAX_WATCHERS, default 1000)")
+                       help="watch streams open at once (WatchRuns, WatchScoringRun, WatchPriorityChanges, "
+                            "WatchCustomerChanges); more get RESOURCE_EXHAUSTED (env CVH_MAX_WATCHERS, default 1000)")
+    serve.add_argument("--feed-retention-seconds", type=positive_seconds, default=None, metavar="SECONDS",
+                       help="how long the registry keeps its change feed; a follower further behind reloads "
+                            "(env CVH_FEED_RETENTION_SECONDS, default 86400)")
     serve.add_argument("--health-listen", default=None, metavar="HOST:PORT",
                        help="also serve plaintext gRPC health checks (only) here, for probes that cannot speak "
                             "TLS, e.g. Kubernetes' native grpc probes (env CVH_HEALTH_LISTEN, default off)")

@@ -216,6 +216,12 @@ class CvhClient:
                 on_progress(read, reader.export.total_customers)
         return reader.result()
 
+    def watch_customer_changes(self, after_sequence: int = 0, timeout: float | None = None) -> Stream:
+        """The registry's change feed after ``after_sequence`` (an export's ``sequence``, or the last
+        ``last_sequence`` applied), then each change as it commits; batches of changes as columns."""
+        request = registry_pb.WatchCustomerChangesRequest(after_sequence=after_sequence)
+        return Stream(self.registry.WatchCustomerChanges(request, timeout=timeout))
+
     # -- scoring: models and runs ------------------------------------------------------------------------
 
     def create_model(self, model: scoring_pb.ValueModel) -> scoring_pb.ValueModel:

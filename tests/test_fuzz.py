@@ -46,7 +46,7 @@ FD = pb_descriptor.FieldDescriptor
 
 METHODS = [(service, method) for service, descriptor in SERVICE_DESCRIPTORS.items() for method in descriptor.methods]
 # Streams that wait for events answer nothing until the deadline: a short one keeps the run short.
-WAITING_STREAMS = {"WatchRuns", "WatchScoringRun", "WatchPriorityChanges"}
+WAITING_STREAMS = {"WatchRuns", "WatchScoringRun", "WatchPriorityChanges", "WatchCustomerChanges"}
 # Batches per RPC, and the requests each database's run must reach in all (each message of a client stream
 # counts once). Both runs together take about a minute.
 EXAMPLES = {"sqlite": 20, "postgresql": 20}

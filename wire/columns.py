@@ -67,6 +67,8 @@ class SignalExport:
     roles: np.ndarray | None = None
     owners: list[str] = field(default_factory=list)
     total_customers: int = 0
+    # The registry's change-feed sequence the export is consistent with (watch the feed from there).
+    sequence: int = 0
 
 
 class SignalExportReader:
@@ -81,6 +83,7 @@ class SignalExportReader:
         """Takes one message; returns the customers read so far."""
         export = self.export
         export.total_customers = export.total_customers or message.total_customers
+        export.sequence = export.sequence or message.sequence
         export.customer_ids.extend(message.chunk.customer_ids)
         export.parent_ids.extend(message.parent_ids)
         export.owners.extend(message.owners)

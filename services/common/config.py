@@ -52,6 +52,8 @@ class ServerConfig:
     # Watch streams (WatchRuns, WatchScoringRun, WatchPriorityChanges) open at once; more get
     # RESOURCE_EXHAUSTED. Idle watchers cost little: one poll per process serves them all.
     max_watchers: int = 1000
+    # Seconds the registry keeps its change feed (WatchCustomerChanges): a follower further behind reloads.
+    feed_retention_seconds: float = 24 * 3600.0
     # Apply database migrations at start-up (off where a migration job owns the schema).
     migrate: bool = True
     # A second, plaintext port that serves only grpc.health.v1, for probes that cannot speak TLS
@@ -95,6 +97,8 @@ class ServerConfig:
                               f"so short calls keep a reserve of connections; got {self.max_bulk_streams}")
         if self.max_watchers < 1 or self.stream_stall_seconds <= 0:
             raise ConfigError("max_watchers must be 1 or more and stream_stall_seconds more than 0")
+        if not 0 < self.feed_retention_seconds < math.inf:
+            raise ConfigError(f"feed_retention_seconds must be more than 0, got {self.feed_retention_seconds}")
         if self.max_message_bytes < 1:
             raise ConfigError(f"max_message_bytes must be positive, got {self.max_message_bytes}")
 
@@ -111,6 +115,7 @@ class ServerConfig:
             "max_bulk_streams": env_number("CVH_MAX_BULK_STREAMS", int, 8),
             "stream_stall_seconds": env_number("CVH_STREAM_STALL_SECONDS", float, 30.0),
             "max_watchers": env_number("CVH_MAX_WATCHERS", int, 1000),
+            "feed_retention_seconds": env_number("CVH_FEED_RETENTION_SECONDS", float, 24 * 3600.0),
             "migrate": env.get("CVH_MIGRATE", "1") not in ("0", "false", "no"),
             "health_listen": env.get("CVH_HEALTH_LISTEN", ""),
             "max_connection_age_seconds": env_number("CVH_MAX_CONNECTION_AGE_SECONDS", float, 0.0),

@@ -186,7 +186,8 @@ class ConcurrencyLimit(grpc.aio.ServerInterceptor):
 BULK_STREAMS = frozenset({"/cvh.registry.v1.RegistryService/ExportSignalMatrix",
                           "/cvh.scoring.v1.ScoringService/StreamRunResults"})
 WATCHES = frozenset({"/cvh.scoring.v1.ScoringService/WatchRuns", "/cvh.scoring.v1.ScoringService/WatchScoringRun",
-                     "/cvh.hierarchy.v1.HierarchyService/WatchPriorityChanges"})
+                     "/cvh.hierarchy.v1.HierarchyService/WatchPriorityChanges",
+                     "/cvh.registry.v1.RegistryService/WatchCustomerChanges"})
 
 
 class StreamLimits(grpc.aio.ServerInterceptor):
@@ -239,7 +240,7 @@ class StreamLimits(grpc.aio.ServerInterceptor):
             if self.watchers >= self.max_watchers:
                 raise resource_exhausted(
                     f"the server is at its limit of {self.max_watchers} open watches (WatchRuns, WatchScoringRun, "
-                    "WatchPriorityChanges); retry later", "TOO_MANY_WATCHERS")
+                    "WatchPriorityChanges, WatchCustomerChanges); retry later", "TOO_MANY_WATCHERS")
             self.watchers += 1
             try:
                 async for response in behavior(request, context):

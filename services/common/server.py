@@ -203,7 +203,7 @@ def server_credentials(config: ServerConfig) -> grpc.ServerCredentials:
 def _add_service(service: str, server: grpc.aio.Server, engine: Engine, config: ServerConfig):
     if service == "registry":
         from services.registry.servicer import add_to_server
-        return add_to_server(server, engine)
+        return add_to_server(server, engine, config.feed_retention_seconds)
     if service == "scoring":
         from services.scoring.servicer import add_to_server
         return add_to_server(server, engine)

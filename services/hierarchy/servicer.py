@@ -35,6 +35,7 @@ from services.common.validation import (
     page_size,
 )
 from services.hierarchy import snapshot as snapshots
+from services.hierarchy.accounts import AccountTable
 from services.hierarchy.policy import MAX_POLICY_TEXT, MAX_POLICY_TIERS, check_policy, default_policy, policy_warnings
 from services.hierarchy.tables import policies
 from services.registry.customers import now_us, set_timestamp
@@ -71,6 +72,14 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         self.local_registry = None
         self.model_id = "default"
         self._loader: asyncio.Task | None = None
+        # Between runs: the run's results and the account base the registry's change feed keeps current (set by
+        # each load; a new generation tells the follower to watch from the new export's sequence).
+        self.results: snapshots.RunResults | None = None
+        self.accounts: AccountTable | None = None
+        self._generation = 0
+        self._loaded = asyncio.Event()
+        self._accounts_changed = asyncio.Event()
+        self._followers: list[asyncio.Task] = []
         self._watchers: set[asyncio.Queue] = set()
         # Set once the first snapshot after start-up is loaded, or the scoring service said there is no completed
         # run to load: until then health says NOT_SERVING, so no one is told "not scored" for a scored customer.
@@ -86,11 +95,14 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
     # -- the snapshot ------------------------------------------------------------------------------------
 
     async def start_background(self) -> None:
-        self._loader = asyncio.get_running_loop().create_task(self._follow_runs())
+        loop = asyncio.get_running_loop()
+        self._loader = loop.create_task(self._follow_runs())
+        self._followers = [loop.create_task(self._follow_feed()), loop.create_task(self._rebuild_on_changes())]
 
     async def stop_background(self) -> None:
-        if self._loader:
-            self._loader.cancel()
+        for task in [self._loader, *self._followers]:
+            if task:
+                task.cancel()
 
     async def _follow_runs(self) -> None:
         """Load the current run, then every run that completes; on errors keep serving and retry."""
@@ -129,12 +141,9 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
     async def _load(self, scoring_channel, run: scoring_service_pb2.ScoringRun) -> None:
         started = time.perf_counter()
         results = await _read_results(scoring_channel, run)
-        if self.local_registry is not None:
-            accounts = await asyncio.to_thread(_read_local_accounts, self.local_registry)
-        else:
-            async with self.registry.channel() as channel:
-                accounts = await _read_accounts(channel)
+        accounts, sequence = await self._read_accounts()
         built = await asyncio.to_thread(snapshots.build, results, accounts, self.policy.inheritance_rule)
+        self._install(results, accounts, sequence)
         previous, self.snapshot = self.snapshot, built  # one reference swap: readers see old or new
         if self._watchers and previous.run:  # the changes are made once, off the loop, and shared by every watcher
             self._announce(built.run, await asyncio.to_thread(_priority_changes, previous, built))
@@ -142,6 +151,79 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
             log.warning("%s: %d %s", run.name, built.broken, BROKEN_TREE_NOTE)
         log.info("snapshot loaded", extra={"run": run.name, "customers": built.size,
                                            "seconds": round(time.perf_counter() - started, 3)})
+
+    async def _read_accounts(self) -> tuple[snapshots.AccountBase, int]:
+        if self.local_registry is not None:
+            return await asyncio.to_thread(_read_local_accounts, self.local_registry)
+        async with self.registry.channel() as channel:
+            return await _read_accounts(channel)
+
+    def _install(self, results: snapshots.RunResults, accounts: snapshots.AccountBase, sequence: int) -> None:
+        """The results and accounts the feed's changes apply to from now on (on the event loop)."""
+        self.results, self.accounts = results, AccountTable(accounts, sequence)
+        self._generation += 1
+        self._loaded.set()
+
+    # -- the change feed ---------------------------------------------------------------------------------
+
+    async def _follow_feed(self) -> None:
+        """Apply the registry's changes to the accounts from the loaded export's sequence on; a new load
+        starts again from its own. A follower the feed no longer serves (compacted, or ahead) reloads."""
+        attempt = 0
+        while True:
+            try:
+                await self._loaded.wait()
+                generation, table = self._generation, self.accounts
+                after = table.sequence
+                async with self.registry.channel() as channel:
+                    stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
+                    changes = stub.WatchCustomerChanges(
+                        registry_service_pb2.WatchCustomerChangesRequest(after_sequence=after))
+                    async for message in changes:
+                        if generation != self._generation:
+                            break  # a new load: this message is read again from its sequence
+                        if await asyncio.to_thread(table.apply, message):
+                            self._accounts_changed.set()
+                        attempt = 0
+                continue
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    log.warning("the change feed no longer holds sequence %d; reloading the accounts: %s",
+                                self.accounts.sequence, error.details())
+                    try:
+                        accounts, sequence = await self._read_accounts()
+                        self._install(self.results, accounts, sequence)
+                        self._accounts_changed.set()
+                        continue
+                    except grpc.aio.AioRpcError:
+                        pass
+                log.warning("change feed unavailable, serving the snapshot as it is: %s", error.code().name)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("following the change feed failed")
+            await asyncio.sleep(RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)])
+            attempt += 1
+
+    async def _rebuild_on_changes(self) -> None:
+        """Rebuild the snapshot from the run's results and the accounts as changed; changes that come during
+        a rebuild wait for the next one, so a burst costs a few rebuilds, not one each. After each rebuild it
+        rests as long as the rebuild took, so rebuilding takes at most half of the process's time (a million
+        customers take seconds: see the README's note on what remains)."""
+        while True:
+            await self._accounts_changed.wait()
+            self._accounts_changed.clear()
+            generation, results, table = self._generation, self.results, self.accounts
+            started = time.perf_counter()
+            try:
+                built = await asyncio.to_thread(
+                    lambda: snapshots.build(results, table.base(), self.policy.inheritance_rule))
+            except Exception:
+                log.exception("applying registry changes to the snapshot failed")
+                continue
+            if generation == self._generation:  # else a load swapped in newer accounts meanwhile
+                self.snapshot = built
+            await asyncio.sleep(time.perf_counter() - started)
 
     # -- policies ----------------------------------------------------------------------------------------
 
@@ -356,7 +438,7 @@ async def _read_results(channel, run: scoring_service_pb2.ScoringRun) -> snapsho
                                 results.percentiles)
 
 
-async def _read_accounts(channel) -> snapshots.AccountBase:
+async def _read_accounts(channel) -> tuple[snapshots.AccountBase, int]:
     reader = columns.SignalExportReader(snapshots.ROLLUP_SIGNALS)
     stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
     async for message in stub.ExportSignalMatrix(
@@ -365,7 +447,7 @@ async def _read_accounts(channel) -> snapshots.AccountBase:
     return _account_base(reader)
 
 
-def _read_local_accounts(registry) -> snapshots.AccountBase:
+def _read_local_accounts(registry) -> tuple[snapshots.AccountBase, int]:
     """The export's messages straight from the registry servicer of this process: no gRPC, no serializing."""
     reader = columns.SignalExportReader(snapshots.ROLLUP_SIGNALS)
     for message in registry.export_messages(list(snapshots.ROLLUP_SIGNALS)):
@@ -373,9 +455,11 @@ def _read_local_accounts(registry) -> snapshots.AccountBase:
     return _account_base(reader)
 
 
-def _account_base(reader: columns.SignalExportReader) -> snapshots.AccountBase:
+def _account_base(reader: columns.SignalExportReader) -> tuple[snapshots.AccountBase, int]:
+    """The accounts, and the feed sequence they hold."""
     export = reader.result()
-    return snapshots.AccountBase(export.customer_ids, export.parent_ids, export.roles, export.owners, export.values)
+    return (snapshots.AccountBase(export.customer_ids, export.parent_ids, export.roles, export.owners, export.values),
+            export.sequence)
 
 
 # -- answers ----------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from array import array
 
 import grpc
@@ -24,6 +25,7 @@ from services.common.validation import (
     CUSTOMER_ID, LABEL_KEY, SIGNAL_NAME, check_text, customer_id_from_name, decode_offset_token, decode_page_token,
     encode_page_token, page_size,
 )
+from services.registry import feed
 from services.registry import signals as packed
 from services.registry import store
 from services.registry.customers import (
@@ -32,6 +34,9 @@ from services.registry.customers import (
 )
 from services.registry.importer import ImportSession
 from services.registry.signals import SignalCatalog
+from services.registry.watch import FeedWatch
+
+log = logging.getLogger("cvh.registry")
 
 UPDATABLE = frozenset({"display_name", "parent", "stakeholder_role", "owner", "labels"})
 MAX_BATCH_GET = 1000
@@ -50,9 +55,34 @@ MAX_PAGE_BYTES = 3 * 1024 * 1024
 
 
 class RegistryServicer(pb_grpc.RegistryServiceServicer):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, feed_retention_seconds: float = feed.DEFAULT_RETENTION_SECONDS) -> None:
         self.engine = engine
         self.catalog = SignalCatalog()
+        self.feed = FeedWatch(engine, self.catalog)
+        self.feed_retention_seconds = feed_retention_seconds
+        self._compactor: asyncio.Task | None = None
+
+    # -- background ------------------------------------------------------------------------------------
+
+    async def start_background(self) -> None:
+        self._compactor = asyncio.get_running_loop().create_task(self._compact_now_and_then())
+
+    async def stop_background(self) -> None:
+        if self._compactor:
+            self._compactor.cancel()
+
+    def begin_shutdown(self) -> None:
+        self.feed.stop()
+
+    async def _compact_now_and_then(self) -> None:
+        """Forget changes older than the retention, checked every tenth of it (at most every minute). Every
+        process does it; the deletes of two at once overlap harmlessly."""
+        while True:
+            await asyncio.sleep(min(60.0, max(0.05, self.feed_retention_seconds / 10)))
+            try:
+                await asyncio.to_thread(feed.compact, self.engine, self.feed_retention_seconds)
+            except Exception:  # a lost database: the next round tries again
+                log.warning("compacting the change feed failed", exc_info=True)
 
     # -- reading ---------------------------------------------------------------------------------------
 
@@ -169,12 +199,20 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         hierarchy service reads when it shares this process: the same messages, never serialized."""
         with long_read_transaction(self.engine) as conn:
             total = store.count_customers(conn)
+            sequence = feed.state(conn).last  # the same snapshot as the rows: every change up to it, none after
             if total == 0:  # one empty chunk, so the receiver still learns the columns
-                yield _export_message(store.ExportChunk([], [], b"", [], np.empty((0, len(names)))), names, 0)
+                yield _export_message(store.ExportChunk([], [], b"", [], np.empty((0, len(names)))), names, 0,
+                                      sequence)
                 return
             for chunk in store.export_chunks(conn, self.catalog, names, chunk_size):
-                yield _export_message(chunk, names, total)
-                total = 0
+                yield _export_message(chunk, names, total, sequence)
+                total = sequence = 0
+
+    async def WatchCustomerChanges(self, request, context):
+        if request.after_sequence < 0:
+            raise invalid_argument("after_sequence", f"0 or more, got {request.after_sequence}")
+        async for message in self.feed.changes(request.after_sequence):
+            yield message
 
     # -- writing ---------------------------------------------------------------------------------------
 
@@ -182,7 +220,10 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         violations = Violations()
         row = parse_customer(request.customer, violations, "customer.", now_us())
         violations.raise_if_any("customer")
-        return await asyncio.to_thread(self._create, row)
+        try:
+            return await asyncio.to_thread(self._create, row)
+        finally:
+            self.feed.written()
 
     def _create(self, row: CustomerRow) -> pb.Customer:
         try:
@@ -236,7 +277,10 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         probe.customer_id = customer_id
         parse_attributes(probe, patch, violations, "customer.", frozenset(paths))
         violations.raise_if_any()
-        return await asyncio.to_thread(self._update, customer_id, patch, frozenset(paths), expected)
+        try:
+            return await asyncio.to_thread(self._update, customer_id, patch, frozenset(paths), expected)
+        finally:
+            self.feed.written()
 
     def _update(self, customer_id, patch: CustomerRow, paths, expected) -> pb.Customer:
         with write_transaction(self.engine) as conn:
@@ -267,7 +311,10 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             expected = revision_of_etag(request.etag)
             if expected is None:
                 raise invalid_argument("etag", "not an etag returned by this service")
-        await asyncio.to_thread(self._delete, customer_id, expected)
+        try:
+            await asyncio.to_thread(self._delete, customer_id, expected)
+        finally:
+            self.feed.written()
         return empty_pb2.Empty()
 
     def _delete(self, customer_id: str, expected: int | None) -> None:
@@ -298,6 +345,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
                 rows = await asyncio.to_thread(session.check, request)
                 if writing is not None:
                     await writing
+                    self.feed.written()
                 writing = asyncio.ensure_future(asyncio.to_thread(session.commit, rows))
             if writing is not None:
                 await writing
@@ -305,9 +353,14 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             if writing is not None:  # a started transaction ends (commits or rolls back) before the answer
                 await asyncio.wait([writing])
             raise
+        finally:
+            self.feed.written()
         if session is None:
             return pb.ImportCustomersResponse()
-        return await asyncio.to_thread(session.finish)
+        try:
+            return await asyncio.to_thread(session.finish)
+        finally:
+            self.feed.written()
 
     async def RecordSignals(self, request, context):
         if not 1 <= len(request.observations) <= MAX_OBSERVATION_BATCH:
@@ -325,7 +378,10 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
                 observations.setdefault(customer_id, []).extend(signals)
                 entries[customer_id] = i
         violations.raise_if_any()
-        return await asyncio.to_thread(self._record, observations, entries, now)
+        try:
+            return await asyncio.to_thread(self._record, observations, entries, now)
+        finally:
+            self.feed.written()
 
     def _record(self, observations: dict[str, list], entries: dict[str, int], now: int) -> pb.RecordSignalsResponse:
         with write_transaction(self.engine) as conn:
@@ -418,18 +474,20 @@ def _parent_not_found(parent_id: str) -> ServiceError:
     return failed_precondition(f"parent customers/{parent_id} does not exist; create it first", "PARENT_NOT_FOUND")
 
 
-def _export_message(chunk: store.ExportChunk, names: list[str], total: int) -> pb.ExportSignalMatrixResponse:
+def _export_message(chunk: store.ExportChunk, names: list[str], total: int,
+                    sequence: int) -> pb.ExportSignalMatrixResponse:
     rows = len(chunk.customer_ids)
     message = pb.ExportSignalMatrixResponse(
         chunk=common_pb2.ColumnarChunk(
             customer_ids=chunk.customer_ids, column_names=names,
             values=common_pb2.Float64Matrix(rows=rows, columns=len(names), data=chunk.matrix.astype("<f8").tobytes())),
         parent_ids=chunk.parent_ids, stakeholder_roles=chunk.stakeholder_roles, owners=chunk.owners,
-        total_customers=total)
+        total_customers=total, sequence=sequence)
     return message
 
 
-def add_to_server(server: grpc.aio.Server, engine: Engine) -> RegistryServicer:
-    servicer = RegistryServicer(engine)
+def add_to_server(server: grpc.aio.Server, engine: Engine,
+                  feed_retention_seconds: float = feed.DEFAULT_RETENTION_SECONDS) -> RegistryServicer:
+    servicer = RegistryServicer(engine, feed_retention_seconds)
     pb_grpc.add_RegistryServiceServicer_to_server(servicer, server)
     return servicer

@@ -12,9 +12,9 @@ from sqlalchemy.engine import Connection, Row
 
 from services.common.db import insert_many, placeholders, update_many
 from services.registry import signals as packed
-from services.registry.customers import CustomerRow
+from services.registry.customers import CustomerRow, now_us
 from services.registry.signals import SignalCatalog
-from services.registry.tables import customers, labels, signal_history
+from services.registry.tables import changes, customers, labels, signal_history
 
 # The deepest account tree: a top parent and at most nine levels below it.
 MAX_DEPTH = 10
@@ -22,6 +22,9 @@ MAX_DEPTH = 10
 TREE_LOCK = 0x6376682D74726565
 # How long such a write waits for the lock: as long as a SQLite writer waits for the database.
 TREE_LOCK_TIMEOUT = "60s"
+# The change feed's counters (registry_feed rows): the latest sequence, and the last one no longer kept.
+LAST = "last_sequence"
+COMPACTED = "compacted_through"
 # Parameters per IN (...) list: well under SQLite's and PostgreSQL's limits.
 IN_CHUNK = 900
 
@@ -238,6 +241,7 @@ def write_customers(conn: Connection, catalog: SignalCatalog, rows: list[Custome
                 [(row.customer_id, k, v) for row in rows for k, v in row.labels.items()])
     insert_many(conn, signal_history, ["customer_id", "signal_id", "value", "observe_time_us"], history)
     counts.created, counts.updated = len(inserts), len(updates)
+    append_changes(conn, [row.customer_id for row in rows])
     return counts
 
 
@@ -254,6 +258,7 @@ def update_attributes(conn: Connection, row: CustomerRow, expected_revision: int
     if row.labels:
         conn.execute(labels.insert(), [{"customer_id": row.customer_id, "key": k, "value": v}
                                        for k, v in row.labels.items()])
+    append_changes(conn, [row.customer_id])
     return True
 
 
@@ -263,7 +268,10 @@ def delete(conn: Connection, customer_id: str, expected_revision: int | None) ->
         where.append(customers.c.revision == expected_revision)
     conn.execute(signal_history.delete().where(signal_history.c.customer_id == customer_id))
     conn.execute(labels.delete().where(labels.c.customer_id == customer_id))
-    return conn.execute(customers.delete().where(*where)).rowcount == 1
+    if conn.execute(customers.delete().where(*where)).rowcount != 1:
+        return False
+    append_changes(conn, [customer_id])
+    return True
 
 
 def record_signals(conn: Connection, catalog: SignalCatalog, observations: dict[str, list[tuple[str, float, int]]],
@@ -287,6 +295,7 @@ def record_signals(conn: Connection, catalog: SignalCatalog, observations: dict[
                              revision=sa.bindparam("revision"), update_time_us=sa.bindparam("update_time_us")),
                      changed)
     insert_many(conn, signal_history, ["customer_id", "signal_id", "value", "observe_time_us"], history)
+    append_changes(conn, [change["b_customer_id"] for change in changed])  # history alone changes no state
     return counts
 
 
@@ -361,12 +370,12 @@ def export_chunks(conn: Connection, catalog: SignalCatalog, signal_names: list[s
         while rows := cursor.fetchmany(chunk_size):
             ids, parents, roles, owners, blobs = zip(*rows)
             yield ExportChunk(list(ids), [p or "" for p in parents], bytes(roles), list(owners),
-                              _signal_matrix(blobs, columns))
+                              signal_matrix(blobs, columns))
     finally:
         cursor.close()
 
 
-def _signal_matrix(blobs: tuple[bytes | None, ...], columns: list[int | None]) -> np.ndarray:
+def signal_matrix(blobs: tuple[bytes | None, ...], columns: list[int | None]) -> np.ndarray:
     """Rows of packed signal arrays -> the requested columns, NaN where absent."""
     width = max([len(b) for b in blobs if b] + [8 * (c + 1) for c in columns if c is not None] + [8])
     nan_row = np.full(width // 8, np.nan).tobytes()
@@ -377,3 +386,23 @@ def _signal_matrix(blobs: tuple[bytes | None, ...], columns: list[int | None]) -
         if column is not None:
             matrix[:, j] = full[:, column]
     return matrix
+
+
+def append_changes(conn: Connection, customer_ids: list[str]) -> None:
+    """Append one change per customer of ``customer_ids`` (distinct) to the change feed (feed.py). Call it last in the
+    writing transaction: from here until the commit, other appending writers wait."""
+    if not customer_ids:
+        return
+    if conn.dialect.name == "postgresql":
+        # The deferred foreign-key checks lock the parents (KEY SHARE) at commit: run them now, before the
+        # counter. Else a writer holding the counter would wait at its commit for a parent another writer
+        # locked (RecordSignals on it) while that one waits for the counter: a deadlock.
+        conn.exec_driver_sql("SET CONSTRAINTS ALL IMMEDIATE")
+    mark = placeholders(conn, 1)
+    last = conn.exec_driver_sql(
+        f"INSERT INTO registry_feed (name, value) VALUES ('{LAST}', {mark}) ON CONFLICT (name) "
+        f"DO UPDATE SET value = registry_feed.value + excluded.value RETURNING value",
+        (len(customer_ids),)).scalar_one()
+    now = now_us()  # the time once it is our turn: it grows with the sequence
+    insert_many(conn, changes, ["seq", "first_seq", "change_time_us", "customer_ids"],
+                [(last, last - len(customer_ids) + 1, now, "\n".join(customer_ids))])

@@ -58,3 +58,23 @@ signal_history = sa.Table(
     sa.Column("observe_time_us", sa.BigInteger, nullable=False),
     sa.Index("ix_registry_signal_history_customer", "customer_id", "observe_time_us"),
 )
+
+# The change feed: a change per customer a write changed, numbered by a sequence that only grows and is
+# assigned in commit order (registry/feed.py); kept for the feed's retention. One row per write: its
+# changes first_seq..seq, the customers' ids newline-separated in that order (ids hold no newline), so an
+# import message of 10,000 customers adds one row. No foreign key: a deleted customer's changes stay.
+changes = sa.Table(
+    "registry_changes", metadata,
+    sa.Column("seq", BigId, primary_key=True, autoincrement=False),
+    sa.Column("first_seq", sa.BigInteger, nullable=False),
+    sa.Column("change_time_us", sa.BigInteger, nullable=False),
+    sa.Column("customer_ids", sa.Text, nullable=False),
+)
+
+# The feed's counters by name: "last_sequence" (the latest sequence assigned) and "compacted_through" (changes
+# up to it are no longer kept). A missing row reads as 0.
+feed_state = sa.Table(
+    "registry_feed", metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
+)

@@ -258,15 +258,45 @@ class ExportSignalMatrixRequest(_message.Message):
     def __init__(self, signal_names: _Optional[_Iterable[str]] = ..., chunk_size: _Optional[int] = ...) -> None: ...
 
 class ExportSignalMatrixResponse(_message.Message):
-    __slots__ = ("chunk", "parent_ids", "stakeholder_roles", "owners", "total_customers")
+    __slots__ = ("chunk", "parent_ids", "stakeholder_roles", "owners", "total_customers", "sequence")
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     PARENT_IDS_FIELD_NUMBER: _ClassVar[int]
     STAKEHOLDER_ROLES_FIELD_NUMBER: _ClassVar[int]
     OWNERS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     chunk: _common_pb2.ColumnarChunk
     parent_ids: _containers.RepeatedScalarFieldContainer[str]
     stakeholder_roles: bytes
     owners: _containers.RepeatedScalarFieldContainer[str]
     total_customers: int
-    def __init__(self, chunk: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ..., parent_ids: _Optional[_Iterable[str]] = ..., stakeholder_roles: _Optional[bytes] = ..., owners: _Optional[_Iterable[str]] = ..., total_customers: _Optional[int] = ...) -> None: ...
+    sequence: int
+    def __init__(self, chunk: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ..., parent_ids: _Optional[_Iterable[str]] = ..., stakeholder_roles: _Optional[bytes] = ..., owners: _Optional[_Iterable[str]] = ..., total_customers: _Optional[int] = ..., sequence: _Optional[int] = ...) -> None: ...
+
+class WatchCustomerChangesRequest(_message.Message):
+    __slots__ = ("after_sequence",)
+    AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    after_sequence: int
+    def __init__(self, after_sequence: _Optional[int] = ...) -> None: ...
+
+class WatchCustomerChangesResponse(_message.Message):
+    __slots__ = ("sequences", "last_sequence", "deleted", "chunk", "display_names", "parent_ids", "stakeholder_roles", "owners", "head_sequence")
+    SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAMES_FIELD_NUMBER: _ClassVar[int]
+    PARENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    STAKEHOLDER_ROLES_FIELD_NUMBER: _ClassVar[int]
+    OWNERS_FIELD_NUMBER: _ClassVar[int]
+    HEAD_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    sequences: _containers.RepeatedScalarFieldContainer[int]
+    last_sequence: int
+    deleted: bytes
+    chunk: _common_pb2.ColumnarChunk
+    display_names: _containers.RepeatedScalarFieldContainer[str]
+    parent_ids: _containers.RepeatedScalarFieldContainer[str]
+    stakeholder_roles: bytes
+    owners: _containers.RepeatedScalarFieldContainer[str]
+    head_sequence: int
+    def __init__(self, sequences: _Optional[_Iterable[int]] = ..., last_sequence: _Optional[int] = ..., deleted: _Optional[bytes] = ..., chunk: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ..., display_names: _Optional[_Iterable[str]] = ..., parent_ids: _Optional[_Iterable[str]] = ..., stakeholder_roles: _Optional[bytes] = ..., owners: _Optional[_Iterable[str]] = ..., head_sequence: _Optional[int] = ...) -> None: ...

@@ -110,6 +110,11 @@ class RegistryServiceStub:
                 request_serializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.ExportSignalMatrixRequest.SerializeToString,
                 response_deserializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.ExportSignalMatrixResponse.FromString,
                 _registered_method=True)
+        self.WatchCustomerChanges = channel.unary_stream(
+                '/cvh.registry.v1.RegistryService/WatchCustomerChanges',
+                request_serializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.WatchCustomerChangesRequest.SerializeToString,
+                response_deserializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.WatchCustomerChangesResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -249,6 +254,24 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchCustomerChanges(self, request, context):
+        """Streams the change feed: every customer a write has changed since
+        after_sequence, in sequence order, then each change as it commits (on any
+        replica, within about a second), batched: one message carries many. A
+        follower loads ExportSignalMatrix, then watches from its `sequence`; after
+        a reconnect it resumes from the last sequence it applied. Changes are kept
+        for the server's feed retention (24 h by default).
+        Errors: INVALID_AFTER_SEQUENCE (negative), FEED_COMPACTED
+        (FAILED_PRECONDITION: changes after after_sequence are no longer kept;
+        reload with ExportSignalMatrix and watch from its sequence), FEED_AHEAD
+        (FAILED_PRECONDITION: after_sequence is beyond the feed, e.g. the database
+        was restored; reload), SHUTTING_DOWN (UNAVAILABLE: the server is stopping;
+        watch again from the last sequence applied), TOO_MANY_WATCHERS.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -301,6 +324,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.ExportSignalMatrix,
                     request_deserializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.ExportSignalMatrixRequest.FromString,
                     response_serializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.ExportSignalMatrixResponse.SerializeToString,
+            ),
+            'WatchCustomerChanges': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchCustomerChanges,
+                    request_deserializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.WatchCustomerChangesRequest.FromString,
+                    response_serializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.WatchCustomerChangesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -598,6 +626,33 @@ class RegistryService:
             '/cvh.registry.v1.RegistryService/ExportSignalMatrix',
             cvh_dot_registry_dot_v1_dot_registry__service__pb2.ExportSignalMatrixRequest.SerializeToString,
             cvh_dot_registry_dot_v1_dot_registry__service__pb2.ExportSignalMatrixResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchCustomerChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cvh.registry.v1.RegistryService/WatchCustomerChanges',
+            cvh_dot_registry_dot_v1_dot_registry__service__pb2.WatchCustomerChangesRequest.SerializeToString,
+            cvh_dot_registry_dot_v1_dot_registry__service__pb2.WatchCustomerChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from cvh.registry.v1 import registry_service_pb2 as pb
 from services.common.db import read_transaction
 from services.common.errors import shutting_down
+from services.common.fanout import PollFanOut
 from services.registry import feed
 from services.registry.signals import SignalCatalog
 
@@ -33,18 +34,16 @@ POLL_LIMIT = 4 * feed.MAX_BATCH
 KEPT_CHANGES = 100_000
 
 
-class FeedWatch:
+class FeedWatch(PollFanOut):
     def __init__(self, engine: Engine, catalog: SignalCatalog) -> None:
+        super().__init__()
         self.engine, self.catalog = engine, catalog
         self.followers = 0
         # The last sequence the poller read, and what it read, oldest first: batches that follow each other.
         self.head: int | None = None
         self.recent: list[feed.Batch] = []
         self.polls = 0
-        self.stopping = False
-        self._polled = asyncio.Event()
         self._written = asyncio.Event()
-        self._poller: asyncio.Task | None = None
 
     def written(self) -> None:
         """A write of this process committed: poll now (called on the event loop)."""
@@ -80,28 +79,9 @@ class FeedWatch:
         finally:
             self.followers -= 1
 
-    def stop(self) -> None:
-        """Ends every watch with UNAVAILABLE (shutting down), at once."""
-        self.stopping = True
-        self._wake_followers()
-
     def _check(self, after: int) -> None:
         with read_transaction(self.engine) as conn:
             feed.check_resumable(after, feed.state(conn))
-
-    async def _next_poll(self) -> None:
-        if not self.stopping:
-            await self._polled.wait()
-        if self.stopping:
-            raise shutting_down()
-
-    def _wake_followers(self) -> None:
-        self._polled.set()
-        self._polled = asyncio.Event()
-
-    def _ensure_poller(self) -> None:
-        if self._poller is None or self._poller.done():
-            self._poller = asyncio.get_running_loop().create_task(self._poll_while_watched())
 
     async def _poll_while_watched(self) -> None:
         more = True  # the first poll at once: followers wait for its head
@@ -118,7 +98,7 @@ class FeedWatch:
             except Exception:  # a lost database: followers wait, the next poll tries again
                 log.warning("polling the change feed failed", exc_info=True)
                 more = False
-            self._wake_followers()
+            self._wake()
         self.head, self.recent = None, []  # nobody watches: the next poller starts afresh
 
     def _poll(self, head: int | None) -> tuple[feed.FeedState, feed.Batch | None]:

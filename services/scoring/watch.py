@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection, Engine, Row
 
 from cvh.scoring.v1 import scoring_service_pb2 as pb
 from services.common.db import read_transaction
-from services.common.errors import shutting_down
+from services.common.fanout import PollFanOut
 from services.scoring import store
 
 log = logging.getLogger("cvh.scoring.watch")
@@ -37,8 +37,9 @@ class _Follower:
         return run_id > self.after and (not self.model_id or run.model.startswith(f"models/{self.model_id}/"))
 
 
-class RunWatch:
+class RunWatch(PollFanOut):
     def __init__(self, engine: Engine, executor, to_proto: Callable[[Connection, Row], pb.ScoringRun]) -> None:
+        super().__init__()
         self.engine, self.executor, self.to_proto = engine, executor, to_proto
         self.followers: set[_Follower] = set()
         # Completed runs read by polls, kept until every follower that wants them has taken them.
@@ -47,9 +48,6 @@ class RunWatch:
         self.watched: dict[int, int] = {}
         self.states: dict[int, pb.ScoringRun] = {}
         self.polls = 0
-        self.stopping = False
-        self._polled = asyncio.Event()
-        self._poller: asyncio.Task | None = None
 
     async def completed_runs(self, after: int, model_id: str) -> AsyncIterator[list[pb.ScoringRun]]:
         """Runs completed after run ``after`` (of ``model_id``, when given), in batches as polls find them."""
@@ -81,25 +79,6 @@ class RunWatch:
                 del self.watched[run_id]
                 self.states.pop(run_id, None)
 
-    def stop(self) -> None:
-        """Ends every watch with UNAVAILABLE (shutting down), at once."""
-        self.stopping = True
-        self._wake_watchers()
-
-    async def _next_poll(self) -> None:
-        if not self.stopping:
-            await self._polled.wait()
-        if self.stopping:
-            raise shutting_down()
-
-    def _wake_watchers(self) -> None:
-        self._polled.set()
-        self._polled = asyncio.Event()
-
-    def _ensure_poller(self) -> None:
-        if self._poller is None or self._poller.done():
-            self._poller = asyncio.get_running_loop().create_task(self._poll_while_watched())
-
     async def _poll_while_watched(self) -> None:
         changed = self.executor.changed
         while (self.followers or self.watched) and not self.stopping:
@@ -113,7 +92,7 @@ class RunWatch:
                 self._keep(found, states)
             except Exception:  # a lost database: watchers wait, the next poll tries again
                 log.warning("polling runs for watchers failed", exc_info=True)
-            self._wake_watchers()
+            self._wake()
 
     def _cursors(self) -> dict[str, int]:
         """Per model filter ("" for every model), the run after which its followers still wait for some."""

@@ -7,21 +7,17 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator
 
 import grpc
-import numpy as np
 import pytest
 import sqlalchemy as sa
 
 from cvh.common.v1 import common_pb2
 from cvh.registry.v1 import registry_service_pb2 as pb
-from cvh.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from services.common import db
 from services.registry import feed, store
 from services.registry.customers import CustomerRow
 from services.registry.signals import SignalCatalog
-from tests.conftest import _empty_tables, start_server
 from tests.grpc_helpers import details_of
 from wire.columns import from_matrix
 
@@ -29,26 +25,9 @@ Code = grpc.StatusCode
 WAIT = 10  # seconds a change may take to reach a watcher before the test fails (it takes milliseconds)
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def served(request, tmp_path_factory) -> Iterator[tuple]:
-    """(stub, engine): one registry per database for every test here; each test uses its own ids."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('feed') / 'cvh.db'}"
-    else:
-        url = request.getfixturevalue("postgres_database")
-        _empty_tables(url)
-    server = start_server(url, services=("registry",))
-    engine = db.create_engine(url)
-    with grpc.insecure_channel(server.target) as channel:
-        grpc.channel_ready_future(channel).result(timeout=10)
-        yield pb_grpc.RegistryServiceStub(channel), engine
-    engine.dispose()
-    server.stop()
-
-
 @pytest.fixture
-def registry(served):
-    return served[0]
+def registry(registry_with_engine):
+    return registry_with_engine[0]
 
 
 def export(registry, names=("nps",)) -> dict:
@@ -158,8 +137,8 @@ def test_a_follower_resumes_from_any_kept_sequence(registry):
         again.cancel()
 
 
-def test_a_sequence_no_longer_kept_asks_the_follower_to_reload(served):
-    registry, engine = served
+def test_a_sequence_no_longer_kept_asks_the_follower_to_reload(registry_with_engine):
+    registry, engine = registry_with_engine
     registry.CreateCustomer(pb.CreateCustomerRequest(customer=pb.Customer(customer_id="c-old")))
     before = export(registry)["sequence"]
     compacted = feed.compact(engine, retention_seconds=1, now=feed.now_us() + 10**7)  # all older than 1 s
@@ -183,11 +162,11 @@ def test_a_sequence_no_longer_kept_asks_the_follower_to_reload(served):
         stream.cancel()
 
 
-def test_an_export_and_the_feed_from_its_sequence_give_exactly_the_current_base_under_racing_writers(served):
+def test_an_export_and_the_feed_from_its_sequence_give_exactly_the_current_base_under_racing_writers(registry_with_engine):
     """Writers on several threads create, re-parent, re-own, record signals and delete while a follower loads
     an export and then applies the feed from its sequence: it ends with exactly the base as stored, and for
     each customer it got the latest change the log holds (no gap)."""
-    registry, engine = served
+    registry, engine = registry_with_engine
     ids = [f"x-{i:03d}" for i in range(60)]
     registry.ImportCustomers(iter([pb.ImportCustomersRequest(columns=pb.CustomerColumns(customer_ids=ids))]))
     stop = threading.Event()
@@ -261,11 +240,11 @@ def test_an_export_and_the_feed_from_its_sequence_give_exactly_the_current_base_
     assert logged == latest_seen
 
 
-def test_a_write_holding_the_feed_never_deadlocks_with_one_holding_its_parent(served):
+def test_a_write_holding_the_feed_never_deadlocks_with_one_holding_its_parent(registry_with_engine):
     """RecordSignals on a parent holds its row and then waits for the feed's counter; a create of a child holds
     the counter and, at its commit, checks the (deferred) parent key, which waits for the parent's row. On
     PostgreSQL that was a deadlock (one of them ABORTED): the key checks now run before the counter."""
-    registry, engine = served
+    registry, engine = registry_with_engine
     registry.CreateCustomer(pb.CreateCustomerRequest(customer=pb.Customer(customer_id="d-parent")))
     catalog, outcome = SignalCatalog(), {}
     holder = engine.connect()

@@ -7,12 +7,10 @@ import time
 
 import grpc
 import numpy as np
-import pytest
 from google.protobuf import timestamp_pb2
 
 from cvh.common.v1 import common_pb2
 from cvh.registry.v1 import registry_service_pb2 as pb
-from cvh.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from services.registry.customers import MAX_LABELS, MAX_SIGNALS, MAX_TEXT
 from services.registry.servicer import MAX_BATCH_GET
 from tests.grpc_helpers import raises_status

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -20,7 +20,6 @@ from cvh.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from services.common import db
 from services.common.interceptors import _as_service_error
 from services.registry import store
-from services.registry import store
 from services.registry.store import MAX_DEPTH
 from tests.conftest import _empty_tables, start_server
 from tests.grpc_helpers import details_of
@@ -30,31 +29,14 @@ ROUNDS = 30
 CALL_TIMEOUT = 20  # seconds: a call stuck on a lock fails the test instead of hanging it
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def racing_server(request, tmp_path_factory) -> Iterator[tuple]:
-    """One registry per database for every test here (each test uses its own customer ids)."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('races') / 'cvh.db'}"
-    else:
-        url = request.getfixturevalue("postgres_database")
-        _empty_tables(url)
-    server = start_server(url, services=("registry",))
-    engine = db.create_engine(url)
-    with grpc.insecure_channel(server.target) as channel:
-        grpc.channel_ready_future(channel).result(timeout=10)
-        yield pb_grpc.RegistryServiceStub(channel), engine
-    engine.dispose()
-    server.stop()
+@pytest.fixture
+def registry(registry_with_engine):
+    return registry_with_engine[0]
 
 
 @pytest.fixture
-def registry(racing_server):
-    return racing_server[0]
-
-
-@pytest.fixture
-def stored_parents(racing_server) -> Callable[[], dict[str, str | None]]:
-    engine = racing_server[1]
+def stored_parents(registry_with_engine) -> Callable[[], dict[str, str | None]]:
+    engine = registry_with_engine[1]
 
     def read() -> dict[str, str | None]:
         with engine.connect() as conn:
@@ -177,9 +159,9 @@ def test_identical_imports_of_new_ids_both_succeed(registry, stored_parents):
     assert all(f"imp{i}-{k}" in parents for i in range(rounds) for k in range(300))
 
 
-def test_deleting_a_customer_while_it_is_written_deletes_all_of_it_or_nothing(registry, racing_server):
+def test_deleting_a_customer_while_it_is_written_deletes_all_of_it_or_nothing(registry, registry_with_engine):
     """DeleteCustomer races RecordSignals (an older observation, so history is written) or UpdateCustomer."""
-    engine = racing_server[1]
+    engine = registry_with_engine[1]
     for i in range(ROUNDS):
         customer_id = f"busy-{i}"
         registry.CreateCustomer(pb.CreateCustomerRequest(customer=pb.Customer(
@@ -270,15 +252,15 @@ def _insert_behind_the_lock(engine, customer_id: str, call: Callable[[], object]
         return outcome.result()[0]
 
 
-def test_a_create_racing_a_writer_that_skips_the_lock_is_already_exists(registry, racing_server):
-    outcome = _insert_behind_the_lock(racing_server[1], "sneaked-in", create(registry, "sneaked-in"))
+def test_a_create_racing_a_writer_that_skips_the_lock_is_already_exists(registry, registry_with_engine):
+    outcome = _insert_behind_the_lock(registry_with_engine[1], "sneaked-in", create(registry, "sneaked-in"))
     assert outcome[:2] == (Code.ALREADY_EXISTS, "CUSTOMER_ALREADY_EXISTS"), outcome
 
 
-def test_an_import_racing_a_writer_that_skips_the_lock_can_be_sent_again(registry, racing_server):
+def test_an_import_racing_a_writer_that_skips_the_lock_can_be_sent_again(registry, registry_with_engine):
     send = import_rows(registry, [("sneaked-row", ""), ("bystander", "")])
-    code, reason, summary = _insert_behind_the_lock(racing_server[1], "sneaked-row", send)
-    if racing_server[1].dialect.name == "postgresql":
+    code, reason, summary = _insert_behind_the_lock(registry_with_engine[1], "sneaked-row", send)
+    if registry_with_engine[1].dialect.name == "postgresql":
         assert (code, reason) == (Code.ABORTED, "CONCURRENT_WRITE")  # this message was rolled back
         summary = send()
     assert (summary.created, summary.updated, summary.rejected) == (1, 1, 0), summary

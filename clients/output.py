@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from google.protobuf import json_format
 from tqdm import tqdm
@@ -84,6 +84,16 @@ def progress(total: int | None, description: str, unit: str = "it", enabled: boo
     """A progress bar on stderr (stdout stays clean for --json); hidden when stderr is not a terminal."""
     return tqdm(total=total, desc=description, unit=unit, unit_scale=True, dynamic_ncols=True, file=sys.stderr,
                 disable=None if enabled else True, leave=True)
+
+
+def counted_stream(stream, bar: tqdm, rows_of) -> Iterator:
+    """``stream``'s messages, advancing ``bar`` by ``rows_of(message)`` each; the first message that states
+    the stream's ``total_customers`` sets the bar's total."""
+    for message in stream:
+        if message.total_customers and bar.total is None:
+            bar.total = message.total_customers
+        bar.update(rows_of(message))
+        yield message
 
 
 def fail(message: str, code: int = 1) -> int:

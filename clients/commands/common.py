@@ -97,6 +97,13 @@ positive_seconds = seconds(0.0)
 non_negative_seconds = seconds(0.0, inclusive=True)
 
 
+def export_target(command: argparse.ArgumentParser) -> None:
+    """The PATH and --format of a command that writes a table (cvh export, cvh run export)."""
+    command.add_argument("path", metavar="PATH", help="the folder (parquet) or file (csv, jsonl) to write")
+    command.add_argument("--format", choices=["parquet", "csv", "jsonl"], default="parquet",
+                         help="output format (default parquet)")
+
+
 def client_options() -> argparse.ArgumentParser:
     """Flags of every command that talks to a running suite (a parent parser)."""
     options = argparse.ArgumentParser(add_help=False)

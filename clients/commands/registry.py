@@ -11,9 +11,11 @@ import grpc
 from clients import tabular
 from clients.client import customer_id
 from clients import parquet
-from clients.commands.common import connect, enum_word, existing_file, existing_path, non_negative_int, whole_number
+from clients.commands.common import (connect, enum_word, existing_file, existing_path, export_target, non_negative_int,
+                                     whole_number)
 from clients.errors import CvhError
-from clients.output import counted, message_dict, print_json, print_table, progress, quantity, timestamp
+from clients.output import (counted, counted_stream, message_dict, print_json, print_table, progress, quantity,
+                            timestamp)
 from cvh.common.v1 import common_pb2
 from cvh.registry.v1 import registry_service_pb2 as registry_pb
 
@@ -226,13 +228,8 @@ def export_customers(args: argparse.Namespace) -> int:
         names = args.signals.split(",") if args.signals else [s.name for s in cvh.get_model(args.model).signals]
         stream = cvh.export_signal_matrix(names)
         with progress(None, f"exporting to {Path(args.path).name}", unit=" customers", enabled=not args.json) as bar:
-            def messages():
-                for message in stream:
-                    if message.total_customers and bar.total is None:
-                        bar.total = message.total_customers
-                    bar.update(len(message.chunk.customer_ids))
-                    yield message
-            rows, files = parquet.write_export(args.path, args.format, parquet.export_batches(messages(), names),
+            messages = counted_stream(stream, bar, lambda message: len(message.chunk.customer_ids))
+            rows, files = parquet.write_export(args.path, args.format, parquet.export_batches(messages, names),
                                                parquet.export_schema(names))
     result = {"customers": rows, "signals": names, "format": args.format, "files": [str(f) for f in files]}
     if args.json:
@@ -250,9 +247,7 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
                     "(empty / null where not observed), in customer_id order, in the form `cvh import` reads. "
                     "Parquet goes to a folder of part files (part-00000.parquet, ..., 1,000,000 rows each), "
                     "streamed: memory stays bounded by one row group. Display names are not exported.")
-    command.add_argument("path", metavar="PATH", help="the folder (parquet) or file (csv, jsonl) to write")
-    command.add_argument("--format", choices=["parquet", "csv", "jsonl"], default="parquet",
-                         help="output format (default parquet)")
+    export_target(command)
     command.add_argument("--signals", default="", metavar="NAMES",
                          help="comma-separated signals to export (default: those the model reads)")
     command.add_argument("--model", default="default", help="whose signals to export (default: default)")

@@ -11,8 +11,8 @@ from google.protobuf import json_format
 
 from clients import parquet
 from clients.client import CvhClient
-from clients.commands.common import connect, enum_word, existing_file, positive_int
-from clients.output import counted, message_dict, percent, print_json, print_table, progress
+from clients.commands.common import connect, enum_word, existing_file, export_target, positive_int
+from clients.output import counted, counted_stream, message_dict, percent, print_json, print_table, progress
 from cvh.scoring.v1 import scoring_service_pb2 as pb
 
 # What a model file holds: the model's own fields, not the service's bookkeeping.
@@ -162,13 +162,8 @@ def run_export(args: argparse.Namespace) -> int:
         run = cvh.get_run(args.run_name)
         stream = cvh.stream_run_results(run.name)
         with progress(None, f"exporting {run.name}", unit=" customers", enabled=not args.json) as bar:
-            def chunks():
-                for chunk in stream:
-                    if chunk.total_customers and bar.total is None:
-                        bar.total = chunk.total_customers
-                    bar.update(len(chunk.dimension_scores.customer_ids))
-                    yield chunk
-            rows, files = parquet.write_export(args.path, args.format, parquet.run_result_batches(chunks()))
+            chunks = counted_stream(stream, bar, lambda chunk: len(chunk.dimension_scores.customer_ids))
+            rows, files = parquet.write_export(args.path, args.format, parquet.run_result_batches(chunks))
     result = {"run": run.name, "customers": rows, "format": args.format, "files": [str(f) for f in files]}
     if args.json:
         print_json(result)
@@ -200,7 +195,8 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
     command = actions.add_parser("activate", parents=[client], help="make a version the one runs use")
     command.add_argument("name", help="the version: ID/versions/N or models/ID/versions/N, or the model id "
                                       "followed by VERSION")
-    command.add_argument("version", nargs="?", type=positive_int, metavar="VERSION", help="version number (with a model id)")
+    command.add_argument("version", nargs="?", type=positive_int, metavar="VERSION",
+                         help="version number (with a model id)")
     command.set_defaults(run=models_activate)
 
     runs = commands.add_parser("run", help="scoring runs: start, show, list, moves",
@@ -231,7 +227,5 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
                     "previous_tier_level (0: not in the previous run). Parquet goes to a folder of part files "
                     "(1,000,000 rows each), streamed: memory stays bounded by one row group.")
     command.add_argument("run_name", metavar="RUN", help="runs/N or N")
-    command.add_argument("path", metavar="PATH", help="the folder (parquet) or file (csv, jsonl) to write")
-    command.add_argument("--format", choices=["parquet", "csv", "jsonl"], default="parquet",
-                         help="output format (default parquet)")
+    export_target(command)
     command.set_defaults(run=run_export)

@@ -166,10 +166,11 @@ class CvhClient:
         self._unary(self.registry.DeleteCustomer, registry_pb.DeleteCustomerRequest(name=customer_name(customer),
                                                                                      etag=etag))
 
-    def list_customers(self, *, parent: str = "", role: int = 0, owner: str = "", label: str = "",
+    def list_customers(self, *, parent: str = "", role: int = 0, owner: str = "", label: str = "", stage: int = 0,
                        page_size: int = 0) -> Iterator[registry_pb.Customer]:
         request = registry_pb.ListCustomersRequest(parent=customer_name(parent) if parent else "",
-                                                   stakeholder_role=role, owner=owner, label=label)
+                                                   stakeholder_role=role, owner=owner, label=label,
+                                                   lifecycle_stage=stage)
         return self._pages(self.registry.ListCustomers, request, "customers", page_size)
 
     def import_customers(self, requests: Iterable[registry_pb.ImportCustomersRequest],
@@ -200,6 +201,18 @@ class CvhClient:
                             page_size: int = 0) -> Iterator[registry_pb.SignalObservation]:
         request = registry_pb.ListSignalHistoryRequest(customer=customer_name(customer), signal=signal)
         return self._pages(self.registry.ListSignalHistory, request, "observations", page_size)
+
+    def list_lifecycle_history(self, customer: str, page_size: int = 0) -> Iterator[registry_pb.LifecycleChange]:
+        """The stages ``customer`` entered, newest (its current stage) first."""
+        request = registry_pb.ListLifecycleHistoryRequest(customer=customer_name(customer))
+        return self._pages(self.registry.ListLifecycleHistory, request, "changes", page_size)
+
+    def set_lifecycle_stage(self, customer: str, stage: int, enter_time_us: int | None = None) -> registry_pb.Customer:
+        """Moves ``customer`` to ``stage`` (entered at ``enter_time_us``, or now); a stage it is in changes nothing."""
+        message = registry_pb.Customer(name=customer_name(customer), lifecycle_stage=stage)
+        if enter_time_us is not None:
+            message.lifecycle_stage_time.FromMicroseconds(enter_time_us)
+        return self.update_customer(message, ["lifecycle_stage"])
 
     def export_signal_matrix(self, signal_names: Sequence[str], chunk_size: int = 0,
                              timeout: float | None = None) -> Stream:

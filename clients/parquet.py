@@ -28,6 +28,14 @@ GROUP_ROWS = 65_536     # rows per row group: what a reader or writer holds at a
 ROLE_NAMES = {value: name.removeprefix("STAKEHOLDER_ROLE_").lower()
               for name, value in common_pb2.StakeholderRole.items()}
 ROLE_NAMES[0] = ""
+STAGE_NAMES = {value: name.removeprefix("LIFECYCLE_STAGE_").lower()
+               for name, value in common_pb2.LifecycleStage.items()}
+STAGE_NAMES[0] = ""
+
+
+def stage_names(stages: bytes) -> list[str]:
+    """A column of LifecycleStage bytes as the names a customer file takes ("churned")."""
+    return [STAGE_NAMES.get(stage, "") for stage in stages]
 
 
 class ParquetError(ValueError):
@@ -43,7 +51,8 @@ def _float_column(values: np.ndarray) -> pa.Array:
 def export_schema(signal_names: Sequence[str]) -> pa.Schema:
     """The columns of ``cvh export``: the customer fields an import reads, then one float64 per signal."""
     return pa.schema([("customer_id", pa.string()), ("parent_id", pa.string()), ("role", pa.string()),
-                      ("owner", pa.string())] + [(name, pa.float64()) for name in signal_names])
+                      ("owner", pa.string()), ("lifecycle_stage", pa.string())]
+                     + [(name, pa.float64()) for name in signal_names])
 
 
 def export_batches(messages: Iterable, signal_names: Sequence[str]) -> Iterator[pa.RecordBatch]:
@@ -55,7 +64,8 @@ def export_batches(messages: Iterable, signal_names: Sequence[str]) -> Iterator[
         columns = [pa.array(list(message.chunk.customer_ids), pa.string()),
                    pa.array(list(message.parent_ids), pa.string()),
                    pa.array([ROLE_NAMES.get(int(r), "") for r in roles], pa.string()),
-                   pa.array(list(message.owners), pa.string())]
+                   pa.array(list(message.owners), pa.string()),
+                   pa.array(stage_names(message.lifecycle_stages), pa.string())]
         columns += [_float_column(values[:, j]) for j in range(values.shape[1])]
         yield pa.RecordBatch.from_arrays(columns, schema=schema)
 

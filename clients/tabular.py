@@ -25,13 +25,18 @@ column             meaning
 ``observe_time``   when the row's signals were observed: RFC 3339 (``2026-11-01T09:30:00Z``;
                    no offset means UTC) or a date; empty means "now" at the server; at most
                    5 minutes ahead of now (the registry's allowance for clock skew)
+``lifecycle_stage`` ``prospect``, ``onboarding``, ``active``, ``at_risk``, ``churned`` (any case,
+                   with or without ``LIFECYCLE_STAGE_``); empty keeps the stored stage
+                   (``active`` for a new customer)
+``lifecycle_stage_time`` when the customer entered that stage (as ``observe_time``); empty
+                   means now; read only when the stage changes
 every other        a signal named by the column (``[a-z][a-z0-9_]{0,62}``, e.g.
 column             ``annual_revenue``) holding a finite number; an empty cell (JSON ``null``)
                    means "not observed": the customer's current value is kept. Anything else
                    that is not a finite number (``NaN``, ``inf``, ``1e400``) is rejected
 =================  ==========================================================================
 
-The names of the first six columns are matched without regard to case. In JSON Lines the same keys
+The names of the first eight columns are matched without regard to case. In JSON Lines the same keys
 name the fields; signals may also be given as an object under ``"signals"``, and a numeric
 ``customer_id`` is read as its digits. In CSV a column without a name (as a trailing comma makes) is
 ignored while its cells are empty. A CSV header without ``customer_id``, with a repeated column or with
@@ -89,7 +94,8 @@ from cvh.common.v1 import common_pb2
 from cvh.registry.v1 import registry_service_pb2 as registry_pb
 from wire.columns import customer_columns
 
-CUSTOMER_FIELDS = ("customer_id", "display_name", "parent_id", "role", "owner", "observe_time")
+CUSTOMER_FIELDS = ("customer_id", "display_name", "parent_id", "role", "owner", "observe_time", "lifecycle_stage",
+                   "lifecycle_stage_time")
 SIGNAL_FIELDS = ("customer_id", "signal", "value", "observe_time")
 MAX_ROWS_PER_MESSAGE = 10_000          # ImportCustomersRequest: customers + columns rows per message
 MAX_OBSERVATIONS_PER_REQUEST = 10_000  # RecordSignalsRequest.observations
@@ -100,13 +106,15 @@ CUSTOMER_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 SIGNAL_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 ROLE_NAMES = tuple(name.removeprefix("STAKEHOLDER_ROLE_").lower()
                    for name in common_pb2.StakeholderRole.keys() if not name.endswith("UNSPECIFIED"))
+STAGE_NAMES = tuple(name.removeprefix("LIFECYCLE_STAGE_").lower()
+                    for name in common_pb2.LifecycleStage.keys() if not name.endswith("UNSPECIFIED"))
 
 
 # The rules of a customer file as `cvh import --help` and the README state them (the module's notes above say
 # the same at more length).
 CUSTOMER_FILE_RULES = """\
 A .csv or .jsonl/.ndjson/.json file (UTF-8), one customer per row or line, or a .parquet file or a
-folder of them (as `cvh export --format parquet` writes). Columns (the first six named in any case):
+folder of them (as `cvh export --format parquet` writes). Columns (the first eight named in any case):
   customer_id    required: 1 to 128 characters of [A-Za-z0-9._:-]
   display_name   at most 256 characters
   parent_id      the parent account's customer_id; empty for none. The parent may come later in the
@@ -116,12 +124,15 @@ folder of them (as `cvh export --format parquet` writes). Columns (the first six
   owner          the front-line owner (e.g. an e-mail address), at most 256 characters
   observe_time   when the row's signals were observed: RFC 3339 (2026-11-01T09:30:00Z; no offset means
                  UTC) or a date; empty means now; at most 5 minutes ahead
+  lifecycle_stage  prospect, onboarding, active, at_risk, churned; empty keeps the stored stage (active
+                 for a new customer)
+  lifecycle_stage_time  when it entered that stage (as observe_time); empty means now
   any other      a signal named by the column ([a-z][a-z0-9_]{0,62}, e.g. annual_revenue): a finite
                  number. An empty cell (JSON null) means "not observed" and keeps the current value;
                  anything else that is not a finite number (NaN, inf, 1e400) rejects the row
 JSON Lines use the same keys; signals may also be an object under "signals". Parquet columns are read
 as JSON Lines keys (null: not observed; a row's line is its row number). A header without
-customer_id, with a column twice or with a column that is neither of the six nor a signal name stops
+customer_id, with a column twice or with a column that is neither of the eight nor a signal name stops
 the import before anything is sent (exit 2).
 An import upserts: a column the file lacks (parent_id, role, owner, display_name) is set empty on the
 customers it updates; a customer_id given twice keeps its later row. Rows that cannot be read, and rows
@@ -344,6 +355,23 @@ def role_value(text: str) -> int:
     return _role(text)
 
 
+def stage_value(text: str) -> int:
+    """A ``LifecycleStage`` value from its name ("churned", "At risk", "LIFECYCLE_STAGE_ACTIVE"); 0 (keep the
+    stored stage) for an empty text; ``BadRow`` for anything else."""
+    if not text:
+        return 0
+    return _stage(text)
+
+
+@lru_cache(maxsize=64)
+def _stage(text: str) -> int:
+    name = text.strip().upper().replace(" ", "_").replace("-", "_")
+    name = name if name.startswith("LIFECYCLE_STAGE_") else f"LIFECYCLE_STAGE_{name}"
+    if name not in common_pb2.LifecycleStage.keys() or name.endswith("UNSPECIFIED"):
+        raise BadRow("lifecycle_stage", f"unknown stage {text!r}; one of {', '.join(STAGE_NAMES)}")
+    return common_pb2.LifecycleStage.Value(name)
+
+
 @lru_cache(maxsize=256)
 def _role(text: str) -> int:
     name = text.strip().upper().replace(" ", "_").replace("-", "_")
@@ -351,6 +379,11 @@ def _role(text: str) -> int:
     if name not in common_pb2.StakeholderRole.keys() or name.endswith("UNSPECIFIED"):
         raise BadRow("role", f"unknown role {text!r}; one of {', '.join(ROLE_NAMES)}")
     return common_pb2.StakeholderRole.Value(name)
+
+
+def time_us(text: str, name: str) -> int:
+    """Microseconds since the epoch of an RFC 3339 time (or ISO date), at most 5 minutes ahead of now."""
+    return _time_us(text, name, _now_us())
 
 
 def _time_us(text: str, name: str, now_us: int) -> int | None:
@@ -405,12 +438,14 @@ class _Customer:
     role: int
     owner: str
     observed_us: int | None  # None: observed "now", at the server
+    stage: int               # 0: keep the stored stage
+    stage_time_us: int       # 0: entered "now", at the server
     names: tuple[str, ...]   # signal names; rows of one CSV file share one tuple
     values: list[float]      # one per name, NaN for "not observed"
 
 
 def _customer(customer_id: str, display_name: str, parent_id: str, role: str, owner: str, observe_time: str,
-              now_us: int) -> _Customer:
+              stage: str, stage_time: str, now_us: int) -> _Customer:
     """A customer's own fields, checked as the registry would; the signals are filled in by the caller."""
     _customer_id(customer_id)
     if len(display_name) > MAX_TEXT:
@@ -422,7 +457,8 @@ def _customer(customer_id: str, display_name: str, parent_id: str, role: str, ow
         if parent_id == customer_id:
             raise BadRow("parent_id", "a customer cannot be its own parent")
     return _Customer(customer_id, display_name, parent_id, role_value(role), owner,
-                     _time_us(observe_time, "observe_time", now_us), (), [])
+                     _time_us(observe_time, "observe_time", now_us), stage_value(stage),
+                     _time_us(stage_time, "lifecycle_stage_time", now_us) or 0, (), [])
 
 
 class _CsvCustomers:
@@ -601,11 +637,17 @@ class _Chunk:
         values = matrix[keep]
         present = ~np.isnan(values).all(axis=0)  # a signal none of these rows observed is not sent
         roles = np.fromiter((row.role for row in rows), np.uint8, len(rows))
+        stages = np.fromiter((row.stage for row in rows), np.uint8, len(rows))
+        stage_times = [row.stage_time_us for row in rows]
         columns = customer_columns(
             [row.customer_id for row in rows], [n for n, p in zip(names, present) if p], values[:, present],
             display_names=_column([row.display_name for row in rows]),
             parent_ids=_column([row.parent_id for row in rows]),
             roles=roles if roles.any() else (), owners=_column([row.owner for row in rows]))
+        if stages.any():
+            columns.lifecycle_stages = stages.tobytes()
+        if any(stage_times):
+            columns.lifecycle_stage_times_us.extend(stage_times)
         if not present.any():  # the registry wants a 0 x 0 matrix when there are no signal columns
             columns.ClearField("signal_values")
         if observed is not None:
@@ -621,7 +663,9 @@ def _column(texts: list[str]) -> list[str]:
 def _customer_message(row: _Customer, names: list[str], values: np.ndarray) -> registry_pb.Customer:
     message = registry_pb.Customer(customer_id=row.customer_id, display_name=row.display_name,
                                    parent=f"customers/{row.parent_id}" if row.parent_id else "",
-                                   stakeholder_role=row.role, owner=row.owner)
+                                   stakeholder_role=row.role, owner=row.owner, lifecycle_stage=row.stage)
+    if row.stage_time_us:
+        message.lifecycle_stage_time.CopyFrom(_timestamp(row.stage_time_us))
     stamp = _timestamp(row.observed_us) if row.observed_us is not None else None
     for name, value in zip(names, values.tolist()):
         if value == value:
@@ -743,7 +787,8 @@ class CustomerFile(_Progress):
 # a rejects file names the column of the file the user wrote.
 _CUSTOMER_COLUMNS = {"parent": "parent_id", "parent_ids": "parent_id", "stakeholder_role": "role",
                      "stakeholder_roles": "role", "display_names": "display_name", "owners": "owner",
-                     "customer_ids": "customer_id", "signal_values": "row", "signal_names": "row"}
+                     "customer_ids": "customer_id", "signal_values": "row", "signal_names": "row",
+                     "lifecycle_stages": "lifecycle_stage", "lifecycle_stage_times_us": "lifecycle_stage_time"}
 _SIGNAL_PATH = re.compile(r"signal(?:s|_names)\[([^\]]*)\](?:\.(value|observe_time))?")
 
 

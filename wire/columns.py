@@ -39,15 +39,16 @@ def to_chunk(customer_ids: Sequence[str], column_names: Sequence[str], values: n
 
 def customer_columns(customer_ids: Sequence[str], signal_names: Sequence[str] = (), values: np.ndarray | None = None,
                      *, display_names: Sequence[str] = (), parent_ids: Sequence[str] = (),
-                     roles: np.ndarray | Sequence[int] = (), owners: Sequence[str] = ()
-                     ) -> registry_service_pb2.CustomerColumns:
+                     roles: np.ndarray | Sequence[int] = (), owners: Sequence[str] = (),
+                     stages: np.ndarray | Sequence[int] = ()) -> registry_service_pb2.CustomerColumns:
     """One message of a columnar import; NaN values mean "not observed"."""
     if values is None or not len(signal_names):
         values = np.empty((len(customer_ids) if len(signal_names) else 0, len(signal_names)))
     return registry_service_pb2.CustomerColumns(
         customer_ids=list(customer_ids), display_names=list(display_names), parent_ids=list(parent_ids),
         stakeholder_roles=np.asarray(roles, np.uint8).tobytes(), owners=list(owners),
-        signal_names=list(signal_names), signal_values=to_matrix(values))
+        signal_names=list(signal_names), signal_values=to_matrix(values),
+        lifecycle_stages=np.asarray(stages, np.uint8).tobytes())
 
 
 def _concat(parts: list[np.ndarray], dtype, width: int | None = None) -> np.ndarray:
@@ -66,6 +67,7 @@ class SignalExport:
     parent_ids: list[str] = field(default_factory=list)
     roles: np.ndarray | None = None
     owners: list[str] = field(default_factory=list)
+    stages: np.ndarray | None = None  # LifecycleStage values, uint8
     total_customers: int = 0
     # The registry's change-feed sequence the export is consistent with (watch the feed from there).
     sequence: int = 0
@@ -78,6 +80,7 @@ class SignalExportReader:
         self.export = SignalExport(list(signal_names))
         self._values: list[np.ndarray] = []
         self._roles: list[np.ndarray] = []
+        self._stages: list[np.ndarray] = []
 
     def add(self, message: registry_service_pb2.ExportSignalMatrixResponse) -> int:
         """Takes one message; returns the customers read so far."""
@@ -89,11 +92,13 @@ class SignalExportReader:
         export.owners.extend(message.owners)
         self._values.append(from_matrix(message.chunk.values))
         self._roles.append(np.frombuffer(message.stakeholder_roles, np.uint8))
+        self._stages.append(np.frombuffer(message.lifecycle_stages, np.uint8))
         return len(export.customer_ids)
 
     def result(self) -> SignalExport:
         self.export.values = _concat(self._values, np.float64, len(self.export.signal_names))
         self.export.roles = _concat(self._roles, np.uint8)
+        self.export.stages = _concat(self._stages, np.uint8)
         return self.export
 
 

@@ -140,6 +140,7 @@ def print_customer(c: registry_pb.Customer) -> None:
     print(f"  parent     {customer_id(c.parent) if c.parent else '–'}")
     print(f"  role       {enum_word(common_pb2.StakeholderRole, c.stakeholder_role)}")
     print(f"  owner      {c.owner or '–'}")
+    print(f"  stage      {enum_word(common_pb2.LifecycleStage, c.lifecycle_stage)} since {timestamp(c.lifecycle_stage_time)}")
     print(f"  labels     {_labels(c) or '–'}")
     print(f"  created    {timestamp(c.create_time)}, updated {timestamp(c.update_time)}")
     if not c.signals:
@@ -160,17 +161,18 @@ def customers_list(args: argparse.Namespace) -> int:
     with connect(args) as cvh:
         customers, more = _first(args.limit, lambda size: cvh.list_customers(
             parent=args.parent or "", role=args.role or 0, owner=args.owner or "", label=args.label or "",
-            page_size=size))
+            stage=args.stage or 0, page_size=size))
     if args.json:
         print_json([message_dict(c) for c in customers])
         return 0
     if not customers:
-        filtered = args.parent or args.role or args.owner or args.label
+        filtered = args.parent or args.role or args.owner or args.label or args.stage
         print("no customers match" if filtered else "no customers yet: `cvh import FILE` adds some")
         return 0
-    print_table(["customer", "name", "parent", "role", "owner", "labels", "signals"],
+    print_table(["customer", "name", "parent", "role", "owner", "stage", "labels", "signals"],
                 [[c.customer_id, c.display_name, customer_id(c.parent), enum_word(common_pb2.StakeholderRole,
-                  c.stakeholder_role), c.owner, _labels(c), len(c.signals)] for c in customers], right=[6])
+                  c.stakeholder_role), c.owner, enum_word(common_pb2.LifecycleStage, c.lifecycle_stage), _labels(c),
+                  len(c.signals)] for c in customers], right=[7])
     if more:
         print(f"(the first {counted(args.limit, 'customer')}; --limit N shows more, --limit 0 all)")
     return 0
@@ -184,6 +186,25 @@ def customers_delete(args: argparse.Namespace) -> int:
                 print(f"deleted {customer_id(customer)}")
     if args.json:
         print_json({"deleted": [customer_id(c) for c in args.customers]})
+    return 0
+
+
+def customers_lifecycle(args: argparse.Namespace) -> int:
+    """cvh customers lifecycle ID [STAGE]: move the customer to STAGE, then show the stages it entered."""
+    if args.entered is not None and not args.stage:
+        raise tabular.InputError("--entered is when the customer entered STAGE: name the STAGE too")
+    with connect(args) as cvh:
+        if args.stage:
+            cvh.set_lifecycle_stage(args.customer, args.stage, args.entered)
+        changes, more = _first(args.limit, lambda size: cvh.list_lifecycle_history(args.customer, page_size=size))
+    if args.json:
+        print_json([message_dict(c) for c in changes])
+        return 0
+    print_table(["entered", "stage", "current"],
+                [[timestamp(c.enter_time), enum_word(common_pb2.LifecycleStage, c.stage), "yes" if c.current else ""]
+                 for c in changes])
+    if more:
+        print(f"(the newest {counted(args.limit, 'stage')}; --limit N shows more, --limit 0 all)")
     return 0
 
 
@@ -218,6 +239,26 @@ def role_argument(text: str) -> int:
         raise argparse.ArgumentTypeError(f"name a role: {', '.join(tabular.ROLE_NAMES)}")
     try:
         return tabular.role_value(text)
+    except tabular.BadRow as bad:
+        raise argparse.ArgumentTypeError(bad.reason) from None
+
+
+def stage_argument(text: str) -> int:
+    """A lifecycle stage by name (churned, at_risk, ...), as in import files."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"name a stage: {', '.join(tabular.STAGE_NAMES)}")
+    try:
+        return tabular.stage_value(text)
+    except tabular.BadRow as bad:
+        raise argparse.ArgumentTypeError(bad.reason) from None
+
+
+def time_argument(text: str) -> int:
+    """A moment as import files write it (RFC 3339 or a date, UTC when no offset), in microseconds."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("give a time, e.g. 2026-11-01T09:30:00Z or 2026-11-01")
+    try:
+        return tabular.time_us(text.strip(), "time")
     except tabular.BadRow as bad:
         raise argparse.ArgumentTypeError(bad.reason) from None
 
@@ -282,9 +323,24 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
                          help=f"only this stakeholder role: {', '.join(tabular.ROLE_NAMES)}")
     command.add_argument("--owner", metavar="OWNER", help="only customers of this owner (exact)")
     command.add_argument("--label", metavar="KEY[=VALUE]", help="only customers carrying this label (e.g. demo)")
+    command.add_argument("--stage", type=stage_argument, metavar="STAGE",
+                         help=f"only this lifecycle stage: {', '.join(tabular.STAGE_NAMES)}")
     command.add_argument("--limit", type=non_negative_int, default=100, metavar="N",
                          help="at most N customers (default 100; 0: all)")
     command.set_defaults(run=customers_list)
+    command = actions.add_parser(
+        "lifecycle", parents=[client], help="a customer's lifecycle stages; move it to another",
+        description="Without STAGE: the lifecycle stages the customer entered, newest (its current one) first. "
+                    "With STAGE: move it there first (a stage it is already in changes nothing). Churned "
+                    "customers stay registered, and scoring runs leave them out.")
+    command.add_argument("customer", metavar="ID", help="customer id (or customers/ID)")
+    command.add_argument("stage", nargs="?", type=stage_argument, metavar="STAGE",
+                         help=f"the stage to enter: {', '.join(tabular.STAGE_NAMES)}")
+    command.add_argument("--entered", type=time_argument, metavar="TIME",
+                         help="when it entered STAGE: RFC 3339 (2026-11-01T09:30:00Z) or a date (default: now)")
+    command.add_argument("--limit", type=non_negative_int, default=100, metavar="N",
+                         help="at most N stages (default 100; 0: all)")
+    command.set_defaults(run=customers_lifecycle)
     command = actions.add_parser("delete", parents=[client], help="delete customers",
                                  description="Delete customers with their signals and history, in the order "
                                              "given. A customer with child accounts is refused "

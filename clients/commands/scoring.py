@@ -106,6 +106,8 @@ def print_run(run: pb.ScoringRun) -> None:
         print(f"  {counted(run.customers_total, 'customer')} in {seconds:.1f} s"
               f" (export {run.export_seconds:.1f} s, scoring {run.scoring_seconds:.1f} s, "
               f"store {run.store_seconds:.1f} s)")
+        if run.churned_left_out:
+            print(f"  {counted(run.churned_left_out, 'churned customer')} left out (not scored)")
         total = max(run.customers_total, 1)
         print_table(["tier", "customers", "share"],
                     [[c.tier.display_name or c.tier.tier_id, f"{c.customers:,}", percent(c.customers / total)]

@@ -48,7 +48,8 @@ _HIERARCHY = "/cvh.hierarchy.v1.HierarchyService/"
 # The role each RPC needs. A test checks that every RPC of every service is listed.
 REQUIRED_ROLE = {
     **{_REGISTRY + m: READER for m in (
-        "GetCustomer", "BatchGetCustomers", "ListCustomers", "ListSignalHistory", "ExportSignalMatrix",
+        "GetCustomer", "BatchGetCustomers", "ListCustomers", "ListSignalHistory", "ListLifecycleHistory",
+        "ExportSignalMatrix",
         "WatchCustomerChanges")},
     **{_REGISTRY + m: WRITER for m in (
         "CreateCustomer", "UpdateCustomer", "DeleteCustomer", "ImportCustomers", "RecordSignals")},

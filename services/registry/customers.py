@@ -23,6 +23,8 @@ MAX_TEXT = 256
 # future would keep later observations out of the current value until the clock caught up.
 MAX_CLOCK_SKEW_US = 5 * 60 * 1_000_000
 VALID_ROLES = frozenset(common_pb2.StakeholderRole.values()) - {common_pb2.STAKEHOLDER_ROLE_UNSPECIFIED}
+VALID_STAGES = frozenset(common_pb2.LifecycleStage.values()) - {common_pb2.LIFECYCLE_STAGE_UNSPECIFIED}
+ACTIVE = common_pb2.LIFECYCLE_STAGE_ACTIVE
 
 
 def now_us() -> int:
@@ -39,6 +41,9 @@ class CustomerRow:
     stakeholder_role: int = common_pb2.STAKEHOLDER_ROLE_END_USER
     owner: str = ""
     labels: dict[str, str] = field(default_factory=dict)
+    # The stage to be in (0: keep the stored one, ACTIVE for a new customer) and when it was entered (None: now).
+    lifecycle_stage: int = 0
+    stage_time_us: int | None = None
     # (signal name, value, observe_time_us or None when no time was given)
     signals: list[tuple[str, float, int | None]] = field(default_factory=list)
     # Signals given as a row of a packed block instead: (block, row index).
@@ -145,6 +150,8 @@ def parse_customer(msg: pb.Customer, violations: Violations, prefix: str, now: i
         violations.add(f"{prefix}customer_id", "required: 1 to 128 characters of [A-Za-z0-9._:-]")
     row = CustomerRow(customer_id=customer_id, display_name=msg.display_name, owner=msg.owner)
     parse_attributes(msg, row, violations, prefix)
+    if msg.lifecycle_stage:
+        parse_stage(msg, row, violations, prefix, now)
     row.signals = parse_signals(msg.signals, f"{prefix}signals", violations, now)
     return row if len(violations.items) == before else None
 
@@ -172,6 +179,11 @@ def parse_attributes(msg: pb.Customer, row: CustomerRow, violations: Violations,
         row.stakeholder_role = role
         if role not in VALID_ROLES:
             violations.add(f"{prefix}stakeholder_role", f"unknown role {role}")
+    if paths is not None and "lifecycle_stage" in paths:
+        if not msg.lifecycle_stage:
+            violations.add(f"{prefix}lifecycle_stage", f"name the stage to enter: {stage_names()}")
+        else:
+            parse_stage(msg, row, violations, prefix, now_us())
     if wanted("labels"):
         row.labels = dict(msg.labels)
         if len(row.labels) > MAX_LABELS:
@@ -181,6 +193,30 @@ def parse_attributes(msg: pb.Customer, row: CustomerRow, violations: Violations,
                 violations.add(f"{prefix}labels[{key}]", "keys are 1 to 63 characters of [a-z0-9_.-], starting with a letter")
             else:
                 check_text(value, f"{prefix}labels[{key}]", MAX_TEXT, violations)
+
+
+def parse_stage(msg: pb.Customer, row: CustomerRow, violations: Violations, prefix: str, now: int) -> None:
+    """Check a customer's lifecycle stage and the time it was entered, and copy them onto ``row``."""
+    row.lifecycle_stage = msg.lifecycle_stage
+    if msg.lifecycle_stage not in VALID_STAGES:
+        violations.add(f"{prefix}lifecycle_stage", f"unknown stage {msg.lifecycle_stage}; one of {stage_names()}")
+    if msg.HasField("lifecycle_stage_time"):
+        row.stage_time_us = timestamp_us(msg.lifecycle_stage_time, f"{prefix}lifecycle_stage_time", violations)
+        problem = stage_time_problem(row.stage_time_us, now)
+        if problem:
+            violations.add(f"{prefix}lifecycle_stage_time", problem)
+
+
+def stage_time_problem(time_us: int | None, now: int) -> str | None:
+    if time_us is not None and time_us < 0:
+        return "must not be before 1970"
+    if time_us is not None and time_us > now + MAX_CLOCK_SKEW_US:
+        return ahead_of_clock(time_us, now)
+    return None
+
+
+def stage_names() -> str:
+    return ", ".join(common_pb2.LifecycleStage.Name(stage) for stage in sorted(VALID_STAGES))
 
 
 def etag_of(revision: int) -> str:
@@ -215,6 +251,10 @@ def parse_columns(columns: pb.CustomerColumns, first_position: int, now: int,
             block_problems.append((f"columns.{name}", f"must be empty or have one entry per row ({n})"))
     if len(columns.stakeholder_roles) not in (0, n):
         block_problems.append(("columns.stakeholder_roles", f"must be empty or have one byte per row ({n})"))
+    if len(columns.lifecycle_stages) not in (0, n):
+        block_problems.append(("columns.lifecycle_stages", f"must be empty or have one byte per row ({n})"))
+    if len(columns.lifecycle_stage_times_us) not in (0, n):
+        block_problems.append(("columns.lifecycle_stage_times_us", f"must be empty or have one entry per row ({n})"))
     names = list(columns.signal_names)
     for name in names:
         if not SIGNAL_NAME.fullmatch(name):
@@ -247,23 +287,30 @@ def parse_columns(columns: pb.CustomerColumns, first_position: int, now: int,
     roles = np.frombuffer(columns.stakeholder_roles, np.uint8) if columns.stakeholder_roles else \
         np.full(n, common_pb2.STAKEHOLDER_ROLE_END_USER, np.uint8)
     roles = np.where(roles == 0, common_pb2.STAKEHOLDER_ROLE_END_USER, roles)
+    stages = np.frombuffer(columns.lifecycle_stages, np.uint8) if columns.lifecycle_stages else np.zeros(n, np.uint8)
+    stage_times = np.asarray(columns.lifecycle_stage_times_us, np.int64) if columns.lifecycle_stage_times_us \
+        else np.zeros(n, np.int64)
     # Whole columns are checked in one pass each; only a block with a bad row is examined row by row.
     suspect = _all_match(CUSTOMER_ID, ids) and _all_match(PARENT_OR_EMPTY, parents)
     suspect = not suspect or max(map(len, display_names), default=0) > MAX_TEXT \
         or max(map(len, owners), default=0) > MAX_TEXT or "\x00" in "".join(display_names) + "".join(owners) \
         or not np.isin(roles, list(VALID_ROLES)).all() \
+        or not np.isin(stages, [0, *VALID_STAGES]).all() or (stage_times < 0).any() \
+        or (stage_times > now + MAX_CLOCK_SKEW_US).any() \
         or np.isinf(values).any() or any(p == c for p, c in zip(parents, ids) if p)
-    roles = roles.tolist()
+    roles, stages, stage_times = roles.tolist(), stages.tolist(), stage_times.tolist()
     rows = []
     for i, customer_id in enumerate(ids):
         if suspect:
             problems = _row_problems(customer_id, display_names[i], parents[i], roles[i], owners[i],
                                      values[i], names)
+            problems += _stage_problems(stages[i], stage_times[i], now)
             if problems:
                 reject(first_position + i, customer_id, problems)
                 continue
         rows.append((first_position + i, CustomerRow(customer_id, display_names[i], parents[i] or None,
-                                                     roles[i], owners[i], block=(block, i))))
+                                                     roles[i], owners[i], block=(block, i),
+                                                     lifecycle_stage=stages[i], stage_time_us=stage_times[i] or None)))
     return rows
 
 
@@ -276,6 +323,15 @@ def _all_match(pattern: re.Pattern, texts: list[str]) -> bool:
     text = "".join(t + "\n" for t in texts)
     # A text holding a newline would pass as two: count them (ids are stored newline-separated).
     return text.count("\n") == len(texts) and joined.fullmatch(text) is not None
+
+
+def _stage_problems(stage: int, time_us: int, now: int) -> list[tuple[str, str]]:
+    problems = []
+    if stage and stage not in VALID_STAGES:
+        problems.append(("lifecycle_stage", f"unknown stage {stage}; one of {stage_names()}"))
+    if problem := stage_time_problem(time_us, now):
+        problems.append(("lifecycle_stage_time", problem))
+    return problems
 
 
 def _row_problems(customer_id: str, display_name: str, parent: str, role: int, owner: str,

@@ -143,7 +143,8 @@ def _message(conn: Connection, catalog: SignalCatalog, rows: list[tuple[str, int
         display_names=[row.display_name if row is not None else "" for row in found],
         parent_ids=[(row.parent_id or "") if row is not None else "" for row in found],
         stakeholder_roles=bytes(row.stakeholder_role if row is not None else 0 for row in found),
-        owners=[row.owner if row is not None else "" for row in found])
+        owners=[row.owner if row is not None else "" for row in found],
+        lifecycle_stages=bytes(row.lifecycle_stage if row is not None else 0 for row in found))
 
 
 def compact(engine: Engine, retention_seconds: float, now: int | None = None) -> int:

@@ -221,6 +221,10 @@ class ImportSession:
         stored_parents |= _stored_parents(conn, released)
         stored = store.existing(conn, candidates)
         self._refuse_too_many_signals(conn, candidates, stored)
+        for customer_id, old in stored.items():
+            if customer_id in candidates and (problem := store.stage_out_of_order(candidates[customer_id].row, old)):
+                item = candidates.pop(customer_id)
+                self._reject(item.position, customer_id, [("lifecycle_stage_time", problem)])
         while True:
             self._hold_orphans(candidates, stored_parents)
             problems = store.check_tree(conn, {cid: i.row.parent_id for cid, i in candidates.items()}, stored)

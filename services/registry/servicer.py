@@ -29,8 +29,8 @@ from services.registry import feed
 from services.registry import signals as packed
 from services.registry import store
 from services.registry.customers import (
-    MAX_SIGNALS, MAX_TEXT, VALID_ROLES, CustomerRow, etag_of, now_us, parse_attributes, parse_customer, parse_signals,
-    revision_of_etag, set_timestamp, too_many_signals,
+    MAX_SIGNALS, MAX_TEXT, VALID_ROLES, VALID_STAGES, CustomerRow, etag_of, now_us, parse_attributes, parse_customer, parse_signals,
+    revision_of_etag, set_timestamp, stage_names, too_many_signals,
 )
 from services.registry.importer import ImportSession
 from services.registry.signals import SignalCatalog
@@ -38,7 +38,7 @@ from services.registry.watch import FeedWatch
 
 log = logging.getLogger("cvh.registry")
 
-UPDATABLE = frozenset({"display_name", "parent", "stakeholder_role", "owner", "labels"})
+UPDATABLE = frozenset({"display_name", "parent", "stakeholder_role", "owner", "labels", "lifecycle_stage"})
 MAX_BATCH_GET = 1000
 MAX_OBSERVATION_BATCH = 10_000
 MAX_EXPORT_SIGNALS = 256
@@ -116,12 +116,15 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     async def ListCustomers(self, request, context):
         size = page_size(request.page_size)
-        filters = store.ListFilters(stakeholder_role=request.stakeholder_role, owner=request.owner)
+        filters = store.ListFilters(stakeholder_role=request.stakeholder_role, owner=request.owner,
+                                    lifecycle_stage=request.lifecycle_stage)
         violations = Violations()
         if request.parent:
             filters.parent_id = customer_id_from_name(request.parent, "parent", violations)
         if request.stakeholder_role and request.stakeholder_role not in VALID_ROLES:
             violations.add("stakeholder_role", f"unknown role {request.stakeholder_role}")
+        if request.lifecycle_stage and request.lifecycle_stage not in VALID_STAGES:
+            violations.add("lifecycle_stage", f"unknown stage {request.lifecycle_stage}; one of {stage_names()}")
         check_text(request.owner, "owner", MAX_TEXT, violations)
         if request.label:
             key, sep, value = request.label.partition("=")
@@ -133,6 +136,8 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         violations.raise_if_any()
         filter_key = {"parent": request.parent, "role": request.stakeholder_role, "owner": request.owner,
                       "label": request.label}
+        if request.lifecycle_stage:  # only when set: tokens of lists without it stay valid
+            filter_key["stage"] = request.lifecycle_stage
         after = decode_page_token(request.page_token, filter_key)
         if after is not None and not (isinstance(after, str) and CUSTOMER_ID.fullmatch(after)):
             raise invalid_argument("page_token", "not a token returned by this list call")
@@ -172,6 +177,26 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             item.value.value = value
             set_timestamp(item.value.observe_time, time_us)
         if offset + size < len(observations):
+            response.next_page_token = encode_page_token(offset + size, filter_key)
+        return response
+
+    async def ListLifecycleHistory(self, request, context):
+        customer_id = customer_id_from_name(request.customer, "customer")
+        size = page_size(request.page_size)
+        filter_key = {"customer": customer_id, "lifecycle": True}
+        offset = decode_offset_token(request.page_token, filter_key)
+        return await asyncio.to_thread(self._lifecycle, customer_id, offset, size, filter_key)
+
+    def _lifecycle(self, customer_id, offset, size, filter_key) -> pb.ListLifecycleHistoryResponse:
+        with read_transaction(self.engine) as conn:
+            if not store.parents_of(conn, [customer_id]):
+                raise not_found(f"customers/{customer_id}")
+            changes = store.lifecycle_changes(conn, customer_id)
+        response = pb.ListLifecycleHistoryResponse()
+        for i, (stage, time_us) in enumerate(changes[offset:offset + size], offset):
+            change = response.changes.add(stage=stage, current=i == 0)
+            set_timestamp(change.enter_time, time_us)
+        if offset + size < len(changes):
             response.next_page_token = encode_page_token(offset + size, filter_key)
         return response
 
@@ -262,8 +287,8 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         violations = Violations()
         if not paths:
             violations.add("update_mask", f"required: name the fields to change ({', '.join(sorted(UPDATABLE))}) or *")
-        if "*" in paths:
-            paths = set(UPDATABLE)
+        if "*" in paths:  # a whole customer; without a stage it keeps its own (a stage is a change to enter)
+            paths = set(UPDATABLE) - (set() if customer.lifecycle_stage else {"lifecycle_stage"})
         for path in sorted(paths - UPDATABLE):
             violations.add("update_mask", f"{path!r} cannot be updated; updatable: {', '.join(sorted(UPDATABLE))}")
         expected = None
@@ -298,9 +323,12 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             for path in paths:
                 attribute = "parent_id" if path == "parent" else path
                 setattr(row, attribute, getattr(patch, attribute))
+            row.stage_time_us = patch.stage_time_us
+            if problem := store.stage_out_of_order(row, old):
+                raise invalid_argument("customer.lifecycle_stage_time", problem)
             if "parent" in paths and row.parent_id != old.parent_id:
                 self._check_parent(conn, row, stored)
-            if not store.update_attributes(conn, row, old.revision, now_us()):
+            if not store.update_attributes(conn, row, old, now_us()):
                 raise aborted(f"customers/{customer_id} was changed by another writer; get it again and retry")
             return self._to_proto(conn, list(store.fetch(conn, [customer_id]).values()))[0]
 
@@ -447,8 +475,10 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
                 name=f"customers/{row.customer_id}", customer_id=row.customer_id, display_name=row.display_name,
                 parent=f"customers/{row.parent_id}" if row.parent_id else "",
                 stakeholder_role=row.stakeholder_role, owner=row.owner,
-                labels=all_labels.get(row.customer_id, {}), etag=etag_of(row.revision))
+                labels=all_labels.get(row.customer_id, {}), etag=etag_of(row.revision),
+                lifecycle_stage=row.lifecycle_stage)
             set_timestamp(customer.create_time, row.create_time_us)
+            set_timestamp(customer.lifecycle_stage_time, row.stage_time_us)
             set_timestamp(customer.update_time, row.update_time_us)
             values, times = packed.unpack(row.signal_values, row.signal_times)
             for signal_id, value in enumerate(values):
@@ -482,7 +512,7 @@ def _export_message(chunk: store.ExportChunk, names: list[str], total: int,
             customer_ids=chunk.customer_ids, column_names=names,
             values=common_pb2.Float64Matrix(rows=rows, columns=len(names), data=chunk.matrix.astype("<f8").tobytes())),
         parent_ids=chunk.parent_ids, stakeholder_roles=chunk.stakeholder_roles, owners=chunk.owners,
-        total_customers=total, sequence=sequence)
+        total_customers=total, sequence=sequence, lifecycle_stages=chunk.lifecycle_stages)
     return message
 
 

@@ -12,9 +12,9 @@ from sqlalchemy.engine import Connection, Row
 
 from services.common.db import insert_many, placeholders, update_many
 from services.registry import signals as packed
-from services.registry.customers import CustomerRow, now_us
+from services.registry.customers import ACTIVE, CustomerRow, now_us
 from services.registry.signals import SignalCatalog
-from services.registry.tables import changes, customers, labels, signal_history
+from services.registry.tables import changes, customers, labels, lifecycle_history, signal_history
 
 # The deepest account tree: a top parent and at most nine levels below it.
 MAX_DEPTH = 10
@@ -31,7 +31,7 @@ IN_CHUNK = 900
 STORED_COLUMNS = (
     customers.c.customer_id, customers.c.display_name, customers.c.parent_id, customers.c.stakeholder_role,
     customers.c.owner, customers.c.signal_values, customers.c.signal_times, customers.c.revision,
-    customers.c.create_time_us, customers.c.update_time_us,
+    customers.c.create_time_us, customers.c.update_time_us, customers.c.lifecycle_stage, customers.c.stage_time_us,
 )
 
 
@@ -197,6 +197,28 @@ def signals_after(stored: Row, names: set[str], signal_ids: dict[str, int | None
     return packed.count_after(values, [signal_ids[name] for name in names])
 
 
+def stage_after(row: CustomerRow, old: Row | None, now: int) -> tuple[int, int, bool]:
+    """The stage ``row`` leaves the customer in, since when, and whether it is a stage entered now."""
+    if old is not None and row.lifecycle_stage in (0, old.lifecycle_stage):
+        return old.lifecycle_stage, old.stage_time_us, False
+    return row.lifecycle_stage or ACTIVE, now if row.stage_time_us is None else row.stage_time_us, True
+
+
+def stage_out_of_order(row: CustomerRow, old: Row | None) -> str | None:
+    """Why ``row`` cannot move a stored customer to its stage at its time: the history of stages is kept in time
+    order, so a stage cannot be entered before the current one was. None when it can."""
+    if old is None or row.lifecycle_stage in (0, old.lifecycle_stage) or row.stage_time_us is None:
+        return None
+    if row.stage_time_us < old.stage_time_us:
+        return (f"is before customers/{row.customer_id} entered its current stage ({_iso(old.stage_time_us)}); "
+                f"stages are entered in time order")
+    return None
+
+
+def _iso(time_us: int) -> str:
+    return np.datetime_as_string(np.datetime64(time_us, "us"), unit="s") + "Z"
+
+
 def write_customers(conn: Connection, catalog: SignalCatalog, rows: list[CustomerRow],
                     stored: dict[str, Row], now: int) -> WriteCounts:
     """Insert new customers and update stored ones (attributes replaced, signals merged)."""
@@ -206,8 +228,11 @@ def write_customers(conn: Connection, catalog: SignalCatalog, rows: list[Custome
     signal_ids = catalog.ids_for(conn, names)
     laid_out = {key: block.packed_rows(signal_ids, now) for key, block in blocks.items()}
     counts = WriteCounts()
-    inserts, updates, history = [], [], []
+    inserts, updates, history, stages = [], [], [], []
     for row in rows:
+        stage, stage_time, entered = stage_after(row, stored.get(row.customer_id), now)
+        if entered:
+            stages.append((row.customer_id, stage, stage_time))
         old = stored.get(row.customer_id)
         if old is None and row.block:
             # A new customer from a packed block: its stored arrays are a row of the laid-out block.
@@ -224,16 +249,19 @@ def write_customers(conn: Connection, catalog: SignalCatalog, rows: list[Custome
             values_blob, times_blob = values.tobytes() or None, times.tobytes() or None
         if old is None:
             inserts.append((row.customer_id, row.display_name, row.parent_id, row.stakeholder_role, row.owner,
-                            values_blob, times_blob, 1, now, now))
+                            values_blob, times_blob, 1, now, now, stage, stage_time))
         else:
             updates.append((row.customer_id, row.display_name, row.parent_id, row.stakeholder_role, row.owner,
-                            values_blob, times_blob, now, old.revision + 1))
+                            values_blob, times_blob, now, old.revision + 1, stage, stage_time))
     insert_many(conn, customers, ["customer_id", "display_name", "parent_id", "stakeholder_role", "owner",
-                                  "signal_values", "signal_times", "revision", "create_time_us", "update_time_us"],
+                                  "signal_values", "signal_times", "revision", "create_time_us", "update_time_us",
+                                  "lifecycle_stage", "stage_time_us"],
                 inserts)
     update_many(conn, customers, "customer_id", ["display_name", "parent_id", "stakeholder_role", "owner",
-                                                 "signal_values", "signal_times", "update_time_us", "revision"],
+                                                 "signal_values", "signal_times", "update_time_us", "revision",
+                                                 "lifecycle_stage", "stage_time_us"],
                 updates)
+    insert_many(conn, lifecycle_history, ["customer_id", "stage", "enter_time_us"], stages)
     if updates:
         for part in _chunks([r[0] for r in updates]):
             conn.execute(labels.delete().where(labels.c.customer_id.in_(part)))
@@ -245,15 +273,20 @@ def write_customers(conn: Connection, catalog: SignalCatalog, rows: list[Custome
     return counts
 
 
-def update_attributes(conn: Connection, row: CustomerRow, expected_revision: int, now: int) -> bool:
-    """Replace a stored customer's attributes if it is still at ``expected_revision``."""
+def update_attributes(conn: Connection, row: CustomerRow, old: Row, now: int) -> bool:
+    """Replace a stored customer's attributes if it is still at ``old``'s revision."""
+    stage, stage_time, entered = stage_after(row, old, now)
     result = conn.execute(
         customers.update()
-        .where(customers.c.customer_id == row.customer_id, customers.c.revision == expected_revision)
+        .where(customers.c.customer_id == row.customer_id, customers.c.revision == old.revision)
         .values(display_name=row.display_name, parent_id=row.parent_id, stakeholder_role=row.stakeholder_role,
-                owner=row.owner, revision=expected_revision + 1, update_time_us=now))
+                owner=row.owner, revision=old.revision + 1, update_time_us=now, lifecycle_stage=stage,
+                stage_time_us=stage_time))
     if result.rowcount != 1:
         return False
+    if entered:
+        conn.execute(lifecycle_history.insert().values(customer_id=row.customer_id, stage=stage,
+                                                       enter_time_us=stage_time))
     conn.execute(labels.delete().where(labels.c.customer_id == row.customer_id))
     if row.labels:
         conn.execute(labels.insert(), [{"customer_id": row.customer_id, "key": k, "value": v}
@@ -268,6 +301,7 @@ def delete(conn: Connection, customer_id: str, expected_revision: int | None) ->
         where.append(customers.c.revision == expected_revision)
     conn.execute(signal_history.delete().where(signal_history.c.customer_id == customer_id))
     conn.execute(labels.delete().where(labels.c.customer_id == customer_id))
+    conn.execute(lifecycle_history.delete().where(lifecycle_history.c.customer_id == customer_id))
     if conn.execute(customers.delete().where(*where)).rowcount != 1:
         return False
     append_changes(conn, [customer_id])
@@ -304,6 +338,7 @@ class ListFilters:
     parent_id: str | None = None
     stakeholder_role: int = 0
     owner: str = ""
+    lifecycle_stage: int = 0
     label_key: str = ""
     label_value: str | None = None
 
@@ -318,6 +353,8 @@ def list_page(conn: Connection, filters: ListFilters, after_id: str | None, limi
         query = query.where(customers.c.stakeholder_role == filters.stakeholder_role)
     if filters.owner:
         query = query.where(customers.c.owner == filters.owner)
+    if filters.lifecycle_stage:
+        query = query.where(customers.c.lifecycle_stage == filters.lifecycle_stage)
     if filters.label_key:
         has_label = sa.select(labels.c.customer_id).where(
             labels.c.customer_id == customers.c.customer_id, labels.c.key == filters.label_key)
@@ -342,6 +379,14 @@ def signal_observations(conn: Connection, catalog: SignalCatalog, stored: Row,
     return found
 
 
+def lifecycle_changes(conn: Connection, customer_id: str) -> list[tuple[int, int]]:
+    """Every stage a customer entered, newest first: (stage, enter_time_us)."""
+    query = (sa.select(lifecycle_history.c.stage, lifecycle_history.c.enter_time_us)
+             .where(lifecycle_history.c.customer_id == customer_id)
+             .order_by(lifecycle_history.c.enter_time_us.desc(), lifecycle_history.c.pk.desc()))
+    return [tuple(row) for row in conn.execute(query)]
+
+
 @dataclass
 class ExportChunk:
     customer_ids: list[str]
@@ -349,6 +394,7 @@ class ExportChunk:
     stakeholder_roles: bytes
     owners: list[str]
     matrix: np.ndarray  # float64 (rows, signals)
+    lifecycle_stages: bytes = b""
 
 
 def count_customers(conn: Connection) -> int:
@@ -365,12 +411,12 @@ def export_chunks(conn: Connection, catalog: SignalCatalog, signal_names: list[s
     driver = conn.connection.driver_connection
     cursor = driver.cursor(name="cvh_export") if conn.dialect.name == "postgresql" else driver.cursor()
     try:
-        cursor.execute("SELECT customer_id, parent_id, stakeholder_role, owner, signal_values "
+        cursor.execute("SELECT customer_id, parent_id, stakeholder_role, owner, signal_values, lifecycle_stage "
                        "FROM registry_customers ORDER BY pk")
         while rows := cursor.fetchmany(chunk_size):
-            ids, parents, roles, owners, blobs = zip(*rows)
+            ids, parents, roles, owners, blobs, stages = zip(*rows)
             yield ExportChunk(list(ids), [p or "" for p in parents], bytes(roles), list(owners),
-                              signal_matrix(blobs, columns))
+                              signal_matrix(blobs, columns), bytes(stages))
     finally:
         cursor.close()
 

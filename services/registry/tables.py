@@ -29,8 +29,12 @@ customers = sa.Table(
     sa.Column("revision", sa.BigInteger, nullable=False),
     sa.Column("create_time_us", sa.BigInteger, nullable=False),
     sa.Column("update_time_us", sa.BigInteger, nullable=False),
+    # cvh.common.v1.LifecycleStage, and when the customer entered it (its history: lifecycle_history).
+    sa.Column("lifecycle_stage", sa.SmallInteger, nullable=False, server_default="3"),
+    sa.Column("stage_time_us", sa.BigInteger, nullable=False, server_default="0"),
     sa.Index("ix_registry_customers_parent_id", "parent_id"),
     sa.Index("ix_registry_customers_owner", "owner"),
+    sa.Index("ix_registry_customers_lifecycle_stage", "lifecycle_stage"),
 )
 
 labels = sa.Table(
@@ -57,6 +61,17 @@ signal_history = sa.Table(
     sa.Column("value", sa.Float(53), nullable=False),
     sa.Column("observe_time_us", sa.BigInteger, nullable=False),
     sa.Index("ix_registry_signal_history_customer", "customer_id", "observe_time_us"),
+)
+
+# Every lifecycle stage a customer entered, the current one included.
+lifecycle_history = sa.Table(
+    "registry_lifecycle_history", metadata,
+    sa.Column("pk", BigId, primary_key=True, autoincrement=True),
+    sa.Column("customer_id", sa.String(128),
+              sa.ForeignKey("registry_customers.customer_id", ondelete="CASCADE"), nullable=False),
+    sa.Column("stage", sa.SmallInteger, nullable=False),
+    sa.Column("enter_time_us", sa.BigInteger, nullable=False),
+    sa.Index("ix_registry_lifecycle_history_customer", "customer_id", "enter_time_us"),
 )
 
 # The change feed: a change per customer a write changed, numbered by a sequence that only grows and is

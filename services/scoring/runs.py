@@ -19,6 +19,7 @@ import numpy as np
 from sqlalchemy.engine import Engine
 
 import scoring_engine
+from cvh.common.v1 import common_pb2
 from cvh.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from cvh.scoring.v1 import scoring_service_pb2 as pb
 from services.common.db import read_transaction, write_transaction
@@ -179,9 +180,10 @@ class RunExecutor:
                     await self._update(run_id, customers_done=done, customers_total=total,
                                        percent_done=EXPORT_SHARE * done / max(total, 1))
         export = reader.result()
-        done = len(export.customer_ids)
-        await self._update(run_id, customers_done=done, customers_total=done, percent_done=EXPORT_SHARE)
-        return export.customer_ids, export.values
+        ids, values, churned = _without_churned(export)
+        await self._update(run_id, customers_done=len(ids), customers_total=len(ids), churned_left_out=churned,
+                           percent_done=EXPORT_SHARE)
+        return ids, values
 
     @contextlib.asynccontextmanager
     async def _registry_export(self, names: list[str]) -> AsyncIterator[AsyncIterator]:
@@ -257,3 +259,13 @@ def _result_chunks(ids: list[str], result, previous_tiers: np.ndarray):
     pair_counts = np.bincount(previous_levels.astype(np.int64) * width + levels, minlength=width * width)
     moves = [(int(pair // width), int(pair % width), int(pair_counts[pair])) for pair in np.flatnonzero(pair_counts)]
     return chunks, counts, moves
+
+
+def _without_churned(export: columns.SignalExport) -> tuple[list[str], np.ndarray, int]:
+    """The exported customers a run scores (all but the churned), their signals, and how many were left out."""
+    churned = export.stages == common_pb2.LIFECYCLE_STAGE_CHURNED
+    left_out = int(churned.sum())
+    if not left_out:
+        return export.customer_ids, export.values, 0
+    keep = np.flatnonzero(~churned)
+    return [export.customer_ids[i] for i in keep.tolist()], export.values[keep], left_out

@@ -44,6 +44,8 @@ runs = sa.Table(
     # of its dead predecessor at once, without waiting for their heartbeat to go stale.
     sa.Column("executor", sa.String(255), nullable=True),
     sa.Column("export_seconds", sa.Float, nullable=False, server_default="0"),
+    # Churned customers of the base the run did not score.
+    sa.Column("churned_left_out", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("scoring_seconds", sa.Float, nullable=False, server_default="0"),
     sa.Column("store_seconds", sa.Float, nullable=False, server_default="0"),
     # JSON: customers per tier level, and (from level, to level) -> customers.

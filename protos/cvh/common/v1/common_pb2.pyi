@@ -25,6 +25,15 @@ class StakeholderRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STAKEHOLDER_ROLE_PARTNER: _ClassVar[StakeholderRole]
     STAKEHOLDER_ROLE_DONOR: _ClassVar[StakeholderRole]
     STAKEHOLDER_ROLE_INTERNAL: _ClassVar[StakeholderRole]
+
+class LifecycleStage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LIFECYCLE_STAGE_UNSPECIFIED: _ClassVar[LifecycleStage]
+    LIFECYCLE_STAGE_PROSPECT: _ClassVar[LifecycleStage]
+    LIFECYCLE_STAGE_ONBOARDING: _ClassVar[LifecycleStage]
+    LIFECYCLE_STAGE_ACTIVE: _ClassVar[LifecycleStage]
+    LIFECYCLE_STAGE_AT_RISK: _ClassVar[LifecycleStage]
+    LIFECYCLE_STAGE_CHURNED: _ClassVar[LifecycleStage]
 VALUE_DIMENSION_UNSPECIFIED: ValueDimension
 VALUE_DIMENSION_PROFITABILITY: ValueDimension
 VALUE_DIMENSION_STRATEGIC_GROWTH: ValueDimension
@@ -38,6 +47,12 @@ STAKEHOLDER_ROLE_GATEKEEPER: StakeholderRole
 STAKEHOLDER_ROLE_PARTNER: StakeholderRole
 STAKEHOLDER_ROLE_DONOR: StakeholderRole
 STAKEHOLDER_ROLE_INTERNAL: StakeholderRole
+LIFECYCLE_STAGE_UNSPECIFIED: LifecycleStage
+LIFECYCLE_STAGE_PROSPECT: LifecycleStage
+LIFECYCLE_STAGE_ONBOARDING: LifecycleStage
+LIFECYCLE_STAGE_ACTIVE: LifecycleStage
+LIFECYCLE_STAGE_AT_RISK: LifecycleStage
+LIFECYCLE_STAGE_CHURNED: LifecycleStage
 
 class TierRef(_message.Message):
     __slots__ = ("tier_id", "level", "display_name")

@@ -13,7 +13,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Customer(_message.Message):
-    __slots__ = ("name", "customer_id", "display_name", "parent", "stakeholder_role", "owner", "labels", "signals", "create_time", "update_time", "etag")
+    __slots__ = ("name", "customer_id", "display_name", "parent", "stakeholder_role", "owner", "labels", "signals", "create_time", "update_time", "etag", "lifecycle_stage", "lifecycle_stage_time")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,8 @@ class Customer(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     ETAG_FIELD_NUMBER: _ClassVar[int]
+    LIFECYCLE_STAGE_FIELD_NUMBER: _ClassVar[int]
+    LIFECYCLE_STAGE_TIME_FIELD_NUMBER: _ClassVar[int]
     name: str
     customer_id: str
     display_name: str
@@ -50,7 +52,9 @@ class Customer(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
     etag: str
-    def __init__(self, name: _Optional[str] = ..., customer_id: _Optional[str] = ..., display_name: _Optional[str] = ..., parent: _Optional[str] = ..., stakeholder_role: _Optional[_Union[_common_pb2.StakeholderRole, str]] = ..., owner: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., signals: _Optional[_Mapping[str, SignalValue]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ...) -> None: ...
+    lifecycle_stage: _common_pb2.LifecycleStage
+    lifecycle_stage_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., customer_id: _Optional[str] = ..., display_name: _Optional[str] = ..., parent: _Optional[str] = ..., stakeholder_role: _Optional[_Union[_common_pb2.StakeholderRole, str]] = ..., owner: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., signals: _Optional[_Mapping[str, SignalValue]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ..., lifecycle_stage: _Optional[_Union[_common_pb2.LifecycleStage, str]] = ..., lifecycle_stage_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class SignalValue(_message.Message):
     __slots__ = ("value", "observe_time")
@@ -103,20 +107,22 @@ class DeleteCustomerRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., etag: _Optional[str] = ...) -> None: ...
 
 class ListCustomersRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "parent", "stakeholder_role", "owner", "label")
+    __slots__ = ("page_size", "page_token", "parent", "stakeholder_role", "owner", "label", "lifecycle_stage")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     PARENT_FIELD_NUMBER: _ClassVar[int]
     STAKEHOLDER_ROLE_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
+    LIFECYCLE_STAGE_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     parent: str
     stakeholder_role: _common_pb2.StakeholderRole
     owner: str
     label: str
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., parent: _Optional[str] = ..., stakeholder_role: _Optional[_Union[_common_pb2.StakeholderRole, str]] = ..., owner: _Optional[str] = ..., label: _Optional[str] = ...) -> None: ...
+    lifecycle_stage: _common_pb2.LifecycleStage
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., parent: _Optional[str] = ..., stakeholder_role: _Optional[_Union[_common_pb2.StakeholderRole, str]] = ..., owner: _Optional[str] = ..., label: _Optional[str] = ..., lifecycle_stage: _Optional[_Union[_common_pb2.LifecycleStage, str]] = ...) -> None: ...
 
 class ListCustomersResponse(_message.Message):
     __slots__ = ("customers", "next_page_token")
@@ -137,7 +143,7 @@ class ImportCustomersRequest(_message.Message):
     def __init__(self, customers: _Optional[_Iterable[_Union[Customer, _Mapping]]] = ..., all_or_nothing: _Optional[bool] = ..., columns: _Optional[_Union[CustomerColumns, _Mapping]] = ...) -> None: ...
 
 class CustomerColumns(_message.Message):
-    __slots__ = ("customer_ids", "display_names", "parent_ids", "stakeholder_roles", "owners", "signal_names", "signal_values", "observe_time")
+    __slots__ = ("customer_ids", "display_names", "parent_ids", "stakeholder_roles", "owners", "signal_names", "signal_values", "observe_time", "lifecycle_stages", "lifecycle_stage_times_us")
     CUSTOMER_IDS_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAMES_FIELD_NUMBER: _ClassVar[int]
     PARENT_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +152,8 @@ class CustomerColumns(_message.Message):
     SIGNAL_NAMES_FIELD_NUMBER: _ClassVar[int]
     SIGNAL_VALUES_FIELD_NUMBER: _ClassVar[int]
     OBSERVE_TIME_FIELD_NUMBER: _ClassVar[int]
+    LIFECYCLE_STAGES_FIELD_NUMBER: _ClassVar[int]
+    LIFECYCLE_STAGE_TIMES_US_FIELD_NUMBER: _ClassVar[int]
     customer_ids: _containers.RepeatedScalarFieldContainer[str]
     display_names: _containers.RepeatedScalarFieldContainer[str]
     parent_ids: _containers.RepeatedScalarFieldContainer[str]
@@ -154,7 +162,9 @@ class CustomerColumns(_message.Message):
     signal_names: _containers.RepeatedScalarFieldContainer[str]
     signal_values: _common_pb2.Float64Matrix
     observe_time: _timestamp_pb2.Timestamp
-    def __init__(self, customer_ids: _Optional[_Iterable[str]] = ..., display_names: _Optional[_Iterable[str]] = ..., parent_ids: _Optional[_Iterable[str]] = ..., stakeholder_roles: _Optional[bytes] = ..., owners: _Optional[_Iterable[str]] = ..., signal_names: _Optional[_Iterable[str]] = ..., signal_values: _Optional[_Union[_common_pb2.Float64Matrix, _Mapping]] = ..., observe_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    lifecycle_stages: bytes
+    lifecycle_stage_times_us: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, customer_ids: _Optional[_Iterable[str]] = ..., display_names: _Optional[_Iterable[str]] = ..., parent_ids: _Optional[_Iterable[str]] = ..., stakeholder_roles: _Optional[bytes] = ..., owners: _Optional[_Iterable[str]] = ..., signal_names: _Optional[_Iterable[str]] = ..., signal_values: _Optional[_Union[_common_pb2.Float64Matrix, _Mapping]] = ..., observe_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lifecycle_stages: _Optional[bytes] = ..., lifecycle_stage_times_us: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RowError(_message.Message):
     __slots__ = ("position", "customer_id", "field", "reason")
@@ -249,6 +259,34 @@ class ListSignalHistoryResponse(_message.Message):
     next_page_token: str
     def __init__(self, observations: _Optional[_Iterable[_Union[SignalObservation, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
+class ListLifecycleHistoryRequest(_message.Message):
+    __slots__ = ("customer", "page_size", "page_token")
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    page_size: int
+    page_token: str
+    def __init__(self, customer: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class LifecycleChange(_message.Message):
+    __slots__ = ("stage", "enter_time", "current")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    ENTER_TIME_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    stage: _common_pb2.LifecycleStage
+    enter_time: _timestamp_pb2.Timestamp
+    current: bool
+    def __init__(self, stage: _Optional[_Union[_common_pb2.LifecycleStage, str]] = ..., enter_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., current: _Optional[bool] = ...) -> None: ...
+
+class ListLifecycleHistoryResponse(_message.Message):
+    __slots__ = ("changes", "next_page_token")
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    changes: _containers.RepeatedCompositeFieldContainer[LifecycleChange]
+    next_page_token: str
+    def __init__(self, changes: _Optional[_Iterable[_Union[LifecycleChange, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
 class ExportSignalMatrixRequest(_message.Message):
     __slots__ = ("signal_names", "chunk_size")
     SIGNAL_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -258,20 +296,22 @@ class ExportSignalMatrixRequest(_message.Message):
     def __init__(self, signal_names: _Optional[_Iterable[str]] = ..., chunk_size: _Optional[int] = ...) -> None: ...
 
 class ExportSignalMatrixResponse(_message.Message):
-    __slots__ = ("chunk", "parent_ids", "stakeholder_roles", "owners", "total_customers", "sequence")
+    __slots__ = ("chunk", "parent_ids", "stakeholder_roles", "owners", "total_customers", "sequence", "lifecycle_stages")
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     PARENT_IDS_FIELD_NUMBER: _ClassVar[int]
     STAKEHOLDER_ROLES_FIELD_NUMBER: _ClassVar[int]
     OWNERS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    LIFECYCLE_STAGES_FIELD_NUMBER: _ClassVar[int]
     chunk: _common_pb2.ColumnarChunk
     parent_ids: _containers.RepeatedScalarFieldContainer[str]
     stakeholder_roles: bytes
     owners: _containers.RepeatedScalarFieldContainer[str]
     total_customers: int
     sequence: int
-    def __init__(self, chunk: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ..., parent_ids: _Optional[_Iterable[str]] = ..., stakeholder_roles: _Optional[bytes] = ..., owners: _Optional[_Iterable[str]] = ..., total_customers: _Optional[int] = ..., sequence: _Optional[int] = ...) -> None: ...
+    lifecycle_stages: bytes
+    def __init__(self, chunk: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ..., parent_ids: _Optional[_Iterable[str]] = ..., stakeholder_roles: _Optional[bytes] = ..., owners: _Optional[_Iterable[str]] = ..., total_customers: _Optional[int] = ..., sequence: _Optional[int] = ..., lifecycle_stages: _Optional[bytes] = ...) -> None: ...
 
 class WatchCustomerChangesRequest(_message.Message):
     __slots__ = ("after_sequence",)
@@ -280,7 +320,7 @@ class WatchCustomerChangesRequest(_message.Message):
     def __init__(self, after_sequence: _Optional[int] = ...) -> None: ...
 
 class WatchCustomerChangesResponse(_message.Message):
-    __slots__ = ("sequences", "last_sequence", "deleted", "chunk", "display_names", "parent_ids", "stakeholder_roles", "owners", "head_sequence")
+    __slots__ = ("sequences", "last_sequence", "deleted", "chunk", "display_names", "parent_ids", "stakeholder_roles", "owners", "head_sequence", "lifecycle_stages")
     SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     DELETED_FIELD_NUMBER: _ClassVar[int]
@@ -290,6 +330,7 @@ class WatchCustomerChangesResponse(_message.Message):
     STAKEHOLDER_ROLES_FIELD_NUMBER: _ClassVar[int]
     OWNERS_FIELD_NUMBER: _ClassVar[int]
     HEAD_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    LIFECYCLE_STAGES_FIELD_NUMBER: _ClassVar[int]
     sequences: _containers.RepeatedScalarFieldContainer[int]
     last_sequence: int
     deleted: bytes
@@ -299,4 +340,5 @@ class WatchCustomerChangesResponse(_message.Message):
     stakeholder_roles: bytes
     owners: _containers.RepeatedScalarFieldContainer[str]
     head_sequence: int
-    def __init__(self, sequences: _Optional[_Iterable[int]] = ..., last_sequence: _Optional[int] = ..., deleted: _Optional[bytes] = ..., chunk: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ..., display_names: _Optional[_Iterable[str]] = ..., parent_ids: _Optional[_Iterable[str]] = ..., stakeholder_roles: _Optional[bytes] = ..., owners: _Optional[_Iterable[str]] = ..., head_sequence: _Optional[int] = ...) -> None: ...
+    lifecycle_stages: bytes
+    def __init__(self, sequences: _Optional[_Iterable[int]] = ..., last_sequence: _Optional[int] = ..., deleted: _Optional[bytes] = ..., chunk: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ..., display_names: _Optional[_Iterable[str]] = ..., parent_ids: _Optional[_Iterable[str]] = ..., stakeholder_roles: _Optional[bytes] = ..., owners: _Optional[_Iterable[str]] = ..., head_sequence: _Optional[int] = ..., lifecycle_stages: _Optional[bytes] = ...) -> None: ...

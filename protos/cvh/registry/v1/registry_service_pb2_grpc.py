@@ -105,6 +105,11 @@ class RegistryServiceStub:
                 request_serializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.ListSignalHistoryRequest.SerializeToString,
                 response_deserializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.ListSignalHistoryResponse.FromString,
                 _registered_method=True)
+        self.ListLifecycleHistory = channel.unary_unary(
+                '/cvh.registry.v1.RegistryService/ListLifecycleHistory',
+                request_serializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.ListLifecycleHistoryRequest.SerializeToString,
+                response_deserializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.ListLifecycleHistoryResponse.FromString,
+                _registered_method=True)
         self.ExportSignalMatrix = channel.unary_stream(
                 '/cvh.registry.v1.RegistryService/ExportSignalMatrix',
                 request_serializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.ExportSignalMatrixRequest.SerializeToString,
@@ -201,7 +206,8 @@ class RegistryServiceServicer:
     def ListCustomers(self, request, context):
         """Lists customers in customer_id order, paginated, optionally filtered.
         Errors: INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN, INVALID_CUSTOMER_NAME
-        (parent), INVALID_STAKEHOLDER_ROLE, INVALID_OWNER, INVALID_LABEL.
+        (parent), INVALID_STAKEHOLDER_ROLE, INVALID_OWNER, INVALID_LABEL,
+        INVALID_LIFECYCLE_STAGE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -241,9 +247,19 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListLifecycleHistory(self, request, context):
+        """Lists the lifecycle stages one customer has entered, newest first, paginated.
+        Errors: INVALID_CUSTOMER_NAME, INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN,
+        CUSTOMER_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ExportSignalMatrix(self, request, context):
         """Streams the whole customer base as columnar chunks: ids, the current value
-        of each requested signal (NaN where missing), parents, roles and owners.
+        of each requested signal (NaN where missing), parents, roles, owners and
+        lifecycle stages.
         Errors: INVALID_SIGNAL_NAMES, INVALID_CHUNK_SIZE, TOO_MANY_BULK_STREAMS
         (RESOURCE_EXHAUSTED: the server's cap on bulk streams at once, 8 by
         default, is reached; the message names it), READER_STALLED
@@ -319,6 +335,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.ListSignalHistory,
                     request_deserializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.ListSignalHistoryRequest.FromString,
                     response_serializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.ListSignalHistoryResponse.SerializeToString,
+            ),
+            'ListLifecycleHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLifecycleHistory,
+                    request_deserializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.ListLifecycleHistoryRequest.FromString,
+                    response_serializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.ListLifecycleHistoryResponse.SerializeToString,
             ),
             'ExportSignalMatrix': grpc.unary_stream_rpc_method_handler(
                     servicer.ExportSignalMatrix,
@@ -599,6 +620,33 @@ class RegistryService:
             '/cvh.registry.v1.RegistryService/ListSignalHistory',
             cvh_dot_registry_dot_v1_dot_registry__service__pb2.ListSignalHistoryRequest.SerializeToString,
             cvh_dot_registry_dot_v1_dot_registry__service__pb2.ListSignalHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLifecycleHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cvh.registry.v1.RegistryService/ListLifecycleHistory',
+            cvh_dot_registry_dot_v1_dot_registry__service__pb2.ListLifecycleHistoryRequest.SerializeToString,
+            cvh_dot_registry_dot_v1_dot_registry__service__pb2.ListLifecycleHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

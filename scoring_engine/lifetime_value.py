@@ -577,23 +577,27 @@ def fit_matrix(model, matrix: np.ndarray, names: list[str]) -> PopulationFit:
     return fit_population(*_input_columns(model, matrix, names))
 
 
-def with_derived(model, population: PopulationFit, matrix: np.ndarray, names: list[str]
+def with_derived(model, population: PopulationFit, matrix: np.ndarray, names: list[str], *, in_place: bool = False
                  ) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """The matrix with the derived signals filled in where derived (a column is added for each one absent; a
-    customer whose value is not derived keeps the column's own, e.g. a predicted_ltv recorded in the
-    registry), its column names, and the (n, 3) derived values."""
+    """The matrix with the derived signals the model reads filled in where derived (a column is added for each
+    one absent; a customer whose value is not derived keeps the column's own, e.g. a predicted_ltv recorded in
+    the registry), its column names, and the (n, 3) derived values. ``in_place`` writes into ``matrix`` itself
+    when it has every column needed (a run's own export), sparing a copy of the whole matrix."""
     from .model import DERIVED_SIGNALS
 
     derived = derive(population, model.lifetime_value, *_input_columns(model, matrix, names))
     names = list(names)
-    extra = [s for s in DERIVED_SIGNALS if s not in names]
-    out = np.concatenate([matrix, np.full((matrix.shape[0], len(extra)), np.nan)], axis=1) if extra \
-        else np.array(matrix, dtype=np.float64, copy=True)
+    extra = [s for s in DERIVED_SIGNALS if s not in names and s in model.signal_index]
+    if extra:
+        out = np.concatenate([matrix, np.full((matrix.shape[0], len(extra)), np.nan)], axis=1)
+    else:
+        out = matrix if in_place and matrix.flags.writeable else np.array(matrix, dtype=np.float64, copy=True)
     names += extra
     for k, signal in enumerate(DERIVED_SIGNALS):
-        column = derived[:, k]
-        has = ~np.isnan(column)
-        out[has, names.index(signal)] = column[has]
+        if signal in names:
+            column = derived[:, k]
+            has = ~np.isnan(column)
+            out[has, names.index(signal)] = column[has]
     return out, names, derived
 
 

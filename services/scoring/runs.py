@@ -241,7 +241,7 @@ def _fit_and_score(model, matrix: np.ndarray, previous_tiers: np.ndarray):
     names, population = list(model.input_signal_names), None
     if model.lifetime_value is not None:
         population = lifetime_value.fit_matrix(model, matrix, names)
-        matrix, names, _ = lifetime_value.with_derived(model, population, matrix, names)
+        matrix, names, _ = lifetime_value.with_derived(model, population, matrix, names, in_place=True)
     fitted = scoring_engine.fit(model, matrix, signal_names=names)
     result = scoring_engine.score(fitted, matrix, previous_tiers=previous_tiers, with_rank=True, signal_names=names)
     return fitted.with_tier_thresholds(result.tier_thresholds), result, population

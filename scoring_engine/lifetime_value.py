@@ -499,9 +499,12 @@ def usable_rows(frequency: np.ndarray, recency: np.ndarray, age: np.ndarray, spe
 
 @dataclass(frozen=True)
 class PopulationFit:
-    """A scoring run's lifetime-value fit: the models (None when nothing could be fitted), why the derived
-    signals are missing for the run ("" when they are derived), the customers with all their purchase signals
-    and those of them whose values the models cannot use (excluded, their derived signals missing)."""
+    """A scoring run's lifetime-value fit: the models (None when nothing could be fitted), why derived signals
+    are missing for the run ("" when all are derived), the customers with all their purchase signals and those
+    of them whose values the models cannot use (excluded, their derived signals missing).
+
+    A converged BG/NBD fit derives p_alive and expected_purchases; predicted_ltv also needs a converged
+    Gamma-Gamma fit."""
 
     fit: LifetimeValueFit | None
     missing_reason: str
@@ -510,7 +513,13 @@ class PopulationFit:
 
     @property
     def usable(self) -> bool:
-        return self.fit is not None and not self.missing_reason
+        """Whether the BG/NBD fit derives p_alive and expected_purchases."""
+        return self.fit is not None and self.fit.bgnbd.convergence.converged
+
+    @property
+    def values_usable(self) -> bool:
+        """Whether predicted_ltv is derived too (the Gamma-Gamma fit converged)."""
+        return self.usable and self.fit.gamma_gamma.convergence.converged
 
     def to_dict(self) -> dict[str, Any]:
         return {"fit": None if self.fit is None else self.fit.to_dict(), "missing_reason": self.missing_reason,
@@ -546,16 +555,19 @@ def fit_population(frequency: Any, recency: Any, age: Any, spend: Any) -> Popula
         fitted = LifetimeValueFit(fit_bgnbd(data, standard_errors=True), fit_gamma_gamma(data, standard_errors=True))
     except DegeneratePopulationError as error:
         return PopulationFit(None, str(error), customers, excluded)
-    for label, model in (("BG/NBD", fitted.bgnbd), ("Gamma-Gamma", fitted.gamma_gamma)):
-        if not model.convergence.converged:
-            return PopulationFit(fitted, f"the {label} fit did not converge: {model.convergence.message}",
-                                 customers, excluded)
-    return PopulationFit(fitted, "", customers, excluded)
+    reason = ""
+    if not fitted.bgnbd.convergence.converged:
+        reason = f"the BG/NBD fit did not converge ({fitted.bgnbd.convergence.message}): no signal is derived"
+    elif not fitted.gamma_gamma.convergence.converged:
+        reason = (f"the Gamma-Gamma fit did not converge ({fitted.gamma_gamma.convergence.message}): predicted_ltv "
+                  "is not derived (p_alive and expected_purchases are)")
+    return PopulationFit(fitted, reason, customers, excluded)
 
 
 def derive(population: PopulationFit, spec, frequency: Any, recency: Any, age: Any, spend: Any) -> np.ndarray:
     """(n, 3) predicted_ltv, p_alive and expected_purchases (``model.DERIVED_SIGNALS``) of each customer under a
-    run's fit and a model's ``LifetimeValueSpec``; NaN rows where the signals are unusable or the fit is."""
+    run's fit and a model's ``LifetimeValueSpec``; NaN where the signals are unusable or the fit is (predicted_ltv
+    alone when only the Gamma-Gamma fit is)."""
     x, tx, T, m = (np.atleast_1d(np.asarray(a, dtype=np.float64)) for a in (frequency, recency, age, spend))
     out = np.full((x.shape[0], 3), np.nan)
     if not population.usable:
@@ -563,7 +575,8 @@ def derive(population: PopulationFit, spec, frequency: Any, recency: Any, age: A
     rows = np.flatnonzero(usable_rows(x, tx, T, m))
     if rows.size:
         xs = x[rows]
-        prediction = predict(population.fit, xs, tx[rows], T[rows], np.where(xs > 0, m[rows], np.nan),
+        models = (population.fit.bgnbd, population.fit.gamma_gamma if population.values_usable else None)
+        prediction = predict(models, xs, tx[rows], T[rows], np.where(xs > 0, m[rows], np.nan),
                              steps=spec.effective_horizon_months, step=spec.units_per_month,
                              discount_rate=spec.effective_discount_rate)
         out[rows, 0], out[rows, 1], out[rows, 2] = prediction.clv, prediction.p_alive, prediction.expected_purchases

@@ -617,11 +617,9 @@ def _lifetime_value_proto(population: lifetime_value.PopulationFit) -> pb.Lifeti
 def _customer_score(customer: str, run: Row, fitted, signals: dict[str, float], population=None) -> pb.CustomerScore:
     model = fitted.model
     reads = model.signal_index
-    derived = {}
-    if model.lifetime_value is not None and population is not None:
-        signals, derived = lifetime_value.with_derived_values(model, population, signals)
-    known = {k: v for k, v in signals.items() if k in reads}
-    explanation = scoring_engine.explain(fitted, known)
+    inputs = model.lifetime_value.input_signals if model.lifetime_value is not None else ()
+    known = {k: v for k, v in signals.items() if k in reads or k in inputs}
+    explanation = scoring_engine.explain(fitted, known, lifetime_value=population)
     tier = model.tiers[explanation.tier]
     answer = pb.CustomerScore(
         customer=customer, model=f"models/{run.model_id}/versions/{run.model_version}", run=f"runs/{run.run_id}",
@@ -640,7 +638,7 @@ def _customer_score(customer: str, run: Row, fitted, signals: dict[str, float], 
             contribution.raw_value = s.value
         if s.normalized == s.normalized:
             contribution.normalized = s.normalized
-    answer.derived_signals.update(derived)
+    answer.derived_signals.update(explanation.derived_signals)
     return answer
 
 

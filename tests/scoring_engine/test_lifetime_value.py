@@ -254,3 +254,23 @@ def test_a_population_fit_skips_unusable_rows_and_says_why_signals_are_missing()
     few = lv.fit_population(x[:12], tx[:12], T[:12], m[:12])
     assert few.fit is None and "too few" in few.missing_reason and np.isnan(lv.derive(few, spec, x, tx, T, m)).all()
     assert lv.PopulationFit.from_dict(population.to_dict()) == population
+
+
+def test_explain_scores_the_derived_signals_and_lists_them():
+    model = scoring_engine.default_model()
+    matrix = np.random.default_rng(0).lognormal(size=(64, len(model.signals)))
+    fitted = scoring_engine.fit(model, matrix)
+    frozen = fitted.with_tier_thresholds(scoring_engine.score(fitted, matrix).tier_thresholds)
+    data = lv.simulate(500, BG, GG, seed=4)
+    population = lv.fit_population(data.frequency, data.recency, data.age, data.spend)
+    buyer = {"purchase_frequency": float(data.frequency[1]), "purchase_recency": float(data.recency[1]),
+             "purchase_age": float(data.age[1]), "purchase_spend": float(data.spend[1]), "annual_revenue": 1e6}
+    explanation = scoring_engine.explain(frozen, buyer, lifetime_value=population)
+    expected = lv.predict(population.fit, data.frequency[1:2], data.recency[1:2], data.age[1:2], data.spend[1:2],
+                          steps=12, step=30.0, discount_rate=0.01)
+    assert explanation.derived_signals["predicted_ltv"] == pytest.approx(expected.clv[0], rel=1e-12)
+    ltv = next(s for s in explanation.signals if s.signal == "predicted_ltv")
+    assert ltv.value == explanation.derived_signals["predicted_ltv"] and ltv.dimension_points > 0
+    plain = scoring_engine.explain(frozen, buyer)  # without the fit nothing is derived: the signal is missing
+    assert math.isnan(next(s for s in plain.signals if s.signal == "predicted_ltv").value)
+    assert plain.derived_signals == {}

@@ -98,25 +98,27 @@ def read_orders(path: str | Path, fmt: str | None = None, customer_column: str =
                                  "name the columns with --customer-column, --time-column, --amount-column")
     ids = pc.cast(table[customer_column], pa.string()) if table[customer_column].type != pa.string() \
         else table[customer_column]
-    ids = pc.utf8_trim_whitespace(ids)
+    # Ids are checked and sorted once each, as a dictionary of the distinct ones.
+    encoded = pc.dictionary_encode(pc.utf8_trim_whitespace(ids)).combine_chunks()
+    distinct = encoded.dictionary
+    id_ok = pc.fill_null(pc.match_substring_regex(distinct, r"^[A-Za-z0-9._:-]{1,128}$"), False).to_numpy(
+        zero_copy_only=False)
+    code = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    good_id = (code >= 0) & id_ok[np.maximum(code, 0)]
     time_us = _times(table[time_column], time_column)
     amount = pc.cast(table[amount_column], pa.float64()).to_numpy(zero_copy_only=False)
-    good_id = pc.fill_null(pc.match_substring_regex(ids, r"^[A-Za-z0-9._:-]{1,128}$"), False).to_numpy(
-        zero_copy_only=False)
     has_time = ~np.isnan(time_us)
     good_amount = np.isfinite(amount) & (amount >= 0)
     rejected = {"customer id missing or not an id ([A-Za-z0-9._:-], 1 to 128)": int((~good_id).sum()),
                 "time missing": int((good_id & ~has_time).sum()),
                 "amount missing, negative or not a number": int((good_id & has_time & ~good_amount).sum())}
     keep = good_id & has_time & good_amount
-    encoded = pc.dictionary_encode(pc.filter(ids, pa.array(keep))).combine_chunks()
-    dictionary = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
-    code = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    # Ascending ids: a summary then lists customers in id order.
-    order = np.argsort(dictionary.astype(str), kind="stable")
+    # Codes in ascending id order: a summary then lists customers in id order.
+    order = pc.array_sort_indices(distinct).to_numpy(zero_copy_only=False)
     rank = np.empty_like(order)
     rank[order] = np.arange(order.shape[0])
-    return Orders(dictionary[order].astype(str), rank[code], time_us[keep].astype(np.int64), amount[keep],
+    customers = np.asarray(distinct.take(pa.array(order)).to_pylist(), dtype=str)
+    return Orders(customers, rank[code[keep]], time_us[keep].astype(np.int64), amount[keep],
                   {k: v for k, v in rejected.items() if v})
 
 

@@ -31,6 +31,7 @@ b,2026-01-20T08:30:00,7.5
 a,2026-01-11,30
 c,,3
 d,2026-01-12,-1
+not an id!,2026-01-12,4
 a,2026-02-03,99
 """
 
@@ -49,7 +50,8 @@ def test_orders_are_summarised_by_hand(tmp_path):
     assert code == 0, err
     result = json.loads(out)
     assert result["customers"] == 2 and result["orders"] == 5  # the order after --as-of is left out
-    assert result["rejected_orders"] == {"time missing": 1, "amount missing, negative or not a number": 1}
+    assert result["rejected_orders"] == {"customer id missing or not an id ([A-Za-z0-9._:-], 1 to 128)": 1,
+                                         "time missing": 1, "amount missing, negative or not a number": 1}
     orders = purchases.read_orders(path)
     days = purchases.summarize(orders, _us("2026-01-31"), "days")
     assert days.customer_ids.tolist() == ["a", "b"]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from clients import tabular
 from clients.commands.common import connect, png_file, point_in_time
-from clients.commands.registry import _record
+from clients.commands.registry import record_observations
 from clients.output import counted, fail, number, print_json, print_table, progress
 from cvh.registry.v1 import registry_service_pb2 as registry_pb
 
@@ -81,7 +81,7 @@ def _record_summary(args: argparse.Namespace, summary: purchases.Summary) -> dic
                            for name, column in zip(names, columns) if not math.isnan(column[i])}
                 batch.append((i + 1, ids[i], registry_pb.SignalObservations(customer=f"customers/{ids[i]}",
                                                                            signals=signals)))
-            response, refused = _record(cvh, batch)
+            response, refused = record_observations(cvh, batch)
             current, historical = current + response.current, historical + response.historical
             rejected += refused
             bar.update(len(batch))

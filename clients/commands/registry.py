@@ -63,7 +63,7 @@ def record_signals(args: argparse.Namespace) -> int:
     with connect(args) as cvh, progress(source.total_bytes, f"recording {Path(args.file).name}", unit="B",
                                         enabled=not args.json) as bar:
         for batch in source.batches():
-            recorded, rejected = _record(cvh, batch)
+            recorded, rejected = record_observations(cvh, batch)
             current, historical = current + recorded.current, historical + recorded.historical
             refused += rejected
             bar.update(source.bytes_read - bar.n)
@@ -82,7 +82,7 @@ def record_signals(args: argparse.Namespace) -> int:
     return 1 if rejects else 0
 
 
-def _record(cvh, batch) -> tuple[registry_pb.RecordSignalsResponse, list[tabular.RejectedRow]]:
+def record_observations(cvh, batch) -> tuple[registry_pb.RecordSignalsResponse, list[tabular.RejectedRow]]:
     """Records a batch; a request refused for some rows (bad value, unknown customer) is sent again
     without them, so one bad row does not cost its whole batch."""
     rejected = []

@@ -58,7 +58,7 @@ def summarize(args: argparse.Namespace) -> int:
     if check is not None:
         result["holdout"] = check.to_dict() | {"out": args.out if args.out and check.deciles else ""}
     if args.json:
-        print_json(result)
+        print_json(_no_nan(result))
     else:
         _print(args, result, check)
     return 1 if recorded and recorded["rejected_customers"] else 0
@@ -87,6 +87,15 @@ def _record_summary(args: argparse.Namespace, summary: purchases.Summary) -> dic
             bar.update(len(batch))
     return {"current": current, "historical": historical, "rejected_customers": len(rejected),
             "rejected_examples": [f"{r.customer_id}: {r.reason}" for r in rejected[:5]]}
+
+
+def _no_nan(data):
+    """JSON has no NaN: a standard error the Hessian could not give becomes null."""
+    if isinstance(data, dict):
+        return {k: _no_nan(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_no_nan(v) for v in data]
+    return None if isinstance(data, float) and not math.isfinite(data) else data
 
 
 def _rejections(rejected: dict[str, int]) -> str:

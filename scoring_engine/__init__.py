@@ -78,6 +78,12 @@ and mean spend (Numba log-likelihoods and gradients, SciPy's L-BFGS-B) and predi
 alive, expected purchases, expected spend and a discounted CLV; its module docstring states the maths
 and the discretisation, ``reference`` holds the SciPy oracle. ``lifetime_value.warm_up()`` compiles
 its kernels.
+
+A value model's ``lifetime_value`` block (``model.LifetimeValueSpec``) names the registry signals holding the
+four numbers; ``lifetime_value.fit_population`` fits both models on a population whose signals may be missing
+or unusable (and says why derived signals are missing instead of raising), ``lifetime_value.with_derived`` fills
+the derived signals (``model.DERIVED_SIGNALS``: predicted_ltv, p_alive, expected_purchases) into a matrix, and
+``explain(..., lifetime_value=fit)`` does so for one customer.
 """
 
 from .engine import (

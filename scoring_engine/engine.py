@@ -811,21 +811,33 @@ class Explanation:
     tier_id: str
     dimensions: tuple[DimensionContribution, ...]
     signals: tuple[SignalContribution, ...]
+    # predicted_ltv, p_alive, expected_purchases as derived by a lifetime-value fit (those that could be).
+    derived_signals: Mapping[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         def clean(v):
             return None if isinstance(v, float) and math.isnan(v) else v
         return {
             "composite": clean(self.composite), "tier": self.tier, "tier_id": self.tier_id,
+            "derived_signals": dict(self.derived_signals),
             "dimensions": [{k: clean(v) for k, v in d.__dict__.items()} for d in self.dimensions],
             "signals": [{k: clean(v) for k, v in s.__dict__.items()} for s in self.signals],
         }
 
 
 def explain(fitted: FittedModel, values: Mapping[str, float] | Sequence[float] | np.ndarray,
-            previous_tier: int = -1) -> Explanation:
+            previous_tier: int = -1, lifetime_value: Any = None) -> Explanation:
     """Each signal's normalised value and contribution to its dimensions and to the composite,
-    and each dimension's contribution to the composite, for one customer (as :func:`score_one`)."""
+    and each dimension's contribution to the composite, for one customer (as :func:`score_one`).
+
+    ``lifetime_value``: for a model with a lifetime-value block, the run's
+    ``lifetime_value.PopulationFit``; the signals it derives from the purchase
+    signals in ``values`` (a mapping) are then scored and listed in ``derived_signals``."""
+    derived: dict[str, float] = {}
+    if lifetime_value is not None and fitted.model.lifetime_value is not None and isinstance(values, Mapping):
+        from .lifetime_value import with_derived_values
+
+        values, derived = with_derived_values(fitted.model, lifetime_value, values)
     x, vals, dims, comp, tier = _one(fitted, values, previous_tier)
     model = fitted.model
     names = _dimension_names(model)
@@ -850,7 +862,7 @@ def explain(fitted: FittedModel, values: Mapping[str, float] | Sequence[float] |
             points = 100.0 * v * share if share else 0.0
             sig_rows.append(SignalContribution(w.signal, names[d], float(x[j]), _transformed(model.signals[j], x[j]),
                                                v, imputed, share, points, points * cw_share))
-    return Explanation(float(comp), int(tier), model.tier_ids[tier], tuple(dim_rows), tuple(sig_rows))
+    return Explanation(float(comp), int(tier), model.tier_ids[tier], tuple(dim_rows), tuple(sig_rows), derived)
 
 
 def _transformed(spec, x: float) -> float:

@@ -471,8 +471,160 @@ def warm_up() -> float:
     import time
 
     start = time.perf_counter()
+    bg, gg = {"r": 0.5, "alpha": 5.0, "a": 0.8, "b": 2.5}, {"p": 5.0, "q": 3.0, "gamma": 10.0}
     for n in (64, 4 * PARALLEL_MIN_ROWS):
-        data = simulate(n, {"r": 0.5, "alpha": 5.0, "a": 0.8, "b": 2.5}, {"p": 5.0, "q": 3.0, "gamma": 10.0})
-        fitted = fit(data.frequency, data.recency, data.age, data.spend)
-        predict(fitted, data.frequency, data.recency, data.age, data.spend)
+        # Each kernel at fixed parameters: what a fit and a prediction run, without the optimiser's iterations
+        # (servers call this at start-up; the first fit also imports SciPy's optimiser).
+        data = simulate(n, bg, gg)
+        bgnbd_log_likelihood(bg, data)
+        gamma_gamma_log_likelihood(gg, data)
+        predict((bg, gg), data.frequency, data.recency, data.age, data.spend)
     return time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------- inside a value model
+MIN_POPULATION = 10  # customers with usable purchase signals below which a run does not fit
+
+
+def usable_rows(frequency: np.ndarray, recency: np.ndarray, age: np.ndarray, spend: np.ndarray) -> np.ndarray:
+    """Customers whose four values pass :func:`check_purchases` (spend only matters with repeat purchases);
+    NaN anywhere else (a signal not recorded) makes the row unusable."""
+    x, tx, T, m = frequency, recency, age, spend
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(x) & np.isfinite(tx) & np.isfinite(T) & (x >= 0) & (x == np.floor(x)) & (tx >= 0) \
+            & (T > 0) & (tx <= T)
+        repeat_ok = (x > 0) & (tx > 0) & np.isfinite(m) & (m > 0)
+        return ok & (((x == 0) & (tx == 0)) | repeat_ok)
+
+
+@dataclass(frozen=True)
+class PopulationFit:
+    """A scoring run's lifetime-value fit: the models (None when nothing could be fitted), why derived signals
+    are missing for the run ("" when all are derived), the customers with all their purchase signals and those
+    of them whose values the models cannot use (excluded, their derived signals missing).
+
+    A converged BG/NBD fit derives p_alive and expected_purchases; predicted_ltv also needs a converged
+    Gamma-Gamma fit."""
+
+    fit: LifetimeValueFit | None
+    missing_reason: str
+    customers: int
+    excluded: int
+
+    @property
+    def usable(self) -> bool:
+        """Whether the BG/NBD fit derives p_alive and expected_purchases."""
+        return self.fit is not None and self.fit.bgnbd.convergence.converged
+
+    @property
+    def values_usable(self) -> bool:
+        """Whether predicted_ltv is derived too (the Gamma-Gamma fit converged)."""
+        return self.usable and self.fit.gamma_gamma.convergence.converged
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fit": None if self.fit is None else self.fit.to_dict(), "missing_reason": self.missing_reason,
+                "customers": self.customers, "excluded": self.excluded}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PopulationFit:
+        def model(d):
+            return ModelFit(dict(d["params"]), Convergence(**d["convergence"]), int(d["n_customers"]),
+                            d.get("standard_errors"))
+        raw = data.get("fit")
+        fitted = None if raw is None else LifetimeValueFit(model(raw["bgnbd"]), model(raw["gamma_gamma"]))
+        return cls(fitted, str(data.get("missing_reason", "")), int(data.get("customers", 0)),
+                   int(data.get("excluded", 0)))
+
+
+def fit_population(frequency: Any, recency: Any, age: Any, spend: Any) -> PopulationFit:
+    """Fits both models on the usable customers of a population whose signals may be missing (NaN) or unusable.
+
+    Never raises for the data: a population too small, without repeat purchases or on which an optimiser
+    does not converge gives a PopulationFit with its ``missing_reason``.
+    """
+    x, tx, T, m = (np.asarray(a, dtype=np.float64) for a in (frequency, recency, age, spend))
+    present = ~(np.isnan(x) | np.isnan(tx) | np.isnan(T))
+    usable = usable_rows(x, tx, T, m)
+    customers, n = int(present.sum()), int(usable.sum())
+    excluded = customers - n
+    if n < MIN_POPULATION:
+        return PopulationFit(None, f"too few customers with usable purchase signals: {n} (at least "
+                                   f"{MIN_POPULATION} are needed)", customers, excluded)
+    data = check_purchases(x[usable], tx[usable], T[usable], np.where(x[usable] > 0, m[usable], np.nan))
+    try:
+        fitted = LifetimeValueFit(fit_bgnbd(data, standard_errors=True), fit_gamma_gamma(data, standard_errors=True))
+    except DegeneratePopulationError as error:
+        return PopulationFit(None, str(error), customers, excluded)
+    reason = ""
+    if not fitted.bgnbd.convergence.converged:
+        reason = f"the BG/NBD fit did not converge ({fitted.bgnbd.convergence.message}): no signal is derived"
+    elif not fitted.gamma_gamma.convergence.converged:
+        reason = (f"the Gamma-Gamma fit did not converge ({fitted.gamma_gamma.convergence.message}): predicted_ltv "
+                  "is not derived (p_alive and expected_purchases are)")
+    return PopulationFit(fitted, reason, customers, excluded)
+
+
+def derive(population: PopulationFit, spec, frequency: Any, recency: Any, age: Any, spend: Any) -> np.ndarray:
+    """(n, 3) predicted_ltv, p_alive and expected_purchases (``model.DERIVED_SIGNALS``) of each customer under a
+    run's fit and a model's ``LifetimeValueSpec``; NaN where the signals are unusable or the fit is (predicted_ltv
+    alone when only the Gamma-Gamma fit is)."""
+    x, tx, T, m = (np.atleast_1d(np.asarray(a, dtype=np.float64)) for a in (frequency, recency, age, spend))
+    out = np.full((x.shape[0], 3), np.nan)
+    if not population.usable:
+        return out
+    rows = np.flatnonzero(usable_rows(x, tx, T, m))
+    if rows.size:
+        xs = x[rows]
+        models = (population.fit.bgnbd, population.fit.gamma_gamma if population.values_usable else None)
+        prediction = predict(models, xs, tx[rows], T[rows], np.where(xs > 0, m[rows], np.nan),
+                             steps=spec.effective_horizon_months, step=spec.units_per_month,
+                             discount_rate=spec.effective_discount_rate)
+        out[rows, 0], out[rows, 1], out[rows, 2] = prediction.clv, prediction.p_alive, prediction.expected_purchases
+    return out
+
+
+def _input_columns(model, matrix: np.ndarray, names: list[str]) -> list[np.ndarray]:
+    where = {name: i for i, name in enumerate(names)}
+    blank = np.full(matrix.shape[0], np.nan)
+    return [matrix[:, where[s]] if s in where else blank for s in model.lifetime_value.input_signals]
+
+
+def fit_matrix(model, matrix: np.ndarray, names: list[str]) -> PopulationFit:
+    """:func:`fit_population` over the block's input columns of a (customers x names) matrix."""
+    return fit_population(*_input_columns(model, matrix, names))
+
+
+def with_derived(model, population: PopulationFit, matrix: np.ndarray, names: list[str], *, in_place: bool = False
+                 ) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """The matrix with the derived signals the model reads filled in where derived (a column is added for each
+    one absent; a customer whose value is not derived keeps the column's own, e.g. a predicted_ltv recorded in
+    the registry), its column names, and the (n, 3) derived values. ``in_place`` writes into ``matrix`` itself
+    when it has every column needed (a run's own export), sparing a copy of the whole matrix."""
+    from .model import DERIVED_SIGNALS
+
+    derived = derive(population, model.lifetime_value, *_input_columns(model, matrix, names))
+    names = list(names)
+    extra = [s for s in DERIVED_SIGNALS if s not in names and s in model.signal_index]
+    if extra:
+        out = np.concatenate([matrix, np.full((matrix.shape[0], len(extra)), np.nan)], axis=1)
+    else:
+        out = matrix if in_place and matrix.flags.writeable else np.array(matrix, dtype=np.float64, copy=True)
+    names += extra
+    for k, signal in enumerate(DERIVED_SIGNALS):
+        if signal in names:
+            column = derived[:, k]
+            has = ~np.isnan(column)
+            out[has, names.index(signal)] = column[has]
+    return out, names, derived
+
+
+def with_derived_values(model, population: PopulationFit, values: Mapping[str, float]
+                        ) -> tuple[dict[str, float], dict[str, float]]:
+    """One customer's signals with the derived ones filled in (as :func:`with_derived`), and the derived ones."""
+    from .model import DERIVED_SIGNALS
+
+    inputs = model.lifetime_value.input_signals
+    row = np.array([[values.get(s, math.nan) for s in inputs]], dtype=np.float64)
+    derived = derive(population, model.lifetime_value, *row.T)[0]
+    found = {s: float(v) for s, v in zip(DERIVED_SIGNALS, derived) if not math.isnan(v)}
+    return {**values, **found}, found

@@ -22,9 +22,9 @@ from importlib import resources
 from typing import Any, NamedTuple
 
 __all__ = [
-    "Band", "DimensionSpec", "Direction", "FieldViolation", "MissingPolicy", "ModelValidationError",
-    "Normalization", "SignalSpec", "SignalWeight", "TierSpec", "Transform", "ValueDimension",
-    "ValueModel", "default_model",
+    "Band", "DERIVED_SIGNALS", "DimensionSpec", "Direction", "FieldViolation", "LifetimeValueSpec", "MissingPolicy",
+    "ModelValidationError", "Normalization", "SignalSpec", "SignalWeight", "TierSpec", "TimeUnit", "Transform",
+    "ValueDimension", "ValueModel", "default_model",
     "MAX_SIGNALS", "MAX_DIMENSIONS", "MAX_TIERS", "MAX_BANDS",
 ]
 
@@ -39,6 +39,11 @@ MAX_DISPLAY_NAME = 256
 MODEL_ID = re.compile(r"[a-z][a-z0-9-]{0,62}")
 TIER_ID = MODEL_ID
 SIGNAL_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+# Signals a lifetime-value block derives, in this order, from the run's fitted BG/NBD and Gamma-Gamma models.
+DERIVED_SIGNALS = ("predicted_ltv", "p_alive", "expected_purchases")
+MAX_HORIZON_MONTHS = 1200
+DEFAULT_HORIZON_MONTHS = 12
+DEFAULT_MONTHLY_DISCOUNT_RATE = 0.01
 
 
 # --------------------------------------------------------------------------- enums
@@ -88,7 +93,21 @@ class ValueDimension(enum.IntEnum):
     FEEDBACK = 4
 
 
+class TimeUnit(enum.IntEnum):
+    """The unit of the purchase signals' times (``cvh.scoring.v1.TimeUnit``)."""
+
+    UNSPECIFIED = 0  # same as DAYS
+    DAYS = 1
+    WEEKS = 2
+    MONTHS = 3
+
+
+# Time units per month of the CLV horizon: a month is 30 days, as lifetimes' CLV counts it.
+_UNITS_PER_MONTH = {TimeUnit.UNSPECIFIED: 30.0, TimeUnit.DAYS: 30.0, TimeUnit.WEEKS: 30.0 / 7.0, TimeUnit.MONTHS: 1.0}
+
+
 _ENUM_PREFIX = {
+    TimeUnit: "TIME_UNIT_",
     Transform: "TRANSFORM_",
     Direction: "DIRECTION_",
     Normalization: "NORMALIZATION_",
@@ -198,6 +217,43 @@ class TierSpec:
 
 
 @dataclass(frozen=True)
+class LifetimeValueSpec:
+    """Where a model's predicted lifetime value comes from (``cvh.scoring.v1.LifetimeValueSpec``).
+
+    The four ``*_signal`` fields name registry signals holding, per customer, the repeat purchases, the time
+    of the last one since the first, the time since the first and the mean spend per repeat purchase, in
+    ``time_unit``. A run fits BG/NBD and Gamma-Gamma on them and derives DERIVED_SIGNALS; CLV is summed over
+    ``horizon_months`` months (0: 12) of 30 days, each discounted by ``monthly_discount_rate`` (None: 0.01).
+    """
+
+    frequency_signal: str = ""
+    recency_signal: str = ""
+    age_signal: str = ""
+    spend_signal: str = ""
+    time_unit: TimeUnit = TimeUnit.UNSPECIFIED
+    horizon_months: int = 0
+    monthly_discount_rate: float | None = None
+
+    @property
+    def input_signals(self) -> tuple[str, str, str, str]:
+        """(frequency, recency, age, spend) signal names."""
+        return self.frequency_signal, self.recency_signal, self.age_signal, self.spend_signal
+
+    @property
+    def units_per_month(self) -> float:
+        return _UNITS_PER_MONTH[self.time_unit]
+
+    @property
+    def effective_horizon_months(self) -> int:
+        return self.horizon_months or DEFAULT_HORIZON_MONTHS
+
+    @property
+    def effective_discount_rate(self) -> float:
+        rate = self.monthly_discount_rate
+        return DEFAULT_MONTHLY_DISCOUNT_RATE if rate is None else rate
+
+
+@dataclass(frozen=True)
 class ValueModel:
     """A versioned value model. Construct with :meth:`from_dict` / :meth:`from_json`.
 
@@ -213,6 +269,7 @@ class ValueModel:
     dimensions: tuple[DimensionSpec, ...] = ()
     tiers: tuple[TierSpec, ...] = ()
     hysteresis_points: float = 0.0
+    lifetime_value: LifetimeValueSpec | None = None
     name: str = ""
     version: int = 0
     change_note: str = ""
@@ -237,6 +294,12 @@ class ValueModel:
     @cached_property
     def signal_index(self) -> dict[str, int]:
         return {name: i for i, name in enumerate(self.signal_names)}
+
+    @cached_property
+    def input_signal_names(self) -> tuple[str, ...]:
+        """What a run reads from the registry: the model's signals, then the lifetime-value block's inputs."""
+        extra = self.lifetime_value.input_signals if self.lifetime_value is not None else ()
+        return self.signal_names + tuple(n for n in dict.fromkeys(extra) if n not in self.signal_index)
 
     @cached_property
     def tier_ids(self) -> tuple[str, ...]:
@@ -317,6 +380,15 @@ _TIER_SCHEMA = {
     "min_composite": ("opt_double", None),
     "population_percent": ("opt_double", None),
 }
+_LIFETIME_VALUE_SCHEMA = {
+    "frequency_signal": ("str", None),
+    "recency_signal": ("str", None),
+    "age_signal": ("str", None),
+    "spend_signal": ("str", None),
+    "time_unit": ("enum", TimeUnit),
+    "horizon_months": ("int", None),
+    "monthly_discount_rate": ("opt_double", None),
+}
 _MODEL_SCHEMA = {
     "name": ("str", None),
     "model_id": ("str", None),
@@ -326,14 +398,15 @@ _MODEL_SCHEMA = {
     "dimensions": ("list", (_DIMENSION_SCHEMA, DimensionSpec)),
     "tiers": ("list", (_TIER_SCHEMA, TierSpec)),
     "hysteresis_points": ("double", None),
+    "lifetime_value": ("message", (_LIFETIME_VALUE_SCHEMA, LifetimeValueSpec)),
     "change_note": ("str", None),
     "creator": ("str", None),
     "create_time": ("str", None),
     "active": ("bool", None),
 }
 _FIELD_ORDER = {name: i for schema in (_MODEL_SCHEMA, _SIGNAL_SCHEMA, _BAND_SCHEMA, _DIMENSION_SCHEMA, _WEIGHT_SCHEMA,
-                                       _TIER_SCHEMA) for i, name in enumerate(schema)}
-_DEFAULTS = {"str": "", "double": 0.0, "opt_double": None, "int": 0, "bool": False}
+                                       _TIER_SCHEMA, _LIFETIME_VALUE_SCHEMA) for i, name in enumerate(schema)}
+_DEFAULTS = {"str": "", "double": 0.0, "opt_double": None, "int": 0, "bool": False, "message": None}
 
 
 def _camel(name: str) -> str:
@@ -426,6 +499,10 @@ def _parse_message(obj: Any, path: str, schema: dict, violations: list[FieldViol
                 violations.append(FieldViolation(fpath, f"unknown value {json.dumps(raw)}; one of {names}"))
             else:
                 values[fname] = member
+        elif kind == "message":
+            sub_schema, sub_cls = arg
+            parsed = _parse_message(raw, fpath, sub_schema, violations)
+            values[fname] = _Unparsed() if parsed is None else _build_item(sub_cls, sub_schema, parsed)
         elif kind == "list":
             sub_schema, sub_cls = arg
             if not isinstance(raw, list):
@@ -486,6 +563,9 @@ def _emit(obj: Any, schema: dict) -> dict[str, Any]:
         elif kind == "list":
             if value:
                 out[name] = [_emit(item, arg[0]) for item in value]
+        elif kind == "message":
+            if value is not None:
+                out[name] = _emit(value, arg[0])
         elif kind == "enum":
             if value != 0:
                 out[name] = enum_json_name(value)
@@ -694,7 +774,35 @@ def _semantic_violations(model: ValueModel) -> list[FieldViolation]:
 
     if not _finite(model.hysteresis_points) or not 0.0 <= model.hysteresis_points <= 100.0:
         add("hysteresis_points", "must be a number of composite points from 0 to 100")
+    if isinstance(model.lifetime_value, LifetimeValueSpec):
+        _lifetime_value_violations(add, model.lifetime_value, known)
     return out
+
+
+def _lifetime_value_violations(add, spec: LifetimeValueSpec, known: set[str]) -> None:
+    p = "lifetime_value"
+    seen: dict[str, str] = {}
+    for attr, what in (("frequency_signal", "repeat purchases"), ("recency_signal", "time of the last purchase"),
+                       ("age_signal", "time since the first purchase"), ("spend_signal", "mean spend per purchase")):
+        name = getattr(spec, attr)
+        if not SIGNAL_NAME.fullmatch(name):
+            add(f"{p}.{attr}", f"required: the registry signal holding the {what} "
+                               "(1 to 63 characters of [a-z0-9_], starting with a letter)")
+        elif name in DERIVED_SIGNALS:
+            add(f"{p}.{attr}", f"\"{name}\" is derived by this block: it cannot also feed it")
+        elif name in seen:
+            add(f"{p}.{attr}", f"signal \"{name}\" is given twice (also {p}.{seen[name]})")
+        else:
+            seen[name] = attr
+    if not isinstance(spec.horizon_months, int) or not 0 <= spec.horizon_months <= MAX_HORIZON_MONTHS:
+        add(f"{p}.horizon_months",
+            f"months of the CLV horizon: 1 to {MAX_HORIZON_MONTHS} (0: {DEFAULT_HORIZON_MONTHS})")
+    rate = spec.monthly_discount_rate
+    if rate is not None and (not _finite(rate) or not 0.0 <= rate < 1.0):
+        add(f"{p}.monthly_discount_rate", "a rate per month from 0 to below 1 (e.g. 0.01), or unset for 0.01")
+    if not known & set(DERIVED_SIGNALS):
+        add(p, "the model reads none of the signals the block derives (" + ", ".join(DERIVED_SIGNALS)
+            + "): add one to signals and weight it in a dimension")
 
 
 def _check_bounds(add, p: str, low, high, low_name: str, high_name: str) -> None:

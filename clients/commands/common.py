@@ -76,6 +76,24 @@ def existing_path(text: str) -> str:
     return str(path)
 
 
+def point_in_time(text: str) -> int:
+    """An argparse type for a date or an RFC 3339 time (no offset: UTC), as microseconds since the epoch."""
+    from clients.tabular import BadRow, _parse_time
+
+    try:
+        return _parse_time(text.strip(), "time")
+    except BadRow:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date or an RFC 3339 time, e.g. 2026-11-30 or "
+                                         "2026-11-30T18:00:00Z") from None
+
+
+def png_file(text: str) -> str:
+    """An argparse type for a picture to write: a name ending in .png."""
+    if not text.lower().endswith(".png") or len(text) <= len(".png"):
+        raise argparse.ArgumentTypeError(f"{text!r}: name a .png file, e.g. holdout.png")
+    return text
+
+
 def database_url(text: str) -> str:
     """An argparse type for a SQLAlchemy URL (checked for its form only; nothing is opened)."""
     from sqlalchemy.engine import make_url

@@ -63,7 +63,7 @@ def record_signals(args: argparse.Namespace) -> int:
     with connect(args) as cvh, progress(source.total_bytes, f"recording {Path(args.file).name}", unit="B",
                                         enabled=not args.json) as bar:
         for batch in source.batches():
-            recorded, rejected = _record(cvh, batch)
+            recorded, rejected = record_observations(cvh, batch)
             current, historical = current + recorded.current, historical + recorded.historical
             refused += rejected
             bar.update(source.bytes_read - bar.n)
@@ -82,7 +82,7 @@ def record_signals(args: argparse.Namespace) -> int:
     return 1 if rejects else 0
 
 
-def _record(cvh, batch) -> tuple[registry_pb.RecordSignalsResponse, list[tabular.RejectedRow]]:
+def record_observations(cvh, batch) -> tuple[registry_pb.RecordSignalsResponse, list[tabular.RejectedRow]]:
     """Records a batch; a request refused for some rows (bad value, unknown customer) is sent again
     without them, so one bad row does not cost its whole batch."""
     rejected = []
@@ -263,10 +263,21 @@ def time_argument(text: str) -> int:
         raise argparse.ArgumentTypeError(bad.reason) from None
 
 
+def model_inputs(model) -> list[str]:
+    """The registry signals a model reads: its signals, then its lifetime-value block's purchase signals."""
+    names = [s.name for s in model.signals]
+    if model.HasField("lifetime_value"):
+        block = model.lifetime_value
+        for name in (block.frequency_signal, block.recency_signal, block.age_signal, block.spend_signal):
+            if name not in names:
+                names.append(name)
+    return names
+
+
 def export_customers(args: argparse.Namespace) -> int:
     """cvh export: the registry's customers and signal matrix, streamed into Parquet parts, CSV or JSON Lines."""
     with connect(args) as cvh:
-        names = args.signals.split(",") if args.signals else [s.name for s in cvh.get_model(args.model).signals]
+        names = args.signals.split(",") if args.signals else model_inputs(cvh.get_model(args.model))
         stream = cvh.export_signal_matrix(names)
         with progress(None, f"exporting to {Path(args.path).name}", unit=" customers", enabled=not args.json) as bar:
             messages = counted_stream(stream, bar, lambda message: len(message.chunk.customer_ids))
@@ -290,7 +301,8 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
                     "streamed: memory stays bounded by one row group. Display names are not exported.")
     export_target(command)
     command.add_argument("--signals", default="", metavar="NAMES",
-                         help="comma-separated signals to export (default: those the model reads)")
+                         help="comma-separated signals to export (default: those the model reads, its lifetime-value "
+                              "purchase signals included)")
     command.add_argument("--model", default="default", help="whose signals to export (default: default)")
     command.set_defaults(run=export_customers)
     command = commands.add_parser(

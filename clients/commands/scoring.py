@@ -16,7 +16,7 @@ from clients.output import counted, counted_stream, message_dict, percent, print
 from cvh.scoring.v1 import scoring_service_pb2 as pb
 
 # What a model file holds: the model's own fields, not the service's bookkeeping.
-MODEL_FILE_FIELDS = ("model_id", "description", "signals", "dimensions", "tiers", "hysteresis_points")
+MODEL_FILE_FIELDS = ("model_id", "description", "signals", "dimensions", "tiers", "hysteresis_points", "lifetime_value")
 
 
 def read_model_file(path: str) -> pb.ValueModel:
@@ -112,6 +112,27 @@ def print_run(run: pb.ScoringRun) -> None:
         print_table(["tier", "customers", "share"],
                     [[c.tier.display_name or c.tier.tier_id, f"{c.customers:,}", percent(c.customers / total)]
                      for c in run.tier_counts], right=[1, 2])
+    if run.HasField("lifetime_value"):
+        print_lifetime_value(run.lifetime_value)
+
+
+def print_lifetime_value(fit: pb.LifetimeValueFit) -> None:
+    """The run's BG/NBD and Gamma-Gamma parameters, how their fits ended, and why derived signals are missing."""
+    excluded = f", {fit.customers_excluded:,} of them unusable" if fit.customers_excluded else ""
+    print(f"  lifetime value: {counted(fit.customers, 'customer')} with purchase signals{excluded}")
+    if fit.missing_reason:
+        print(f"  derived signals missing for this run: {fit.missing_reason}")
+    rows = []
+    for label, model in (("BG/NBD", fit.bgnbd), ("Gamma-Gamma", fit.gamma_gamma)):
+        c = model.convergence
+        for i, p in enumerate(model.parameters):
+            error = f"{p.standard_error:.4g}" if p.HasField("standard_error") else "–"
+            fit_words = (f"{'converged' if c.converged else 'NOT converged'}, {c.iterations} iterations, "
+                         f"log-likelihood {c.log_likelihood:,.1f}, |gradient| {c.gradient_norm:.1e}, "
+                         f"{counted(model.customers, 'customer')}") if i == 0 else ""
+            rows.append([label if i == 0 else "", p.name, f"{p.value:.6g}", error, fit_words])
+    if rows:
+        print_table(["model", "parameter", "value", "std. error", "fit"], rows, right=[2, 3], indent="  ")
 
 
 def run_show(args: argparse.Namespace) -> int:

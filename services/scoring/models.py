@@ -13,7 +13,7 @@ from services.common.errors import FieldViolation, ServiceError
 from services.common.validation import SLUG
 
 # Fields of ValueModel that describe the model (the rest is bookkeeping set by the service).
-SPEC_FIELDS = ("model_id", "description", "signals", "dimensions", "tiers", "hysteresis_points")
+SPEC_FIELDS = ("model_id", "description", "signals", "dimensions", "tiers", "hysteresis_points", "lifetime_value")
 
 
 def check_sizes(model: pb.ValueModel, prefix: str = "model.") -> None:
@@ -48,6 +48,9 @@ def spec_of(model: pb.ValueModel) -> dict:
         field = pb.ValueModel.DESCRIPTOR.fields_by_name[field_name]
         if field.is_repeated:
             getattr(spec, field_name).extend(getattr(model, field_name))
+        elif field.message_type is not None:
+            if model.HasField(field_name):
+                getattr(spec, field_name).CopyFrom(getattr(model, field_name))
         else:
             setattr(spec, field_name, getattr(model, field_name))
     return json_format.MessageToDict(spec, preserving_proto_field_name=True)

@@ -22,6 +22,7 @@ import scoring_engine
 from cvh.common.v1 import common_pb2
 from cvh.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from cvh.scoring.v1 import scoring_service_pb2 as pb
+from scoring_engine import lifetime_value
 from services.common.db import read_transaction, write_transaction
 from services.common.peers import Peer
 from services.common.streams import in_threads
@@ -145,7 +146,7 @@ class RunExecutor:
         exported = time.perf_counter()
         self._check(run_id)
         previous_run, previous_tiers = await asyncio.to_thread(self._previous_tiers, run_id, model, ids)
-        fitted, result = await asyncio.to_thread(_fit_and_score, model, matrix, previous_tiers)
+        fitted, result, population = await asyncio.to_thread(_fit_and_score, model, matrix, previous_tiers)
         scored = time.perf_counter()
         await self._update(run_id, percent_done=EXPORT_SHARE + SCORE_SHARE)
         self._check(run_id)
@@ -159,6 +160,7 @@ class RunExecutor:
                     conn, run_id, state=pb.RUN_STATE_COMPLETED, end_time_us=now_us(), percent_done=100.0,
                     customers_done=len(ids), customers_total=len(ids),
                     previous_run_id=previous_run, fitted=fitted.to_bytes(),
+                    lifetime_value_json=None if population is None else json.dumps(population.to_dict()),
                     tier_counts_json=json.dumps(counts), tier_moves_json=json.dumps(moves),
                     export_seconds=exported - started, scoring_seconds=scored - exported,
                     store_seconds=time.perf_counter() - scored, heartbeat_us=now_us())
@@ -168,8 +170,8 @@ class RunExecutor:
         self.notify()
 
     async def _export(self, run_id: int, model: scoring_engine.ValueModel) -> tuple[list[str], np.ndarray]:
-        reader = columns.SignalExportReader(model.signal_names)
-        async with self._registry_export(list(model.signal_names)) as messages:
+        reader = columns.SignalExportReader(model.input_signal_names)
+        async with self._registry_export(list(model.input_signal_names)) as messages:
             last_report = 0.0
             async for message in messages:
                 self._check(run_id)
@@ -236,9 +238,15 @@ def _dims_of(conn, run) -> int:
 
 
 def _fit_and_score(model, matrix: np.ndarray, previous_tiers: np.ndarray):
-    fitted = scoring_engine.fit(model, matrix)
-    result = scoring_engine.score(fitted, matrix, previous_tiers=previous_tiers, with_rank=True)
-    return fitted.with_tier_thresholds(result.tier_thresholds), result
+    """Fits and scores the exported matrix (columns: ``model.input_signal_names``); a model with a lifetime-value
+    block first fits it on the population and fills in the derived signals."""
+    names, population = list(model.input_signal_names), None
+    if model.lifetime_value is not None:
+        population = lifetime_value.fit_matrix(model, matrix, names)
+        matrix, names, _ = lifetime_value.with_derived(model, population, matrix, names, in_place=True)
+    fitted = scoring_engine.fit(model, matrix, signal_names=names)
+    result = scoring_engine.score(fitted, matrix, previous_tiers=previous_tiers, with_rank=True, signal_names=names)
+    return fitted.with_tier_thresholds(result.tier_thresholds), result, population
 
 
 def _result_chunks(ids: list[str], result, previous_tiers: np.ndarray):

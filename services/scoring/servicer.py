@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import difflib
 import functools
+import json
 import math
 import re
 import time
+from typing import Any
 
 import grpc
 import numpy as np
@@ -18,6 +20,8 @@ from cvh.common.v1 import common_pb2
 from cvh.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from cvh.scoring.v1 import scoring_service_pb2 as pb
 from cvh.scoring.v1 import scoring_service_pb2_grpc as pb_grpc
+from scoring_engine import lifetime_value
+from scoring_engine.model import DERIVED_SIGNALS
 from services.common.auth import current_caller
 from services.common.db import long_read_transaction, read_transaction, write_transaction
 from services.common.deadlines import Deadline
@@ -74,14 +78,15 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         scoring_engine.warm_up()  # compile or load the kernels now, not in the first request
+        lifetime_value.warm_up()
         self.runs = RunExecutor(engine)
         self.watch = RunWatch(engine, self.runs, self._to_run_proto)
-        self._fitted: dict[int, scoring_engine.FittedModel] = {}
+        self._fitted: dict[int, tuple[scoring_engine.FittedModel, lifetime_value.PopulationFit | None]] = {}
         self._registry_stub: registry_service_pb2_grpc.RegistryServiceStub | None = None
         # The registry servicer when this process serves it too (set by the server): ScoreCustomer then
         # reads the signals from it directly rather than calling GetCustomer on its own port.
         self.local_registry = None
-        # model_id -> (run, fitted, executor generation, monotonic time read)
+        # model_id -> (run, fitted, lifetime-value fit, executor generation, monotonic time read)
         self._current_runs: dict[str, tuple] = {}
         self.stopping = False
         self._sweeper: asyncio.Task | None = None
@@ -192,6 +197,8 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         tiers = self._tiers(conn, run)
         for level, count in enumerate(store.tier_counts(run), start=1):
             message.tier_counts.add(tier=tiers[level - 1], customers=count)
+        if run.lifetime_value_json:
+            message.lifetime_value.CopyFrom(_lifetime_value_proto(_population_of(run)))
         return message
 
     def _tiers(self, conn, run: Row) -> list[common_pb2.TierRef]:
@@ -381,19 +388,20 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
 
     # -- online scoring --------------------------------------------------------------------------------
 
-    async def _current_async(self, model_name: str, field_path: str) -> tuple[Row, scoring_engine.FittedModel]:
+    async def _current_async(self, model_name: str, field_path: str) -> tuple[Row, scoring_engine.FittedModel, Any]:
         """_current, answered on the event loop when cached (the usual case), else on a worker thread."""
         cached = self._cached_current(parse_model_name(model_name, field_path)[0])
         return cached if cached else await asyncio.to_thread(self._current, model_name, field_path)
 
     def _cached_current(self, model_id: str):
         cached = self._current_runs.get(model_id)
-        if cached and cached[2] == self.runs.generation and time.monotonic() - cached[3] < CURRENT_RUN_TTL:
-            return cached[0], cached[1]
+        if cached and cached[3] == self.runs.generation and time.monotonic() - cached[4] < CURRENT_RUN_TTL:
+            return cached[:3]
         return None
 
-    def _current(self, model_name: str, field_path: str) -> tuple[Row, scoring_engine.FittedModel]:
-        """The model's current run and its fitted statistics, re-read at most once a second.
+    def _current(self, model_name: str, field_path: str) -> tuple[Row, scoring_engine.FittedModel, Any]:
+        """The model's current run, its fitted statistics and its lifetime-value fit (None without a
+        lifetime_value block), re-read at most once a second.
 
         Runs completed here replace it at once (see RunExecutor.notify); another
         replica's new run is seen within CURRENT_RUN_TTL seconds.
@@ -404,11 +412,12 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             return cached
         with read_transaction(self.engine) as conn:
             run = self._completed_run(conn, f"models/{model_id}", field_path)
-        fitted = self._fitted.get(run.run_id)
-        if fitted is None:
-            fitted = self._fitted[run.run_id] = scoring_engine.FittedModel.from_bytes(run.fitted)
-        self._current_runs[model_id] = (run, fitted, self.runs.generation, time.monotonic())
-        return run, fitted
+        if run.run_id not in self._fitted:
+            population = _population_of(run) if run.lifetime_value_json else None
+            self._fitted[run.run_id] = (scoring_engine.FittedModel.from_bytes(run.fitted), population)
+        fitted, population = self._fitted[run.run_id]
+        self._current_runs[model_id] = (run, fitted, population, self.runs.generation, time.monotonic())
+        return run, fitted, population
 
     async def ScoreSignals(self, request, context):
         if len(request.signals) > MAX_INLINE_SIGNALS:
@@ -420,13 +429,13 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             elif not math.isfinite(value):
                 violations.add(f"signals[{name}]", f"must be a finite number, got {value}")
         violations.raise_if_any()
-        run, fitted = await self._current_async(request.model, "model")
+        run, fitted, population = await self._current_async(request.model, "model")
         _check_model_reads(fitted.model, run, [(f"signals[{name}]", name) for name in request.signals], "signals")
-        return _customer_score("", run, fitted, dict(request.signals))
+        return _customer_score("", run, fitted, dict(request.signals), population)
 
     async def ScoreCustomer(self, request, context):
         customer_id = customer_id_from_name(request.customer, "customer")
-        run, fitted = await self._current_async(request.model, "model")
+        run, fitted, population = await self._current_async(request.model, "model")
         if self.local_registry is not None:
             # SQLite answers a primary-key read from its cache in tens of microseconds: less than a trip
             # to a worker thread and back. A database across the network is waited for off the loop.
@@ -436,7 +445,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
                 signals = await asyncio.to_thread(self.local_registry.current_signals, customer_id)
             if signals is None:
                 raise not_found(f"customers/{customer_id}")
-            return _customer_score(f"customers/{customer_id}", run, fitted, signals)
+            return _customer_score(f"customers/{customer_id}", run, fitted, signals, population)
         try:
             customer = await self._registry().GetCustomer(
                 registry_service_pb2.GetCustomerRequest(name=f"customers/{customer_id}"), timeout=10)
@@ -446,7 +455,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             raise ServiceError(grpc.StatusCode.UNAVAILABLE, f"the registry answered {error.code().name}",
                                "REGISTRY_UNAVAILABLE") from None
         signals = {name: s.value for name, s in customer.signals.items()}
-        return _customer_score(f"customers/{customer_id}", run, fitted, signals)
+        return _customer_score(f"customers/{customer_id}", run, fitted, signals, population)
 
     def _registry(self) -> registry_service_pb2_grpc.RegistryServiceStub:
         """One channel to the registry for every online call (made on first use, inside the event loop)."""
@@ -456,22 +465,25 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         return self._registry_stub
 
     async def ScoreBatch(self, request_iterator, context):
-        fitted = run = None
+        fitted = run = population = None
         async for request in request_iterator:
             chunk = request.signals
             matrix = _matrix_of(chunk)  # bad input is INVALID_ARGUMENT whatever state the model is in
             if fitted is None:
-                run, fitted = await asyncio.to_thread(self._current, request.model, "model")
+                run, fitted, population = await asyncio.to_thread(self._current, request.model, "model")
             _check_model_reads(fitted.model, run, [(f"signals.column_names[{i}]", name)
                                                    for i, name in enumerate(chunk.column_names)],
                                "signals.column_names")
-            result = await asyncio.to_thread(scoring_engine.score, fitted, matrix, None, False,
-                                             list(chunk.column_names))
+            result, derived = await asyncio.to_thread(_score_chunk, fitted, population, matrix,
+                                                      list(chunk.column_names))
             model = fitted.model
-            yield pb.ScoreBatchResponse(
+            response = pb.ScoreBatchResponse(
                 dimension_scores=_columnar(list(chunk.customer_ids), _dimension_names(model), result.dimensions),
                 composite=result.composite.astype("<f8").tobytes(),
                 tier_levels=(result.tier.astype("<i4") + 1).tobytes())
+            if derived is not None:
+                response.derived_signals.CopyFrom(_columnar(list(chunk.customer_ids), list(DERIVED_SIGNALS), derived))
+            yield response
 
 
 def _version_required(conn, model_id: str) -> ServiceError:
@@ -490,10 +502,10 @@ def _version_required(conn, model_id: str) -> ServiceError:
 def _check_model_reads(model, run: Row, named: list[tuple[str, str]], whole: str) -> None:
     """INVALID_ARGUMENT naming each signal the model does not read (with the nearest names it does), or,
     when none is one it reads, saying so: a misspelt name would otherwise score as a missing signal."""
-    reads = list(model.signal_index)
+    reads = list(model.input_signal_names)
     violations = Violations()
     for field_path, name in named:
-        if name not in model.signal_index:
+        if name not in reads:
             nearest = difflib.get_close_matches(name, reads, n=3)
             hint = f"; did you mean {', '.join(nearest)}?" if nearest else ""
             violations.add(field_path, f"models/{run.model_id}/versions/{run.model_version} does not read "
@@ -572,11 +584,43 @@ def _customer_result(customer_id, model, chunk, i, rank, tiers) -> pb.CustomerRe
     return result
 
 
-def _customer_score(customer: str, run: Row, fitted, signals: dict[str, float]) -> pb.CustomerScore:
+def _score_chunk(fitted, population, matrix: np.ndarray, names: list[str]):
+    """A ScoreBatch chunk's scores, and (a model with a lifetime-value block) its derived signals."""
+    derived = None
+    if fitted.model.lifetime_value is not None:
+        matrix, names, derived = lifetime_value.with_derived(fitted.model, population, matrix, names)
+    return scoring_engine.score(fitted, matrix, signal_names=names), derived
+
+
+def _population_of(run: Row) -> lifetime_value.PopulationFit:
+    return lifetime_value.PopulationFit.from_dict(json.loads(run.lifetime_value_json))
+
+
+def _lifetime_value_proto(population: lifetime_value.PopulationFit) -> pb.LifetimeValueFit:
+    message = pb.LifetimeValueFit(missing_reason=population.missing_reason, customers=population.customers,
+                                  customers_excluded=population.excluded)
+    if population.fit is not None:
+        fits = population.fit
+        for target, fitted in ((message.bgnbd, fits.bgnbd), (message.gamma_gamma, fits.gamma_gamma)):
+            errors = fitted.standard_errors or {}
+            for name, value in fitted.params.items():
+                parameter = target.parameters.add(name=name, value=value)
+                if errors.get(name) is not None and math.isfinite(errors[name]):
+                    parameter.standard_error = errors[name]
+            c = fitted.convergence
+            target.convergence.CopyFrom(pb.FitConvergence(
+                converged=c.converged, iterations=c.iterations, evaluations=c.evaluations,
+                log_likelihood=_finite(c.log_likelihood), gradient_norm=_finite(c.gradient_norm), message=c.message))
+            target.customers = fitted.n_customers
+    return message
+
+
+def _customer_score(customer: str, run: Row, fitted, signals: dict[str, float], population=None) -> pb.CustomerScore:
     model = fitted.model
     reads = model.signal_index
-    known = {k: v for k, v in signals.items() if k in reads}
-    explanation = scoring_engine.explain(fitted, known)
+    inputs = model.lifetime_value.input_signals if model.lifetime_value is not None else ()
+    known = {k: v for k, v in signals.items() if k in reads or k in inputs}
+    explanation = scoring_engine.explain(fitted, known, lifetime_value=population)
     tier = model.tiers[explanation.tier]
     answer = pb.CustomerScore(
         customer=customer, model=f"models/{run.model_id}/versions/{run.model_version}", run=f"runs/{run.run_id}",
@@ -595,6 +639,7 @@ def _customer_score(customer: str, run: Row, fitted, signals: dict[str, float]) 
             contribution.raw_value = s.value
         if s.normalized == s.normalized:
             contribution.normalized = s.normalized
+    answer.derived_signals.update(explanation.derived_signals)
     return answer
 
 

@@ -53,6 +53,8 @@ runs = sa.Table(
     sa.Column("tier_moves_json", sa.Text, nullable=False, server_default="[]"),
     # scoring_engine.FittedModel.to_bytes(): what online scoring needs.
     sa.Column("fitted", sa.LargeBinary, nullable=True),
+    # scoring_engine.lifetime_value.PopulationFit.to_dict() as JSON, for models with a lifetime_value block.
+    sa.Column("lifetime_value_json", sa.Text, nullable=True),
     sa.Index("ix_scoring_runs_model_state", "model_id", "state"),
 )
 

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import scoring_engine
 from clients import parquet
 from clients.client import CvhClient
 from services.common.config import ServerConfig
@@ -46,7 +47,10 @@ def test_export_import_round_trip_keeps_customers_signals_and_nulls(suites, tmp_
     summary = json.loads(cvh_here(source, "export", str(exported), "--json").stdout)
     assert summary["customers"] == 60 and summary["files"] == [str(exported / "part-00000.parquet")]
     table = pq.read_table(exported)
-    assert table.column_names == ["customer_id", "parent_id", "role", "owner", "lifecycle_stage", *SIGNALS]
+    # The model's signals, then the purchase signals its lifetime-value block reads (none observed here: all null).
+    purchase_signals = list(scoring_engine.default_model().lifetime_value.input_signals)
+    assert table.column_names == ["customer_id", "parent_id", "role", "owner", "lifecycle_stage", *SIGNALS, *purchase_signals]
+    assert all(table.column(name).null_count == 60 for name in purchase_signals)
     assert table.schema.field(SIGNALS[0]).type == pa.float64()
     assert table.column(SIGNALS[1]).null_count == 15 and table.column(SIGNALS[4]).null_count == 15
     assert table.column(SIGNALS[0]).null_count == 0

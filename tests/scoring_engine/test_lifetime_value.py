@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+import scoring_engine
 from scoring_engine import lifetime_value as lv
 from scoring_engine import reference as R
 from scoring_engine._config import PARALLEL_MIN_ROWS
@@ -228,3 +229,48 @@ def test_bad_shapes_and_horizons_are_refused():
     for kwargs in ({"steps": 0}, {"step": -1.0}, {"discount_rate": math.nan}):
         with pytest.raises(lv.ScoringError):
             lv.predict((BG, GG), *GOOD.values(), **kwargs)
+
+
+# --------------------------------------------------------------------------- inside a value model
+def test_a_population_fit_skips_unusable_rows_and_says_why_signals_are_missing():
+    spec = scoring_engine.default_model().lifetime_value
+    data = lv.simulate(2000, BG, GG, seed=2)
+    x, tx, T, m = data.frequency.copy(), data.recency.copy(), data.age.copy(), data.spend.copy()
+    x[0], tx[1], T[2] = np.nan, T[1] + 1, 0.0  # a signal not recorded, recency beyond age, age 0
+    population = lv.fit_population(x, tx, T, m)
+    assert population.missing_reason == "" and population.customers == 1999 and population.excluded == 2
+    derived = lv.derive(population, spec, x, tx, T, m)
+    assert np.isnan(derived[:3]).all() and not np.isnan(derived[3:]).any()
+    expected = lv.predict(population.fit, x[3:], tx[3:], T[3:], m[3:], steps=12, step=30.0, discount_rate=0.01)
+    np.testing.assert_allclose(derived[3:, 0], expected.clv, rtol=1e-12)
+
+    # Every repeat buyer spending the same: Gamma-Gamma is not identified; BG/NBD still derives its two signals.
+    same = np.where(x > 0, 10.0, np.nan)
+    partial = lv.fit_population(x, tx, T, same)
+    assert partial.usable and not partial.values_usable and "Gamma-Gamma" in partial.missing_reason
+    derived = lv.derive(partial, spec, x, tx, T, same)
+    assert np.isnan(derived[:, 0]).all() and not np.isnan(derived[3:, 1:]).any()
+
+    few = lv.fit_population(x[:12], tx[:12], T[:12], m[:12])
+    assert few.fit is None and "too few" in few.missing_reason and np.isnan(lv.derive(few, spec, x, tx, T, m)).all()
+    assert lv.PopulationFit.from_dict(population.to_dict()) == population
+
+
+def test_explain_scores_the_derived_signals_and_lists_them():
+    model = scoring_engine.default_model()
+    matrix = np.random.default_rng(0).lognormal(size=(64, len(model.signals)))
+    fitted = scoring_engine.fit(model, matrix)
+    frozen = fitted.with_tier_thresholds(scoring_engine.score(fitted, matrix).tier_thresholds)
+    data = lv.simulate(500, BG, GG, seed=4)
+    population = lv.fit_population(data.frequency, data.recency, data.age, data.spend)
+    buyer = {"purchase_frequency": float(data.frequency[1]), "purchase_recency": float(data.recency[1]),
+             "purchase_age": float(data.age[1]), "purchase_spend": float(data.spend[1]), "annual_revenue": 1e6}
+    explanation = scoring_engine.explain(frozen, buyer, lifetime_value=population)
+    expected = lv.predict(population.fit, data.frequency[1:2], data.recency[1:2], data.age[1:2], data.spend[1:2],
+                          steps=12, step=30.0, discount_rate=0.01)
+    assert explanation.derived_signals["predicted_ltv"] == pytest.approx(expected.clv[0], rel=1e-12)
+    ltv = next(s for s in explanation.signals if s.signal == "predicted_ltv")
+    assert ltv.value == explanation.derived_signals["predicted_ltv"] and ltv.dimension_points > 0
+    plain = scoring_engine.explain(frozen, buyer)  # without the fit nothing is derived: the signal is missing
+    assert math.isnan(next(s for s in plain.signals if s.signal == "predicted_ltv").value)
+    assert plain.derived_signals == {}

@@ -39,6 +39,13 @@ class MissingPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MISSING_POLICY_FIXED_VALUE: _ClassVar[MissingPolicy]
     MISSING_POLICY_MIN_COVERAGE: _ClassVar[MissingPolicy]
 
+class TimeUnit(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TIME_UNIT_UNSPECIFIED: _ClassVar[TimeUnit]
+    TIME_UNIT_DAYS: _ClassVar[TimeUnit]
+    TIME_UNIT_WEEKS: _ClassVar[TimeUnit]
+    TIME_UNIT_MONTHS: _ClassVar[TimeUnit]
+
 class RunState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     RUN_STATE_UNSPECIFIED: _ClassVar[RunState]
@@ -63,6 +70,10 @@ MISSING_POLICY_UNSPECIFIED: MissingPolicy
 MISSING_POLICY_RENORMALIZE: MissingPolicy
 MISSING_POLICY_FIXED_VALUE: MissingPolicy
 MISSING_POLICY_MIN_COVERAGE: MissingPolicy
+TIME_UNIT_UNSPECIFIED: TimeUnit
+TIME_UNIT_DAYS: TimeUnit
+TIME_UNIT_WEEKS: TimeUnit
+TIME_UNIT_MONTHS: TimeUnit
 RUN_STATE_UNSPECIFIED: RunState
 RUN_STATE_PENDING: RunState
 RUN_STATE_RUNNING: RunState
@@ -137,7 +148,7 @@ class TierSpec(_message.Message):
     def __init__(self, tier_id: _Optional[str] = ..., display_name: _Optional[str] = ..., min_composite: _Optional[float] = ..., population_percent: _Optional[float] = ...) -> None: ...
 
 class ValueModel(_message.Message):
-    __slots__ = ("name", "model_id", "version", "description", "signals", "dimensions", "tiers", "hysteresis_points", "change_note", "creator", "create_time", "active")
+    __slots__ = ("name", "model_id", "version", "description", "signals", "dimensions", "tiers", "hysteresis_points", "change_note", "creator", "create_time", "active", "lifetime_value")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -150,6 +161,7 @@ class ValueModel(_message.Message):
     CREATOR_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    LIFETIME_VALUE_FIELD_NUMBER: _ClassVar[int]
     name: str
     model_id: str
     version: int
@@ -162,7 +174,26 @@ class ValueModel(_message.Message):
     creator: str
     create_time: _timestamp_pb2.Timestamp
     active: bool
-    def __init__(self, name: _Optional[str] = ..., model_id: _Optional[str] = ..., version: _Optional[int] = ..., description: _Optional[str] = ..., signals: _Optional[_Iterable[_Union[SignalSpec, _Mapping]]] = ..., dimensions: _Optional[_Iterable[_Union[DimensionSpec, _Mapping]]] = ..., tiers: _Optional[_Iterable[_Union[TierSpec, _Mapping]]] = ..., hysteresis_points: _Optional[float] = ..., change_note: _Optional[str] = ..., creator: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., active: _Optional[bool] = ...) -> None: ...
+    lifetime_value: LifetimeValueSpec
+    def __init__(self, name: _Optional[str] = ..., model_id: _Optional[str] = ..., version: _Optional[int] = ..., description: _Optional[str] = ..., signals: _Optional[_Iterable[_Union[SignalSpec, _Mapping]]] = ..., dimensions: _Optional[_Iterable[_Union[DimensionSpec, _Mapping]]] = ..., tiers: _Optional[_Iterable[_Union[TierSpec, _Mapping]]] = ..., hysteresis_points: _Optional[float] = ..., change_note: _Optional[str] = ..., creator: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., active: _Optional[bool] = ..., lifetime_value: _Optional[_Union[LifetimeValueSpec, _Mapping]] = ...) -> None: ...
+
+class LifetimeValueSpec(_message.Message):
+    __slots__ = ("frequency_signal", "recency_signal", "age_signal", "spend_signal", "time_unit", "horizon_months", "monthly_discount_rate")
+    FREQUENCY_SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    RECENCY_SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    AGE_SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    SPEND_SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    TIME_UNIT_FIELD_NUMBER: _ClassVar[int]
+    HORIZON_MONTHS_FIELD_NUMBER: _ClassVar[int]
+    MONTHLY_DISCOUNT_RATE_FIELD_NUMBER: _ClassVar[int]
+    frequency_signal: str
+    recency_signal: str
+    age_signal: str
+    spend_signal: str
+    time_unit: TimeUnit
+    horizon_months: int
+    monthly_discount_rate: float
+    def __init__(self, frequency_signal: _Optional[str] = ..., recency_signal: _Optional[str] = ..., age_signal: _Optional[str] = ..., spend_signal: _Optional[str] = ..., time_unit: _Optional[_Union[TimeUnit, str]] = ..., horizon_months: _Optional[int] = ..., monthly_discount_rate: _Optional[float] = ...) -> None: ...
 
 class CreateModelRequest(_message.Message):
     __slots__ = ("model",)
@@ -209,7 +240,7 @@ class TierCount(_message.Message):
     def __init__(self, tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., customers: _Optional[int] = ...) -> None: ...
 
 class ScoringRun(_message.Message):
-    __slots__ = ("name", "model", "state", "customers_done", "customers_total", "percent_done", "tier_counts", "failure_reason", "create_time", "start_time", "end_time", "export_seconds", "scoring_seconds", "store_seconds", "previous_run", "churned_left_out")
+    __slots__ = ("name", "model", "state", "customers_done", "customers_total", "percent_done", "tier_counts", "failure_reason", "create_time", "start_time", "end_time", "export_seconds", "scoring_seconds", "store_seconds", "previous_run", "churned_left_out", "lifetime_value")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -226,6 +257,7 @@ class ScoringRun(_message.Message):
     STORE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_RUN_FIELD_NUMBER: _ClassVar[int]
     CHURNED_LEFT_OUT_FIELD_NUMBER: _ClassVar[int]
+    LIFETIME_VALUE_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     state: RunState
@@ -242,7 +274,58 @@ class ScoringRun(_message.Message):
     store_seconds: float
     previous_run: str
     churned_left_out: int
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., customers_done: _Optional[int] = ..., customers_total: _Optional[int] = ..., percent_done: _Optional[float] = ..., tier_counts: _Optional[_Iterable[_Union[TierCount, _Mapping]]] = ..., failure_reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., export_seconds: _Optional[float] = ..., scoring_seconds: _Optional[float] = ..., store_seconds: _Optional[float] = ..., previous_run: _Optional[str] = ..., churned_left_out: _Optional[int] = ...) -> None: ...
+    lifetime_value: LifetimeValueFit
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., customers_done: _Optional[int] = ..., customers_total: _Optional[int] = ..., percent_done: _Optional[float] = ..., tier_counts: _Optional[_Iterable[_Union[TierCount, _Mapping]]] = ..., failure_reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., export_seconds: _Optional[float] = ..., scoring_seconds: _Optional[float] = ..., store_seconds: _Optional[float] = ..., previous_run: _Optional[str] = ..., churned_left_out: _Optional[int] = ..., lifetime_value: _Optional[_Union[LifetimeValueFit, _Mapping]] = ...) -> None: ...
+
+class FittedParameter(_message.Message):
+    __slots__ = ("name", "value", "standard_error")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    STANDARD_ERROR_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: float
+    standard_error: float
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ..., standard_error: _Optional[float] = ...) -> None: ...
+
+class FitConvergence(_message.Message):
+    __slots__ = ("converged", "iterations", "evaluations", "log_likelihood", "gradient_norm", "message")
+    CONVERGED_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
+    LOG_LIKELIHOOD_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_NORM_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    converged: bool
+    iterations: int
+    evaluations: int
+    log_likelihood: float
+    gradient_norm: float
+    message: str
+    def __init__(self, converged: _Optional[bool] = ..., iterations: _Optional[int] = ..., evaluations: _Optional[int] = ..., log_likelihood: _Optional[float] = ..., gradient_norm: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
+
+class FittedLifetimeModel(_message.Message):
+    __slots__ = ("parameters", "convergence", "customers")
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    CONVERGENCE_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    parameters: _containers.RepeatedCompositeFieldContainer[FittedParameter]
+    convergence: FitConvergence
+    customers: int
+    def __init__(self, parameters: _Optional[_Iterable[_Union[FittedParameter, _Mapping]]] = ..., convergence: _Optional[_Union[FitConvergence, _Mapping]] = ..., customers: _Optional[int] = ...) -> None: ...
+
+class LifetimeValueFit(_message.Message):
+    __slots__ = ("bgnbd", "gamma_gamma", "missing_reason", "customers", "customers_excluded")
+    BGNBD_FIELD_NUMBER: _ClassVar[int]
+    GAMMA_GAMMA_FIELD_NUMBER: _ClassVar[int]
+    MISSING_REASON_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_EXCLUDED_FIELD_NUMBER: _ClassVar[int]
+    bgnbd: FittedLifetimeModel
+    gamma_gamma: FittedLifetimeModel
+    missing_reason: str
+    customers: int
+    customers_excluded: int
+    def __init__(self, bgnbd: _Optional[_Union[FittedLifetimeModel, _Mapping]] = ..., gamma_gamma: _Optional[_Union[FittedLifetimeModel, _Mapping]] = ..., missing_reason: _Optional[str] = ..., customers: _Optional[int] = ..., customers_excluded: _Optional[int] = ...) -> None: ...
 
 class StartScoringRunRequest(_message.Message):
     __slots__ = ("model",)
@@ -407,7 +490,14 @@ class SignalContribution(_message.Message):
     def __init__(self, signal: _Optional[str] = ..., dimension: _Optional[_Union[_common_pb2.ValueDimension, str]] = ..., raw_value: _Optional[float] = ..., normalized: _Optional[float] = ..., dimension_points: _Optional[float] = ..., composite_points: _Optional[float] = ...) -> None: ...
 
 class CustomerScore(_message.Message):
-    __slots__ = ("customer", "model", "run", "dimension_scores", "composite", "tier", "contributions")
+    __slots__ = ("customer", "model", "run", "dimension_scores", "composite", "tier", "contributions", "derived_signals")
+    class DerivedSignalsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     CUSTOMER_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
@@ -415,6 +505,7 @@ class CustomerScore(_message.Message):
     COMPOSITE_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     CONTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
+    DERIVED_SIGNALS_FIELD_NUMBER: _ClassVar[int]
     customer: str
     model: str
     run: str
@@ -422,7 +513,8 @@ class CustomerScore(_message.Message):
     composite: float
     tier: _common_pb2.TierRef
     contributions: _containers.RepeatedCompositeFieldContainer[SignalContribution]
-    def __init__(self, customer: _Optional[str] = ..., model: _Optional[str] = ..., run: _Optional[str] = ..., dimension_scores: _Optional[_Iterable[_Union[_common_pb2.DimensionScore, _Mapping]]] = ..., composite: _Optional[float] = ..., tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., contributions: _Optional[_Iterable[_Union[SignalContribution, _Mapping]]] = ...) -> None: ...
+    derived_signals: _containers.ScalarMap[str, float]
+    def __init__(self, customer: _Optional[str] = ..., model: _Optional[str] = ..., run: _Optional[str] = ..., dimension_scores: _Optional[_Iterable[_Union[_common_pb2.DimensionScore, _Mapping]]] = ..., composite: _Optional[float] = ..., tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., contributions: _Optional[_Iterable[_Union[SignalContribution, _Mapping]]] = ..., derived_signals: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class ScoreCustomerRequest(_message.Message):
     __slots__ = ("customer", "model")
@@ -456,11 +548,13 @@ class ScoreBatchRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., signals: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ...) -> None: ...
 
 class ScoreBatchResponse(_message.Message):
-    __slots__ = ("dimension_scores", "composite", "tier_levels")
+    __slots__ = ("dimension_scores", "composite", "tier_levels", "derived_signals")
     DIMENSION_SCORES_FIELD_NUMBER: _ClassVar[int]
     COMPOSITE_FIELD_NUMBER: _ClassVar[int]
     TIER_LEVELS_FIELD_NUMBER: _ClassVar[int]
+    DERIVED_SIGNALS_FIELD_NUMBER: _ClassVar[int]
     dimension_scores: _common_pb2.ColumnarChunk
     composite: bytes
     tier_levels: bytes
-    def __init__(self, dimension_scores: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ..., composite: _Optional[bytes] = ..., tier_levels: _Optional[bytes] = ...) -> None: ...
+    derived_signals: _common_pb2.ColumnarChunk
+    def __init__(self, dimension_scores: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ..., composite: _Optional[bytes] = ..., tier_levels: _Optional[bytes] = ..., derived_signals: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ...) -> None: ...

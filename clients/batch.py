@@ -83,7 +83,7 @@ def with_previous(dd, frame, path: str, n_tiers: int):
     except (OSError, ValueError, KeyError, pa.ArrowException) as error:
         raise ParquetError(f"{path}: cannot be read as run results with customer_id and tier_level "
                            f"({error})") from None
-    previous = previous.rename(columns={"tier_level": PREVIOUS_COLUMN})
+    previous = previous.rename(columns={"tier_level": PREVIOUS_COLUMN}).drop_duplicates("customer_id")
     if previous.npartitions > frame.npartitions:
         previous = previous.repartition(npartitions=frame.npartitions)
     numbered = frame.map_partitions(lambda part: part.assign(**{ROW_COLUMN: np.arange(len(part))}))

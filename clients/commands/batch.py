@@ -56,6 +56,9 @@ def batch_score(args: argparse.Namespace) -> int:
         summary = batch.score_base(client, model, local(args.input), local(args.output),
                                    previous=local(args.previous) if args.previous else None,
                                    show=show_progress(terminal), model_name=model_name)
+    except scoring_engine.NonFiniteValueError as error:  # the base's fault, not a bug: say where
+        print(f"{args.prog}: {args.input} cannot be scored: {error}", file=sys.stderr)
+        return 2
     finally:
         cluster = getattr(client, "cluster", None) if not args.scheduler else None
         client.close()

@@ -13,7 +13,8 @@ import scoring_engine
 from clients import parquet
 from clients.client import CvhClient, model_name
 from clients.commands.common import connect, enum_word, existing_file, export_target, positive_int
-from clients.output import counted, counted_stream, message_dict, percent, print_json, print_table, progress
+from clients.output import (counted, counted_stream, fail, message_dict, percent, print_json, print_table,
+                            progress)
 from cvh.scoring.v1 import scoring_service_pb2 as pb
 
 # What a model file holds: the model's own fields, not the service's bookkeeping.
@@ -188,8 +189,8 @@ def run_import(args: argparse.Namespace) -> int:
     batch_info = json.loads(parts.sidecar(parquet.BATCH_FILE) or b"{}")
     model = args.model or batch_info.get("model", "")
     if not model:
-        raise SystemExit(f"cvh run import: {args.path} does not say which model version scored it; name it with "
-                         "--model default/versions/N")
+        return fail(f"run import: {args.path} does not say which model version scored it (it holds no "
+                    f"{parquet.BATCH_FILE}); name it with --model default/versions/N", 2)
     fitted = None if args.without_fitted else parts.sidecar(parquet.FITTED_FILE)
     with connect(args) as cvh:
         with progress(parts.rows, f"importing {args.path}", unit=" customers", enabled=not args.json) as bar:

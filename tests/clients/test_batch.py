@@ -87,13 +87,18 @@ def test_batch_score_then_import_serves_the_same_tiers_as_an_in_process_run(suit
         # Online scoring uses the imported run's fitted statistics.
         assert client.score_customer(ours.customer_ids[10]).run == imported["name"]
 
-    # `cvh run export` of the imported run gives the same rows the batch wrote (in rank order).
+    # `cvh run export` of the imported run gives the same rows the batch wrote (in rank order) ...
     exported = tmp_path / "exported"
     cvh_here(server, "run", "export", imported["name"], str(exported))
     again = pq.read_table(exported).sort_by("customer_id")
     batch = written.sort_by("customer_id")
     for column in ("customer_id", "tier_id", "tier_level", "rank"):
         assert again.column(column).equals(batch.column(column)), column
+    # ... and imports back as it is: without fitted statistics, so it names its model version.
+    refused = cvh_here(server, "run", "import", str(exported), check=False)
+    assert refused.returncode == 2 and "--model default/versions/N" in refused.stderr
+    done = cvh_here(server, "run", "import", str(exported), "--model", "default/versions/1")
+    assert "COMPLETED" in done.stdout.upper() and "without fitted statistics" in done.stdout
 
 
 def test_batch_score_with_previous_results_keeps_hysteresis_on_a_given_scheduler(suite, base, tmp_path):

@@ -331,15 +331,24 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
                                          dimension_scores=_columnar([], columns, np.empty((0, len(columns)))))
 
     async def ImportRunResults(self, request_iterator, context):
-        job = None
-        async for request in request_iterator:
-            if job is None:
-                job = await asyncio.to_thread(self._import_job, request.model)
-            await asyncio.to_thread(job.add, request)
-        if job is None:  # no message at all: an empty import of the default model
-            job = await asyncio.to_thread(self._import_job, "")
-        registered = await self._registered_ids(job.model)
-        run_id = await asyncio.to_thread(self._store_import, job, registered)
+        job = registered = None
+        try:
+            async for request in request_iterator:
+                if job is None:
+                    job = await asyncio.to_thread(self._import_job, request.model)
+                    # The registry's ids are read while the results arrive.
+                    registered = asyncio.ensure_future(self._registered_ids(job.model))
+                await asyncio.to_thread(job.add, request)
+            if job is None:  # no message at all: an empty import of the default model
+                job = await asyncio.to_thread(self._import_job, "")
+                registered = asyncio.ensure_future(self._registered_ids(job.model))
+            ids = await registered
+        finally:  # the stream failed first: the registry's read is not wanted (nor its failure reported)
+            if registered is not None and not registered.done():
+                registered.cancel()
+            elif registered is not None and not registered.cancelled():
+                registered.exception()
+        run_id = await asyncio.to_thread(self._store_import, job, ids)
         self.runs.notify()
         return await self._run_proto(run_id)
 

@@ -106,10 +106,10 @@ def _write_part(part, dims, composite, tier, rank, percentile, path: str, schema
     levels = np.asarray(tier, dtype=np.int32) + 1
     previous = part[PREVIOUS_COLUMN].to_numpy(np.int32) if has_previous else np.zeros(len(part), np.int32)
     columns = [pa.array(part["customer_id"].astype(str).tolist(), pa.string())]
-    columns += [parquet._float_column(dims[:, j]) for j in range(dims.shape[1])]
-    columns += [parquet._float_column(composite), pa.array([tier_ids[t - 1] for t in levels.tolist()], pa.string()),
+    columns += [parquet.float_column(dims[:, j]) for j in range(dims.shape[1])]
+    columns += [parquet.float_column(composite), pa.array([tier_ids[t - 1] for t in levels.tolist()], pa.string()),
                 pa.array(levels, pa.int32()), pa.array(np.asarray(rank, np.int64), pa.int64()),
-                parquet._float_column(percentile), pa.array(previous, pa.int32())]
+                parquet.float_column(percentile), pa.array(previous, pa.int32())]
     with fs.open(file, "wb") as out:
         pq.write_table(pa.Table.from_arrays(columns, schema=schema), out, compression="zstd",
                        row_group_size=parquet.GROUP_ROWS)
@@ -124,11 +124,12 @@ def _blocks(array) -> list:
 
 def score_base(client, model: scoring_engine.ValueModel, base: str, output: str, previous: str | None = None,
                show: Callable[[list, str], None] | None = None, model_name: str = "") -> BatchSummary:
-    """Fits and scores ``base`` on ``client``'s cluster and writes the results into ``output`` (see the module)."""
+    """Fits and scores ``base`` on ``client``'s cluster (a ``distributed.Client`` with ScoringWorker registered,
+    as ``scoring_engine.distributed.scoring_client`` makes it) and writes the results into ``output``."""
     import dask
     import dask.array as da
 
-    dd, distributed, engine_on_dask = dask_modules()
+    dd, _, engine_on_dask = dask_modules()
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     frame = read_base(dd, base, model)
@@ -157,10 +158,9 @@ def score_base(client, model: scoring_engine.ValueModel, base: str, output: str,
               for i, (part, d, c, t, r, p) in enumerate(zip(
                   frame.to_delayed(), _blocks(scores.dimensions), _blocks(scores.composite), _blocks(scores.tier),
                   _blocks(scores.rank), _blocks(scores.percentile)))]
-    client_ = distributed.get_client()
-    futures = client_.compute(writes)
+    futures = client.compute(writes)
     show_phase(futures, "write")
-    rows = sum(client_.gather(futures))
+    rows = sum(client.gather(futures))
     tiers = da.bincount(scores.tier, minlength=len(scores.tier_ids)).compute()
     seconds["write"] = time.perf_counter() - started - seconds["fit"] - seconds["score"]
     fitted = fitted.with_tier_thresholds(scores.tier_thresholds)

@@ -34,7 +34,7 @@ class ParquetError(ValueError):
     """A Parquet file or folder that cannot be read: names the file and what is wrong."""
 
 
-def _float_column(values: np.ndarray) -> pa.Array:
+def float_column(values: np.ndarray) -> pa.Array:
     """float64 with nulls where the value is NaN (not observed / no score)."""
     values = np.ascontiguousarray(values, dtype=np.float64)
     return pa.array(values, mask=np.isnan(values), type=pa.float64())
@@ -56,7 +56,7 @@ def export_batches(messages: Iterable, signal_names: Sequence[str]) -> Iterator[
                    pa.array(list(message.parent_ids), pa.string()),
                    pa.array([ROLE_NAMES.get(int(r), "") for r in roles], pa.string()),
                    pa.array(list(message.owners), pa.string())]
-        columns += [_float_column(values[:, j]) for j in range(values.shape[1])]
+        columns += [float_column(values[:, j]) for j in range(values.shape[1])]
         yield pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
@@ -77,12 +77,12 @@ def run_result_batches(chunks: Iterable) -> Iterator[pa.RecordBatch]:
         dims = from_matrix(chunk.dimension_scores.values)
         levels = np.frombuffer(chunk.tier_levels, "<i4")
         columns = [pa.array(list(chunk.dimension_scores.customer_ids), pa.string())]
-        columns += [_float_column(dims[:, j]) for j in range(dims.shape[1])]
-        columns += [_float_column(np.frombuffer(chunk.composite, "<f8")),
+        columns += [float_column(dims[:, j]) for j in range(dims.shape[1])]
+        columns += [float_column(np.frombuffer(chunk.composite, "<f8")),
                     pa.array([tier_ids[level - 1] if 0 < level <= len(tier_ids) else "" for level in levels],
                              pa.string()),
                     pa.array(levels, pa.int32()), pa.array(np.frombuffer(chunk.ranks, "<i8"), pa.int64()),
-                    _float_column(np.frombuffer(chunk.percentiles, "<f8")),
+                    float_column(np.frombuffer(chunk.percentiles, "<f8")),
                     pa.array(np.frombuffer(chunk.previous_tier_levels, "<i4"), pa.int32())]
         yield pa.RecordBatch.from_arrays(columns, schema=schema)
 

@@ -9,11 +9,13 @@ import sys
 
 import grpc
 
-from clients.commands import demo, hierarchy, purchases, registry, scoring
+from clients.batch import BatchUnavailable
+from clients.commands import batch, demo, hierarchy, purchases, registry, scoring
 from clients.commands.common import (client_options, database_url, existing_file, non_negative_int,
                                      non_negative_seconds, port_number, positive_int, positive_seconds, server,
                                      whole_number)
 from clients.errors import CvhError
+from clients.parquet import ParquetError
 from clients.tabular import InputError
 from services.common.config import DEFAULT_LISTEN, SERVICE_NAMES, ConfigError
 
@@ -149,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.set_defaults(run=_db_upgrade)
 
     client = client_options()
-    for module in (registry, scoring, purchases, hierarchy, demo):
+    for module in (registry, scoring, purchases, hierarchy, batch, demo):
         module.add_parsers(commands, client)
     from clients import loadtest
     loadtest.add_parser(commands)
@@ -177,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.prog}: {error.describe()}", file=sys.stderr)
         print(f"  {next_step(error, args)}", file=sys.stderr)
         return 1
-    except (InputError, ConfigError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
-            PermissionError) as error:
+    except (InputError, ParquetError, BatchUnavailable, ConfigError, FileNotFoundError, FileExistsError,
+            IsADirectoryError, NotADirectoryError, PermissionError) as error:
         print(f"{args.prog}: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

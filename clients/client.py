@@ -291,6 +291,14 @@ class CvhClient:
         request = scoring_pb.StreamRunResultsRequest(run=run_name(run), chunk_size=chunk_size)
         return Stream(self.scoring.StreamRunResults(request, timeout=timeout))
 
+    def import_run_results(self, requests: Iterable[scoring_pb.ImportRunResultsRequest],
+                           timeout: float | None = None) -> scoring_pb.ScoringRun:
+        """Streams results scored elsewhere; the server checks them whole and answers with the completed run."""
+        try:
+            return self.scoring.ImportRunResults(iter(requests), timeout=timeout)
+        except grpc.RpcError as error:
+            raise CvhError.from_rpc_error(error) from None
+
     def run_results(self, run: str | int) -> columns.RunResults:
         """A run's whole results as arrays, in rank order."""
         reader = columns.RunResultsReader()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cvh.common.v1 import common_pb2
-from wire.columns import from_matrix
+from wire.columns import from_matrix, to_matrix
 
 PART_ROWS = 1_000_000   # rows per part file
 GROUP_ROWS = 65_536     # rows per row group: what a reader or writer holds at a time
@@ -42,7 +42,7 @@ class ParquetError(ValueError):
     """A Parquet file or folder that cannot be read: names the file and what is wrong."""
 
 
-def _float_column(values: np.ndarray) -> pa.Array:
+def float_column(values: np.ndarray) -> pa.Array:
     """float64 with nulls where the value is NaN (not observed / no score)."""
     values = np.ascontiguousarray(values, dtype=np.float64)
     return pa.array(values, mask=np.isnan(values), type=pa.float64())
@@ -66,7 +66,7 @@ def export_batches(messages: Iterable, signal_names: Sequence[str]) -> Iterator[
                    pa.array([ROLE_NAMES.get(int(r), "") for r in roles], pa.string()),
                    pa.array(list(message.owners), pa.string()),
                    pa.array(stage_names(message.lifecycle_stages), pa.string())]
-        columns += [_float_column(values[:, j]) for j in range(values.shape[1])]
+        columns += [float_column(values[:, j]) for j in range(values.shape[1])]
         yield pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
@@ -87,12 +87,12 @@ def run_result_batches(chunks: Iterable) -> Iterator[pa.RecordBatch]:
         dims = from_matrix(chunk.dimension_scores.values)
         levels = np.frombuffer(chunk.tier_levels, "<i4")
         columns = [pa.array(list(chunk.dimension_scores.customer_ids), pa.string())]
-        columns += [_float_column(dims[:, j]) for j in range(dims.shape[1])]
-        columns += [_float_column(np.frombuffer(chunk.composite, "<f8")),
+        columns += [float_column(dims[:, j]) for j in range(dims.shape[1])]
+        columns += [float_column(np.frombuffer(chunk.composite, "<f8")),
                     pa.array([tier_ids[level - 1] if 0 < level <= len(tier_ids) else "" for level in levels],
                              pa.string()),
                     pa.array(levels, pa.int32()), pa.array(np.frombuffer(chunk.ranks, "<i8"), pa.int64()),
-                    _float_column(np.frombuffer(chunk.percentiles, "<f8")),
+                    float_column(np.frombuffer(chunk.percentiles, "<f8")),
                     pa.array(np.frombuffer(chunk.previous_tier_levels, "<i4"), pa.int32())]
         yield pa.RecordBatch.from_arrays(columns, schema=schema)
 
@@ -257,3 +257,119 @@ class _Counted:
         for batch in self.batches:
             self.rows += batch.num_rows
             yield batch
+
+
+# -- run results in (cvh run import) ----------------------------------------------------------------------------
+
+RESULT_COLUMNS = ("customer_id", "composite", "tier_id", "tier_level", "rank", "percentile", "previous_tier_level")
+RESULT_REQUIRED = ("customer_id", "composite", "tier_id", "rank", "percentile")
+FITTED_FILE = "_fitted_model.npz"   # a folder's fitted statistics (cvh batch score); "_": Parquet readers skip it
+BATCH_FILE = "_cvh_batch.json"      # what cvh batch score scored with (model name, timings)
+FITTED_PIECE = 16 * 2**20           # bytes of fitted statistics per message
+
+
+def filesystem(path: str):
+    """(fsspec filesystem, path within it) of a local path or an object-store URL (s3://, gs://, ... when
+    the matching fsspec package is installed, e.g. s3fs)."""
+    from fsspec.core import url_to_fs
+
+    try:
+        return url_to_fs(str(path))
+    except (ImportError, ValueError) as error:
+        raise ParquetError(f"{path}: cannot open its storage ({error})") from None
+
+
+class RunResultParts:
+    """A folder of run results as ``cvh run export --format parquet`` and ``cvh batch score`` write them.
+
+    Every part's footer is read when the object is made: a file that is not Parquet, a part whose columns
+    differ from the first's, or a missing column raises ParquetError naming the file before any row is sent.
+    Dimension columns are those that are not one of ``RESULT_COLUMNS``, in file order.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.fs, root = filesystem(path)
+        self.root = root.rstrip("/")
+        if self.fs.isdir(self.root):
+            self.files = sorted(f for f in self.fs.glob(self.root + "/*.parquet") if not f.rsplit("/", 1)[-1]
+                                .startswith(("_", ".")))
+            if not self.files:
+                raise ParquetError(f"{path}: the folder holds no .parquet files")
+        elif self.fs.exists(self.root):
+            self.files = [self.root]
+        else:
+            raise ParquetError(f"{path}: no such file or folder")
+        self.rows, self.columns = 0, None
+        for file in self.files:
+            metadata = self._open(file).metadata
+            names = metadata.schema.to_arrow_schema().names
+            if self.columns is None:
+                self.columns = names
+                missing = [c for c in RESULT_REQUIRED if c not in names]
+                if missing:
+                    raise ParquetError(f"{file}: not run results: no column {', '.join(missing)} (the columns of "
+                                       "`cvh run export` and `cvh batch score` are needed)")
+            elif names != self.columns:
+                raise ParquetError(f"{file}: its columns {names} differ from those of {self.files[0]} {self.columns}")
+            self.rows += metadata.num_rows
+        self.dimension_names = [c for c in self.columns if c not in RESULT_COLUMNS]
+
+    def _open(self, file: str) -> pq.ParquetFile:
+        try:
+            return pq.ParquetFile(self.fs.open(file, "rb"))
+        except (pa.ArrowException, OSError) as error:
+            raise ParquetError(f"{file}: not a readable Parquet file ({error})") from None
+
+    def sidecar(self, name: str) -> bytes | None:
+        """A file the folder holds beside its parts (FITTED_FILE, BATCH_FILE), or None."""
+        path = f"{self.root}/{name}"
+        return self.fs.cat_file(path) if self.fs.isdir(self.root) and self.fs.exists(path) else None
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """Row groups in file order (at most GROUP_ROWS rows each when written by this suite)."""
+        for file in self.files:
+            reader = self._open(file)
+            for group in range(reader.num_row_groups):
+                try:
+                    table = reader.read_row_group(group, columns=["customer_id", *self.dimension_names,
+                                                                  "composite", "tier_id", "rank", "percentile"])
+                except (pa.ArrowException, OSError) as error:
+                    raise ParquetError(f"{file}: row group {group} cannot be read ({error})") from None
+                for batch in table.to_batches(max_chunksize=GROUP_ROWS):
+                    yield batch
+
+
+def _floats(column: pa.Array) -> np.ndarray:
+    return column.cast(pa.float64()).to_numpy(zero_copy_only=False)  # nulls become NaN
+
+
+def run_import_requests(parts: RunResultParts, model: str, fitted: bytes | None,
+                        on_rows: Callable[[int], None] | None = None) -> Iterator:
+    """ImportRunResults messages: one per row group of ``parts``, then the fitted statistics in pieces.
+    Nulls: no score (NaN), no rank (0) and no tier (""), which the server refuses by row."""
+    from cvh.scoring.v1 import scoring_service_pb2 as spb
+
+    first = True
+    for batch in parts.batches():
+        columns = dict(zip(batch.schema.names, batch.columns))
+        dims = np.column_stack([_floats(columns[n]) for n in parts.dimension_names]) if parts.dimension_names \
+            else np.empty((batch.num_rows, 0))
+        message = spb.ImportRunResultsRequest(
+            model=model if first else "",
+            dimension_scores=common_pb2.ColumnarChunk(
+                customer_ids=[c or "" for c in columns["customer_id"].to_pylist()],
+                column_names=parts.dimension_names, values=to_matrix(dims)),
+            composite=_floats(columns["composite"]).astype("<f8").tobytes(),
+            tier_ids=[t or "" for t in columns["tier_id"].to_pylist()],
+            ranks=columns["rank"].fill_null(0).cast(pa.int64()).to_numpy().astype("<i8").tobytes(),
+            percentiles=_floats(columns["percentile"]).astype("<f8").tobytes())
+        first = False
+        yield message
+        if on_rows:
+            on_rows(batch.num_rows)
+    fitted = fitted or b""
+    for start in range(0, len(fitted), FITTED_PIECE):
+        yield spb.ImportRunResultsRequest(model=model if first else "", fitted_model=fitted[start:start + FITTED_PIECE])
+        first = False
+    if first:  # no rows, no statistics: one message still names the model
+        yield spb.ImportRunResultsRequest(model=model)

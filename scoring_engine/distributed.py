@@ -1,7 +1,7 @@
 """Fit and score a Dask collection with the engine's own kernels, one task per partition.
 
-Needs the ``dask`` extra (``pip install 'cvh[dask]'``): dask, distributed and pandas. Nothing else in the
-suite imports this module.
+Needs the ``dask`` extra (``pip install 'cvh[dask]'``): dask, distributed and pandas. Only ``cvh batch score``
+(``clients/batch.py``) imports this module.
 
 Input: a ``dask.dataframe`` (say ``dd.read_parquet`` of a ``cvh export`` folder: signal columns by name,
 other columns ignored, a model signal without a column is all missing, nulls are missing values) or a 2-D
@@ -35,6 +35,8 @@ Dask threads x Numba threads never exceed the worker's cores.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import re
 import tempfile
@@ -55,7 +57,7 @@ from .engine import FittedModel, NonFiniteValueError, ScoreResult, ScoringError,
 from .model import Normalization, ValueModel
 
 __all__ = ["COMPOSITE_ATOL", "MEAN_STD_RTOL", "DistributedScores", "ScoringWorker", "fit", "scoring_client",
-           "score"]
+           "score", "showing_progress"]
 
 MEAN_STD_RTOL = 1e-12   # fitted mean and std against the single-process fit (relative)
 COMPOSITE_ATOL = 1e-9   # composites and dimension scores against the single-process engine (points)
@@ -142,6 +144,35 @@ def _matrix(part: Any, columns: list[str] | None) -> np.ndarray:
     return _writable(part)
 
 
+_PROGRESS: contextvars.ContextVar[Callable[[list, str], None] | None] = contextvars.ContextVar("progress",
+                                                                                               default=None)
+
+
+@contextlib.contextmanager
+def showing_progress(show: Callable[[list, str], None]):
+    """Within the block, each computation this module starts on the distributed client is handed to
+    ``show(futures, label)`` (label: "fit", "score", "tier cut-offs: ...", "rank ranges") before its results are
+    gathered, e.g. to draw ``distributed.progress(futures)``."""
+    token = _PROGRESS.set(show)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def _compute(*collections, label: str) -> tuple:
+    """``dask.compute(*collections)``, shown by the progress callback of :func:`showing_progress` if any."""
+    show = _PROGRESS.get()
+    if show is None:
+        return dask.compute(*collections)
+    from distributed import get_client
+
+    client = get_client()
+    futures = client.compute(list(collections))
+    show(futures, label)
+    return tuple(client.gather(futures))
+
+
 def _tree(items: list, merge: Callable[[list], Any], split_every: int):
     """One delayed result: ``merge`` over ``split_every`` items at a time, partitions kept in order."""
     merge = dask.delayed(merge, pure=True)
@@ -205,8 +236,8 @@ def fit(model: ValueModel, data: Any, signal_names: Sequence[str] | None = None,
     if not parts:
         return engine.fit(model, np.empty((0, len(model.signals))))
     model_d = dask.delayed(model, pure=True)
-    fitted = _tree([dask.delayed(_fit_part, pure=True)(p, columns, model_d, names) for p in parts],
-                   _merge_fits, split_every).compute()
+    fitted = _compute(_tree([dask.delayed(_fit_part, pure=True)(p, columns, model_d, names) for p in parts],
+                   _merge_fits, split_every), label="fit")[0]
     if fitted.bad is not None:
         raise NonFiniteValueError(*fitted.bad)
     offsets, values, counts = [0], [], []
@@ -304,10 +335,11 @@ def _share_thresholds(scored: list, summaries: list, percents: list[float], spli
         return np.full(len(counts), np.inf)
     lo, hi = min(s[2] for s in summaries), max(s[3] for s in summaries)
     scale = engine.bin_scale(lo, hi, engine.SHARE_BINS)
-    per_bin = _tree([dask.delayed(_histogram, pure=True)(s, lo, scale) for s in scored], _sum,
-                    split_every).compute()
+    per_bin = _compute(_tree([dask.delayed(_histogram, pure=True)(s, lo, scale) for s in scored], _sum,
+                             split_every), label="tier cut-offs: histogram")[0]
     bins = engine.cut_bins(per_bin, counts, n_valid)
-    gathered = dask.compute(*[dask.delayed(_gather, pure=True)(s, lo, scale, bins) for s in scored])
+    gathered = _compute(*[dask.delayed(_gather, pure=True)(s, lo, scale, bins) for s in scored],
+                        label="tier cut-offs: the bins that hold them")
     in_bin = {b: np.concatenate([g[b] for g in gathered]) for b in bins}
     return engine.cutoffs_in_bins(per_bin, counts, n_valid, lo, in_bin)
 
@@ -400,8 +432,8 @@ def _exact_ranks(scored: list, summaries: list, split_every: int) -> tuple[list,
     lo = min((s[2] for s in summaries), default=0.0) if n_valid else 0.0
     hi = max((s[3] for s in summaries), default=0.0) if n_valid else 0.0
     scale = engine.bin_scale(lo, hi, RANK_BINS)
-    per_bin = _tree([dask.delayed(_rank_histogram, pure=True)(s, lo, scale) for s in scored], _sum,
-                    split_every).compute()
+    per_bin = _compute(_tree([dask.delayed(_rank_histogram, pure=True)(s, lo, scale) for s in scored], _sum,
+                             split_every), label="rank ranges")[0]
     cum = np.cumsum(per_bin)
     range_of_bin = np.minimum((cum - per_bin) * n_ranges // max(n_valid, 1), n_ranges - 1).astype(np.int64)
     range_sizes = np.bincount(range_of_bin, weights=per_bin, minlength=n_ranges).astype(np.int64)
@@ -441,7 +473,7 @@ def score(fitted: FittedModel, data: Any, previous_tiers: Any = None, with_rank:
     fitted_d = dask.delayed(fitted, pure=True)
     scored = list(dask.persist(*[dask.delayed(_score_part, pure=True)(p, columns, fitted_d, names)
                                  for p in parts]))
-    summaries = dask.compute(*[dask.delayed(_summary, pure=True)(s) for s in scored])
+    summaries = _compute(*[dask.delayed(_summary, pure=True)(s) for s in scored], label="score")
     offset = 0
     for n, _, _, _, bad in summaries:
         if bad is not None:

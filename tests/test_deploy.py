@@ -46,7 +46,10 @@ SCHEMA_VERSIONS = ("1.27.0", "1.37.0")
 APP_UID = 10001
 # Secrets the base mounts but does not define: the dev component generates all but cvh-tls; prod none.
 EXTERNAL_SECRETS = {"cvh-database", "cvh-tokens", "cvh-peer-token", "cvh-tls"}
-NAMESPACES = {"dev": "cvh-dev", "prod": "cvh"}
+# What overlays/batch (prod with components/dask-batch) reads besides: the Job's admin token, and the object
+# store's credentials (optional).
+BATCH_SECRETS = {"cvh-batch-token", "cvh-batch-storage"}
+NAMESPACES = {"dev": "cvh-dev", "prod": "cvh", "batch": "cvh"}
 # Kinds that live in a namespace (everything rendered here but the Namespace itself).
 CLUSTER_SCOPED = {"Namespace"}
 # Every CVH_* variable (and the client's) is cleared before a test parses commands or starts a server.
@@ -83,7 +86,7 @@ def kustomize(directory: Path) -> list[dict]:
 def renders() -> dict[str, list[dict]]:
     """Rendered manifests: the base and each overlay."""
     return {"base": kustomize(K8S / "base"), "dev": kustomize(K8S / "overlays" / "dev"),
-            "prod": kustomize(K8S / "overlays" / "prod")}
+            "prod": kustomize(K8S / "overlays" / "prod"), "batch": kustomize(K8S / "overlays" / "batch")}
 
 
 def objects(documents: list[dict], kind: str) -> dict[str, dict]:
@@ -104,10 +107,13 @@ def pod_templates(documents: list[dict]) -> dict[str, dict]:
 
 def container_env(container: dict, documents: list[dict]) -> dict[str, str]:
     """The environment the container starts with: its envFrom ConfigMaps, then its env (secrets as
-    ``secret:NAME/KEY``)."""
+    ``secret:NAME/KEY``, the downward API as ``field:PATH``). A whole Secret in envFrom (credentials whose
+    names the manifests do not know) adds nothing here; secret_references checks it."""
     env: dict[str, str] = {}
     config_maps = objects(documents, "ConfigMap")
     for source in container.get("envFrom", []):
+        if "secretRef" in source:
+            continue
         assert "configMapRef" in source, f"unexpected envFrom {source}"
         name = source["configMapRef"]["name"]
         assert name in config_maps, f"container {container['name']} reads ConfigMap {name}, which is not rendered"
@@ -115,6 +121,8 @@ def container_env(container: dict, documents: list[dict]) -> dict[str, str]:
     for variable in container.get("env", []):
         if "value" in variable:
             env[variable["name"]] = variable["value"]
+        elif "fieldRef" in variable["valueFrom"]:
+            env[variable["name"]] = "field:" + variable["valueFrom"]["fieldRef"]["fieldPath"]
         else:
             ref = variable["valueFrom"]["secretKeyRef"]
             env[variable["name"]] = f"secret:{ref['name']}/{ref['key']}"
@@ -172,7 +180,7 @@ def parse_cvh(command: list[str], env: dict[str, str], monkeypatch) -> object:
 
 # -- schemas --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("render", ["base", "dev", "prod"])
+@pytest.mark.parametrize("render", ["base", "dev", "prod", "batch"])
 def test_rendered_manifests_are_valid_kubernetes(renders, render):
     errors = []
     for document in renders[render]:
@@ -227,7 +235,7 @@ def test_every_service_has_deployment_services_autoscaler_and_budget(renders, re
         assert budgets[name]["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
 
 
-@pytest.mark.parametrize("render", ["base", "dev", "prod"])
+@pytest.mark.parametrize("render", ["base", "dev", "prod", "batch"])
 def test_pods_are_locked_down_and_sized(renders, render):
     documents = renders[render]
     templates = pod_templates(documents)
@@ -239,7 +247,7 @@ def test_pods_are_locked_down_and_sized(renders, render):
         assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, workload
         assert spec["automountServiceAccountToken"] is False, workload
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
-        for container in spec["containers"]:
+        for container in spec.get("initContainers", []) + spec["containers"]:
             where = f"{workload}/{container['name']}"
             context = container["securityContext"]
             assert context["readOnlyRootFilesystem"] is True, where
@@ -254,7 +262,7 @@ def test_pods_are_locked_down_and_sized(renders, render):
             writable = {m["mountPath"] for m in container["volumeMounts"] if "emptyDir" in volumes[m["name"]]}
             assert "/tmp" in writable, where
             cache = container_env(container, documents).get("NUMBA_CACHE_DIR")
-            if workload in SERVICE_NAMES:
+            if workload in (*SERVICE_NAMES, "dask-worker"):  # where the kernels run
                 assert cache and any(cache.startswith(path.rstrip("/") + "/") for path in writable), where
 
 
@@ -381,7 +389,7 @@ def secret_references(documents: list[dict]) -> set[tuple[str, str | None]]:
         for volume in template["spec"].get("volumes", []):
             if "secret" in volume:
                 found.add((volume["secret"]["secretName"], None))
-        for container in template["spec"]["containers"]:
+        for container in template["spec"].get("initContainers", []) + template["spec"]["containers"]:
             for variable in container.get("env", []):
                 ref = variable.get("valueFrom", {}).get("secretKeyRef")
                 if ref:
@@ -392,19 +400,20 @@ def secret_references(documents: list[dict]) -> set[tuple[str, str | None]]:
     return found
 
 
-@pytest.mark.parametrize("render", ["dev", "prod"])
+@pytest.mark.parametrize("render", ["dev", "prod", "batch"])
 def test_every_secret_a_pod_reads_is_generated_or_documented(renders, render):
     documents = renders[render]
     secrets = objects(documents, "Secret")
     references = secret_references(documents)
-    assert {re.sub(r"-[a-z0-9]{10}$", "", name) for name, _ in references} == EXTERNAL_SECRETS
+    external = EXTERNAL_SECRETS | (BATCH_SECRETS if render == "batch" else set())
+    assert {re.sub(r"-[a-z0-9]{10}$", "", name) for name, _ in references} == external
     for name, key in references:
         if name in secrets:
             assert key is None or key in secrets[name]["data"], f"Secret {name} has no key {key}"
         else:
-            assert name in EXTERNAL_SECRETS, f"pods read Secret {name}, which is neither rendered nor documented"
+            assert name in external, f"pods read Secret {name}, which is neither rendered nor documented"
     readme = (DEPLOY / "README.md").read_text()
-    for name in EXTERNAL_SECRETS:
+    for name in external:
         assert f"`{name}`" in readme, f"deploy/README.md does not say how to supply {name}"
 
 
@@ -434,7 +443,7 @@ def test_dev_secrets_are_obvious_placeholders_that_work_together(renders, tmp_pa
 
 # -- overlays -------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("render", ["dev", "prod"])
+@pytest.mark.parametrize("render", ["dev", "prod", "batch"])
 def test_overlay_namespace_and_image(renders, render):
     documents = renders[render]
     namespace = NAMESPACES[render]
@@ -444,7 +453,8 @@ def test_overlay_namespace_and_image(renders, render):
     for document in documents:
         if document["kind"] not in CLUSTER_SCOPED:
             assert document["metadata"].get("namespace") == namespace, f"{document['kind']} {document['metadata']}"
-    images = {c["image"] for t in pod_templates(documents).values() for c in t["spec"]["containers"]}
+    images = {c["image"] for t in pod_templates(documents).values()
+              for c in t["spec"].get("initContainers", []) + t["spec"]["containers"]}
     assert len(images) == 1, f"one image for every workload, found {images}"
     image = images.pop()
     repository, _, tag = image.rpartition(":")
@@ -461,6 +471,105 @@ def test_production_keeps_several_replicas_and_dev_few(renders):
     assert objects(renders["prod"], "Deployment")["hierarchy"]["spec"]["template"]["spec"]["containers"][0][
         "resources"] != objects(renders["base"], "Deployment")["hierarchy"]["spec"]["template"]["spec"][
         "containers"][0]["resources"]
+
+
+# -- batch scoring on Dask (overlays/batch = prod + components/dask-batch) --------------------------------
+
+def expand(arguments: list[str], env: dict[str, str]) -> list[str]:
+    """A container's command with the kubelet's $(VAR) expansion from its environment."""
+    return [re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), a)
+            for a in arguments]
+
+
+def dask_command(container: dict, which: str) -> dict:
+    """The parameters of a ``dask scheduler|worker`` command, parsed by distributed's own command line."""
+    from distributed.cli import dask_scheduler, dask_worker
+
+    command = container["command"]
+    assert command[:2] == ["dask", which], command
+    main = {"scheduler": dask_scheduler.main, "worker": dask_worker.main}[which]
+    return main.make_context(f"dask {which}", list(command[2:])).params
+
+
+def test_batch_overlay_is_production_plus_the_dask_cluster(renders):
+    batch, prod = renders["batch"], renders["prod"]
+    key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
+    assert {key(d): d for d in prod}.items() <= {key(d): d for d in batch}.items(), "prod's objects, unchanged"
+    added = {key(d) for d in batch} - {key(d) for d in prod}
+    assert {(k, n.rsplit("-", 1)[0] if k == "ConfigMap" else n) for k, n in added} == {
+        ("Deployment", "dask-scheduler"), ("Service", "dask-scheduler"), ("Deployment", "dask-worker"),
+        ("NetworkPolicy", "dask"), ("Job", "cvh-batch-score"), ("ConfigMap", "cvh-batch")}
+    assert objects(batch, "Secret") == {}, "no placeholder Secret in a production overlay"
+
+
+def test_dask_workers_run_the_kernels_within_their_cores_and_reach_the_scheduler(renders):
+    documents = renders["batch"]
+    deployments, services = objects(documents, "Deployment"), objects(documents, "Service")
+    scheduler = deployments["dask-scheduler"]["spec"]["template"]["spec"]["containers"][0]
+    params = dask_command(scheduler, "scheduler")
+    assert deployments["dask-scheduler"]["spec"]["replicas"] == 1
+    service = services["dask-scheduler"]["spec"]
+    ports = {p["name"]: p for p in service["ports"]}
+    assert int(params["port"]) == named_port(scheduler, ports["tcp-comm"]["targetPort"]) == ports["tcp-comm"]["port"]
+    assert params["dashboard_address"].endswith(f":{named_port(scheduler, 'http-dashboard')}")
+    assert service["selector"].items() <= deployments["dask-scheduler"]["spec"]["template"]["metadata"][
+        "labels"].items()
+
+    worker = deployments["dask-worker"]["spec"]["template"]["spec"]["containers"][0]
+    params = dask_command(worker, "worker")
+    assert params["scheduler"] == f"tcp://dask-scheduler:{ports['tcp-comm']['port']}"
+    env = container_env(worker, documents)
+    cores = cpu_cores(worker["resources"]["limits"]["cpu"])
+    assert params["nthreads"] * int(env["NUMBA_NUM_THREADS"]) <= cores, "Dask threads x Numba threads <= cores"
+    assert memory_bytes(params["memory_limit"].replace("GiB", "Gi")) < memory_bytes(
+        worker["resources"]["limits"]["memory"]), "the nanny's limit below the container's"
+    assert int(params["worker_port"]) == named_port(worker, "tcp-worker")
+    assert int(params["nanny_port"]) == named_port(worker, "tcp-nanny")
+    assert params["dashboard_address"].endswith(f":{named_port(worker, 'http-dashboard')}")
+    for container in (scheduler, worker):
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert container[probe]["httpGet"] == {"path": "/health", "port": "http-dashboard"}
+    assert params["local_directory"].startswith("/tmp/") and env["NUMBA_CACHE_DIR"].startswith("/tmp/")
+
+
+def test_only_the_cluster_and_the_batch_job_reach_dask(renders):
+    documents = renders["batch"]
+    policy = objects(documents, "NetworkPolicy")["dask"]["spec"]
+    templates = pod_templates(documents)
+    selected = {name for name, t in templates.items()
+                if policy["podSelector"]["matchLabels"].items() <= t["metadata"]["labels"].items()}
+    assert selected == {"dask-scheduler", "dask-worker"}
+    (rule,) = policy["ingress"]
+    (source,) = rule["from"]
+    admitted = {name for name, t in templates.items()
+                if source["podSelector"]["matchLabels"].items() <= t["metadata"]["labels"].items()}
+    assert admitted == {"dask-scheduler", "dask-worker", "cvh-batch-score"}
+    assert policy["policyTypes"] == ["Ingress"]
+
+
+def test_batch_job_scores_on_the_cluster_then_imports_the_run(renders, monkeypatch):
+    documents = renders["batch"]
+    job = objects(documents, "Job")["cvh-batch-score"]
+    assert job["spec"]["suspend"] is True, "applying the overlay must not start a batch"
+    spec = job["spec"]["template"]["spec"]
+    assert spec["restartPolicy"] == "Never"
+    (score,), (load,) = spec["initContainers"], spec["containers"]
+    env = container_env(score, documents)
+    assert secret_of_file(env["CVH_TLS_CA"], job["spec"]["template"], score) == "cvh-tls"
+    # Parsed without the CA's path, which exists only in the pod (--tls-ca checks that its file exists).
+    client_env = {k: v for k, v in env.items() if k != "CVH_TLS_CA"}
+    args = parse_cvh(expand(score["command"], env), client_env, monkeypatch)
+    assert (args.command, args.action, args.json) == ("batch", "score", True)
+    scheduler = objects(documents, "Service")["dask-scheduler"]["spec"]
+    assert args.scheduler == f"tcp://dask-scheduler:{scheduler['ports'][0]['port']}"
+    assert args.input.startswith("s3://") and args.output.startswith("s3://") and args.model == "default"
+    assert env["CVH_SERVER"] == "dns:///scoring-headless:50051" and "scoring-headless" in objects(documents, "Service")
+    assert env["CVH_TOKEN"] == "secret:cvh-batch-token/token"
+    import_env = container_env(load, documents)
+    imported = parse_cvh(expand(load["command"], import_env), client_env, monkeypatch)
+    assert (imported.command, imported.action, imported.path) == ("run", "import", args.output)
+    assert import_env == env, "both steps read the same configuration"
+    assert "cvh run import" in (DEPLOY / "README.md").read_text()
 
 
 def test_readme_names_the_real_headless_target(renders):
@@ -714,6 +823,12 @@ def test_dockerfile_runs_as_non_root_with_a_grpc_health_check(monkeypatch):
     assert re.search(r"CVH_LISTEN=0\.0\.0\.0:50051", environment)
     args = parse_cvh(json.loads(runtime["CMD"]), {}, monkeypatch)
     assert args.command == "serve"
+
+
+def test_the_image_holds_the_dask_extra_and_runs_the_dask_cluster():
+    builder_runs = " ".join(arguments for keyword, arguments in dockerfile_stages()[0] if keyword == "RUN")
+    assert re.search(r"pip install [^&]*\.whl\)?\[dask\]", builder_runs), "the image must install cvh[dask]"
+    assert "dask worker --help" in builder_runs and "cvh batch score --help" in builder_runs
 
 
 def test_dockerignore_keeps_junk_out_and_the_package_in():

@@ -9,10 +9,12 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
+import scoring_engine
 from clients import parquet
-from clients.client import CvhClient
+from clients.client import CvhClient, model_name
 from clients.commands.common import connect, enum_word, existing_file, export_target, positive_int
-from clients.output import counted, counted_stream, message_dict, percent, print_json, print_table, progress
+from clients.output import (counted, counted_stream, fail, message_dict, percent, print_json, print_table,
+                            progress)
 from cvh.scoring.v1 import scoring_service_pb2 as pb
 
 # What a model file holds: the model's own fields, not the service's bookkeeping.
@@ -26,6 +28,15 @@ def read_model_file(path: str) -> pb.ValueModel:
         return json_format.ParseDict(data, pb.ValueModel())
     except (OSError, ValueError, json_format.ParseError) as error:
         raise SystemExit(f"cvh: cannot read the model in {path}: {error}") from None
+
+
+def engine_model(model: pb.ValueModel) -> scoring_engine.ValueModel:
+    """The engine's form of a model message (its describing fields only)."""
+    data = message_dict(model)
+    try:
+        return scoring_engine.ValueModel.from_dict({key: data[key] for key in MODEL_FILE_FIELDS if key in data})
+    except scoring_engine.ModelValidationError as error:
+        raise SystemExit(f"cvh: the model is not valid: {error}") from None
 
 
 def models_create(args: argparse.Namespace) -> int:
@@ -195,6 +206,29 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_import(args: argparse.Namespace) -> int:
+    """cvh run import: run results (cvh batch score, cvh run export) streamed to ImportRunResults."""
+    parts = parquet.RunResultParts(args.path)
+    batch_info = json.loads(parts.sidecar(parquet.BATCH_FILE) or b"{}")
+    model = args.model or batch_info.get("model", "")
+    if not model:
+        return fail(f"run import: {args.path} does not say which model version scored it (it holds no "
+                    f"{parquet.BATCH_FILE}); name it with --model default/versions/N", 2)
+    fitted = None if args.without_fitted else parts.sidecar(parquet.FITTED_FILE)
+    with connect(args) as cvh:
+        with progress(parts.rows, f"importing {args.path}", unit=" customers", enabled=not args.json) as bar:
+            requests = parquet.run_import_requests(parts, model_name(model), fitted, on_rows=bar.update)
+            run = cvh.import_run_results(requests)
+    if args.json:
+        print_json(message_dict(run))
+    else:
+        print_run(run)
+        if not fitted:
+            print("  imported without fitted statistics: online scoring keeps using the model's latest run "
+                  "that has them")
+    return 0
+
+
 def add_parsers(commands, client: argparse.ArgumentParser) -> None:
     models = commands.add_parser("models", help="value models: create, list, show, activate",
                                  description="Value models are versioned: creating one with an existing "
@@ -222,7 +256,7 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
                          help="version number (with a model id)")
     command.set_defaults(run=models_activate)
 
-    runs = commands.add_parser("run", help="scoring runs: start, show, list, moves",
+    runs = commands.add_parser("run", help="scoring runs: start, show, list, moves, export, import",
                                description="A run scores every customer of the registry with a model and "
                                            "places them into tiers; the hierarchy serves the latest one.")
     actions = runs.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -252,3 +286,18 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
     command.add_argument("run_name", metavar="RUN", help="runs/N or N")
     export_target(command)
     command.set_defaults(run=run_export)
+    command = actions.add_parser(
+        "import", parents=[client], help="make results scored elsewhere (cvh batch score) a completed run",
+        description="Stream run results (the Parquet folder `cvh batch score` or `cvh run export` writes) to "
+                    "the scoring service, which checks them whole and stores them as a completed run of the "
+                    "model version: one result per registered customer (ids unknown, repeated or missing are "
+                    "refused by row), scores within 0..100, ranks 1..N, tiers of the model. Nothing is written "
+                    "unless all of it is right. The hierarchy then serves it like any completed run. The fitted "
+                    "statistics (_fitted_model.npz, written by cvh batch score) go with it when present.")
+    command.add_argument("path", metavar="PATH", help="the results: a folder (or URL) of Parquet part files")
+    command.add_argument("--model", default="",
+                         help="the model version that scored them: default/versions/3, models/default/versions/3 "
+                              "or default (its active version); default: the one cvh batch score recorded")
+    command.add_argument("--without-fitted", action="store_true",
+                         help="do not send the fitted statistics (online scoring then keeps the previous run's)")
+    command.set_defaults(run=run_import)

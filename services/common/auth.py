@@ -57,7 +57,8 @@ REQUIRED_ROLE = {
         "GetModel", "ListModels", "GetScoringRun", "ListScoringRuns", "WatchScoringRun", "WatchRuns",
         "StreamRunResults", "ListRunResults", "GetTierMovement")},
     **{_SCORING + m: SCORER for m in ("ScoreCustomer", "ScoreSignals", "ScoreBatch")},
-    **{_SCORING + m: ADMIN for m in ("CreateModel", "ActivateModel", "StartScoringRun", "CancelScoringRun")},
+    **{_SCORING + m: ADMIN for m in (
+        "CreateModel", "ActivateModel", "StartScoringRun", "CancelScoringRun", "ImportRunResults")},
     **{_HIERARCHY + m: READER for m in (
         "GetPriority", "BatchGetPriority", "RankCustomers", "ListTierMembers", "GetHierarchySummary",
         "GetAccountTree", "GetTierPolicy", "WatchPriorityChanges", "GetSnapshotInfo")},

@@ -150,7 +150,7 @@ class RunExecutor:
         scored = time.perf_counter()
         await self._update(run_id, percent_done=EXPORT_SHARE + SCORE_SHARE)
         self._check(run_id)
-        chunks, counts, moves = _result_chunks(ids, result, previous_tiers)
+        chunks, counts, moves = ranked_chunks(ids, result, previous_tiers)
 
         def write():
             with write_transaction(self.engine) as conn:
@@ -203,21 +203,24 @@ class RunExecutor:
             yield stub.ExportSignalMatrix(registry_service_pb2.ExportSignalMatrixRequest(signal_names=names))
 
     def _previous_tiers(self, run_id: int, model, ids: list[str]) -> tuple[int | None, np.ndarray]:
-        """The previous completed run of the model and each customer's tier in it (-1: not in it)."""
         with read_transaction(self.engine) as conn:
-            previous = store.latest_completed(conn, model.model_id, before_run=run_id)
-            tiers = np.full(len(ids), -1, dtype=np.int32)
-            if previous is None:
-                return None, tiers
-            previous_ids, previous_levels = [], []
-            for chunk in store.read_results(conn, previous.run_id, _dims_of(conn, previous)):
-                previous_ids.extend(chunk.customer_ids)
-                previous_levels.append(chunk.tier_levels)
-        levels = _levels_by_id(ids, previous_ids, np.concatenate(previous_levels) if previous_levels else
-                               np.empty(0, np.int32))
-        # A model's tiers may have changed between versions: levels beyond today's tiers count as none.
-        levels[levels > len(model.tiers)] = 0
-        return previous.run_id, levels - 1
+            return previous_tiers(conn, model, ids, before_run=run_id)
+
+
+def previous_tiers(conn, model, ids: list[str], before_run: int | None = None) -> tuple[int | None, np.ndarray]:
+    """The model's latest completed run (before ``before_run``) and each customer's tier in it (-1: not in it)."""
+    previous = store.latest_completed(conn, model.model_id, before_run=before_run)
+    if previous is None:
+        return None, np.full(len(ids), -1, dtype=np.int32)
+    previous_ids, previous_levels = [], []
+    for chunk in store.read_results(conn, previous.run_id, _dims_of(conn, previous)):
+        previous_ids.extend(chunk.customer_ids)
+        previous_levels.append(chunk.tier_levels)
+    levels = _levels_by_id(ids, previous_ids, np.concatenate(previous_levels) if previous_levels else
+                           np.empty(0, np.int32))
+    # A model's tiers may have changed between versions: levels beyond today's tiers count as none.
+    levels[levels > len(model.tiers)] = 0
+    return previous.run_id, levels - 1
 
 
 def _levels_by_id(ids: list[str], known_ids: list[str], known_levels: np.ndarray) -> np.ndarray:
@@ -249,7 +252,7 @@ def _fit_and_score(model, matrix: np.ndarray, previous_tiers: np.ndarray):
     return fitted.with_tier_thresholds(result.tier_thresholds), result, population
 
 
-def _result_chunks(ids: list[str], result, previous_tiers: np.ndarray):
+def ranked_chunks(ids: list[str], result, previous_tiers: np.ndarray):
     """Results in rank order, cut into chunks; counts per tier; (from level, to level, customers) moves."""
     order = np.argsort(result.rank, kind="stable")
     ids_sorted = [ids[i] for i in order.tolist()]

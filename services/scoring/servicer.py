@@ -35,7 +35,8 @@ from services.common.validation import (
 from services.registry.customers import now_us, set_timestamp
 from services.scoring import store
 from services.scoring.models import check_sizes, check_spec, spec_of, to_proto
-from services.scoring.runs import RunExecutor
+from services.scoring.run_import import RunImport
+from services.scoring.runs import RunExecutor, previous_tiers, ranked_chunks
 from services.scoring.watch import RunWatch
 
 # "models/" and "runs/" may be left out: a model id holds no '/', a run id is a number.
@@ -336,6 +337,70 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
                 yield pb.RunResultsChunk(run=f"runs/{run.run_id}", tiers=self._tiers(conn, run),
                                          dimension_scores=_columnar([], columns, np.empty((0, len(columns)))))
 
+    async def ImportRunResults(self, request_iterator, context):
+        job = registered = None
+        try:
+            async for request in request_iterator:
+                if job is None:
+                    job = await asyncio.to_thread(self._import_job, request.model)
+                    # The registry's ids are read while the results arrive.
+                    registered = asyncio.ensure_future(self._registered_ids(job.model))
+                await asyncio.to_thread(job.add, request)
+            if job is None:  # no message at all: an empty import of the default model
+                job = await asyncio.to_thread(self._import_job, "")
+                registered = asyncio.ensure_future(self._registered_ids(job.model))
+            ids = await registered
+        finally:  # the stream failed first: the registry's read is not wanted (nor its failure reported)
+            if registered is not None and not registered.done():
+                registered.cancel()
+            elif registered is not None and not registered.cancelled():
+                registered.exception()
+        run_id = await asyncio.to_thread(self._store_import, job, ids)
+        self.runs.notify()
+        return await self._run_proto(run_id)
+
+    def _import_job(self, model_name: str) -> RunImport:
+        model_id, version = parse_model_name(model_name, "model")
+        row = self._model_row(model_id, version)
+        return RunImport(model_id, row.version, _engine_model(row.spec_json))
+
+    async def _registered_ids(self, model) -> tuple[list[str], list[str]]:
+        """The ids of the registered customers a run scores, and of the churned ones it leaves out (the registry's
+        export of one signal column)."""
+        ids: list[str] = []
+        churned: list[str] = []
+        try:
+            async with self.runs._registry_export(list(model.signal_names[:1])) as messages:
+                async for message in messages:
+                    stages = np.frombuffer(message.lifecycle_stages, np.uint8)
+                    for customer_id, stage in zip(message.chunk.customer_ids, stages.tolist()):
+                        (churned if stage == common_pb2.LIFECYCLE_STAGE_CHURNED else ids).append(customer_id)
+        except grpc.aio.AioRpcError as error:
+            raise ServiceError(grpc.StatusCode.UNAVAILABLE, f"the registry answered {error.code().name}: "
+                               f"{error.details()}; nothing was written", "REGISTRY_UNAVAILABLE") from None
+        return ids, churned
+
+    def _store_import(self, job: RunImport, registered: tuple[list[str], list[str]]) -> int:
+        started = time.perf_counter()
+        result, fitted = job.finish(*registered)
+        checked = time.perf_counter()
+        with write_transaction(self.engine) as conn:
+            running = store.active_run(conn, job.model_id)
+            if running is not None:
+                raise failed_precondition(
+                    f"runs/{running.run_id} of models/{job.model_id} is still running; an import now would complete "
+                    "before it: wait for it or cancel it, then import again (nothing was written)", "RUN_IN_PROGRESS")
+            previous_run, previous = previous_tiers(conn, job.model, job.ids)
+            chunks, counts, moves = ranked_chunks(job.ids, result, previous)
+            run_id = store.create_completed_run(
+                conn, job.model_id, job.version, now_us(), customers_done=len(job.ids),
+                customers_total=len(job.ids), previous_run_id=previous_run, fitted=fitted,
+                tier_counts_json=json.dumps(counts), tier_moves_json=json.dumps(moves))
+            store.write_results(conn, run_id, chunks)
+            store.set_seconds(conn, run_id, scoring_seconds=checked - started,
+                              store_seconds=time.perf_counter() - checked)
+        return run_id
+
     async def ListRunResults(self, request, context):
         size = page_size(request.page_size)
         filters = {"run": request.run, "tier": request.tier_id}
@@ -412,6 +477,12 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             return cached
         with read_transaction(self.engine) as conn:
             run = self._completed_run(conn, f"models/{model_id}", field_path)
+            if run.fitted is None:  # imported without fitted statistics: the latest run that has them
+                run = store.latest_completed(conn, model_id, fitted=True)
+                if run is None:
+                    raise failed_precondition(
+                        f"models/{model_id} has no completed run with fitted statistics (its runs were imported "
+                        "without them); start one with StartScoringRun", "NO_COMPLETED_RUN")
         if run.run_id not in self._fitted:
             population = _population_of(run) if run.lifetime_value_json else None
             self._fitted[run.run_id] = (scoring_engine.FittedModel.from_bytes(run.fitted), population)

@@ -54,10 +54,15 @@ def active_run(conn: Connection, model_id: str) -> Row | None:
     return conn.execute(sa.select(runs).where(runs.c.model_id == model_id, runs.c.state.in_(ACTIVE_STATES))).first()
 
 
-def latest_completed(conn: Connection, model_id: str, before_run: int | None = None) -> Row | None:
+def latest_completed(conn: Connection, model_id: str, before_run: int | None = None, fitted: bool = False
+                     ) -> Row | None:
+    """The model's latest completed run (before ``before_run``; with ``fitted``, the latest that holds fitted
+    statistics: an imported run may not)."""
     query = sa.select(runs).where(runs.c.model_id == model_id, runs.c.state == pb.RUN_STATE_COMPLETED)
     if before_run is not None:
         query = query.where(runs.c.run_id < before_run)
+    if fitted:
+        query = query.where(runs.c.fitted.is_not(None))
     return conn.execute(query.order_by(runs.c.run_id.desc()).limit(1)).first()
 
 
@@ -67,6 +72,19 @@ def create_run(conn: Connection, model_id: str, version: int, now: int) -> int:
                                                state=pb.RUN_STATE_PENDING, create_time_us=now,
                                                executor=processes.this_process()))
     return result.inserted_primary_key[0]
+
+
+def create_completed_run(conn: Connection, model_id: str, version: int, now: int, **values) -> int:
+    """A run whose results were scored elsewhere (ImportRunResults): completed as it is inserted."""
+    result = conn.execute(runs.insert().values(model_id=model_id, model_version=version,
+                                               state=pb.RUN_STATE_COMPLETED, create_time_us=now, start_time_us=now,
+                                               end_time_us=now, percent_done=100.0, **values))
+    return result.inserted_primary_key[0]
+
+
+def set_seconds(conn: Connection, run_id: int, **seconds: float) -> None:
+    """A run's timings (export_seconds, scoring_seconds, store_seconds), whatever its state."""
+    conn.execute(runs.update().where(runs.c.run_id == run_id).values(**seconds))
 
 
 def get_run(conn: Connection, run_id: int) -> Row | None:

@@ -409,6 +409,24 @@ class RunResultsChunk(_message.Message):
     total_customers: int
     def __init__(self, run: _Optional[str] = ..., dimension_scores: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ..., composite: _Optional[bytes] = ..., tier_levels: _Optional[bytes] = ..., ranks: _Optional[bytes] = ..., percentiles: _Optional[bytes] = ..., previous_tier_levels: _Optional[bytes] = ..., tiers: _Optional[_Iterable[_Union[_common_pb2.TierRef, _Mapping]]] = ..., total_customers: _Optional[int] = ...) -> None: ...
 
+class ImportRunResultsRequest(_message.Message):
+    __slots__ = ("model", "dimension_scores", "composite", "tier_ids", "ranks", "percentiles", "fitted_model")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DIMENSION_SCORES_FIELD_NUMBER: _ClassVar[int]
+    COMPOSITE_FIELD_NUMBER: _ClassVar[int]
+    TIER_IDS_FIELD_NUMBER: _ClassVar[int]
+    RANKS_FIELD_NUMBER: _ClassVar[int]
+    PERCENTILES_FIELD_NUMBER: _ClassVar[int]
+    FITTED_MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    dimension_scores: _common_pb2.ColumnarChunk
+    composite: bytes
+    tier_ids: _containers.RepeatedScalarFieldContainer[str]
+    ranks: bytes
+    percentiles: bytes
+    fitted_model: bytes
+    def __init__(self, model: _Optional[str] = ..., dimension_scores: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ..., composite: _Optional[bytes] = ..., tier_ids: _Optional[_Iterable[str]] = ..., ranks: _Optional[bytes] = ..., percentiles: _Optional[bytes] = ..., fitted_model: _Optional[bytes] = ...) -> None: ...
+
 class ListRunResultsRequest(_message.Message):
     __slots__ = ("run", "tier_id", "page_size", "page_token")
     RUN_FIELD_NUMBER: _ClassVar[int]

@@ -105,6 +105,11 @@ class ScoringServiceStub:
                 request_serializer=cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.StreamRunResultsRequest.SerializeToString,
                 response_deserializer=cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.RunResultsChunk.FromString,
                 _registered_method=True)
+        self.ImportRunResults = channel.stream_unary(
+                '/cvh.scoring.v1.ScoringService/ImportRunResults',
+                request_serializer=cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.ImportRunResultsRequest.SerializeToString,
+                response_deserializer=cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.ScoringRun.FromString,
+                _registered_method=True)
         self.ListRunResults = channel.unary_unary(
                 '/cvh.scoring.v1.ScoringService/ListRunResults',
                 request_serializer=cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.ListRunResultsRequest.SerializeToString,
@@ -253,6 +258,36 @@ class ScoringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportRunResults(self, request_iterator, context):
+        """Makes results scored elsewhere (`cvh batch score` on a Dask cluster, or
+        `cvh run export` of another suite) a completed run of a model version.
+        The client streams the results as columnar chunks; the server checks the
+        whole import, then writes it in one transaction and answers with the run,
+        which the hierarchy then serves like any completed run of its model.
+        Checked: exactly one result per customer registered now (none unknown,
+        none twice, none missing), the model version exists, the fitted
+        statistics (when sent) are of that version; the dimension columns are the
+        model's, scores, composites and percentiles finite within 0..100 (NaN:
+        none), ranks 1..N each once, tiers among the model's. Previous tiers and
+        tier moves are worked out against the model's latest completed run, as a
+        run does. Nothing is written on any error; the BadRequest names each bad
+        row ("messages[2].tier_ids[17]", with its row across the import) up to 100.
+        Errors: INVALID_MODEL_NAME, MODEL_NOT_FOUND, MODEL_VERSION_NOT_FOUND,
+        INVALID_DIMENSION_SCORES (a chunk's shape or columns, a score),
+        INVALID_COMPOSITE, INVALID_RANKS, INVALID_PERCENTILES, INVALID_TIER_IDS
+        (a tier the model does not have), INVALID_FITTED_MODEL (not an archive of
+        scoring_engine.FittedModel, or fitted for another model), UNKNOWN_CUSTOMER,
+        CHURNED_CUSTOMER (a result for a churned customer: runs leave them out),
+        DUPLICATE_CUSTOMER, MISSING_CUSTOMER (a registered customer that is not
+        churned has no result), INVALID_RESULTS (violations of
+        several kinds at once), IMPORT_TOO_LARGE (fitted statistics beyond 512 MiB),
+        RUN_IN_PROGRESS (FAILED_PRECONDITION: a run of the model is pending or
+        running; the import would complete before it), REGISTRY_UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListRunResults(self, request, context):
         """Lists a completed run's results per customer, in rank order, paginated.
         Errors: INVALID_RUN_NAME, INVALID_TIER_ID, INVALID_PAGE_SIZE,
@@ -361,6 +396,11 @@ def add_ScoringServiceServicer_to_server(servicer, server):
                     servicer.StreamRunResults,
                     request_deserializer=cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.StreamRunResultsRequest.FromString,
                     response_serializer=cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.RunResultsChunk.SerializeToString,
+            ),
+            'ImportRunResults': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportRunResults,
+                    request_deserializer=cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.ImportRunResultsRequest.FromString,
+                    response_serializer=cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.ScoringRun.SerializeToString,
             ),
             'ListRunResults': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRunResults,
@@ -701,6 +741,33 @@ class ScoringService:
             '/cvh.scoring.v1.ScoringService/StreamRunResults',
             cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.StreamRunResultsRequest.SerializeToString,
             cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.RunResultsChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportRunResults(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/cvh.scoring.v1.ScoringService/ImportRunResults',
+            cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.ImportRunResultsRequest.SerializeToString,
+            cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.ScoringRun.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,7 +46,7 @@ def test_export_import_round_trip_keeps_customers_signals_and_nulls(suites, tmp_
     summary = json.loads(cvh_here(source, "export", str(exported), "--json").stdout)
     assert summary["customers"] == 60 and summary["files"] == [str(exported / "part-00000.parquet")]
     table = pq.read_table(exported)
-    assert table.column_names == ["customer_id", "parent_id", "role", "owner", "lifecycle_stage", *SIGNALS]
+    assert table.column_names == ["customer_id", "parent_id", "role", "owner", "lifecycle_stage", "team.owner", *SIGNALS]
     assert table.schema.field(SIGNALS[0]).type == pa.float64()
     assert table.column(SIGNALS[1]).null_count == 15 and table.column(SIGNALS[4]).null_count == 15
     assert table.column(SIGNALS[0]).null_count == 0

@@ -434,14 +434,18 @@ def export_chunks(conn: Connection, catalog: SignalCatalog, signal_names: list[s
     cursor = driver.cursor(name="cvh_export") if conn.dialect.name == "postgresql" else driver.cursor()
     members = driver.cursor()  # each chunk's team in one query, by the chunk's range of pk
     mark = placeholders(conn, 1)
-    team_roles = teams.current_roles(members)  # every chunk has a column per role of the base: one schema
+    # Every chunk has a column per role of the base (one schema), read from the owners when that is all they are.
+    team_roles, owners_only = teams.export_roles(members)
     try:
         cursor.execute("SELECT customer_id, parent_id, stakeholder_role, owner, signal_values, lifecycle_stage, pk "
                        "FROM registry_customers ORDER BY pk")
         while rows := cursor.fetchmany(chunk_size):
             ids, parents, roles, owners, blobs, stages, pks = zip(*rows)
             ids = list(ids)
-            team = teams.team_columns(ids, teams.members_between(members, pks[0], pks[-1], mark), team_roles)
+            if owners_only:
+                team = [(role, list(owners)) for role in team_roles]
+            else:
+                team = teams.team_columns(ids, teams.members_between(members, pks[0], pks[-1], mark), team_roles)
             yield ExportChunk(ids, [p or "" for p in parents], bytes(roles), list(owners),
                               signal_matrix(blobs, columns), bytes(stages), team)
     finally:

@@ -115,7 +115,7 @@ team_members = sa.Table(
     sa.Column("person_id", sa.String(256), nullable=False),
     sa.Column("start_time_us", sa.BigInteger, nullable=False),
     sa.Column("end_time_us", sa.BigInteger, nullable=True),
-    sa.Index("ix_registry_team_members_customer_role", "customer_id", "role"),
+    sa.Index("ix_registry_team_members_customer_role", "customer_id", "role", "end_time_us"),
     sa.Index("ix_registry_team_members_person", "person_id", "end_time_us"),
 )
 

@@ -338,10 +338,20 @@ def team_columns(ids: list[str], members: Iterable[tuple[str, str, str]],
     return sorted(columns.items())
 
 
-def current_roles(cursor) -> list[str]:
-    """Every role some customer has a current member in, through a driver cursor."""
+def export_roles(cursor) -> tuple[list[str], bool]:
+    """Through a driver cursor: the roles some customer has a current member in, and whether they are only the
+    owners (every member is the one "owner" of a customer, so its owner field): then an export reads no members.
+    That check costs two index scans (about 15 ms for 100,000 members); reading the members, about 0.25 s."""
+    cursor.execute("SELECT 1 FROM registry_team_members WHERE end_time_us IS NULL AND role <> 'owner' LIMIT 1")
+    if not cursor.fetchall():
+        # The owner field holds a customer's first owner: as many current members as owners means one each.
+        cursor.execute("SELECT (SELECT COUNT(*) FROM registry_team_members WHERE end_time_us IS NULL), "
+                       "(SELECT COUNT(*) FROM registry_customers WHERE owner <> '')")
+        members, owners = cursor.fetchone()
+        if members == owners:
+            return ([OWNER] if owners else []), True
     cursor.execute("SELECT DISTINCT role FROM registry_team_members WHERE end_time_us IS NULL ORDER BY role")
-    return [role for (role,) in cursor.fetchall()]
+    return [role for (role,) in cursor.fetchall()], False
 
 
 def members_between(cursor, first_pk: int, last_pk: int, mark: str) -> list[tuple[str, str, str]]:

@@ -20,6 +20,7 @@ from services.common.db import long_read_transaction, placeholders, read_transac
 from services.common.streams import in_threads
 from services.common.errors import (
     ServiceError, Violations, aborted, already_exists, failed_precondition, invalid_argument, not_found,
+    resource_exhausted,
 )
 from services.common.validation import (
     CUSTOMER_ID, LABEL_KEY, SIGNAL_NAME, check_text, customer_id_from_name, decode_offset_token, decode_page_token,
@@ -53,6 +54,9 @@ MAX_CHUNK_ROWS = 48 * 1024 * 1024 // 1296
 # A ListCustomers page stops before this many bytes, so that a client with gRPC's default limit (4 MiB)
 # reads it: 1,000 customers with 64 signals and 32 labels each would not fit.
 MAX_PAGE_BYTES = 3 * 1024 * 1024
+# A BatchGetCustomers answer stays below the 64 MiB message cap: 1,000 customers at their largest without teams
+# take ~42 MiB, but teams (16 roles of 16 people each, and as many inherited) can take more.
+MAX_ANSWER_BYTES = 60 * 1024 * 1024
 
 
 class RegistryServicer(pb_grpc.RegistryServiceServicer):
@@ -113,7 +117,13 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             if missing and not allow_missing:
                 raise not_found(f"customers/{missing[0]}")
             rows = [found[i] for i in ids if i in found]
-            return pb.BatchGetCustomersResponse(customers=self._to_proto(conn, rows, effective=True))
+            customers = self._to_proto(conn, rows, effective=True)
+        size = sum(customer.ByteSize() + 8 for customer in customers)
+        if size > MAX_ANSWER_BYTES:
+            raise resource_exhausted(f"the answer would be {size / 2**20:,.1f} MiB, more than a message holds "
+                                     f"({MAX_ANSWER_BYTES / 2**20:,.0f} MiB): ask for fewer customers at a time",
+                                     "ANSWER_TOO_LARGE")
+        return pb.BatchGetCustomersResponse(customers=customers)
 
     async def ListCustomers(self, request, context):
         size = page_size(request.page_size)

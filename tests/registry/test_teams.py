@@ -297,3 +297,13 @@ def test_the_command_line_sets_shows_exports_and_imports_teams(request, suite, r
     code, _, err = cvh(suite, "import", str(exported))
     assert code == 0, err
     assert {i: team(get(registry, i)) for i in ("tm-c1", "tm-c2")} == before
+
+
+def test_a_batch_answer_that_teams_would_take_past_a_message_is_refused(registry, monkeypatch):
+    from services.registry import servicer  # the suite runs in this process
+
+    registry.CreateCustomer(pb.CreateCustomerRequest(customer=pb.Customer(
+        customer_id="tm-big", team=[member(f"role_{i}", f"person{j}@x.com") for i in range(4) for j in range(16)])))
+    monkeypatch.setattr(servicer, "MAX_ANSWER_BYTES", 4000)
+    with raises_status(Code.RESOURCE_EXHAUSTED, reason="ANSWER_TOO_LARGE"):
+        registry.BatchGetCustomers(pb.BatchGetCustomersRequest(names=["tm-big"]))

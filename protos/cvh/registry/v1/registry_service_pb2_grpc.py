@@ -202,7 +202,8 @@ class RegistryServiceServicer:
         effective team. NOT_FOUND names the first unknown one unless
         allow_missing is set.
         Errors: INVALID_NAMES (none or more than 1,000), INVALID_CUSTOMER_NAME,
-        CUSTOMER_NOT_FOUND.
+        CUSTOMER_NOT_FOUND, ANSWER_TOO_LARGE (RESOURCE_EXHAUSTED: the customers
+        with their teams would pass 60 MiB; ask for fewer at a time).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

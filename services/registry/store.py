@@ -28,6 +28,9 @@ LAST = "last_sequence"
 COMPACTED = "compacted_through"
 # Parameters per IN (...) list: well under SQLite's and PostgreSQL's limits.
 IN_CHUNK = 900
+# Team text an export chunk holds at most, in characters (8 MiB of UTF-8): with the rest of a chunk (at most 8 MiB
+# of matrix and 48 MiB of text, servicer.MAX_CHUNK_ROWS) it stays within the 64 MiB message cap.
+MAX_TEAM_CHARS = 2 * 1024 * 1024
 
 STORED_COLUMNS = (
     customers.c.customer_id, customers.c.display_name, customers.c.parent_id, customers.c.stakeholder_role,
@@ -418,6 +421,21 @@ class ExportChunk:
     lifecycle_stages: bytes = b""
     team: list[tuple[str, list[str]]] = field(default_factory=list)  # (role, persons per row) as teams.team_columns
 
+    def rows(self, start: int, stop: int) -> ExportChunk:
+        return ExportChunk(self.customer_ids[start:stop], self.parent_ids[start:stop],
+                           self.stakeholder_roles[start:stop], self.owners[start:stop], self.matrix[start:stop],
+                           self.lifecycle_stages[start:stop],
+                           [(role, persons[start:stop]) for role, persons in self.team])
+
+    def fitted(self) -> Iterator[ExportChunk]:
+        """This chunk, or its halves (and so on) where its teams hold more than MAX_TEAM_CHARS."""
+        if len(self.customer_ids) < 2 or sum(sum(map(len, persons)) for _, persons in self.team) <= MAX_TEAM_CHARS:
+            yield self
+            return
+        half = len(self.customer_ids) // 2
+        yield from self.rows(0, half).fitted()
+        yield from self.rows(half, len(self.customer_ids)).fitted()
+
 
 def count_customers(conn: Connection) -> int:
     return conn.execute(sa.select(sa.func.count()).select_from(customers)).scalar_one()
@@ -446,8 +464,8 @@ def export_chunks(conn: Connection, catalog: SignalCatalog, signal_names: list[s
                 team = [(role, list(owners)) for role in team_roles]
             else:
                 team = teams.team_columns(ids, teams.members_between(members, pks[0], pks[-1], mark), team_roles)
-            yield ExportChunk(ids, [p or "" for p in parents], bytes(roles), list(owners),
-                              signal_matrix(blobs, columns), bytes(stages), team)
+            yield from ExportChunk(ids, [p or "" for p in parents], bytes(roles), list(owners),
+                                   signal_matrix(blobs, columns), bytes(stages), team).fitted()
     finally:
         members.close()
         cursor.close()

@@ -307,3 +307,18 @@ def test_a_batch_answer_that_teams_would_take_past_a_message_is_refused(registry
     monkeypatch.setattr(servicer, "MAX_ANSWER_BYTES", 4000)
     with raises_status(Code.RESOURCE_EXHAUSTED, reason="ANSWER_TOO_LARGE"):
         registry.BatchGetCustomers(pb.BatchGetCustomersRequest(names=["tm-big"]))
+
+
+def test_an_export_chunk_whose_teams_are_too_large_is_cut_into_smaller_ones(registry, monkeypatch):
+    from services.registry import store  # the suite runs in this process
+
+    monkeypatch.setattr(store, "MAX_TEAM_CHARS", 40)
+    ids, counts = [], []
+    for message in registry.ExportSignalMatrix(pb.ExportSignalMatrixRequest(signal_names=["nps"])):
+        ids += message.chunk.customer_ids
+        counts.append(len(message.chunk.customer_ids))
+        assert all(len(column.persons) == counts[-1] for column in message.team)
+        assert sum(len(p) for column in message.team for p in column.persons) <= 40 or counts[-1] == 1
+    assert len(counts) > 1 and len(ids) == len(set(ids))
+    first = next(registry.ExportSignalMatrix(pb.ExportSignalMatrixRequest(signal_names=["nps"])))
+    assert len(ids) == first.total_customers

@@ -214,6 +214,36 @@ class CvhClient:
             message.lifecycle_stage_time.FromMicroseconds(enter_time_us)
         return self.update_customer(message, ["lifecycle_stage"])
 
+    def set_team(self, customer: str, members: Sequence[registry_pb.TeamMember]) -> registry_pb.Customer:
+        """Sets the roles ``members`` name on ``customer``'s own team (a member without a person clears its role;
+        roles not named stay); returns the customer with its effective team."""
+        return self.update_customer(registry_pb.Customer(name=customer_name(customer), team=list(members)), ["team"])
+
+    def list_team_history(self, customer: str, role: str = "",
+                          page_size: int = 0) -> Iterator[registry_pb.TeamMembership]:
+        """Who served ``customer`` in which role (or in ``role``) and when, newest start first."""
+        request = registry_pb.ListTeamHistoryRequest(customer=customer_name(customer), role=role)
+        return self._pages(self.registry.ListTeamHistory, request, "memberships", page_size)
+
+    def get_organization_team(self) -> registry_pb.OrganizationTeam:
+        return self._unary(self.registry.GetOrganizationTeam, registry_pb.GetOrganizationTeamRequest())
+
+    def update_organization_team(self, members: Sequence[registry_pb.TeamMember]) -> registry_pb.OrganizationTeam:
+        """Sets the roles ``members`` name on the organisation's team (as ``set_team``)."""
+        request = registry_pb.UpdateOrganizationTeamRequest(members=list(members))
+        return self._unary(self.registry.UpdateOrganizationTeam, request)
+
+    def update_person(self, person_id: str, display_name: str | None = None,
+                      capacity: int | None = None) -> registry_pb.Person:
+        """Sets the fields given (capacity 0: not set) of a person, adding the person when unknown."""
+        person = registry_pb.Person(person_id=person_id, display_name=display_name or "", capacity=capacity or 0)
+        paths = [name for name, value in (("display_name", display_name), ("capacity", capacity)) if value is not None]
+        request = registry_pb.UpdatePersonRequest(person=person, update_mask=field_mask_pb2.FieldMask(paths=paths))
+        return self._unary(self.registry.UpdatePerson, request)
+
+    def list_people(self, page_size: int = 0) -> Iterator[registry_pb.Person]:
+        return self._pages(self.registry.ListPeople, registry_pb.ListPeopleRequest(), "people", page_size)
+
     def export_signal_matrix(self, signal_names: Sequence[str], chunk_size: int = 0,
                              timeout: float | None = None) -> Stream:
         request = registry_pb.ExportSignalMatrixRequest(signal_names=list(signal_names), chunk_size=chunk_size)

@@ -31,6 +31,8 @@ ROLE_NAMES[0] = ""
 STAGE_NAMES = {value: name.removeprefix("LIFECYCLE_STAGE_").lower()
                for name, value in common_pb2.LifecycleStage.items()}
 STAGE_NAMES[0] = ""
+# Columns "team.<role>" hold a customer's own members in a role, person ids joined by ";" (null: none).
+TEAM_PREFIX = "team."
 
 
 def stage_names(stages: bytes) -> list[str]:
@@ -48,17 +50,20 @@ def float_column(values: np.ndarray) -> pa.Array:
     return pa.array(values, mask=np.isnan(values), type=pa.float64())
 
 
-def export_schema(signal_names: Sequence[str]) -> pa.Schema:
-    """The columns of ``cvh export``: the customer fields an import reads, then one float64 per signal."""
+def export_schema(signal_names: Sequence[str], team_roles: Sequence[str] = ()) -> pa.Schema:
+    """The columns of ``cvh export``: the customer fields an import reads, a ``team.<role>`` per team role,
+    then one float64 per signal."""
     return pa.schema([("customer_id", pa.string()), ("parent_id", pa.string()), ("role", pa.string()),
                       ("owner", pa.string()), ("lifecycle_stage", pa.string())]
+                     + [(TEAM_PREFIX + role, pa.string()) for role in team_roles]
                      + [(name, pa.float64()) for name in signal_names])
 
 
 def export_batches(messages: Iterable, signal_names: Sequence[str]) -> Iterator[pa.RecordBatch]:
     """``ExportSignalMatrixResponse`` messages as record batches of :func:`export_schema`."""
-    schema = export_schema(signal_names)
     for message in messages:
+        # Every chunk has a column per team role of the base (the same ones): one schema for the export.
+        schema = export_schema(signal_names, [column.role for column in message.team])
         values = from_matrix(message.chunk.values)
         roles = np.frombuffer(message.stakeholder_roles, np.uint8)
         columns = [pa.array(list(message.chunk.customer_ids), pa.string()),
@@ -66,6 +71,7 @@ def export_batches(messages: Iterable, signal_names: Sequence[str]) -> Iterator[
                    pa.array([ROLE_NAMES.get(int(r), "") for r in roles], pa.string()),
                    pa.array(list(message.owners), pa.string()),
                    pa.array(stage_names(message.lifecycle_stages), pa.string())]
+        columns += [pa.array([persons or None for persons in column.persons], pa.string()) for column in message.team]
         columns += [float_column(values[:, j]) for j in range(values.shape[1])]
         yield pa.RecordBatch.from_arrays(columns, schema=schema)
 

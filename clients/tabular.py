@@ -30,17 +30,22 @@ column             meaning
                    (``active`` for a new customer)
 ``lifecycle_stage_time`` when the customer entered that stage (as ``observe_time``); empty
                    means now; read only when the stage changes
+``team.<role>``    the customer's own members in a team role (``team.customer_success_manager``):
+                   person ids (e-mail addresses) separated by ``;``. An empty cell (JSON ``null``)
+                   clears the role; a file (or JSON line) without the column leaves it as it is.
+                   ``team.owner`` is the ``owner`` (and wins over an ``owner`` column)
 every other        a signal named by the column (``[a-z][a-z0-9_]{0,62}``, e.g.
 column             ``annual_revenue``) holding a finite number; an empty cell (JSON ``null``)
                    means "not observed": the customer's current value is kept. Anything else
                    that is not a finite number (``NaN``, ``inf``, ``1e400``) is rejected
 =================  ==========================================================================
 
-The names of the first eight columns are matched without regard to case. In JSON Lines the same keys
-name the fields; signals may also be given as an object under ``"signals"``, and a numeric
+The names of the first eight columns, and the ``team.`` prefix, are matched without regard to case. In
+JSON Lines the same keys name the fields; signals may also be given as an object under ``"signals"``, and a numeric
 ``customer_id`` is read as its digits. In CSV a column without a name (as a trailing comma makes) is
 ignored while its cells are empty. A CSV header without ``customer_id``, with a repeated column or with
-a column that is not a signal name stops the import before anything is sent (``InputError``).
+a column that is neither a customer field, a ``team.<role>`` nor a signal name stops the import before
+anything is sent (``InputError``).
 
 Upserts replace what the registry holds: a file without a ``parent_id`` (or ``role``, ``owner``,
 ``display_name``) column imports every row without a parent (as ``end_user``, without an owner or
@@ -89,7 +94,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import timestamp_pb2
 
-from clients.parquet import ParquetError, ParquetRows
+from clients.parquet import TEAM_PREFIX, ParquetError, ParquetRows
 from cvh.common.v1 import common_pb2
 from cvh.registry.v1 import registry_service_pb2 as registry_pb
 from wire.columns import customer_columns
@@ -108,6 +113,9 @@ ROLE_NAMES = tuple(name.removeprefix("STAKEHOLDER_ROLE_").lower()
                    for name in common_pb2.StakeholderRole.keys() if not name.endswith("UNSPECIFIED"))
 STAGE_NAMES = tuple(name.removeprefix("LIFECYCLE_STAGE_").lower()
                     for name in common_pb2.LifecycleStage.keys() if not name.endswith("UNSPECIFIED"))
+TEAM_ROLE = re.compile(r"[a-z][a-z0-9_]{0,62}")
+MAX_TEAM_MEMBERS = 16
+_BAD_PERSON = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 # The rules of a customer file as `cvh import --help` and the README state them (the module's notes above say
@@ -127,13 +135,17 @@ folder of them (as `cvh export --format parquet` writes). Columns (the first eig
   lifecycle_stage  prospect, onboarding, active, at_risk, churned; empty keeps the stored stage (active
                  for a new customer)
   lifecycle_stage_time  when it entered that stage (as observe_time); empty means now
+  team.<role>    the customer's own members in a team role, e.g. team.customer_success_manager,
+                 team.account_executive, team.executive_sponsor: person ids (e-mail addresses)
+                 separated by ';', at most 16. An empty cell clears the role; a file without the
+                 column leaves it unchanged. team.owner is the owner (it wins over an owner column)
   any other      a signal named by the column ([a-z][a-z0-9_]{0,62}, e.g. annual_revenue): a finite
                  number. An empty cell (JSON null) means "not observed" and keeps the current value;
                  anything else that is not a finite number (NaN, inf, 1e400) rejects the row
 JSON Lines use the same keys; signals may also be an object under "signals". Parquet columns are read
 as JSON Lines keys (null: not observed; a row's line is its row number). A header without
-customer_id, with a column twice or with a column that is neither of the eight nor a signal name stops
-the import before anything is sent (exit 2).
+customer_id, with a column twice or with a column that is neither of the eight, a team.<role> nor a
+signal name stops the import before anything is sent (exit 2).
 An import upserts: a column the file lacks (parent_id, role, owner, display_name) is set empty on the
 customers it updates; a customer_id given twice keeps its later row. Rows that cannot be read, and rows
 the registry refuses (say, a parent that never arrives), go to the rejects file with their line,
@@ -442,6 +454,10 @@ class _Customer:
     stage_time_us: int       # 0: entered "now", at the server
     names: tuple[str, ...]   # signal names; rows of one CSV file share one tuple
     values: list[float]      # one per name, NaN for "not observed"
+    team: dict[str, str] = field(default_factory=dict)  # role -> persons joined by ";" ("" clears the role)
+
+    def team_roles(self) -> tuple[str, ...]:
+        return tuple(sorted(self.team))
 
 
 def _customer(customer_id: str, display_name: str, parent_id: str, role: str, owner: str, observe_time: str,
@@ -461,6 +477,41 @@ def _customer(customer_id: str, display_name: str, parent_id: str, role: str, ow
                      _time_us(stage_time, "lifecycle_stage_time", now_us) or 0, (), [])
 
 
+def team_role(column: str) -> str | None:
+    """The role of a ``team.<role>`` column name (prefix in any case), or None for another column."""
+    return column[len(TEAM_PREFIX):] if column[:len(TEAM_PREFIX)].lower() == TEAM_PREFIX else None
+
+
+def team_cell(role: str, value) -> str:
+    """A team cell (text "a@x;b@x", a JSON list of ids, or null) as the registry takes it: ids joined by ';',
+    "" for none; ``BadRow`` naming the column when it holds something else."""
+    column = TEAM_PREFIX + role
+    if value is None:
+        return ""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        persons = [v.strip() for v in value]
+    elif isinstance(value, str):
+        persons = [v.strip() for v in value.split(";")] if value.strip() else []
+    else:
+        raise BadRow(column, "must be person ids separated by ';' (or a JSON list of them)")
+    if any(not person for person in persons):
+        raise BadRow(column, "an empty person id between ';'")
+    for person in persons:
+        if len(person) > MAX_TEXT or _BAD_PERSON.search(person):
+            raise BadRow(column, f"person ids have at most {MAX_TEXT} characters and no control characters")
+    if len(set(persons)) != len(persons):
+        raise BadRow(column, "a person is given twice")
+    if len(persons) > MAX_TEAM_MEMBERS:
+        raise BadRow(column, f"at most {MAX_TEAM_MEMBERS} members in a role, got {len(persons)}")
+    return ";".join(persons)
+
+
+def _check_team_column(role: str, path: Path) -> None:
+    if not TEAM_ROLE.fullmatch(role):
+        raise InputError(f"{path}: column {TEAM_PREFIX + role!r}: a team role is 1 to 63 characters of [a-z0-9_], "
+                         f"starting with a letter (e.g. {TEAM_PREFIX}customer_success_manager)")
+
+
 class _CsvCustomers:
     """Customers from CSV cells, laid out by the header: the fixed columns and one column per signal."""
 
@@ -468,19 +519,24 @@ class _CsvCustomers:
         self.width = len(header)
         fixed: dict[str, int] = {}
         signals: list[tuple[int, str]] = []
+        self.team: list[tuple[int, str]] = []
         self.unnamed: list[int] = []
         bad, seen = [], {}
         for index, name in enumerate(header):
             if not name:
                 self.unnamed.append(index)
                 continue
-            key = name.lower() if name.lower() in CUSTOMER_FIELDS else name
+            role = team_role(name)
+            key = name.lower() if name.lower() in CUSTOMER_FIELDS else name if role is None else TEAM_PREFIX + role
             if key in seen:
                 raise InputError(f"{path}: column {name!r} appears twice in the header (columns {seen[key] + 1} "
                                  f"and {index + 1})")
             seen[key] = index
             if key in CUSTOMER_FIELDS:
                 fixed[key] = index
+            elif role is not None:
+                _check_team_column(role, path)
+                self.team.append((index, role))
             elif SIGNAL_NAME.fullmatch(name):
                 signals.append((index, name))
             else:
@@ -489,9 +545,9 @@ class _CsvCustomers:
             raise InputError(f"{path}: the header has no customer_id column (it has: {', '.join(header)})")
         if bad:
             raise InputError(f"{path}: column{'s' if len(bad) > 1 else ''} {', '.join(map(repr, bad))} "
-                             f"{'are' if len(bad) > 1 else 'is'} neither one of {', '.join(CUSTOMER_FIELDS)} "
-                             f"nor a signal name (a lower-case letter, then up to 62 of [a-z0-9_], "
-                             f"e.g. annual_revenue); rename or remove {'them' if len(bad) > 1 else 'it'}")
+                             f"{'are' if len(bad) > 1 else 'is'} neither one of {', '.join(CUSTOMER_FIELDS)}, "
+                             f"a team role (team.<role>) nor a signal name (a lower-case letter, then up to 62 "
+                             f"of [a-z0-9_], e.g. annual_revenue); rename or remove {'them' if len(bad) > 1 else 'it'}")
         self.fixed = [fixed.get(name) for name in CUSTOMER_FIELDS]
         self.signals = signals
         self.signal_indexes = [index for index, _ in signals]
@@ -517,6 +573,8 @@ class _CsvCustomers:
         if suspect:
             values = [_number(cells[index], name) for index, name in self.signals]
         row.names, row.values = self.names, values
+        if self.team:
+            row.team = {role: team_cell(role, cells[index]) for index, role in self.team}
         return row
 
 
@@ -534,11 +592,15 @@ class _JsonCustomers:
         return str(value).strip()[:128] if isinstance(value, (str, int)) else ""
 
     def parse(self, obj: dict, now_us: int) -> _Customer:
-        fixed, signals = {}, []
+        fixed, signals, team = {}, [], {}
         for key, value in obj.items():
             lower = key.lower()
             if lower in CUSTOMER_FIELDS:
                 fixed[lower] = value
+            elif (role := team_role(key)) is not None:
+                if not TEAM_ROLE.fullmatch(role):
+                    raise BadRow(key, "a team role is 1 to 63 characters of [a-z0-9_], starting with a letter")
+                team[role] = team_cell(role, value)
             elif key == "signals":
                 if not isinstance(value, dict):
                     raise BadRow("signals", "must be an object of signal names to numbers")
@@ -559,6 +621,7 @@ class _JsonCustomers:
             self._names.clear()
         row.names = self._names.setdefault(names, names)
         row.values = [_number(value, name) for name, value in signals]
+        row.team = team
         return row
 
 
@@ -602,10 +665,12 @@ class _Chunk:
         observed = ~np.isnan(matrix).all(axis=1)
         times = Counter(row.observed_us for row, seen in zip(self.rows, observed) if seen)
         column_time = times.most_common(1)[0][0] if times else None
+        # A column sets its role on every row: a row naming other roles (a JSON line) travels as a row.
+        column_roles = Counter(row.team_roles() for row in self.rows).most_common(1)[0][0]
         request = registry_pb.ImportCustomersRequest()
         lines, keep = [], []
         for i, (row, line, seen) in enumerate(zip(self.rows, self.lines, observed)):
-            if not seen or row.observed_us == column_time:
+            if (not seen or row.observed_us == column_time) and row.team_roles() == column_roles:
                 keep.append(i)
             else:
                 request.customers.append(_customer_message(row, names, matrix[i]))
@@ -619,16 +684,17 @@ class _Chunk:
         """The rows as packed columns only: one message per observation time, in order of first appearance."""
         names, matrix = self._matrix()
         observed = ~np.isnan(matrix).all(axis=1)
-        groups: dict[int | None, list[int]] = {}
-        untimed = []
+        groups: dict[tuple, list[int]] = {}  # (observation time, team roles) -> rows
+        untimed: dict[tuple, list[int]] = {}
         for i, (row, seen) in enumerate(zip(self.rows, observed)):
-            (groups.setdefault(row.observed_us, []) if seen else untimed).append(i)
-        if not groups:
-            groups[None] = untimed
-        else:  # rows without signals have no time to keep: they ride with the first group
-            first = next(iter(groups))
-            groups[first] = sorted(groups[first] + untimed)
-        for time_us, rows in groups.items():
+            if seen:
+                groups.setdefault((row.observed_us, row.team_roles()), []).append(i)
+            else:
+                untimed.setdefault(row.team_roles(), []).append(i)
+        for roles, rows in untimed.items():  # rows without signals have no time to keep: they ride with any
+            key = next((key for key in groups if key[1] == roles), (None, roles))
+            groups[key] = sorted(groups.get(key, []) + rows)
+        for (time_us, _), rows in groups.items():
             yield self._columns(rows, time_us, names, matrix), [self.lines[i] for i in rows]
 
     def _columns(self, keep: list[int], observed: int | None, names: list[str],
@@ -646,6 +712,8 @@ class _Chunk:
             roles=roles if roles.any() else (), owners=_column([row.owner for row in rows]))
         if stages.any():
             columns.lifecycle_stages = stages.tobytes()
+        for role in rows[0].team_roles() if rows else ():
+            columns.team_columns.add(role=role, persons=[row.team[role] for row in rows])
         if any(stage_times):
             columns.lifecycle_stage_times_us.extend(stage_times)
         if not present.any():  # the registry wants a 0 x 0 matrix when there are no signal columns
@@ -666,6 +734,8 @@ def _customer_message(row: _Customer, names: list[str], values: np.ndarray) -> r
                                    stakeholder_role=row.role, owner=row.owner, lifecycle_stage=row.stage)
     if row.stage_time_us:
         message.lifecycle_stage_time.CopyFrom(_timestamp(row.stage_time_us))
+    for role, persons in sorted(row.team.items()):
+        message.team.extend(registry_pb.TeamMember(role=role, person=person) for person in persons.split(";"))
     stamp = _timestamp(row.observed_us) if row.observed_us is not None else None
     for name, value in zip(names, values.tolist()):
         if value == value:

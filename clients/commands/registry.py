@@ -1,4 +1,5 @@
-"""Customers in and out: cvh import, cvh customers get|list|delete, cvh signals record|history."""
+"""Customers in and out: cvh import, cvh customers get|list|team|delete, cvh org team, cvh people,
+cvh signals record|history."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from clients import parquet
 from clients.commands.common import (connect, enum_word, existing_file, existing_path, export_target, non_negative_int,
                                      whole_number)
 from clients.errors import CvhError
+from services.registry.teams import WELL_KNOWN_ROLES
 from clients.output import (counted, counted_stream, message_dict, print_json, print_table, progress, quantity,
                             timestamp)
 from cvh.common.v1 import common_pb2
@@ -140,6 +142,7 @@ def print_customer(c: registry_pb.Customer) -> None:
     print(f"  parent     {customer_id(c.parent) if c.parent else '–'}")
     print(f"  role       {enum_word(common_pb2.StakeholderRole, c.stakeholder_role)}")
     print(f"  owner      {c.owner or '–'}")
+    print_team(c.effective_team or c.team, "  team       ", "             ")
     print(f"  stage      {enum_word(common_pb2.LifecycleStage, c.lifecycle_stage)} since {timestamp(c.lifecycle_stage_time)}")
     print(f"  labels     {_labels(c) or '–'}")
     print(f"  created    {timestamp(c.create_time)}, updated {timestamp(c.update_time)}")
@@ -151,6 +154,19 @@ def print_customer(c: registry_pb.Customer) -> None:
     print_table(["signal", "value", "observed"],
                 [[name, quantity(c.signals[name].value), timestamp(c.signals[name].observe_time)]
                  for name in sorted(c.signals)], right=[1], indent="    ")
+
+
+def print_team(members, first: str = "", indent: str = "") -> None:
+    """Team members by role: who, since when, and where an inherited one comes from."""
+    if not members:
+        print(f"{first}–")
+        return
+    width = max(len(m.role) for m in members)
+    for n, m in enumerate(members):
+        name = f"{m.person} ({m.display_name})" if m.display_name else m.person
+        where = f"inherited from {customer_id(m.inherited_from)}" if m.inherited_from else \
+            f"since {timestamp(m.start_time)}"
+        print(f"{indent if n else first}{m.role:<{width}}  {name}  {where}")
 
 
 def _labels(c: registry_pb.Customer) -> str:
@@ -206,6 +222,97 @@ def customers_lifecycle(args: argparse.Namespace) -> int:
     if more:
         print(f"(the newest {counted(args.limit, 'stage')}; --limit N shows more, --limit 0 all)")
     return 0
+
+
+def customers_team(args: argparse.Namespace) -> int:
+    """cvh customers team ID [ROLE=PERSON[;PERSON]]...: set roles, then show the team (or its history)."""
+    if args.history and args.assignments:
+        raise tabular.InputError("--history shows who served when: set roles without it, then look")
+    with connect(args) as cvh:
+        if args.history:
+            memberships, more = _first(args.limit, lambda size: cvh.list_team_history(
+                args.customer, args.role or "", page_size=size))
+        else:
+            if args.assignments:
+                cvh.set_team(args.customer, team_members(args.assignments))
+            customer = cvh.get_customer(args.customer)
+    if args.history:
+        if args.json:
+            print_json([message_dict(m) for m in memberships])
+            return 0
+        print_table(["role", "person", "name", "from", "to"],
+                    [[m.role, m.person, m.display_name, timestamp(m.start_time),
+                      "(current)" if m.current else timestamp(m.end_time)] for m in memberships])
+        if more:
+            print(f"(the newest {counted(args.limit, 'membership')}; --limit N shows more, --limit 0 all)")
+        return 0
+    if args.json:
+        print_json([message_dict(m) for m in customer.effective_team])
+        return 0
+    print(f"{customer.customer_id}: team (inherited roles marked)")
+    print_team(customer.effective_team, "  ", "  ")
+    return 0
+
+
+def org_team(args: argparse.Namespace) -> int:
+    """cvh org team [ROLE=PERSON[;PERSON]]...: set roles of the organisation's team, then show it."""
+    with connect(args) as cvh:
+        team = cvh.update_organization_team(team_members(args.assignments)) if args.assignments \
+            else cvh.get_organization_team()
+    if args.json:
+        print_json([message_dict(m) for m in team.members])
+        return 0
+    print("the organisation's team (people who oversee every customer)")
+    print_team(team.members, "  ", "  ")
+    return 0
+
+
+def people_list(args: argparse.Namespace) -> int:
+    with connect(args) as cvh:
+        people, more = _first(args.limit, lambda size: cvh.list_people(page_size=size))
+    if args.json:
+        print_json([message_dict(p) for p in people])
+        return 0
+    if not people:
+        print("no people yet: name them in a team (`cvh customers team ID ROLE=PERSON`)")
+        return 0
+    print_table(["person", "name", "capacity"], [[p.person_id, p.display_name, p.capacity or "–"] for p in people],
+                right=[2])
+    if more:
+        print(f"(the first {counted(args.limit, 'person', 'people')}; --limit N shows more, --limit 0 all)")
+    return 0
+
+
+def people_set(args: argparse.Namespace) -> int:
+    if args.name is None and args.capacity is None:
+        raise tabular.InputError("give --name, --capacity or both")
+    with connect(args) as cvh:
+        person = cvh.update_person(args.person, args.name, args.capacity)
+    if args.json:
+        print_json(message_dict(person))
+    else:
+        print(f"{person.person_id}  {person.display_name or '–'}  capacity {person.capacity or 'not set'}")
+    return 0
+
+
+def team_members(assignments: list[tuple[str, list[str]]]) -> list[registry_pb.TeamMember]:
+    """ROLE=PERSON;PERSON arguments as team members; ROLE= as one member without a person (clears the role)."""
+    return [registry_pb.TeamMember(role=role, person=person) for role, persons in assignments
+            for person in (persons or [""])]
+
+
+def team_assignment(text: str) -> tuple[str, list[str]]:
+    """ROLE=PERSON[;PERSON...] (ROLE= clears the role), with the rules of a team.<role> column."""
+    role, sep, persons = text.partition("=")
+    role = role.strip()
+    if not sep or not tabular.TEAM_ROLE.fullmatch(role):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected ROLE=PERSON[;PERSON...] (ROLE= clears the role), "
+                                         f"ROLE of [a-z][a-z0-9_]*, e.g. customer_success_manager=ana@example.com")
+    try:
+        cell = tabular.team_cell(role, persons)
+    except tabular.BadRow as bad:
+        raise argparse.ArgumentTypeError(f"{text!r}: {bad.reason}") from None
+    return role, cell.split(";") if cell else []
 
 
 def signals_history(args: argparse.Namespace) -> int:
@@ -353,12 +460,56 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
     command.add_argument("--limit", type=non_negative_int, default=100, metavar="N",
                          help="at most N stages (default 100; 0: all)")
     command.set_defaults(run=customers_lifecycle)
+    assignment_help = "ROLE=PERSON[;PERSON...]: the role's members become exactly these; ROLE= clears it"
+    command = actions.add_parser(
+        "team", parents=[client], help="a customer's team by role: show it, set roles, or its history",
+        description="Without assignments: the customer's effective team, by role; a role it has no members in "
+                    "shows those of its nearest ancestor that has (marked inherited). With ROLE=PERSON[;PERSON] "
+                    "assignments: set those roles first (others stay; ROLE= clears one). Well-known roles: "
+                    f"{', '.join(WELL_KNOWN_ROLES)}; the role owner is the customer's owner. --history: who "
+                    "served in which role and when, newest first.")
+    command.add_argument("customer", metavar="ID", help="customer id (or customers/ID)")
+    command.add_argument("assignments", nargs="*", type=team_assignment, metavar="ROLE=PERSON", help=assignment_help)
+    command.add_argument("--history", action="store_true", help="every membership with its start and end")
+    command.add_argument("--role", metavar="ROLE", help="with --history: only this role")
+    command.add_argument("--limit", type=non_negative_int, default=100, metavar="N",
+                         help="with --history: at most N memberships (default 100; 0: all)")
+    command.set_defaults(run=customers_team)
     command = actions.add_parser("delete", parents=[client], help="delete customers",
                                  description="Delete customers with their signals and history, in the order "
                                              "given. A customer with child accounts is refused "
                                              "(FAILED_PRECONDITION): delete or move its children first.")
     command.add_argument("customers", nargs="+", metavar="ID", help="customer ids (or customers/ID names)")
     command.set_defaults(run=customers_delete)
+
+    org = commands.add_parser("org", help="the organisation's team: people who oversee every customer",
+                              description="People set once for the whole organisation, e.g. the chief customer "
+                                          "officer.")
+    actions = org.add_subparsers(dest="action", required=True, metavar="ACTION")
+    command = actions.add_parser(
+        "team", parents=[client], help="show the organisation's team; set roles of it",
+        description="Without assignments: the organisation's team. With ROLE=PERSON[;PERSON] assignments: set "
+                    "those roles first (others stay; ROLE= clears one); setting needs the admin role. "
+                    "E.g. `cvh org team chief_customer_officer=cco@example.com`.")
+    command.add_argument("assignments", nargs="*", type=team_assignment, metavar="ROLE=PERSON", help=assignment_help)
+    command.set_defaults(run=org_team)
+
+    people = commands.add_parser("people", help="the people who serve customers: list them, set their details",
+                                 description="People named in teams, with a display name and a capacity (the "
+                                             "most customers each should serve).")
+    actions = people.add_subparsers(dest="action", required=True, metavar="ACTION")
+    command = actions.add_parser("list", parents=[client], help="people in id order",
+                                 description="Every person the registry knows, in person id order.")
+    command.add_argument("--limit", type=non_negative_int, default=100, metavar="N",
+                         help="at most N people (default 100; 0: all)")
+    command.set_defaults(run=people_list)
+    command = actions.add_parser("set", parents=[client], help="set a person's display name or capacity",
+                                 description="Set the display name and/or capacity of PERSON (added when unknown).")
+    command.add_argument("person", metavar="PERSON", help="the person's id, e.g. an e-mail address")
+    command.add_argument("--name", metavar="NAME", help="the name to show")
+    command.add_argument("--capacity", type=whole_number(0, zero_means="not set"), metavar="N",
+                         help="the most customers the person should serve (0: not set)")
+    command.set_defaults(run=people_set)
 
     signals = commands.add_parser("signals", help="record signal observations; show their history",
                                   description="Signal observations: the latest by observe_time is current.")

@@ -49,10 +49,11 @@ _HIERARCHY = "/cvh.hierarchy.v1.HierarchyService/"
 REQUIRED_ROLE = {
     **{_REGISTRY + m: READER for m in (
         "GetCustomer", "BatchGetCustomers", "ListCustomers", "ListSignalHistory", "ListLifecycleHistory",
-        "ExportSignalMatrix",
+        "ListTeamHistory", "GetOrganizationTeam", "ListPeople", "ExportSignalMatrix",
         "WatchCustomerChanges")},
     **{_REGISTRY + m: WRITER for m in (
-        "CreateCustomer", "UpdateCustomer", "DeleteCustomer", "ImportCustomers", "RecordSignals")},
+        "CreateCustomer", "UpdateCustomer", "DeleteCustomer", "ImportCustomers", "RecordSignals", "UpdatePerson")},
+    _REGISTRY + "UpdateOrganizationTeam": ADMIN,
     **{_SCORING + m: READER for m in (
         "GetModel", "ListModels", "GetScoringRun", "ListScoringRuns", "WatchScoringRun", "WatchRuns",
         "StreamRunResults", "ListRunResults", "GetTierMovement")},

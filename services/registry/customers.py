@@ -15,6 +15,7 @@ from services.common.errors import Violations
 from services.common.validation import (
     CUSTOMER_ID, LABEL_KEY, SIGNAL_NAME, check_text, customer_id_from_name, timestamp_us,
 )
+from services.registry import teams
 
 MAX_LABELS = 32
 MAX_SIGNALS = 64
@@ -44,6 +45,9 @@ class CustomerRow:
     # The stage to be in (0: keep the stored one, ACTIVE for a new customer) and when it was entered (None: now).
     lifecycle_stage: int = 0
     stage_time_us: int | None = None
+    # The team roles the write sets (teams.Team: role -> members; [] clears) and display names it gives people.
+    team: teams.Team = field(default_factory=dict)
+    person_names: dict[str, str] = field(default_factory=dict)
     # (signal name, value, observe_time_us or None when no time was given)
     signals: list[tuple[str, float, int | None]] = field(default_factory=list)
     # Signals given as a row of a packed block instead: (block, row index).
@@ -149,7 +153,8 @@ def parse_customer(msg: pb.Customer, violations: Violations, prefix: str, now: i
     if not CUSTOMER_ID.fullmatch(customer_id):
         violations.add(f"{prefix}customer_id", "required: 1 to 128 characters of [A-Za-z0-9._:-]")
     row = CustomerRow(customer_id=customer_id, display_name=msg.display_name, owner=msg.owner)
-    parse_attributes(msg, row, violations, prefix)
+    parse_attributes(msg, row, violations, prefix, now=now)
+    row.owner = teams.link_owner(row.team, row.owner)
     if msg.lifecycle_stage:
         parse_stage(msg, row, violations, prefix, now)
     row.signals = parse_signals(msg.signals, f"{prefix}signals", violations, now)
@@ -157,7 +162,7 @@ def parse_customer(msg: pb.Customer, violations: Violations, prefix: str, now: i
 
 
 def parse_attributes(msg: pb.Customer, row: CustomerRow, violations: Violations, prefix: str,
-                     paths: frozenset[str] | None = None) -> None:
+                     paths: frozenset[str] | None = None, now: int | None = None) -> None:
     """Check the updatable fields (all, or those in ``paths``) and copy them onto ``row``."""
     def wanted(path: str) -> bool:
         return paths is None or path in paths
@@ -167,7 +172,11 @@ def parse_attributes(msg: pb.Customer, row: CustomerRow, violations: Violations,
         check_text(msg.display_name, f"{prefix}display_name", MAX_TEXT, violations)
     if wanted("owner"):
         row.owner = msg.owner
-        check_text(msg.owner, f"{prefix}owner", MAX_TEXT, violations)
+        if msg.owner and (problem := teams.person_problem(msg.owner)):
+            violations.add(f"{prefix}owner", f"the owner is the team's role owner: {problem}")
+    if wanted("team"):
+        row.team, row.person_names = teams.parse_members(msg.team, f"{prefix}team", violations,
+                                                         now_us() if now is None else now, MAX_CLOCK_SKEW_US)
     if wanted("parent"):
         row.parent_id = None
         if msg.parent:
@@ -255,6 +264,7 @@ def parse_columns(columns: pb.CustomerColumns, first_position: int, now: int,
         block_problems.append(("columns.lifecycle_stages", f"must be empty or have one byte per row ({n})"))
     if len(columns.lifecycle_stage_times_us) not in (0, n):
         block_problems.append(("columns.lifecycle_stage_times_us", f"must be empty or have one entry per row ({n})"))
+    block_problems += _team_column_problems(columns.team_columns, n)
     names = list(columns.signal_names)
     for name in names:
         if not SIGNAL_NAME.fullmatch(name):
@@ -293,25 +303,51 @@ def parse_columns(columns: pb.CustomerColumns, first_position: int, now: int,
     # Whole columns are checked in one pass each; only a block with a bad row is examined row by row.
     suspect = _all_match(CUSTOMER_ID, ids) and _all_match(PARENT_OR_EMPTY, parents)
     suspect = not suspect or max(map(len, display_names), default=0) > MAX_TEXT \
-        or max(map(len, owners), default=0) > MAX_TEXT or "\x00" in "".join(display_names) + "".join(owners) \
+        or max(map(len, owners), default=0) > MAX_TEXT or "\x00" in "".join(display_names) \
+        or teams.BAD_PERSON.search("".join(owners)) \
         or not np.isin(roles, list(VALID_ROLES)).all() \
         or not np.isin(stages, [0, *VALID_STAGES]).all() or (stage_times < 0).any() \
         or (stage_times > now + MAX_CLOCK_SKEW_US).any() \
         or np.isinf(values).any() or any(p == c for p, c in zip(parents, ids) if p)
     roles, stages, stage_times = roles.tolist(), stages.tolist(), stage_times.tolist()
+    team_cells = [(column.role, column.persons) for column in columns.team_columns]
     rows = []
     for i, customer_id in enumerate(ids):
+        problems = []
         if suspect:
             problems = _row_problems(customer_id, display_names[i], parents[i], roles[i], owners[i],
                                      values[i], names)
             problems += _stage_problems(stages[i], stage_times[i], now)
-            if problems:
-                reject(first_position + i, customer_id, problems)
-                continue
-        rows.append((first_position + i, CustomerRow(customer_id, display_names[i], parents[i] or None,
-                                                     roles[i], owners[i], block=(block, i),
-                                                     lifecycle_stage=stages[i], stage_time_us=stage_times[i] or None)))
+        team = {}
+        for role, cells in team_cells:
+            team[role], problem = teams.split_persons(cells[i])
+            if problem:
+                problems.append((f"team.{role}", problem))
+        if problems:
+            reject(first_position + i, customer_id, problems)
+            continue
+        row = CustomerRow(customer_id, display_names[i], parents[i] or None, roles[i], owners[i], block=(block, i),
+                          lifecycle_stage=stages[i], stage_time_us=stage_times[i] or None, team=team)
+        row.owner = teams.link_owner(team, row.owner)
+        rows.append((first_position + i, row))
     return rows
+
+
+def _team_column_problems(team_columns, n: int) -> list[tuple[str, str]]:
+    """Problems of a block's team columns as a whole (each rejects every row of the block)."""
+    problems = []
+    if len(team_columns) > teams.MAX_ROLES:
+        problems.append(("columns.team_columns", f"at most {teams.MAX_ROLES} roles, got {len(team_columns)}"))
+    seen = set()
+    for j, column in enumerate(team_columns):
+        if problem := teams.role_problem(column.role):
+            problems.append((f"columns.team_columns[{j}].role", problem))
+        elif column.role in seen:
+            problems.append((f"columns.team_columns[{j}].role", f"role {column.role} has two columns"))
+        seen.add(column.role)
+        if len(column.persons) != n:
+            problems.append((f"columns.team_columns[{j}].persons", f"must have one entry per row ({n})"))
+    return problems
 
 
 PARENT_OR_EMPTY = re.compile(r"[A-Za-z0-9._:-]{0,128}")
@@ -345,8 +381,9 @@ def _row_problems(customer_id: str, display_name: str, parent: str, role: int, o
         problems.append(("stakeholder_role", f"unknown role {role}"))
     checked = Violations()
     check_text(display_name, "display_name", MAX_TEXT, checked)
-    check_text(owner, "owner", MAX_TEXT, checked)
     problems += [(v.field, v.description) for v in checked.items]
+    if owner and (problem := teams.person_problem(owner)):
+        problems.append(("owner", f"the owner is the team's role owner: {problem}"))
     infinite = np.flatnonzero(np.isinf(values))
     if infinite.size:
         problems.append((f"signals[{names[infinite[0]]}].value", "must be a finite number or NaN (not observed)"))

@@ -25,7 +25,7 @@ from cvh.common.v1 import common_pb2
 from cvh.registry.v1 import registry_service_pb2 as pb
 from services.common.db import read_transaction, write_transaction
 from services.common.errors import failed_precondition
-from services.registry import store
+from services.registry import store, teams
 from services.registry.customers import now_us
 from services.registry.signals import SignalCatalog
 from services.registry.store import COMPACTED, LAST
@@ -86,7 +86,8 @@ def read(engine: Engine, catalog: SignalCatalog, after: int, upto: int | None, l
         latest = {customer_id: seq for seq, customer_id in found}
         rows = sorted(latest.items(), key=lambda item: item[1])
         stored = store.fetch(conn, latest)
-        messages = [_message(conn, catalog, part, stored, feed.last) for part in _parts(rows, stored)]
+        own = teams.teams_of(conn, stored)
+        messages = [_message(conn, catalog, part, stored, own, feed.last) for part in _parts(rows, stored, own)]
     if messages:
         messages[-1].last_sequence = last
     return Batch(after, last, messages)
@@ -108,13 +109,14 @@ def _changes(conn: Connection, after: int, upto: int, limit: int) -> list[tuple[
     return found[:limit]
 
 
-def _parts(rows: list[tuple[str, int]], stored: dict) -> list[list[tuple[str, int]]]:
+def _parts(rows: list[tuple[str, int]], stored: dict, own: dict) -> list[list[tuple[str, int]]]:
     """Rows split so that each message stays within MAX_BATCH rows and about MAX_MESSAGE_BYTES."""
     parts, part, size = [], [], 0
     for customer_id, seq in rows:
         row = stored.get(customer_id)
         cost = 64 + len(customer_id) + (0 if row is None else len(row.display_name) + len(row.parent_id or "")
                                          + len(row.owner) + 2 * len(row.signal_values or b""))
+        cost += sum(len(seat.role) + len(seat.person) + 8 for seat in own.get(customer_id, ()))
         if part and (len(part) == MAX_BATCH or size + cost > MAX_MESSAGE_BYTES):
             parts.append(part)
             part, size = [], 0
@@ -125,7 +127,7 @@ def _parts(rows: list[tuple[str, int]], stored: dict) -> list[list[tuple[str, in
     return parts
 
 
-def _message(conn: Connection, catalog: SignalCatalog, rows: list[tuple[str, int]], stored: dict,
+def _message(conn: Connection, catalog: SignalCatalog, rows: list[tuple[str, int]], stored: dict, own: dict,
              head: int) -> pb.WatchCustomerChangesResponse:
     found = [stored.get(customer_id) for customer_id, _ in rows]
     blobs = tuple(row.signal_values if row is not None else None for row in found)
@@ -135,6 +137,7 @@ def _message(conn: Connection, catalog: SignalCatalog, rows: list[tuple[str, int
     matrix = matrix[:, present]
     names = [catalog.name_of(int(signal_id), conn) for signal_id in present]
     ids = [customer_id for customer_id, _ in rows]
+    team = teams.team_columns(ids, ((i, seat.role, seat.person) for i in ids for seat in own.get(i, ())))
     return pb.WatchCustomerChangesResponse(
         sequences=[seq for _, seq in rows], last_sequence=rows[-1][1] if rows else 0, head_sequence=head,
         deleted=bytes(row is None for row in found),
@@ -144,7 +147,8 @@ def _message(conn: Connection, catalog: SignalCatalog, rows: list[tuple[str, int
         parent_ids=[(row.parent_id or "") if row is not None else "" for row in found],
         stakeholder_roles=bytes(row.stakeholder_role if row is not None else 0 for row in found),
         owners=[row.owner if row is not None else "" for row in found],
-        lifecycle_stages=bytes(row.lifecycle_stage if row is not None else 0 for row in found))
+        lifecycle_stages=bytes(row.lifecycle_stage if row is not None else 0 for row in found),
+        team=[pb.TeamColumn(role=role, persons=persons) for role, persons in team])
 
 
 def compact(engine: Engine, retention_seconds: float, now: int | None = None) -> int:

@@ -20,6 +20,7 @@ from services.common.db import long_read_transaction, placeholders, read_transac
 from services.common.streams import in_threads
 from services.common.errors import (
     ServiceError, Violations, aborted, already_exists, failed_precondition, invalid_argument, not_found,
+    resource_exhausted,
 )
 from services.common.validation import (
     CUSTOMER_ID, LABEL_KEY, SIGNAL_NAME, check_text, customer_id_from_name, decode_offset_token, decode_page_token,
@@ -27,10 +28,10 @@ from services.common.validation import (
 )
 from services.registry import feed
 from services.registry import signals as packed
-from services.registry import store
+from services.registry import store, teams
 from services.registry.customers import (
-    MAX_SIGNALS, MAX_TEXT, VALID_ROLES, VALID_STAGES, CustomerRow, etag_of, now_us, parse_attributes, parse_customer, parse_signals,
-    revision_of_etag, set_timestamp, stage_names, too_many_signals,
+    MAX_CLOCK_SKEW_US, MAX_SIGNALS, MAX_TEXT, VALID_ROLES, VALID_STAGES, CustomerRow, etag_of, now_us, parse_attributes,
+    parse_customer, parse_signals, revision_of_etag, set_timestamp, stage_names, too_many_signals,
 )
 from services.registry.importer import ImportSession
 from services.registry.signals import SignalCatalog
@@ -38,7 +39,8 @@ from services.registry.watch import FeedWatch
 
 log = logging.getLogger("cvh.registry")
 
-UPDATABLE = frozenset({"display_name", "parent", "stakeholder_role", "owner", "labels", "lifecycle_stage"})
+UPDATABLE = frozenset({"display_name", "parent", "stakeholder_role", "owner", "labels", "lifecycle_stage", "team"})
+PERSON_FIELDS = frozenset({"display_name", "capacity"})
 MAX_BATCH_GET = 1000
 MAX_OBSERVATION_BATCH = 10_000
 MAX_EXPORT_SIGNALS = 256
@@ -52,6 +54,9 @@ MAX_CHUNK_ROWS = 48 * 1024 * 1024 // 1296
 # A ListCustomers page stops before this many bytes, so that a client with gRPC's default limit (4 MiB)
 # reads it: 1,000 customers with 64 signals and 32 labels each would not fit.
 MAX_PAGE_BYTES = 3 * 1024 * 1024
+# A BatchGetCustomers answer stays below the 64 MiB message cap: 1,000 customers at their largest without teams
+# take ~42 MiB, but teams (16 roles of 16 people each, and as many inherited) can take more.
+MAX_ANSWER_BYTES = 60 * 1024 * 1024
 
 
 class RegistryServicer(pb_grpc.RegistryServiceServicer):
@@ -95,7 +100,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             row = store.fetch(conn, [customer_id]).get(customer_id)
             if row is None:
                 raise not_found(f"customers/{customer_id}")
-            return self._to_proto(conn, [row])[0]
+            return self._to_proto(conn, [row], effective=True)[0]
 
     async def BatchGetCustomers(self, request, context):
         if not 1 <= len(request.names) <= MAX_BATCH_GET:
@@ -112,7 +117,13 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             if missing and not allow_missing:
                 raise not_found(f"customers/{missing[0]}")
             rows = [found[i] for i in ids if i in found]
-            return pb.BatchGetCustomersResponse(customers=self._to_proto(conn, rows))
+            customers = self._to_proto(conn, rows, effective=True)
+        size = sum(customer.ByteSize() + 8 for customer in customers)
+        if size > MAX_ANSWER_BYTES:
+            raise resource_exhausted(f"the answer would be {size / 2**20:,.1f} MiB, more than a message holds "
+                                     f"({MAX_ANSWER_BYTES / 2**20:,.0f} MiB): ask for fewer customers at a time",
+                                     "ANSWER_TOO_LARGE")
+        return pb.BatchGetCustomersResponse(customers=customers)
 
     async def ListCustomers(self, request, context):
         size = page_size(request.page_size)
@@ -200,6 +211,95 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             response.next_page_token = encode_page_token(offset + size, filter_key)
         return response
 
+    async def ListTeamHistory(self, request, context):
+        customer_id = customer_id_from_name(request.customer, "customer")
+        if request.role and (problem := teams.role_problem(request.role)):
+            raise invalid_argument("role", problem)
+        size = page_size(request.page_size)
+        filter_key = {"customer": customer_id, "team": request.role}
+        offset = decode_offset_token(request.page_token, filter_key)
+        return await asyncio.to_thread(self._team_history, customer_id, request.role, offset, size, filter_key)
+
+    def _team_history(self, customer_id, role, offset, size, filter_key) -> pb.ListTeamHistoryResponse:
+        with read_transaction(self.engine) as conn:
+            if not store.parents_of(conn, [customer_id]):
+                raise not_found(f"customers/{customer_id}")
+            memberships = teams.history(conn, customer_id, role)
+            page = memberships[offset:offset + size]
+            names = teams.display_names(conn, [person for _, person, _, _ in page])
+        response = pb.ListTeamHistoryResponse()
+        for role_name, person, start, end in page:
+            item = response.memberships.add(role=role_name, person=person, display_name=names.get(person, ""),
+                                            current=end is None)
+            set_timestamp(item.start_time, start)
+            if end is not None:
+                set_timestamp(item.end_time, end)
+        if offset + size < len(memberships):
+            response.next_page_token = encode_page_token(offset + size, filter_key)
+        return response
+
+    async def GetOrganizationTeam(self, request, context):
+        return await asyncio.to_thread(self._organization_team)
+
+    def _organization_team(self) -> pb.OrganizationTeam:
+        with read_transaction(self.engine) as conn:
+            seats = teams.organisation_team(conn)
+            return pb.OrganizationTeam(members=_members(seats, teams.display_names(conn, [s.person for s in seats])))
+
+    async def UpdateOrganizationTeam(self, request, context):
+        violations = Violations()
+        if not request.members:
+            violations.add("members", "name at least one role to set (an entry with an empty person clears it)")
+        team, names = teams.parse_members(request.members, "members", violations, now_us(), MAX_CLOCK_SKEW_US)
+        violations.raise_if_any()
+        return await asyncio.to_thread(self._update_organization_team, team, names)
+
+    def _update_organization_team(self, team: teams.Team, names: dict[str, str]) -> pb.OrganizationTeam:
+        with write_transaction(self.engine) as conn:
+            teams.update_organisation(conn, team, names, now_us())
+        return self._organization_team()
+
+    async def UpdatePerson(self, request, context):
+        person = request.person
+        paths = set(request.update_mask.paths) or set(PERSON_FIELDS)
+        violations = Violations()
+        for path in sorted(paths - PERSON_FIELDS):
+            violations.add("update_mask", f"{path!r} cannot be updated; updatable: display_name, capacity")
+        if problem := teams.person_problem(person.person_id):
+            violations.add("person.person_id", problem)
+        if "display_name" in paths:
+            check_text(person.display_name, "person.display_name", MAX_TEXT, violations)
+        if "capacity" in paths and person.capacity < 0:
+            violations.add("person.capacity", f"the most customers the person should serve: 0 (not set) or more, "
+                                              f"got {person.capacity}")
+        violations.raise_if_any()
+        values = {}
+        if "display_name" in paths:
+            values["display_name"] = person.display_name
+        if "capacity" in paths:
+            values["capacity"] = person.capacity or None
+        return await asyncio.to_thread(self._update_person, person.person_id, values)
+
+    def _update_person(self, person_id: str, values: dict) -> pb.Person:
+        with write_transaction(self.engine) as conn:
+            teams.update_person(conn, person_id, values, now_us())
+            return _person(teams.person(conn, person_id))
+
+    async def ListPeople(self, request, context):
+        size = page_size(request.page_size)
+        after = decode_page_token(request.page_token, {"people": True})
+        if after is not None and not (isinstance(after, str) and not teams.person_problem(after)):
+            raise invalid_argument("page_token", "not a token returned by this list call")
+        return await asyncio.to_thread(self._list_people, after, size)
+
+    def _list_people(self, after: str | None, size: int) -> pb.ListPeopleResponse:
+        with read_transaction(self.engine) as conn:
+            rows = teams.people_page(conn, after, size + 1)
+        response = pb.ListPeopleResponse(people=[_person(row) for row in rows[:size]])
+        if len(rows) > size:
+            response.next_page_token = encode_page_token(rows[size - 1].person_id, {"people": True})
+        return response
+
     async def ExportSignalMatrix(self, request, context):
         names = list(request.signal_names)
         violations = Violations()
@@ -270,7 +370,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
                 raise already_exists(f"customers/{row.customer_id}")
             self._check_parent(conn, row, {})
             store.write_customers(conn, self.catalog, [row], {}, now_us())
-            return self._to_proto(conn, list(store.fetch(conn, [row.customer_id]).values()))[0]
+            return self._to_proto(conn, list(store.fetch(conn, [row.customer_id]).values()), effective=True)[0]
 
     def _check_parent(self, conn, row: CustomerRow, stored: dict[str, Row]) -> None:
         if row.parent_id is None:
@@ -302,6 +402,9 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         probe.customer_id = customer_id
         parse_attributes(probe, patch, violations, "customer.", frozenset(paths))
         violations.raise_if_any()
+        if "owner" in paths or teams.OWNER in patch.team:  # the owner and the team's role owner are one
+            patch.owner = teams.link_owner(patch.team, patch.owner)
+            paths |= {"owner", "team"}
         try:
             return await asyncio.to_thread(self._update, customer_id, patch, frozenset(paths), expected)
         finally:
@@ -323,14 +426,14 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             for path in paths:
                 attribute = "parent_id" if path == "parent" else path
                 setattr(row, attribute, getattr(patch, attribute))
-            row.stage_time_us = patch.stage_time_us
+            row.stage_time_us, row.person_names = patch.stage_time_us, patch.person_names
             if problem := store.stage_out_of_order(row, old):
                 raise invalid_argument("customer.lifecycle_stage_time", problem)
             if "parent" in paths and row.parent_id != old.parent_id:
                 self._check_parent(conn, row, stored)
             if not store.update_attributes(conn, row, old, now_us()):
                 raise aborted(f"customers/{customer_id} was changed by another writer; get it again and retry")
-            return self._to_proto(conn, list(store.fetch(conn, [customer_id]).values()))[0]
+            return self._to_proto(conn, list(store.fetch(conn, [customer_id]).values()), effective=True)[0]
 
     async def DeleteCustomer(self, request, context):
         customer_id = customer_id_from_name(request.name, "name")
@@ -467,8 +570,15 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
 
     # -- answers ---------------------------------------------------------------------------------------
 
-    def _to_proto(self, conn, rows: list[Row]) -> list[pb.Customer]:
+    def _to_proto(self, conn, rows: list[Row], effective: bool = False) -> list[pb.Customer]:
+        """Customers as answers, each with its own team; with ``effective``, also the team it has once the
+        roles it inherits from its ancestors are filled in."""
         all_labels = store.labels_of(conn, [r.customer_id for r in rows])
+        parents = {r.customer_id: r.parent_id for r in rows}
+        if effective:
+            parents = store.ancestors(conn, parents)
+        own = teams.teams_of(conn, parents)
+        names = teams.display_names(conn, {seat.person for seats in own.values() for seat in seats})
         answers = []
         for row in rows:
             customer = pb.Customer(
@@ -480,6 +590,9 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
             set_timestamp(customer.create_time, row.create_time_us)
             set_timestamp(customer.lifecycle_stage_time, row.stage_time_us)
             set_timestamp(customer.update_time, row.update_time_us)
+            customer.team.extend(_members(own.get(row.customer_id, []), names))
+            if effective:
+                customer.effective_team.extend(_members(teams.effective(row.customer_id, parents, own), names))
             values, times = packed.unpack(row.signal_values, row.signal_times)
             for signal_id, value in enumerate(values):
                 if value == value:  # not NaN
@@ -500,6 +613,22 @@ def _within(customers: list[pb.Customer], budget: int) -> list[pb.Customer]:
     return customers
 
 
+def _members(seats: list[teams.Seat], names: dict[str, str]) -> list[pb.TeamMember]:
+    members = []
+    for seat in seats:
+        member = pb.TeamMember(role=seat.role, person=seat.person, display_name=names.get(seat.person, ""),
+                               inherited_from=seat.inherited_from)
+        set_timestamp(member.start_time, seat.start_us)
+        members.append(member)
+    return members
+
+
+def _person(row) -> pb.Person:
+    person = pb.Person(person_id=row.person_id, display_name=row.display_name, capacity=row.capacity or 0)
+    set_timestamp(person.update_time, row.update_time_us)
+    return person
+
+
 def _parent_not_found(parent_id: str) -> ServiceError:
     return failed_precondition(f"parent customers/{parent_id} does not exist; create it first", "PARENT_NOT_FOUND")
 
@@ -512,7 +641,8 @@ def _export_message(chunk: store.ExportChunk, names: list[str], total: int,
             customer_ids=chunk.customer_ids, column_names=names,
             values=common_pb2.Float64Matrix(rows=rows, columns=len(names), data=chunk.matrix.astype("<f8").tobytes())),
         parent_ids=chunk.parent_ids, stakeholder_roles=chunk.stakeholder_roles, owners=chunk.owners,
-        total_customers=total, sequence=sequence, lifecycle_stages=chunk.lifecycle_stages)
+        total_customers=total, sequence=sequence, lifecycle_stages=chunk.lifecycle_stages,
+        team=[pb.TeamColumn(role=role, persons=persons) for role, persons in chunk.team])
     return message
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import sqlalchemy as sa
@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection, Row
 
 from services.common.db import insert_many, placeholders, update_many
 from services.registry import signals as packed
+from services.registry import teams
 from services.registry.customers import ACTIVE, CustomerRow, now_us
 from services.registry.signals import SignalCatalog
 from services.registry.tables import changes, customers, labels, lifecycle_history, signal_history
@@ -27,6 +28,9 @@ LAST = "last_sequence"
 COMPACTED = "compacted_through"
 # Parameters per IN (...) list: well under SQLite's and PostgreSQL's limits.
 IN_CHUNK = 900
+# Team text an export chunk holds at most, in characters (8 MiB of UTF-8): with the rest of a chunk (at most 8 MiB
+# of matrix and 48 MiB of text, servicer.MAX_CHUNK_ROWS) it stays within the 64 MiB message cap.
+MAX_TEAM_CHARS = 2 * 1024 * 1024
 
 STORED_COLUMNS = (
     customers.c.customer_id, customers.c.display_name, customers.c.parent_id, customers.c.stakeholder_role,
@@ -85,6 +89,19 @@ def labels_of(conn: Connection, ids: Iterable[str]) -> dict[str, dict[str, str]]
         query = sa.select(labels.c.customer_id, labels.c.key, labels.c.value).where(labels.c.customer_id.in_(part))
         for customer_id, key, value in conn.execute(query):
             found.setdefault(customer_id, {})[key] = value
+    return found
+
+
+def ancestors(conn: Connection, parents: dict[str, str | None]) -> dict[str, str | None]:
+    """``parents`` (customer -> parent) with every ancestor's own parent added, up the tree (a level per query)."""
+    found = dict(parents)
+    frontier = {p for p in parents.values() if p and p not in found}
+    for _ in range(MAX_DEPTH + 1):
+        if not frontier:
+            break
+        fetched = parents_of(conn, frontier)
+        found.update(fetched)
+        frontier = {p for p in fetched.values() if p and p not in found}
     return found
 
 
@@ -228,8 +245,10 @@ def write_customers(conn: Connection, catalog: SignalCatalog, rows: list[Custome
     signal_ids = catalog.ids_for(conn, names)
     laid_out = {key: block.packed_rows(signal_ids, now) for key, block in blocks.items()}
     counts = WriteCounts()
+    team_plan = teams.plan_customers(conn, rows, stored, now)
     inserts, updates, history, stages = [], [], [], []
     for row in rows:
+        row.owner = team_plan.owners.get(row.customer_id, row.owner)
         stage, stage_time, entered = stage_after(row, stored.get(row.customer_id), now)
         if entered:
             stages.append((row.customer_id, stage, stage_time))
@@ -262,6 +281,7 @@ def write_customers(conn: Connection, catalog: SignalCatalog, rows: list[Custome
                                                  "lifecycle_stage", "stage_time_us"],
                 updates)
     insert_many(conn, lifecycle_history, ["customer_id", "stage", "enter_time_us"], stages)
+    teams.apply(conn, team_plan, now)
     if updates:
         for part in _chunks([r[0] for r in updates]):
             conn.execute(labels.delete().where(labels.c.customer_id.in_(part)))
@@ -276,6 +296,8 @@ def write_customers(conn: Connection, catalog: SignalCatalog, rows: list[Custome
 def update_attributes(conn: Connection, row: CustomerRow, old: Row, now: int) -> bool:
     """Replace a stored customer's attributes if it is still at ``old``'s revision."""
     stage, stage_time, entered = stage_after(row, old, now)
+    team_plan = teams.plan_customers(conn, [row], {row.customer_id: old}, now)
+    row.owner = team_plan.owners.get(row.customer_id, row.owner)
     result = conn.execute(
         customers.update()
         .where(customers.c.customer_id == row.customer_id, customers.c.revision == old.revision)
@@ -287,6 +309,7 @@ def update_attributes(conn: Connection, row: CustomerRow, old: Row, now: int) ->
     if entered:
         conn.execute(lifecycle_history.insert().values(customer_id=row.customer_id, stage=stage,
                                                        enter_time_us=stage_time))
+    teams.apply(conn, team_plan, now)
     conn.execute(labels.delete().where(labels.c.customer_id == row.customer_id))
     if row.labels:
         conn.execute(labels.insert(), [{"customer_id": row.customer_id, "key": k, "value": v}
@@ -302,6 +325,7 @@ def delete(conn: Connection, customer_id: str, expected_revision: int | None) ->
     conn.execute(signal_history.delete().where(signal_history.c.customer_id == customer_id))
     conn.execute(labels.delete().where(labels.c.customer_id == customer_id))
     conn.execute(lifecycle_history.delete().where(lifecycle_history.c.customer_id == customer_id))
+    teams.delete_customer(conn, customer_id)
     if conn.execute(customers.delete().where(*where)).rowcount != 1:
         return False
     append_changes(conn, [customer_id])
@@ -395,6 +419,22 @@ class ExportChunk:
     owners: list[str]
     matrix: np.ndarray  # float64 (rows, signals)
     lifecycle_stages: bytes = b""
+    team: list[tuple[str, list[str]]] = field(default_factory=list)  # (role, persons per row) as teams.team_columns
+
+    def rows(self, start: int, stop: int) -> ExportChunk:
+        return ExportChunk(self.customer_ids[start:stop], self.parent_ids[start:stop],
+                           self.stakeholder_roles[start:stop], self.owners[start:stop], self.matrix[start:stop],
+                           self.lifecycle_stages[start:stop],
+                           [(role, persons[start:stop]) for role, persons in self.team])
+
+    def fitted(self) -> Iterator[ExportChunk]:
+        """This chunk, or its halves (and so on) where its teams hold more than MAX_TEAM_CHARS."""
+        if len(self.customer_ids) < 2 or sum(sum(map(len, persons)) for _, persons in self.team) <= MAX_TEAM_CHARS:
+            yield self
+            return
+        half = len(self.customer_ids) // 2
+        yield from self.rows(0, half).fitted()
+        yield from self.rows(half, len(self.customer_ids)).fitted()
 
 
 def count_customers(conn: Connection) -> int:
@@ -410,14 +450,24 @@ def export_chunks(conn: Connection, catalog: SignalCatalog, signal_names: list[s
     # SQLAlchemy's row objects cost more than SQLite's reading on this path.
     driver = conn.connection.driver_connection
     cursor = driver.cursor(name="cvh_export") if conn.dialect.name == "postgresql" else driver.cursor()
+    members = driver.cursor()  # each chunk's team in one query, by the chunk's range of pk
+    mark = placeholders(conn, 1)
+    # Every chunk has a column per role of the base (one schema), read from the owners when that is all they are.
+    team_roles, owners_only = teams.export_roles(members)
     try:
-        cursor.execute("SELECT customer_id, parent_id, stakeholder_role, owner, signal_values, lifecycle_stage "
+        cursor.execute("SELECT customer_id, parent_id, stakeholder_role, owner, signal_values, lifecycle_stage, pk "
                        "FROM registry_customers ORDER BY pk")
         while rows := cursor.fetchmany(chunk_size):
-            ids, parents, roles, owners, blobs, stages = zip(*rows)
-            yield ExportChunk(list(ids), [p or "" for p in parents], bytes(roles), list(owners),
-                              signal_matrix(blobs, columns), bytes(stages))
+            ids, parents, roles, owners, blobs, stages, pks = zip(*rows)
+            ids = list(ids)
+            if owners_only:
+                team = [(role, list(owners)) for role in team_roles]
+            else:
+                team = teams.team_columns(ids, teams.members_between(members, pks[0], pks[-1], mark), team_roles)
+            yield from ExportChunk(ids, [p or "" for p in parents], bytes(roles), list(owners),
+                                   signal_matrix(blobs, columns), bytes(stages), team).fitted()
     finally:
+        members.close()
         cursor.close()
 
 

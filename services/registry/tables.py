@@ -93,3 +93,38 @@ feed_state = sa.Table(
     sa.Column("name", sa.String(32), primary_key=True),
     sa.Column("value", sa.BigInteger, nullable=False),
 )
+
+# People who serve customers: an id (an e-mail address, typically), a display name and the most customers
+# they should serve (NULL: not set). A person is added when first named in a team.
+people = sa.Table(
+    "registry_people", metadata,
+    sa.Column("person_id", sa.String(256), primary_key=True),
+    sa.Column("display_name", sa.String(256), nullable=False, server_default=""),
+    sa.Column("capacity", sa.Integer, nullable=True),
+    sa.Column("update_time_us", sa.BigInteger, nullable=False),
+)
+
+# Each customer's own team, effective-dated: a member is current while end_time_us is NULL; one who leaves
+# keeps their row with the time they left. Members of a role keep the order given by pk.
+team_members = sa.Table(
+    "registry_team_members", metadata,
+    sa.Column("pk", BigId, primary_key=True, autoincrement=True),
+    sa.Column("customer_id", sa.String(128),
+              sa.ForeignKey("registry_customers.customer_id", ondelete="CASCADE"), nullable=False),
+    sa.Column("role", sa.String(63), nullable=False),
+    sa.Column("person_id", sa.String(256), nullable=False),
+    sa.Column("start_time_us", sa.BigInteger, nullable=False),
+    sa.Column("end_time_us", sa.BigInteger, nullable=True),
+    sa.Index("ix_registry_team_members_customer_role", "customer_id", "role", "end_time_us"),
+    sa.Index("ix_registry_team_members_person", "person_id", "end_time_us"),
+)
+
+# The organisation's team: people who oversee every customer (the chief customer officer), effective-dated.
+org_team = sa.Table(
+    "registry_org_team", metadata,
+    sa.Column("pk", BigId, primary_key=True, autoincrement=True),
+    sa.Column("role", sa.String(63), nullable=False),
+    sa.Column("person_id", sa.String(256), nullable=False),
+    sa.Column("start_time_us", sa.BigInteger, nullable=False),
+    sa.Column("end_time_us", sa.BigInteger, nullable=True),
+)

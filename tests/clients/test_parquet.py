@@ -49,7 +49,7 @@ def test_export_import_round_trip_keeps_customers_signals_and_nulls(suites, tmp_
     table = pq.read_table(exported)
     # The model's signals, then the purchase signals its lifetime-value block reads (none observed here: all null).
     purchase_signals = list(scoring_engine.default_model().lifetime_value.input_signals)
-    assert table.column_names == ["customer_id", "parent_id", "role", "owner", "lifecycle_stage", *SIGNALS, *purchase_signals]
+    assert table.column_names == ["customer_id", "parent_id", "role", "owner", "lifecycle_stage", "team.owner", *SIGNALS, *purchase_signals]
     assert all(table.column(name).null_count == 60 for name in purchase_signals)
     assert table.schema.field(SIGNALS[0]).type == pa.float64()
     assert table.column(SIGNALS[1]).null_count == 15 and table.column(SIGNALS[4]).null_count == 15

@@ -206,6 +206,8 @@ def test_unreadable_json_lines_and_bad_bytes_are_rejected_not_fatal(tmp_path):
     ("customer_id,nps,NPS", "NPS"),
     ("customer_id,nps,nps", "appears twice"),
     ("customer_id,Annual Revenue", "'Annual Revenue' is neither"),
+    ("customer_id,team.CSM", "a team role is"),
+    ("customer_id,team.csm,TEAM.csm", "appears twice"),
     ("", "empty"),
 ])
 def test_a_header_it_cannot_use_stops_before_anything_is_sent(tmp_path, header, message):
@@ -408,3 +410,21 @@ def test_an_import_through_the_registry_maps_its_rejections_back_to_lines(channe
         stub.GetCustomer(registry_pb.GetCustomerRequest(name="customers/orphan"))
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
     assert not math.isnan(child.signals["nps"].value)
+
+
+def test_team_columns_travel_as_team_columns_and_json_lines_naming_other_roles_as_rows(tmp_path):
+    path = write(tmp_path, "t.csv", "customer_id,Team.csm,team.owner\n"
+                                    "a,ana@x.com; bo@x.com,olga@x.com\nb,,\nc,a\tb,\nd,a@x.com;a@x.com,\n")
+    source = CustomerFile(path)
+    (block,) = columns_of(source)
+    assert [(c.role, list(c.persons)) for c in block.team_columns] == [
+        ("csm", ["ana@x.com;bo@x.com", ""]), ("owner", ["olga@x.com", ""])]
+    assert [(r.line, r.field) for r in source.rejected] == [(4, "team.csm"), (5, "team.csm")]
+    lines = [{"customer_id": "j1", "team.csm": ["ana@x.com", "bo@x.com"]}, {"customer_id": "j2", "team.csm": None},
+             {"customer_id": "j3", "team.ae": "al@x.com"}, {"customer_id": "j4", "team.csm": 5}]
+    path = write(tmp_path, "t.jsonl", "\n".join(json.dumps(line) for line in lines) + "\n")
+    source = CustomerFile(path)
+    (request,) = source.requests()
+    assert [(c.role, list(c.persons)) for c in request.columns.team_columns] == [("csm", ["ana@x.com;bo@x.com", ""])]
+    assert [(m.role, m.person) for c in request.customers for m in c.team] == [("ae", "al@x.com")]
+    assert [(r.line, r.field) for r in source.rejected] == [(4, "team.csm")]

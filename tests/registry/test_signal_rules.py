@@ -113,7 +113,8 @@ def test_list_pages_fit_a_default_client_when_customers_are_large(registry):
 
 
 def test_a_batch_of_the_largest_customers_fits_a_message():
-    """What keeps BatchGetCustomers within the message cap (it has no pages): every field of a customer is capped."""
+    """What keeps BatchGetCustomers within the message cap (it has no pages): every field of a customer is capped
+    (teams aside: the server refuses an answer they would take past the cap, tests/registry/test_teams.py)."""
     wide = "\U0001F600" * MAX_TEXT  # 4 bytes a character
     moment = timestamp_pb2.Timestamp(seconds=253_402_300_799, nanos=999_999_999)
     largest = pb.Customer(

@@ -13,7 +13,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Customer(_message.Message):
-    __slots__ = ("name", "customer_id", "display_name", "parent", "stakeholder_role", "owner", "labels", "signals", "create_time", "update_time", "etag", "lifecycle_stage", "lifecycle_stage_time")
+    __slots__ = ("name", "customer_id", "display_name", "parent", "stakeholder_role", "owner", "labels", "signals", "create_time", "update_time", "etag", "lifecycle_stage", "lifecycle_stage_time", "team", "effective_team")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,8 @@ class Customer(_message.Message):
     ETAG_FIELD_NUMBER: _ClassVar[int]
     LIFECYCLE_STAGE_FIELD_NUMBER: _ClassVar[int]
     LIFECYCLE_STAGE_TIME_FIELD_NUMBER: _ClassVar[int]
+    TEAM_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_TEAM_FIELD_NUMBER: _ClassVar[int]
     name: str
     customer_id: str
     display_name: str
@@ -54,7 +56,31 @@ class Customer(_message.Message):
     etag: str
     lifecycle_stage: _common_pb2.LifecycleStage
     lifecycle_stage_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., customer_id: _Optional[str] = ..., display_name: _Optional[str] = ..., parent: _Optional[str] = ..., stakeholder_role: _Optional[_Union[_common_pb2.StakeholderRole, str]] = ..., owner: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., signals: _Optional[_Mapping[str, SignalValue]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ..., lifecycle_stage: _Optional[_Union[_common_pb2.LifecycleStage, str]] = ..., lifecycle_stage_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    team: _containers.RepeatedCompositeFieldContainer[TeamMember]
+    effective_team: _containers.RepeatedCompositeFieldContainer[TeamMember]
+    def __init__(self, name: _Optional[str] = ..., customer_id: _Optional[str] = ..., display_name: _Optional[str] = ..., parent: _Optional[str] = ..., stakeholder_role: _Optional[_Union[_common_pb2.StakeholderRole, str]] = ..., owner: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., signals: _Optional[_Mapping[str, SignalValue]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., etag: _Optional[str] = ..., lifecycle_stage: _Optional[_Union[_common_pb2.LifecycleStage, str]] = ..., lifecycle_stage_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., team: _Optional[_Iterable[_Union[TeamMember, _Mapping]]] = ..., effective_team: _Optional[_Iterable[_Union[TeamMember, _Mapping]]] = ...) -> None: ...
+
+class TeamMember(_message.Message):
+    __slots__ = ("role", "person", "display_name", "start_time", "inherited_from")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    PERSON_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    INHERITED_FROM_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    person: str
+    display_name: str
+    start_time: _timestamp_pb2.Timestamp
+    inherited_from: str
+    def __init__(self, role: _Optional[str] = ..., person: _Optional[str] = ..., display_name: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., inherited_from: _Optional[str] = ...) -> None: ...
+
+class TeamColumn(_message.Message):
+    __slots__ = ("role", "persons")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    PERSONS_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    persons: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, role: _Optional[str] = ..., persons: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SignalValue(_message.Message):
     __slots__ = ("value", "observe_time")
@@ -143,7 +169,7 @@ class ImportCustomersRequest(_message.Message):
     def __init__(self, customers: _Optional[_Iterable[_Union[Customer, _Mapping]]] = ..., all_or_nothing: _Optional[bool] = ..., columns: _Optional[_Union[CustomerColumns, _Mapping]] = ...) -> None: ...
 
 class CustomerColumns(_message.Message):
-    __slots__ = ("customer_ids", "display_names", "parent_ids", "stakeholder_roles", "owners", "signal_names", "signal_values", "observe_time", "lifecycle_stages", "lifecycle_stage_times_us")
+    __slots__ = ("customer_ids", "display_names", "parent_ids", "stakeholder_roles", "owners", "signal_names", "signal_values", "observe_time", "lifecycle_stages", "lifecycle_stage_times_us", "team_columns")
     CUSTOMER_IDS_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAMES_FIELD_NUMBER: _ClassVar[int]
     PARENT_IDS_FIELD_NUMBER: _ClassVar[int]
@@ -154,6 +180,7 @@ class CustomerColumns(_message.Message):
     OBSERVE_TIME_FIELD_NUMBER: _ClassVar[int]
     LIFECYCLE_STAGES_FIELD_NUMBER: _ClassVar[int]
     LIFECYCLE_STAGE_TIMES_US_FIELD_NUMBER: _ClassVar[int]
+    TEAM_COLUMNS_FIELD_NUMBER: _ClassVar[int]
     customer_ids: _containers.RepeatedScalarFieldContainer[str]
     display_names: _containers.RepeatedScalarFieldContainer[str]
     parent_ids: _containers.RepeatedScalarFieldContainer[str]
@@ -164,7 +191,8 @@ class CustomerColumns(_message.Message):
     observe_time: _timestamp_pb2.Timestamp
     lifecycle_stages: bytes
     lifecycle_stage_times_us: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, customer_ids: _Optional[_Iterable[str]] = ..., display_names: _Optional[_Iterable[str]] = ..., parent_ids: _Optional[_Iterable[str]] = ..., stakeholder_roles: _Optional[bytes] = ..., owners: _Optional[_Iterable[str]] = ..., signal_names: _Optional[_Iterable[str]] = ..., signal_values: _Optional[_Union[_common_pb2.Float64Matrix, _Mapping]] = ..., observe_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lifecycle_stages: _Optional[bytes] = ..., lifecycle_stage_times_us: _Optional[_Iterable[int]] = ...) -> None: ...
+    team_columns: _containers.RepeatedCompositeFieldContainer[TeamColumn]
+    def __init__(self, customer_ids: _Optional[_Iterable[str]] = ..., display_names: _Optional[_Iterable[str]] = ..., parent_ids: _Optional[_Iterable[str]] = ..., stakeholder_roles: _Optional[bytes] = ..., owners: _Optional[_Iterable[str]] = ..., signal_names: _Optional[_Iterable[str]] = ..., signal_values: _Optional[_Union[_common_pb2.Float64Matrix, _Mapping]] = ..., observe_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lifecycle_stages: _Optional[bytes] = ..., lifecycle_stage_times_us: _Optional[_Iterable[int]] = ..., team_columns: _Optional[_Iterable[_Union[TeamColumn, _Mapping]]] = ...) -> None: ...
 
 class RowError(_message.Message):
     __slots__ = ("position", "customer_id", "field", "reason")
@@ -287,6 +315,94 @@ class ListLifecycleHistoryResponse(_message.Message):
     next_page_token: str
     def __init__(self, changes: _Optional[_Iterable[_Union[LifecycleChange, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
+class ListTeamHistoryRequest(_message.Message):
+    __slots__ = ("customer", "role", "page_size", "page_token")
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    role: str
+    page_size: int
+    page_token: str
+    def __init__(self, customer: _Optional[str] = ..., role: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class TeamMembership(_message.Message):
+    __slots__ = ("role", "person", "display_name", "start_time", "end_time", "current")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    PERSON_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    person: str
+    display_name: str
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    current: bool
+    def __init__(self, role: _Optional[str] = ..., person: _Optional[str] = ..., display_name: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., current: _Optional[bool] = ...) -> None: ...
+
+class ListTeamHistoryResponse(_message.Message):
+    __slots__ = ("memberships", "next_page_token")
+    MEMBERSHIPS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    memberships: _containers.RepeatedCompositeFieldContainer[TeamMembership]
+    next_page_token: str
+    def __init__(self, memberships: _Optional[_Iterable[_Union[TeamMembership, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetOrganizationTeamRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class OrganizationTeam(_message.Message):
+    __slots__ = ("members",)
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    members: _containers.RepeatedCompositeFieldContainer[TeamMember]
+    def __init__(self, members: _Optional[_Iterable[_Union[TeamMember, _Mapping]]] = ...) -> None: ...
+
+class UpdateOrganizationTeamRequest(_message.Message):
+    __slots__ = ("members",)
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    members: _containers.RepeatedCompositeFieldContainer[TeamMember]
+    def __init__(self, members: _Optional[_Iterable[_Union[TeamMember, _Mapping]]] = ...) -> None: ...
+
+class Person(_message.Message):
+    __slots__ = ("person_id", "display_name", "capacity", "update_time")
+    PERSON_ID_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    person_id: str
+    display_name: str
+    capacity: int
+    update_time: _timestamp_pb2.Timestamp
+    def __init__(self, person_id: _Optional[str] = ..., display_name: _Optional[str] = ..., capacity: _Optional[int] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class UpdatePersonRequest(_message.Message):
+    __slots__ = ("person", "update_mask")
+    PERSON_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    person: Person
+    update_mask: _field_mask_pb2.FieldMask
+    def __init__(self, person: _Optional[_Union[Person, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
+
+class ListPeopleRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListPeopleResponse(_message.Message):
+    __slots__ = ("people", "next_page_token")
+    PEOPLE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    people: _containers.RepeatedCompositeFieldContainer[Person]
+    next_page_token: str
+    def __init__(self, people: _Optional[_Iterable[_Union[Person, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
 class ExportSignalMatrixRequest(_message.Message):
     __slots__ = ("signal_names", "chunk_size")
     SIGNAL_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -296,7 +412,7 @@ class ExportSignalMatrixRequest(_message.Message):
     def __init__(self, signal_names: _Optional[_Iterable[str]] = ..., chunk_size: _Optional[int] = ...) -> None: ...
 
 class ExportSignalMatrixResponse(_message.Message):
-    __slots__ = ("chunk", "parent_ids", "stakeholder_roles", "owners", "total_customers", "sequence", "lifecycle_stages")
+    __slots__ = ("chunk", "parent_ids", "stakeholder_roles", "owners", "total_customers", "sequence", "lifecycle_stages", "team")
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     PARENT_IDS_FIELD_NUMBER: _ClassVar[int]
     STAKEHOLDER_ROLES_FIELD_NUMBER: _ClassVar[int]
@@ -304,6 +420,7 @@ class ExportSignalMatrixResponse(_message.Message):
     TOTAL_CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     LIFECYCLE_STAGES_FIELD_NUMBER: _ClassVar[int]
+    TEAM_FIELD_NUMBER: _ClassVar[int]
     chunk: _common_pb2.ColumnarChunk
     parent_ids: _containers.RepeatedScalarFieldContainer[str]
     stakeholder_roles: bytes
@@ -311,7 +428,8 @@ class ExportSignalMatrixResponse(_message.Message):
     total_customers: int
     sequence: int
     lifecycle_stages: bytes
-    def __init__(self, chunk: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ..., parent_ids: _Optional[_Iterable[str]] = ..., stakeholder_roles: _Optional[bytes] = ..., owners: _Optional[_Iterable[str]] = ..., total_customers: _Optional[int] = ..., sequence: _Optional[int] = ..., lifecycle_stages: _Optional[bytes] = ...) -> None: ...
+    team: _containers.RepeatedCompositeFieldContainer[TeamColumn]
+    def __init__(self, chunk: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ..., parent_ids: _Optional[_Iterable[str]] = ..., stakeholder_roles: _Optional[bytes] = ..., owners: _Optional[_Iterable[str]] = ..., total_customers: _Optional[int] = ..., sequence: _Optional[int] = ..., lifecycle_stages: _Optional[bytes] = ..., team: _Optional[_Iterable[_Union[TeamColumn, _Mapping]]] = ...) -> None: ...
 
 class WatchCustomerChangesRequest(_message.Message):
     __slots__ = ("after_sequence",)
@@ -320,7 +438,7 @@ class WatchCustomerChangesRequest(_message.Message):
     def __init__(self, after_sequence: _Optional[int] = ...) -> None: ...
 
 class WatchCustomerChangesResponse(_message.Message):
-    __slots__ = ("sequences", "last_sequence", "deleted", "chunk", "display_names", "parent_ids", "stakeholder_roles", "owners", "head_sequence", "lifecycle_stages")
+    __slots__ = ("sequences", "last_sequence", "deleted", "chunk", "display_names", "parent_ids", "stakeholder_roles", "owners", "head_sequence", "lifecycle_stages", "team")
     SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     DELETED_FIELD_NUMBER: _ClassVar[int]
@@ -331,6 +449,7 @@ class WatchCustomerChangesResponse(_message.Message):
     OWNERS_FIELD_NUMBER: _ClassVar[int]
     HEAD_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     LIFECYCLE_STAGES_FIELD_NUMBER: _ClassVar[int]
+    TEAM_FIELD_NUMBER: _ClassVar[int]
     sequences: _containers.RepeatedScalarFieldContainer[int]
     last_sequence: int
     deleted: bytes
@@ -341,4 +460,5 @@ class WatchCustomerChangesResponse(_message.Message):
     owners: _containers.RepeatedScalarFieldContainer[str]
     head_sequence: int
     lifecycle_stages: bytes
-    def __init__(self, sequences: _Optional[_Iterable[int]] = ..., last_sequence: _Optional[int] = ..., deleted: _Optional[bytes] = ..., chunk: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ..., display_names: _Optional[_Iterable[str]] = ..., parent_ids: _Optional[_Iterable[str]] = ..., stakeholder_roles: _Optional[bytes] = ..., owners: _Optional[_Iterable[str]] = ..., head_sequence: _Optional[int] = ..., lifecycle_stages: _Optional[bytes] = ...) -> None: ...
+    team: _containers.RepeatedCompositeFieldContainer[TeamColumn]
+    def __init__(self, sequences: _Optional[_Iterable[int]] = ..., last_sequence: _Optional[int] = ..., deleted: _Optional[bytes] = ..., chunk: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ..., display_names: _Optional[_Iterable[str]] = ..., parent_ids: _Optional[_Iterable[str]] = ..., stakeholder_roles: _Optional[bytes] = ..., owners: _Optional[_Iterable[str]] = ..., head_sequence: _Optional[int] = ..., lifecycle_stages: _Optional[bytes] = ..., team: _Optional[_Iterable[_Union[TeamColumn, _Mapping]]] = ...) -> None: ...

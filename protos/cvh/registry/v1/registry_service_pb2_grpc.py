@@ -110,6 +110,31 @@ class RegistryServiceStub:
                 request_serializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.ListLifecycleHistoryRequest.SerializeToString,
                 response_deserializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.ListLifecycleHistoryResponse.FromString,
                 _registered_method=True)
+        self.ListTeamHistory = channel.unary_unary(
+                '/cvh.registry.v1.RegistryService/ListTeamHistory',
+                request_serializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.ListTeamHistoryRequest.SerializeToString,
+                response_deserializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.ListTeamHistoryResponse.FromString,
+                _registered_method=True)
+        self.GetOrganizationTeam = channel.unary_unary(
+                '/cvh.registry.v1.RegistryService/GetOrganizationTeam',
+                request_serializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.GetOrganizationTeamRequest.SerializeToString,
+                response_deserializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.OrganizationTeam.FromString,
+                _registered_method=True)
+        self.UpdateOrganizationTeam = channel.unary_unary(
+                '/cvh.registry.v1.RegistryService/UpdateOrganizationTeam',
+                request_serializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.UpdateOrganizationTeamRequest.SerializeToString,
+                response_deserializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.OrganizationTeam.FromString,
+                _registered_method=True)
+        self.UpdatePerson = channel.unary_unary(
+                '/cvh.registry.v1.RegistryService/UpdatePerson',
+                request_serializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.UpdatePersonRequest.SerializeToString,
+                response_deserializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.Person.FromString,
+                _registered_method=True)
+        self.ListPeople = channel.unary_unary(
+                '/cvh.registry.v1.RegistryService/ListPeople',
+                request_serializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.ListPeopleRequest.SerializeToString,
+                response_deserializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.ListPeopleResponse.FromString,
+                _registered_method=True)
         self.ExportSignalMatrix = channel.unary_stream(
                 '/cvh.registry.v1.RegistryService/ExportSignalMatrix',
                 request_serializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.ExportSignalMatrixRequest.SerializeToString,
@@ -151,8 +176,9 @@ class RegistryServiceServicer:
     """
 
     def CreateCustomer(self, request, context):
-        """Creates one customer.
-        Errors: INVALID_CUSTOMER (a field of customer; INVALID_CUSTOMER_NAME when
+        """Creates one customer, with its team when given.
+        Errors: INVALID_CUSTOMER (a field of customer, e.g. a team member's role or
+        person, or a role with more than 16 members; INVALID_CUSTOMER_NAME when
         only the parent is malformed), CUSTOMER_ALREADY_EXISTS (the customer_id is
         taken), PARENT_NOT_FOUND, PARENT_CYCLE, TREE_TOO_DEEP (more than 10 levels),
         TREE_CORRUPT (the parent's stored tree already holds a cycle: clear one
@@ -163,7 +189,8 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetCustomer(self, request, context):
-        """Returns one customer with its latest signals.
+        """Returns one customer with its latest signals, its team and its effective
+        team (the roles it inherits from its ancestors filled in).
         Errors: INVALID_CUSTOMER_NAME, CUSTOMER_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -171,20 +198,23 @@ class RegistryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def BatchGetCustomers(self, request, context):
-        """Returns up to 1,000 customers in the order asked. NOT_FOUND names the
-        first unknown one unless allow_missing is set.
+        """Returns up to 1,000 customers in the order asked, each with its team and
+        effective team. NOT_FOUND names the first unknown one unless
+        allow_missing is set.
         Errors: INVALID_NAMES (none or more than 1,000), INVALID_CUSTOMER_NAME,
-        CUSTOMER_NOT_FOUND.
+        CUSTOMER_NOT_FOUND, ANSWER_TOO_LARGE (RESOURCE_EXHAUSTED: the customers
+        with their teams would pass 60 MiB; ask for fewer at a time).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateCustomer(self, request, context):
-        """Updates the fields named in update_mask.
+        """Updates the fields named in update_mask (mask "team": the roles named in
+        customer.team, see Customer.team).
         Errors: INVALID_CUSTOMER_NAME (customer.name or customer.parent),
         INVALID_UPDATE_MASK, INVALID_CUSTOMER (another field, e.g. a malformed
-        etag), CUSTOMER_NOT_FOUND, ETAG_MISMATCH (ABORTED: the etag is stale, or
+        etag or a team member's role or person), CUSTOMER_NOT_FOUND, ETAG_MISMATCH (ABORTED: the etag is stale, or
         another writer won a race), PARENT_NOT_FOUND, PARENT_CYCLE (the new parent
         is a descendant; the message names the cycle), TREE_TOO_DEEP,
         TREE_CORRUPT (the new parent's stored tree already holds a cycle).
@@ -256,10 +286,60 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTeamHistory(self, request, context):
+        """Lists who served one customer in which role and when (its own team, not
+        what it inherits): current and past memberships, newest start first, paginated.
+        Errors: INVALID_CUSTOMER_NAME, INVALID_ROLE, INVALID_PAGE_SIZE,
+        INVALID_PAGE_TOKEN, CUSTOMER_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetOrganizationTeam(self, request, context):
+        """Returns the organisation's team: the people who oversee every customer
+        (e.g. the chief customer officer).
+        Errors: none of its own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateOrganizationTeam(self, request, context):
+        """Sets roles of the organisation's team, by the rule of Customer.team: each
+        role named gets exactly the members given (an entry with an empty person
+        clears it); roles not named are unchanged. Departures keep their history.
+        Errors: INVALID_MEMBERS (a role or person malformed, a role named with and
+        without people, more than 16 roles or more than 16 members in a role; the
+        field names the entry).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdatePerson(self, request, context):
+        """Sets a person's display name and capacity (the most customers they should
+        serve), creating the person when unknown.
+        Errors: INVALID_PERSON (person_id, display_name or a negative capacity),
+        INVALID_UPDATE_MASK.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPeople(self, request, context):
+        """Lists the people the registry knows (members of a team, past or present,
+        and those set by UpdatePerson), in person_id order, paginated.
+        Errors: INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ExportSignalMatrix(self, request, context):
         """Streams the whole customer base as columnar chunks: ids, the current value
-        of each requested signal (NaN where missing), parents, roles, owners and
-        lifecycle stages.
+        of each requested signal (NaN where missing), parents, roles, owners,
+        lifecycle stages and each customer's own current team.
         Errors: INVALID_SIGNAL_NAMES, INVALID_CHUNK_SIZE, TOO_MANY_BULK_STREAMS
         (RESOURCE_EXHAUSTED: the server's cap on bulk streams at once, 8 by
         default, is reached; the message names it), READER_STALLED
@@ -340,6 +420,31 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.ListLifecycleHistory,
                     request_deserializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.ListLifecycleHistoryRequest.FromString,
                     response_serializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.ListLifecycleHistoryResponse.SerializeToString,
+            ),
+            'ListTeamHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTeamHistory,
+                    request_deserializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.ListTeamHistoryRequest.FromString,
+                    response_serializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.ListTeamHistoryResponse.SerializeToString,
+            ),
+            'GetOrganizationTeam': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOrganizationTeam,
+                    request_deserializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.GetOrganizationTeamRequest.FromString,
+                    response_serializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.OrganizationTeam.SerializeToString,
+            ),
+            'UpdateOrganizationTeam': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateOrganizationTeam,
+                    request_deserializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.UpdateOrganizationTeamRequest.FromString,
+                    response_serializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.OrganizationTeam.SerializeToString,
+            ),
+            'UpdatePerson': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdatePerson,
+                    request_deserializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.UpdatePersonRequest.FromString,
+                    response_serializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.Person.SerializeToString,
+            ),
+            'ListPeople': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPeople,
+                    request_deserializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.ListPeopleRequest.FromString,
+                    response_serializer=cvh_dot_registry_dot_v1_dot_registry__service__pb2.ListPeopleResponse.SerializeToString,
             ),
             'ExportSignalMatrix': grpc.unary_stream_rpc_method_handler(
                     servicer.ExportSignalMatrix,
@@ -647,6 +752,141 @@ class RegistryService:
             '/cvh.registry.v1.RegistryService/ListLifecycleHistory',
             cvh_dot_registry_dot_v1_dot_registry__service__pb2.ListLifecycleHistoryRequest.SerializeToString,
             cvh_dot_registry_dot_v1_dot_registry__service__pb2.ListLifecycleHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTeamHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cvh.registry.v1.RegistryService/ListTeamHistory',
+            cvh_dot_registry_dot_v1_dot_registry__service__pb2.ListTeamHistoryRequest.SerializeToString,
+            cvh_dot_registry_dot_v1_dot_registry__service__pb2.ListTeamHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOrganizationTeam(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cvh.registry.v1.RegistryService/GetOrganizationTeam',
+            cvh_dot_registry_dot_v1_dot_registry__service__pb2.GetOrganizationTeamRequest.SerializeToString,
+            cvh_dot_registry_dot_v1_dot_registry__service__pb2.OrganizationTeam.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateOrganizationTeam(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cvh.registry.v1.RegistryService/UpdateOrganizationTeam',
+            cvh_dot_registry_dot_v1_dot_registry__service__pb2.UpdateOrganizationTeamRequest.SerializeToString,
+            cvh_dot_registry_dot_v1_dot_registry__service__pb2.OrganizationTeam.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdatePerson(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cvh.registry.v1.RegistryService/UpdatePerson',
+            cvh_dot_registry_dot_v1_dot_registry__service__pb2.UpdatePersonRequest.SerializeToString,
+            cvh_dot_registry_dot_v1_dot_registry__service__pb2.Person.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPeople(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cvh.registry.v1.RegistryService/ListPeople',
+            cvh_dot_registry_dot_v1_dot_registry__service__pb2.ListPeopleRequest.SerializeToString,
+            cvh_dot_registry_dot_v1_dot_registry__service__pb2.ListPeopleResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,13 +1,13 @@
 """Lifecycle stages: each customer's stage and when it entered it, and every stage it entered.
 
-Revision ID: 0011_lifecycle
+Revision ID: 0008_lifecycle
 Revises: 0007_run_lifetime_value
 Create Date: 2026-12-07
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0011_lifecycle"
+revision = "0008_lifecycle"
 down_revision = "0007_run_lifetime_value"
 branch_labels = None
 depends_on = None

@@ -1,14 +1,14 @@
 """Customer teams: people, each customer's team by role (effective-dated), and the organisation's team.
 
-Revision ID: 0012_teams
-Revises: 0011_lifecycle
+Revision ID: 0009_teams
+Revises: 0008_lifecycle
 Create Date: 2026-12-07
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0012_teams"
-down_revision = "0011_lifecycle"
+revision = "0009_teams"
+down_revision = "0008_lifecycle"
 branch_labels = None
 depends_on = None
 

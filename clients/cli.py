@@ -15,7 +15,7 @@ from clients.commands.common import (client_options, database_url, existing_file
                                      whole_number)
 from clients.errors import CvhError
 from clients.tabular import InputError
-from services.common.config import DEFAULT_LISTEN, SERVICE_NAMES, ConfigError
+from services.common.config import DEFAULT_LISTEN, MAX_RETENTION_DAYS, SERVICE_NAMES, ConfigError
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -37,6 +37,7 @@ def _serve(args: argparse.Namespace) -> int:
                                    database_pool_size=args.database_pool_size, max_bulk_streams=args.max_bulk_streams,
                                    stream_stall_seconds=args.stream_stall_seconds, max_watchers=args.max_watchers,
                                    feed_retention_seconds=args.feed_retention_seconds,
+                                   telemetry_retention_days=args.telemetry_retention_days,
                                    migrate=False if args.no_migrate else None)
     logs.configure(config.log_level)
     workers = args.workers if args.workers is not None else env_number("CVH_WORKERS", int, 1)
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser(
         "serve", help="run the gRPC services",
-        description="Run gRPC services in this process. With no SERVICE, all three share one port and an "
+        description="Run gRPC services in this process. With no SERVICE, all four share one port and an "
                     "embedded SQLite database. Stops gracefully on SIGTERM or Ctrl-C.")
     serve.add_argument("services", nargs="*", metavar="SERVICE",
                        help=f"which services to run: {', '.join(SERVICE_NAMES)} (default: all)")
@@ -114,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--feed-retention-seconds", type=positive_seconds, default=None, metavar="SECONDS",
                        help="how long the registry keeps its change feed; a follower further behind reloads "
                             "(env CVH_FEED_RETENTION_SECONDS, default 86400)")
+    serve.add_argument("--telemetry-retention-days", type=whole_number(1, MAX_RETENTION_DAYS), default=None,
+                       metavar="DAYS",
+                       help="days of product telemetry the adoption service keeps; older events are refused and "
+                            "older aggregates pruned (env CVH_TELEMETRY_RETENTION_DAYS, default 400)")
     serve.add_argument("--health-listen", default=None, metavar="HOST:PORT",
                        help="also serve plaintext gRPC health checks (only) here, for probes that cannot speak "
                             "TLS, e.g. Kubernetes' native grpc probes (env CVH_HEALTH_LISTEN, default off)")

@@ -433,6 +433,12 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
                 self.catalog.reload(conn)
         return {self.catalog.cached_name(signal_id): value for signal_id, value in present}
 
+    def known_customer_ids(self, ids: list[str]) -> set[str]:
+        """Which of ``ids`` are registered: what the adoption service checks telemetry against when it shares
+        this process (a BatchGetCustomers call to itself otherwise)."""
+        with read_transaction(self.engine) as conn:
+            return set(store.known_ids(conn, ids))
+
     @functools.cached_property
     def _signals_sql(self) -> str:
         return f"SELECT signal_values FROM registry_customers WHERE customer_id = {placeholders(self.engine, 1)}"

@@ -1,0 +1,270 @@
+"""AdoptionService: versions of the value hierarchy, and product telemetry in as daily aggregates."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+import grpc
+import numpy as np
+from sqlalchemy.engine import Engine, Row
+
+from cvh.adoption.v1 import adoption_service_pb2 as pb
+from cvh.adoption.v1 import adoption_service_pb2_grpc as pb_grpc
+from cvh.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
+from services.adoption import catalog, store, telemetry
+from services.common.auth import current_caller
+from services.common.db import read_transaction, write_transaction
+from services.common.errors import ServiceError, failed_precondition, invalid_argument, unavailable
+from services.common.peers import Peer
+from services.common.validation import decode_offset_token, encode_page_token, page_size
+from services.registry.customers import now_us, set_timestamp
+
+log = logging.getLogger("cvh.adoption")
+
+VERSION_NAME = re.compile(r"(?:valueMapVersions/)?([1-9][0-9]{0,8})")
+DEFAULT_RETENTION_DAYS = 400
+MAX_REJECTIONS_LISTED = 1000
+# Names per BatchGetCustomers call to a registry in another process (its cap).
+REGISTRY_BATCH = 1000
+# Customers known to be registered, kept in memory between messages; beyond this many the memory starts over.
+MAX_KNOWN_CUSTOMERS = 2_000_000
+
+
+def parse_version_name(name: str, field_path: str) -> int:
+    match = VERSION_NAME.fullmatch(name)
+    if not match:
+        raise invalid_argument(field_path, 'expected "valueMapVersions/{version}" or the version number',
+                               "INVALID_VALUE_MAP_VERSION_NAME")
+    return int(match.group(1))
+
+
+def version_not_found(version: int) -> ServiceError:
+    name = f"valueMapVersions/{version}"
+    return ServiceError(grpc.StatusCode.NOT_FOUND, f"{name} does not exist", "VALUE_MAP_VERSION_NOT_FOUND",
+                        metadata={"resource": name})
+
+
+class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
+    def __init__(self, engine: Engine, retention_days: int = DEFAULT_RETENTION_DAYS) -> None:
+        self.engine = engine
+        self.retention_days = retention_days
+        # Set by the server: where the registry is, or its servicer when this process serves it too.
+        self.registry: Peer | None = None
+        self.local_registry = None
+        self._registry_stub = None
+        # customer_id -> key in adoption_customers, for customers already checked against the registry.
+        self._known: dict[str, int] = {}
+        self._pruner: asyncio.Task | None = None
+
+    # -- background: forget what is older than the retention -------------------------------------------------
+
+    async def start_background(self) -> None:
+        self._pruner = asyncio.get_running_loop().create_task(self._prune_now_and_then())
+
+    async def stop_background(self) -> None:
+        if self._pruner:
+            self._pruner.cancel()
+
+    async def _prune_now_and_then(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.prune)
+            except Exception:  # a lost database: the next round tries again
+                log.warning("pruning telemetry beyond the retention failed", exc_info=True)
+            await asyncio.sleep(3600)
+
+    def prune(self, now: int | None = None) -> int:
+        """Deletes aggregates and batch ids older than the retention; the rows deleted."""
+        now = now_us() if now is None else now
+        first_day = telemetry.first_kept_day(now, self.retention_days)
+        with write_transaction(self.engine) as conn:
+            return store.prune(conn, first_day, first_day * telemetry.DAY_US)
+
+    # -- the value hierarchy ----------------------------------------------------------------------------------
+
+    async def CreateValueMapVersion(self, request, context):
+        catalog.check_value_map(request.value_map, self.retention_days)
+        stored = catalog.normalized(request.value_map)
+        counts = catalog.level_counts(stored.nodes)
+        if request.validate_only:
+            stored.level_counts.extend(counts)
+            return stored
+        author = current_caller.get()
+
+        def create():
+            with write_transaction(self.engine) as conn:
+                version = store.create_value_map(conn, stored.SerializeToString(), stored.change_note, author,
+                                                 counts, now_us(), activate=not request.skip_activation)
+                return store.get_value_map(conn, version)
+        return _version_proto(await asyncio.to_thread(create))
+
+    async def GetValueMapVersion(self, request, context):
+        version = parse_version_name(request.name, "name") if request.name else None
+        return _version_proto(await asyncio.to_thread(self._version_row, version))
+
+    def _version_row(self, version: int | None) -> Row:
+        with read_transaction(self.engine) as conn:
+            row = store.get_value_map(conn, version)
+        if row is None and version is None:
+            raise failed_precondition("no value hierarchy version is active yet: create one "
+                                      "(`cvh valuemap apply FILE`)", "NO_ACTIVE_VALUE_MAP")
+        if row is None:
+            raise version_not_found(version)
+        return row
+
+    async def ListValueMapVersions(self, request, context):
+        size = page_size(request.page_size)
+        offset = decode_offset_token(request.page_token, {})
+
+        def page():
+            with read_transaction(self.engine) as conn:
+                return store.list_value_maps(conn, offset, size + 1)
+        rows = await asyncio.to_thread(page)
+        response = pb.ListValueMapVersionsResponse(value_maps=[_version_proto(r) for r in rows[:size]])
+        if len(rows) > size:
+            response.next_page_token = encode_page_token(offset + size, {})
+        return response
+
+    async def ActivateValueMapVersion(self, request, context):
+        version = parse_version_name(request.name, "name")
+
+        def activate():
+            with write_transaction(self.engine) as conn:
+                if not store.activate_value_map(conn, version):
+                    raise version_not_found(version)
+                return store.get_value_map(conn, version)
+        return _version_proto(await asyncio.to_thread(activate))
+
+    async def DiffValueMapVersions(self, request, context):
+        base = parse_version_name(request.base, "base")
+        target = parse_version_name(request.target, "target")
+        before, after = await asyncio.gather(asyncio.to_thread(self._version_row, base),
+                                             asyncio.to_thread(self._version_row, target))
+        found = catalog.diff(_version_proto(before), _version_proto(after))
+        return pb.ValueMapDiff(base=f"valueMapVersions/{base}", target=f"valueMapVersions/{target}",
+                               added=found.added, removed=found.removed, changed=found.changed)
+
+    # -- telemetry --------------------------------------------------------------------------------------------
+
+    async def RecordTelemetry(self, request_iterator, context):
+        summary = Summary()
+        index = 0
+        async for request in request_iterator:
+            message = await asyncio.to_thread(telemetry.parse, request, index)
+            known = await self._registered(message.customer_ids)
+            await asyncio.to_thread(self._record, message, known, summary)
+            index += 1
+        return summary.response()
+
+    def _record(self, message: telemetry.Message, known: np.ndarray, summary: Summary) -> None:
+        """Decides each event's fate, sums the kept ones and writes them in one transaction."""
+        now = now_us()
+        reasons = telemetry.reasons(message, known, now, self.retention_days)
+        keep = reasons == 0
+        kept = int(keep.sum())
+        sums = telemetry.aggregate(message, keep)
+        used_customers = np.unique(np.r_[sums.customers, sums.user_customers]).tolist()
+        used_events = np.unique(np.r_[sums.events, sums.user_events]).tolist()
+        with write_transaction(self.engine) as conn:
+            if message.batch_id and not store.claim_batch(conn, message.batch_id, kept, now):
+                summary.duplicate(message)
+                return
+            customer_keys = store.add_customers(conn, [message.customer_ids[c] for c in used_customers], now)
+            event_ids = store.event_ids(conn, [message.event_names[e] for e in used_events])
+            key_of = np.zeros(len(message.customer_ids), np.int64)
+            key_of[used_customers] = [customer_keys[message.customer_ids[c]] for c in used_customers]
+            id_of = np.zeros(len(message.event_names), np.int64)
+            id_of[used_events] = [event_ids[message.event_names[e]] for e in used_events]
+            store.add_daily(conn, key_of[sums.customers], id_of[sums.events], sums.days, sums.counts)
+            store.add_users(conn, key_of[sums.user_customers], id_of[sums.user_events], sums.user_hashes,
+                            sums.user_first_days, sums.user_last_days)
+        self._remember({message.customer_ids[c]: customer_keys[message.customer_ids[c]] for c in used_customers})
+        summary.add(message, reasons, kept, len(sums.counts))
+
+    def _remember(self, keys: dict[str, int]) -> None:
+        if len(self._known) + len(keys) > MAX_KNOWN_CUSTOMERS:
+            self._known.clear()
+        self._known.update(keys)
+
+    async def _registered(self, customer_ids: list[str]) -> np.ndarray:
+        """Per entry of ``customer_ids``, whether the registry knows it (well-formed and registered). Customers
+        telemetry was kept for before are not asked again (a customer deleted from the registry since keeps
+        its telemetry until the retention ends)."""
+        well_formed = telemetry.well_formed_customers(customer_ids)
+        unseen = sorted({c for c, ok in zip(customer_ids, well_formed) if ok and c not in self._known})
+        if unseen:
+            def stored():
+                with read_transaction(self.engine) as conn:
+                    return store.customer_keys(conn, unseen)
+            self._remember(await asyncio.to_thread(stored))
+            unseen = [c for c in unseen if c not in self._known]
+        registered = await self._ask_registry(unseen) if unseen else set()
+        return np.array([ok and (c in self._known or c in registered) for c, ok in zip(customer_ids, well_formed)],
+                        dtype=bool)
+
+    async def _ask_registry(self, ids: list[str]) -> set[str]:
+        if self.local_registry is not None:
+            return await asyncio.to_thread(self.local_registry.known_customer_ids, ids)
+        if self._registry_stub is None:
+            self._registry_stub = registry_service_pb2_grpc.RegistryServiceStub(self.registry.channel())
+        found: set[str] = set()
+        try:
+            for start in range(0, len(ids), REGISTRY_BATCH):
+                answer = await self._registry_stub.BatchGetCustomers(registry_service_pb2.BatchGetCustomersRequest(
+                    names=ids[start:start + REGISTRY_BATCH], allow_missing=True), timeout=30)
+                found.update(c.customer_id for c in answer.customers)
+        except grpc.aio.AioRpcError as error:
+            raise unavailable(f"the registry at {self.registry} answered {error.code().name}: "
+                              f"{error.details()}; messages before this one are committed, resend from this one",
+                              "REGISTRY_UNAVAILABLE") from None
+        return found
+
+
+class Summary:
+    """What a RecordTelemetry stream did, message by message."""
+
+    def __init__(self) -> None:
+        self.answer = pb.RecordTelemetryResponse()
+        self.by_reason: dict[int, int] = {}
+
+    def duplicate(self, message: telemetry.Message) -> None:
+        self.answer.messages += 1
+        self.answer.duplicate_messages += 1
+
+    def add(self, message: telemetry.Message, reasons: np.ndarray, kept: int, daily_rows: int) -> None:
+        answer = self.answer
+        answer.messages += 1
+        answer.events_received += message.size
+        answer.events_kept += kept
+        answer.events_rejected += message.size - kept
+        answer.daily_rows_written += daily_rows
+        rejected = np.flatnonzero(reasons)
+        for reason, count in zip(*np.unique(reasons[rejected], return_counts=True)):
+            self.by_reason[int(reason)] = self.by_reason.get(int(reason), 0) + int(count)
+        room = MAX_REJECTIONS_LISTED - len(answer.rejections)
+        for position in rejected[:max(room, 0)].tolist():
+            answer.rejections.add(message_index=message.index, position=position, reason=int(reasons[position]))
+
+    def response(self) -> pb.RecordTelemetryResponse:
+        for reason in sorted(self.by_reason):
+            self.answer.rejection_counts.add(reason=reason, events=self.by_reason[reason])
+        return self.answer
+
+
+def _version_proto(row: Row) -> pb.ValueMapVersion:
+    message = pb.ValueMapVersion.FromString(row.nodes) if "nodes" in row._fields else pb.ValueMapVersion()
+    message.name, message.version = f"valueMapVersions/{row.version}", row.version
+    message.change_note, message.author, message.active = row.change_note, row.author, row.active
+    set_timestamp(message.create_time, row.create_time_us)
+    message.ClearField("level_counts")
+    message.level_counts.extend(int(c) for c in row.level_counts.split(",") if c)
+    return message
+
+
+def add_to_server(server: grpc.aio.Server, engine: Engine,
+                  retention_days: int = DEFAULT_RETENTION_DAYS) -> AdoptionServicer:
+    servicer = AdoptionServicer(engine, retention_days)
+    pb_grpc.add_AdoptionServiceServicer_to_server(servicer, server)
+    return servicer

@@ -398,6 +398,12 @@ class CvhClient:
                                                           target=value_map_version_name(target))
         return self._unary(self.adoption.DiffValueMapVersions, request)
 
+    def get_customer_adoption(self, customer: str, version: str | int = "") -> adoption_pb.CustomerAdoption:
+        """One customer's value hierarchy today: achieved, progress, and why not."""
+        request = adoption_pb.GetCustomerAdoptionRequest(customer=customer_name(customer),
+                                                         value_map_version=value_map_version_name(version))
+        return self._unary(self.adoption.GetCustomerAdoption, request)
+
     def record_telemetry(self, requests: Iterable[adoption_pb.RecordTelemetryRequest],
                          timeout: float | None = None) -> adoption_pb.RecordTelemetryResponse:
         """Streams telemetry; ``requests`` may be a generator (see :func:`columns.telemetry_chunk`)."""

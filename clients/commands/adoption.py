@@ -1,4 +1,5 @@
-"""The value hierarchy and telemetry: cvh valuemap apply|show|list|diff|activate, cvh telemetry record."""
+"""The value hierarchy and telemetry: cvh valuemap apply|show|list|diff|activate, cvh telemetry record,
+cvh adoption CUSTOMER."""
 
 from __future__ import annotations
 
@@ -299,6 +300,33 @@ def telemetry_record(args: argparse.Namespace) -> int:
     return 1 if rejected else 0
 
 
+def customer_adoption(args: argparse.Namespace) -> int:
+    with connect(args) as cvh:
+        tree = cvh.get_customer_adoption(args.customer, args.version or "")
+    if args.json:
+        print_json(message_dict(tree))
+        return 0
+    counts = ", ".join(f"{a}/{n}" for a, n in zip(tree.achieved_counts, _level_sizes(tree)))
+    print(f"{tree.customer} on {tree.evaluated_day}, {tree.value_map_version}: achieved {counts} "
+          "(strategies, initiatives, use cases, procedures)")
+    depth = {"": -1}
+    for node in tree.nodes:
+        depth[node.key] = depth.get(node.parent_key, -1) + 1
+        mark = "[x]" if node.achieved else "[ ]"
+        last = f", last active {node.last_active_day}" if node.last_active_day else ""
+        print(f"{'  ' * depth[node.key]}{mark} {node.key}: {node.display_name} ({100 * node.progress:.0f} %{last})")
+        for reason in node.why_not:
+            print(f"{'  ' * depth[node.key]}      {reason}")
+    return 0
+
+
+def _level_sizes(tree: pb.CustomerAdoption) -> list[int]:
+    sizes = [0, 0, 0, 0]
+    for node in tree.nodes:
+        sizes[node.level - 1] += 1
+    return sizes
+
+
 def add_parsers(commands, client: argparse.ArgumentParser) -> None:
     valuemap = commands.add_parser(
         "valuemap", help="the value hierarchy: strategies, initiatives, use cases, procedures",
@@ -335,6 +363,15 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
                                  description="Make version N the active one; the others stay stored.")
     command.add_argument("version", type=positive_int, metavar="N", help="the version")
     command.set_defaults(run=valuemap_activate)
+
+    command = commands.add_parser(
+        "adoption", parents=[client], help="a customer's value hierarchy: what it achieved, and why not",
+        description="The customer's value hierarchy today: each node achieved [x] or not [ ], its progress and "
+                    "last activity, and under what is not achieved, why (\"2 of 5 active days in the last 30 "
+                    "days\").")
+    command.add_argument("customer", metavar="ID", help="customer id (or customers/ID)")
+    command.add_argument("--version", type=positive_int, metavar="N", help="which version (default: the active)")
+    command.set_defaults(run=customer_adoption)
 
     telemetry = commands.add_parser("telemetry", help="product telemetry in",
                                     description="Product events, kept as daily aggregates per customer and event.")

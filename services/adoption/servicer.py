@@ -10,15 +10,16 @@ import grpc
 import numpy as np
 from sqlalchemy.engine import Engine, Row
 
+import scoring_engine.adoption
 from cvh.adoption.v1 import adoption_service_pb2 as pb
 from cvh.adoption.v1 import adoption_service_pb2_grpc as pb_grpc
 from cvh.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
-from services.adoption import catalog, store, telemetry
+from services.adoption import achievement, catalog, store, telemetry
 from services.common.auth import current_caller
 from services.common.db import read_transaction, write_transaction
-from services.common.errors import ServiceError, failed_precondition, invalid_argument, unavailable
+from services.common.errors import ServiceError, failed_precondition, invalid_argument, not_found, unavailable
 from services.common.peers import Peer
-from services.common.validation import decode_offset_token, encode_page_token, page_size
+from services.common.validation import customer_id_from_name, decode_offset_token, encode_page_token, page_size
 from services.registry.customers import now_us, set_timestamp
 
 log = logging.getLogger("cvh.adoption")
@@ -57,6 +58,9 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         # customer_id -> key in adoption_customers, for customers already checked against the registry.
         self._known: dict[str, int] = {}
         self._pruner: asyncio.Task | None = None
+        # (version, its rules' event ids) -> compiled plan
+        self._plans: dict[tuple, object] = {}
+        scoring_engine.adoption.warm_up()  # compile or load the kernels now, not in the first request
 
     # -- background: forget what is older than the retention -------------------------------------------------
 
@@ -106,13 +110,7 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
 
     def _version_row(self, version: int | None) -> Row:
         with read_transaction(self.engine) as conn:
-            row = store.get_value_map(conn, version)
-        if row is None and version is None:
-            raise failed_precondition("no value hierarchy version is active yet: create one "
-                                      "(`cvh valuemap apply FILE`)", "NO_ACTIVE_VALUE_MAP")
-        if row is None:
-            raise version_not_found(version)
-        return row
+            return self._version_row_in(conn, version)
 
     async def ListValueMapVersions(self, request, context):
         size = page_size(request.page_size)
@@ -145,6 +143,62 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         found = catalog.diff(_version_proto(before), _version_proto(after))
         return pb.ValueMapDiff(base=f"valueMapVersions/{base}", target=f"valueMapVersions/{target}",
                                added=found.added, removed=found.removed, changed=found.changed)
+
+    # -- achievement ------------------------------------------------------------------------------------------
+
+    async def GetCustomerAdoption(self, request, context):
+        customer_id = customer_id_from_name(request.customer, "customer")
+        version = parse_version_name(request.value_map_version, "value_map_version") \
+            if request.value_map_version else None
+        found = await asyncio.to_thread(self._customer_adoption, customer_id, version)
+        if found is None:  # no telemetry kept for it: registered, or not at all?
+            if not (await self._registered([customer_id]))[0]:
+                raise not_found(f"customers/{customer_id}")
+            found = await asyncio.to_thread(self._customer_adoption, customer_id, version, True)
+        return found
+
+    def _customer_adoption(self, customer_id: str, version: int | None,
+                           registered: bool = False) -> pb.CustomerAdoption | None:
+        """The customer's tree; None when no telemetry was kept for it (unless known to be ``registered``)."""
+        today = now_us() // telemetry.DAY_US
+        with read_transaction(self.engine) as conn:
+            value_map = _version_proto(self._version_row_in(conn, version))
+            key = store.customer_keys(conn, [customer_id]).get(customer_id)
+            if key is None and not registered:
+                return None
+            names = achievement.rule_event_names(value_map)
+            event_ids = store.known_event_ids(conn, names)
+            plan = self._plan(value_map, event_ids)
+            user_names = {n for node in value_map.nodes if node.procedure_rule.min_distinct_users
+                          for n in node.procedure_rule.event_names}
+            longest = max((node.procedure_rule.window_days for node in value_map.nodes), default=1)
+            daily, users = ([], []) if key is None else store.customer_rows(
+                conn, key, sorted(event_ids.values()), sorted(event_ids[n] for n in user_names if n in event_ids),
+                today - longest + 1)
+        result = achievement.evaluate_one(plan, today, daily, users)
+        answer = achievement.customer_adoption(value_map, plan, today, result)
+        answer.customer = f"customers/{customer_id}"
+        return answer
+
+    def _version_row_in(self, conn, version: int | None) -> Row:
+        row = store.get_value_map(conn, version)
+        if row is None and version is None:
+            raise failed_precondition("no value hierarchy version is active yet: create one "
+                                      "(`cvh valuemap apply FILE`)", "NO_ACTIVE_VALUE_MAP")
+        if row is None:
+            raise version_not_found(version)
+        return row
+
+    def _plan(self, value_map: pb.ValueMapVersion, event_ids: dict[str, int]):
+        """The version compiled, kept while telemetry's names for its rules stay the same."""
+        key = (value_map.version, tuple(sorted(event_ids.items())))
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = achievement.compile_plan(value_map, event_ids)
+            if len(self._plans) > 64:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
 
     # -- telemetry --------------------------------------------------------------------------------------------
 

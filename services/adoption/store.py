@@ -118,3 +118,25 @@ def prune(conn: Connection, first_kept_day: int, first_kept_us: int) -> int:
     deleted += conn.execute(users.delete().where(users.c.last_day < first_kept_day)).rowcount
     deleted += conn.execute(batches.delete().where(batches.c.receive_time_us < first_kept_us)).rowcount
     return deleted
+
+
+# -- achievement ----------------------------------------------------------------------------------------------
+
+def known_event_ids(conn: Connection, names: list[str]) -> dict[str, int]:
+    """Ids of those of ``names`` telemetry has used (nothing is numbered)."""
+    if not names:
+        return {}
+    return dict(conn.execute(sa.select(event_names.c.name, event_names.c.event_id)
+                             .where(event_names.c.name.in_(names))).all())
+
+
+def customer_rows(conn: Connection, customer_key: int, event_ids: list[int], user_event_ids: list[int],
+                  first_user_day: int) -> tuple[list[tuple], list[tuple]]:
+    """One customer's daily rows (event_id, day, events) of ``event_ids``, and its user rows (event_id,
+    user_hash, last_day) of ``user_event_ids`` seen since ``first_user_day``."""
+    daily_rows = conn.execute(sa.select(daily.c.event_id, daily.c.day, daily.c.events).where(
+        daily.c.customer_key == customer_key, daily.c.event_id.in_(event_ids))).all() if event_ids else []
+    user_rows = conn.execute(sa.select(users.c.event_id, users.c.user_hash, users.c.last_day).where(
+        users.c.customer_key == customer_key, users.c.event_id.in_(user_event_ids),
+        users.c.last_day >= first_user_day)).all() if user_event_ids else []
+    return [tuple(r) for r in daily_rows], [tuple(r) for r in user_rows]

@@ -62,7 +62,8 @@ REQUIRED_ROLE = {
         "GetPriority", "BatchGetPriority", "RankCustomers", "ListTierMembers", "GetHierarchySummary",
         "GetAccountTree", "GetTierPolicy", "WatchPriorityChanges", "GetSnapshotInfo")},
     _HIERARCHY + "SetTierPolicy": ADMIN,
-    **{_ADOPTION + m: READER for m in ("GetValueMapVersion", "ListValueMapVersions", "DiffValueMapVersions")},
+    **{_ADOPTION + m: READER for m in ("GetValueMapVersion", "ListValueMapVersions", "DiffValueMapVersions",
+                                       "GetCustomerAdoption")},
     _ADOPTION + "RecordTelemetry": WRITER,
     **{_ADOPTION + m: ADMIN for m in ("CreateValueMapVersion", "ActivateValueMapVersion")},
 }

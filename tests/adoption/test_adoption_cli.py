@@ -152,3 +152,19 @@ def test_telemetry_record_keeps_what_it_can_and_lists_the_rest(suite, tmp_path, 
                        (str(first + 7), "future time"), (str(first + 8), "empty customer_id, event or time")]
     again = json.loads(cvh_here(suite, "telemetry", "record", str(path), "--json", check=False).stdout)
     assert again["duplicate_messages"] == 1 and again.get("events_kept", 0) == 0
+
+
+def test_adoption_prints_the_tree_with_why_not(suite, tmp_path):
+    path = tmp_path / "valuemap.yaml"
+    path.write_text(VALUE_MAP)
+    cvh_here(suite, "valuemap", "apply", str(path))
+    today = dt.datetime.now(dt.timezone.utc)
+    rows = [{"customer_id": "acme", "event": "price_list.created", "time": today - dt.timedelta(days=d), "count": 2,
+             "user_id": None} for d in range(2)]
+    write(tmp_path / "more.csv", "csv", rows)
+    cvh_here(suite, "telemetry", "record", str(tmp_path / "more.csv"))
+    lines = cvh_here(suite, "adoption", "acme").stdout.splitlines()
+    assert lines[0].startswith("customers/acme on ") and "achieved 1/1, 1/1, 1/1, 1/2" in lines[0]
+    assert f"      [x] create-price-list: Create a regional price list (100 %, last active {today.date()})" in lines
+    assert "      [ ] share-report: Share a regional report (0 %)" in lines
+    assert "            0 of 2 distinct users in the last 30 days" in lines

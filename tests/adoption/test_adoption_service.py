@@ -26,7 +26,7 @@ Code = grpc.StatusCode
 N, Rule, Children = pb.ValueNode, pb.ProcedureRule, pb.ChildrenRule
 DAY_US = 86_400 * 1_000_000
 RETENTION_DAYS = 90
-CUSTOMERS = ["acme", "beta", "gamma"]
+CUSTOMERS = ["acme", "beta", "gamma", "delta"]  # delta never sends telemetry
 
 
 def value_map(note: str = "first") -> pb.ValueMapVersion:
@@ -326,3 +326,45 @@ def test_columns_that_do_not_fit_are_invalid_and_name_the_field(adoption):
         with raises_status(Code.INVALID_ARGUMENT, field=field, reason="INVALID_TELEMETRY"):
             adoption.RecordTelemetry(iter([message]))
     assert adoption.RecordTelemetry(iter([])) == pb.RecordTelemetryResponse()
+
+
+# -- achievement --------------------------------------------------------------------------------------------
+
+def test_a_customers_adoption_says_what_is_achieved_and_why_not_and_follows_new_events(adoption):
+    version = adoption.CreateValueMapVersion(pb.CreateValueMapVersionRequest(value_map=value_map("adoption"),
+                                                                             skip_activation=True)).name
+    ask = pb.GetCustomerAdoptionRequest(customer="customers/acme", value_map_version=version)
+    tree = adoption.GetCustomerAdoption(ask)
+    assert tree.customer == "customers/acme" and tree.value_map_version == version
+    nodes = {n.key: n for n in tree.nodes}
+    # make-report: 3 events today and 5 yesterday (the telemetry test above) on 2 days: achieved.
+    report = nodes["make-report"]
+    assert (report.achieved, report.events, report.active_days, report.progress) == (True, 8, 2, 1.0)
+    assert report.last_active_day == tree.evaluated_day and not report.why_not
+    assert list(nodes["share-report"].why_not) == ["0 of 2 distinct users in the last 30 days"]
+    assert nodes["share-report"].last_active_day == ""
+    reporting = nodes["reporting"]  # weighted share: make-report weighs 1 of 3
+    assert not reporting.achieved and reporting.progress == pytest.approx((1 / 3) / 0.5)
+    assert list(reporting.why_not) == ["achieved children weigh 33 % of all, 50 % needed"]
+    assert list(reporting.missing_procedures) == ["share-report"]
+    assert list(nodes["set-price"].why_not) == ["0 of 1 events in the last 7 days"]
+    assert list(nodes["expand"].why_not) == ["0 of 2 children achieved, 1 needed"]
+    assert list(nodes["grow"].missing_procedures) == ["share-report", "set-price"]
+    assert list(tree.achieved_counts) == [0, 0, 0, 1]
+    # One event completes set-price, and with it pricing, expand (at least 1) and grow: shown at once.
+    adoption.RecordTelemetry(iter([telemetry_chunk(["acme"], ["price.set"], [0], [0], [now_us()])]))
+    tree = adoption.GetCustomerAdoption(ask)
+    assert list(tree.achieved_counts) == [1, 1, 1, 2]
+    assert {n.key for n in tree.nodes if n.achieved} == {"grow", "expand", "pricing", "set-price", "make-report"}
+
+
+def test_adoption_of_a_registered_customer_without_telemetry_and_of_unknown_ones(adoption):
+    tree = adoption.GetCustomerAdoption(pb.GetCustomerAdoptionRequest(customer="delta"))
+    assert tree.nodes and not any(n.achieved or n.progress or n.last_active_day for n in tree.nodes)
+    assert list(tree.achieved_counts) == [0, 0, 0, 0]
+    with raises_status(Code.NOT_FOUND, reason="CUSTOMER_NOT_FOUND"):
+        adoption.GetCustomerAdoption(pb.GetCustomerAdoptionRequest(customer="customers/ghost"))
+    with raises_status(Code.INVALID_ARGUMENT, field="customer", reason="INVALID_CUSTOMER_NAME"):
+        adoption.GetCustomerAdoption(pb.GetCustomerAdoptionRequest(customer="customers/a/b"))
+    with raises_status(Code.NOT_FOUND, reason="VALUE_MAP_VERSION_NOT_FOUND"):
+        adoption.GetCustomerAdoption(pb.GetCustomerAdoptionRequest(customer="acme", value_map_version="999999"))

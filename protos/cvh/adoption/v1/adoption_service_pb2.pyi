@@ -261,3 +261,53 @@ class RecordTelemetryResponse(_message.Message):
     rejections: _containers.RepeatedCompositeFieldContainer[TelemetryRejection]
     daily_rows_written: int
     def __init__(self, messages: _Optional[int] = ..., duplicate_messages: _Optional[int] = ..., events_received: _Optional[int] = ..., events_kept: _Optional[int] = ..., events_rejected: _Optional[int] = ..., rejection_counts: _Optional[_Iterable[_Union[RejectionCount, _Mapping]]] = ..., rejections: _Optional[_Iterable[_Union[TelemetryRejection, _Mapping]]] = ..., daily_rows_written: _Optional[int] = ...) -> None: ...
+
+class GetCustomerAdoptionRequest(_message.Message):
+    __slots__ = ("customer", "value_map_version")
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    VALUE_MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    value_map_version: str
+    def __init__(self, customer: _Optional[str] = ..., value_map_version: _Optional[str] = ...) -> None: ...
+
+class NodeAdoption(_message.Message):
+    __slots__ = ("key", "level", "display_name", "parent_key", "achieved", "progress", "last_active_day", "events", "active_days", "distinct_users", "why_not", "missing_procedures")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    PARENT_KEY_FIELD_NUMBER: _ClassVar[int]
+    ACHIEVED_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ACTIVE_DAY_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_DAYS_FIELD_NUMBER: _ClassVar[int]
+    DISTINCT_USERS_FIELD_NUMBER: _ClassVar[int]
+    WHY_NOT_FIELD_NUMBER: _ClassVar[int]
+    MISSING_PROCEDURES_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    level: NodeLevel
+    display_name: str
+    parent_key: str
+    achieved: bool
+    progress: float
+    last_active_day: str
+    events: int
+    active_days: int
+    distinct_users: int
+    why_not: _containers.RepeatedScalarFieldContainer[str]
+    missing_procedures: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, key: _Optional[str] = ..., level: _Optional[_Union[NodeLevel, str]] = ..., display_name: _Optional[str] = ..., parent_key: _Optional[str] = ..., achieved: _Optional[bool] = ..., progress: _Optional[float] = ..., last_active_day: _Optional[str] = ..., events: _Optional[int] = ..., active_days: _Optional[int] = ..., distinct_users: _Optional[int] = ..., why_not: _Optional[_Iterable[str]] = ..., missing_procedures: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CustomerAdoption(_message.Message):
+    __slots__ = ("customer", "value_map_version", "evaluated_day", "nodes", "achieved_counts")
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    VALUE_MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EVALUATED_DAY_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    ACHIEVED_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    value_map_version: str
+    evaluated_day: str
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeAdoption]
+    achieved_counts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, customer: _Optional[str] = ..., value_map_version: _Optional[str] = ..., evaluated_day: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeAdoption, _Mapping]]] = ..., achieved_counts: _Optional[_Iterable[int]] = ...) -> None: ...

@@ -77,6 +77,11 @@ class AdoptionServiceStub:
                 request_serializer=cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.RecordTelemetryRequest.SerializeToString,
                 response_deserializer=cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.RecordTelemetryResponse.FromString,
                 _registered_method=True)
+        self.GetCustomerAdoption = channel.unary_unary(
+                '/cvh.adoption.v1.AdoptionService/GetCustomerAdoption',
+                request_serializer=cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.GetCustomerAdoptionRequest.SerializeToString,
+                response_deserializer=cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.CustomerAdoption.FromString,
+                _registered_method=True)
 
 
 class AdoptionServiceServicer:
@@ -162,6 +167,21 @@ class AdoptionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCustomerAdoption(self, request, context):
+        """One customer's value hierarchy as of today (UTC): each node achieved or
+        not, its progress and last activity, and for what is not achieved, why
+        ("2 of 5 active days in the last 30 days") and the procedures missing.
+        Evaluated from the kept daily aggregates at the call, so an event shows as
+        soon as its message committed. A registered customer without telemetry
+        answers with nothing achieved.
+        Errors: INVALID_CUSTOMER_NAME, INVALID_VALUE_MAP_VERSION_NAME,
+        CUSTOMER_NOT_FOUND (not in the registry), VALUE_MAP_VERSION_NOT_FOUND,
+        NO_ACTIVE_VALUE_MAP, REGISTRY_UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdoptionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -194,6 +214,11 @@ def add_AdoptionServiceServicer_to_server(servicer, server):
                     servicer.RecordTelemetry,
                     request_deserializer=cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.RecordTelemetryRequest.FromString,
                     response_serializer=cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.RecordTelemetryResponse.SerializeToString,
+            ),
+            'GetCustomerAdoption': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCustomerAdoption,
+                    request_deserializer=cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.GetCustomerAdoptionRequest.FromString,
+                    response_serializer=cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.CustomerAdoption.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -371,6 +396,33 @@ class AdoptionService:
             '/cvh.adoption.v1.AdoptionService/RecordTelemetry',
             cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.RecordTelemetryRequest.SerializeToString,
             cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.RecordTelemetryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCustomerAdoption(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cvh.adoption.v1.AdoptionService/GetCustomerAdoption',
+            cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.GetCustomerAdoptionRequest.SerializeToString,
+            cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.CustomerAdoption.FromString,
             options,
             channel_credentials,
             insecure,

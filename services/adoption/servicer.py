@@ -57,6 +57,8 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         self._registry_stub = None
         # customer_id -> key in adoption_customers, for customers already checked against the registry.
         self._known: dict[str, int] = {}
+        # event name -> id, for names already numbered (ids never change).
+        self._event_ids: dict[str, int] = {}
         self._pruner: asyncio.Task | None = None
         # (version, its rules' event ids) -> compiled plan
         self._plans: dict[tuple, object] = {}
@@ -205,11 +207,22 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
     async def RecordTelemetry(self, request_iterator, context):
         summary = Summary()
         index = 0
-        async for request in request_iterator:
-            message = await asyncio.to_thread(telemetry.parse, request, index)
-            known = await self._registered(message.customer_ids)
-            await asyncio.to_thread(self._record, message, known, summary)
-            index += 1
+        writing: asyncio.Future | None = None  # the previous message's transaction
+        try:
+            async for request in request_iterator:
+                # Check this message while the previous one is written: SQLite and psycopg release the GIL.
+                message = await asyncio.to_thread(telemetry.parse, request, index)
+                known = await self._registered(message.customer_ids)
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(asyncio.to_thread(self._record, message, known, summary))
+                index += 1
+            if writing is not None:
+                await writing
+        except BaseException:
+            if writing is not None:  # a started transaction ends (commits or rolls back) before the answer
+                await asyncio.wait([writing])
+            raise
         return summary.response()
 
     def _record(self, message: telemetry.Message, known: np.ndarray, summary: Summary) -> None:
@@ -225,21 +238,27 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
             if message.batch_id and not store.claim_batch(conn, message.batch_id, kept, now):
                 summary.duplicate(message)
                 return
-            customer_keys = store.add_customers(conn, [message.customer_ids[c] for c in used_customers], now)
-            event_ids = store.event_ids(conn, [message.event_names[e] for e in used_events])
+            # Numbered once: only customers and names not seen before are written.
+            known, named = self._known, self._event_ids
+            ids = [message.customer_ids[c] for c in used_customers]
+            added = store.add_customers(conn, [i for i in ids if i not in known], now)
+            names = [message.event_names[e] for e in used_events]
+            numbered = store.event_ids(conn, [n for n in names if n not in named])
             key_of = np.zeros(len(message.customer_ids), np.int64)
-            key_of[used_customers] = [customer_keys[message.customer_ids[c]] for c in used_customers]
+            key_of[used_customers] = [known[i] if i in known else added[i] for i in ids]
             id_of = np.zeros(len(message.event_names), np.int64)
-            id_of[used_events] = [event_ids[message.event_names[e]] for e in used_events]
+            id_of[used_events] = [named[n] if n in named else numbered[n] for n in names]
             store.add_daily(conn, key_of[sums.customers], id_of[sums.events], sums.days, sums.counts)
             store.add_users(conn, key_of[sums.user_customers], id_of[sums.user_events], sums.user_hashes,
                             sums.user_first_days, sums.user_last_days)
-        self._remember({message.customer_ids[c]: customer_keys[message.customer_ids[c]] for c in used_customers})
+        self._remember(added)
+        if numbered:
+            self._event_ids = {**named, **numbered}
         summary.add(message, reasons, kept, len(sums.counts))
 
     def _remember(self, keys: dict[str, int]) -> None:
         if len(self._known) + len(keys) > MAX_KNOWN_CUSTOMERS:
-            self._known.clear()
+            self._known = {}  # a new dict: a message being written keeps the one it read
         self._known.update(keys)
 
     async def _registered(self, customer_ids: list[str]) -> np.ndarray:

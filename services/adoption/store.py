@@ -68,17 +68,19 @@ def customer_keys(conn: Connection, ids: list[str]) -> dict[str, int]:
 
 def add_customers(conn: Connection, ids: list[str], now: int) -> dict[str, int]:
     """Keys of ``ids``, numbering those not seen before (a concurrent writer's numbers win)."""
-    if ids:
-        conn.execute(_insert(conn, customers).on_conflict_do_nothing(index_elements=["customer_id"]),
-                     [{"customer_id": i, "first_seen_us": now} for i in ids])
+    if not ids:
+        return {}
+    conn.execute(_insert(conn, customers).on_conflict_do_nothing(index_elements=["customer_id"]),
+                 [{"customer_id": i, "first_seen_us": now} for i in ids])
     return customer_keys(conn, ids)
 
 
 def event_ids(conn: Connection, names: list[str]) -> dict[str, int]:
     """Ids of ``names``, numbering those not seen before."""
-    if names:
-        conn.execute(_insert(conn, event_names).on_conflict_do_nothing(index_elements=["name"]),
-                     [{"name": n} for n in names])
+    if not names:
+        return {}
+    conn.execute(_insert(conn, event_names).on_conflict_do_nothing(index_elements=["name"]),
+                 [{"name": n} for n in names])
     found = {}
     for start in range(0, len(names), IN_CHUNK):
         part = names[start:start + IN_CHUNK]

@@ -14,7 +14,7 @@ import scoring_engine.adoption
 from cvh.adoption.v1 import adoption_service_pb2 as pb
 from cvh.adoption.v1 import adoption_service_pb2_grpc as pb_grpc
 from cvh.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
-from services.adoption import achievement, catalog, store, telemetry
+from services.adoption import achievement, catalog, evaluation, store, telemetry
 from services.common.auth import current_caller
 from services.common.db import read_transaction, write_transaction
 from services.common.errors import ServiceError, failed_precondition, invalid_argument, not_found, unavailable
@@ -29,6 +29,8 @@ DEFAULT_RETENTION_DAYS = 400
 MAX_REJECTIONS_LISTED = 1000
 # Names per BatchGetCustomers call to a registry in another process (its cap).
 REGISTRY_BATCH = 1000
+# While telemetry arrives, the base is evaluated again at most this often (and at once after an activation).
+EVALUATE_SECONDS = 30.0
 # Customers known to be registered, kept in memory between messages; beyond this many the memory starts over.
 MAX_KNOWN_CUSTOMERS = 2_000_000
 
@@ -60,6 +62,12 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         # event name -> id, for names already numbered (ids never change).
         self._event_ids: dict[str, int] = {}
         self._pruner: asyncio.Task | None = None
+        self._evaluator: asyncio.Task | None = None
+        self.evaluate_seconds = EVALUATE_SECONDS
+        self._evaluate_now = asyncio.Event()  # an activation: evaluate at once
+        self._telemetry_since_evaluation = False
+        # The latest evaluation of the base (None before the first).
+        self.last_evaluation: evaluation.Evaluation | None = None
         # (version, its rules' event ids) -> compiled plan
         self._plans: dict[tuple, object] = {}
         scoring_engine.adoption.warm_up()  # compile or load the kernels now, not in the first request
@@ -67,11 +75,42 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
     # -- background: forget what is older than the retention -------------------------------------------------
 
     async def start_background(self) -> None:
-        self._pruner = asyncio.get_running_loop().create_task(self._prune_now_and_then())
+        loop = asyncio.get_running_loop()
+        self._pruner = loop.create_task(self._prune_now_and_then())
+        self._evaluator = loop.create_task(self._evaluate_now_and_then())
 
     async def stop_background(self) -> None:
-        if self._pruner:
-            self._pruner.cancel()
+        for task in (self._pruner, self._evaluator):
+            if task:
+                task.cancel()
+
+    async def _evaluate_now_and_then(self) -> None:
+        """The whole base against the active version: at start, at once after an activation, and at most every
+        evaluate_seconds while telemetry arrives. Every process serving adoption does it; first achieved days
+        only move back, so two at once agree."""
+        first = True
+        while True:
+            if not first:
+                try:
+                    await asyncio.wait_for(self._evaluate_now.wait(), self.evaluate_seconds)
+                except TimeoutError:
+                    if not self._telemetry_since_evaluation:
+                        continue
+            first = False
+            self._evaluate_now.clear()
+            self._telemetry_since_evaluation = False
+            try:
+                self.last_evaluation = await asyncio.to_thread(self.evaluate_base)
+            except Exception:  # a lost database: the next round tries again
+                log.warning("evaluating adoption failed", exc_info=True)
+
+    def evaluate_base(self) -> evaluation.Evaluation | None:
+        """The base evaluated against the active version now; None when no version is active."""
+        with read_transaction(self.engine) as conn:
+            row = store.get_value_map(conn, None)
+        if row is None:
+            return None
+        return evaluation.evaluate_base(self.engine, _version_proto(row), now_us() // telemetry.DAY_US)
 
     async def _prune_now_and_then(self) -> None:
         while True:
@@ -104,7 +143,10 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
                 version = store.create_value_map(conn, stored.SerializeToString(), stored.change_note, author,
                                                  counts, now_us(), activate=not request.skip_activation)
                 return store.get_value_map(conn, version)
-        return _version_proto(await asyncio.to_thread(create))
+        created = _version_proto(await asyncio.to_thread(create))
+        if created.active:
+            self._evaluate_now.set()
+        return created
 
     async def GetValueMapVersion(self, request, context):
         version = parse_version_name(request.name, "name") if request.name else None
@@ -135,7 +177,9 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
                 if not store.activate_value_map(conn, version):
                     raise version_not_found(version)
                 return store.get_value_map(conn, version)
-        return _version_proto(await asyncio.to_thread(activate))
+        activated = _version_proto(await asyncio.to_thread(activate))
+        self._evaluate_now.set()  # re-derived over the kept history
+        return activated
 
     async def DiffValueMapVersions(self, request, context):
         base = parse_version_name(request.base, "base")
@@ -177,8 +221,11 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
             daily, users = ([], []) if key is None else store.customer_rows(
                 conn, key, sorted(event_ids.values()), sorted(event_ids[n] for n in user_names if n in event_ids),
                 today - longest + 1)
+            first_days = {} if key is None else evaluation.first_achieved(conn, key)
         result = achievement.evaluate_one(plan, today, daily, users)
         answer = achievement.customer_adoption(value_map, plan, today, result)
+        for node in answer.nodes:
+            node.first_achieved_day = achievement.day_text(first_days.get(node.key, -1))
         answer.customer = f"customers/{customer_id}"
         return answer
 
@@ -252,6 +299,7 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
             store.add_users(conn, key_of[sums.user_customers], id_of[sums.user_events], sums.user_hashes,
                             sums.user_first_days, sums.user_last_days)
         self._remember(added)
+        self._telemetry_since_evaluation = True
         if numbered:
             self._event_ids = {**named, **numbered}
         summary.add(message, reasons, kept, len(sums.counts))

@@ -61,6 +61,14 @@ users = sa.Table(
     sa.Index("ix_adoption_users_last_day", "last_day"),
 )
 
+# The day each customer was first seen to have achieved each node (by key), by the batch evaluation.
+achievements = sa.Table(
+    "adoption_achievements", metadata,
+    sa.Column("customer_key", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("node_key", sa.String(63), primary_key=True),
+    sa.Column("first_day", sa.Integer, nullable=False),
+)
+
 # Batch ids of messages kept, so that a re-sent batch is not counted twice (forgotten after the retention).
 batches = sa.Table(
     "adoption_batches", metadata,

@@ -138,8 +138,8 @@ def write(path, fmt: str, rows: list[dict]) -> None:
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
 def test_telemetry_record_keeps_what_it_can_and_lists_the_rest(suite, tmp_path, fmt):
-    # Each format records at its own hour, so that the three do not share batch ids.
-    now = dt.datetime.now(dt.timezone.utc).replace(microsecond={"csv": 1, "jsonl": 2, "parquet": 3}[fmt])
+    # Each format at its own microsecond: the three files' messages differ, and so do their batch ids.
+    now = dt.datetime.now(dt.UTC).replace(microsecond={"csv": 1, "jsonl": 2, "parquet": 3}[fmt])
     path = tmp_path / f"events.{fmt}"
     write(path, fmt, events(now))
     done = cvh_here(suite, "telemetry", "record", str(path), check=False)
@@ -158,7 +158,7 @@ def test_adoption_prints_the_tree_with_why_not(suite, tmp_path):
     path = tmp_path / "valuemap.yaml"
     path.write_text(VALUE_MAP)
     cvh_here(suite, "valuemap", "apply", str(path))
-    today = dt.datetime.now(dt.timezone.utc)
+    today = dt.datetime.now(dt.UTC)
     rows = [{"customer_id": "acme", "event": "price_list.created", "time": today - dt.timedelta(days=d), "count": 2,
              "user_id": None} for d in range(2)]
     write(tmp_path / "more.csv", "csv", rows)

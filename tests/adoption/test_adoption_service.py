@@ -368,3 +368,26 @@ def test_adoption_of_a_registered_customer_without_telemetry_and_of_unknown_ones
         adoption.GetCustomerAdoption(pb.GetCustomerAdoptionRequest(customer="customers/a/b"))
     with raises_status(Code.NOT_FOUND, reason="VALUE_MAP_VERSION_NOT_FOUND"):
         adoption.GetCustomerAdoption(pb.GetCustomerAdoptionRequest(customer="acme", value_map_version="999999"))
+
+
+def test_the_base_is_evaluated_after_an_activation_and_agrees_with_each_customers_tree(adoption, engine):
+    from services.adoption import evaluation
+
+    created = adoption.CreateValueMapVersion(pb.CreateValueMapVersionRequest(value_map=value_map("evaluated")))
+    ask = pb.GetCustomerAdoptionRequest(customer="acme")
+    deadline = time.monotonic() + 20
+    while not (nodes := {n.key: n for n in adoption.GetCustomerAdoption(ask).nodes})["make-report"].first_achieved_day:
+        assert time.monotonic() < deadline, "the activation's evaluation did not record make-report"
+        time.sleep(0.05)
+    today = adoption.GetCustomerAdoption(ask).evaluated_day
+    assert nodes["make-report"].first_achieved_day == today and nodes["share-report"].first_achieved_day == ""
+    # The batch (blocks of 2 customers, so that blocks join) finds what each customer's own tree shows.
+    found = evaluation.evaluate_base(engine, created, now_us() // DAY_US, block=2)
+    trees = [adoption.GetCustomerAdoption(pb.GetCustomerAdoptionRequest(customer=c)) for c in CUSTOMERS]
+    for key in found.achieved:
+        assert found.achieved[key] == sum(n.achieved for tree in trees for n in tree.nodes if n.key == key), key
+    assert found.customers == 3 and found.achieved["make-report"] == 1  # delta has no telemetry
+    with engine.connect() as conn:  # every achievement of this test's data happened today
+        first = conn.execute(sa.select(sa.func.count()).select_from(sa.table("adoption_achievements")).where(
+            sa.column("first_day") == now_us() // DAY_US, sa.column("node_key").in_(list(found.achieved)))).scalar()
+    assert first == sum(n.achieved for tree in trees for n in tree.nodes)

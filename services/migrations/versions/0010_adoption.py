@@ -1,4 +1,5 @@
-"""Adoption tables: value hierarchy versions, telemetry aggregates (daily counts, distinct users), batch ids.
+"""Adoption tables: value hierarchy versions, telemetry aggregates (daily counts, distinct users), batch ids,
+first achievements.
 
 Revision ID: 0010_adoption
 Revises: 0006_change_feed
@@ -55,6 +56,12 @@ def upgrade() -> None:
     )
     op.create_index("ix_adoption_users_last_day", "adoption_users", ["last_day"])
     op.create_table(
+        "adoption_achievements",
+        sa.Column("customer_key", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("node_key", sa.String(63), primary_key=True),
+        sa.Column("first_day", sa.Integer, nullable=False),
+    )
+    op.create_table(
         "adoption_batches",
         sa.Column("batch_id", sa.String(128), primary_key=True),
         sa.Column("receive_time_us", sa.BigInteger, nullable=False),
@@ -65,6 +72,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("adoption_batches")
+    op.drop_table("adoption_achievements")
     op.drop_table("adoption_users")
     op.drop_table("adoption_daily")
     op.drop_table("adoption_event_names")

@@ -271,7 +271,7 @@ class GetCustomerAdoptionRequest(_message.Message):
     def __init__(self, customer: _Optional[str] = ..., value_map_version: _Optional[str] = ...) -> None: ...
 
 class NodeAdoption(_message.Message):
-    __slots__ = ("key", "level", "display_name", "parent_key", "achieved", "progress", "last_active_day", "events", "active_days", "distinct_users", "why_not", "missing_procedures")
+    __slots__ = ("key", "level", "display_name", "parent_key", "achieved", "progress", "last_active_day", "events", "active_days", "distinct_users", "why_not", "missing_procedures", "first_achieved_day")
     KEY_FIELD_NUMBER: _ClassVar[int]
     LEVEL_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -284,6 +284,7 @@ class NodeAdoption(_message.Message):
     DISTINCT_USERS_FIELD_NUMBER: _ClassVar[int]
     WHY_NOT_FIELD_NUMBER: _ClassVar[int]
     MISSING_PROCEDURES_FIELD_NUMBER: _ClassVar[int]
+    FIRST_ACHIEVED_DAY_FIELD_NUMBER: _ClassVar[int]
     key: str
     level: NodeLevel
     display_name: str
@@ -296,7 +297,8 @@ class NodeAdoption(_message.Message):
     distinct_users: int
     why_not: _containers.RepeatedScalarFieldContainer[str]
     missing_procedures: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, key: _Optional[str] = ..., level: _Optional[_Union[NodeLevel, str]] = ..., display_name: _Optional[str] = ..., parent_key: _Optional[str] = ..., achieved: _Optional[bool] = ..., progress: _Optional[float] = ..., last_active_day: _Optional[str] = ..., events: _Optional[int] = ..., active_days: _Optional[int] = ..., distinct_users: _Optional[int] = ..., why_not: _Optional[_Iterable[str]] = ..., missing_procedures: _Optional[_Iterable[str]] = ...) -> None: ...
+    first_achieved_day: str
+    def __init__(self, key: _Optional[str] = ..., level: _Optional[_Union[NodeLevel, str]] = ..., display_name: _Optional[str] = ..., parent_key: _Optional[str] = ..., achieved: _Optional[bool] = ..., progress: _Optional[float] = ..., last_active_day: _Optional[str] = ..., events: _Optional[int] = ..., active_days: _Optional[int] = ..., distinct_users: _Optional[int] = ..., why_not: _Optional[_Iterable[str]] = ..., missing_procedures: _Optional[_Iterable[str]] = ..., first_achieved_day: _Optional[str] = ...) -> None: ...
 
 class CustomerAdoption(_message.Message):
     __slots__ = ("customer", "value_map_version", "evaluated_day", "nodes", "achieved_counts")

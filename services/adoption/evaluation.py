@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,16 +41,20 @@ class Evaluation:
     achieved: dict[str, int] = field(default_factory=dict)
 
 
-def evaluate_base(engine: Engine, value_map: pb.ValueMapVersion, today: int,
-                  block: int = BLOCK_CUSTOMERS) -> Evaluation:
+def evaluate_base(engine: Engine, value_map: pb.ValueMapVersion, today: int, block: int = BLOCK_CUSTOMERS,
+                  on_block: Callable[[list[str], np.ndarray], None] | None = None) -> Evaluation:
+    """Evaluates every customer with telemetry; ``on_block(customer_ids, achieved)`` sees each block's
+    customers and their achieved nodes (customers x nodes) once recorded."""
     started = time.perf_counter()
     found = Evaluation(value_map.version, today)
     keys_of_nodes = [node.key for node in value_map.nodes]
     totals = np.zeros(len(keys_of_nodes), np.int64)
     with read_transaction(engine) as conn:
         event_ids = store.known_event_ids(conn, achievement.rule_event_names(value_map))
-        all_keys = np.array(conn.execute(sa.select(customers.c.customer_key).order_by(customers.c.customer_key))
-                            .scalars().all(), np.int64)
+        known = conn.execute(sa.select(customers.c.customer_key, customers.c.customer_id)
+                             .order_by(customers.c.customer_key)).all()
+    all_keys = np.array([key for key, _ in known], np.int64)
+    all_ids = [customer_id for _, customer_id in known]
     plan = achievement.compile_plan(value_map, event_ids)
     user_names = {n for node in value_map.nodes if node.procedure_rule.min_distinct_users
                   for n in node.procedure_rule.event_names}
@@ -76,6 +81,8 @@ def evaluate_base(engine: Engine, value_map: pb.ValueMapVersion, today: int,
                         list(zip(keys[customer_rows].tolist(), [keys_of_nodes[n] for n in node_columns.tolist()],
                                  [today] * len(customer_rows))))
         found.customers += len(keys)
+        if on_block is not None:
+            on_block(all_ids[start:start + block], result.achieved)
     found.achieved = dict(zip(keys_of_nodes, totals.tolist()))
     found.seconds = time.perf_counter() - started
     log.info("adoption evaluated", extra={"version": found.version, "customers": found.customers,

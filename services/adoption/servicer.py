@@ -14,7 +14,7 @@ import scoring_engine.adoption
 from cvh.adoption.v1 import adoption_service_pb2 as pb
 from cvh.adoption.v1 import adoption_service_pb2_grpc as pb_grpc
 from cvh.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
-from services.adoption import achievement, catalog, evaluation, store, telemetry
+from services.adoption import achievement, catalog, evaluation, signals, store, telemetry
 from services.common.auth import current_caller
 from services.common.db import read_transaction, write_transaction
 from services.common.errors import ServiceError, failed_precondition, invalid_argument, not_found, unavailable
@@ -29,6 +29,8 @@ DEFAULT_RETENTION_DAYS = 400
 MAX_REJECTIONS_LISTED = 1000
 # Names per BatchGetCustomers call to a registry in another process (its cap).
 REGISTRY_BATCH = 1000
+# Customers per RecordSignals call (its cap).
+REGISTRY_SIGNAL_BATCH = 10_000
 # While telemetry arrives, the base is evaluated again at most this often (and at once after an activation).
 EVALUATE_SECONDS = 30.0
 # Customers known to be registered, kept in memory between messages; beyond this many the memory starts over.
@@ -68,6 +70,9 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         self._telemetry_since_evaluation = False
         # The latest evaluation of the base (None before the first).
         self.last_evaluation: evaluation.Evaluation | None = None
+        # customer id -> the adoption signals last written to the registry (names, values)
+        self._signals_written: dict[str, tuple] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
         # (version, its rules' event ids) -> compiled plan
         self._plans: dict[tuple, object] = {}
         scoring_engine.adoption.warm_up()  # compile or load the kernels now, not in the first request
@@ -75,7 +80,7 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
     # -- background: forget what is older than the retention -------------------------------------------------
 
     async def start_background(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._pruner = loop.create_task(self._prune_now_and_then())
         self._evaluator = loop.create_task(self._evaluate_now_and_then())
 
@@ -110,7 +115,55 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
             row = store.get_value_map(conn, None)
         if row is None:
             return None
-        return evaluation.evaluate_base(self.engine, _version_proto(row), now_us() // telemetry.DAY_US)
+        value_map = _version_proto(row)
+        names = signals.signal_names(value_map)
+
+        def write_signals(customer_ids: list[str], achieved: np.ndarray) -> None:
+            values = signals.signal_values(value_map, achieved)
+            changed = {}
+            for customer_id, row_values in zip(customer_ids, values.tolist()):
+                if self._signals_written.get(customer_id) != (names, row_values):
+                    changed[customer_id] = row_values
+            if changed:
+                self._write_signals(names, changed)
+        return evaluation.evaluate_base(self.engine, value_map, now_us() // telemetry.DAY_US,
+                                        on_block=write_signals)
+
+    def _write_signals(self, names: list[str], changed: dict[str, list[float]]) -> None:
+        """Records the changed adoption signals in the registry (its servicer here, else RecordSignals), in
+        batches of 10,000 customers; a batch refused (a customer deleted since, one with too many signals) is
+        logged and sent again at the next evaluation."""
+        now = now_us()
+        items = list(changed.items())
+        for start in range(0, len(items), REGISTRY_SIGNAL_BATCH):
+            batch = dict(items[start:start + REGISTRY_SIGNAL_BATCH])
+            try:
+                if self.local_registry is not None:
+                    present = self.local_registry.known_customer_ids(list(batch))
+                    self.local_registry.record_observations(
+                        {c: [(n, v, now) for n, v in zip(names, values)] for c, values in batch.items()
+                         if c in present})
+                else:
+                    asyncio.run_coroutine_threadsafe(self._record_remote(names, batch, now), self._loop).result(60)
+            except Exception as error:  # noqa: BLE001 (the next evaluation sends them again)
+                log.warning("writing adoption signals to the registry failed: %s", error)
+                continue
+            for customer_id, values in batch.items():
+                self._signals_written[customer_id] = (names, values)
+
+    async def _record_remote(self, names: list[str], batch: dict[str, list[float]], now: int) -> None:
+        request = registry_service_pb2.RecordSignalsRequest()
+        for customer_id, values in batch.items():
+            entry = request.observations.add(customer=f"customers/{customer_id}")
+            for name, value in zip(names, values):
+                entry.signals[name].value = value
+                set_timestamp(entry.signals[name].observe_time, now)
+        await self._registry().RecordSignals(request, timeout=60)
+
+    def _registry(self) -> registry_service_pb2_grpc.RegistryServiceStub:
+        if self._registry_stub is None:
+            self._registry_stub = registry_service_pb2_grpc.RegistryServiceStub(self.registry.channel())
+        return self._registry_stub
 
     async def _prune_now_and_then(self) -> None:
         while True:
@@ -328,12 +381,10 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
     async def _ask_registry(self, ids: list[str]) -> set[str]:
         if self.local_registry is not None:
             return await asyncio.to_thread(self.local_registry.known_customer_ids, ids)
-        if self._registry_stub is None:
-            self._registry_stub = registry_service_pb2_grpc.RegistryServiceStub(self.registry.channel())
         found: set[str] = set()
         try:
             for start in range(0, len(ids), REGISTRY_BATCH):
-                answer = await self._registry_stub.BatchGetCustomers(registry_service_pb2.BatchGetCustomersRequest(
+                answer = await self._registry().BatchGetCustomers(registry_service_pb2.BatchGetCustomersRequest(
                     names=ids[start:start + REGISTRY_BATCH], allow_missing=True), timeout=30)
                 found.update(c.customer_id for c in answer.customers)
         except grpc.aio.AioRpcError as error:

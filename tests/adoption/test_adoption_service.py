@@ -298,6 +298,7 @@ def test_a_registry_in_another_process_is_asked_and_its_absence_is_unavailable(t
             answer = stub.RecordTelemetry(iter([message]))
             assert [(r.position, r.reason) for r in answer.rejections] == [
                 (1, pb.TELEMETRY_REJECTION_REASON_UNKNOWN_CUSTOMER)]
+            registry_listen = registry.target
             registry.stop()
             registry = None
             # remote-1 is known now; remote-2 must be asked for, and nobody answers
@@ -305,6 +306,13 @@ def test_a_registry_in_another_process_is_asked_and_its_absence_is_unavailable(t
                 stub.RecordTelemetry(iter([message]))
             answer = stub.RecordTelemetry(iter([telemetry_chunk(["remote-1"], ["login"], [0], [0], [now_us()])]))
             assert answer.events_kept == 1
+            registry = ServerThread(ServerConfig(services=("registry",), listen=registry_listen, database_url=url))
+            # Adoption signals go to the registry through RecordSignals.
+            login = value_map("remote")
+            login.nodes[0].procedure_rule.event_names[:] = ["login"]
+            login.nodes[0].procedure_rule.min_active_days = 1
+            stub.CreateValueMapVersion(pb.CreateValueMapVersionRequest(value_map=login))
+            assert signals_of(registry.target, "remote-1", ("use_case_adoption",)) == {"use_case_adoption": 0.0}
     finally:
         adoption.stop()
         if registry is not None:
@@ -391,3 +399,24 @@ def test_the_base_is_evaluated_after_an_activation_and_agrees_with_each_customer
         first = conn.execute(sa.select(sa.func.count()).select_from(sa.table("adoption_achievements")).where(
             sa.column("first_day") == now_us() // DAY_US, sa.column("node_key").in_(list(found.achieved)))).scalar()
     assert first == sum(n.achieved for tree in trees for n in tree.nodes)
+
+
+def signals_of(target: str, customer: str, names: tuple[str, ...], timeout: float = 20) -> dict[str, float]:
+    """The customer's registry signals ``names``, once all are there."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        registry = rpb_grpc.RegistryServiceStub(channel)
+        while True:
+            signals = registry.GetCustomer(rpb.GetCustomerRequest(name=f"customers/{customer}")).signals
+            if all(name in signals for name in names):
+                return {name: signals[name].value for name in names}
+            assert time.monotonic() < deadline, f"no {names} on {customer}: {dict(signals)}"
+            time.sleep(0.05)
+
+
+def test_adoption_reaches_the_registry_as_signals(adoption, served):
+    adoption.CreateValueMapVersion(pb.CreateValueMapVersionRequest(value_map=value_map("signals")))
+    # acme: make-report (not enough for reporting's weighted share) and set-price (all of pricing) achieved.
+    found = signals_of(served[0].target, "acme", ("use_case_adoption", "adoption_grow"))
+    assert found == {"use_case_adoption": 0.5, "adoption_grow": 0.5}
+    assert signals_of(served[0].target, "gamma", ("use_case_adoption",)) == {"use_case_adoption": 0.0}

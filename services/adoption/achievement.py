@@ -7,6 +7,7 @@ ids the daily aggregates are stored under (names no telemetry has used yet get i
 from __future__ import annotations
 
 import datetime as dt
+import functools
 
 import numpy as np
 
@@ -17,6 +18,7 @@ from services.adoption.catalog import rule_kind, weight_of
 EPOCH = dt.date(1970, 1, 1)
 
 
+@functools.lru_cache(maxsize=4096)
 def day_text(day: int) -> str:
     return (EPOCH + dt.timedelta(days=int(day))).isoformat() if day >= 0 else ""
 
@@ -46,9 +48,10 @@ def compile_plan(value_map: pb.ValueMapVersion, event_ids: dict[str, int]) -> en
         min_users=[r.min_distinct_users for r in rules], n_event_ids=unused)
 
 
-def customer_adoption(value_map: pb.ValueMapVersion, plan: engine.AdoptionPlan, today: int,
-                      result: engine.AdoptionResult, row: int = 0) -> pb.CustomerAdoption:
-    """One customer's tree (row ``row`` of ``result``) with progress and, where not achieved, why."""
+def customer_adoption(value_map: pb.ValueMapVersion, plan: engine.AdoptionPlan, beneath: list[list[int]],
+                      today: int, result: engine.AdoptionResult, row: int = 0) -> pb.CustomerAdoption:
+    """One customer's tree (row ``row`` of ``result``) with progress and, where not achieved, why;
+    ``beneath`` is :func:`procedures_beneath` of the plan."""
     nodes = value_map.nodes
     procedure_of = {int(node): p for p, node in enumerate(plan.procedure_nodes)}
     answer = pb.CustomerAdoption(value_map_version=value_map.name, evaluated_day=day_text(today))
@@ -68,8 +71,7 @@ def customer_adoption(value_map: pb.ValueMapVersion, plan: engine.AdoptionPlan, 
                 item.why_not.extend(_procedure_shortfalls(node.procedure_rule, item))
         elif not item.achieved:
             item.why_not.append(_rule_shortfall(node, plan, result, row, i))
-            item.missing_procedures.extend(nodes[d].key for d in _procedures_beneath(plan, i)
-                                           if not result.achieved[row, d])
+            item.missing_procedures.extend(nodes[d].key for d in beneath[i] if not result.achieved[row, d])
     answer.achieved_counts.extend(achieved_counts)
     return answer
 
@@ -100,15 +102,15 @@ def _rule_shortfall(node: pb.ValueNode, plan: engine.AdoptionPlan, result: engin
     return f"{done} of {len(children)} children achieved, all needed"
 
 
-def _procedures_beneath(plan: engine.AdoptionPlan, i: int) -> list[int]:
-    found, stack = [], [i]
-    while stack:
-        node = stack.pop()
-        kids = plan.children[plan.child_ptr[node]:plan.child_ptr[node + 1]]
-        if not len(kids):
-            found.append(node)
-        stack.extend(kids[::-1].tolist())
-    return sorted(n for n in found if plan.levels[n] == engine.PROCEDURE)
+def procedures_beneath(plan: engine.AdoptionPlan) -> list[list[int]]:
+    """Per node, the procedures beneath it (itself for a procedure), in node order: children after parents,
+    so one walk from the last node up gathers them."""
+    found: list[list[int]] = [[n] if level == engine.PROCEDURE else [] for n, level in enumerate(plan.levels.tolist())]
+    for node in range(plan.n_nodes - 1, -1, -1):
+        parent = int(plan.parents[node])
+        if parent >= 0:
+            found[parent] = found[node] + found[parent]
+    return [sorted(f) for f in found]
 
 
 def evaluate_one(plan: engine.AdoptionPlan, today: int, daily: list[tuple], users: list[tuple]

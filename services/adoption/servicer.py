@@ -267,7 +267,7 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
                 return None
             names = achievement.rule_event_names(value_map)
             event_ids = store.known_event_ids(conn, names)
-            plan = self._plan(value_map, event_ids)
+            plan, beneath = self._plan(value_map, event_ids)
             user_names = {n for node in value_map.nodes if node.procedure_rule.min_distinct_users
                           for n in node.procedure_rule.event_names}
             longest = max((node.procedure_rule.window_days for node in value_map.nodes), default=1)
@@ -276,7 +276,7 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
                 today - longest + 1)
             first_days = {} if key is None else evaluation.first_achieved(conn, key)
         result = achievement.evaluate_one(plan, today, daily, users)
-        answer = achievement.customer_adoption(value_map, plan, today, result)
+        answer = achievement.customer_adoption(value_map, plan, beneath, today, result)
         for node in answer.nodes:
             node.first_achieved_day = achievement.day_text(first_days.get(node.key, -1))
         answer.customer = f"customers/{customer_id}"
@@ -291,16 +291,18 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
             raise version_not_found(version)
         return row
 
-    def _plan(self, value_map: pb.ValueMapVersion, event_ids: dict[str, int]):
-        """The version compiled, kept while telemetry's names for its rules stay the same."""
+    def _plan(self, value_map: pb.ValueMapVersion, event_ids: dict[str, int]) -> tuple:
+        """The version compiled, and the procedures beneath each node, kept while telemetry's names for its
+        rules stay the same."""
         key = (value_map.version, tuple(sorted(event_ids.items())))
-        plan = self._plans.get(key)
-        if plan is None:
+        found = self._plans.get(key)
+        if found is None:
             plan = achievement.compile_plan(value_map, event_ids)
+            found = plan, achievement.procedures_beneath(plan)
             if len(self._plans) > 64:
                 self._plans.clear()
-            self._plans[key] = plan
-        return plan
+            self._plans[key] = found
+        return found
 
     # -- telemetry --------------------------------------------------------------------------------------------
 

@@ -84,6 +84,18 @@ def _block(first, last, ptr, events, days, counts, user_ptr, user_events, user_h
 
 
 @helper_jit
+def _sort_small(values, n):
+    """Insertion sort of values[:n] in place: a node has few children, and no allocation per customer."""
+    for i in range(1, n):
+        value = values[i]
+        j = i - 1
+        while j >= 0 and values[j] > value:
+            values[j + 1] = values[j]
+            j -= 1
+        values[j + 1] = value
+
+
+@helper_jit
 def _ratio(value, minimum):
     return 1.0 if value >= minimum else value / minimum
 
@@ -94,12 +106,18 @@ def _roll_up(c, procedure_nodes, min_counts, min_days, min_users, child_ptr, chi
     for p in range(len(procedure_nodes)):
         node = procedure_nodes[p]
         total, criteria, met = 0.0, 0, True
-        for value, minimum in ((out_counts[c, p], min_counts[p]), (out_days[c, p], min_days[p]),
-                               (out_users[c, p], min_users[p])):
-            if minimum > 0:
-                total += _ratio(value, minimum)
-                criteria += 1
-                met = met and value >= minimum
+        if min_counts[p] > 0:
+            total += _ratio(out_counts[c, p], min_counts[p])
+            criteria += 1
+            met = met and out_counts[c, p] >= min_counts[p]
+        if min_days[p] > 0:
+            total += _ratio(out_days[c, p], min_days[p])
+            criteria += 1
+            met = met and out_days[c, p] >= min_days[p]
+        if min_users[p] > 0:
+            total += _ratio(out_users[c, p], min_users[p])
+            criteria += 1
+            met = met and out_users[c, p] >= min_users[p]
         achieved[c, node] = met
         progress[c, node] = total / criteria if criteria else 1.0
     for node in range(len(child_ptr) - 2, -1, -1):
@@ -121,9 +139,12 @@ def _roll_up(c, procedure_nodes, min_counts, min_days, min_users, child_ptr, chi
         kind = rule_kinds[node]
         if kind == RULE_AT_LEAST:
             k_needed = min_children[node]
-            chosen = np.sort(buffer[:n])[n - k_needed:]
+            _sort_small(buffer, n)
+            best = 0.0
+            for k in range(n - k_needed, n):  # the k highest, added in ascending order
+                best += buffer[k]
             achieved[c, node] = n_achieved >= k_needed
-            progress[c, node] = chosen.sum() / k_needed
+            progress[c, node] = best / k_needed
         elif kind == RULE_WEIGHTED_SHARE:
             share = weight_achieved / weight_total
             achieved[c, node] = share >= min_shares[node]

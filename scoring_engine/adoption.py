@@ -111,10 +111,10 @@ class AdoptionResult:
 
     achieved: np.ndarray  # bool (customers, nodes)
     progress: np.ndarray  # float64 (customers, nodes), 0..1
-    last_day: np.ndarray  # int64 (customers, nodes), -1 for no activity
+    last_day: np.ndarray  # int32 (customers, nodes), -1 for no activity
     counts: np.ndarray  # int64 (customers, procedures): events in the window
-    days: np.ndarray  # int64 (customers, procedures): distinct active days in the window
-    users: np.ndarray  # int64 (customers, procedures): distinct users in the window
+    days: np.ndarray  # int32 (customers, procedures): distinct active days in the window
+    users: np.ndarray  # int32 (customers, procedures): distinct users in the window
 
 
 def _grouped(customers: np.ndarray, n_customers: int) -> tuple[np.ndarray, np.ndarray]:
@@ -150,8 +150,8 @@ def evaluate(plan: AdoptionPlan, today: int, n_customers: int, customers, events
     user_order = np.lexsort((user_hashes, user_customers)) if len(user_customers) else np.empty(0, np.int64)
     user_ptr = np.searchsorted(user_customers[user_order], np.arange(n_customers + 1)).astype(np.int64)
     shape_p, shape_n = (n_customers, plan.n_procedures), (n_customers, plan.n_nodes)
-    result = AdoptionResult(np.zeros(shape_n, np.bool_), np.zeros(shape_n), np.full(shape_n, -1, np.int64),
-                            np.zeros(shape_p, np.int64), np.zeros(shape_p, np.int64), np.zeros(shape_p, np.int64))
+    result = AdoptionResult(np.zeros(shape_n, np.bool_), np.zeros(shape_n), np.full(shape_n, -1, np.int32),
+                            np.zeros(shape_p, np.int64), np.zeros(shape_p, np.int32), np.zeros(shape_p, np.int32))
     arguments = (ptr, events[order], days[order], counts[order], user_ptr, user_events[user_order],
                  user_hashes[user_order], user_last_days[user_order], plan.event_ptr, plan.event_procedures,
                  window_start, plan.windows, (max_window + 63) // 64, plan.procedure_nodes, plan.min_counts, plan.min_days,

@@ -92,9 +92,16 @@ def evaluate_base(engine: Engine, value_map: pb.ValueMapVersion, today: int, blo
 
 
 def _columns(conn, query, width: int) -> list[np.ndarray]:
-    """A query's rows as ``width`` int64 columns. The rows are chained into one flat iterator: np.array over
-    row objects probes each for an array interface first (2.3 s for 340,000 rows, against 0.1 s)."""
-    rows = conn.execute(query).all()
+    """A query's rows as ``width`` int64 columns, read through the driver's cursor (plain tuples: SQLAlchemy's
+    row objects cost as much again as the fetch) and chained into one flat iterator (np.array over rows
+    probes each for an array interface first: 2.3 s for 340,000 rows, against 0.1 s)."""
+    sql = query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})  # integers only
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute(str(sql))
+        rows = cursor.fetchall()
+    finally:
+        cursor.close()
     values = np.fromiter(itertools.chain.from_iterable(rows), np.int64, len(rows) * width).reshape(-1, width)
     return [values[:, i] for i in range(width)]
 

@@ -306,18 +306,30 @@ def customer_adoption(args: argparse.Namespace) -> int:
     if args.json:
         print_json(message_dict(tree))
         return 0
+    print_adoption(tree)
+    return 0
+
+
+def print_adoption(tree: pb.CustomerAdoption, deepest: int = pb.NODE_LEVEL_PROCEDURE, indent: str = "") -> None:
+    """The tree down to level ``deepest``: [x] achieved, progress, last activity, and why not."""
     counts = ", ".join(f"{a}/{n}" for a, n in zip(tree.achieved_counts, _level_sizes(tree)))
-    print(f"{tree.customer} on {tree.evaluated_day}, {tree.value_map_version}: achieved {counts} "
+    print(f"{indent}{tree.customer} on {tree.evaluated_day}, {tree.value_map_version}: achieved {counts} "
           "(strategies, initiatives, use cases, procedures)")
-    depth = {"": -1}
-    for node in tree.nodes:
-        depth[node.key] = depth.get(node.parent_key, -1) + 1
+    children: dict[str, list[pb.NodeAdoption]] = {}
+    for node in tree.nodes:  # stored level by level: walk it as a tree
+        children.setdefault(node.parent_key, []).append(node)
+
+    def show(node: pb.NodeAdoption) -> None:
+        pad = indent + "  " * (node.level - 1)
         mark = "[x]" if node.achieved else "[ ]"
         last = f", last active {node.last_active_day}" if node.last_active_day else ""
-        print(f"{'  ' * depth[node.key]}{mark} {node.key}: {node.display_name} ({100 * node.progress:.0f} %{last})")
+        print(f"{pad}{mark} {node.key}: {node.display_name} ({100 * node.progress:.0f} %{last})")
         for reason in node.why_not:
-            print(f"{'  ' * depth[node.key]}      {reason}")
-    return 0
+            print(f"{pad}      {reason}")
+        for child in children.get(node.key, []) if node.level < deepest else []:
+            show(child)
+    for root in children.get("", []):
+        show(root)
 
 
 def _level_sizes(tree: pb.CustomerAdoption) -> list[int]:

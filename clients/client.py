@@ -404,6 +404,10 @@ class CvhClient:
                                                          value_map_version=value_map_version_name(version))
         return self._unary(self.adoption.GetCustomerAdoption, request)
 
+    def get_node_adoption(self, node_key: str = "") -> adoption_pb.NodeAdoptionReport:
+        """Adoption across the base of one node, or of every node, from the latest evaluation."""
+        return self._unary(self.adoption.GetNodeAdoption, adoption_pb.GetNodeAdoptionRequest(node_key=node_key))
+
     def record_telemetry(self, requests: Iterable[adoption_pb.RecordTelemetryRequest],
                          timeout: float | None = None) -> adoption_pb.RecordTelemetryResponse:
         """Streams telemetry; ``requests`` may be a generator (see :func:`columns.telemetry_chunk`)."""

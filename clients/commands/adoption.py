@@ -8,7 +8,9 @@ import json
 from pathlib import Path
 
 from clients import tabular
+from clients.client import customer_id
 from clients.commands.common import connect, enum_word, existing_file, existing_path, positive_int, whole_number
+from clients.commands.hierarchy import picture_file
 from clients.output import counted, message_dict, print_json, print_table, progress, timestamp
 from clients.telemetry_file import MAX_EVENTS_PER_MESSAGE, TELEMETRY_FILE_RULES, TelemetryFile
 from cvh.adoption.v1 import adoption_service_pb2 as pb
@@ -260,6 +262,25 @@ def valuemap_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def valuemap_draw(args: argparse.Namespace) -> int:
+    from clients.valuemap_picture import draw_value_map, node_achieved
+
+    with connect(args) as cvh:
+        if args.customer:
+            tree = cvh.get_customer_adoption(args.customer)
+            out = draw_value_map(tree.nodes, {}, args.out, f"What {customer_id(tree.customer)} has achieved",
+                                 f"{tree.value_map_version} on {tree.evaluated_day}: achieved in blue",
+                                 achieved=node_achieved(tree))
+        else:
+            report = cvh.get_node_adoption()
+            out = draw_value_map(report.nodes, {n.key: n.share for n in report.nodes}, args.out,
+                                 "The value hierarchy: share of customers that achieved each node",
+                                 f"{report.value_map_version}, {report.customers_evaluated:,} customers with "
+                                 f"telemetry, evaluated {timestamp(report.evaluate_time)} UTC")
+    print_json({"out": str(out)}) if args.json else print(f"drew the value hierarchy into {out}")
+    return 0
+
+
 def valuemap_activate(args: argparse.Namespace) -> int:
     with connect(args) as cvh:
         value_map = cvh.activate_value_map_version(args.version)
@@ -371,6 +392,15 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
     command.add_argument("base", metavar="BASE", help="the version compared from: N or valueMapVersions/N")
     command.add_argument("target", metavar="TARGET", help="the version compared to: N or valueMapVersions/N")
     command.set_defaults(run=valuemap_diff)
+    command = actions.add_parser(
+        "draw", parents=[client], help="draw the value hierarchy, shaded by adoption (.png or .svg)",
+        description="Draw the active value hierarchy as an icicle (strategies on top, each node as wide as the "
+                    "procedures beneath it), each node shaded by the share of customers that have achieved it "
+                    "(from the latest evaluation of the base); with --customer, that customer's achieved "
+                    "branches.")
+    command.add_argument("--out", type=picture_file, required=True, metavar="FILE", help="a .png or .svg file")
+    command.add_argument("--customer", metavar="ID", help="draw what this customer has achieved")
+    command.set_defaults(run=valuemap_draw)
     command = actions.add_parser("activate", parents=[client], help="make a stored version the active one",
                                  description="Make version N the active one; the others stay stored.")
     command.add_argument("version", type=positive_int, metavar="N", help="the version")

@@ -38,6 +38,9 @@ class Evaluation:
     today: int
     customers: int = 0
     seconds: float = 0.0
+    end_time_us: int = 0
+    # the version's nodes (ValueNode), in its order
+    nodes: list = field(default_factory=list)
     # node key -> customers that have achieved it today
     achieved: dict[str, int] = field(default_factory=dict)
 
@@ -85,7 +88,9 @@ def evaluate_base(engine: Engine, value_map: pb.ValueMapVersion, today: int, blo
         if on_block is not None:
             on_block(all_ids[start:start + block], result.achieved)
     found.achieved = dict(zip(keys_of_nodes, totals.tolist()))
+    found.nodes = list(value_map.nodes)
     found.seconds = time.perf_counter() - started
+    found.end_time_us = time.time_ns() // 1000
     log.info("adoption evaluated", extra={"version": found.version, "customers": found.customers,
                                           "seconds": round(found.seconds, 3)})
     return found

@@ -68,8 +68,9 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         self.evaluate_seconds = EVALUATE_SECONDS
         self._evaluate_now = asyncio.Event()  # an activation: evaluate at once
         self._telemetry_since_evaluation = False
-        # The latest evaluation of the base (None before the first).
+        # The latest evaluation of the base (None before the first), and the one before of the same version.
         self.last_evaluation: evaluation.Evaluation | None = None
+        self.previous_evaluation: evaluation.Evaluation | None = None
         # customer id -> the adoption signals last written to the registry (names, values)
         self._signals_written: dict[str, tuple] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -105,7 +106,10 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
             self._evaluate_now.clear()
             self._telemetry_since_evaluation = False
             try:
-                self.last_evaluation = await asyncio.to_thread(self.evaluate_base)
+                found = await asyncio.to_thread(self.evaluate_base)
+                last = self.last_evaluation
+                self.previous_evaluation = last if found and last and last.version == found.version else None
+                self.last_evaluation = found
             except Exception:  # a lost database: the next round tries again
                 log.warning("evaluating adoption failed", exc_info=True)
 
@@ -281,6 +285,31 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
             node.first_achieved_day = achievement.day_text(first_days.get(node.key, -1))
         answer.customer = f"customers/{customer_id}"
         return answer
+
+    async def GetNodeAdoption(self, request, context):
+        key = request.node_key
+        if key and not catalog.SLUG.fullmatch(key):
+            raise invalid_argument("node_key", "a node key: [a-z][a-z0-9-]{0,62}", "INVALID_NODE_KEY")
+        last, previous = self.last_evaluation, self.previous_evaluation
+        if last is None:
+            raise failed_precondition("the base has not been evaluated yet: no value hierarchy version is active, "
+                                      "or the first evaluation has not ended; retry in a moment",
+                                      "NOT_EVALUATED_YET")
+        nodes = [n for n in last.nodes if not key or n.key == key]
+        if not nodes:
+            raise ServiceError(grpc.StatusCode.NOT_FOUND, f"valueMapVersions/{last.version} has no node {key!r}",
+                               "NODE_NOT_FOUND", metadata={"resource": f"valueMapVersions/{last.version}"})
+        report = pb.NodeAdoptionReport(value_map_version=f"valueMapVersions/{last.version}",
+                                       customers_evaluated=last.customers)
+        set_timestamp(report.evaluate_time, last.end_time_us)
+        for node in nodes:
+            achieved = last.achieved.get(node.key, 0)
+            share = report.nodes.add(key=node.key, level=node.level, display_name=node.display_name,
+                                     parent_key=node.parent_key, customers_achieved=achieved,
+                                     share=achieved / last.customers if last.customers else 0.0)
+            if previous is not None and node.key in previous.achieved:
+                share.previous_share = previous.achieved[node.key] / previous.customers if previous.customers else 0.0
+        return report
 
     def _version_row_in(self, conn, version: int | None) -> Row:
         row = store.get_value_map(conn, version)

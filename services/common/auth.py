@@ -63,7 +63,7 @@ REQUIRED_ROLE = {
         "GetAccountTree", "GetTierPolicy", "WatchPriorityChanges", "GetSnapshotInfo")},
     _HIERARCHY + "SetTierPolicy": ADMIN,
     **{_ADOPTION + m: READER for m in ("GetValueMapVersion", "ListValueMapVersions", "DiffValueMapVersions",
-                                       "GetCustomerAdoption")},
+                                       "GetCustomerAdoption", "GetNodeAdoption")},
     _ADOPTION + "RecordTelemetry": WRITER,
     **{_ADOPTION + m: ADMIN for m in ("CreateValueMapVersion", "ActivateValueMapVersion")},
 }

@@ -168,3 +168,27 @@ def test_adoption_prints_the_tree_with_why_not(suite, tmp_path):
     assert f"      [x] create-price-list: Create a regional price list (100 %, last active {today.date()})" in lines
     assert "      [ ] share-report: Share a regional report (0 %)" in lines
     assert "            0 of 2 distinct users in the last 30 days" in lines
+
+
+def test_valuemap_draw_shades_by_adoption_and_draws_a_customers_branches(suite, tmp_path):
+    path = tmp_path / "valuemap.yaml"
+    path.write_text(VALUE_MAP)
+    cvh_here(suite, "valuemap", "apply", str(path))  # an activation: the base is evaluated at once
+    deadline = dt.datetime.now() + dt.timedelta(seconds=20)
+    while True:
+        with CvhClient(suite.target) as client:
+            try:
+                if client.get_node_adoption().value_map_version == client.get_value_map_version().name:
+                    break
+            except Exception:  # NOT_EVALUATED_YET before the first evaluation ends
+                pass
+        assert dt.datetime.now() < deadline, "the base was not evaluated"
+    picture = tmp_path / "valuemap.png"
+    done = cvh_here(suite, "valuemap", "draw", "--out", str(picture))
+    assert "drew the value hierarchy" in done.stdout and picture.stat().st_size > 5000
+    svg = tmp_path / "acme.svg"
+    cvh_here(suite, "valuemap", "draw", "--out", str(svg), "--customer", "acme")
+    text = svg.read_text()
+    assert "What acme has achieved" in text and "Regional pricing" in text
+    bad = cvh_here(suite, "valuemap", "draw", "--out", str(tmp_path / "x.gif"), check=False)
+    assert bad.returncode == 2 and ".png or .svg" in bad.stderr

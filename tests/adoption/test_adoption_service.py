@@ -4,6 +4,7 @@ counted once, each message all or nothing), with the registry in the same proces
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import grpc
@@ -295,6 +296,8 @@ def test_a_registry_in_another_process_is_asked_and_its_absence_is_unavailable(t
         message = telemetry_chunk(["remote-1", "remote-2"], ["login"], [0, 1], [0, 0], [now_us()] * 2)
         with grpc.insecure_channel(adoption.target) as channel:
             stub = pb_grpc.AdoptionServiceStub(channel)
+            with raises_status(Code.FAILED_PRECONDITION, reason="NOT_EVALUATED_YET"):  # no version active
+                stub.GetNodeAdoption(pb.GetNodeAdoptionRequest())
             answer = stub.RecordTelemetry(iter([message]))
             assert [(r.position, r.reason) for r in answer.rejections] == [
                 (1, pb.TELEMETRY_REJECTION_REASON_UNKNOWN_CUSTOMER)]
@@ -420,3 +423,33 @@ def test_adoption_reaches_the_registry_as_signals(adoption, served):
     found = signals_of(served[0].target, "acme", ("use_case_adoption", "adoption_grow"))
     assert found == {"use_case_adoption": 0.5, "adoption_grow": 0.5}
     assert signals_of(served[0].target, "gamma", ("use_case_adoption",)) == {"use_case_adoption": 0.0}
+
+
+def test_node_adoption_across_the_base_now_and_at_the_evaluation_before(adoption):
+    version = adoption.GetValueMapVersion(pb.GetValueMapVersionRequest()).name
+
+    def report_after(previous_time: int = 0) -> pb.NodeAdoptionReport:
+        deadline = time.monotonic() + 20
+        while True:
+            with contextlib.suppress(grpc.RpcError):  # NOT_EVALUATED_YET before the first evaluation ends
+                report = adoption.GetNodeAdoption(pb.GetNodeAdoptionRequest())
+                if report.value_map_version == version and report.evaluate_time.ToMicroseconds() > previous_time:
+                    return report
+            assert time.monotonic() < deadline, "no evaluation of the active version"
+            time.sleep(0.05)
+    first = report_after()
+    assert first.customers_evaluated == 3  # acme, beta, gamma sent telemetry; delta did not
+    shares = {n.key: n for n in first.nodes}
+    assert [n.key for n in first.nodes][:1] == ["grow"] and len(first.nodes) == 7
+    assert (shares["make-report"].customers_achieved, shares["make-report"].share) == (1, pytest.approx(1 / 3))
+    # Activating the same version again evaluates again: the share before is told.
+    adoption.ActivateValueMapVersion(pb.ActivateValueMapVersionRequest(name=version))
+    second = report_after(first.evaluate_time.ToMicroseconds())
+    before = {n.key: n for n in second.nodes}["make-report"]
+    assert before.HasField("previous_share") and before.previous_share == pytest.approx(1 / 3)
+    one = adoption.GetNodeAdoption(pb.GetNodeAdoptionRequest(node_key="make-report"))
+    assert [(n.key, n.customers_achieved) for n in one.nodes] == [("make-report", 1)]
+    with raises_status(Code.NOT_FOUND, reason="NODE_NOT_FOUND"):
+        adoption.GetNodeAdoption(pb.GetNodeAdoptionRequest(node_key="no-such-node"))
+    with raises_status(Code.INVALID_ARGUMENT, field="node_key", reason="INVALID_NODE_KEY"):
+        adoption.GetNodeAdoption(pb.GetNodeAdoptionRequest(node_key="Not A Key"))

@@ -313,3 +313,39 @@ class CustomerAdoption(_message.Message):
     nodes: _containers.RepeatedCompositeFieldContainer[NodeAdoption]
     achieved_counts: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, customer: _Optional[str] = ..., value_map_version: _Optional[str] = ..., evaluated_day: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeAdoption, _Mapping]]] = ..., achieved_counts: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class GetNodeAdoptionRequest(_message.Message):
+    __slots__ = ("node_key",)
+    NODE_KEY_FIELD_NUMBER: _ClassVar[int]
+    node_key: str
+    def __init__(self, node_key: _Optional[str] = ...) -> None: ...
+
+class NodeShare(_message.Message):
+    __slots__ = ("key", "level", "display_name", "parent_key", "customers_achieved", "share", "previous_share")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    PARENT_KEY_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_ACHIEVED_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_SHARE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    level: NodeLevel
+    display_name: str
+    parent_key: str
+    customers_achieved: int
+    share: float
+    previous_share: float
+    def __init__(self, key: _Optional[str] = ..., level: _Optional[_Union[NodeLevel, str]] = ..., display_name: _Optional[str] = ..., parent_key: _Optional[str] = ..., customers_achieved: _Optional[int] = ..., share: _Optional[float] = ..., previous_share: _Optional[float] = ...) -> None: ...
+
+class NodeAdoptionReport(_message.Message):
+    __slots__ = ("value_map_version", "evaluate_time", "customers_evaluated", "nodes")
+    VALUE_MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EVALUATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_EVALUATED_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    value_map_version: str
+    evaluate_time: _timestamp_pb2.Timestamp
+    customers_evaluated: int
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeShare]
+    def __init__(self, value_map_version: _Optional[str] = ..., evaluate_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., customers_evaluated: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeShare, _Mapping]]] = ...) -> None: ...

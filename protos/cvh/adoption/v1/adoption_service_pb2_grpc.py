@@ -82,6 +82,11 @@ class AdoptionServiceStub:
                 request_serializer=cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.GetCustomerAdoptionRequest.SerializeToString,
                 response_deserializer=cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.CustomerAdoption.FromString,
                 _registered_method=True)
+        self.GetNodeAdoption = channel.unary_unary(
+                '/cvh.adoption.v1.AdoptionService/GetNodeAdoption',
+                request_serializer=cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.GetNodeAdoptionRequest.SerializeToString,
+                response_deserializer=cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.NodeAdoptionReport.FromString,
+                _registered_method=True)
 
 
 class AdoptionServiceServicer:
@@ -182,6 +187,20 @@ class AdoptionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetNodeAdoption(self, request, context):
+        """Adoption across the base, per node (or of one node): customers that have
+        achieved it and their share, now and at the evaluation before. From this
+        process's latest evaluation of the whole base (at start, at once after an
+        activation, at most every 30 s while telemetry arrives), which may lag the
+        active version by that much: the answer names the version it evaluated.
+        Errors: INVALID_NODE_KEY, NODE_NOT_FOUND (not in the evaluated version),
+        NOT_EVALUATED_YET (FAILED_PRECONDITION: no version is active, or the
+        first evaluation has not ended; retry in a moment).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdoptionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -219,6 +238,11 @@ def add_AdoptionServiceServicer_to_server(servicer, server):
                     servicer.GetCustomerAdoption,
                     request_deserializer=cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.GetCustomerAdoptionRequest.FromString,
                     response_serializer=cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.CustomerAdoption.SerializeToString,
+            ),
+            'GetNodeAdoption': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNodeAdoption,
+                    request_deserializer=cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.GetNodeAdoptionRequest.FromString,
+                    response_serializer=cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.NodeAdoptionReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -423,6 +447,33 @@ class AdoptionService:
             '/cvh.adoption.v1.AdoptionService/GetCustomerAdoption',
             cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.GetCustomerAdoptionRequest.SerializeToString,
             cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.CustomerAdoption.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNodeAdoption(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cvh.adoption.v1.AdoptionService/GetNodeAdoption',
+            cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.GetNodeAdoptionRequest.SerializeToString,
+            cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.NodeAdoptionReport.FromString,
             options,
             channel_credentials,
             insecure,

@@ -72,13 +72,18 @@ def event_name(use_case: str, step: str) -> str:
     return f"{use_case}.{step}"
 
 
+def event_names() -> list[str]:
+    """Every procedure's event name, in the hierarchy's order."""
+    return [event_name(u, step) for initiatives in HIERARCHY.values() for use_cases in initiatives.values()
+            for u in use_cases for step, *_ in STEPS]
+
+
 def telemetry(customer_ids: list[str], engagement: np.ndarray, now_us: int, seed: int = 0,
               rows_per_message: int = 50_000) -> list[pb.RecordTelemetryRequest]:
     """RecordTelemetry messages for ``customer_ids`` over the last 30 days; ``engagement`` (0..1 per customer)
     sets how much each uses the product."""
     rng = np.random.default_rng(seed)
-    procedures = [event_name(u, step) for initiatives in HIERARCHY.values() for use_cases in initiatives.values()
-                  for u in use_cases for step, *_ in STEPS]
+    procedures = event_names()
     popularity = np.tile([0.8, 0.5, 0.3], len(procedures) // 3)
     engagement = np.nan_to_num(np.clip(engagement, 0, 1), nan=0.3)
     active = rng.random((len(customer_ids), len(procedures))) < engagement[:, None] * popularity[None, :]

@@ -228,6 +228,7 @@ REASON_STEPS = {
 # Where to look when a name is not found, by the resource's collection (ErrorInfo metadata "resource", or the
 # reason's prefix: CUSTOMER_NOT_FOUND).
 LISTINGS = {"customers": "`cvh customers list`", "models": "`cvh models list`", "runs": "`cvh run list`",
+            "valueMapVersions": "`cvh valuemap list` (or `cvh valuemap show --tree` for the nodes)",
             "CUSTOMER": "`cvh customers list`", "MODEL": "`cvh models list`", "RUN": "`cvh run list`"}
 
 

@@ -1,4 +1,6 @@
-"""AdoptionService: versions of the value hierarchy, and product telemetry in as daily aggregates."""
+"""AdoptionService: versions of the value hierarchy, product telemetry in as daily aggregates, and what each
+customer has achieved of it (one customer at the call; the whole base in the background, after which the
+registry gets the adoption signals)."""
 
 from __future__ import annotations
 

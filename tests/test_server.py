@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from google.protobuf import descriptor_pool, json_format, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
@@ -24,6 +25,7 @@ from clients.server_process import ServerProcess, free_port
 from cvh.hierarchy.v1 import hierarchy_service_pb2, hierarchy_service_pb2_grpc
 from services.common import db
 from services.common.config import ConfigError, ServerConfig, check_before_start
+from services.adoption.tables import metadata as adoption_metadata
 from services.registry.tables import metadata as registry_metadata
 from services.hierarchy.tables import metadata as hierarchy_metadata
 from services.scoring.tables import metadata as scoring_metadata
@@ -107,7 +109,8 @@ def test_migrations_match_the_tables(database_url):
     engine = db.create_engine(database_url)
     db.upgrade(engine)
     with engine.connect() as conn:
-        differences = compare_metadata(MigrationContext.configure(conn), [registry_metadata, scoring_metadata, hierarchy_metadata])
+        differences = compare_metadata(MigrationContext.configure(conn), [registry_metadata, scoring_metadata,
+                                                                         hierarchy_metadata, adoption_metadata])
     engine.dispose()
     assert differences == []
 
@@ -246,7 +249,8 @@ def test_a_server_that_does_not_migrate_refuses_a_schema_behind_its_code(tmp_pat
     assert "no cvh schema" in db.schema_problem(engine)
     db.upgrade(engine, "0003_hierarchy")
     problem = db.schema_problem(engine)
-    assert "at 0003_hierarchy, this server needs 0006_change_feed" in problem and "cvh db upgrade" in problem
+    head = ScriptDirectory.from_config(db.alembic_config(engine)).get_current_head()  # the newest migration
+    assert f"at 0003_hierarchy, this server needs {head}" in problem and "cvh db upgrade" in problem
 
     refused = subprocess.run([sys.executable, "-m", "clients.cli", "serve", "--no-migrate", "--listen",
                               "127.0.0.1:0", "--database-url", url], capture_output=True, text=True, timeout=120)

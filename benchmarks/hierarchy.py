@@ -50,12 +50,12 @@ def wait_for_snapshot(stub: pb_grpc.HierarchyServiceStub, run: str, timeout: flo
     raise SystemExit(f"the hierarchy service did not load {run} within {timeout:.0f} s")
 
 
-def latency_buckets(metrics_port: int) -> dict[float, float]:
-    """Cumulative GetPriority counts per histogram bound (seconds), read from /metrics."""
+def latency_buckets(metrics_port: int, method: str = GET_PRIORITY) -> dict[float, float]:
+    """Cumulative counts of ``method`` (default GetPriority) per histogram bound (seconds), read from /metrics."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
     buckets = {}
     for line in text.splitlines():
-        if line.startswith("cvh_rpc_latency_seconds_bucket") and f'method="{GET_PRIORITY}"' in line:
+        if line.startswith("cvh_rpc_latency_seconds_bucket") and f'method="{method}"' in line:
             bound = line.split('le="')[1].split('"')[0]
             buckets[float("inf") if bound == "+Inf" else float(bound)] = float(line.rsplit(" ", 1)[1])
     return buckets

@@ -10,14 +10,14 @@ import sys
 import grpc
 
 from clients.batch import BatchUnavailable
-from clients.commands import batch, demo, hierarchy, purchases, registry, scoring
+from clients.commands import adoption, batch, demo, hierarchy, purchases, registry, scoring
 from clients.commands.common import (client_options, database_url, existing_file, non_negative_int,
                                      non_negative_seconds, port_number, positive_int, positive_seconds, server,
                                      whole_number)
 from clients.errors import CvhError
 from clients.parquet import ParquetError
 from clients.tabular import InputError
-from services.common.config import DEFAULT_LISTEN, SERVICE_NAMES, ConfigError
+from services.common.config import DEFAULT_LISTEN, MAX_RETENTION_DAYS, SERVICE_NAMES, ConfigError
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -39,6 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
                                    database_pool_size=args.database_pool_size, max_bulk_streams=args.max_bulk_streams,
                                    stream_stall_seconds=args.stream_stall_seconds, max_watchers=args.max_watchers,
                                    feed_retention_seconds=args.feed_retention_seconds,
+                                   telemetry_retention_days=args.telemetry_retention_days,
                                    migrate=False if args.no_migrate else None)
     logs.configure(config.log_level)
     workers = args.workers if args.workers is not None else env_number("CVH_WORKERS", int, 1)
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser(
         "serve", help="run the gRPC services",
-        description="Run gRPC services in this process. With no SERVICE, all three share one port and an "
+        description="Run gRPC services in this process. With no SERVICE, all four share one port and an "
                     "embedded SQLite database. Stops gracefully on SIGTERM or Ctrl-C.")
     serve.add_argument("services", nargs="*", metavar="SERVICE",
                        help=f"which services to run: {', '.join(SERVICE_NAMES)} (default: all)")
@@ -116,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--feed-retention-seconds", type=positive_seconds, default=None, metavar="SECONDS",
                        help="how long the registry keeps its change feed; a follower further behind reloads "
                             "(env CVH_FEED_RETENTION_SECONDS, default 86400)")
+    serve.add_argument("--telemetry-retention-days", type=whole_number(1, MAX_RETENTION_DAYS), default=None,
+                       metavar="DAYS",
+                       help="days of product telemetry the adoption service keeps; older events are refused and "
+                            "older aggregates pruned (env CVH_TELEMETRY_RETENTION_DAYS, default 400)")
     serve.add_argument("--health-listen", default=None, metavar="HOST:PORT",
                        help="also serve plaintext gRPC health checks (only) here, for probes that cannot speak "
                             "TLS, e.g. Kubernetes' native grpc probes (env CVH_HEALTH_LISTEN, default off)")
@@ -151,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.set_defaults(run=_db_upgrade)
 
     client = client_options()
-    for module in (registry, scoring, purchases, hierarchy, batch, demo):
+    for module in (registry, scoring, purchases, hierarchy, adoption, batch, demo):
         module.add_parsers(commands, client)
     from clients import loadtest
     loadtest.add_parser(commands)
@@ -225,6 +230,7 @@ REASON_STEPS = {
 # Where to look when a name is not found, by the resource's collection (ErrorInfo metadata "resource", or the
 # reason's prefix: CUSTOMER_NOT_FOUND).
 LISTINGS = {"customers": "`cvh customers list`", "models": "`cvh models list`", "runs": "`cvh run list`",
+            "valueMapVersions": "`cvh valuemap list` (or `cvh valuemap show --tree` for the nodes)",
             "CUSTOMER": "`cvh customers list`", "MODEL": "`cvh models list`", "RUN": "`cvh run list`"}
 
 

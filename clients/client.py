@@ -21,6 +21,8 @@ from google.protobuf import field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients.errors import CvhError
+from cvh.adoption.v1 import adoption_service_pb2 as adoption_pb
+from cvh.adoption.v1 import adoption_service_pb2_grpc
 from cvh.common.v1 import common_pb2
 from cvh.hierarchy.v1 import hierarchy_service_pb2 as hierarchy_pb
 from cvh.hierarchy.v1 import hierarchy_service_pb2_grpc
@@ -85,7 +87,7 @@ class Stream:
 
 
 class CvhClient:
-    """Typed access to the registry, scoring and hierarchy services at one target."""
+    """Typed access to the registry, scoring, hierarchy and adoption services at one target."""
 
     def __init__(self, target: str = DEFAULT_SERVER, *, tls: Tls | None = None, token: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT, load_balancing: str = "",
@@ -96,6 +98,7 @@ class CvhClient:
         self.registry = registry_service_pb2_grpc.RegistryServiceStub(self.channel)
         self.scoring = scoring_service_pb2_grpc.ScoringServiceStub(self.channel)
         self.hierarchy = hierarchy_service_pb2_grpc.HierarchyServiceStub(self.channel)
+        self.adoption = adoption_service_pb2_grpc.AdoptionServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
     def close(self) -> None:
@@ -417,3 +420,55 @@ class CvhClient:
                                    f"not {run_name(run)}")
             time.sleep(0.1)
         return info
+
+    # -- adoption: the value hierarchy and telemetry -----------------------------------------------------------
+
+    def create_value_map_version(self, value_map: adoption_pb.ValueMapVersion, activate: bool = True,
+                                 validate_only: bool = False) -> adoption_pb.ValueMapVersion:
+        """Stores a new version of the value hierarchy (and makes it the active one unless ``activate`` is
+        False); with ``validate_only``, only checks it."""
+        request = adoption_pb.CreateValueMapVersionRequest(value_map=value_map, skip_activation=not activate,
+                                                           validate_only=validate_only)
+        return self._unary(self.adoption.CreateValueMapVersion, request)
+
+    def get_value_map_version(self, version: str | int = "") -> adoption_pb.ValueMapVersion:
+        """One version (a number or "valueMapVersions/N"), or the active one."""
+        request = adoption_pb.GetValueMapVersionRequest(name=value_map_version_name(version))
+        return self._unary(self.adoption.GetValueMapVersion, request)
+
+    def list_value_map_versions(self, page_size: int = 0) -> Iterator[adoption_pb.ValueMapVersion]:
+        return self._pages(self.adoption.ListValueMapVersions, adoption_pb.ListValueMapVersionsRequest(),
+                           "value_maps", page_size)
+
+    def activate_value_map_version(self, version: str | int) -> adoption_pb.ValueMapVersion:
+        request = adoption_pb.ActivateValueMapVersionRequest(name=value_map_version_name(version))
+        return self._unary(self.adoption.ActivateValueMapVersion, request)
+
+    def diff_value_map_versions(self, base: str | int, target: str | int) -> adoption_pb.ValueMapDiff:
+        request = adoption_pb.DiffValueMapVersionsRequest(base=value_map_version_name(base),
+                                                          target=value_map_version_name(target))
+        return self._unary(self.adoption.DiffValueMapVersions, request)
+
+    def get_customer_adoption(self, customer: str, version: str | int = "") -> adoption_pb.CustomerAdoption:
+        """One customer's value hierarchy today: achieved, progress, and why not."""
+        request = adoption_pb.GetCustomerAdoptionRequest(customer=customer_name(customer),
+                                                         value_map_version=value_map_version_name(version))
+        return self._unary(self.adoption.GetCustomerAdoption, request)
+
+    def get_node_adoption(self, node_key: str = "") -> adoption_pb.NodeAdoptionReport:
+        """Adoption across the base of one node, or of every node, from the latest evaluation."""
+        return self._unary(self.adoption.GetNodeAdoption, adoption_pb.GetNodeAdoptionRequest(node_key=node_key))
+
+    def record_telemetry(self, requests: Iterable[adoption_pb.RecordTelemetryRequest],
+                         timeout: float | None = None) -> adoption_pb.RecordTelemetryResponse:
+        """Streams telemetry; ``requests`` may be a generator (see :func:`columns.telemetry_chunk`)."""
+        try:
+            return self.adoption.RecordTelemetry(iter(requests), timeout=timeout)
+        except grpc.RpcError as error:
+            raise CvhError.from_rpc_error(error) from None
+
+
+def value_map_version_name(version: str | int) -> str:
+    """``3``, ``"3"`` or ``"valueMapVersions/3"`` -> ``"valueMapVersions/3"``; empty stays empty (the active one)."""
+    version = str(version)
+    return version if not version or version.startswith("valueMapVersions/") else f"valueMapVersions/{version}"

@@ -50,7 +50,8 @@ PROBE_USER, PROBE_RPC = "LatencyProbeUser", "Check"
 DEFAULT_ROUNDS = 3
 DEFAULT_RUN_TIME_S = 10
 SCENARIOS = {"support_tooling": "SupportToolingUser", "internal_systems": "InternalSystemsUser",
-             "registry_writers": "RegistryWriterUser", "mixed": "MixedUser"}
+             "registry_writers": "RegistryWriterUser", "mixed": "MixedUser",
+             "telemetry_writers": "TelemetryWriterUser", "adoption_lookup": "AdoptionLookupUser"}
 DEFAULT_SCENARIOS = tuple(SCENARIOS)
 # p99 limits in milliseconds, per RPC (--max-p99-ms RPC=MS changes one, a bare number GetPriority's, *=MS all).
 # Writes wait for SQLite's one writer at a time, across worker processes too: they get more room. The health
@@ -58,7 +59,7 @@ DEFAULT_SCENARIOS = tuple(SCENARIOS)
 # call's tail in this run, the latency noise the other limits are judged with.
 DEFAULT_P99_MS = {"GetPriority": 20.0, "BatchGetPriority": 50.0, "RankCustomers": 20.0, "ScoreCustomer": 50.0,
                   "ScoreSignals": 50.0, "ScoreBatch": 100.0, "GetCustomer": 50.0, "UpdateCustomer": 500.0,
-                  "RecordSignals": 500.0}
+                  "RecordSignals": 500.0, "RecordTelemetry": 500.0, "GetCustomerAdoption": 50.0}
 DEFAULT_MIN_PHASE_RPS = 50.0
 DEFAULT_MIN_RATIOS = {"GetPriority": 0.8, "ScoreCustomer": 0.5}
 LOCUSTFILE = Path(__file__).resolve().parent.parent / "loadtests" / "locustfile.py"
@@ -171,10 +172,32 @@ def seed(target: str, customers: int, seed_value: int, show_progress: bool, work
         if run.state != scoring_pb.RUN_STATE_COMPLETED:
             raise RuntimeError(f"the scoring run {run.name} ended {run.state}: {run.failure_reason}")
         timings["run_seconds"] = round(time.perf_counter() - started, 2)
+        started = time.perf_counter()
+        _seed_adoption(cvh, base, seed_value)
+        timings["adoption_seconds"] = round(time.perf_counter() - started, 2)
     started = time.perf_counter()
     wait_for_snapshot_everywhere(target, run.name, workers)
     timings["snapshot_seconds"] = round(time.perf_counter() - started, 2)
     return {"run": run.name, **timings}
+
+
+def _seed_adoption(cvh, base, seed_value: int) -> None:
+    """The demo's value hierarchy (unless the suite has one) and its synthetic telemetry for the base, so that
+    the adoption scenarios look up customers with something to show."""
+    import grpc
+
+    from clients import synthetic_adoption
+    from clients.errors import CvhError
+
+    try:
+        cvh.get_value_map_version()
+    except CvhError as error:
+        if error.code != grpc.StatusCode.FAILED_PRECONDITION:  # NO_ACTIVE_VALUE_MAP
+            raise
+        cvh.create_value_map_version(synthetic_adoption.demo_value_map())
+    engagement = base.values[:, list(base.signal_names).index("feature_adoption")]
+    cvh.record_telemetry(synthetic_adoption.telemetry(base.customer_ids, engagement, time.time_ns() // 1000,
+                                                      seed_value))
 
 
 def wait_for_snapshot_everywhere(target: str, run: str, workers: int, timeout: float = 300) -> None:

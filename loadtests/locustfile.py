@@ -3,7 +3,8 @@
     locust -f loadtests/locustfile.py --host grpc://127.0.0.1:50051                       # web UI, pick users
     locust -f loadtests/locustfile.py --headless -u 20 -r 20 -t 1m --host grpc://HOST:PORT SupportToolingUser
 
-Users (loadtests/scenarios.py): SupportToolingUser, InternalSystemsUser, RegistryWriterUser, MixedUser, and
+Users (loadtests/scenarios.py): SupportToolingUser, InternalSystemsUser, RegistryWriterUser, MixedUser,
+TelemetryWriterUser, AdoptionLookupUser, and
 for calibration HealthUser, GetPriorityUser, ScoreCustomerUser. Distributed mode and options:
 loadtests/README.md.
 """
@@ -18,6 +19,6 @@ except ImportError:  # run from a checkout without installing: the repository ro
     sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "protos"))
 
 from loadtests.scenarios import (  # noqa: E402,F401
-    GetPriorityUser, HealthUser, InternalSystemsUser, LatencyProbeUser, MixedUser, RegistryWriterUser,
-    ScoreCustomerUser, SupportToolingUser,
+    AdoptionLookupUser, GetPriorityUser, HealthUser, InternalSystemsUser, LatencyProbeUser, MixedUser,
+    RegistryWriterUser, ScoreCustomerUser, SupportToolingUser, TelemetryWriterUser,
 )

@@ -6,6 +6,8 @@
 | ``InternalSystemsUser`` | ScoreCustomer (6), ScoreSignals (3), ScoreBatch of one 100-row chunk (1) |
 | ``RegistryWriterUser`` | GetCustomer + UpdateCustomer of its display name to the value read (1), RecordSignals for 1 to 5 customers (2) |
 | ``MixedUser`` | the three above in the proportion 7 : 2 : 1 |
+| ``TelemetryWriterUser`` | RecordTelemetry: one message of 1,000 events of 1 to 20 customers over the last 30 days (1) |
+| ``AdoptionLookupUser`` | GetCustomerAdoption (1) |
 | ``HealthUser`` | grpc.health.v1 Check: the cheapest call, the calibration ceiling |
 | ``LatencyProbeUser`` | one user calling Check 20 times a second beside a scenario: the latency noise of that phase |
 | ``GetPriorityUser``, ``ScoreCustomerUser`` | that one RPC alone, for its throughput against the ceiling |
@@ -26,6 +28,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import time
 from dataclasses import dataclass
 
 from google.protobuf import field_mask_pb2
@@ -33,6 +36,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from locust import constant, events
 from locust.runners import LocalRunner, MasterRunner
 
+from cvh.adoption.v1 import adoption_service_pb2 as adoption_pb
+from cvh.adoption.v1 import adoption_service_pb2_grpc
 from cvh.hierarchy.v1 import hierarchy_service_pb2 as hierarchy_pb
 from cvh.hierarchy.v1 import hierarchy_service_pb2_grpc
 from cvh.registry.v1 import registry_service_pb2 as registry_pb
@@ -40,7 +45,7 @@ from cvh.registry.v1 import registry_service_pb2_grpc
 from cvh.scoring.v1 import scoring_service_pb2 as scoring_pb
 from cvh.scoring.v1 import scoring_service_pb2_grpc
 from loadtests.grpc_user import GrpcUser, open_channel, rpc_task, token_metadata
-from wire.columns import to_chunk
+from wire.columns import telemetry_chunk, to_chunk
 
 log = logging.getLogger("cvh.loadtest")
 
@@ -51,6 +56,9 @@ RANK_SIZES = (2, 6)
 SCORE_BATCH_ROWS = 100
 WHAT_IF_ROWS = 1_000
 RECORD_CUSTOMERS = (1, 5)
+TELEMETRY_EVENTS = 1_000
+TELEMETRY_CUSTOMERS = (1, 20)
+DAY_US = 86_400 * 1_000_000
 
 
 @events.init_command_line_parser.add_listener
@@ -130,7 +138,7 @@ def _on_test_start(environment, **_kwargs) -> None:
 
 
 class CvhUser(GrpcUser):
-    """A user with stubs of the three services and health, and a seeded choice of customers."""
+    """A user with stubs of the four services and health, and a seeded choice of customers."""
 
     abstract = True
 
@@ -138,6 +146,7 @@ class CvhUser(GrpcUser):
         self.registry = registry_service_pb2_grpc.RegistryServiceStub(channel)
         self.scoring = scoring_service_pb2_grpc.ScoringServiceStub(channel)
         self.hierarchy = hierarchy_service_pb2_grpc.HierarchyServiceStub(channel)
+        self.adoption = adoption_service_pb2_grpc.AdoptionServiceStub(channel)
         self.health = health_pb2_grpc.HealthStub(channel)
 
     def on_start(self) -> None:
@@ -201,6 +210,26 @@ def record_signals(user: CvhUser) -> None:
     user.registry.RecordSignals(request)
 
 
+# -- adoption ----------------------------------------------------------------------------------------------
+
+def record_telemetry(user: CvhUser) -> None:
+    """Product events of the demo's value hierarchy (clients/synthetic_adoption.py) for a few customers."""
+    from clients.synthetic_adoption import event_names
+
+    names = event_names()
+    customers = [name.removeprefix("customers/") for name in user.customers(user.rng.randint(*TELEMETRY_CUSTOMERS))]
+    rng = user.rng
+    now = time.time_ns() // 1000
+    user.adoption.RecordTelemetry(iter([telemetry_chunk(
+        customers, names, [rng.randrange(len(customers)) for _ in range(TELEMETRY_EVENTS)],
+        [rng.randrange(len(names)) for _ in range(TELEMETRY_EVENTS)],
+        [now - rng.randrange(30 * DAY_US) for _ in range(TELEMETRY_EVENTS)])]))
+
+
+def get_customer_adoption(user: CvhUser) -> None:
+    user.adoption.GetCustomerAdoption(adoption_pb.GetCustomerAdoptionRequest(customer=user.customer()))
+
+
 def check_health(user: CvhUser) -> None:
     user.health.Check(health_pb2.HealthCheckRequest())
 
@@ -249,6 +278,18 @@ class MixedUser(CvhUser):
     tasks = _tasks(_mix((SUPPORT_TOOLING, 7), (INTERNAL_SYSTEMS, 2), (REGISTRY_WRITERS, 1)))
 
 
+class TelemetryWriterUser(CvhUser):
+    """Product analytics pipelines sending events in columnar messages."""
+
+    tasks = _tasks({record_telemetry: 1})
+
+
+class AdoptionLookupUser(CvhUser):
+    """Customer Success and Sales tools asking what a customer has achieved, and why not."""
+
+    tasks = _tasks({get_customer_adoption: 1})
+
+
 class HealthUser(CvhUser):
     """grpc.health.v1 Check only: the calibration ceiling of this harness against this server."""
 
@@ -282,5 +323,6 @@ class ScoreCustomerUser(CvhUser):
 SCENARIOS = {
     "health": HealthUser, "get_priority": GetPriorityUser, "score_customer": ScoreCustomerUser,
     "support_tooling": SupportToolingUser, "internal_systems": InternalSystemsUser,
-    "registry_writers": RegistryWriterUser, "mixed": MixedUser,
+    "registry_writers": RegistryWriterUser, "mixed": MixedUser, "telemetry_writers": TelemetryWriterUser,
+    "adoption_lookup": AdoptionLookupUser,
 }

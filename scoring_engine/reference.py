@@ -387,3 +387,70 @@ def lifetime_fit_reference(log_likelihood, starts, *args) -> tuple[np.ndarray, f
         if ll > best_ll:
             best, best_ll = np.exp(result.x), ll
     return best, best_ll
+
+
+# --------------------------------------------------------------------------- adoption
+def adoption_reference(plan, today: int, n_customers: int, customers, events, days, counts, user_customers=(),
+                       user_events=(), user_hashes=(), user_last_days=()):
+    """``scoring_engine.adoption.evaluate`` procedure by procedure and node by node with whole-array NumPy
+    operations, from the definitions in ``scoring_engine/adoption.py``. Returns the same AdoptionResult."""
+    from .adoption import RULE_AT_LEAST, RULE_WEIGHTED_SHARE, AdoptionResult
+
+    customers, events, days, counts = (np.asarray(a, np.int64) for a in (customers, events, days, counts))
+    user_customers, user_events, user_hashes, user_last_days = (
+        np.asarray(a, np.int64) for a in (user_customers, user_events, user_hashes, user_last_days))
+    n_nodes, n_procedures = plan.n_nodes, plan.n_procedures
+    result = AdoptionResult(np.zeros((n_customers, n_nodes), bool), np.zeros((n_customers, n_nodes)),
+                            np.full((n_customers, n_nodes), -1, np.int64), np.zeros((n_customers, n_procedures),
+                                                                                  np.int64),
+                            np.zeros((n_customers, n_procedures), np.int64),
+                            np.zeros((n_customers, n_procedures), np.int64))
+    for p, node in enumerate(plan.procedure_nodes):
+        counted = np.array([p in plan.event_procedures[plan.event_ptr[e]:plan.event_ptr[e + 1]]
+                            for e in range(len(plan.event_ptr) - 1)], dtype=bool)
+        start, end = today - plan.windows[p] + 1, today
+        valid = (events >= 0) & (events < len(counted))
+        mine = valid & counted[np.clip(events, 0, max(len(counted) - 1, 0))] if len(counted) else valid & False
+        np.maximum.at(result.last_day[:, node], customers[mine], days[mine])
+        inside = mine & (days >= start) & (days <= end)
+        np.add.at(result.counts[:, p], customers[inside], counts[inside])
+        pairs = np.unique(np.stack([customers[inside], days[inside]]), axis=1)
+        result.days[:, p] = np.bincount(pairs[0], minlength=n_customers)
+        valid_users = (user_events >= 0) & (user_events < len(counted))
+        users_mine = valid_users & (counted[np.clip(user_events, 0, max(len(counted) - 1, 0))]
+                                    if len(counted) else False)
+        users_mine &= (user_last_days >= start) & (user_last_days <= end)
+        user_pairs = np.unique(np.stack([user_customers[users_mine], user_hashes[users_mine]]), axis=1)
+        result.users[:, p] = np.bincount(user_pairs[0], minlength=n_customers)
+        figures = [(result.counts[:, p], plan.min_counts[p]), (result.days[:, p], plan.min_days[p]),
+                   (result.users[:, p], plan.min_users[p])]
+        ratios = [np.where(value >= minimum, 1.0, value / max(minimum, 1)) for value, minimum in figures
+                  if minimum > 0]
+        result.achieved[:, node] = np.all([value >= minimum for value, minimum in figures], axis=0)
+        result.progress[:, node] = np.sum(ratios, axis=0) / len(ratios) if ratios else 1.0
+    for node in range(n_nodes - 1, -1, -1):
+        kids = plan.children[plan.child_ptr[node]:plan.child_ptr[node + 1]]
+        if not len(kids):
+            continue
+        result.last_day[:, node] = result.last_day[:, kids].max(axis=1)
+        done, progress = result.achieved[:, kids], result.progress[:, kids]
+        kind = plan.rule_kinds[node]
+        if kind == RULE_AT_LEAST:
+            k = plan.min_children[node]
+            result.achieved[:, node] = done.sum(axis=1) >= k
+            top = np.sort(progress, axis=1)[:, len(kids) - k:]
+            result.progress[:, node] = _in_order(top) / k
+        elif kind == RULE_WEIGHTED_SHARE:
+            w = plan.weights[kids]
+            share = _in_order(done * w) / _in_order(w[None, :])
+            result.achieved[:, node] = share >= plan.min_shares[node]
+            result.progress[:, node] = np.minimum(1.0, share / plan.min_shares[node])
+        else:
+            result.achieved[:, node] = done.all(axis=1)
+            result.progress[:, node] = _in_order(progress) / len(kids)
+    return result
+
+
+def _in_order(values: np.ndarray) -> np.ndarray:
+    """Row sums added left to right (NumPy's sum pairs them up from 8 columns on, another rounding)."""
+    return np.cumsum(values, axis=1)[:, -1] if values.shape[1] else np.zeros(len(values))

@@ -348,7 +348,7 @@ def test_servers_listen_with_tls_and_tokens(renders, render):
 def test_peers_are_reached_through_headless_services(renders, render):
     documents = renders[render]
     services, deployments = objects(documents, "Service"), objects(documents, "Deployment")
-    needs = {"scoring": {"CVH_REGISTRY_TARGET": "registry"},
+    needs = {"scoring": {"CVH_REGISTRY_TARGET": "registry"}, "adoption": {"CVH_REGISTRY_TARGET": "registry"},
              "hierarchy": {"CVH_REGISTRY_TARGET": "registry", "CVH_SCORING_TARGET": "scoring"}}
     for name, targets in needs.items():
         template = deployments[name]["spec"]["template"]
@@ -752,7 +752,7 @@ def test_compose_wires_targets_and_database(compose):
     expected_url = (f"postgresql://{postgres['POSTGRES_USER']}:{postgres['POSTGRES_PASSWORD']}@postgres:5432/"
                     f"{postgres['POSTGRES_DB']}")
     assert services["migrate"]["environment"]["CVH_DATABASE_URL"] == expected_url
-    needs = {"scoring": {"CVH_REGISTRY_TARGET": "registry"},
+    needs = {"scoring": {"CVH_REGISTRY_TARGET": "registry"}, "adoption": {"CVH_REGISTRY_TARGET": "registry"},
              "hierarchy": {"CVH_REGISTRY_TARGET": "registry", "CVH_SCORING_TARGET": "scoring"}}
     for name in SERVICE_NAMES:
         env = services[name]["environment"]

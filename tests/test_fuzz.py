@@ -1,4 +1,4 @@
-"""Bad input, tried at scale: every RPC of the three services gets requests built by hypothesis from the
+"""Bad input, tried at scale: every RPC of the four services gets requests built by hypothesis from the
 protobuf descriptors (odd and very long strings, NUL, huge and negative numbers, NaN and infinities, empty
 and oversized repeated fields, unknown enum values, nested messages, Timestamps, FieldMasks). No answer may
 be INTERNAL or UNKNOWN (nor an error too large for a client to receive), and the server must answer health
@@ -36,6 +36,7 @@ from services.common.config import ServerConfig
 from services.common.embedded import EmbeddedSuite
 from services.common.server import SERVICE_DESCRIPTORS
 from services.common.validation import encode_page_token
+from tests.adoption.test_adoption_service import value_map as adoption_value_map
 from tests.conftest import _empty_tables
 from tests.grpc_helpers import details_of, documented_reasons, raises_status
 from tests.hierarchy.test_hierarchy_service import wait_for_snapshot
@@ -415,6 +416,38 @@ def _customer_columns(descriptor, sane: bool):
     return build() if sane else st.one_of(build(), _generic(descriptor, MAX_DEPTH - 1, False))
 
 
+def _telemetry(descriptor, sane: bool):
+    """RecordTelemetryRequest whose columns agree in length and refer within their tables (events reach the
+    registry check, the per-event checks and the database), or (wild) a generic one."""
+    cls = _message_class(descriptor)
+    customer_id = st.sampled_from(SEED_IDS[:4] + ["new-1"]) if sane else st.one_of(st.sampled_from(SEED_IDS[:4]), text)
+    event_name = st.sampled_from(["login", "report.created", "Bad Name"]) if sane else text
+    micros = st.sampled_from([int(time.time() * 1e6) - k * 86_400_000_000 for k in (0, 1, 30, 500)]
+                             + [int(time.time() * 1e6) + 86_400_000_000, 0, -(2**63), 2**63 - 1])
+
+    @st.composite
+    def build(draw):
+        events = draw(st.integers(1, 5))
+        customers = draw(st.lists(customer_id, min_size=1, max_size=3))
+        names = draw(st.lists(event_name, min_size=1, max_size=3))
+        users = draw(st.lists(st.sampled_from(["ana", "bob", "x" * 257]), max_size=2))
+        message = cls(batch_id=draw(st.sampled_from(["", "b-1", "b-2", "bad id"])), customer_ids=customers,
+                      event_names=names, user_ids=users)
+        message.customer_indices = struct.pack(f"<{events}I", *draw(st.lists(
+            st.integers(0, len(customers) - 1), min_size=events, max_size=events)))
+        message.event_indices = struct.pack(f"<{events}I", *draw(st.lists(
+            st.integers(0, len(names) - 1), min_size=events, max_size=events)))
+        message.event_times = struct.pack(f"<{events}q", *draw(st.lists(micros, min_size=events, max_size=events)))
+        if draw(st.booleans()):
+            message.counts = struct.pack(f"<{events}I", *draw(st.lists(
+                st.sampled_from([0, 1, 7, 1_000_001, 2**32 - 1]), min_size=events, max_size=events)))
+        if users and draw(st.booleans()):
+            message.user_indices = struct.pack(f"<{events}i", *draw(st.lists(
+                st.integers(-1, len(users) - 1), min_size=events, max_size=events)))
+        return message
+    return build() if sane else st.one_of(build(), _generic(descriptor, MAX_DEPTH - 1, False))
+
+
 def _templates() -> dict[str, object]:
     """Valid messages too intricate to come about by chance: the default value model and tier policy."""
     import scoring_engine
@@ -426,7 +459,9 @@ def _templates() -> dict[str, object]:
         model.ClearField(output_only)
     policy = default_policy()
     policy.ClearField("version")
-    return {model.DESCRIPTOR.full_name: model, policy.DESCRIPTOR.full_name: policy}
+    value_map = adoption_value_map()
+    return {model.DESCRIPTOR.full_name: model, policy.DESCRIPTOR.full_name: policy,
+            value_map.DESCRIPTOR.full_name: value_map}
 
 
 TEMPLATES = _templates()
@@ -437,6 +472,7 @@ SPECIAL = {
     "cvh.common.v1.Float64Matrix": _matrix,
     "cvh.common.v1.ColumnarChunk": _columnar_chunk,
     "cvh.registry.v1.CustomerColumns": _customer_columns,
+    "cvh.adoption.v1.RecordTelemetryRequest": _telemetry,
 }
 _CACHE: dict[tuple[str, int, bool], st.SearchStrategy] = {}
 

@@ -93,6 +93,7 @@ def test_every_scenario_against_a_deployment(seeded_workers, tmp_path):
     expected = {"support_tooling": {"GetPriority", "BatchGetPriority", "RankCustomers", "Check"},  # + the probe
                 "internal_systems": {"ScoreCustomer", "ScoreSignals", "ScoreBatch", "Check"},
                 "registry_writers": {"GetCustomer", "UpdateCustomer", "RecordSignals", "Check"},
+                "telemetry_writers": {"RecordTelemetry", "Check"}, "adoption_lookup": {"GetCustomerAdoption", "Check"},
                 "health_1": {"Check"}}
     for phase, rpcs in expected.items():
         assert set(summary["phases"][phase]) == rpcs

@@ -13,6 +13,7 @@ import pytest
 import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cvh.adoption.v1 import adoption_service_pb2
 from cvh.hierarchy.v1 import hierarchy_service_pb2
 from cvh.registry.v1 import registry_service_pb2 as pb
 from cvh.registry.v1 import registry_service_pb2_grpc as pb_grpc
@@ -29,7 +30,8 @@ TOKENS = {"reader-token-1": ("support-desk", ["reader"]), "writer-token-2": ("cr
 def test_every_rpc_has_a_required_role():
     services = [pb.DESCRIPTOR.services_by_name["RegistryService"],
                 scoring_service_pb2.DESCRIPTOR.services_by_name["ScoringService"],
-                hierarchy_service_pb2.DESCRIPTOR.services_by_name["HierarchyService"]]
+                hierarchy_service_pb2.DESCRIPTOR.services_by_name["HierarchyService"],
+                adoption_service_pb2.DESCRIPTOR.services_by_name["AdoptionService"]]
     methods = {f"/{s.full_name}/{m.name}" for s in services for m in s.methods}
     assert methods == set(REQUIRED_ROLE)
 

@@ -25,6 +25,7 @@ from clients.server_process import ServerProcess, free_port
 from cvh.hierarchy.v1 import hierarchy_service_pb2, hierarchy_service_pb2_grpc
 from services.common import db
 from services.common.config import ConfigError, ServerConfig, check_before_start
+from services.adoption.tables import metadata as adoption_metadata
 from services.registry.tables import metadata as registry_metadata
 from services.hierarchy.tables import metadata as hierarchy_metadata
 from services.scoring.tables import metadata as scoring_metadata
@@ -108,7 +109,8 @@ def test_migrations_match_the_tables(database_url):
     engine = db.create_engine(database_url)
     db.upgrade(engine)
     with engine.connect() as conn:
-        differences = compare_metadata(MigrationContext.configure(conn), [registry_metadata, scoring_metadata, hierarchy_metadata])
+        differences = compare_metadata(MigrationContext.configure(conn), [registry_metadata, scoring_metadata,
+                                                                         hierarchy_metadata, adoption_metadata])
     engine.dispose()
     assert differences == []
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cvh.adoption.v1 import adoption_service_pb2
 from cvh.common.v1 import common_pb2
 from cvh.registry.v1 import registry_service_pb2
 from cvh.scoring.v1 import scoring_service_pb2
@@ -49,6 +50,22 @@ def customer_columns(customer_ids: Sequence[str], signal_names: Sequence[str] = 
         stakeholder_roles=np.asarray(roles, np.uint8).tobytes(), owners=list(owners),
         signal_names=list(signal_names), signal_values=to_matrix(values),
         lifecycle_stages=np.asarray(stages, np.uint8).tobytes())
+
+
+def telemetry_chunk(customer_ids: Sequence[str], event_names: Sequence[str], customer_indices: np.ndarray,
+                    event_indices: np.ndarray, event_times_us: np.ndarray, counts: np.ndarray | None = None,
+                    user_ids: Sequence[str] = (), user_indices: np.ndarray | None = None, batch_id: str = ""
+                    ) -> adoption_service_pb2.RecordTelemetryRequest:
+    """One RecordTelemetry message: the tables once, each event's columns packed (positions into the tables,
+    times in microseconds since the epoch; counts None for 1 each; user_indices -1 for no user)."""
+    return adoption_service_pb2.RecordTelemetryRequest(
+        batch_id=batch_id, customer_ids=list(customer_ids), event_names=list(event_names),
+        customer_indices=np.asarray(customer_indices, "<u4").tobytes(),
+        event_indices=np.asarray(event_indices, "<u4").tobytes(),
+        event_times=np.asarray(event_times_us, "<i8").tobytes(),
+        counts=np.asarray(counts, "<u4").tobytes() if counts is not None else b"",
+        user_ids=list(user_ids), user_indices=np.asarray(user_indices, "<i4").tobytes() if user_indices is not None
+        else b"")
 
 
 def _concat(parts: list[np.ndarray], dtype, width: int | None = None) -> np.ndarray:

@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 
 from clients.client import CvhClient, customer_id
+from clients.commands.adoption import print_adoption
 from clients.commands.common import connect, seed_number, server, whole_number
 from clients.commands.hierarchy import picture_file, print_priority, pyramid_file, tiers_table, value_sums
 from clients.commands.scoring import follow_run
@@ -74,16 +75,47 @@ def _demo(args: argparse.Namespace) -> int:
             if n:
                 print()
             print_priority(priority)
+        step = 6
         if args.pyramid:
             pyramid_file(summary, layers, Path(args.pyramid))
             print(f"\n6. drew the pyramid into {args.pyramid}")
+            step = 7
+        value_map = _value_they_get(cvh, base, args.seed, examples[-1], step)
         args.summary = {"customers": args.customers, "imported": imported.created + imported.updated,
                         "own_customers": own, "label": DEMO_LABEL, "run": run.name, "examples": examples,
-                        "tiers": {t.tier.tier_id: t.customers for t in summary.tiers}}
+                        "tiers": {t.tier.tier_id: t.customers for t in summary.tiers}, **value_map}
         print("\nNext: `cvh tiers`, `cvh customers get ID`, `cvh rank ID ID`, `cvh tree ID`, "
-              "`cvh pyramid --out pyramid.png`, `cvh run start --wait` after changing signals, `cvh run moves`"
+              "`cvh pyramid --out pyramid.png`, `cvh run start --wait` after changing signals, `cvh run moves`, "
+              "`cvh valuemap show --tree`, `cvh adoption ID`"
               + (", `cvh demo --remove`." if own else "."))
     return 0
+
+
+def _value_they_get(cvh: CvhClient, base, seed: int, customer: str, step: int) -> dict:
+    """The value hierarchy half: the demo's value hierarchy (unless the suite has one of its own), synthetic
+    product telemetry for the demo's customers, and one customer's adoption."""
+    import time
+
+    from clients import synthetic_adoption
+
+    try:
+        active = cvh.get_value_map_version()
+    except CvhError as error:
+        if error.code != grpc.StatusCode.FAILED_PRECONDITION:  # NO_ACTIVE_VALUE_MAP: none yet
+            raise
+        active = cvh.create_value_map_version(synthetic_adoption.demo_value_map())
+    if active.change_note != synthetic_adoption.CHANGE_NOTE:
+        print(f"\n{step}. the suite has a value hierarchy of its own ({active.name}): the demo sends no telemetry "
+              "against it")
+        return {}
+    engagement = base.values[:, list(base.signal_names).index("feature_adoption")]
+    recorded = cvh.record_telemetry(synthetic_adoption.telemetry(base.customer_ids, engagement,
+                                                                 time.time_ns() // 1000, seed))
+    print(f"\n{step}. the value they get: a value hierarchy of 3 strategies, 8 initiatives, 20 use cases and 60 "
+          f"procedures ({active.name}, `cvh valuemap show --tree`), fed {recorded.events_kept:,} product events "
+          "(daily rows with counts) through RecordTelemetry; a median customer's adoption (`cvh adoption ID`):\n")
+    print_adoption(cvh.get_customer_adoption(customer), deepest=3, indent="   ")
+    return {"value_map": active.name, "telemetry_events": recorded.events_kept, "adoption_example": customer}
 
 
 def _own_customers(cvh: CvhClient, demo_ids: list[str]) -> int:
@@ -194,7 +226,9 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
     command = commands.add_parser(
         "demo", parents=[client], help="see the whole flow on a synthetic customer base",
         description="Generates a realistic synthetic customer base, imports it, runs scoring and shows the "
-                    "tiers and what support sees for a few customers. Uses the suite at --server, or starts "
+                    "tiers and what support sees for a few customers; then defines a small value hierarchy "
+                    "(unless the suite has one), sends synthetic product telemetry and shows a customer's "
+                    "adoption. Uses the suite at --server, or starts "
                     "one in this process when nothing listens there. On a suite with customers of its own, the "
                     f"demo's are added beside them (ids {DEMO_ID_PREFIX}..., label {DEMO_LABEL}) and "
                     "`cvh demo --remove` takes them out again.")

@@ -5,8 +5,8 @@ tokens), compared in constant time, and never logged. Roles:
 
 - ``reader``: look-ups (priority, customers, runs, results);
 - ``scorer``: scoring calls (and everything a reader may do);
-- ``writer``: registry writes (and everything a reader may do);
-- ``admin``: models, runs and policies, and everything else.
+- ``writer``: registry writes and telemetry (and everything a reader may do);
+- ``admin``: models, runs, policies and the value hierarchy, and everything else.
 
 Health checks and reflection need no token, so probes and tools can find the server.
 
@@ -44,6 +44,7 @@ OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerRefl
 _REGISTRY = "/cvh.registry.v1.RegistryService/"
 _SCORING = "/cvh.scoring.v1.ScoringService/"
 _HIERARCHY = "/cvh.hierarchy.v1.HierarchyService/"
+_ADOPTION = "/cvh.adoption.v1.AdoptionService/"
 
 # The role each RPC needs. A test checks that every RPC of every service is listed.
 REQUIRED_ROLE = {
@@ -64,6 +65,10 @@ REQUIRED_ROLE = {
         "GetPriority", "BatchGetPriority", "RankCustomers", "ListTierMembers", "GetHierarchySummary",
         "GetAccountTree", "GetTierPolicy", "WatchPriorityChanges", "GetSnapshotInfo")},
     _HIERARCHY + "SetTierPolicy": ADMIN,
+    **{_ADOPTION + m: READER for m in ("GetValueMapVersion", "ListValueMapVersions", "DiffValueMapVersions",
+                                       "GetCustomerAdoption", "GetNodeAdoption")},
+    _ADOPTION + "RecordTelemetry": WRITER,
+    **{_ADOPTION + m: ADMIN for m in ("CreateValueMapVersion", "ActivateValueMapVersion")},
 }
 
 # The caller of the RPC being handled, for audit logs and "creator" fields.

@@ -8,8 +8,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SERVICE_NAMES = ("registry", "scoring", "hierarchy")
+SERVICE_NAMES = ("registry", "scoring", "hierarchy", "adoption")
 DEFAULT_LISTEN = "127.0.0.1:50051"
+# Ten years: days since 1970 stay far within a 32-bit day column.
+MAX_RETENTION_DAYS = 3660
 
 
 def default_database_url() -> str:
@@ -54,6 +56,9 @@ class ServerConfig:
     max_watchers: int = 1000
     # Seconds the registry keeps its change feed (WatchCustomerChanges): a follower further behind reloads.
     feed_retention_seconds: float = 24 * 3600.0
+    # Days of product telemetry the adoption service keeps (daily aggregates, batch ids); older events are
+    # refused, older aggregates pruned, and no achievement rule may look further back.
+    telemetry_retention_days: int = 400
     # Apply database migrations at start-up (off where a migration job owns the schema).
     migrate: bool = True
     # A second, plaintext port that serves only grpc.health.v1, for probes that cannot speak TLS
@@ -99,6 +104,9 @@ class ServerConfig:
             raise ConfigError("max_watchers must be 1 or more and stream_stall_seconds more than 0")
         if not 0 < self.feed_retention_seconds < math.inf:
             raise ConfigError(f"feed_retention_seconds must be more than 0, got {self.feed_retention_seconds}")
+        if not 1 <= self.telemetry_retention_days <= MAX_RETENTION_DAYS:
+            raise ConfigError(f"telemetry_retention_days must be 1 to {MAX_RETENTION_DAYS}, "
+                              f"got {self.telemetry_retention_days}")
         if self.max_message_bytes < 1:
             raise ConfigError(f"max_message_bytes must be positive, got {self.max_message_bytes}")
 
@@ -116,6 +124,7 @@ class ServerConfig:
             "stream_stall_seconds": env_number("CVH_STREAM_STALL_SECONDS", float, 30.0),
             "max_watchers": env_number("CVH_MAX_WATCHERS", int, 1000),
             "feed_retention_seconds": env_number("CVH_FEED_RETENTION_SECONDS", float, 24 * 3600.0),
+            "telemetry_retention_days": env_number("CVH_TELEMETRY_RETENTION_DAYS", int, 400),
             "migrate": env.get("CVH_MIGRATE", "1") not in ("0", "false", "no"),
             "health_listen": env.get("CVH_HEALTH_LISTEN", ""),
             "max_connection_age_seconds": env_number("CVH_MAX_CONNECTION_AGE_SECONDS", float, 0.0),

@@ -239,6 +239,38 @@ def update_many(conn: Connection, table: sa.Table, key: str, columns: list[str],
     conn.exec_driver_sql(f"UPDATE {table.name} AS t SET {sets} FROM {staged} AS s WHERE t.{key} = s.{key}")
 
 
+# How upsert_many merges a stored value with the one arriving, per dialect: {old} and {new} are replaced.
+MERGES = {"add": ("{old} + {new}", "{old} + {new}"), "max": ("max({old}, {new})", "greatest({old}, {new})"),
+          "min": ("min({old}, {new})", "least({old}, {new})")}
+
+
+def upsert_many(conn: Connection, table: sa.Table, keys: list[str], merged: dict[str, str], rows: list[tuple]) -> None:
+    """Bulk INSERT of plain tuples (``keys`` then the ``merged`` columns, in order) where a row whose keys are
+    stored already merges into it: ``merged`` maps each column to "add", "max" or "min". The keys must be unique
+    among ``rows``. On PostgreSQL the tuples are COPYed into a temporary table and applied by one
+    INSERT ... SELECT ... ON CONFLICT DO UPDATE, in key order (so two concurrent upserts lock in the same
+    order); elsewhere, executemany of INSERT ... ON CONFLICT DO UPDATE."""
+    if not rows:
+        return
+    columns = [*keys, *merged]
+    postgres = conn.dialect.name == "postgresql"
+    sets = ", ".join(f"{column} = " + MERGES[how][postgres].format(old=f"{table.name}.{column}",
+                                                                   new=f"excluded.{column}")
+                     for column, how in merged.items())
+    conflict = f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sets}"
+    if not postgres:
+        conn.exec_driver_sql(f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES "
+                             f"({placeholders(conn, len(columns))}) {conflict}", rows)
+        return
+    staged = f"cvh_upsert_{table.name}"
+    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE IF NOT EXISTS {staged} ON COMMIT DELETE ROWS AS "
+                         f"SELECT {', '.join(columns)} FROM {table.name} WITH NO DATA")
+    conn.exec_driver_sql(f"TRUNCATE {staged}")
+    _copy_rows(conn, sa.table(staged), columns, rows)
+    conn.exec_driver_sql(f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT {', '.join(columns)} "
+                         f"FROM {staged} ORDER BY {', '.join(keys)} {conflict}")
+
+
 def _copy_rows(conn: Connection, table: sa.Table, columns: list[str], rows: list[tuple]) -> None:
     """COPY ``rows`` into ``table`` through psycopg, inside ``conn``'s transaction. Driver errors are raised
     as SQLAlchemy's, as every other statement's are, so the callers' error mapping holds."""

@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 from sqlalchemy.engine import Engine
 
+from cvh.adoption.v1 import adoption_service_pb2
 from cvh.hierarchy.v1 import hierarchy_service_pb2
 from cvh.registry.v1 import registry_service_pb2
 from cvh.scoring.v1 import scoring_service_pb2
@@ -34,6 +35,7 @@ SERVICE_DESCRIPTORS = {
     "registry": registry_service_pb2.DESCRIPTOR.services_by_name["RegistryService"],
     "scoring": scoring_service_pb2.DESCRIPTOR.services_by_name["ScoringService"],
     "hierarchy": hierarchy_service_pb2.DESCRIPTOR.services_by_name["HierarchyService"],
+    "adoption": adoption_service_pb2.DESCRIPTOR.services_by_name["AdoptionService"],
 }
 
 
@@ -152,6 +154,8 @@ def create_server(config: ServerConfig) -> Suite:
     if "hierarchy" in servicers:
         servicers["hierarchy"].registry, servicers["hierarchy"].scoring = registry, scoring
         servicers["hierarchy"].local_registry = local_registry
+    if "adoption" in servicers:
+        servicers["adoption"].registry, servicers["adoption"].local_registry = registry, local_registry
     # Background work: servicers' (the snapshot loader, the run sweeper) and the tokens file's watcher.
     background = [s for s in [*servicers.values(), *interceptors] if hasattr(s, "start_background")]
     suite = Suite(server, port, health_servicer, engine, names, background,
@@ -207,6 +211,9 @@ def _add_service(service: str, server: grpc.aio.Server, engine: Engine, config: 
     if service == "scoring":
         from services.scoring.servicer import add_to_server
         return add_to_server(server, engine)
+    if service == "adoption":
+        from services.adoption.servicer import add_to_server
+        return add_to_server(server, engine, config.telemetry_retention_days)
     from services.hierarchy.servicer import add_to_server
     return add_to_server(server, engine)
 

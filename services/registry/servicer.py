@@ -564,6 +564,21 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
                 self.catalog.reload(conn)
         return {self.catalog.cached_name(signal_id): value for signal_id, value in present}
 
+    def record_observations(self, observations: dict[str, list[tuple[str, float, int]]]) -> pb.RecordSignalsResponse:
+        """RecordSignals for a service in this process (the adoption service's signals): ``observations`` maps
+        customer ids to (signal name, value, observe time in microseconds), already checked. All or nothing,
+        as RecordSignals: CUSTOMER_NOT_FOUND or TOO_MANY_SIGNALS write nothing."""
+        try:
+            return self._record(observations, {c: i for i, c in enumerate(observations)}, now_us())
+        finally:
+            self.feed.written()
+
+    def known_customer_ids(self, ids: list[str]) -> set[str]:
+        """Which of ``ids`` are registered: what the adoption service checks telemetry against when it shares
+        this process (a BatchGetCustomers call to itself otherwise)."""
+        with read_transaction(self.engine) as conn:
+            return set(store.known_ids(conn, ids))
+
     @functools.cached_property
     def _signals_sql(self) -> str:
         return f"SELECT signal_values FROM registry_customers WHERE customer_id = {placeholders(self.engine, 1)}"

@@ -66,12 +66,17 @@ def fetch(conn: Connection, ids: Iterable[str], for_update: bool = False) -> dic
 def existing(conn: Connection, ids: Iterable[str]) -> dict[str, Row]:
     """Like fetch (locking the rows found), but first finds which ids exist with a bare driver query: cheap
     when (as in a first import) most do not."""
-    ids = list(ids)
+    found = known_ids(conn, ids)
+    return fetch(conn, found, for_update=True) if found else {}
+
+
+def known_ids(conn: Connection, ids: Iterable[str]) -> list[str]:
+    """Which of ``ids`` are stored customers: a bare driver query on the unique index, no row read."""
     found = []
-    for part in _chunks(ids):
+    for part in _chunks(list(ids)):
         sql = f"SELECT customer_id FROM registry_customers WHERE customer_id IN ({placeholders(conn, len(part))})"
         found += [row[0] for row in conn.exec_driver_sql(sql, tuple(part))]
-    return fetch(conn, found, for_update=True) if found else {}
+    return found
 
 
 def parents_of(conn: Connection, ids: Iterable[str]) -> dict[str, str | None]:

@@ -199,7 +199,7 @@ def test_every_status_code_a_caller_meets_has_a_hint():
 def test_help_explains_every_command():
     done = subprocess.run([sys.executable, "-m", "clients.cli", "--help"], capture_output=True, text=True, timeout=60)
     for command in ("serve", "import", "customers", "signals", "models", "run", "priority", "rank", "tree", "tiers",
-                    "pyramid", "demo", "health"):
+                    "pyramid", "demo", "health", "valuemap", "telemetry", "adoption"):
         assert f"    {command}" in done.stdout, command
 
 
@@ -212,6 +212,9 @@ def test_demo_runs_the_whole_flow_on_its_own_suite(tmp_path):
     assert summary["imported"] == 1500 and summary["run"] == "runs/1"
     assert sum(summary["tiers"].values()) == 1500 and len(summary["examples"]) == 3
     assert picture.stat().st_size > 1000
+    # The value they get: the demo's value hierarchy, telemetry, and the median example's adoption.
+    assert summary["value_map"] == "valueMapVersions/1" and summary["telemetry_events"] > 10_000
+    assert summary["adoption_example"] == summary["examples"][-1]
 
 
 def test_demo_beside_customers_of_the_suites_own_and_remove(suite, tmp_path):

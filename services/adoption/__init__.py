@@ -1,0 +1,1 @@
+"""AdoptionService: the value hierarchy (versions of strategies, initiatives, use cases and procedures) and product telemetry."""

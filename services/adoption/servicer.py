@@ -1,0 +1,475 @@
+"""AdoptionService: versions of the value hierarchy, product telemetry in as daily aggregates, and what each
+customer has achieved of it (one customer at the call; the whole base in the background, after which the
+registry gets the adoption signals)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+import grpc
+import numpy as np
+from sqlalchemy.engine import Engine, Row
+
+import scoring_engine.adoption
+from cvh.adoption.v1 import adoption_service_pb2 as pb
+from cvh.adoption.v1 import adoption_service_pb2_grpc as pb_grpc
+from cvh.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
+from services.adoption import achievement, catalog, evaluation, signals, store, telemetry
+from services.common.auth import current_caller
+from services.common.db import read_transaction, write_transaction
+from services.common.errors import ServiceError, failed_precondition, invalid_argument, not_found, unavailable
+from services.common.peers import Peer
+from services.common.validation import customer_id_from_name, decode_offset_token, encode_page_token, page_size
+from services.registry.customers import now_us, set_timestamp
+
+log = logging.getLogger("cvh.adoption")
+
+VERSION_NAME = re.compile(r"(?:valueMapVersions/)?([1-9][0-9]{0,8})")
+DEFAULT_RETENTION_DAYS = 400
+MAX_REJECTIONS_LISTED = 1000
+# Names per BatchGetCustomers call to a registry in another process (its cap).
+REGISTRY_BATCH = 1000
+# Customers per RecordSignals call (its cap).
+REGISTRY_SIGNAL_BATCH = 10_000
+# While telemetry arrives, the base is evaluated again at most this often (and at once after an activation).
+EVALUATE_SECONDS = 30.0
+# Customers known to be registered, kept in memory between messages; beyond this many the memory starts over.
+MAX_KNOWN_CUSTOMERS = 2_000_000
+
+
+def parse_version_name(name: str, field_path: str) -> int:
+    match = VERSION_NAME.fullmatch(name)
+    if not match:
+        raise invalid_argument(field_path, 'expected "valueMapVersions/{version}" or the version number',
+                               "INVALID_VALUE_MAP_VERSION_NAME")
+    return int(match.group(1))
+
+
+def version_not_found(version: int) -> ServiceError:
+    name = f"valueMapVersions/{version}"
+    return ServiceError(grpc.StatusCode.NOT_FOUND, f"{name} does not exist", "VALUE_MAP_VERSION_NOT_FOUND",
+                        metadata={"resource": name})
+
+
+class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
+    def __init__(self, engine: Engine, retention_days: int = DEFAULT_RETENTION_DAYS) -> None:
+        self.engine = engine
+        self.retention_days = retention_days
+        # Set by the server: where the registry is, or its servicer when this process serves it too.
+        self.registry: Peer | None = None
+        self.local_registry = None
+        self._registry_stub = None
+        # customer_id -> key in adoption_customers, for customers already checked against the registry.
+        self._known: dict[str, int] = {}
+        # event name -> id, for names already numbered (ids never change).
+        self._event_ids: dict[str, int] = {}
+        self._pruner: asyncio.Task | None = None
+        self._evaluator: asyncio.Task | None = None
+        self.evaluate_seconds = EVALUATE_SECONDS
+        self._evaluate_now = asyncio.Event()  # an activation: evaluate at once
+        self._telemetry_since_evaluation = False
+        # The latest evaluation of the base (None before the first), and the one before of the same version.
+        self.last_evaluation: evaluation.Evaluation | None = None
+        self.previous_evaluation: evaluation.Evaluation | None = None
+        # customer id -> the adoption signals last written to the registry (names, values)
+        self._signals_written: dict[str, tuple] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # (version, its rules' event ids) -> compiled plan
+        self._plans: dict[tuple, object] = {}
+        scoring_engine.adoption.warm_up()  # compile or load the kernels now, not in the first request
+
+    # -- background: forget what is older than the retention -------------------------------------------------
+
+    async def start_background(self) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        self._pruner = loop.create_task(self._prune_now_and_then())
+        self._evaluator = loop.create_task(self._evaluate_now_and_then())
+
+    async def stop_background(self) -> None:
+        for task in (self._pruner, self._evaluator):
+            if task:
+                task.cancel()
+
+    async def _evaluate_now_and_then(self) -> None:
+        """The whole base against the active version: at start, at once after an activation, and at most every
+        evaluate_seconds while telemetry arrives. Every process serving adoption does it; first achieved days
+        only move back, so two at once agree."""
+        first = True
+        while True:
+            if not first:
+                try:
+                    await asyncio.wait_for(self._evaluate_now.wait(), self.evaluate_seconds)
+                except TimeoutError:
+                    if not self._telemetry_since_evaluation:
+                        continue
+            first = False
+            self._evaluate_now.clear()
+            self._telemetry_since_evaluation = False
+            try:
+                found = await asyncio.to_thread(self.evaluate_base)
+                last = self.last_evaluation
+                self.previous_evaluation = last if found and last and last.version == found.version else None
+                self.last_evaluation = found
+            except Exception:  # a lost database: the next round tries again
+                log.warning("evaluating adoption failed", exc_info=True)
+
+    def evaluate_base(self) -> evaluation.Evaluation | None:
+        """The base evaluated against the active version now; None when no version is active."""
+        with read_transaction(self.engine) as conn:
+            row = store.get_value_map(conn, None)
+        if row is None:
+            return None
+        value_map = _version_proto(row)
+        names = signals.signal_names(value_map)
+
+        def write_signals(customer_ids: list[str], achieved: np.ndarray) -> None:
+            values = signals.signal_values(value_map, achieved)
+            changed = {}
+            for customer_id, row_values in zip(customer_ids, values.tolist()):
+                if self._signals_written.get(customer_id) != (names, row_values):
+                    changed[customer_id] = row_values
+            if changed:
+                self._write_signals(names, changed)
+        return evaluation.evaluate_base(self.engine, value_map, now_us() // telemetry.DAY_US,
+                                        on_block=write_signals)
+
+    def _write_signals(self, names: list[str], changed: dict[str, list[float]]) -> None:
+        """Records the changed adoption signals in the registry (its servicer here, else RecordSignals), in
+        batches of 10,000 customers; a batch refused (a customer deleted since, one with too many signals) is
+        logged and sent again at the next evaluation."""
+        now = now_us()
+        items = list(changed.items())
+        for start in range(0, len(items), REGISTRY_SIGNAL_BATCH):
+            batch = dict(items[start:start + REGISTRY_SIGNAL_BATCH])
+            try:
+                if self.local_registry is not None:
+                    present = self.local_registry.known_customer_ids(list(batch))
+                    self.local_registry.record_observations(
+                        {c: [(n, v, now) for n, v in zip(names, values)] for c, values in batch.items()
+                         if c in present})
+                else:
+                    asyncio.run_coroutine_threadsafe(self._record_remote(names, batch, now), self._loop).result(60)
+            except Exception as error:  # noqa: BLE001 (the next evaluation sends them again)
+                log.warning("writing adoption signals to the registry failed: %s", error)
+                continue
+            for customer_id, values in batch.items():
+                self._signals_written[customer_id] = (names, values)
+
+    async def _record_remote(self, names: list[str], batch: dict[str, list[float]], now: int) -> None:
+        request = registry_service_pb2.RecordSignalsRequest()
+        for customer_id, values in batch.items():
+            entry = request.observations.add(customer=f"customers/{customer_id}")
+            for name, value in zip(names, values):
+                entry.signals[name].value = value
+                set_timestamp(entry.signals[name].observe_time, now)
+        await self._registry().RecordSignals(request, timeout=60)
+
+    def _registry(self) -> registry_service_pb2_grpc.RegistryServiceStub:
+        if self._registry_stub is None:
+            self._registry_stub = registry_service_pb2_grpc.RegistryServiceStub(self.registry.channel())
+        return self._registry_stub
+
+    async def _prune_now_and_then(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.prune)
+            except Exception:  # a lost database: the next round tries again
+                log.warning("pruning telemetry beyond the retention failed", exc_info=True)
+            await asyncio.sleep(3600)
+
+    def prune(self, now: int | None = None) -> int:
+        """Deletes aggregates and batch ids older than the retention; the rows deleted."""
+        now = now_us() if now is None else now
+        first_day = telemetry.first_kept_day(now, self.retention_days)
+        with write_transaction(self.engine) as conn:
+            return store.prune(conn, first_day, first_day * telemetry.DAY_US)
+
+    # -- the value hierarchy ----------------------------------------------------------------------------------
+
+    async def CreateValueMapVersion(self, request, context):
+        catalog.check_value_map(request.value_map, self.retention_days)
+        stored = catalog.normalized(request.value_map)
+        counts = catalog.level_counts(stored.nodes)
+        if request.validate_only:
+            stored.level_counts.extend(counts)
+            return stored
+        author = current_caller.get()
+
+        def create():
+            with write_transaction(self.engine) as conn:
+                version = store.create_value_map(conn, stored.SerializeToString(), stored.change_note, author,
+                                                 counts, now_us(), activate=not request.skip_activation)
+                return store.get_value_map(conn, version)
+        created = _version_proto(await asyncio.to_thread(create))
+        if created.active:
+            self._evaluate_now.set()
+        return created
+
+    async def GetValueMapVersion(self, request, context):
+        version = parse_version_name(request.name, "name") if request.name else None
+        return _version_proto(await asyncio.to_thread(self._version_row, version))
+
+    def _version_row(self, version: int | None) -> Row:
+        with read_transaction(self.engine) as conn:
+            return self._version_row_in(conn, version)
+
+    async def ListValueMapVersions(self, request, context):
+        size = page_size(request.page_size)
+        offset = decode_offset_token(request.page_token, {})
+
+        def page():
+            with read_transaction(self.engine) as conn:
+                return store.list_value_maps(conn, offset, size + 1)
+        rows = await asyncio.to_thread(page)
+        response = pb.ListValueMapVersionsResponse(value_maps=[_version_proto(r) for r in rows[:size]])
+        if len(rows) > size:
+            response.next_page_token = encode_page_token(offset + size, {})
+        return response
+
+    async def ActivateValueMapVersion(self, request, context):
+        version = parse_version_name(request.name, "name")
+
+        def activate():
+            with write_transaction(self.engine) as conn:
+                if not store.activate_value_map(conn, version):
+                    raise version_not_found(version)
+                return store.get_value_map(conn, version)
+        activated = _version_proto(await asyncio.to_thread(activate))
+        self._evaluate_now.set()  # re-derived over the kept history
+        return activated
+
+    async def DiffValueMapVersions(self, request, context):
+        base = parse_version_name(request.base, "base")
+        target = parse_version_name(request.target, "target")
+        before, after = await asyncio.gather(asyncio.to_thread(self._version_row, base),
+                                             asyncio.to_thread(self._version_row, target))
+        found = catalog.diff(_version_proto(before), _version_proto(after))
+        return pb.ValueMapDiff(base=f"valueMapVersions/{base}", target=f"valueMapVersions/{target}",
+                               added=found.added, removed=found.removed, changed=found.changed)
+
+    # -- achievement ------------------------------------------------------------------------------------------
+
+    async def GetCustomerAdoption(self, request, context):
+        customer_id = customer_id_from_name(request.customer, "customer")
+        version = parse_version_name(request.value_map_version, "value_map_version") \
+            if request.value_map_version else None
+        found = await asyncio.to_thread(self._customer_adoption, customer_id, version)
+        if found is None:  # no telemetry kept for it: registered, or not at all?
+            if not (await self._registered([customer_id]))[0]:
+                raise not_found(f"customers/{customer_id}")
+            found = await asyncio.to_thread(self._customer_adoption, customer_id, version, True)
+        return found
+
+    def _customer_adoption(self, customer_id: str, version: int | None,
+                           registered: bool = False) -> pb.CustomerAdoption | None:
+        """The customer's tree; None when no telemetry was kept for it (unless known to be ``registered``)."""
+        today = now_us() // telemetry.DAY_US
+        with read_transaction(self.engine) as conn:
+            value_map = _version_proto(self._version_row_in(conn, version))
+            key = store.customer_keys(conn, [customer_id]).get(customer_id)
+            if key is None and not registered:
+                return None
+            names = achievement.rule_event_names(value_map)
+            event_ids = store.known_event_ids(conn, names)
+            plan, beneath = self._plan(value_map, event_ids)
+            user_names = {n for node in value_map.nodes if node.procedure_rule.min_distinct_users
+                          for n in node.procedure_rule.event_names}
+            longest = max((node.procedure_rule.window_days for node in value_map.nodes), default=1)
+            daily, users = ([], []) if key is None else store.customer_rows(
+                conn, key, sorted(event_ids.values()), sorted(event_ids[n] for n in user_names if n in event_ids),
+                today - longest + 1)
+            first_days = {} if key is None else evaluation.first_achieved(conn, key)
+        result = achievement.evaluate_one(plan, today, daily, users)
+        answer = achievement.customer_adoption(value_map, plan, beneath, today, result)
+        for node in answer.nodes:
+            node.first_achieved_day = achievement.day_text(first_days.get(node.key, -1))
+        answer.customer = f"customers/{customer_id}"
+        return answer
+
+    async def GetNodeAdoption(self, request, context):
+        key = request.node_key
+        if key and not catalog.SLUG.fullmatch(key):
+            raise invalid_argument("node_key", "a node key: [a-z][a-z0-9-]{0,62}", "INVALID_NODE_KEY")
+        last, previous = self.last_evaluation, self.previous_evaluation
+        if last is None:
+            raise failed_precondition("the base has not been evaluated yet: no value hierarchy version is active, "
+                                      "or the first evaluation has not ended; retry in a moment",
+                                      "NOT_EVALUATED_YET")
+        nodes = [n for n in last.nodes if not key or n.key == key]
+        if not nodes:
+            raise ServiceError(grpc.StatusCode.NOT_FOUND, f"valueMapVersions/{last.version} has no node {key!r}",
+                               "NODE_NOT_FOUND", metadata={"resource": f"valueMapVersions/{last.version}"})
+        report = pb.NodeAdoptionReport(value_map_version=f"valueMapVersions/{last.version}",
+                                       customers_evaluated=last.customers)
+        set_timestamp(report.evaluate_time, last.end_time_us)
+        for node in nodes:
+            achieved = last.achieved.get(node.key, 0)
+            share = report.nodes.add(key=node.key, level=node.level, display_name=node.display_name,
+                                     parent_key=node.parent_key, customers_achieved=achieved,
+                                     share=achieved / last.customers if last.customers else 0.0)
+            if previous is not None and node.key in previous.achieved:
+                share.previous_share = previous.achieved[node.key] / previous.customers if previous.customers else 0.0
+        return report
+
+    def _version_row_in(self, conn, version: int | None) -> Row:
+        row = store.get_value_map(conn, version)
+        if row is None and version is None:
+            raise failed_precondition("no value hierarchy version is active yet: create one "
+                                      "(`cvh valuemap apply FILE`)", "NO_ACTIVE_VALUE_MAP")
+        if row is None:
+            raise version_not_found(version)
+        return row
+
+    def _plan(self, value_map: pb.ValueMapVersion, event_ids: dict[str, int]) -> tuple:
+        """The version compiled, and the procedures beneath each node, kept while telemetry's names for its
+        rules stay the same."""
+        key = (value_map.version, tuple(sorted(event_ids.items())))
+        found = self._plans.get(key)
+        if found is None:
+            plan = achievement.compile_plan(value_map, event_ids)
+            found = plan, achievement.procedures_beneath(plan)
+            if len(self._plans) > 64:
+                self._plans.clear()
+            self._plans[key] = found
+        return found
+
+    # -- telemetry --------------------------------------------------------------------------------------------
+
+    async def RecordTelemetry(self, request_iterator, context):
+        summary = Summary()
+        index = 0
+        writing: asyncio.Future | None = None  # the previous message's transaction
+        try:
+            async for request in request_iterator:
+                # Check this message while the previous one is written: SQLite and psycopg release the GIL.
+                message = await asyncio.to_thread(telemetry.parse, request, index)
+                known = await self._registered(message.customer_ids)
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(asyncio.to_thread(self._record, message, known, summary))
+                index += 1
+            if writing is not None:
+                await writing
+        except BaseException:
+            if writing is not None:  # a started transaction ends (commits or rolls back) before the answer
+                await asyncio.wait([writing])
+            raise
+        return summary.response()
+
+    def _record(self, message: telemetry.Message, known: np.ndarray, summary: Summary) -> None:
+        """Decides each event's fate, sums the kept ones and writes them in one transaction."""
+        now = now_us()
+        reasons = telemetry.reasons(message, known, now, self.retention_days)
+        keep = reasons == 0
+        kept = int(keep.sum())
+        sums = telemetry.aggregate(message, keep)
+        used_customers = np.unique(np.r_[sums.customers, sums.user_customers]).tolist()
+        used_events = np.unique(np.r_[sums.events, sums.user_events]).tolist()
+        with write_transaction(self.engine) as conn:
+            if message.batch_id and not store.claim_batch(conn, message.batch_id, kept, now):
+                summary.duplicate(message)
+                return
+            # Numbered once: only customers and names not seen before are written.
+            known, named = self._known, self._event_ids
+            ids = [message.customer_ids[c] for c in used_customers]
+            added = store.add_customers(conn, [i for i in ids if i not in known], now)
+            names = [message.event_names[e] for e in used_events]
+            numbered = store.event_ids(conn, [n for n in names if n not in named])
+            key_of = np.zeros(len(message.customer_ids), np.int64)
+            key_of[used_customers] = [known[i] if i in known else added[i] for i in ids]
+            id_of = np.zeros(len(message.event_names), np.int64)
+            id_of[used_events] = [named[n] if n in named else numbered[n] for n in names]
+            store.add_daily(conn, key_of[sums.customers], id_of[sums.events], sums.days, sums.counts)
+            store.add_users(conn, key_of[sums.user_customers], id_of[sums.user_events], sums.user_hashes,
+                            sums.user_first_days, sums.user_last_days)
+        self._remember(added)
+        self._telemetry_since_evaluation = True
+        if numbered:
+            self._event_ids = {**named, **numbered}
+        summary.add(message, reasons, kept, len(sums.counts))
+
+    def _remember(self, keys: dict[str, int]) -> None:
+        if len(self._known) + len(keys) > MAX_KNOWN_CUSTOMERS:
+            self._known = {}  # a new dict: a message being written keeps the one it read
+        self._known.update(keys)
+
+    async def _registered(self, customer_ids: list[str]) -> np.ndarray:
+        """Per entry of ``customer_ids``, whether the registry knows it (well-formed and registered). Customers
+        telemetry was kept for before are not asked again (a customer deleted from the registry since keeps
+        its telemetry until the retention ends)."""
+        well_formed = telemetry.well_formed_customers(customer_ids)
+        unseen = sorted({c for c, ok in zip(customer_ids, well_formed) if ok and c not in self._known})
+        if unseen:
+            def stored():
+                with read_transaction(self.engine) as conn:
+                    return store.customer_keys(conn, unseen)
+            self._remember(await asyncio.to_thread(stored))
+            unseen = [c for c in unseen if c not in self._known]
+        registered = await self._ask_registry(unseen) if unseen else set()
+        return np.array([ok and (c in self._known or c in registered) for c, ok in zip(customer_ids, well_formed)],
+                        dtype=bool)
+
+    async def _ask_registry(self, ids: list[str]) -> set[str]:
+        if self.local_registry is not None:
+            return await asyncio.to_thread(self.local_registry.known_customer_ids, ids)
+        found: set[str] = set()
+        try:
+            for start in range(0, len(ids), REGISTRY_BATCH):
+                answer = await self._registry().BatchGetCustomers(registry_service_pb2.BatchGetCustomersRequest(
+                    names=ids[start:start + REGISTRY_BATCH], allow_missing=True), timeout=30)
+                found.update(c.customer_id for c in answer.customers)
+        except grpc.aio.AioRpcError as error:
+            raise unavailable(f"the registry at {self.registry} answered {error.code().name}: "
+                              f"{error.details()}; messages before this one are committed, resend from this one",
+                              "REGISTRY_UNAVAILABLE") from None
+        return found
+
+
+class Summary:
+    """What a RecordTelemetry stream did, message by message."""
+
+    def __init__(self) -> None:
+        self.answer = pb.RecordTelemetryResponse()
+        self.by_reason: dict[int, int] = {}
+
+    def duplicate(self, message: telemetry.Message) -> None:
+        self.answer.messages += 1
+        self.answer.duplicate_messages += 1
+
+    def add(self, message: telemetry.Message, reasons: np.ndarray, kept: int, daily_rows: int) -> None:
+        answer = self.answer
+        answer.messages += 1
+        answer.events_received += message.size
+        answer.events_kept += kept
+        answer.events_rejected += message.size - kept
+        answer.daily_rows_written += daily_rows
+        rejected = np.flatnonzero(reasons)
+        for reason, count in zip(*np.unique(reasons[rejected], return_counts=True)):
+            self.by_reason[int(reason)] = self.by_reason.get(int(reason), 0) + int(count)
+        room = MAX_REJECTIONS_LISTED - len(answer.rejections)
+        for position in rejected[:max(room, 0)].tolist():
+            answer.rejections.add(message_index=message.index, position=position, reason=int(reasons[position]))
+
+    def response(self) -> pb.RecordTelemetryResponse:
+        for reason in sorted(self.by_reason):
+            self.answer.rejection_counts.add(reason=reason, events=self.by_reason[reason])
+        return self.answer
+
+
+def _version_proto(row: Row) -> pb.ValueMapVersion:
+    message = pb.ValueMapVersion.FromString(row.nodes) if "nodes" in row._fields else pb.ValueMapVersion()
+    message.name, message.version = f"valueMapVersions/{row.version}", row.version
+    message.change_note, message.author, message.active = row.change_note, row.author, row.active
+    set_timestamp(message.create_time, row.create_time_us)
+    message.ClearField("level_counts")
+    message.level_counts.extend(int(c) for c in row.level_counts.split(",") if c)
+    return message
+
+
+def add_to_server(server: grpc.aio.Server, engine: Engine,
+                  retention_days: int = DEFAULT_RETENTION_DAYS) -> AdoptionServicer:
+    servicer = AdoptionServicer(engine, retention_days)
+    pb_grpc.add_AdoptionServiceServicer_to_server(servicer, server)
+    return servicer

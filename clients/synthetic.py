@@ -20,12 +20,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from cvh.common.v1 import common_pb2
+from scoring_engine import lifetime_value
 from cvh.registry.v1 import registry_service_pb2 as registry_pb
 from wire.columns import customer_columns
 
 SIGNALS = ("annual_revenue", "gross_margin", "tenure_years", "predicted_ltv", "payment_delay_days",
            "expansion_potential", "strategic_fit", "product_lines", "logo_value", "referenceability",
-           "audience_reach", "nps", "feedback_items_90d", "beta_programs", "feature_adoption", "co_design_sessions")
+           "audience_reach", "nps", "feedback_items_90d", "beta_programs", "feature_adoption", "co_design_sessions",
+           # What the default model's lifetime-value block reads (days): repeat purchases, first to last and to
+           # now, mean spend per repeat purchase; a run derives predicted_ltv, p_alive and expected_purchases.
+           "purchase_frequency", "purchase_recency", "purchase_age", "purchase_spend")
+# BG/NBD (rates per day) and Gamma-Gamma parameters the purchase histories are drawn from.
+PURCHASE_MODELS = ({"r": 0.6, "alpha": 40.0, "a": 0.7, "b": 3.0}, {"p": 6.0, "q": 4.0, "gamma": 30.0})
 # Share of customers in each stakeholder role (StakeholderRole values).
 ROLE_SHARES = {common_pb2.STAKEHOLDER_ROLE_END_USER: 0.40, common_pb2.STAKEHOLDER_ROLE_BUYER: 0.22,
                common_pb2.STAKEHOLDER_ROLE_GATEKEEPER: 0.10, common_pb2.STAKEHOLDER_ROLE_PARTNER: 0.10,
@@ -104,6 +110,10 @@ def _signals(rng: np.random.Generator, size: np.ndarray, engagement: np.ndarray,
         "feature_adoption": _sigmoid(0.9 * engagement + noise(0.4)),
         "co_design_sessions": rng.poisson(np.exp(-1.5 + engagement)).astype(float),
     }
+    purchases = lifetime_value.simulate(n, *PURCHASE_MODELS, age_min=30, age_max=1500,
+                                        seed=int(rng.integers(2**32)))
+    columns.update(purchase_frequency=purchases.frequency, purchase_recency=purchases.recency,
+                   purchase_age=purchases.age, purchase_spend=purchases.spend * revenue / 1e3)  # bigger customers spend more
     return np.column_stack([columns[name] for name in SIGNALS])
 
 

@@ -64,6 +64,10 @@ def _demo(args: argparse.Namespace) -> int:
             return 1
         print(f"3. scored them with the default model: {run.name}, {counted(run.customers_total, 'customer')} in "
               f"{run.export_seconds + run.scoring_seconds + run.store_seconds:.1f} s")
+        fit = run.lifetime_value
+        if fit.customers and not fit.missing_reason:
+            print(f"   with predicted lifetime value: BG/NBD and Gamma-Gamma fitted on the purchase histories of "
+                  f"{counted(fit.customers, 'customer')} (`cvh run show {run.name.split('/')[-1]}`)")
         cvh.wait_for_snapshot(run.name)
         summary = cvh.get_hierarchy_summary()
         layers = tier_layers(summary, value_sums(cvh, summary.run, DEFAULT_VALUE_SIGNAL))

@@ -112,6 +112,7 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
                 async with self.scoring.channel() as channel:
                     scoring = scoring_service_pb2_grpc.ScoringServiceStub(channel)
                     if not self.ready.is_set() and not await self._has_completed_run(scoring):
+                        await self._load(channel, None)  # the registry's customers, all unscored
                         self.ready.set()
                     runs = scoring.WatchRuns(
                         scoring_service_pb2.WatchRunsRequest(model_id=self.model_id, include_current=True))
@@ -138,18 +139,19 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
             model_id=self.model_id, state=scoring_service_pb2.RUN_STATE_COMPLETED, page_size=1), timeout=30)
         return len(page.runs) > 0
 
-    async def _load(self, scoring_channel, run: scoring_service_pb2.ScoringRun) -> None:
+    async def _load(self, scoring_channel, run: scoring_service_pb2.ScoringRun | None) -> None:
+        """Load ``run``'s results (None: no run yet) joined to the registry's customers as they stand."""
         started = time.perf_counter()
-        results = await _read_results(scoring_channel, run)
+        results = await _read_results(scoring_channel, run) if run else snapshots.no_results()
         accounts, sequence = await self._read_accounts()
-        built = await asyncio.to_thread(snapshots.build, results, accounts, self.policy.inheritance_rule)
+        built = await asyncio.to_thread(snapshots.build, results, accounts, self.policy.inheritance_rule, sequence)
         self._install(results, accounts, sequence)
         previous, self.snapshot = self.snapshot, built  # one reference swap: readers see old or new
         if self._watchers and previous.run:  # the changes are made once, off the loop, and shared by every watcher
             self._announce(built.run, await asyncio.to_thread(_priority_changes, previous, built))
         if built.broken:
-            log.warning("%s: %d %s", run.name, built.broken, BROKEN_TREE_NOTE)
-        log.info("snapshot loaded", extra={"run": run.name, "customers": built.size,
+            log.warning("%s: %d %s", built.run or "accounts", built.broken, BROKEN_TREE_NOTE)
+        log.info("snapshot loaded", extra={"run": built.run, "customers": built.size,
                                            "seconds": round(time.perf_counter() - started, 3)})
 
     async def _read_accounts(self) -> tuple[snapshots.AccountBase, int]:
@@ -217,7 +219,7 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
             started = time.perf_counter()
             try:
                 built = await asyncio.to_thread(
-                    lambda: snapshots.build(results, table.base(), self.policy.inheritance_rule))
+                    lambda: snapshots.build(results, table.base(), self.policy.inheritance_rule, table.sequence))
             except Exception:
                 log.exception("applying registry changes to the snapshot failed")
                 continue
@@ -273,7 +275,7 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         ids = [customer_id_from_name(n, f"customers[{i}]", violations) for i, n in enumerate(request.customers)]
         violations.raise_if_any()
         snap, policy = self.snapshot, self.policy
-        return pb.BatchGetPriorityResponse(priorities=[_priority(snap, policy, i) for i in ids])
+        return pb.BatchGetPriorityResponse(priorities=[_priority_or_not_found(snap, policy, i) for i in ids])
 
     async def RankCustomers(self, request, context):
         if not 2 <= len(request.customers) <= MAX_BATCH:
@@ -291,7 +293,8 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
             row = snap.index.get(customer_id)
             ranked = answer.ranked.add(customer=f"customers/{customer_id}",
                                        effective_tier=_tier_ref(snap, key[0] if key[0] <= len(snap.tiers) else 0),
-                                       stakeholder_role=int(snap.roles[row]) if row is not None else 0)
+                                       stakeholder_role=int(snap.roles[row]) if row is not None else 0,
+                                       not_found=row is None and _knows_every_customer(snap))
             if row is not None and not math.isnan(snap.composite[row]):
                 ranked.composite = float(snap.composite[row])
             if k + 1 < len(keyed):
@@ -308,8 +311,12 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
             info.status = (f"serving {snap.run} ({snap.size:,} customers), scored {age / 60:.0f} min ago"
                            + ("" if self.sources_reachable else "; sources unreachable, snapshot may be stale")
                            + (f"; {snap.broken:,} {BROKEN_TREE_NOTE}" if snap.broken else ""))
+        elif snap.sequence >= 0:
+            info.status = (f"no completed run loaded yet: {snap.size:,} registered customers, unscored (they get "
+                           f"the default policy)")
         else:
-            info.status = "no completed run loaded yet: every customer gets the default policy"
+            info.status = ("no completed run loaded yet, nor the registry's customers: every customer gets the "
+                           "default policy")
         return info
 
     async def GetHierarchySummary(self, request, context):
@@ -488,9 +495,25 @@ def _tier_policy(policy: pb.TierPolicy, tier_id: str) -> pb.TierServicePolicy:
     return next((t for t in policy.tiers if tier_id and t.tier_id == tier_id), policy.default_tier)
 
 
+def _knows_every_customer(snap: snapshots.Snapshot) -> bool:
+    """Whether the snapshot holds the registry's customers (loaded, and following its feed): a customer it lacks
+    is then not registered."""
+    return snap.sequence >= 0
+
+
+def _priority_or_not_found(snap: snapshots.Snapshot, policy: pb.TierPolicy, customer_id: str) -> pb.Priority:
+    """A batch's entry: the priority, or a customer not registered marked so (one does not fail the batch)."""
+    if customer_id not in snap.index and _knows_every_customer(snap):
+        return pb.Priority(customer=f"customers/{customer_id}", not_found=True)
+    return _priority(snap, policy, customer_id)
+
+
 def _priority(snap: snapshots.Snapshot, policy: pb.TierPolicy, customer_id: str) -> pb.Priority:
+    """CUSTOMER_NOT_FOUND for a customer the registry does not hold."""
     answer = pb.Priority(customer=f"customers/{customer_id}", policy_version=policy.version)
     row = snap.index.get(customer_id)
+    if row is None and _knows_every_customer(snap):
+        raise not_found(f"customers/{customer_id}")
     if row is None or snap.own_level[row] == 0 and snap.effective_level[row] == 0:
         answer.policy.CopyFrom(policy.default_tier)
         if row is not None:
@@ -547,8 +570,8 @@ def _rank_key(snap: snapshots.Snapshot, precedence: dict[int, int], customer_id:
     """(effective level, role precedence, -composite, id): smaller is served first."""
     row = snap.index.get(customer_id)
     floor = len(snap.tiers) + 1
-    if row is None:
-        return (floor, len(precedence), math.inf, customer_id)
+    if row is None:  # after every registered customer, unscored ones included
+        return (floor + 1, len(precedence), math.inf, customer_id)
     level = int(snap.effective_level[row]) or floor
     composite = snap.composite[row]
     return (level, precedence.get(int(snap.roles[row]), len(precedence)),

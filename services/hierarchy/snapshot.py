@@ -45,6 +45,9 @@ class Snapshot:
     dimension_scores: np.ndarray      # float64 (n, dims)
     # Per dimension, the scored customers' scores in ascending order (for "top x %" reasons).
     sorted_dimension_scores: tuple[np.ndarray, ...] = field(default=())
+    # The registry's change feed sequence the accounts hold; -1 before they were first read (every customer is
+    # then unknown to the snapshot, registered or not).
+    sequence: int = -1
 
     @property
     def size(self) -> int:
@@ -162,7 +165,13 @@ class AccountBase:
     rollup_values: np.ndarray
 
 
-def build(results: RunResults, accounts: AccountBase, inheritance_rule: int) -> Snapshot:
+def no_results() -> RunResults:
+    """The results of no run: the accounts served before the first run completes."""
+    return RunResults("", 0, [], [], [], np.empty((0, 0)), np.empty(0), np.empty(0, np.int32), np.empty(0, np.int64),
+                      np.empty(0))
+
+
+def build(results: RunResults, accounts: AccountBase, inheritance_rule: int, sequence: int) -> Snapshot:
     """Join a run's results onto the account base; customers the run lacks stay unscored."""
     ids = accounts.customer_ids
     n = len(ids)
@@ -188,7 +197,7 @@ def build(results: RunResults, accounts: AccountBase, inheritance_rule: int) -> 
     effective = effective_levels(own, parent, depth, len(results.tiers), inheritance_rule)
     return Snapshot(results.run, results.score_time_us, time.time(), tuple(results.tiers), tuple(results.dimensions),
                     ids, index, parent, depth, accounts.roles, accounts.owners, accounts.rollup_values, own, effective,
-                    composite, percentile, rank, dims, sorted_dims)
+                    composite, percentile, rank, dims, sorted_dims, sequence)
 
 
 def with_rule(snapshot: Snapshot, inheritance_rule: int) -> Snapshot:

@@ -44,12 +44,24 @@ def stubs(channel):
             pb_grpc.HierarchyServiceStub(channel))
 
 
-def test_before_any_run_everyone_gets_the_default_policy(stubs):
-    _, _, hierarchy = stubs
+def test_before_any_run_registered_customers_get_the_default_policy_and_others_are_not_found(stubs):
+    registry, _, hierarchy = stubs
     info = hierarchy.GetSnapshotInfo(pb.GetSnapshotInfoRequest())
     assert info.run == "" and "default policy" in info.status
-    priority = hierarchy.GetPriority(pb.GetPriorityRequest(customer="customers/anyone"))
+    registry.CreateCustomer(rpb.CreateCustomerRequest(customer=rpb.Customer(
+        customer_id="early", owner="ana", stakeholder_role=common_pb2.STAKEHOLDER_ROLE_BUYER)))
+    deadline = time.monotonic() + 5
+    while True:  # the change feed brings it
+        try:
+            priority = hierarchy.GetPriority(pb.GetPriorityRequest(customer="customers/early"))
+            break
+        except grpc.RpcError as error:
+            assert error.code() == Code.NOT_FOUND and time.monotonic() < deadline
+            time.sleep(0.02)
     assert not priority.scored and priority.policy == hierarchy.GetTierPolicy(pb.GetTierPolicyRequest()).default_tier
+    assert (priority.owner, priority.stakeholder_role) == ("ana", common_pb2.STAKEHOLDER_ROLE_BUYER)
+    with raises_status(Code.NOT_FOUND, reason="CUSTOMER_NOT_FOUND"):
+        hierarchy.GetPriority(pb.GetPriorityRequest(customer="customers/anyone"))
     with raises_status(Code.INVALID_ARGUMENT, field="customer"):
         hierarchy.GetPriority(pb.GetPriorityRequest(customer="customers/not valid"))
 
@@ -84,8 +96,15 @@ def test_priorities_match_the_stored_run(stubs):
         assert len(members) == tier.customers
         assert [m.rank for m in members] == sorted(m.rank for m in members)
         assert all(stored[m.customer.split("/")[1]][1] == tier.tier.level for m in members)
-    unknown = hierarchy.GetPriority(pb.GetPriorityRequest(customer="customers/never-imported"))
-    assert not unknown.scored and unknown.policy.display_name == "Unscored"
+    with raises_status(Code.NOT_FOUND, reason="CUSTOMER_NOT_FOUND"):
+        hierarchy.GetPriority(pb.GetPriorityRequest(customer="customers/never-imported"))
+    # A batch reports it in its place rather than failing; a ranking puts it last.
+    batch = hierarchy.BatchGetPriority(pb.BatchGetPriorityRequest(customers=[ids[0], "never-imported", ids[1]]))
+    assert [p.not_found for p in batch.priorities] == [False, True, False]
+    assert batch.priorities[1] == pb.Priority(customer="customers/never-imported", not_found=True)
+    ranked = hierarchy.RankCustomers(pb.RankCustomersRequest(customers=["never-imported", ids[0]])).ranked
+    assert [r.customer for r in ranked] == [f"customers/{ids[0]}", "customers/never-imported"]
+    assert ranked[1].not_found and not ranked[0].not_found
     summary = hierarchy.GetHierarchySummary(pb.GetHierarchySummaryRequest())
     assert sum(t.customers for t in summary.tiers) == summary.total_customers == 2000
     assert sum(t.customer_percent for t in summary.tiers) == pytest.approx(100)

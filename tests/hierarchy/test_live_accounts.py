@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 
 import grpc
-import pytest
 
 from cvh.common.v1 import common_pb2
 from cvh.hierarchy.v1 import hierarchy_service_pb2 as pb
@@ -23,6 +22,16 @@ FRESH_SECONDS = 5  # what the test allows; the feed takes milliseconds in one pr
 
 def priority(hierarchy, customer_id: str) -> pb.Priority:
     return hierarchy.GetPriority(pb.GetPriorityRequest(customer=f"customers/{customer_id}"))
+
+
+def found(hierarchy, customer_id: str) -> bool:
+    """Whether GetPriority knows the customer (NOT_FOUND: not registered)."""
+    try:
+        priority(hierarchy, customer_id)
+        return True
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.NOT_FOUND, error
+        return False
 
 
 def eventually(read, check, what: str):
@@ -53,7 +62,8 @@ def test_customers_created_moved_and_deleted_after_the_run_answer_at_once(channe
         stakeholder_role=common_pb2.STAKEHOLDER_ROLE_BUYER)))
     registry.CreateCustomer(rpb.CreateCustomerRequest(customer=rpb.Customer(
         customer_id="late-grandchild", parent="customers/late-child")))
-    eventually(lambda: priority(hierarchy, "late-grandchild"), lambda p: p.effective_tier.level, "new grandchild")
+    eventually(lambda: found(hierarchy, "late-grandchild"), bool, "new grandchild")
+    assert priority(hierarchy, "late-grandchild").effective_tier.level
     child = priority(hierarchy, "late-child")
     assert (child.stakeholder_role, child.owner, child.scored) == (common_pb2.STAKEHOLDER_ROLE_BUYER, "ana", False)
     assert child.effective_tier.level == levels[top] + 1 and child.run == run.name
@@ -69,9 +79,8 @@ def test_customers_created_moved_and_deleted_after_the_run_answer_at_once(channe
                lambda level: level == levels[top] + 3, "grandchild after the move")
     assert priority(hierarchy, "late-child").effective_tier.level == levels[top] + 2
 
-    # Deleted: gone from the snapshot (the default answer, no role, no owner).
+    # Deleted: gone from the snapshot (not found).
     registry.DeleteCustomer(rpb.DeleteCustomerRequest(name="customers/late-grandchild"))
-    eventually(lambda: priority(hierarchy, "late-grandchild"), lambda p: not p.effective_tier.level
-               and not p.stakeholder_role, "deleted grandchild")
+    eventually(lambda: found(hierarchy, "late-grandchild"), lambda known: not known, "deleted grandchild")
     tree = hierarchy.GetAccountTree(pb.GetAccountTreeRequest(customer="customers/late-child"))
     assert "late-grandchild" not in str(tree)

@@ -43,6 +43,8 @@ MAX_BATCH_ROWS = 65_536
 MAX_INLINE_SIGNALS = 256
 TERMINAL = (pb.RUN_STATE_COMPLETED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED)
 CURRENT_RUN_TTL = 1.0
+# Completed runs ScoreBatch keeps at hand when named (the hierarchy re-scores with the run it serves).
+COMPLETED_RUNS_KEPT = 4
 
 
 def parse_model_name(name: str, field_path: str) -> tuple[str, int | None]:
@@ -83,6 +85,8 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         self.local_registry = None
         # model_id -> (run, fitted, executor generation, monotonic time read)
         self._current_runs: dict[str, tuple] = {}
+        # run_id -> (run, fitted): the completed runs ScoreBatch was asked to score with by name.
+        self._completed_runs: dict[int, tuple] = {}
         self.stopping = False
         self._sweeper: asyncio.Task | None = None
         with write_transaction(engine) as conn:
@@ -460,17 +464,49 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             chunk = request.signals
             matrix = _matrix_of(chunk)  # bad input is INVALID_ARGUMENT whatever state the model is in
             if fitted is None:
-                run, fitted = await asyncio.to_thread(self._current, request.model, "model")
+                run, fitted = await asyncio.to_thread(self._scoring_run, request)
             _check_model_reads(fitted.model, run, [(f"signals.column_names[{i}]", name)
                                                    for i, name in enumerate(chunk.column_names)],
                                "signals.column_names")
-            result = await asyncio.to_thread(scoring_engine.score, fitted, matrix, None, False,
+            previous = _previous_tiers(request.previous_tier_levels, len(chunk.customer_ids), len(fitted.model.tiers))
+            result = await asyncio.to_thread(scoring_engine.score, fitted, matrix, previous, False,
                                              list(chunk.column_names))
             model = fitted.model
             yield pb.ScoreBatchResponse(
                 dimension_scores=_columnar(list(chunk.customer_ids), _dimension_names(model), result.dimensions),
                 composite=result.composite.astype("<f8").tobytes(),
-                tier_levels=(result.tier.astype("<i4") + 1).tobytes())
+                tier_levels=(result.tier.astype("<i4") + 1).tobytes(), run=f"runs/{run.run_id}")
+
+    def score_with_run(self, run: str, signal_names: list[str], matrix: np.ndarray, previous_levels: np.ndarray
+                       ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+        """ScoreBatch with ``run`` for a caller in this process (the hierarchy re-scoring customers whose
+        signals changed), without gRPC: (dimension names, dimension scores, composite, tier levels, 1 = top).
+        Signals the run's model does not read are left out. Blocking."""
+        _, fitted = self._scoring_run(pb.ScoreBatchRequest(run=run))
+        model = fitted.model
+        reads = [j for j, name in enumerate(signal_names) if name in model.signal_index]
+        result = scoring_engine.score(fitted, matrix[:, reads], previous_levels.astype(np.int32) - 1, False,
+                                      [signal_names[j] for j in reads])
+        return _dimension_names(model), result.dimensions, result.composite, result.tier.astype(np.int32) + 1
+
+    def signals_read(self, run: str) -> list[str]:
+        """The signals the model of completed ``run`` reads. Blocking."""
+        return list(self._scoring_run(pb.ScoreBatchRequest(run=run))[1].model.signal_names)
+
+    def _scoring_run(self, request: pb.ScoreBatchRequest) -> tuple[Row, scoring_engine.FittedModel]:
+        """The run a ScoreBatch scores with: the one it names, else the model's current one (blocking)."""
+        if not request.run:
+            return self._current(request.model, "model")
+        run_id = parse_run_name(request.run, "run")
+        cached = self._completed_runs.get(run_id)
+        if cached is None:  # a completed run never changes: read once (its fitted model may be megabytes)
+            with read_transaction(self.engine) as conn:
+                run = self._completed_run(conn, f"runs/{run_id}", "run")
+            cached = (run, self._fitted.get(run_id) or scoring_engine.FittedModel.from_bytes(run.fitted))
+            while len(self._completed_runs) >= COMPLETED_RUNS_KEPT:
+                self._completed_runs.pop(next(iter(self._completed_runs)))
+            self._completed_runs[run_id] = cached
+        return cached
 
 
 def _version_required(conn, model_id: str) -> ServiceError:
@@ -548,6 +584,21 @@ def _matrix_of(chunk: common_pb2.ColumnarChunk) -> np.ndarray:
         row, column = bad[0]
         raise invalid_argument(f"signals.values[{row}][{names[column]}]", "must be finite or NaN (missing)")
     return matrix
+
+
+def _previous_tiers(data: bytes, rows: int, tiers: int) -> np.ndarray | None:
+    """ScoreBatch's previous_tier_levels as the engine's previous tiers (0-based, -1 for none), or None."""
+    if not data:
+        return None
+    if len(data) != 4 * rows:
+        raise invalid_argument("previous_tier_levels", f"one int32 per row: {4 * rows} bytes for {rows} rows, "
+                                                       f"got {len(data)}")
+    levels = np.frombuffer(data, "<i4")
+    bad = np.flatnonzero((levels < 0) | (levels > tiers))
+    if bad.size:
+        raise invalid_argument("previous_tier_levels", f"row {int(bad[0])}: level {int(levels[bad[0]])} is not "
+                                                       f"0 (none) to {tiers} (the model's tiers)")
+    return levels.astype(np.int32) - 1
 
 
 def _dimension_scores(model, values) -> list[common_pb2.DimensionScore]:

@@ -46,7 +46,10 @@ def stubs(channel):
 
 def test_before_any_run_registered_customers_get_the_default_policy_and_others_are_not_found(stubs):
     registry, _, hierarchy = stubs
-    info = hierarchy.GetSnapshotInfo(pb.GetSnapshotInfoRequest())
+    deadline = time.monotonic() + 10
+    while "registered customers" not in (info := hierarchy.GetSnapshotInfo(pb.GetSnapshotInfoRequest())).status:
+        assert time.monotonic() < deadline, info.status  # the registry's customers are read at start-up
+        time.sleep(0.02)
     assert info.run == "" and "default policy" in info.status
     registry.CreateCustomer(rpb.CreateCustomerRequest(customer=rpb.Customer(
         customer_id="early", owner="ana", stakeholder_role=common_pb2.STAKEHOLDER_ROLE_BUYER)))
@@ -196,29 +199,36 @@ def test_a_new_run_swaps_the_snapshot_under_readers(stubs):
     assert not failures and seen == {first.name, second.name}
 
 
-def test_watch_priority_changes_after_a_new_run(stubs, channel):
+def test_watch_priority_changes_live_and_after_a_new_run(stubs, channel):
     registry, scoring, hierarchy = stubs
     ids, _ = seed(registry, 2000)
     first = run_to_end(scoring)
     wait_for_snapshot(hierarchy, first.name)
     climber = next(p for p in hierarchy.BatchGetPriority(pb.BatchGetPriorityRequest(
         customers=[f"customers/{i}" for i in ids[:200]])).priorities if p.effective_tier.tier_id == "standard")
-    registry.UpdateCustomer(rpb.UpdateCustomerRequest(
-        customer=rpb.Customer(name=climber.customer, owner="ann@example.com"),
-        update_mask={"paths": ["owner"]}))
-    registry.RecordSignals(rpb.RecordSignalsRequest(observations=[rpb.SignalObservations(
-        customer=climber.customer, signals={name: rpb.SignalValue(value=1e9) for name in SIGNALS
-                                            if name != "payment_delay_days"})]))
     everything = hierarchy.WatchPriorityChanges(pb.WatchPriorityChangesRequest(), timeout=120)
     anns = hierarchy.WatchPriorityChanges(pb.WatchPriorityChangesRequest(owner="ann@example.com"), timeout=120)
     time.sleep(0.3)  # the calls start at once; give the server a moment to register both watchers
-    second = run_to_end(scoring)
+    registry.UpdateCustomer(rpb.UpdateCustomerRequest(
+        customer=rpb.Customer(name=climber.customer, owner="ann@example.com"),
+        update_mask={"paths": ["owner"]}))
+    # New signals re-score it at once with the run's model: a live change, not waiting for a run.
+    registry.RecordSignals(rpb.RecordSignalsRequest(observations=[rpb.SignalObservations(
+        customer=climber.customer, signals={name: rpb.SignalValue(value=1e9) for name in SIGNALS
+                                            if name != "payment_delay_days"})]))
     change = next(c for c in anns)
-    assert change.customer == climber.customer and change.run == second.name
+    assert change.customer == climber.customer and change.run == first.name and change.live
     assert change.previous_tier.tier_id == "standard" and change.new_tier.level < change.previous_tier.level
-    anns.cancel()
     seen = next(c for c in everything if c.customer == climber.customer)
     assert seen.new_tier == change.new_tier
+    # A customer registered after the run, without signals, is unscored until the next run scores it.
+    registry.CreateCustomer(rpb.CreateCustomerRequest(customer=rpb.Customer(customer_id="newcomer",
+                                                                            owner="ann@example.com")))
+    second = run_to_end(scoring)
+    scored = next(c for c in anns if c.customer == "customers/newcomer")
+    assert scored.run == second.name and not scored.live and scored.previous_tier.level == 0
+    assert scored.new_tier.level > 0
+    anns.cancel()
     everything.cancel()
     with raises_status(Code.INVALID_ARGUMENT, field="tier_ids"):
         next(iter(hierarchy.WatchPriorityChanges(pb.WatchPriorityChangesRequest(tier_ids=["gold"]))))

@@ -7,17 +7,22 @@ from __future__ import annotations
 import time
 
 import grpc
+import numpy as np
+import pytest
 
+import scoring_engine
 from cvh.common.v1 import common_pb2
 from cvh.hierarchy.v1 import hierarchy_service_pb2 as pb
 from cvh.hierarchy.v1 import hierarchy_service_pb2_grpc as pb_grpc
 from cvh.registry.v1 import registry_service_pb2 as rpb
 from cvh.registry.v1 import registry_service_pb2_grpc as rpb_grpc
 from cvh.scoring.v1 import scoring_service_pb2_grpc as spb_grpc
+from services.common import db
+from services.scoring import store as scoring_store
 from tests.hierarchy.test_hierarchy_service import wait_for_snapshot
-from tests.scoring.test_scoring_service import run_to_end, seed
+from tests.scoring.test_scoring_service import SIGNALS, run_to_end, seed
 
-FRESH_SECONDS = 5  # what the test allows; the feed takes milliseconds in one process
+FRESH_SECONDS = 5  # what the test allows; the feed and a re-score take milliseconds in one process
 
 
 def priority(hierarchy, customer_id: str) -> pb.Priority:
@@ -84,3 +89,46 @@ def test_customers_created_moved_and_deleted_after_the_run_answer_at_once(channe
     eventually(lambda: found(hierarchy, "late-grandchild"), lambda known: not known, "deleted grandchild")
     tree = hierarchy.GetAccountTree(pb.GetAccountTreeRequest(customer="customers/late-child"))
     assert "late-grandchild" not in str(tree)
+
+
+def test_an_nps_drop_moves_a_tier_live_and_the_next_run_replaces_it(channel, database_url):
+    registry, scoring = rpb_grpc.RegistryServiceStub(channel), spb_grpc.ScoringServiceStub(channel)
+    hierarchy = pb_grpc.HierarchyServiceStub(channel)
+    ids, matrix = seed(registry, 1000)
+    first = run_to_end(scoring)
+    wait_for_snapshot(hierarchy, first.name)
+    # The oracle: the run's fitted model and frozen cut-offs, scored from the tier each holds (hysteresis).
+    engine = db.create_engine(database_url)
+    with engine.connect() as conn:
+        fitted = scoring_engine.FittedModel.from_bytes(scoring_store.latest_completed(conn, "default").fitted)
+    engine.dispose()
+    held = {p.customer: p.own_tier.level for p in hierarchy.BatchGetPriority(
+        pb.BatchGetPriorityRequest(customers=[f"customers/{i}" for i in ids[:500]])).priorities}
+    dropped = matrix[:500].copy()
+    dropped[:, SIGNALS.index("nps")] = -100
+    after = scoring_engine.score(fitted, dropped, previous_tiers=np.array(list(held.values())) - 1)
+    row = int(np.flatnonzero(after.tier + 1 != np.array(list(held.values())))[0])
+    customer, expected = f"customers/{ids[row]}", int(after.tier[row]) + 1
+
+    watch = hierarchy.WatchPriorityChanges(pb.WatchPriorityChangesRequest(), timeout=60)
+    time.sleep(0.3)  # the watcher registers
+    registry.RecordSignals(rpb.RecordSignalsRequest(observations=[rpb.SignalObservations(
+        customer=customer, signals={"nps": rpb.SignalValue(value=-100)})]))
+    seconds = eventually(lambda: priority(hierarchy, ids[row]), lambda p: p.live, "the live re-score")
+    now = priority(hierarchy, ids[row])
+    assert seconds < FRESH_SECONDS and now.run == first.name and now.HasField("live_time")
+    assert (now.own_tier.level, now.scored) == (expected, True)
+    assert now.composite == pytest.approx(after.composite[row]) and now.rank > 0
+    change = next(c for c in watch if c.customer == customer)
+    assert change.live and change.run == first.name  # no parents here: effective tiers are own tiers
+    assert (change.previous_tier.level, change.new_tier.level) == (held[customer], expected)
+    watch.cancel()
+    info = hierarchy.GetSnapshotInfo(pb.GetSnapshotInfoRequest())
+    assert info.live_customers == 1 and info.feed_sequence > 0
+
+    # The next run refits and replaces the live values with its own.
+    second = run_to_end(scoring)
+    wait_for_snapshot(hierarchy, second.name)
+    replaced = priority(hierarchy, ids[row])
+    assert replaced.run == second.name and not replaced.live and not replaced.HasField("live_time")
+    assert hierarchy.GetSnapshotInfo(pb.GetSnapshotInfoRequest()).live_customers == 0

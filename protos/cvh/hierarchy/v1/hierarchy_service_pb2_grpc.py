@@ -200,7 +200,10 @@ class HierarchyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchPriorityChanges(self, request, context):
-        """Streams tier changes after each new run, optionally filtered.
+        """Streams effective tier changes, optionally filtered: those of each new
+        run when it is loaded, and, between runs, those the registry's changes
+        make as they are applied (signals re-scored, customers created or moved;
+        live = true), within about a second of the write.
         Errors: INVALID_TIER_IDS, INVALID_OWNER, SHUTTING_DOWN (UNAVAILABLE: the
         server is stopping; watch again to reach another replica),
         TOO_MANY_WATCHERS (RESOURCE_EXHAUSTED: the server's cap on watch streams

@@ -446,19 +446,25 @@ class ScoreSignalsRequest(_message.Message):
     def __init__(self, signals: _Optional[_Mapping[str, float]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class ScoreBatchRequest(_message.Message):
-    __slots__ = ("model", "signals")
+    __slots__ = ("model", "signals", "run", "previous_tier_levels")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_TIER_LEVELS_FIELD_NUMBER: _ClassVar[int]
     model: str
     signals: _common_pb2.ColumnarChunk
-    def __init__(self, model: _Optional[str] = ..., signals: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ...) -> None: ...
+    run: str
+    previous_tier_levels: bytes
+    def __init__(self, model: _Optional[str] = ..., signals: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ..., run: _Optional[str] = ..., previous_tier_levels: _Optional[bytes] = ...) -> None: ...
 
 class ScoreBatchResponse(_message.Message):
-    __slots__ = ("dimension_scores", "composite", "tier_levels")
+    __slots__ = ("dimension_scores", "composite", "tier_levels", "run")
     DIMENSION_SCORES_FIELD_NUMBER: _ClassVar[int]
     COMPOSITE_FIELD_NUMBER: _ClassVar[int]
     TIER_LEVELS_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
     dimension_scores: _common_pb2.ColumnarChunk
     composite: bytes
     tier_levels: bytes
-    def __init__(self, dimension_scores: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ..., composite: _Optional[bytes] = ..., tier_levels: _Optional[bytes] = ...) -> None: ...
+    run: str
+    def __init__(self, dimension_scores: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ..., composite: _Optional[bytes] = ..., tier_levels: _Optional[bytes] = ..., run: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,306 @@
+"""The registry's changes applied to a snapshot in place, between runs.
+
+A batch of WatchCustomerChanges messages (each row a customer as it now stands, or its deletion) and the live
+scores of the customers whose signals changed become a Patch: worked out on a worker thread from the snapshot as
+it is (only the one patcher writes it, so it holds still meanwhile), then written on the event loop in one step
+(``apply``), where every reader runs. Work is proportional to the batch and the subtrees it touches, not to
+the base: new customers are appended (the arrays lengthened by one concatenation), fields patched, a changed
+parent or own tier re-applies the inheritance rule to that customer's subtree only, deletions are removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import repeat
+
+import numpy as np
+
+from cvh.hierarchy.v1 import hierarchy_service_pb2 as pb
+from cvh.registry.v1 import registry_service_pb2
+from services.hierarchy import snapshot as snapshots
+from services.hierarchy.snapshot import MAX_DEPTH, ROLLUP_SIGNALS, Snapshot
+from wire.columns import from_matrix
+
+# Array fields of a snapshot, one value per row, and what a new row starts with.
+ROW_ARRAYS = {"parent": -1, "depth": 0, "roles": 0, "rollup_values": np.nan, "own_level": 0, "effective_level": 0,
+              "composite": np.nan, "percentile": np.nan, "rank": 0, "dimension_scores": np.nan, "live_time_us": 0}
+
+
+@dataclass
+class FeedRows:
+    """Customers as a batch of feed messages left them: the last change of each wins."""
+
+    ids: list[str]
+    deleted: np.ndarray        # bool
+    parent_ids: list[str]
+    roles: np.ndarray          # uint8
+    owners: list[str]
+    signal_names: list[str]
+    signals: np.ndarray        # float64 (rows, signal_names), NaN missing
+    sequence: int              # the last sequence the batch holds
+
+    def signal_columns(self, names: Sequence[str]) -> np.ndarray:
+        """The values of ``names`` (NaN for a signal no row carries)."""
+        out = np.full((len(self.ids), len(names)), np.nan)
+        for j, name in enumerate(names):
+            if name in self.signal_names:
+                out[:, j] = self.signals[:, self.signal_names.index(name)]
+        return out
+
+
+def feed_rows(messages: Sequence[registry_service_pb2.WatchCustomerChangesResponse]) -> FeedRows:
+    latest: dict[str, tuple[int, int]] = {}
+    names: list[str] = []
+    for m, message in enumerate(messages):
+        for name in message.chunk.column_names:
+            if name not in names:
+                names.append(name)
+        for i, customer_id in enumerate(message.chunk.customer_ids):
+            latest.pop(customer_id, None)  # re-inserted: the dict keeps the order of each customer's last change
+            latest[customer_id] = (m, i)
+    ids = list(latest)
+    signals = np.full((len(ids), len(names)), np.nan)
+    where = np.array(list(latest.values()), np.int64).reshape(-1, 2)
+    for m, message in enumerate(messages):
+        mine = np.flatnonzero(where[:, 0] == m)
+        if not len(mine) or not message.chunk.column_names:
+            continue
+        values = from_matrix(message.chunk.values)
+        columns = [names.index(name) for name in message.chunk.column_names]
+        signals[np.ix_(mine, columns)] = values[where[mine, 1]]
+    deleted = np.array([messages[m].deleted[i] for m, i in where.tolist()], bool)
+    return FeedRows(ids, deleted, [messages[m].parent_ids[i] for m, i in where.tolist()],
+                    np.array([messages[m].stakeholder_roles[i] for m, i in where.tolist()], np.uint8),
+                    [messages[m].owners[i] for m, i in where.tolist()], names, signals,
+                    max((message.last_sequence for message in messages), default=0))
+
+
+@dataclass
+class Scores:
+    """Live scores of some of a batch's customers, from the run's fitted model."""
+
+    ids: list[str]
+    composite: np.ndarray
+    levels: np.ndarray         # int32, 1 = top
+    dimensions: np.ndarray     # (len(ids), the snapshot's dimensions)
+    time_us: int
+
+
+@dataclass
+class Patch:
+    sequence: int
+    new_ids: list[str]
+    grown: dict[str, np.ndarray]                    # arrays lengthened for the new rows (swapped in first)
+    writes: list[tuple[str, np.ndarray, np.ndarray]]  # (array, rows, values)
+    owners: list[tuple[int, str]]
+    deleted_ids: list[str]
+    adopted: dict[int, frozenset[int]]
+    removed: int
+    # (customer_id, effective level before, after, owner) of each customer whose effective tier moved.
+    moves: list[tuple[str, int, int, str]] = field(default_factory=list)
+    live: int = 0              # rows given live scores
+
+
+def plan(snap: Snapshot, rows: FeedRows, scores: Scores | None, rule: int) -> Patch:
+    """What ``rows`` and ``scores`` change in ``snap`` (blocking; reads ``snap``, writes nothing of it)."""
+    n, k = snap.size, len(rows.ids)
+    current = np.fromiter(map(snap.index.get, rows.ids, repeat(-1)), np.int64, count=k)
+    upsert = ~rows.deleted
+    created = np.flatnonzero(upsert & (current < 0))
+    new_ids = [rows.ids[i] for i in created.tolist()]
+    n2 = n + len(new_ids)
+    target = current.copy()
+    target[created] = np.arange(n, n2)
+    gone = current[rows.deleted & (current >= 0)]
+    grown = _grown(snap, len(new_ids)) if new_ids else {}
+
+    def now(name: str) -> np.ndarray:
+        """An array as the patch finds it (lengthened, when rows are added)."""
+        return grown.get(name, getattr(snap, name))
+
+    # Accounts: parent, role, owner, the signals summed over subtrees.
+    added = dict(zip(new_ids, range(n, n2)))
+    up = np.flatnonzero(upsert)
+    up_rows = target[up]
+    new_parent = np.fromiter((-1 if not p else snap.index.get(p, added.get(p, -1))
+                              for p in (rows.parent_ids[i] for i in up.tolist())), np.int64, count=len(up))
+    moved = up_rows[now("parent")[up_rows] != new_parent]
+    writes = [("parent", up_rows, new_parent), ("parent", gone, np.full(len(gone), -1, np.int64)),
+              ("roles", up_rows, rows.roles[up]), ("rollup_values", up_rows, rows.signal_columns(ROLLUP_SIGNALS)[up])]
+    owners = [(int(r), rows.owners[i]) for r, i in zip(up_rows.tolist(), up.tolist())
+              if r >= n or snap.owners[r] != rows.owners[i]]
+    adopted = dict(snap.adopted)
+    for row, above in zip(moved.tolist(), new_parent[np.isin(up_rows, moved)].tolist()):
+        if above >= 0:
+            adopted[above] = adopted.get(above, frozenset()) | {row}
+
+    # Live scores: only where they differ from what the snapshot holds.
+    scored, levels, live = np.empty(0, np.int64), np.empty(0, np.int32), 0
+    if scores is not None and len(scores.ids):
+        scored = np.fromiter((snap.index.get(c, added.get(c, -1)) for c in scores.ids), np.int64, count=len(scores.ids))
+        keep = scored >= 0
+        scored, composite = scored[keep], scores.composite[keep]
+        levels, dims = scores.levels[keep].astype(np.int32), scores.dimensions[keep]
+        differs = ((now("own_level")[scored] != levels) | ~_same(now("composite")[scored], composite)
+                   | ~_same(now("dimension_scores")[scored], dims).all(axis=1) | (now("live_time_us")[scored] > 0))
+        scored, composite, levels, dims = scored[differs], composite[differs], levels[differs], dims[differs]
+        rank, percentile = placed(snap.run_composites, composite)
+        writes += [("own_level", scored, levels), ("composite", scored, composite),
+                   ("percentile", scored, percentile), ("rank", scored, rank), ("dimension_scores", scored, dims),
+                   ("live_time_us", scored, np.full(len(scored), scores.time_us, np.int64))]
+        live = len(scored)
+
+    # Deleted customers: their row stays until the next build, cleared.
+    for name in ("own_level", "effective_level", "depth", "rank", "roles", "composite", "percentile",
+                 "dimension_scores", "rollup_values", "live_time_us"):
+        array = now(name)
+        writes.append((name, gone, np.full((len(gone), *array.shape[1:]), ROW_ARRAYS[name], array.dtype)))
+    owners += [(int(r), "") for r in gone.tolist()]
+
+    # Inheritance, again, over the subtrees of what moved, was created or changed tier, on working copies.
+    retiered = scored[now("own_level")[scored] != levels]
+    roots = np.unique(np.concatenate([moved, np.arange(n, n2), retiered, gone]))
+    moves: list[tuple[str, int, int, str]] = []
+    if len(roots):
+        parent, own, depth, effective = (now(name).copy()
+                                         for name in ("parent", "own_level", "depth", "effective_level"))
+        parent[up_rows], parent[gone] = new_parent, -1
+        own[scored], own[gone] = levels, 0
+        affected = _subtrees(snap, roots, parent, adopted, n2)
+        _inherit(affected, parent, own, depth, effective, len(snap.tiers), rule)
+        affected = affected[~np.isin(affected, gone)]
+        writes += [("depth", affected, depth[affected]), ("effective_level", affected, effective[affected])]
+        before = np.zeros(len(affected), np.int32)
+        before[affected < n] = snap.effective_level[affected[affected < n]]
+        shifted = before != effective[affected]
+        owner_now = dict(owners)
+        moves = [(snap.customer_ids[r] if r < n else new_ids[r - n], b, int(effective[r]),
+                  owner_now.get(r, snap.owners[r] if r < n else ""))
+                 for r, b in zip(affected[shifted].tolist(), before[shifted].tolist())]
+    deleted_ids = [rows.ids[i] for i in np.flatnonzero(rows.deleted & (current >= 0)).tolist()]
+    return Patch(max(rows.sequence, snap.sequence), new_ids, grown, writes, owners, deleted_ids, adopted, len(gone),
+                 moves, live)
+
+
+def apply(snap: Snapshot, patch: Patch) -> None:
+    """Write ``patch`` into ``snap``: on the event loop, without an await, so readers see all of it or none."""
+    for name, array in patch.grown.items():
+        setattr(snap, name, array)
+    if patch.new_ids:
+        start = len(snap.customer_ids)
+        snap.customer_ids.extend(patch.new_ids)
+        snap.owners.extend(repeat("", len(patch.new_ids)))
+        snap.index.update(zip(patch.new_ids, range(start, start + len(patch.new_ids))))
+    for name, rows, values in patch.writes:
+        if len(rows):
+            getattr(snap, name)[rows] = values
+    for row, owner in patch.owners:
+        snap.owners[row] = owner
+    for customer_id in patch.deleted_ids:
+        snap.index.pop(customer_id, None)
+    snap.adopted = patch.adopted
+    snap.removed += patch.removed
+    snap.sequence = patch.sequence
+    snap.changed()
+
+
+def placed(run_composites: np.ndarray, composite: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rank, percentile) of live composites among the run's scored customers, as if each joined them: rank 1 +
+    those above it, percentile by mid-rank (a NaN composite: rank 0, percentile NaN, as unscored)."""
+    below = np.searchsorted(run_composites, composite, side="left")
+    equal = np.searchsorted(run_composites, composite, side="right") - below
+    total = len(run_composites)
+    rank = np.where(np.isnan(composite), 0, total - below - equal + 1).astype(np.int64)
+    percentile = np.where(np.isnan(composite), np.nan, 100.0 * (below + (equal + 1) / 2) / (total + 1))
+    return rank, percentile
+
+
+def changes(snap: Snapshot, moves: list[tuple[str, int, int, str]]) -> list[pb.PriorityChange]:
+    def tier(level: int):
+        return snap.tiers[level - 1] if 0 < level <= len(snap.tiers) else None
+
+    return [pb.PriorityChange(customer=f"customers/{customer_id}", previous_tier=tier(before), new_tier=tier(after),
+                              owner=owner, run=snap.run, live=True)
+            for customer_id, before, after, owner in moves]
+
+
+# -- the parts ----------------------------------------------------------------------------------------
+
+def _grown(snap: Snapshot, added: int) -> dict[str, np.ndarray]:
+    """Every row array lengthened by ``added`` rows of its start value. Views of a buffer with room to spare:
+    the rows beyond the snapshot's are not read by anyone, so they are written here; a buffer without room is
+    replaced by one an eighth larger than needed (a copy, once in a while)."""
+    grown = {}
+    for name, start in ROW_ARRAYS.items():
+        array = getattr(snap, name)
+        n = len(array)
+        buffer = array.base if isinstance(array.base, np.ndarray) and array.base.ndim == array.ndim else None
+        if buffer is None or len(buffer) < n + added or not np.shares_memory(buffer[:1], array[:1]) and n:
+            buffer = np.empty((n + added + max((n + added) // 8, 1024), *array.shape[1:]), array.dtype)
+            buffer[:n] = array
+        buffer[n:n + added] = start
+        grown[name] = buffer[:n + added]
+    return grown
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a == b) | (np.isnan(a) & np.isnan(b))
+
+
+def _subtrees(snap: Snapshot, roots: np.ndarray, parent: np.ndarray, adopted: dict, size: int) -> np.ndarray:
+    """``roots`` and every row below them under ``parent``, each once (a cycle stops after MAX_DEPTH levels)."""
+    seen = np.zeros(size, bool)
+    seen[roots] = True
+    found, frontier = [roots], roots
+    built = snap.child_order, snap.child_start
+    for _ in range(MAX_DEPTH + 1):
+        if not len(frontier):
+            break
+        frontier = snapshots.children_in(frontier, *built, parent, adopted)
+        frontier = frontier[~seen[frontier]]
+        seen[frontier] = True
+        found.append(frontier)
+    return np.concatenate(found).astype(np.int64)
+
+
+def _inherit(rows: np.ndarray, parent: np.ndarray, own: np.ndarray, depth: np.ndarray, effective: np.ndarray,
+             n_tiers: int, rule: int) -> None:
+    """Depth and effective level of ``rows`` (closed under children) again, in place, as snapshot.build would
+    give them: parents first, level by level; a row whose way up does not reach a top account within
+    MAX_DEPTH levels is broken (depth -1, its own level)."""
+    if not len(rows):
+        return
+    pending = rows
+    depth[rows] = -2  # not placed yet
+    settled = []
+    for _ in range(MAX_DEPTH):
+        p = parent[pending]
+        above = np.where(p >= 0, depth[np.maximum(p, 0)], -1)
+        ready = (p < 0) | (above >= -1)
+        now = pending[ready]
+        depth[now] = np.where(p[ready] < 0, 0, np.where(above[ready] >= 0, above[ready] + 1, -1))
+        settled.append(now)
+        pending = pending[~ready]
+        if not len(pending):
+            break
+    depth[pending] = -1  # in a cycle, or deeper than allowed
+    depth[rows[depth[rows] >= MAX_DEPTH]] = -1
+    floor = n_tiers + 1
+    for now in settled:
+        mine = np.where(own[now] == 0, floor, own[now])
+        inherits = now[depth[now] > 0]
+        level = mine.copy()
+        if rule == pb.INHERITANCE_RULE_PARENT_MINUS_ONE and len(inherits):
+            p = parent[inherits]
+            theirs = np.where(effective[p] == 0, floor, effective[p]) + 1
+            level[depth[now] > 0] = np.minimum(mine[depth[now] > 0], theirs)
+        elif rule == pb.INHERITANCE_RULE_TOP_PARENT and len(inherits):
+            top = inherits.copy()
+            for _ in range(MAX_DEPTH):
+                up = parent[top]
+                top = np.where(up >= 0, up, top)
+            theirs = np.where(own[top] == 0, floor, own[top])
+            level[depth[now] > 0] = np.minimum(mine[depth[now] > 0], theirs)
+        effective[now] = np.where(level > n_tiers, 0, level)
+    effective[pending] = own[pending]

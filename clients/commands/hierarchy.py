@@ -48,6 +48,9 @@ def print_priority(p: pb.Priority) -> None:
     print(f"{customer_id(p.customer)}: {tier_words(p.effective_tier, p.own_tier, 'default policy')}")
     if p.scored:
         print(f"  value      {number(p.composite)} / 100, rank {p.rank:,}, above {p.percentile:.1f} % of customers")
+        if p.live:
+            print(f"  live       re-scored at {p.live_time.ToDatetime():%Y-%m-%d %H:%M:%S} UTC with the model of "
+                  f"{p.run}: its signals changed since that run")
     elif p.effective_tier.tier_id:
         print("  value      not scored yet: served at the standing it inherits from its parent account")
     else:

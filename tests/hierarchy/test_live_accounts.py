@@ -16,11 +16,16 @@ from cvh.hierarchy.v1 import hierarchy_service_pb2 as pb
 from cvh.hierarchy.v1 import hierarchy_service_pb2_grpc as pb_grpc
 from cvh.registry.v1 import registry_service_pb2 as rpb
 from cvh.registry.v1 import registry_service_pb2_grpc as rpb_grpc
+from cvh.scoring.v1 import scoring_service_pb2 as spb
 from cvh.scoring.v1 import scoring_service_pb2_grpc as spb_grpc
 from services.common import db
+from services.common.config import ServerConfig
 from services.scoring import store as scoring_store
+from tests.conftest import ServerThread
+from tests.grpc_helpers import raises_status
 from tests.hierarchy.test_hierarchy_service import wait_for_snapshot
 from tests.scoring.test_scoring_service import SIGNALS, run_to_end, seed
+from wire.columns import to_chunk
 
 FRESH_SECONDS = 5  # what the test allows; the feed and a re-score take milliseconds in one process
 
@@ -132,3 +137,44 @@ def test_an_nps_drop_moves_a_tier_live_and_the_next_run_replaces_it(channel, dat
     replaced = priority(hierarchy, ids[row])
     assert replaced.run == second.name and not replaced.live and not replaced.HasField("live_time")
     assert hierarchy.GetSnapshotInfo(pb.GetSnapshotInfoRequest()).live_customers == 0
+
+
+def test_a_hierarchy_of_its_own_re_scores_through_score_batch(tmp_path):
+    """The hierarchy served apart from scoring asks it by ScoreBatch (run and previous_tier_levels) for the
+    live scores; they are what the scoring service's own ScoreBatch gives."""
+    url = f"sqlite:///{tmp_path / 'cvh.db'}"
+    core = ServerThread(ServerConfig(services=("registry", "scoring"), listen="127.0.0.1:0", database_url=url))
+    front = ServerThread(ServerConfig(services=("hierarchy",), listen="127.0.0.1:0", database_url=url,
+                                      registry_target=core.target, scoring_target=core.target))
+    try:
+        with grpc.insecure_channel(core.target) as core_channel, grpc.insecure_channel(front.target) as front_channel:
+            registry, scoring = rpb_grpc.RegistryServiceStub(core_channel), spb_grpc.ScoringServiceStub(core_channel)
+            ids, matrix = seed(registry, 300)
+            run = run_to_end(scoring)
+            hierarchy = pb_grpc.HierarchyServiceStub(front_channel)
+            wait_for_snapshot(hierarchy, run.name)
+            held = priority(hierarchy, ids[5]).own_tier.level
+            registry.RecordSignals(rpb.RecordSignalsRequest(observations=[rpb.SignalObservations(
+                customer=f"customers/{ids[5]}", signals={"nps": rpb.SignalValue(value=-100)})]))
+            eventually(lambda: priority(hierarchy, ids[5]), lambda p: p.live, "the live re-score")
+            now = priority(hierarchy, ids[5])
+            signals = matrix[5].copy()
+            signals[SIGNALS.index("nps")] = -100
+            asked = next(scoring.ScoreBatch(iter([spb.ScoreBatchRequest(
+                run=run.name, signals=to_chunk([ids[5]], SIGNALS, signals[None, :]),
+                previous_tier_levels=np.array([held], "<i4").tobytes())])))
+            assert asked.run == run.name
+            assert now.composite == np.frombuffer(asked.composite, "<f8")[0]
+            assert now.own_tier.level == np.frombuffer(asked.tier_levels, "<i4")[0]
+            for levels in (b"\x01", np.array([99], "<i4").tobytes()):  # not one int32 a row; beyond the tiers
+                with raises_status(grpc.StatusCode.INVALID_ARGUMENT, field="previous_tier_levels",
+                                   reason="INVALID_PREVIOUS_TIER_LEVELS"):
+                    next(scoring.ScoreBatch(iter([spb.ScoreBatchRequest(
+                        run=run.name, signals=to_chunk([ids[5]], SIGNALS, signals[None, :]),
+                        previous_tier_levels=levels)])))
+            with raises_status(grpc.StatusCode.NOT_FOUND, reason="RUN_NOT_FOUND"):
+                next(scoring.ScoreBatch(iter([spb.ScoreBatchRequest(
+                    run="runs/999", signals=to_chunk([ids[5]], SIGNALS, signals[None, :]))])))
+    finally:
+        front.stop()
+        core.stop()

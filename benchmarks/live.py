@@ -1,0 +1,243 @@
+"""Benchmark of the live hierarchy: how soon a registry change reaches GetPriority without a run.
+
+Starts `cvh serve` (all three services, one process) on a fresh SQLite file, imports N customers (not timed),
+runs the default model and waits for its snapshot. Then, each timed from the write's call until GetPriority
+shows it (polled every 2 ms):
+
+- signal_to_priority: RecordSignals that moves a customer's tier (every signal of a lowest-tier customer set
+  high), until GetPriority answers with the new tier, live;
+- new_customer_to_priority: CreateCustomer under a scored parent, until GetPriority knows it;
+- feed_changes_per_s: RecordSignals changing the NPS of --burst customers (--batch-size a call), then a marker
+  customer; the changes divided by the seconds from the first call until the marker answers (a lower bound:
+  it holds the registry's own writing, and every change is re-scored);
+- GetPriority throughput and p99 at the client, quiet and while a writer records 1,000 changed customers a
+  second.
+
+    python -m benchmarks.live [--customers N] [--samples N] [--burst N] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+import scoring_engine
+from benchmarks.registry import (CHANNEL_OPTIONS, SERVICE as REGISTRY_SERVICE, Progress, add_common_flags,
+                                 check_import, customer_id, generate_base, serialized_column_batches,
+                                 timed_import)
+from benchmarks.hierarchy import HIERARCHY_SERVICE, SCORING_SERVICE, wait_for_snapshot
+from benchmarks.runs import percentiles_ms, timed_run
+from clients.server_process import ServerProcess
+from cvh.hierarchy.v1 import hierarchy_service_pb2 as pb
+from cvh.hierarchy.v1 import hierarchy_service_pb2_grpc as pb_grpc
+from cvh.registry.v1 import registry_service_pb2 as rpb
+from cvh.registry.v1 import registry_service_pb2_grpc as rpb_grpc
+from cvh.scoring.v1 import scoring_service_pb2_grpc
+
+TARGET_P95_S = 1.0
+TARGET_SIGNAL_MEDIAN_S = 0.25
+TARGET_FEED_PER_S = 20_000
+POLL_S = 0.002
+
+
+def until(check, timeout: float = 30.0) -> float:
+    """Seconds until ``check()`` is true, polled every POLL_S."""
+    started = time.perf_counter()
+    while not check():
+        if time.perf_counter() - started > timeout:
+            raise SystemExit(f"not seen within {timeout:g} s")
+        time.sleep(POLL_S)
+    return time.perf_counter() - started
+
+
+def known(hierarchy, customer: str) -> pb.Priority | None:
+    try:
+        return hierarchy.GetPriority(pb.GetPriorityRequest(customer=customer), timeout=10)
+    except grpc.RpcError as error:
+        if error.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        return None
+
+
+def signal_latencies(registry, hierarchy, climbers: list[str], signal_names) -> list[float]:
+    """Each climber's signals set high; seconds until its tier shows the move, live."""
+    seconds = []
+    for customer in climbers:
+        before = hierarchy.GetPriority(pb.GetPriorityRequest(customer=customer), timeout=10).own_tier.level
+        started = time.perf_counter()
+        registry.RecordSignals(rpb.RecordSignalsRequest(observations=[rpb.SignalObservations(
+            customer=customer, signals={name: rpb.SignalValue(value=1e9) for name in signal_names
+                                        if name != "payment_delay_days"})]), timeout=30)
+        until(lambda: (p := known(hierarchy, customer)).live and p.own_tier.level != before)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def creation_latencies(registry, hierarchy, parents: list[str], tag: str) -> list[float]:
+    seconds = []
+    for k, parent in enumerate(parents):
+        name = f"live-{tag}-{k:05d}"
+        started = time.perf_counter()
+        registry.CreateCustomer(rpb.CreateCustomerRequest(customer=rpb.Customer(customer_id=name, parent=parent)),
+                                timeout=30)
+        until(lambda: known(hierarchy, f"customers/{name}") is not None)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def feed_rate(registry, hierarchy, rows: np.ndarray, batch_size: int) -> tuple[float, float]:
+    """(changes a second from the first RecordSignals until a marker written after the last answers, seconds
+    the registry took to write them)."""
+    values = np.random.default_rng(11).integers(-100, 100, len(rows)).astype(float)
+    started = time.perf_counter()
+    for start in range(0, len(rows), batch_size):
+        registry.RecordSignals(rpb.RecordSignalsRequest(observations=[rpb.SignalObservations(
+            customer=f"customers/{customer_id(i)}", signals={"nps": rpb.SignalValue(value=v)})
+            for i, v in zip(rows[start:start + batch_size].tolist(), values[start:start + batch_size].tolist())]),
+            timeout=120)
+    written = time.perf_counter() - started
+    registry.CreateCustomer(rpb.CreateCustomerRequest(customer=rpb.Customer(customer_id="live-marker")), timeout=30)
+    until(lambda: known(hierarchy, "customers/live-marker") is not None, timeout=600)
+    return len(rows) / (time.perf_counter() - started), written
+
+
+def lookups(hierarchy, customers: list[str], seconds: float) -> np.ndarray:
+    """Sequential GetPriority latencies for ``seconds``."""
+    found, clock, k = [], time.perf_counter, 0
+    end = clock() + seconds
+    while clock() < end:
+        started = clock()
+        hierarchy.GetPriority(pb.GetPriorityRequest(customer=customers[k % len(customers)]), timeout=10)
+        found.append(clock() - started)
+        k += 1
+    return np.array(found)
+
+
+def steady_writes(target: str, customers: list[str], per_second: int, stop: threading.Event) -> None:
+    """RecordSignals of ``per_second`` customers a second (ten calls of a tenth), until ``stop``."""
+    step = max(1, per_second // 10)
+    rng = np.random.default_rng(7)
+    with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+        registry = rpb_grpc.RegistryServiceStub(channel)
+        tick = time.perf_counter()
+        while not stop.is_set():
+            chosen = rng.choice(len(customers), step, replace=False)
+            registry.RecordSignals(rpb.RecordSignalsRequest(observations=[rpb.SignalObservations(
+                customer=customers[i], signals={"nps": rpb.SignalValue(value=float(rng.integers(-100, 100)))})
+                for i in chosen.tolist()]), timeout=30)
+            tick += 0.1
+            time.sleep(max(0.0, tick - time.perf_counter()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.live", description=__doc__.split("\n\n")[0] + (
+            f" Targets: signal_to_priority p95 <= {TARGET_P95_S:g} s (median <= {TARGET_SIGNAL_MEDIAN_S:g} s), "
+            f"new_customer_to_priority p95 <= {TARGET_P95_S:g} s, feed_changes_per_s >= {TARGET_FEED_PER_S:,}."))
+    parser.add_argument("--customers", type=int, default=1_000_000, metavar="N",
+                        help="customers in the base (default 1,000,000)")
+    parser.add_argument("--samples", type=int, default=40, metavar="N",
+                        help="timed signal changes, and as many timed creations (default 40)")
+    parser.add_argument("--burst", type=int, default=50_000, metavar="N",
+                        help="customers whose signals one import changes, for feed_changes_per_s (default 50,000)")
+    parser.add_argument("--window", type=float, default=3.0, metavar="S",
+                        help="seconds of sequential GetPriority calls, quiet and under writes (default 3)")
+    add_common_flags(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    show = not args.no_progress
+    signal_names = tuple(scoring_engine.default_model().signal_names)
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cvh-bench-live-")))
+        scoring_engine.warm_up()
+        server = ServerProcess(workdir, services=(), health_services=(REGISTRY_SERVICE, SCORING_SERVICE,
+                                                                       HIERARCHY_SERVICE))
+        stack.callback(server.stop)
+        say(f"server: cvh serve on {server.target}; generating {args.customers:,} customers")
+        base = generate_base(args.customers, args.seed, signal_names)
+        batches = serialized_column_batches(base, args.batch_size, Progress("serialize", show))
+        server.wait_serving()
+        with grpc.insecure_channel(server.target, options=CHANNEL_OPTIONS) as channel:
+            imported = timed_import(channel, batches, args.customers, args.batch_size, server, Progress("import", show))
+            check_import(imported, args.customers)
+            del batches
+            registry, hierarchy = rpb_grpc.RegistryServiceStub(channel), pb_grpc.HierarchyServiceStub(channel)
+            run = timed_run(scoring_service_pb2_grpc.ScoringServiceStub(channel), server,
+                            Progress("run (percent x 10)", show)).run
+            wait_for_snapshot(hierarchy, run.name)
+            say(f"run: {run.name} served; timing live changes")
+            rng = np.random.default_rng(args.seed + 5)
+            sample = rng.choice(args.customers, min(args.customers, 20 * args.samples + 200), replace=False)
+            names = [f"customers/{customer_id(i)}" for i in sample.tolist()]
+            answers = hierarchy.BatchGetPriority(pb.BatchGetPriorityRequest(customers=names[:1000]), timeout=30)
+            lowest = max(p.own_tier.level for p in answers.priorities)
+            climbers = [p.customer for p in answers.priorities if p.own_tier.level == lowest][:args.samples]
+            signal_s = signal_latencies(registry, hierarchy, climbers, signal_names)
+            creation_s = creation_latencies(registry, hierarchy, names[-args.samples:], "new")
+
+            quiet = lookups(hierarchy, names, args.window)
+            stop = threading.Event()
+            writer = threading.Thread(target=steady_writes, args=(server.target, names, 1000, stop), daemon=True)
+            sequence = hierarchy.GetSnapshotInfo(pb.GetSnapshotInfoRequest()).feed_sequence
+            writer.start()
+            busy = lookups(hierarchy, names, args.window)
+            stop.set()
+            writer.join()
+            applied = hierarchy.GetSnapshotInfo(pb.GetSnapshotInfoRequest()).feed_sequence - sequence
+
+            burst = rng.choice(args.customers, min(args.burst, args.customers), replace=False)
+            per_s, import_s = feed_rate(registry, hierarchy, burst, args.batch_size)
+            info = hierarchy.GetSnapshotInfo(pb.GetSnapshotInfoRequest())
+    signal, creation = np.array(signal_s), np.array(creation_s)
+    quiet_ms, busy_ms = percentiles_ms(quiet), percentiles_ms(busy)
+    figures = {
+        "customers": args.customers, "samples": len(signal),
+        "signal_to_priority_p50_s": round(float(np.median(signal)), 4),
+        "signal_to_priority_p95_s": round(float(np.percentile(signal, 95)), 4),
+        "new_customer_to_priority_p50_s": round(float(np.median(creation)), 4),
+        "new_customer_to_priority_p95_s": round(float(np.percentile(creation, 95)), 4),
+        "feed_changes_per_s": round(per_s), "feed_burst": len(burst), "feed_burst_import_s": round(import_s, 2),
+        "get_priority_quiet_per_s": round(len(quiet) / args.window),
+        "get_priority_busy_per_s": round(len(busy) / args.window),
+        "get_priority_quiet_p99_ms": round(quiet_ms["p99"], 3), "get_priority_busy_p99_ms": round(busy_ms["p99"], 3),
+        "busy_changes_applied": int(applied), "live_customers": int(info.live_customers),
+    }
+    figures["meets_targets"] = (figures["signal_to_priority_p95_s"] <= TARGET_P95_S
+                                and figures["signal_to_priority_p50_s"] <= TARGET_SIGNAL_MEDIAN_S
+                                and figures["new_customer_to_priority_p95_s"] <= TARGET_P95_S
+                                and per_s >= TARGET_FEED_PER_S)
+    print(f"\nLive hierarchy benchmark: {args.customers:,} customers, all services in one server subprocess, "
+          "SQLite")
+    print(f"signal_to_priority        p50 {figures['signal_to_priority_p50_s']:.3f} s, p95 "
+          f"{figures['signal_to_priority_p95_s']:.3f} s  ({len(signal)} tier moves; target p95 <= {TARGET_P95_S:g} s, "
+          f"median <= {TARGET_SIGNAL_MEDIAN_S:g} s)")
+    print(f"new_customer_to_priority  p50 {figures['new_customer_to_priority_p50_s']:.3f} s, p95 "
+          f"{figures['new_customer_to_priority_p95_s']:.3f} s  (target p95 <= {TARGET_P95_S:g} s)")
+    print(f"feed_changes_per_s        {per_s:,.0f}  ({len(burst):,} re-scored, written in {import_s:.1f} s, "
+          f"until a marker answers; target >= {TARGET_FEED_PER_S:,})")
+    print(f"GetPriority quiet         {figures['get_priority_quiet_per_s']:,}/s, p99 {quiet_ms['p99']:.2f} ms")
+    print(f"GetPriority, 1,000 changes/s  {figures['get_priority_busy_per_s']:,}/s, p99 {busy_ms['p99']:.2f} ms "
+          f"({applied:,} changes applied meanwhile)")
+    if args.json:
+        print(json.dumps(figures, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -50,29 +50,32 @@ class FeedRows:
 
 
 def feed_rows(messages: Sequence[registry_service_pb2.WatchCustomerChangesResponse]) -> FeedRows:
-    latest: dict[str, tuple[int, int]] = {}
-    names: list[str] = []
-    for m, message in enumerate(messages):
-        for name in message.chunk.column_names:
-            if name not in names:
-                names.append(name)
-        for i, customer_id in enumerate(message.chunk.customer_ids):
-            latest.pop(customer_id, None)  # re-inserted: the dict keeps the order of each customer's last change
-            latest[customer_id] = (m, i)
-    ids = list(latest)
-    signals = np.full((len(ids), len(names)), np.nan)
-    where = np.array(list(latest.values()), np.int64).reshape(-1, 2)
-    for m, message in enumerate(messages):
-        mine = np.flatnonzero(where[:, 0] == m)
-        if not len(mine) or not message.chunk.column_names:
-            continue
-        values = from_matrix(message.chunk.values)
-        columns = [names.index(name) for name in message.chunk.column_names]
-        signals[np.ix_(mine, columns)] = values[where[mine, 1]]
-    deleted = np.array([messages[m].deleted[i] for m, i in where.tolist()], bool)
-    return FeedRows(ids, deleted, [messages[m].parent_ids[i] for m, i in where.tolist()],
-                    np.array([messages[m].stakeholder_roles[i] for m, i in where.tolist()], np.uint8),
-                    [messages[m].owners[i] for m, i in where.tolist()], names, signals,
+    names = list(dict.fromkeys(name for message in messages for name in message.chunk.column_names))
+    ids: list[str] = []
+    parents: list[str] = []
+    owners: list[str] = []
+    signals = np.full((sum(len(m.chunk.customer_ids) for m in messages), len(names)), np.nan)
+    for message in messages:  # whole repeated fields at once: an element at a time costs ten times more
+        start = len(ids)
+        ids += message.chunk.customer_ids
+        parents += message.parent_ids
+        owners += message.owners
+        if message.chunk.column_names:
+            columns = [names.index(name) for name in message.chunk.column_names]
+            signals[start:len(ids), columns] = from_matrix(message.chunk.values)
+    deleted = np.frombuffer(b"".join(m.deleted for m in messages), np.uint8).astype(bool)
+    roles = np.frombuffer(b"".join(m.stakeholder_roles for m in messages), np.uint8).copy()
+    if len(set(ids)) < len(ids):  # a customer changed in two messages: its last change only
+        seen: set[str] = set()
+        keep = np.zeros(len(ids), bool)
+        for i in range(len(ids) - 1, -1, -1):
+            if ids[i] not in seen:
+                seen.add(ids[i])
+                keep[i] = True
+        rows = np.flatnonzero(keep).tolist()
+        ids, parents, owners = [ids[i] for i in rows], [parents[i] for i in rows], [owners[i] for i in rows]
+        deleted, roles, signals = deleted[keep], roles[keep], signals[keep]
+    return FeedRows(ids, deleted, parents, roles, owners, names, signals,
                     max((message.last_sequence for message in messages), default=0))
 
 

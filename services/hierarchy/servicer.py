@@ -50,6 +50,10 @@ MAX_REASONS = 3
 # before it misses some.
 WATCH_BACKLOG = 64
 RETRY_SECONDS = (0.5, 1, 2, 5, 10)
+# Feed rows one patch takes at most (a bulk import's changes come as several patches).
+MAX_PATCH_ROWS = 65_536
+# Rows per ScoreBatch message of a live re-score (16 signals x 8 bytes: 1 MiB).
+SCORE_BATCH_ROWS = 8192
 BROKEN_TREE_NOTE = (f"customers in a broken account tree (a cycle, or more than {snapshots.MAX_DEPTH} levels: "
                     f"stored before the registry's checks held, or edited by hand) inherit no tier and get "
                     f"no account tree (TREE_CORRUPT) until it is repaired in the registry")
@@ -246,8 +250,14 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
             await self._feed_arrived.wait()
             self._feed_arrived.clear()
             generation = self._generation
-            messages = [message for g, message in self._pending if g == generation]
-            self._pending = []
+            messages, rows = [], 0
+            while self._pending and rows < MAX_PATCH_ROWS:  # the rest waits for the next patch
+                g, message = self._pending.pop(0)
+                if g == generation:
+                    messages.append(message)
+                    rows += len(message.chunk.customer_ids)
+            if self._pending:
+                self._feed_arrived.set()
             if not messages:
                 continue
             try:
@@ -309,7 +319,7 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         if self._scoring_channel is None:
             self._scoring_channel = self.scoring.channel()
         stub = scoring_service_pb2_grpc.ScoringServiceStub(self._scoring_channel)
-        step = 65_536
+        step = SCORE_BATCH_ROWS
         requests = [scoring_service_pb2.ScoreBatchRequest(
             run=run, signals=columns.to_chunk(ids[i:i + step], names, values[i:i + step]),
             previous_tier_levels=previous[i:i + step].astype("<i4").tobytes()) for i in range(0, len(ids), step)]

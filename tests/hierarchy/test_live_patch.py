@@ -116,3 +116,16 @@ def test_a_live_composite_ranks_among_the_runs():
     rank, percentile = live.placed(np.array([10.0, 20.0, 20.0, 30.0]), np.array([25.0, 20.0, 5.0, np.nan]))
     assert rank.tolist() == [2, 2, 5, 0]
     assert percentile[:3].tolist() == pytest.approx([70.0, 50.0, 10.0]) and np.isnan(percentile[3])
+
+
+def test_a_customer_changed_in_two_messages_keeps_its_last_change():
+    def message(ids, owners, names, values, deleted, sequence):
+        return rpb.WatchCustomerChangesResponse(
+            last_sequence=sequence, deleted=bytes(deleted), chunk=to_chunk(ids, names, np.array(values, float)),
+            parent_ids=[""] * len(ids), stakeholder_roles=bytes([1] * len(ids)), owners=owners)
+
+    rows = live.feed_rows([message(["a", "b"], ["x", "y"], ["nps"], [[1.0], [2.0]], [0, 0], 5),
+                           message(["c", "a"], ["z", "w"], ["annual_revenue"], [[3.0], [4.0]], [0, 1], 7)])
+    assert rows.ids == ["b", "c", "a"] and rows.owners == ["y", "z", "w"] and rows.sequence == 7
+    assert rows.deleted.tolist() == [False, False, True] and rows.signal_names == ["nps", "annual_revenue"]
+    assert np.array_equal(rows.signals, [[2.0, np.nan], [np.nan, 3.0], [np.nan, 4.0]], equal_nan=True)

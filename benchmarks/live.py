@@ -25,7 +25,7 @@ import contextlib
 import json
 import sys
 import tempfile
-import threading
+import multiprocessing
 import time
 from pathlib import Path
 
@@ -167,8 +167,9 @@ def lookups(hierarchy, customers: list[str], seconds: float) -> np.ndarray:
     return np.array(found)
 
 
-def steady_writes(target: str, customers: list[str], per_second: int, stop: threading.Event) -> None:
-    """RecordSignals of ``per_second`` customers a second (ten calls of a tenth), until ``stop``."""
+def steady_writes(target: str, customers: list[str], per_second: int, started, stop) -> None:
+    """RecordSignals of ``per_second`` customers a second (ten calls of a tenth), until ``stop``; ``started`` is
+    set after the first."""
     step = max(1, per_second // 10)
     rng = np.random.default_rng(7)
     with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
@@ -179,6 +180,7 @@ def steady_writes(target: str, customers: list[str], per_second: int, stop: thre
             registry.RecordSignals(rpb.RecordSignalsRequest(observations=[rpb.SignalObservations(
                 customer=customers[i], signals={"nps": rpb.SignalValue(value=float(rng.integers(-100, 100)))})
                 for i in chosen.tolist()]), timeout=30)
+            started.set()
             tick += 0.1
             time.sleep(max(0.0, tick - time.perf_counter()))
 
@@ -241,10 +243,13 @@ def main(argv: list[str] | None = None) -> int:
             buckets = [latency_buckets(metrics_port)]
             quiet = lookups(hierarchy, names, args.window)
             buckets.append(latency_buckets(metrics_port))
-            stop = threading.Event()
-            writer = threading.Thread(target=steady_writes, args=(server.target, names, 1000, stop), daemon=True)
-            sequence = hierarchy.GetSnapshotInfo(pb.GetSnapshotInfoRequest()).feed_sequence
+            # The writer in a process of its own: in this one it would take the GIL from the timed calls.
+            spawn = multiprocessing.get_context("spawn")
+            started, stop = spawn.Event(), spawn.Event()
+            writer = spawn.Process(target=steady_writes, args=(server.target, names, 1000, started, stop), daemon=True)
             writer.start()
+            started.wait(timeout=120)
+            sequence = hierarchy.GetSnapshotInfo(pb.GetSnapshotInfoRequest()).feed_sequence
             buckets.append(latency_buckets(metrics_port))
             busy = lookups(hierarchy, names, args.window)
             buckets.append(latency_buckets(metrics_port))

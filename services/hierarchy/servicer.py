@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -205,10 +206,7 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
             try:
                 await self._loaded.wait()
                 generation = self._generation
-                async with self.registry.channel() as channel:
-                    stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
-                    changes = stub.WatchCustomerChanges(
-                        registry_service_pb2.WatchCustomerChangesRequest(after_sequence=self._feed_cursor))
+                async with self._changes(self._feed_cursor) as changes:
                     async for message in changes:
                         if generation != self._generation:
                             break  # a new load: this message is read again from its sequence
@@ -217,22 +215,38 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
                         self._feed_arrived.set()
                         attempt = 0
                 continue
-            except grpc.aio.AioRpcError as error:
-                if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+            except (grpc.aio.AioRpcError, ServiceError) as error:
+                code = error.code() if isinstance(error, grpc.aio.AioRpcError) else error.code
+                if code == grpc.StatusCode.FAILED_PRECONDITION:
                     log.warning("the change feed no longer holds sequence %d; reloading the accounts: %s",
-                                self._feed_cursor, error.details())
+                                self._feed_cursor, error)
                     try:
                         await self._reload_accounts()
                         continue
                     except grpc.aio.AioRpcError:
                         pass
-                log.warning("change feed unavailable, serving the snapshot as it is: %s", error.code().name)
+                log.warning("change feed unavailable, serving the snapshot as it is: %s", code.name)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("following the change feed failed")
             await asyncio.sleep(RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)])
             attempt += 1
+
+    @contextlib.asynccontextmanager
+    async def _changes(self, after: int):
+        """The registry's changes after ``after``: from its feed in this process (the same messages, neither
+        serialized nor parsed), or over gRPC."""
+        if self.local_registry is not None:
+            changes = self.local_registry.feed.changes(after)
+            try:
+                yield changes
+            finally:
+                await changes.aclose()
+            return
+        async with self.registry.channel() as channel:
+            stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
+            yield stub.WatchCustomerChanges(registry_service_pb2.WatchCustomerChangesRequest(after_sequence=after))
 
     async def _reload_accounts(self) -> None:
         """The whole snapshot again from the run's results and the registry's accounts as they stand: after a gap
@@ -416,6 +430,7 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
             age = max(0.0, time.time() - snap.score_time_us / 1e6)
             info.age.FromSeconds(int(age))
             info.status = (f"serving {snap.run} ({snap.customers:,} customers), scored {age / 60:.0f} min ago"
+                           + (f"; {info.live_customers:,} re-scored live since" if info.live_customers else "")
                            + ("" if self.sources_reachable else "; sources unreachable, snapshot may be stale")
                            + (f"; {snap.broken:,} {BROKEN_TREE_NOTE}" if snap.broken else ""))
         elif snap.sequence >= 0:

@@ -105,8 +105,9 @@ class Patch:
     live: int = 0              # rows given live scores
 
 
-def plan(snap: Snapshot, rows: FeedRows, scores: Scores | None, rule: int) -> Patch:
-    """What ``rows`` and ``scores`` change in ``snap`` (blocking; reads ``snap``, writes nothing of it)."""
+def plan(snap: Snapshot, rows: FeedRows, scores: Scores | None, rule: int, with_moves: bool = True) -> Patch:
+    """What ``rows`` and ``scores`` change in ``snap`` (blocking; reads ``snap``, writes nothing of it); with
+    the effective-tier moves when ``with_moves`` (someone watches them)."""
     n, k = snap.size, len(rows.ids)
     current = np.fromiter(map(snap.index.get, rows.ids, repeat(-1)), np.int64, count=k)
     upsert = ~rows.deleted
@@ -126,8 +127,11 @@ def plan(snap: Snapshot, rows: FeedRows, scores: Scores | None, rule: int) -> Pa
     added = dict(zip(new_ids, range(n, n2)))
     up = np.flatnonzero(upsert)
     up_rows = target[up]
-    new_parent = np.fromiter((-1 if not p else snap.index.get(p, added.get(p, -1))
-                              for p in (rows.parent_ids[i] for i in up.tolist())), np.int64, count=len(up))
+    parent_ids = rows.parent_ids if len(up) == k else [rows.parent_ids[i] for i in up.tolist()]
+    new_parent = np.fromiter(map(snap.index.get, parent_ids, repeat(-1)), np.int64, count=len(up))
+    if added:  # parents created in this batch too (no customer id is empty: "" stays -1)
+        for i in np.flatnonzero(new_parent < 0).tolist():
+            new_parent[i] = added.get(parent_ids[i], -1)
     moved = up_rows[now("parent")[up_rows] != new_parent]
     writes = [("parent", up_rows, new_parent), ("parent", gone, np.full(len(gone), -1, np.int64)),
               ("roles", up_rows, rows.roles[up]), ("rollup_values", up_rows, rows.signal_columns(ROLLUP_SIGNALS)[up])]
@@ -141,7 +145,8 @@ def plan(snap: Snapshot, rows: FeedRows, scores: Scores | None, rule: int) -> Pa
     # Live scores: only where they differ from what the snapshot holds.
     scored, levels, live = np.empty(0, np.int64), np.empty(0, np.int32), 0
     if scores is not None and len(scores.ids):
-        scored = np.fromiter((snap.index.get(c, added.get(c, -1)) for c in scores.ids), np.int64, count=len(scores.ids))
+        rows_of = dict(zip(rows.ids, target.tolist()))
+        scored = np.fromiter(map(rows_of.get, scores.ids, repeat(-1)), np.int64, count=len(scores.ids))
         keep = scored >= 0
         scored, composite = scored[keep], scores.composite[keep]
         levels, dims = scores.levels[keep].astype(np.int32), scores.dimensions[keep]
@@ -176,8 +181,8 @@ def plan(snap: Snapshot, rows: FeedRows, scores: Scores | None, rule: int) -> Pa
         writes += [("depth", affected, depth[affected]), ("effective_level", affected, effective[affected])]
         before = np.zeros(len(affected), np.int32)
         before[affected < n] = snap.effective_level[affected[affected < n]]
-        shifted = before != effective[affected]
-        owner_now = dict(owners)
+        shifted = (before != effective[affected]) & with_moves
+        owner_now = dict(owners) if shifted.any() else {}
         moves = [(snap.customer_ids[r] if r < n else new_ids[r - n], b, int(effective[r]),
                   owner_now.get(r, snap.owners[r] if r < n else ""))
                  for r, b in zip(affected[shifted].tolist(), before[shifted].tolist())]

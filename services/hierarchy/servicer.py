@@ -288,7 +288,8 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
             snap = self.snapshot
             if generation != self._generation:
                 return  # a load swapped in a newer snapshot meanwhile; it holds these changes
-            patch = await asyncio.to_thread(live.plan, snap, rows, scores, self.policy.inheritance_rule)
+            patch = await asyncio.to_thread(live.plan, snap, rows, scores, self.policy.inheritance_rule,
+                                            bool(self._watchers))
             if generation != self._generation or snap is not self.snapshot:
                 return
             live.apply(snap, patch)  # no await from here: readers see it whole

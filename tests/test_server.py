@@ -246,7 +246,7 @@ def test_a_server_that_does_not_migrate_refuses_a_schema_behind_its_code(tmp_pat
     assert "no cvh schema" in db.schema_problem(engine)
     db.upgrade(engine, "0003_hierarchy")
     problem = db.schema_problem(engine)
-    assert "at 0003_hierarchy, this server needs 0006_change_feed" in problem and "cvh db upgrade" in problem
+    assert "at 0003_hierarchy, this server needs 0009_run_export_sequence" in problem and "cvh db upgrade" in problem
 
     refused = subprocess.run([sys.executable, "-m", "clients.cli", "serve", "--no-migrate", "--listen",
                               "127.0.0.1:0", "--database-url", url], capture_output=True, text=True, timeout=120)

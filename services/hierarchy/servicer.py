@@ -165,7 +165,9 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         accounts, sequence = await self._read_accounts()
         built = await asyncio.to_thread(snapshots.build, results, accounts, self.policy.inheritance_rule, sequence)
         self._model_signals = model_signals
-        self._install(results, sequence)
+        # The feed from where the run's export stood: what changed since the run read it is applied again (the
+        # accounts hold it already, idempotently) and its signals re-scored with the new run.
+        self._install(results, min(sequence, run.export_sequence) if run and run.export_sequence else sequence)
         previous, self.snapshot = self.snapshot, built  # one reference swap: readers see old or new
         if self._watchers and previous.run:  # the changes are made once, off the loop, and shared by every watcher
             self._announce(built.run, await asyncio.to_thread(_priority_changes, previous, built))

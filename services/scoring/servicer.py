@@ -188,7 +188,8 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             state=run.state, customers_done=run.customers_done, customers_total=run.customers_total,
             percent_done=run.percent_done, failure_reason=run.failure_reason,
             export_seconds=run.export_seconds, scoring_seconds=run.scoring_seconds, store_seconds=run.store_seconds,
-            previous_run=f"runs/{run.previous_run_id}" if run.previous_run_id else "")
+            previous_run=f"runs/{run.previous_run_id}" if run.previous_run_id else "",
+            export_sequence=run.export_sequence or 0)
         for field_name in ("create_time", "start_time", "end_time"):
             if getattr(run, field_name + "_us"):
                 set_timestamp(getattr(message, field_name), getattr(run, field_name + "_us"))

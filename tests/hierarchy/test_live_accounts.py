@@ -178,3 +178,31 @@ def test_a_hierarchy_of_its_own_re_scores_through_score_batch(tmp_path):
     finally:
         front.stop()
         core.stop()
+
+
+def test_signals_changed_after_the_runs_export_are_re_scored_by_a_hierarchy_loading_it_later(tmp_path):
+    """The run records the feed sequence its export held; a hierarchy loading it (here: started after a
+    signal changed) applies the feed from there, so the change is re-scored live rather than lost."""
+    url = f"sqlite:///{tmp_path / 'cvh.db'}"
+    core = ServerThread(ServerConfig(services=("registry", "scoring"), listen="127.0.0.1:0", database_url=url))
+    front = None
+    try:
+        with grpc.insecure_channel(core.target) as core_channel:
+            registry, scoring = rpb_grpc.RegistryServiceStub(core_channel), spb_grpc.ScoringServiceStub(core_channel)
+            ids, _ = seed(registry, 300)
+            run = run_to_end(scoring)
+            assert run.export_sequence > 0
+            registry.RecordSignals(rpb.RecordSignalsRequest(observations=[rpb.SignalObservations(
+                customer=f"customers/{ids[7]}", signals={"nps": rpb.SignalValue(value=-100)})]))
+            front = ServerThread(ServerConfig(services=("hierarchy",), listen="127.0.0.1:0", database_url=url,
+                                              registry_target=core.target, scoring_target=core.target))
+            with grpc.insecure_channel(front.target) as front_channel:
+                hierarchy = pb_grpc.HierarchyServiceStub(front_channel)
+                wait_for_snapshot(hierarchy, run.name)
+                eventually(lambda: priority(hierarchy, ids[7]), lambda p: p.live, "the change since the export")
+                assert not priority(hierarchy, ids[8]).live
+                assert hierarchy.GetSnapshotInfo(pb.GetSnapshotInfoRequest()).live_customers == 1
+    finally:
+        if front is not None:
+            front.stop()
+        core.stop()

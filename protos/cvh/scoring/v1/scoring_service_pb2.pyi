@@ -209,7 +209,7 @@ class TierCount(_message.Message):
     def __init__(self, tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., customers: _Optional[int] = ...) -> None: ...
 
 class ScoringRun(_message.Message):
-    __slots__ = ("name", "model", "state", "customers_done", "customers_total", "percent_done", "tier_counts", "failure_reason", "create_time", "start_time", "end_time", "export_seconds", "scoring_seconds", "store_seconds", "previous_run")
+    __slots__ = ("name", "model", "state", "customers_done", "customers_total", "percent_done", "tier_counts", "failure_reason", "create_time", "start_time", "end_time", "export_seconds", "scoring_seconds", "store_seconds", "previous_run", "export_sequence")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -225,6 +225,7 @@ class ScoringRun(_message.Message):
     SCORING_SECONDS_FIELD_NUMBER: _ClassVar[int]
     STORE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_RUN_FIELD_NUMBER: _ClassVar[int]
+    EXPORT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     state: RunState
@@ -240,7 +241,8 @@ class ScoringRun(_message.Message):
     scoring_seconds: float
     store_seconds: float
     previous_run: str
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., customers_done: _Optional[int] = ..., customers_total: _Optional[int] = ..., percent_done: _Optional[float] = ..., tier_counts: _Optional[_Iterable[_Union[TierCount, _Mapping]]] = ..., failure_reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., export_seconds: _Optional[float] = ..., scoring_seconds: _Optional[float] = ..., store_seconds: _Optional[float] = ..., previous_run: _Optional[str] = ...) -> None: ...
+    export_sequence: int
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., customers_done: _Optional[int] = ..., customers_total: _Optional[int] = ..., percent_done: _Optional[float] = ..., tier_counts: _Optional[_Iterable[_Union[TierCount, _Mapping]]] = ..., failure_reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., export_seconds: _Optional[float] = ..., scoring_seconds: _Optional[float] = ..., store_seconds: _Optional[float] = ..., previous_run: _Optional[str] = ..., export_sequence: _Optional[int] = ...) -> None: ...
 
 class StartScoringRunRequest(_message.Message):
     __slots__ = ("model",)

@@ -139,61 +139,23 @@ def test_an_nps_drop_moves_a_tier_live_and_the_next_run_replaces_it(channel, dat
     assert hierarchy.GetSnapshotInfo(pb.GetSnapshotInfoRequest()).live_customers == 0
 
 
-def test_a_hierarchy_of_its_own_re_scores_through_score_batch(tmp_path):
-    """The hierarchy served apart from scoring asks it by ScoreBatch (run and previous_tier_levels) for the
-    live scores; they are what the scoring service's own ScoreBatch gives."""
-    url = f"sqlite:///{tmp_path / 'cvh.db'}"
-    core = ServerThread(ServerConfig(services=("registry", "scoring"), listen="127.0.0.1:0", database_url=url))
-    front = ServerThread(ServerConfig(services=("hierarchy",), listen="127.0.0.1:0", database_url=url,
-                                      registry_target=core.target, scoring_target=core.target))
-    try:
-        with grpc.insecure_channel(core.target) as core_channel, grpc.insecure_channel(front.target) as front_channel:
-            registry, scoring = rpb_grpc.RegistryServiceStub(core_channel), spb_grpc.ScoringServiceStub(core_channel)
-            ids, matrix = seed(registry, 300)
-            run = run_to_end(scoring)
-            hierarchy = pb_grpc.HierarchyServiceStub(front_channel)
-            wait_for_snapshot(hierarchy, run.name)
-            held = priority(hierarchy, ids[5]).own_tier.level
-            registry.RecordSignals(rpb.RecordSignalsRequest(observations=[rpb.SignalObservations(
-                customer=f"customers/{ids[5]}", signals={"nps": rpb.SignalValue(value=-100)})]))
-            eventually(lambda: priority(hierarchy, ids[5]), lambda p: p.live, "the live re-score")
-            now = priority(hierarchy, ids[5])
-            signals = matrix[5].copy()
-            signals[SIGNALS.index("nps")] = -100
-            asked = next(scoring.ScoreBatch(iter([spb.ScoreBatchRequest(
-                run=run.name, signals=to_chunk([ids[5]], SIGNALS, signals[None, :]),
-                previous_tier_levels=np.array([held], "<i4").tobytes())])))
-            assert asked.run == run.name
-            assert now.composite == np.frombuffer(asked.composite, "<f8")[0]
-            assert now.own_tier.level == np.frombuffer(asked.tier_levels, "<i4")[0]
-            for levels in (b"\x01", np.array([99], "<i4").tobytes()):  # not one int32 a row; beyond the tiers
-                with raises_status(grpc.StatusCode.INVALID_ARGUMENT, field="previous_tier_levels",
-                                   reason="INVALID_PREVIOUS_TIER_LEVELS"):
-                    next(scoring.ScoreBatch(iter([spb.ScoreBatchRequest(
-                        run=run.name, signals=to_chunk([ids[5]], SIGNALS, signals[None, :]),
-                        previous_tier_levels=levels)])))
-            with raises_status(grpc.StatusCode.NOT_FOUND, reason="RUN_NOT_FOUND"):
-                next(scoring.ScoreBatch(iter([spb.ScoreBatchRequest(
-                    run="runs/999", signals=to_chunk([ids[5]], SIGNALS, signals[None, :]))])))
-    finally:
-        front.stop()
-        core.stop()
-
-
-def test_signals_changed_after_the_runs_export_are_re_scored_by_a_hierarchy_loading_it_later(tmp_path):
-    """The run records the feed sequence its export held; a hierarchy loading it (here: started after a
-    signal changed) applies the feed from there, so the change is re-scored live rather than lost."""
+def test_a_hierarchy_of_its_own_re_scores_through_score_batch_from_the_runs_export(tmp_path):
+    """The hierarchy served apart from scoring asks it by ScoreBatch (run and previous_tier_levels) for the live
+    scores: what the scoring service's own ScoreBatch gives. The run records the feed sequence its export held,
+    and a hierarchy loading it (here: started after a signal changed) applies the feed from there, so that
+    change is re-scored live rather than lost."""
     url = f"sqlite:///{tmp_path / 'cvh.db'}"
     core = ServerThread(ServerConfig(services=("registry", "scoring"), listen="127.0.0.1:0", database_url=url))
     front = None
     try:
         with grpc.insecure_channel(core.target) as core_channel:
             registry, scoring = rpb_grpc.RegistryServiceStub(core_channel), spb_grpc.ScoringServiceStub(core_channel)
-            ids, _ = seed(registry, 300)
+            ids, matrix = seed(registry, 300)
             run = run_to_end(scoring)
             assert run.export_sequence > 0
+            drop = {"nps": rpb.SignalValue(value=-100)}
             registry.RecordSignals(rpb.RecordSignalsRequest(observations=[rpb.SignalObservations(
-                customer=f"customers/{ids[7]}", signals={"nps": rpb.SignalValue(value=-100)})]))
+                customer=f"customers/{ids[7]}", signals=drop)]))
             front = ServerThread(ServerConfig(services=("hierarchy",), listen="127.0.0.1:0", database_url=url,
                                               registry_target=core.target, scoring_target=core.target))
             with grpc.insecure_channel(front.target) as front_channel:
@@ -201,7 +163,30 @@ def test_signals_changed_after_the_runs_export_are_re_scored_by_a_hierarchy_load
                 wait_for_snapshot(hierarchy, run.name)
                 eventually(lambda: priority(hierarchy, ids[7]), lambda p: p.live, "the change since the export")
                 assert not priority(hierarchy, ids[8]).live
-                assert hierarchy.GetSnapshotInfo(pb.GetSnapshotInfoRequest()).live_customers == 1
+                held = priority(hierarchy, ids[5]).own_tier.level
+                registry.RecordSignals(rpb.RecordSignalsRequest(observations=[rpb.SignalObservations(
+                    customer=f"customers/{ids[5]}", signals=drop)]))
+                eventually(lambda: priority(hierarchy, ids[5]), lambda p: p.live, "the live re-score")
+                now = priority(hierarchy, ids[5])
+                assert hierarchy.GetSnapshotInfo(pb.GetSnapshotInfoRequest()).live_customers == 2
+            signals = matrix[5].copy()
+            signals[SIGNALS.index("nps")] = -100
+
+            def score(levels: bytes, run_name: str = run.name):
+                return next(scoring.ScoreBatch(iter([spb.ScoreBatchRequest(
+                    run=run_name, signals=to_chunk([ids[5]], SIGNALS, signals[None, :]),
+                    previous_tier_levels=levels)])))
+
+            asked = score(np.array([held], "<i4").tobytes())
+            assert asked.run == run.name
+            assert now.composite == np.frombuffer(asked.composite, "<f8")[0]
+            assert now.own_tier.level == np.frombuffer(asked.tier_levels, "<i4")[0]
+            for levels in (b"\x01", np.array([99], "<i4").tobytes()):  # not one int32 a row; beyond the tiers
+                with raises_status(grpc.StatusCode.INVALID_ARGUMENT, field="previous_tier_levels",
+                                   reason="INVALID_PREVIOUS_TIER_LEVELS"):
+                    score(levels)
+            with raises_status(grpc.StatusCode.NOT_FOUND, reason="RUN_NOT_FOUND"):
+                score(b"", "runs/999")
     finally:
         if front is not None:
             front.stop()

@@ -280,8 +280,12 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
                 await self._patch(generation, messages)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("applying registry changes to the snapshot failed")
+            except Exception:  # the snapshot would miss these changes: rebuild it whole from the registry
+                log.exception("applying registry changes to the snapshot failed; reloading the accounts")
+                try:
+                    await self._reload_accounts()
+                except Exception:
+                    log.exception("reloading the accounts failed; the feed's next changes apply as they come")
 
     async def _patch(self, generation: int, messages: list) -> None:
         rows = await asyncio.to_thread(live.feed_rows, messages)
@@ -323,6 +327,9 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         except (grpc.aio.AioRpcError, ServiceError) as error:
             log.warning("re-scoring %d changed customers failed; their account changes apply, their scores wait "
                         "for the next run: %s", len(ids), error)
+            return None
+        except Exception:
+            log.exception("re-scoring %d changed customers failed; their account changes apply", len(ids))
             return None
         order = [dimension_names.index(common_pb2.ValueDimension.Name(d)) if common_pb2.ValueDimension.Name(d)
                  in dimension_names else -1 for d in snap.dimensions]

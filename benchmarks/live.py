@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="customers whose signals one import changes, for feed_changes_per_s (default 50,000)")
     parser.add_argument("--window", type=float, default=3.0, metavar="S",
                         help="seconds of sequential GetPriority calls, quiet and under writes (default 3)")
+    parser.add_argument("--apart", action="store_true",
+                        help="look up from a hierarchy in a `cvh serve hierarchy` process of its own (a replica "
+                             "following the feed across processes), the writes going to the suite's")
     add_common_flags(parser)
     return parser
 
@@ -222,13 +225,26 @@ def main(argv: list[str] | None = None) -> int:
         base = generate_base(args.customers, args.seed, signal_names)
         batches = serialized_column_batches(base, args.batch_size, Progress("serialize", show))
         server.wait_serving()
-        with grpc.insecure_channel(server.target, options=CHANNEL_OPTIONS) as channel:
+        with contextlib.ExitStack() as channels:
+            channel = channels.enter_context(grpc.insecure_channel(server.target, options=CHANNEL_OPTIONS))
             imported = timed_import(channel, batches, args.customers, args.batch_size, server, Progress("import", show))
             check_import(imported, args.customers)
             del batches
             registry, hierarchy = rpb_grpc.RegistryServiceStub(channel), pb_grpc.HierarchyServiceStub(channel)
             run = timed_run(scoring_service_pb2_grpc.ScoringServiceStub(channel), server,
                             Progress("run (percent x 10)", show)).run
+            if args.apart:
+                metrics_port = free_port()
+                (workdir / "front").mkdir()
+                front = ServerProcess(workdir / "front", services=("hierarchy",), health_services=(HIERARCHY_SERVICE,),
+                                      extra_args=("--metrics-port", str(metrics_port)),
+                                      database_url=f"sqlite:///{server.database}",
+                                      env={"CVH_REGISTRY_TARGET": server.target, "CVH_SCORING_TARGET": server.target})
+                stack.callback(front.stop)
+                front.wait_serving(timeout=600)
+                hierarchy = pb_grpc.HierarchyServiceStub(
+                    channels.enter_context(grpc.insecure_channel(front.target, options=CHANNEL_OPTIONS)))
+                say(f"hierarchy apart: cvh serve hierarchy on {front.target}")
             wait_for_snapshot(hierarchy, run.name)
             say(f"run: {run.name} served; timing live changes")
             rng = np.random.default_rng(args.seed + 5)
@@ -265,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_ms, busy_ms = percentiles_ms(quiet), percentiles_ms(busy)
     quiet_server, busy_server = server_p99_bound_ms(*buckets[:2]), server_p99_bound_ms(*buckets[2:])
     figures = {
-        "customers": args.customers, "samples": len(signal),
+        "customers": args.customers, "samples": len(signal), "apart": args.apart,
         "signal_to_priority_p50_s": round(float(np.median(signal)), 4),
         "signal_to_priority_p95_s": round(float(np.percentile(signal, 95)), 4),
         "new_customer_to_priority_p50_s": round(float(np.median(creation)), 4),
@@ -281,8 +297,9 @@ def main(argv: list[str] | None = None) -> int:
                                 and figures["signal_to_priority_p50_s"] <= TARGET_SIGNAL_MEDIAN_S
                                 and figures["new_customer_to_priority_p95_s"] <= TARGET_P95_S
                                 and per_s >= TARGET_FEED_PER_S)
-    print(f"\nLive hierarchy benchmark: {args.customers:,} customers, all services in one server subprocess, "
-          "SQLite")
+    where = ("the hierarchy in a process of its own, registry and scoring in another" if args.apart else
+             "all services in one server subprocess")
+    print(f"\nLive hierarchy benchmark: {args.customers:,} customers, {where}, SQLite")
     print(f"signal_to_priority        p50 {figures['signal_to_priority_p50_s']:.3f} s, p95 "
           f"{figures['signal_to_priority_p95_s']:.3f} s  ({len(signal)} tier moves; target p95 <= {TARGET_P95_S:g} s, "
           f"median <= {TARGET_SIGNAL_MEDIAN_S:g} s)")

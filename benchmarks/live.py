@@ -23,9 +23,9 @@ import argparse
 import asyncio
 import contextlib
 import json
+import multiprocessing
 import sys
 import tempfile
-import multiprocessing
 import time
 from pathlib import Path
 
@@ -33,8 +33,13 @@ import grpc
 import numpy as np
 
 import scoring_engine
-from benchmarks.hierarchy import (HIERARCHY_SERVICE, SCORING_SERVICE, latency_buckets, server_p99_bound_ms,
-                                  wait_for_snapshot)
+from benchmarks.hierarchy import (
+    HIERARCHY_SERVICE,
+    SCORING_SERVICE,
+    latency_buckets,
+    server_p99_bound_ms,
+    wait_for_snapshot,
+)
 from benchmarks.registry import (
     CHANNEL_OPTIONS,
     Progress,
@@ -92,7 +97,8 @@ def signal_latencies(registry, hierarchy, climbers: list[str], signal_names) -> 
         registry.RecordSignals(rpb.RecordSignalsRequest(observations=[rpb.SignalObservations(
             customer=customer, signals={name: rpb.SignalValue(value=1e9) for name in signal_names
                                         if name != "payment_delay_days"})]), timeout=30)
-        until(lambda: (p := known(hierarchy, customer)).live and p.own_tier.level != before)
+        until(lambda customer=customer, before=before: (p := known(hierarchy, customer)).live
+              and p.own_tier.level != before)
         seconds.append(time.perf_counter() - started)
     return seconds
 
@@ -104,7 +110,7 @@ def creation_latencies(registry, hierarchy, parents: list[str], tag: str) -> lis
         started = time.perf_counter()
         registry.CreateCustomer(rpb.CreateCustomerRequest(customer=rpb.Customer(customer_id=name, parent=parent)),
                                 timeout=30)
-        until(lambda: known(hierarchy, f"customers/{name}") is not None)
+        until(lambda name=name: known(hierarchy, f"customers/{name}") is not None)
         seconds.append(time.perf_counter() - started)
     return seconds
 

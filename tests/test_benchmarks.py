@@ -21,7 +21,7 @@ BENCHMARKS = {
     "hierarchy": (["--customers", "3000", "--calls", "50", "--warmup", "10"],
                   ["snapshot_s", "get_priority_client_p50_ms"]),
     "live": (["--customers", "2000", "--samples", "3", "--burst", "500", "--window", "0.5"],
-             ["signal_to_priority_p95_s", "new_customer_to_priority_p95_s", "feed_changes_per_s"]),
+             ["signal_to_priority_p95_s", "new_customer_to_priority_p95_s", "feed_changes_per_s", "reload_s"]),
     "clv": (["--customers", "20000", "--repeats", "1", "--no-lifetimes"], ["fit_s", "predict_clv_s"]),
     "scoring": (["--sizes", "20000", "--repeats", "1", "--reference-repeats", "1", "--no-cold"], []),
     "distributed": (["--customers", "20000", "--partition-rows", "10000"],

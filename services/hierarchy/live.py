@@ -166,26 +166,30 @@ def plan(snap: Snapshot, rows: FeedRows, scores: Scores | None, rule: int, with_
         writes.append((name, gone, np.full((len(gone), *array.shape[1:]), ROW_ARRAYS[name], array.dtype)))
     owners += [(int(r), "") for r in gone.tolist()]
 
-    # Inheritance, again, over the subtrees of what moved, was created or changed tier, on working copies.
+    # Inheritance, again, over the subtrees of what moved, was created or changed tier: read through overlays
+    # of the few rows changed, never a copy of the base.
     retiered = scored[now("own_level")[scored] != levels]
     roots = np.unique(np.concatenate([moved, np.arange(n, n2), retiered, gone]))
     moves: list[tuple[str, int, int, str]] = []
     if len(roots):
-        parent, own, depth, effective = (now(name).copy()
-                                         for name in ("parent", "own_level", "depth", "effective_level"))
-        parent[up_rows], parent[gone] = new_parent, -1
-        own[scored], own[gone] = levels, 0
-        affected = _subtrees(snap, roots, parent, adopted, n2)
-        _inherit(affected, parent, own, depth, effective, len(snap.tiers), rule)
-        affected = affected[~np.isin(affected, gone)]
-        writes += [("depth", affected, depth[affected]), ("effective_level", affected, effective[affected])]
+        parent = _Overlay(now("parent"), np.concatenate([up_rows, gone]),
+                          np.concatenate([new_parent, np.full(len(gone), -1, np.int64)]))
+        own = _Overlay(now("own_level"), np.concatenate([scored, gone]),
+                       np.concatenate([levels, np.zeros(len(gone), np.int32)]))
+        affected = _subtrees(snap, roots, parent, adopted)
+        depth, effective = _inherit(affected, parent, own, now("depth"), now("effective_level"), len(snap.tiers),
+                                    rule)
+        kept = ~np.isin(affected, gone)
+        affected, depth, effective = affected[kept], depth[kept], effective[kept]
+        writes += [("depth", affected, depth), ("effective_level", affected, effective)]
         before = np.zeros(len(affected), np.int32)
         before[affected < n] = snap.effective_level[affected[affected < n]]
-        shifted = (before != effective[affected]) & with_moves
+        shifted = (before != effective) & with_moves
         owner_now = dict(owners) if shifted.any() else {}
-        moves = [(snap.customer_ids[r] if r < n else new_ids[r - n], b, int(effective[r]),
+        moves = [(snap.customer_ids[r] if r < n else new_ids[r - n], b, a,
                   owner_now.get(r, snap.owners[r] if r < n else ""))
-                 for r, b in zip(affected[shifted].tolist(), before[shifted].tolist())]
+                 for r, b, a in zip(affected[shifted].tolist(), before[shifted].tolist(),
+                                    effective[shifted].tolist())]
     deleted_ids = [rows.ids[i] for i in np.flatnonzero(rows.deleted & (current >= 0)).tolist()]
     return Patch(max(rows.sequence, snap.sequence), new_ids, grown, writes, owners, deleted_ids, adopted, len(gone),
                  moves, live)
@@ -256,59 +260,81 @@ def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a == b) | (np.isnan(a) & np.isnan(b))
 
 
-def _subtrees(snap: Snapshot, roots: np.ndarray, parent: np.ndarray, adopted: dict, size: int) -> np.ndarray:
+class _Overlay:
+    """An array as a patch will leave it, read without copying it: ``base``, but ``values`` at ``rows``."""
+
+    def __init__(self, base: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+        order = np.argsort(rows, kind="stable")
+        self.base, self.rows, self.values = base, rows[order], values[order]
+
+    def __getitem__(self, at):
+        found = self.base[at]
+        if not len(self.rows):
+            return found
+        position = np.minimum(np.searchsorted(self.rows, at), len(self.rows) - 1)
+        return np.where(self.rows[position] == at, self.values[position], found)
+
+
+def _subtrees(snap: Snapshot, roots: np.ndarray, parent: _Overlay, adopted: dict) -> np.ndarray:
     """``roots`` and every row below them under ``parent``, each once (a cycle stops after MAX_DEPTH levels)."""
-    seen = np.zeros(size, bool)
-    seen[roots] = True
+    seen = set(roots.tolist())
     found, frontier = [roots], roots
     built = snap.child_order, snap.child_start
     for _ in range(MAX_DEPTH + 1):
         if not len(frontier):
             break
         frontier = snapshots.children_in(frontier, *built, parent, adopted)
-        frontier = frontier[~seen[frontier]]
-        seen[frontier] = True
+        fresh = [r for r in frontier.tolist() if r not in seen]
+        seen.update(fresh)
+        frontier = np.array(fresh, np.int64)
         found.append(frontier)
     return np.concatenate(found).astype(np.int64)
 
 
-def _inherit(rows: np.ndarray, parent: np.ndarray, own: np.ndarray, depth: np.ndarray, effective: np.ndarray,
-             n_tiers: int, rule: int) -> None:
-    """Depth and effective level of ``rows`` (closed under children) again, in place, as snapshot.build would
-    give them: parents first, level by level; a row whose way up does not reach a top account within
-    MAX_DEPTH levels is broken (depth -1, its own level)."""
-    if not len(rows):
-        return
-    pending = rows
-    depth[rows] = -2  # not placed yet
-    settled = []
+def _inherit(rows: np.ndarray, parent: _Overlay, own: _Overlay, depth_now: np.ndarray, effective_now: np.ndarray,
+             n_tiers: int, rule: int) -> tuple[np.ndarray, np.ndarray]:
+    """(depth, effective level) of ``rows`` (closed under children) again, as snapshot.build would give them:
+    parents first, level by level, a parent outside ``rows`` keeping what it has; a row whose way up does not
+    reach a top account within MAX_DEPTH levels is broken (depth -1, its own level)."""
+    k = len(rows)
+    if not k:
+        return np.empty(0, np.int32), np.empty(0, np.int32)
+    order = np.argsort(rows)
+    ranked = rows[order]
+    above = parent[rows]
+    position = np.minimum(np.searchsorted(ranked, np.maximum(above, 0)), k - 1)
+    local = np.where((above >= 0) & (ranked[position] == above), order[position], -1)  # parent's place in rows
+    mine = own[rows]
+    depth = np.full(k, -2, np.int32)  # -2: not placed yet
+    settled, pending = [], np.arange(k)
     for _ in range(MAX_DEPTH):
-        p = parent[pending]
-        above = np.where(p >= 0, depth[np.maximum(p, 0)], -1)
-        ready = (p < 0) | (above >= -1)
-        now = pending[ready]
-        depth[now] = np.where(p[ready] < 0, 0, np.where(above[ready] >= 0, above[ready] + 1, -1))
-        settled.append(now)
+        p, at = above[pending], local[pending]
+        theirs = np.where(p < 0, -1, np.where(at >= 0, depth[np.maximum(at, 0)], depth_now[np.maximum(p, 0)]))
+        ready = (p < 0) | (theirs >= -1)
+        placed = pending[ready]
+        depth[placed] = np.where(p[ready] < 0, 0, np.where(theirs[ready] >= 0, theirs[ready] + 1, -1))
+        settled.append(placed)
         pending = pending[~ready]
         if not len(pending):
             break
     depth[pending] = -1  # in a cycle, or deeper than allowed
-    depth[rows[depth[rows] >= MAX_DEPTH]] = -1
+    depth[depth >= MAX_DEPTH] = -1
     floor = n_tiers + 1
-    for now in settled:
-        mine = np.where(own[now] == 0, floor, own[now])
-        inherits = now[depth[now] > 0]
-        level = mine.copy()
-        if rule == pb.INHERITANCE_RULE_PARENT_MINUS_ONE and len(inherits):
-            p = parent[inherits]
-            theirs = np.where(effective[p] == 0, floor, effective[p]) + 1
-            level[depth[now] > 0] = np.minimum(mine[depth[now] > 0], theirs)
-        elif rule == pb.INHERITANCE_RULE_TOP_PARENT and len(inherits):
-            top = inherits.copy()
+    effective = np.zeros(k, np.int32)
+    for placed in settled:
+        level = np.where(mine[placed] == 0, floor, mine[placed])
+        inherits = depth[placed] > 0
+        if rule == pb.INHERITANCE_RULE_PARENT_MINUS_ONE and inherits.any():
+            p, at = above[placed][inherits], local[placed][inherits]
+            theirs = np.where(at >= 0, effective[np.maximum(at, 0)], effective_now[p])
+            level[inherits] = np.minimum(level[inherits], np.where(theirs == 0, floor, theirs) + 1)
+        elif rule == pb.INHERITANCE_RULE_TOP_PARENT and inherits.any():
+            top = rows[placed][inherits]
             for _ in range(MAX_DEPTH):
                 up = parent[top]
                 top = np.where(up >= 0, up, top)
-            theirs = np.where(own[top] == 0, floor, own[top])
-            level[depth[now] > 0] = np.minimum(mine[depth[now] > 0], theirs)
-        effective[now] = np.where(level > n_tiers, 0, level)
-    effective[pending] = own[pending]
+            theirs = own[top]
+            level[inherits] = np.minimum(level[inherits], np.where(theirs == 0, floor, theirs))
+        effective[placed] = np.where(level > n_tiers, 0, level)
+    effective[pending] = mine[pending]
+    return depth, effective

@@ -23,14 +23,16 @@ def free_port() -> int:
 
 class ServerProcess:
     """``cvh serve SERVICES...`` (none named: all three) with its log in ``workdir``, on ``database_url`` or
-    else a fresh SQLite file ``workdir/cvh.db`` (``database``; None for another database).
+    else a fresh SQLite file ``workdir/cvh.db`` (``database``; None for another database); ``env`` adds
+    environment variables (e.g. CVH_REGISTRY_TARGET).
 
     ``health_services`` are the gRPC service names :meth:`wait_serving` waits to see SERVING ("" is the
     server as a whole).
     """
 
     def __init__(self, workdir: Path, services: tuple[str, ...] = (), health_services: tuple[str, ...] = ("",),
-                 extra_args: tuple[str, ...] = (), database_url: str | None = None) -> None:
+                 extra_args: tuple[str, ...] = (), database_url: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.database = None if database_url else workdir / "cvh.db"
         if self.database:
             for stale in workdir.glob("cvh.db*"):  # a fresh database every time
@@ -42,7 +44,8 @@ class ServerProcess:
         command = [sys.executable, "-m", "clients.cli", "serve", *services, "--listen", self.target,
                    "--database-url", database_url, "--log-level", "WARNING", *extra_args]
         self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
+                                        env={**os.environ, **env} if env else None)
 
     @property
     def pid(self) -> int:

@@ -108,7 +108,8 @@ def load_sample(environment) -> Sample:
         channel.close()
     if not names:
         log.error("the registry at %s has no customers: import some first (e.g. `cvh loadtest` seeds a base); "
-                  "calls will name customers that do not exist", environment.host)
+                  "calls will name customers that do not exist (GetPriority and ScoreCustomer answer NOT_FOUND)",
+                  environment.host)
         names = [f"customers/cust-{i:07d}" for i in range(size)]
     base = synthetic.generate_base(WHAT_IF_ROWS, seed=seed)
     what_if = [{name: float(v) for name, v in zip(base.signal_names, row) if v == v} for row in base.values]

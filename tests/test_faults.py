@@ -481,6 +481,16 @@ class Call:
 
 
 @pytest.mark.slow
+def _knows(hierarchy, customer_id: str) -> bool:
+    try:
+        hierarchy.GetPriority(hpb.GetPriorityRequest(customer=f"customers/{customer_id}"), timeout=10)
+        return True
+    except grpc.RpcError as error:
+        if error.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        return False
+
+
 def test_sigterm_under_load_finishes_in_flight_calls_refuses_new_ones_and_loses_none(processes, tmp_path):
     url = f"sqlite:///{tmp_path / 'cvh.db'}"
     server = serve(processes, tmp_path, "suite", url, grace=GRACE)
@@ -495,6 +505,9 @@ def test_sigterm_under_load_finishes_in_flight_calls_refuses_new_ones_and_loses_
         registry = rpb_grpc.RegistryServiceStub(channel)
         hierarchy = hpb_grpc.HierarchyServiceStub(channel)
         registry.ImportCustomers(iter(seed_requests), timeout=60)
+        # The hierarchy knows them once its change feed brings them (until then: NOT_FOUND, not registered).
+        wait_for("the hierarchy to know the seeded customers", lambda: _knows(hierarchy, seed_ids[-1]),
+                 timeout=30, every=0.02)
 
         def call(kind: str, make_call, customer_id: str = "") -> Call:
             record = Call(kind, time.monotonic(), customer_id=customer_id)

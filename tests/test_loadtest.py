@@ -63,6 +63,53 @@ def test_workers_share_the_port(seeded_workers):
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_every_worker_applies_the_feed_and_the_live_re_score_alike(seeded_workers):
+    """A customer created and an NPS recorded reach both workers' hierarchies (each follows the feed and
+    re-scores on its own) within a second or two, and every connection, whichever worker it lands on, answers
+    the same."""
+    from cvh.common.v1 import common_pb2
+    from cvh.hierarchy.v1 import hierarchy_service_pb2 as hpb
+    from cvh.hierarchy.v1 import hierarchy_service_pb2_grpc as hpb_grpc
+    from cvh.registry.v1 import registry_service_pb2 as rpb
+    from cvh.registry.v1 import registry_service_pb2_grpc as rpb_grpc
+
+    suite, seeding = seeded_workers
+    loadtest.wait_for_snapshot_everywhere(suite.target, seeding["run"], workers=2, timeout=30)
+    with grpc.insecure_channel(suite.target) as channel:
+        registry = rpb_grpc.RegistryServiceStub(channel)
+        parent = registry.ListCustomers(rpb.ListCustomersRequest(page_size=1)).customers[0].name
+        registry.CreateCustomer(rpb.CreateCustomerRequest(customer=rpb.Customer(
+            customer_id="worker-late", parent=parent, owner="ana", stakeholder_role=common_pb2.STAKEHOLDER_ROLE_BUYER)))
+        registry.RecordSignals(rpb.RecordSignalsRequest(observations=[rpb.SignalObservations(
+            customer=parent, signals={"nps": rpb.SignalValue(value=-100),
+                                      "feature_adoption": rpb.SignalValue(value=0.123456789)})]))
+    # Separate connections: the kernel spreads them over both workers (all 32 on one: 1 in 2^31).
+    channels = [grpc.insecure_channel(suite.target, options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(32)]
+    started, answers = time.monotonic(), {}
+    try:
+        waiting = list(channels)
+        while waiting:
+            stub = hpb_grpc.HierarchyServiceStub(waiting[0])
+            try:
+                late = stub.GetPriority(hpb.GetPriorityRequest(customer="customers/worker-late"), timeout=5)
+                live = stub.GetPriority(hpb.GetPriorityRequest(customer=parent), timeout=5)
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.NOT_FOUND, error
+                late = live = None
+            if late is not None and live.live:
+                answers[id(waiting.pop(0))] = (late.owner, late.stakeholder_role, late.effective_tier.level,
+                                               live.own_tier.level, live.composite, live.rank)
+                continue
+            assert time.monotonic() - started < 10, "a worker did not apply the change"
+            time.sleep(0.05)
+    finally:
+        for channel in channels:
+            channel.close()
+    assert len(set(answers.values())) == 1, set(answers.values())
+    assert next(iter(answers.values()))[:2] == ("ana", common_pb2.STAKEHOLDER_ROLE_BUYER)
+
+
 def test_no_other_server_joins_a_worker_set(seeded_workers, tmp_path):
     """Only the set's own workers share its port: another worker set or a single server is refused."""
     suite, _ = seeded_workers

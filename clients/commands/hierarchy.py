@@ -29,14 +29,18 @@ def health(args: argparse.Namespace) -> int:
 def priority(args: argparse.Namespace) -> int:
     with connect(args) as cvh:
         priorities = cvh.batch_get_priority(args.customers)
+    missing = [p for p in priorities if p.not_found]
     if args.json:
         print_json([message_dict(p) for p in priorities])
-        return 0
+        return 1 if missing else 0
     for n, p in enumerate(priorities):
         if n:
             print()
-        print_priority(p)
-    return 0
+        if p.not_found:
+            print(f"{customer_id(p.customer)}: not registered (the registry holds no such customer)")
+        else:
+            print_priority(p)
+    return 1 if missing else 0
 
 
 def print_priority(p: pb.Priority) -> None:
@@ -44,6 +48,11 @@ def print_priority(p: pb.Priority) -> None:
     print(f"{customer_id(p.customer)}: {tier_words(p.effective_tier, p.own_tier, 'default policy')}")
     if p.scored:
         print(f"  value      {number(p.composite)} / 100, rank {p.rank:,}, above {p.percentile:.1f} % of customers")
+        if p.live:
+            print(f"  live       re-scored at {p.live_time.ToDatetime():%Y-%m-%d %H:%M:%S} UTC with the model of "
+                  f"{p.run}: its signals changed since that run")
+    elif p.effective_tier.tier_id:
+        print("  value      not scored yet: served at the standing it inherits from its parent account")
     else:
         print("  value      not scored yet: the default policy applies")
     print(f"  role       {enum_word(common_pb2.StakeholderRole, p.stakeholder_role)}"
@@ -234,7 +243,7 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
     command = commands.add_parser(
         "priority", parents=[client], help="who is this customer and how much may the front line do?",
         description="Each customer's tier, value, reasons, service targets and front-line authority, "
-                    "from the hierarchy's in-memory snapshot.")
+                    "from the hierarchy's in-memory snapshot. Exits 1 when a customer is not registered.")
     command.add_argument("customers", nargs="+", metavar="ID", help="customer ids (or customers/ID names)")
     command.set_defaults(run=priority)
 

@@ -154,6 +154,8 @@ def create_server(config: ServerConfig) -> Suite:
     if "hierarchy" in servicers:
         servicers["hierarchy"].registry, servicers["hierarchy"].scoring = registry, scoring
         servicers["hierarchy"].local_registry = local_registry
+        # Live re-scores asked of the scoring servicer of this process directly (no gRPC, no scorer token).
+        servicers["hierarchy"].local_scoring = None if config.scoring_target else servicers.get("scoring")
     if "adoption" in servicers:
         servicers["adoption"].registry, servicers["adoption"].local_registry = registry, local_registry
     # Background work: servicers' (the snapshot loader, the run sweeper) and the tokens file's watcher.

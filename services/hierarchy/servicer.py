@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
+from itertools import repeat
 
 import grpc
 import numpy as np
@@ -34,8 +36,8 @@ from services.common.validation import (
     encode_page_token,
     page_size,
 )
+from services.hierarchy import live
 from services.hierarchy import snapshot as snapshots
-from services.hierarchy.accounts import AccountTable
 from services.hierarchy.policy import MAX_POLICY_TEXT, MAX_POLICY_TIERS, check_policy, default_policy, policy_warnings
 from services.hierarchy.tables import policies
 from services.registry.customers import now_us, set_timestamp
@@ -45,9 +47,14 @@ log = logging.getLogger("cvh.hierarchy")
 
 MAX_BATCH = 1000
 MAX_REASONS = 3
-# Runs' worth of changes a WatchPriorityChanges client may fall behind before it misses some.
-WATCH_BACKLOG = 4
+# Batches of changes (a run's, or a feed batch's applied live) a WatchPriorityChanges client may fall behind
+# before it misses some.
+WATCH_BACKLOG = 64
 RETRY_SECONDS = (0.5, 1, 2, 5, 10)
+# Feed rows one patch takes at most (a bulk import's changes come as several patches).
+MAX_PATCH_ROWS = 65_536
+# Rows per ScoreBatch message of a live re-score (16 signals x 8 bytes: 1 MiB).
+SCORE_BATCH_ROWS = 8192
 BROKEN_TREE_NOTE = (f"customers in a broken account tree (a cycle, or more than {snapshots.MAX_DEPTH} levels: "
                     f"stored before the registry's checks held, or edited by hand) inherit no tier and get "
                     f"no account tree (TREE_CORRUPT) until it is repaired in the registry")
@@ -70,15 +77,24 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         self.registry: Peer | None = None
         # The registry servicer when this process serves it too: the account base is read from it directly.
         self.local_registry = None
+        # The scoring servicer when this process serves it too: live re-scores are asked of it directly.
+        self.local_scoring = None
         self.model_id = "default"
         self._loader: asyncio.Task | None = None
-        # Between runs: the run's results and the account base the registry's change feed keeps current (set by
-        # each load; a new generation tells the follower to watch from the new export's sequence).
+        # Between runs: the run's results (a reload after a gap in the feed joins them to the accounts again) and
+        # the signals its model reads (a change to one re-scores the customer). A load starts a new generation:
+        # the follower then watches from the new export's sequence, and work of the old one is dropped.
         self.results: snapshots.RunResults | None = None
-        self.accounts: AccountTable | None = None
+        self._model_signals: frozenset[str] = frozenset()
         self._generation = 0
+        self._feed_cursor = 0  # the last sequence received in this generation
         self._loaded = asyncio.Event()
-        self._accounts_changed = asyncio.Event()
+        # Feed messages received and not yet applied, with their generation; the patcher takes them all at once.
+        self._pending: list[tuple[int, registry_service_pb2.WatchCustomerChangesResponse]] = []
+        self._feed_arrived = asyncio.Event()
+        # Held by whoever writes the snapshot in place (the patcher, a policy change).
+        self._writing = asyncio.Lock()
+        self._scoring_channel = None
         self._followers: list[asyncio.Task] = []
         self._watchers: set[asyncio.Queue] = set()
         # Set once the first snapshot after start-up is loaded, or the scoring service said there is no completed
@@ -97,12 +113,14 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
     async def start_background(self) -> None:
         loop = asyncio.get_running_loop()
         self._loader = loop.create_task(self._follow_runs())
-        self._followers = [loop.create_task(self._follow_feed()), loop.create_task(self._rebuild_on_changes())]
+        self._followers = [loop.create_task(self._follow_feed()), loop.create_task(self._apply_feed())]
 
     async def stop_background(self) -> None:
         for task in [self._loader, *self._followers]:
             if task:
                 task.cancel()
+        if self._scoring_channel is not None:
+            await self._scoring_channel.close()
 
     async def _follow_runs(self) -> None:
         """Load the current run, then every run that completes; on errors keep serving and retry."""
@@ -112,6 +130,7 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
                 async with self.scoring.channel() as channel:
                     scoring = scoring_service_pb2_grpc.ScoringServiceStub(channel)
                     if not self.ready.is_set() and not await self._has_completed_run(scoring):
+                        await self._load(channel, None)  # the registry's customers, all unscored
                         self.ready.set()
                     runs = scoring.WatchRuns(
                         scoring_service_pb2.WatchRunsRequest(model_id=self.model_id, include_current=True))
@@ -138,18 +157,23 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
             model_id=self.model_id, state=scoring_service_pb2.RUN_STATE_COMPLETED, page_size=1), timeout=30)
         return len(page.runs) > 0
 
-    async def _load(self, scoring_channel, run: scoring_service_pb2.ScoringRun) -> None:
+    async def _load(self, scoring_channel, run: scoring_service_pb2.ScoringRun | None) -> None:
+        """Load ``run``'s results (None: no run yet) joined to the registry's customers as they stand."""
         started = time.perf_counter()
-        results = await _read_results(scoring_channel, run)
+        results = await _read_results(scoring_channel, run) if run else snapshots.no_results()
+        model_signals = await self._signals_read(scoring_channel, run) if run else frozenset()
         accounts, sequence = await self._read_accounts()
-        built = await asyncio.to_thread(snapshots.build, results, accounts, self.policy.inheritance_rule)
-        self._install(results, accounts, sequence)
+        built = await asyncio.to_thread(snapshots.build, results, accounts, self.policy.inheritance_rule, sequence)
+        self._model_signals = model_signals
+        # The feed from where the run's export stood: what changed since the run read it is applied again (the
+        # accounts hold it already, idempotently) and its signals re-scored with the new run.
+        self._install(results, min(sequence, run.export_sequence) if run and run.export_sequence else sequence)
         previous, self.snapshot = self.snapshot, built  # one reference swap: readers see old or new
         if self._watchers and previous.run:  # the changes are made once, off the loop, and shared by every watcher
             self._announce(built.run, await asyncio.to_thread(_priority_changes, previous, built))
         if built.broken:
-            log.warning("%s: %d %s", run.name, built.broken, BROKEN_TREE_NOTE)
-        log.info("snapshot loaded", extra={"run": run.name, "customers": built.size,
+            log.warning("%s: %d %s", built.run or "accounts", built.broken, BROKEN_TREE_NOTE)
+        log.info("snapshot loaded", extra={"run": built.run, "customers": built.size,
                                            "seconds": round(time.perf_counter() - started, 3)})
 
     async def _read_accounts(self) -> tuple[snapshots.AccountBase, int]:
@@ -158,46 +182,52 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         async with self.registry.channel() as channel:
             return await _read_accounts(channel)
 
-    def _install(self, results: snapshots.RunResults, accounts: snapshots.AccountBase, sequence: int) -> None:
-        """The results and accounts the feed's changes apply to from now on (on the event loop)."""
-        self.results, self.accounts = results, AccountTable(accounts, sequence)
+    async def _signals_read(self, scoring_channel, run: scoring_service_pb2.ScoringRun) -> frozenset[str]:
+        """The signals the run's model reads: a change to one re-scores the customer live."""
+        if self.local_scoring is not None:
+            return frozenset(await asyncio.to_thread(self.local_scoring.signals_read, run.name))
+        model = await scoring_service_pb2_grpc.ScoringServiceStub(scoring_channel).GetModel(
+            scoring_service_pb2.GetModelRequest(name=run.model), timeout=30)
+        return frozenset(signal.name for signal in model.signals)
+
+    def _install(self, results: snapshots.RunResults, sequence: int) -> None:
+        """The results the feed's changes apply to from now on, and the sequence they follow from (on the event
+        loop, with the swap of the snapshot they were built into)."""
+        self.results, self._feed_cursor = results, sequence
         self._generation += 1
+        self._pending = []
         self._loaded.set()
 
     # -- the change feed ---------------------------------------------------------------------------------
 
     async def _follow_feed(self) -> None:
-        """Apply the registry's changes to the accounts from the loaded export's sequence on; a new load
+        """Receive the registry's changes from the loaded export's sequence on, for the patcher; a new load
         starts again from its own. A follower the feed no longer serves (compacted, or ahead) reloads."""
         attempt = 0
         while True:
             try:
                 await self._loaded.wait()
-                generation, table = self._generation, self.accounts
-                after = table.sequence
-                async with self.registry.channel() as channel:
-                    stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
-                    changes = stub.WatchCustomerChanges(
-                        registry_service_pb2.WatchCustomerChangesRequest(after_sequence=after))
+                generation = self._generation
+                async with self._changes(self._feed_cursor) as changes:
                     async for message in changes:
                         if generation != self._generation:
                             break  # a new load: this message is read again from its sequence
-                        if await asyncio.to_thread(table.apply, message):
-                            self._accounts_changed.set()
+                        self._pending.append((generation, message))
+                        self._feed_cursor = max(self._feed_cursor, message.last_sequence)
+                        self._feed_arrived.set()
                         attempt = 0
                 continue
-            except grpc.aio.AioRpcError as error:
-                if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+            except (grpc.aio.AioRpcError, ServiceError) as error:
+                code = error.code() if isinstance(error, grpc.aio.AioRpcError) else error.code
+                if code == grpc.StatusCode.FAILED_PRECONDITION:
                     log.warning("the change feed no longer holds sequence %d; reloading the accounts: %s",
-                                self.accounts.sequence, error.details())
+                                self._feed_cursor, error)
                     try:
-                        accounts, sequence = await self._read_accounts()
-                        self._install(self.results, accounts, sequence)
-                        self._accounts_changed.set()
+                        await self._reload_accounts()
                         continue
                     except grpc.aio.AioRpcError:
                         pass
-                log.warning("change feed unavailable, serving the snapshot as it is: %s", error.code().name)
+                log.warning("change feed unavailable, serving the snapshot as it is: %s", code.name)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -205,25 +235,123 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
             await asyncio.sleep(RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)])
             attempt += 1
 
-    async def _rebuild_on_changes(self) -> None:
-        """Rebuild the snapshot from the run's results and the accounts as changed; changes that come during
-        a rebuild wait for the next one, so a burst costs a few rebuilds, not one each. After each rebuild it
-        rests as long as the rebuild took, so rebuilding takes at most half of the process's time (a million
-        customers take seconds: see the README's note on what remains)."""
-        while True:
-            await self._accounts_changed.wait()
-            self._accounts_changed.clear()
-            generation, results, table = self._generation, self.results, self.accounts
-            started = time.perf_counter()
+    @contextlib.asynccontextmanager
+    async def _changes(self, after: int):
+        """The registry's changes after ``after``: from its feed in this process (the same messages, neither
+        serialized nor parsed), or over gRPC."""
+        if self.local_registry is not None:
+            changes = self.local_registry.feed.changes(after)
             try:
-                built = await asyncio.to_thread(
-                    lambda: snapshots.build(results, table.base(), self.policy.inheritance_rule))
-            except Exception:
-                log.exception("applying registry changes to the snapshot failed")
+                yield changes
+            finally:
+                await changes.aclose()
+            return
+        async with self.registry.channel() as channel:
+            stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
+            yield stub.WatchCustomerChanges(registry_service_pb2.WatchCustomerChangesRequest(after_sequence=after))
+
+    async def _reload_accounts(self) -> None:
+        """The whole snapshot again from the run's results and the registry's accounts as they stand: after a gap
+        in the feed. Live values are lost until their customers change again or the next run."""
+        accounts, sequence = await self._read_accounts()
+        results = self.results or snapshots.no_results()
+        built = await asyncio.to_thread(snapshots.build, results, accounts, self.policy.inheritance_rule, sequence)
+        self._install(results, sequence)
+        self.snapshot = built
+
+    async def _apply_feed(self) -> None:
+        """Apply the received changes to the snapshot in place, all that wait at once: re-score the customers
+        whose signals the run's model reads, work the patch out on a thread, write it on the loop."""
+        while True:
+            await self._feed_arrived.wait()
+            self._feed_arrived.clear()
+            generation = self._generation
+            messages, rows = [], 0
+            while self._pending and rows < MAX_PATCH_ROWS:  # the rest waits for the next patch
+                g, message = self._pending.pop(0)
+                if g == generation:
+                    messages.append(message)
+                    rows += len(message.chunk.customer_ids)
+            if self._pending:
+                self._feed_arrived.set()
+            if not messages:
                 continue
-            if generation == self._generation:  # else a load swapped in newer accounts meanwhile
-                self.snapshot = built
-            await asyncio.sleep(time.perf_counter() - started)
+            try:
+                await self._patch(generation, messages)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the snapshot would miss these changes: rebuild it whole from the registry
+                log.exception("applying registry changes to the snapshot failed; reloading the accounts")
+                try:
+                    await self._reload_accounts()
+                except Exception:
+                    log.exception("reloading the accounts failed; the feed's next changes apply as they come")
+
+    async def _patch(self, generation: int, messages: list) -> None:
+        rows = await asyncio.to_thread(live.feed_rows, messages)
+        scores = await self._rescore(self.snapshot, rows)
+        async with self._writing:
+            snap = self.snapshot
+            if generation != self._generation:
+                return  # a load swapped in a newer snapshot meanwhile; it holds these changes
+            patch = await asyncio.to_thread(live.plan, snap, rows, scores, self.policy.inheritance_rule,
+                                            bool(self._watchers))
+            if generation != self._generation or snap is not self.snapshot:
+                return
+            live.apply(snap, patch)  # no await from here: readers see it whole
+        if patch.moves and self._watchers:
+            self._announce("live changes", await asyncio.to_thread(live.changes, snap, patch.moves))
+
+    async def _rescore(self, snap: snapshots.Snapshot, rows: live.FeedRows) -> live.Scores | None:
+        """Scores for the changed customers carrying a signal the run's model reads, from its fitted model and
+        frozen cut-offs, each starting from the tier it holds (hysteresis); None when there is none, or the
+        scoring service cannot answer (the account changes apply all the same)."""
+        names = [name for name in rows.signal_names if name in self._model_signals]
+        if not snap.run or not names:
+            return None
+        values = rows.signal_columns(names)
+        wanted = np.flatnonzero(~rows.deleted & ~np.isnan(values).all(axis=1))
+        if not len(wanted):
+            return None
+        ids = [rows.ids[i] for i in wanted.tolist()]
+        values = values[wanted]
+        held = np.fromiter(map(snap.index.get, ids, repeat(-1)), np.int64, count=len(ids))
+        previous = np.where(held >= 0, snap.own_level[np.maximum(held, 0)], 0).astype(np.int32)
+        try:
+            if self.local_scoring is not None:
+                dimension_names, dims, composite, levels = await asyncio.to_thread(
+                    self.local_scoring.score_with_run, snap.run, names, values, previous)
+            else:
+                dimension_names, dims, composite, levels = await self._score_batch(snap.run, ids, names, values,
+                                                                                   previous)
+        except (grpc.aio.AioRpcError, ServiceError) as error:
+            log.warning("re-scoring %d changed customers failed; their account changes apply, their scores wait "
+                        "for the next run: %s", len(ids), error)
+            return None
+        except Exception:
+            log.exception("re-scoring %d changed customers failed; their account changes apply", len(ids))
+            return None
+        order = [dimension_names.index(common_pb2.ValueDimension.Name(d)) if common_pb2.ValueDimension.Name(d)
+                 in dimension_names else -1 for d in snap.dimensions]
+        dimensions = np.column_stack([dims[:, j] if j >= 0 else np.full(len(ids), np.nan) for j in order]) \
+            if order else np.empty((len(ids), 0))
+        return live.Scores(ids, composite, levels, dimensions, now_us())
+
+    async def _score_batch(self, run: str, ids: list[str], names: list[str], values: np.ndarray,
+                           previous: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+        """ScoreBatch over gRPC with the run and the tiers held, in chunks of its largest message."""
+        if self._scoring_channel is None:
+            self._scoring_channel = self.scoring.channel()
+        stub = scoring_service_pb2_grpc.ScoringServiceStub(self._scoring_channel)
+        step = SCORE_BATCH_ROWS
+        requests = [scoring_service_pb2.ScoreBatchRequest(
+            run=run, signals=columns.to_chunk(ids[i:i + step], names, values[i:i + step]),
+            previous_tier_levels=previous[i:i + step].astype("<i4").tobytes()) for i in range(0, len(ids), step)]
+        parts = [answer async for answer in stub.ScoreBatch(iter(requests), timeout=60)]
+        dimension_names = list(parts[0].dimension_scores.column_names)
+        return (dimension_names, np.concatenate([columns.from_matrix(p.dimension_scores.values) for p in parts]),
+                np.concatenate([np.frombuffer(p.composite, "<f8") for p in parts]),
+                np.concatenate([np.frombuffer(p.tier_levels, "<i4") for p in parts]))
 
     # -- policies ----------------------------------------------------------------------------------------
 
@@ -250,8 +378,11 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
                                                       create_time_us=now_us()))
             return policy
         stored = await asyncio.to_thread(store)
-        self.snapshot = await asyncio.to_thread(snapshots.with_rule, self.snapshot, stored.inheritance_rule)
-        self.policy = stored
+        async with self._writing:  # no patch in between: it would write levels of the old rule
+            snap = self.snapshot
+            effective = await asyncio.to_thread(snapshots.with_rule, snap, stored.inheritance_rule)
+            snap.effective_level = effective
+            self.policy = stored
         return self._with_warnings(stored)
 
     def _with_warnings(self, policy: pb.TierPolicy) -> pb.TierPolicy:
@@ -273,7 +404,7 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         ids = [customer_id_from_name(n, f"customers[{i}]", violations) for i, n in enumerate(request.customers)]
         violations.raise_if_any()
         snap, policy = self.snapshot, self.policy
-        return pb.BatchGetPriorityResponse(priorities=[_priority(snap, policy, i) for i in ids])
+        return pb.BatchGetPriorityResponse(priorities=[_priority_or_not_found(snap, policy, i) for i in ids])
 
     async def RankCustomers(self, request, context):
         if not 2 <= len(request.customers) <= MAX_BATCH:
@@ -291,7 +422,8 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
             row = snap.index.get(customer_id)
             ranked = answer.ranked.add(customer=f"customers/{customer_id}",
                                        effective_tier=_tier_ref(snap, key[0] if key[0] <= len(snap.tiers) else 0),
-                                       stakeholder_role=int(snap.roles[row]) if row is not None else 0)
+                                       stakeholder_role=int(snap.roles[row]) if row is not None else 0,
+                                       not_found=row is None and _knows_every_customer(snap))
             if row is not None and not math.isnan(snap.composite[row]):
                 ranked.composite = float(snap.composite[row])
             if k + 1 < len(keyed):
@@ -300,16 +432,23 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
 
     async def GetSnapshotInfo(self, request, context):
         snap = self.snapshot
-        info = pb.SnapshotInfo(run=snap.run, customers=snap.size, sources_reachable=self.sources_reachable)
+        info = pb.SnapshotInfo(run=snap.run, customers=snap.customers, sources_reachable=self.sources_reachable,
+                               feed_sequence=max(snap.sequence, 0),
+                               live_customers=int(np.count_nonzero(snap.live_time_us)))
         info.load_time.FromSeconds(int(snap.load_time))
         if snap.run:
             age = max(0.0, time.time() - snap.score_time_us / 1e6)
             info.age.FromSeconds(int(age))
-            info.status = (f"serving {snap.run} ({snap.size:,} customers), scored {age / 60:.0f} min ago"
+            info.status = (f"serving {snap.run} ({snap.customers:,} customers), scored {age / 60:.0f} min ago"
+                           + (f"; {info.live_customers:,} re-scored live since" if info.live_customers else "")
                            + ("" if self.sources_reachable else "; sources unreachable, snapshot may be stale")
                            + (f"; {snap.broken:,} {BROKEN_TREE_NOTE}" if snap.broken else ""))
+        elif snap.sequence >= 0:
+            info.status = (f"no completed run loaded yet: {snap.customers:,} registered customers, unscored (they get "
+                           f"the default policy)")
         else:
-            info.status = "no completed run loaded yet: every customer gets the default policy"
+            info.status = ("no completed run loaded yet, nor the registry's customers: every customer gets the "
+                           "default policy")
         return info
 
     async def GetHierarchySummary(self, request, context):
@@ -488,9 +627,25 @@ def _tier_policy(policy: pb.TierPolicy, tier_id: str) -> pb.TierServicePolicy:
     return next((t for t in policy.tiers if tier_id and t.tier_id == tier_id), policy.default_tier)
 
 
+def _knows_every_customer(snap: snapshots.Snapshot) -> bool:
+    """Whether the snapshot holds the registry's customers (loaded, and following its feed): a customer it lacks
+    is then not registered."""
+    return snap.sequence >= 0
+
+
+def _priority_or_not_found(snap: snapshots.Snapshot, policy: pb.TierPolicy, customer_id: str) -> pb.Priority:
+    """A batch's entry: the priority, or a customer not registered marked so (one does not fail the batch)."""
+    if customer_id not in snap.index and _knows_every_customer(snap):
+        return pb.Priority(customer=f"customers/{customer_id}", not_found=True)
+    return _priority(snap, policy, customer_id)
+
+
 def _priority(snap: snapshots.Snapshot, policy: pb.TierPolicy, customer_id: str) -> pb.Priority:
+    """CUSTOMER_NOT_FOUND for a customer the registry does not hold."""
     answer = pb.Priority(customer=f"customers/{customer_id}", policy_version=policy.version)
     row = snap.index.get(customer_id)
+    if row is None and _knows_every_customer(snap):
+        raise not_found(f"customers/{customer_id}")
     if row is None or snap.own_level[row] == 0 and snap.effective_level[row] == 0:
         answer.policy.CopyFrom(policy.default_tier)
         if row is not None:
@@ -504,6 +659,9 @@ def _priority(snap: snapshots.Snapshot, policy: pb.TierPolicy, customer_id: str)
     answer.stakeholder_role, answer.owner = int(snap.roles[row]), snap.owners[row]
     answer.run = snap.run
     set_timestamp(answer.score_time, snap.score_time_us)
+    if snap.live_time_us[row]:
+        answer.live = True
+        set_timestamp(answer.live_time, int(snap.live_time_us[row]))
     if own:
         answer.composite = float(snap.composite[row])
         answer.percentile = float(snap.percentile[row])
@@ -547,8 +705,8 @@ def _rank_key(snap: snapshots.Snapshot, precedence: dict[int, int], customer_id:
     """(effective level, role precedence, -composite, id): smaller is served first."""
     row = snap.index.get(customer_id)
     floor = len(snap.tiers) + 1
-    if row is None:
-        return (floor, len(precedence), math.inf, customer_id)
+    if row is None:  # after every registered customer, unscored ones included
+        return (floor + 1, len(precedence), math.inf, customer_id)
     level = int(snap.effective_level[row]) or floor
     composite = snap.composite[row]
     return (level, precedence.get(int(snap.roles[row]), len(precedence)),

@@ -1,7 +1,9 @@
 """The in-memory snapshot: one completed run joined to the account tree, as NumPy arrays plus an id index.
 
-A snapshot is immutable once built; the service swaps the reference to a new
-one, so a reader holding a snapshot never sees half of two runs.
+A run's snapshot is built whole and swapped in with one reference assignment, so a reader never sees half of two
+runs. Between runs the registry's change feed patches it in place (services/hierarchy/live.py): the patch is
+worked out on a worker thread and written on the event loop, where every reader runs, in one step without an
+await, so a reader sees a patch whole or not at all, without a lock.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ MAX_WALK = 1000
 ROLLUP_SIGNALS = ["annual_revenue", "predicted_ltv"]
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class Snapshot:
     run: str                          # "runs/{id}", "" when nothing was loaded
     score_time_us: int                # when the run completed
@@ -45,6 +47,34 @@ class Snapshot:
     dimension_scores: np.ndarray      # float64 (n, dims)
     # Per dimension, the scored customers' scores in ascending order (for "top x %" reasons).
     sorted_dimension_scores: tuple[np.ndarray, ...] = field(default=())
+    # The registry's change feed sequence the accounts hold; -1 before they were first read (every customer is
+    # then unknown to the snapshot, registered or not).
+    sequence: int = -1
+    # Children by parent as built: rows of child_order[child_start[p]:child_start[p + 1]] had parent p then.
+    child_order: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    child_start: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
+    # Rows given a parent since the build (created or moved), by that parent: children(p) checks them too.
+    adopted: dict[int, frozenset[int]] = field(default_factory=dict)
+    # The run's scored composites, ascending: where a live re-score ranks.
+    run_composites: np.ndarray = field(default_factory=lambda: np.empty(0))
+    # Per row, when its values were re-scored live (microseconds since the epoch), 0 when they are the run's.
+    live_time_us: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    # Rows of deleted customers (their id no longer in the index; their values cleared).
+    removed: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.live_time_us) != len(self.customer_ids):
+            self.live_time_us = np.zeros(len(self.customer_ids), np.int64)
+
+    def changed(self) -> None:
+        """Forget what was derived from the arrays (after a patch)."""
+        for name in ("rank_order", "broken"):
+            self.__dict__.pop(name, None)
+
+    @property
+    def customers(self) -> int:
+        """Registered customers held (deleted ones' rows stay until the next build)."""
+        return self.size - self.removed
 
     @property
     def size(self) -> int:
@@ -67,7 +97,11 @@ class Snapshot:
         return int((self.depth < 0).sum())
 
     def children(self, row: int) -> np.ndarray:
-        return np.flatnonzero(self.parent == row)
+        return self.children_of(np.array([row], np.int64))
+
+    def children_of(self, rows: np.ndarray) -> np.ndarray:
+        """The rows whose parent is one of ``rows`` now."""
+        return children_in(rows, self.child_order, self.child_start, self.parent, self.adopted)
 
     def ancestors(self, row: int) -> list[int]:
         """The rows above ``row``, its parent first; BrokenTree when they do not end in a top account."""
@@ -85,7 +119,7 @@ class Snapshot:
             raise self._broken_above(row)
         found, frontier = [np.array([row])], np.array([row])
         for _ in range(MAX_DEPTH - int(self.depth[row])):
-            frontier = np.flatnonzero(np.isin(self.parent, frontier))
+            frontier = self.children_of(frontier)
             if not frontier.size:
                 return np.concatenate(found)
             found.append(frontier)
@@ -162,7 +196,13 @@ class AccountBase:
     rollup_values: np.ndarray
 
 
-def build(results: RunResults, accounts: AccountBase, inheritance_rule: int) -> Snapshot:
+def no_results() -> RunResults:
+    """The results of no run: the accounts served before the first run completes."""
+    return RunResults("", 0, [], [], [], np.empty((0, 0)), np.empty(0), np.empty(0, np.int32), np.empty(0, np.int64),
+                      np.empty(0))
+
+
+def build(results: RunResults, accounts: AccountBase, inheritance_rule: int, sequence: int) -> Snapshot:
     """Join a run's results onto the account base; customers the run lacks stay unscored."""
     ids = accounts.customer_ids
     n = len(ids)
@@ -186,16 +226,50 @@ def build(results: RunResults, accounts: AccountBase, inheritance_rule: int) -> 
     sorted_dims = tuple(np.sort(col[~np.isnan(col)]) for col in results.dimension_scores.T)
     depth = tree_depths(parent)
     effective = effective_levels(own, parent, depth, len(results.tiers), inheritance_rule)
+    child_order, child_start = children_index(parent)
     return Snapshot(results.run, results.score_time_us, time.time(), tuple(results.tiers), tuple(results.dimensions),
-                    ids, index, parent, depth, accounts.roles, accounts.owners, accounts.rollup_values, own, effective,
-                    composite, percentile, rank, dims, sorted_dims)
+                    ids, index, parent, depth, np.array(accounts.roles, np.uint8), list(accounts.owners),
+                    np.array(accounts.rollup_values, np.float64), own, effective, composite, percentile, rank, dims,
+                    sorted_dims, sequence, child_order, child_start,
+                    run_composites=np.sort(results.composite[~np.isnan(results.composite)]))
 
 
-def with_rule(snapshot: Snapshot, inheritance_rule: int) -> Snapshot:
-    """The same snapshot under another inheritance rule (a policy change)."""
-    from dataclasses import replace
-    return replace(snapshot, effective_level=effective_levels(snapshot.own_level, snapshot.parent, snapshot.depth,
-                                                              len(snapshot.tiers), inheritance_rule))
+def children_in(rows: np.ndarray, child_order: np.ndarray, child_start: np.ndarray, parent: np.ndarray,
+                adopted: dict[int, frozenset[int]]) -> np.ndarray:
+    """The rows whose parent under ``parent`` is one of ``rows``: those the build's index (child_order,
+    child_start) lists under them that still have it, and those ``adopted`` since."""
+    built = rows[rows < len(child_start) - 1]  # rows added since the build had no children then
+    starts, ends = child_start[built], child_start[built + 1]
+    lengths = ends - starts
+    total = int(lengths.sum())
+    found = np.empty(0, np.int64)
+    if total:
+        # Every index in [starts[i], ends[i]) for each i, without a Python loop.
+        offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(total)
+        candidates = child_order[offsets]
+        found = candidates[parent[candidates] == np.repeat(built, lengths)]
+    if not adopted:
+        return found
+    if len(rows) <= len(adopted):
+        keys = rows.tolist()
+    else:
+        wanted = set(rows.tolist())
+        keys = [r for r in adopted if r in wanted]
+    extra = [c for r in keys for c in adopted.get(r, ()) if parent[c] == r]
+    return np.union1d(found, np.array(extra, np.int64)) if extra else found
+
+
+def children_index(parent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(child_order, child_start): the rows with a parent sorted by it, and where each parent's start."""
+    order = np.argsort(parent, kind="stable")
+    order = order[np.searchsorted(parent[order], 0):]  # rows without a parent (-1) sort first
+    counts = np.bincount(parent[order], minlength=len(parent)) if len(order) else np.zeros(len(parent), np.int64)
+    return order.astype(np.int64), np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+
+def with_rule(snapshot: Snapshot, inheritance_rule: int) -> np.ndarray:
+    """The effective levels of ``snapshot`` under another inheritance rule (a policy change)."""
+    return effective_levels(snapshot.own_level, snapshot.parent, snapshot.depth, len(snapshot.tiers), inheritance_rule)
 
 
 def tree_depths(parent: np.ndarray) -> np.ndarray:
@@ -238,7 +312,7 @@ def effective_levels(own: np.ndarray, parent: np.ndarray, depth: np.ndarray, n_t
 
 def tier_changes(old: Snapshot, new: Snapshot) -> list[tuple[str, int, int, str]]:
     """(customer_id, previous effective level, new level, owner) of every customer whose effective tier moved."""
-    old_rows = np.fromiter((old.index.get(c, -1) for c in new.customer_ids), np.int64, count=new.size)
+    old_rows = np.fromiter(map(old.index.get, new.customer_ids, repeat(-1)), np.int64, count=new.size)
     before = np.where(old_rows >= 0, old.effective_level[np.maximum(old_rows, 0)] if old.size else 0, 0)
     moved = np.flatnonzero(before != new.effective_level)
     return [(new.customer_ids[r], int(before[r]), int(new.effective_level[r]), new.owners[r]) for r in moved.tolist()]

@@ -142,7 +142,7 @@ class RunExecutor:
 
     async def _execute(self, run_id: int, model: scoring_engine.ValueModel) -> None:
         started = time.perf_counter()
-        ids, matrix = await self._export(run_id, model)
+        ids, matrix, export_sequence = await self._export(run_id, model)
         exported = time.perf_counter()
         self._check(run_id)
         previous_run, previous_tiers = await asyncio.to_thread(self._previous_tiers, run_id, model, ids)
@@ -163,13 +163,16 @@ class RunExecutor:
                     lifetime_value_json=None if population is None else json.dumps(population.to_dict()),
                     tier_counts_json=json.dumps(counts), tier_moves_json=json.dumps(moves),
                     export_seconds=exported - started, scoring_seconds=scored - exported,
+                    export_sequence=export_sequence,
                     store_seconds=time.perf_counter() - scored, heartbeat_us=now_us())
                 if not completed:
                     raise RunAbandoned()  # rolls the results back: another process failed the run
         await asyncio.to_thread(write)
         self.notify()
 
-    async def _export(self, run_id: int, model: scoring_engine.ValueModel) -> tuple[list[str], np.ndarray]:
+    async def _export(self, run_id: int, model: scoring_engine.ValueModel) -> tuple[list[str], np.ndarray, int]:
+        """The ids and signals of the customers the run scores (all but the churned), and the change feed
+        sequence the export held."""
         reader = columns.SignalExportReader(model.input_signal_names)
         async with self._registry_export(list(model.input_signal_names)) as messages:
             last_report = 0.0
@@ -185,7 +188,7 @@ class RunExecutor:
         ids, values, churned = _without_churned(export)
         await self._update(run_id, customers_done=len(ids), customers_total=len(ids), churned_left_out=churned,
                            percent_done=EXPORT_SHARE)
-        return ids, values
+        return ids, values, export.sequence
 
     @contextlib.asynccontextmanager
     async def _registry_export(self, names: list[str]) -> AsyncIterator[AsyncIterator]:

@@ -48,6 +48,8 @@ MAX_BATCH_ROWS = 65_536
 MAX_INLINE_SIGNALS = 256
 TERMINAL = (pb.RUN_STATE_COMPLETED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED)
 CURRENT_RUN_TTL = 1.0
+# Completed runs ScoreBatch keeps at hand when named (the hierarchy re-scores with the run it serves).
+COMPLETED_RUNS_KEPT = 4
 
 
 def parse_model_name(name: str, field_path: str) -> tuple[str, int | None]:
@@ -89,6 +91,8 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         self.local_registry = None
         # model_id -> (run, fitted, lifetime-value fit, executor generation, monotonic time read)
         self._current_runs: dict[str, tuple] = {}
+        # run_id -> (run, fitted): the completed runs ScoreBatch was asked to score with by name.
+        self._completed_runs: dict[int, tuple] = {}
         self.stopping = False
         self._sweeper: asyncio.Task | None = None
         with write_transaction(engine) as conn:
@@ -191,7 +195,8 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             percent_done=run.percent_done, failure_reason=run.failure_reason,
             export_seconds=run.export_seconds, scoring_seconds=run.scoring_seconds, store_seconds=run.store_seconds,
             churned_left_out=run.churned_left_out,
-            previous_run=f"runs/{run.previous_run_id}" if run.previous_run_id else "")
+            previous_run=f"runs/{run.previous_run_id}" if run.previous_run_id else "",
+            export_sequence=run.export_sequence or 0)
         for field_name in ("create_time", "start_time", "end_time"):
             if getattr(run, field_name + "_us"):
                 set_timestamp(getattr(message, field_name), getattr(run, field_name + "_us"))
@@ -483,10 +488,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
                     raise failed_precondition(
                         f"models/{model_id} has no completed run with fitted statistics (its runs were imported "
                         "without them); start one with StartScoringRun", "NO_COMPLETED_RUN")
-        if run.run_id not in self._fitted:
-            population = _population_of(run) if run.lifetime_value_json else None
-            self._fitted[run.run_id] = (scoring_engine.FittedModel.from_bytes(run.fitted), population)
-        fitted, population = self._fitted[run.run_id]
+        fitted, population = self._fitted_of(run)
         self._current_runs[model_id] = (run, fitted, population, self.runs.generation, time.monotonic())
         return run, fitted, population
 
@@ -541,20 +543,60 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             chunk = request.signals
             matrix = _matrix_of(chunk)  # bad input is INVALID_ARGUMENT whatever state the model is in
             if fitted is None:
-                run, fitted, population = await asyncio.to_thread(self._current, request.model, "model")
+                run, fitted, population = await asyncio.to_thread(self._scoring_run, request)
             _check_model_reads(fitted.model, run, [(f"signals.column_names[{i}]", name)
                                                    for i, name in enumerate(chunk.column_names)],
                                "signals.column_names")
+            previous = _previous_tiers(request.previous_tier_levels, len(chunk.customer_ids), len(fitted.model.tiers))
             result, derived = await asyncio.to_thread(_score_chunk, fitted, population, matrix,
-                                                      list(chunk.column_names))
+                                                      list(chunk.column_names), previous)
             model = fitted.model
             response = pb.ScoreBatchResponse(
                 dimension_scores=_columnar(list(chunk.customer_ids), _dimension_names(model), result.dimensions),
                 composite=result.composite.astype("<f8").tobytes(),
-                tier_levels=(result.tier.astype("<i4") + 1).tobytes())
+                tier_levels=(result.tier.astype("<i4") + 1).tobytes(), run=f"runs/{run.run_id}")
             if derived is not None:
                 response.derived_signals.CopyFrom(_columnar(list(chunk.customer_ids), list(DERIVED_SIGNALS), derived))
             yield response
+
+    def score_with_run(self, run: str, signal_names: list[str], matrix: np.ndarray, previous_levels: np.ndarray
+                       ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+        """ScoreBatch with ``run`` for a caller in this process (the hierarchy re-scoring customers whose
+        signals changed), without gRPC: (dimension names, dimension scores, composite, tier levels, 1 = top).
+        Signals the run's model does not read are left out; a lifetime-value block's signals are derived from
+        the run's fit, as ScoreBatch derives them. Blocking."""
+        _, fitted, population = self._scoring_run(pb.ScoreBatchRequest(run=run))
+        model = fitted.model
+        reads = [j for j, name in enumerate(signal_names) if name in set(model.input_signal_names)]
+        result, _ = _score_chunk(fitted, population, matrix[:, reads], [signal_names[j] for j in reads],
+                                 previous_levels.astype(np.int32) - 1)
+        return _dimension_names(model), result.dimensions, result.composite, result.tier.astype(np.int32) + 1
+
+    def signals_read(self, run: str) -> list[str]:
+        """The signals the model of completed ``run`` reads (a lifetime-value block's inputs too). Blocking."""
+        return list(self._scoring_run(pb.ScoreBatchRequest(run=run))[1].model.input_signal_names)
+
+    def _scoring_run(self, request: pb.ScoreBatchRequest) -> tuple[Row, scoring_engine.FittedModel, object]:
+        """The run a ScoreBatch scores with (the one it names, else the model's current one), its fitted model
+        and its lifetime-value fit (blocking)."""
+        if not request.run:
+            return self._current(request.model, "model")
+        run_id = parse_run_name(request.run, "run")
+        run = self._completed_runs.get(run_id)
+        if run is None:  # a completed run never changes: read once
+            with read_transaction(self.engine) as conn:
+                run = self._completed_run(conn, f"runs/{run_id}", "run")
+            while len(self._completed_runs) >= COMPLETED_RUNS_KEPT:
+                self._completed_runs.pop(next(iter(self._completed_runs)))
+            self._completed_runs[run_id] = run
+        return (run, *self._fitted_of(run))
+
+    def _fitted_of(self, run: Row) -> tuple[scoring_engine.FittedModel, object]:
+        """A completed run's fitted model and lifetime-value fit, read once (the fitted model may be megabytes)."""
+        if run.run_id not in self._fitted:
+            population = _population_of(run) if run.lifetime_value_json else None
+            self._fitted[run.run_id] = (scoring_engine.FittedModel.from_bytes(run.fitted), population)
+        return self._fitted[run.run_id]
 
 
 def _version_required(conn, model_id: str) -> ServiceError:
@@ -634,6 +676,21 @@ def _matrix_of(chunk: common_pb2.ColumnarChunk) -> np.ndarray:
     return matrix
 
 
+def _previous_tiers(data: bytes, rows: int, tiers: int) -> np.ndarray | None:
+    """ScoreBatch's previous_tier_levels as the engine's previous tiers (0-based, -1 for none), or None."""
+    if not data:
+        return None
+    if len(data) != 4 * rows:
+        raise invalid_argument("previous_tier_levels", f"one int32 per row: {4 * rows} bytes for {rows} rows, "
+                                                       f"got {len(data)}")
+    levels = np.frombuffer(data, "<i4")
+    bad = np.flatnonzero((levels < 0) | (levels > tiers))
+    if bad.size:
+        raise invalid_argument("previous_tier_levels", f"row {int(bad[0])}: level {int(levels[bad[0]])} is not "
+                                                       f"0 (none) to {tiers} (the model's tiers)")
+    return levels.astype(np.int32) - 1
+
+
 def _dimension_scores(model, values) -> list[common_pb2.DimensionScore]:
     scores = []
     for spec, value in zip(model.dimensions, values):
@@ -655,12 +712,13 @@ def _customer_result(customer_id, model, chunk, i, rank, tiers) -> pb.CustomerRe
     return result
 
 
-def _score_chunk(fitted, population, matrix: np.ndarray, names: list[str]):
-    """A ScoreBatch chunk's scores, and (a model with a lifetime-value block) its derived signals."""
+def _score_chunk(fitted, population, matrix: np.ndarray, names: list[str], previous: np.ndarray | None = None):
+    """A ScoreBatch chunk's scores (with hysteresis against ``previous`` tiers, 0-based, when given), and (a model
+    with a lifetime-value block) its derived signals."""
     derived = None
     if fitted.model.lifetime_value is not None:
         matrix, names, derived = lifetime_value.with_derived(fitted.model, population, matrix, names)
-    return scoring_engine.score(fitted, matrix, signal_names=names), derived
+    return scoring_engine.score(fitted, matrix, previous, False, names), derived
 
 
 def _population_of(run: Row) -> lifetime_value.PopulationFit:

@@ -48,6 +48,8 @@ runs = sa.Table(
     sa.Column("churned_left_out", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("scoring_seconds", sa.Float, nullable=False, server_default="0"),
     sa.Column("store_seconds", sa.Float, nullable=False, server_default="0"),
+    # The registry change feed sequence the run's export held (NULL for runs before it was recorded).
+    sa.Column("export_sequence", sa.BigInteger, nullable=True),
     # JSON: customers per tier level, and (from level, to level) -> customers.
     sa.Column("tier_counts_json", sa.Text, nullable=False, server_default="[]"),
     sa.Column("tier_moves_json", sa.Text, nullable=False, server_default="[]"),

@@ -94,6 +94,8 @@ def test_import_run_priority_pyramid(suite, tmp_path):
     assert [p["customer"] for p in priorities] == ["customers/c1", "customers/c2"]
     human = cvh(suite, "priority", "c0").stdout
     assert human.startswith("c0: ") and "may do" in human and "escalate" in human
+    missing = cvh(suite, "priority", "c0", "nobody", check=False)
+    assert missing.returncode == 1 and "\nnobody: not registered" in missing.stdout and "c0: " in missing.stdout
 
     ranked = json.loads(cvh(suite, "rank", "c1", "c2", "c3", "--json").stdout)
     assert sorted(r["customer"] for r in ranked) == ["customers/c1", "customers/c2", "customers/c3"]

@@ -44,12 +44,27 @@ def stubs(channel):
             pb_grpc.HierarchyServiceStub(channel))
 
 
-def test_before_any_run_everyone_gets_the_default_policy(stubs):
-    _, _, hierarchy = stubs
-    info = hierarchy.GetSnapshotInfo(pb.GetSnapshotInfoRequest())
+def test_before_any_run_registered_customers_get_the_default_policy_and_others_are_not_found(stubs):
+    registry, _, hierarchy = stubs
+    deadline = time.monotonic() + 10
+    while "registered customers" not in (info := hierarchy.GetSnapshotInfo(pb.GetSnapshotInfoRequest())).status:
+        assert time.monotonic() < deadline, info.status  # the registry's customers are read at start-up
+        time.sleep(0.02)
     assert info.run == "" and "default policy" in info.status
-    priority = hierarchy.GetPriority(pb.GetPriorityRequest(customer="customers/anyone"))
+    registry.CreateCustomer(rpb.CreateCustomerRequest(customer=rpb.Customer(
+        customer_id="early", owner="ana", stakeholder_role=common_pb2.STAKEHOLDER_ROLE_BUYER)))
+    deadline = time.monotonic() + 5
+    while True:  # the change feed brings it
+        try:
+            priority = hierarchy.GetPriority(pb.GetPriorityRequest(customer="customers/early"))
+            break
+        except grpc.RpcError as error:
+            assert error.code() == Code.NOT_FOUND and time.monotonic() < deadline
+            time.sleep(0.02)
     assert not priority.scored and priority.policy == hierarchy.GetTierPolicy(pb.GetTierPolicyRequest()).default_tier
+    assert (priority.owner, priority.stakeholder_role) == ("ana", common_pb2.STAKEHOLDER_ROLE_BUYER)
+    with raises_status(Code.NOT_FOUND, reason="CUSTOMER_NOT_FOUND"):
+        hierarchy.GetPriority(pb.GetPriorityRequest(customer="customers/anyone"))
     with raises_status(Code.INVALID_ARGUMENT, field="customer"):
         hierarchy.GetPriority(pb.GetPriorityRequest(customer="customers/not valid"))
 
@@ -84,8 +99,15 @@ def test_priorities_match_the_stored_run(stubs):
         assert len(members) == tier.customers
         assert [m.rank for m in members] == sorted(m.rank for m in members)
         assert all(stored[m.customer.split("/")[1]][1] == tier.tier.level for m in members)
-    unknown = hierarchy.GetPriority(pb.GetPriorityRequest(customer="customers/never-imported"))
-    assert not unknown.scored and unknown.policy.display_name == "Unscored"
+    with raises_status(Code.NOT_FOUND, reason="CUSTOMER_NOT_FOUND"):
+        hierarchy.GetPriority(pb.GetPriorityRequest(customer="customers/never-imported"))
+    # A batch reports it in its place rather than failing; a ranking puts it last.
+    batch = hierarchy.BatchGetPriority(pb.BatchGetPriorityRequest(customers=[ids[0], "never-imported", ids[1]]))
+    assert [p.not_found for p in batch.priorities] == [False, True, False]
+    assert batch.priorities[1] == pb.Priority(customer="customers/never-imported", not_found=True)
+    ranked = hierarchy.RankCustomers(pb.RankCustomersRequest(customers=["never-imported", ids[0]])).ranked
+    assert [r.customer for r in ranked] == [f"customers/{ids[0]}", "customers/never-imported"]
+    assert ranked[1].not_found and not ranked[0].not_found
     summary = hierarchy.GetHierarchySummary(pb.GetHierarchySummaryRequest())
     assert sum(t.customers for t in summary.tiers) == summary.total_customers == 2000
     assert sum(t.customer_percent for t in summary.tiers) == pytest.approx(100)
@@ -177,29 +199,36 @@ def test_a_new_run_swaps_the_snapshot_under_readers(stubs):
     assert not failures and seen == {first.name, second.name}
 
 
-def test_watch_priority_changes_after_a_new_run(stubs, channel):
+def test_watch_priority_changes_live_and_after_a_new_run(stubs, channel):
     registry, scoring, hierarchy = stubs
     ids, _ = seed(registry, 2000)
     first = run_to_end(scoring)
     wait_for_snapshot(hierarchy, first.name)
     climber = next(p for p in hierarchy.BatchGetPriority(pb.BatchGetPriorityRequest(
         customers=[f"customers/{i}" for i in ids[:200]])).priorities if p.effective_tier.tier_id == "standard")
-    registry.UpdateCustomer(rpb.UpdateCustomerRequest(
-        customer=rpb.Customer(name=climber.customer, owner="ann@example.com"),
-        update_mask={"paths": ["owner"]}))
-    registry.RecordSignals(rpb.RecordSignalsRequest(observations=[rpb.SignalObservations(
-        customer=climber.customer, signals={name: rpb.SignalValue(value=1e9) for name in SIGNALS
-                                            if name != "payment_delay_days"})]))
     everything = hierarchy.WatchPriorityChanges(pb.WatchPriorityChangesRequest(), timeout=120)
     anns = hierarchy.WatchPriorityChanges(pb.WatchPriorityChangesRequest(owner="ann@example.com"), timeout=120)
     time.sleep(0.3)  # the calls start at once; give the server a moment to register both watchers
-    second = run_to_end(scoring)
+    registry.UpdateCustomer(rpb.UpdateCustomerRequest(
+        customer=rpb.Customer(name=climber.customer, owner="ann@example.com"),
+        update_mask={"paths": ["owner"]}))
+    # New signals re-score it at once with the run's model: a live change, not waiting for a run.
+    registry.RecordSignals(rpb.RecordSignalsRequest(observations=[rpb.SignalObservations(
+        customer=climber.customer, signals={name: rpb.SignalValue(value=1e9) for name in SIGNALS
+                                            if name != "payment_delay_days"})]))
     change = next(c for c in anns)
-    assert change.customer == climber.customer and change.run == second.name
+    assert change.customer == climber.customer and change.run == first.name and change.live
     assert change.previous_tier.tier_id == "standard" and change.new_tier.level < change.previous_tier.level
-    anns.cancel()
     seen = next(c for c in everything if c.customer == climber.customer)
     assert seen.new_tier == change.new_tier
+    # A customer registered after the run, without signals, is unscored until the next run scores it.
+    registry.CreateCustomer(rpb.CreateCustomerRequest(customer=rpb.Customer(customer_id="newcomer",
+                                                                            owner="ann@example.com")))
+    second = run_to_end(scoring)
+    scored = next(c for c in anns if c.customer == "customers/newcomer")
+    assert scored.run == second.name and not scored.live and scored.previous_tier.level == 0
+    assert scored.new_tier.level > 0
+    anns.cancel()
     everything.cancel()
     with raises_status(Code.INVALID_ARGUMENT, field="tier_ids"):
         next(iter(hierarchy.WatchPriorityChanges(pb.WatchPriorityChangesRequest(tier_ids=["gold"]))))

@@ -115,7 +115,7 @@ class PriorityReason(_message.Message):
     def __init__(self, dimension: _Optional[_Union[_common_pb2.ValueDimension, str]] = ..., text: _Optional[str] = ...) -> None: ...
 
 class Priority(_message.Message):
-    __slots__ = ("customer", "scored", "own_tier", "effective_tier", "composite", "percentile", "rank", "dimension_scores", "reasons", "stakeholder_role", "owner", "policy", "run", "score_time", "policy_version")
+    __slots__ = ("customer", "scored", "own_tier", "effective_tier", "composite", "percentile", "rank", "dimension_scores", "reasons", "stakeholder_role", "owner", "policy", "run", "score_time", "policy_version", "not_found", "live", "live_time")
     CUSTOMER_FIELD_NUMBER: _ClassVar[int]
     SCORED_FIELD_NUMBER: _ClassVar[int]
     OWN_TIER_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +131,9 @@ class Priority(_message.Message):
     RUN_FIELD_NUMBER: _ClassVar[int]
     SCORE_TIME_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NOT_FOUND_FIELD_NUMBER: _ClassVar[int]
+    LIVE_FIELD_NUMBER: _ClassVar[int]
+    LIVE_TIME_FIELD_NUMBER: _ClassVar[int]
     customer: str
     scored: bool
     own_tier: _common_pb2.TierRef
@@ -146,7 +149,10 @@ class Priority(_message.Message):
     run: str
     score_time: _timestamp_pb2.Timestamp
     policy_version: int
-    def __init__(self, customer: _Optional[str] = ..., scored: _Optional[bool] = ..., own_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., effective_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., composite: _Optional[float] = ..., percentile: _Optional[float] = ..., rank: _Optional[int] = ..., dimension_scores: _Optional[_Iterable[_Union[_common_pb2.DimensionScore, _Mapping]]] = ..., reasons: _Optional[_Iterable[_Union[PriorityReason, _Mapping]]] = ..., stakeholder_role: _Optional[_Union[_common_pb2.StakeholderRole, str]] = ..., owner: _Optional[str] = ..., policy: _Optional[_Union[TierServicePolicy, _Mapping]] = ..., run: _Optional[str] = ..., score_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., policy_version: _Optional[int] = ...) -> None: ...
+    not_found: bool
+    live: bool
+    live_time: _timestamp_pb2.Timestamp
+    def __init__(self, customer: _Optional[str] = ..., scored: _Optional[bool] = ..., own_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., effective_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., composite: _Optional[float] = ..., percentile: _Optional[float] = ..., rank: _Optional[int] = ..., dimension_scores: _Optional[_Iterable[_Union[_common_pb2.DimensionScore, _Mapping]]] = ..., reasons: _Optional[_Iterable[_Union[PriorityReason, _Mapping]]] = ..., stakeholder_role: _Optional[_Union[_common_pb2.StakeholderRole, str]] = ..., owner: _Optional[str] = ..., policy: _Optional[_Union[TierServicePolicy, _Mapping]] = ..., run: _Optional[str] = ..., score_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., policy_version: _Optional[int] = ..., not_found: _Optional[bool] = ..., live: _Optional[bool] = ..., live_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class BatchGetPriorityRequest(_message.Message):
     __slots__ = ("customers",)
@@ -167,18 +173,20 @@ class RankCustomersRequest(_message.Message):
     def __init__(self, customers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RankedCustomer(_message.Message):
-    __slots__ = ("customer", "effective_tier", "stakeholder_role", "composite", "decided_by")
+    __slots__ = ("customer", "effective_tier", "stakeholder_role", "composite", "decided_by", "not_found")
     CUSTOMER_FIELD_NUMBER: _ClassVar[int]
     EFFECTIVE_TIER_FIELD_NUMBER: _ClassVar[int]
     STAKEHOLDER_ROLE_FIELD_NUMBER: _ClassVar[int]
     COMPOSITE_FIELD_NUMBER: _ClassVar[int]
     DECIDED_BY_FIELD_NUMBER: _ClassVar[int]
+    NOT_FOUND_FIELD_NUMBER: _ClassVar[int]
     customer: str
     effective_tier: _common_pb2.TierRef
     stakeholder_role: _common_pb2.StakeholderRole
     composite: float
     decided_by: RankRule
-    def __init__(self, customer: _Optional[str] = ..., effective_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., stakeholder_role: _Optional[_Union[_common_pb2.StakeholderRole, str]] = ..., composite: _Optional[float] = ..., decided_by: _Optional[_Union[RankRule, str]] = ...) -> None: ...
+    not_found: bool
+    def __init__(self, customer: _Optional[str] = ..., effective_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., stakeholder_role: _Optional[_Union[_common_pb2.StakeholderRole, str]] = ..., composite: _Optional[float] = ..., decided_by: _Optional[_Union[RankRule, str]] = ..., not_found: _Optional[bool] = ...) -> None: ...
 
 class RankCustomersResponse(_message.Message):
     __slots__ = ("ranked",)
@@ -320,35 +328,41 @@ class WatchPriorityChangesRequest(_message.Message):
     def __init__(self, tier_ids: _Optional[_Iterable[str]] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class PriorityChange(_message.Message):
-    __slots__ = ("customer", "previous_tier", "new_tier", "owner", "run")
+    __slots__ = ("customer", "previous_tier", "new_tier", "owner", "run", "live")
     CUSTOMER_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_TIER_FIELD_NUMBER: _ClassVar[int]
     NEW_TIER_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
+    LIVE_FIELD_NUMBER: _ClassVar[int]
     customer: str
     previous_tier: _common_pb2.TierRef
     new_tier: _common_pb2.TierRef
     owner: str
     run: str
-    def __init__(self, customer: _Optional[str] = ..., previous_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., new_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., owner: _Optional[str] = ..., run: _Optional[str] = ...) -> None: ...
+    live: bool
+    def __init__(self, customer: _Optional[str] = ..., previous_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., new_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., owner: _Optional[str] = ..., run: _Optional[str] = ..., live: _Optional[bool] = ...) -> None: ...
 
 class GetSnapshotInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class SnapshotInfo(_message.Message):
-    __slots__ = ("run", "customers", "load_time", "age", "sources_reachable", "status")
+    __slots__ = ("run", "customers", "load_time", "age", "sources_reachable", "status", "feed_sequence", "live_customers")
     RUN_FIELD_NUMBER: _ClassVar[int]
     CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
     LOAD_TIME_FIELD_NUMBER: _ClassVar[int]
     AGE_FIELD_NUMBER: _ClassVar[int]
     SOURCES_REACHABLE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    FEED_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    LIVE_CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
     run: str
     customers: int
     load_time: _timestamp_pb2.Timestamp
     age: _duration_pb2.Duration
     sources_reachable: bool
     status: str
-    def __init__(self, run: _Optional[str] = ..., customers: _Optional[int] = ..., load_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., sources_reachable: _Optional[bool] = ..., status: _Optional[str] = ...) -> None: ...
+    feed_sequence: int
+    live_customers: int
+    def __init__(self, run: _Optional[str] = ..., customers: _Optional[int] = ..., load_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., sources_reachable: _Optional[bool] = ..., status: _Optional[str] = ..., feed_sequence: _Optional[int] = ..., live_customers: _Optional[int] = ...) -> None: ...

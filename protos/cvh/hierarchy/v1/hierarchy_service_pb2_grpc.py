@@ -112,18 +112,27 @@ class HierarchyServiceServicer:
     """
 
     def GetPriority(self, request, context):
-        """Everything a front-line agent needs about one customer. A customer the
-        snapshot does not know (not registered, or registered after the run) is
-        not an error: it gets the policy's default_tier (the "Unscored" entry of
-        the shipped policy) with scored = false, no tiers and an empty run.
-        Errors: INVALID_CUSTOMER_NAME.
+        """Everything a front-line agent needs about one customer. The snapshot
+        follows the registry's change feed, so it knows every registered customer
+        within about a second of its registration. A registered customer the run
+        did not score (registered after it) is not an error: it answers with its
+        role and owner, scored = false, and the standing it inherits from a scored
+        parent under the policy's inheritance rule (effective_tier and that tier's
+        policy), or the policy's default_tier when it inherits none.
+        Errors: INVALID_CUSTOMER_NAME, CUSTOMER_NOT_FOUND (NOT_FOUND: the registry
+        holds no such customer; ErrorInfo metadata "resource" names it). Until the
+        service has first read the registry's customers (the registry unreachable
+        since start-up) it cannot tell: every customer unknown to it then gets the
+        default_tier answer, scored = false, and GetSnapshotInfo says so.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def BatchGetPriority(self, request, context):
-        """GetPriority for 1 to 1,000 customers, in the order asked.
+        """GetPriority for 1 to 1,000 customers, in the order asked. A customer the
+        registry does not hold does not fail the batch: its entry has only
+        customer and not_found = true.
         Errors: INVALID_CUSTOMERS (none or more than 1,000), INVALID_CUSTOMER_NAME.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -132,6 +141,8 @@ class HierarchyServiceServicer:
 
     def RankCustomers(self, request, context):
         """The order in which to serve competing customers, and the rule that decided each neighbour pair.
+        A customer the registry does not hold does not fail the request: it comes
+        after every registered one, with not_found = true.
         Errors: INVALID_CUSTOMERS (fewer than 2, more than 1,000, or repeated),
         INVALID_CUSTOMER_NAME.
         """
@@ -189,7 +200,10 @@ class HierarchyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchPriorityChanges(self, request, context):
-        """Streams tier changes after each new run, optionally filtered.
+        """Streams effective tier changes, optionally filtered: those of each new
+        run when it is loaded, and, between runs, those the registry's changes
+        make as they are applied (signals re-scored, customers created or moved;
+        live = true), within about a second of the write.
         Errors: INVALID_TIER_IDS, INVALID_OWNER, SHUTTING_DOWN (UNAVAILABLE: the
         server is stopping; watch again to reach another replica),
         TOO_MANY_WATCHERS (RESOURCE_EXHAUSTED: the server's cap on watch streams

@@ -240,7 +240,7 @@ class TierCount(_message.Message):
     def __init__(self, tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., customers: _Optional[int] = ...) -> None: ...
 
 class ScoringRun(_message.Message):
-    __slots__ = ("name", "model", "state", "customers_done", "customers_total", "percent_done", "tier_counts", "failure_reason", "create_time", "start_time", "end_time", "export_seconds", "scoring_seconds", "store_seconds", "previous_run", "churned_left_out", "lifetime_value")
+    __slots__ = ("name", "model", "state", "customers_done", "customers_total", "percent_done", "tier_counts", "failure_reason", "create_time", "start_time", "end_time", "export_seconds", "scoring_seconds", "store_seconds", "previous_run", "churned_left_out", "lifetime_value", "export_sequence")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -258,6 +258,7 @@ class ScoringRun(_message.Message):
     PREVIOUS_RUN_FIELD_NUMBER: _ClassVar[int]
     CHURNED_LEFT_OUT_FIELD_NUMBER: _ClassVar[int]
     LIFETIME_VALUE_FIELD_NUMBER: _ClassVar[int]
+    EXPORT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     state: RunState
@@ -275,7 +276,8 @@ class ScoringRun(_message.Message):
     previous_run: str
     churned_left_out: int
     lifetime_value: LifetimeValueFit
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., customers_done: _Optional[int] = ..., customers_total: _Optional[int] = ..., percent_done: _Optional[float] = ..., tier_counts: _Optional[_Iterable[_Union[TierCount, _Mapping]]] = ..., failure_reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., export_seconds: _Optional[float] = ..., scoring_seconds: _Optional[float] = ..., store_seconds: _Optional[float] = ..., previous_run: _Optional[str] = ..., churned_left_out: _Optional[int] = ..., lifetime_value: _Optional[_Union[LifetimeValueFit, _Mapping]] = ...) -> None: ...
+    export_sequence: int
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., customers_done: _Optional[int] = ..., customers_total: _Optional[int] = ..., percent_done: _Optional[float] = ..., tier_counts: _Optional[_Iterable[_Union[TierCount, _Mapping]]] = ..., failure_reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., export_seconds: _Optional[float] = ..., scoring_seconds: _Optional[float] = ..., store_seconds: _Optional[float] = ..., previous_run: _Optional[str] = ..., churned_left_out: _Optional[int] = ..., lifetime_value: _Optional[_Union[LifetimeValueFit, _Mapping]] = ..., export_sequence: _Optional[int] = ...) -> None: ...
 
 class FittedParameter(_message.Message):
     __slots__ = ("name", "value", "standard_error")
@@ -558,21 +560,27 @@ class ScoreSignalsRequest(_message.Message):
     def __init__(self, signals: _Optional[_Mapping[str, float]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class ScoreBatchRequest(_message.Message):
-    __slots__ = ("model", "signals")
+    __slots__ = ("model", "signals", "run", "previous_tier_levels")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_TIER_LEVELS_FIELD_NUMBER: _ClassVar[int]
     model: str
     signals: _common_pb2.ColumnarChunk
-    def __init__(self, model: _Optional[str] = ..., signals: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ...) -> None: ...
+    run: str
+    previous_tier_levels: bytes
+    def __init__(self, model: _Optional[str] = ..., signals: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ..., run: _Optional[str] = ..., previous_tier_levels: _Optional[bytes] = ...) -> None: ...
 
 class ScoreBatchResponse(_message.Message):
-    __slots__ = ("dimension_scores", "composite", "tier_levels", "derived_signals")
+    __slots__ = ("dimension_scores", "composite", "tier_levels", "derived_signals", "run")
     DIMENSION_SCORES_FIELD_NUMBER: _ClassVar[int]
     COMPOSITE_FIELD_NUMBER: _ClassVar[int]
     TIER_LEVELS_FIELD_NUMBER: _ClassVar[int]
     DERIVED_SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
     dimension_scores: _common_pb2.ColumnarChunk
     composite: bytes
     tier_levels: bytes
     derived_signals: _common_pb2.ColumnarChunk
-    def __init__(self, dimension_scores: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ..., composite: _Optional[bytes] = ..., tier_levels: _Optional[bytes] = ..., derived_signals: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ...) -> None: ...
+    run: str
+    def __init__(self, dimension_scores: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ..., composite: _Optional[bytes] = ..., tier_levels: _Optional[bytes] = ..., derived_signals: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ..., run: _Optional[str] = ...) -> None: ...

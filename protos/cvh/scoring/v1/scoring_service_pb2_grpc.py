@@ -330,10 +330,17 @@ class ScoringServiceServicer:
 
     def ScoreBatch(self, request_iterator, context):
         """Scores the caller's own data: columnar chunks of signals in, columnar results out, one per chunk.
+        With run set, scores with that completed run's fitted model and frozen
+        tier cut-offs (what the hierarchy does to re-score customers whose signals
+        changed since the run it serves); with previous_tier_levels, applies the
+        model's hysteresis band as a run does.
         Errors: INVALID_SIGNALS (the chunk's shape, names or an infinite value),
         INVALID_MODEL_NAME, NO_COMPLETED_RUN, UNKNOWN_SIGNAL (a column the model
         does not read, "signals.column_names[2]", with the nearest names),
-        NO_MODEL_SIGNALS (a chunk without columns).
+        NO_MODEL_SIGNALS (a chunk without columns), INVALID_RUN_NAME,
+        RUN_NOT_FOUND, RUN_NOT_COMPLETED (FAILED_PRECONDITION),
+        INVALID_PREVIOUS_TIER_LEVELS (not one int32 per row, or a level beyond
+        the model's tiers).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,131 @@
+"""Feed batches patched into a snapshot in place give what a whole rebuild gives: random creations (under old
+and new parents), moves, deletions, field changes and live scores, checked after each batch against the
+snapshot's own arrays worked out again from scratch (tree_depths, effective_levels) and the accounts as sent."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cvh.common.v1 import common_pb2
+from cvh.hierarchy.v1 import hierarchy_service_pb2 as pb
+from cvh.registry.v1 import registry_service_pb2 as rpb
+from services.hierarchy import live
+from services.hierarchy import snapshot as snapshots
+from wire.columns import to_chunk
+
+TIERS = [common_pb2.TierRef(tier_id=t, level=i + 1) for i, t in enumerate(["a", "b", "c", "d", "e"])]
+
+
+def base(rng: np.random.Generator, n: int) -> tuple[snapshots.Snapshot, dict[str, tuple[str, int, str]]]:
+    ids = [f"c{i}" for i in range(n)]
+    parents = ["" if i < n // 3 or rng.random() < 0.3 else ids[int(rng.integers(0, i))] for i in range(n)]
+    accounts = snapshots.AccountBase(ids, parents, rng.integers(1, 8, n).astype(np.uint8), [f"o{i % 7}" for i in range(n)],
+                                     rng.random((n, 2)))
+    scored = ids[: n - n // 10]  # the last tenth registered after the run
+    composite = rng.random(len(scored)) * 100
+    results = snapshots.RunResults("runs/1", 1, TIERS, [1, 2], scored, rng.random((len(scored), 2)), composite,
+                                   rng.integers(1, 6, len(scored)).astype(np.int32),
+                                   np.argsort(np.argsort(-composite)) + 1, rng.random(len(scored)) * 100)
+    snap = snapshots.build(results, accounts, pb.INHERITANCE_RULE_PARENT_MINUS_ONE, 0)
+    return snap, {c: (p, int(r), o) for c, p, r, o in zip(ids, parents, accounts.roles, accounts.owners)}
+
+
+def batch(rng, snap, accounts, sequence) -> tuple[rpb.WatchCustomerChangesResponse, list[str]]:
+    """A message of 40 changes: creations (some under each other), moves (never under their own subtree),
+    owner and role changes, deletions of leaves."""
+    ids, parents, roles, owners, deleted = [], [], [], [], []
+    existing = list(accounts)
+    for k in range(40):
+        kind = rng.choice(["create", "move", "field", "delete"])
+        if kind == "create":
+            customer_id = f"n{sequence}-{k}"
+            fresh = [i for i, d in zip(ids[-3:], deleted[-3:]) if not d]
+            parent = str(rng.choice([*existing[:50], *fresh, ""])) if rng.random() < 0.8 else ""
+        else:
+            customer_id = str(rng.choice(existing))
+            if customer_id in ids:
+                continue
+            parent = accounts[customer_id][0]
+            if kind == "move":
+                below = {snap.customer_ids[r] for r in snap.subtree(snap.index[customer_id])} \
+                    if customer_id in snap.index else {customer_id}
+                parent = str(rng.choice([c for c in existing[:200] if c not in below] + [""]))
+            if kind == "delete":
+                if any(p == customer_id for p, _, _ in accounts.values()) or any(p == customer_id for p in parents):
+                    continue
+                deleted.append(1)
+                ids.append(customer_id)
+                parents.append("")
+                roles.append(0)
+                owners.append("")
+                accounts.pop(customer_id)
+                existing.remove(customer_id)
+                continue
+        deleted.append(0)
+        ids.append(customer_id)
+        parents.append(parent)
+        roles.append(int(rng.integers(1, 8)))
+        owners.append(f"o{int(rng.integers(0, 9))}")
+        accounts[customer_id] = (parent, roles[-1], owners[-1])
+        if customer_id not in existing:
+            existing.append(customer_id)
+    values = rng.random((len(ids), 2))
+    message = rpb.WatchCustomerChangesResponse(
+        sequences=list(range(sequence - len(ids) + 1, sequence + 1)), last_sequence=sequence, deleted=bytes(deleted),
+        chunk=to_chunk(ids, ["annual_revenue", "nps"], values), display_names=[""] * len(ids), parent_ids=parents,
+        stakeholder_roles=bytes(roles), owners=owners)
+    return message, [i for i, d in zip(ids, deleted) if not d]
+
+
+@pytest.mark.parametrize("rule", [pb.INHERITANCE_RULE_PARENT_MINUS_ONE, pb.INHERITANCE_RULE_TOP_PARENT,
+                                  pb.INHERITANCE_RULE_OWN])
+def test_patches_give_what_a_rebuild_gives(rule):
+    rng = np.random.default_rng(rule)
+    snap, accounts = base(rng, 3000)
+    snap.effective_level = snapshots.with_rule(snap, rule)
+    for step in range(1, 25):
+        message, upserted = batch(rng, snap, accounts, step * 100)
+        rows = live.feed_rows([message])
+        rescored = upserted[::3]
+        scores = live.Scores(rescored, rng.random(len(rescored)) * 100,
+                             rng.integers(1, 6, len(rescored)).astype(np.int32), rng.random((len(rescored), 2)), step)
+        before = snap.effective_level.copy()
+        patch = live.plan(snap, rows, scores, rule)
+        live.apply(snap, patch)
+        assert snap.sequence == step * 100 and snap.customers == len(accounts) == len(snap.index)
+        assert np.array_equal(snap.depth, snapshots.tree_depths(snap.parent))
+        assert np.array_equal(snap.effective_level, snapshots.with_rule(snap, rule)), f"batch {step}"
+        for customer_id, (parent, role, owner) in accounts.items():
+            row = snap.index[customer_id]
+            assert snap.customer_ids[row] == customer_id
+            assert (snap.customer_ids[snap.parent[row]] if snap.parent[row] >= 0 else "") == parent
+            assert (int(snap.roles[row]), snap.owners[row]) == (role, owner)
+        for row in rng.integers(0, snap.size, 20).tolist():
+            assert np.array_equal(snap.children(row), np.flatnonzero(snap.parent == row))
+        moved = {(c, b, a) for c, b, a, _ in patch.moves}
+        expected = {(c, int(before[r]) if r < len(before) else 0, int(snap.effective_level[r]))
+                    for c, r in snap.index.items() if (before[r] if r < len(before) else 0) != snap.effective_level[r]}
+        assert moved == expected
+        live_rows = [snap.index[c] for c in rescored]
+        assert (snap.live_time_us[live_rows] == step).all() or not live_rows
+    assert snap.removed > 0 and snap.size > 3000, "the batches created and deleted"
+
+
+def test_a_live_composite_ranks_among_the_runs():
+    rank, percentile = live.placed(np.array([10.0, 20.0, 20.0, 30.0]), np.array([25.0, 20.0, 5.0, np.nan]))
+    assert rank.tolist() == [2, 2, 5, 0]
+    assert percentile[:3].tolist() == pytest.approx([70.0, 50.0, 10.0]) and np.isnan(percentile[3])
+
+
+def test_a_customer_changed_in_two_messages_keeps_its_last_change():
+    def message(ids, owners, names, values, deleted, sequence):
+        return rpb.WatchCustomerChangesResponse(
+            last_sequence=sequence, deleted=bytes(deleted), chunk=to_chunk(ids, names, np.array(values, float)),
+            parent_ids=[""] * len(ids), stakeholder_roles=bytes([1] * len(ids)), owners=owners)
+
+    rows = live.feed_rows([message(["a", "b"], ["x", "y"], ["nps"], [[1.0], [2.0]], [0, 0], 5),
+                           message(["c", "a"], ["z", "w"], ["annual_revenue"], [[3.0], [4.0]], [0, 1], 7)])
+    assert rows.ids == ["b", "c", "a"] and rows.owners == ["y", "z", "w"] and rows.sequence == 7
+    assert rows.deleted.tolist() == [False, False, True] and rows.signal_names == ["nps", "annual_revenue"]
+    assert np.array_equal(rows.signals, [[2.0, np.nan], [np.nan, 3.0], [np.nan, 4.0]], equal_nan=True)

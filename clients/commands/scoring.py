@@ -16,7 +16,8 @@ from clients.output import counted, counted_stream, message_dict, percent, print
 from cvh.scoring.v1 import scoring_service_pb2 as pb
 
 # What a model file holds: the model's own fields, not the service's bookkeeping.
-MODEL_FILE_FIELDS = ("model_id", "description", "signals", "dimensions", "tiers", "hysteresis_points", "lifetime_value")
+MODEL_FILE_FIELDS = ("model_id", "description", "signals", "dimensions", "tiers", "hysteresis_points", "lifetime_value",
+                     "outcomes")
 
 
 def read_model_file(path: str) -> pb.ValueModel:

@@ -189,7 +189,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             state=run.state, customers_done=run.customers_done, customers_total=run.customers_total,
             percent_done=run.percent_done, failure_reason=run.failure_reason,
             export_seconds=run.export_seconds, scoring_seconds=run.scoring_seconds, store_seconds=run.store_seconds,
-            churned_left_out=run.churned_left_out,
+            churned_left_out=run.churned_left_out, outcome_signals=store.outcome_signals(run),
             previous_run=f"runs/{run.previous_run_id}" if run.previous_run_id else "")
         for field_name in ("create_time", "start_time", "end_time"):
             if getattr(run, field_name + "_us"):
@@ -318,6 +318,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             run = self._completed_run(conn, name, "run")
             model = _engine_model(store.get_model(conn, run.model_id, run.model_version).spec_json)
             columns = _dimension_names(model)
+            signals = store.outcome_signals(run)
             first = True
             for chunk in store.read_results(conn, run.run_id, len(columns)):
                 message = pb.RunResultsChunk(
@@ -326,7 +327,9 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
                     composite=chunk.composite.tobytes(), tier_levels=chunk.tier_levels.tobytes(),
                     ranks=np.arange(chunk.first_rank, chunk.first_rank + len(chunk.customer_ids),
                                     dtype="<i8").tobytes(),
-                    percentiles=chunk.percentiles.tobytes(), previous_tier_levels=chunk.previous_tier_levels.tobytes())
+                    percentiles=chunk.percentiles.tobytes(), previous_tier_levels=chunk.previous_tier_levels.tobytes(),
+                    outcome_signals=signals, outcome_values=_matrix(chunk.outcome_values, len(signals)),
+                    lifecycle_stages=chunk.lifecycle_stages.tobytes(), bad_profit=chunk.bad_profit.tobytes())
                 if first:
                     message.tiers.extend(self._tiers(conn, run))
                     message.total_customers = run.customers_total
@@ -334,7 +337,9 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
                 yield message
             if first:  # an empty base: one chunk that still names the run, tiers and columns
                 yield pb.RunResultsChunk(run=f"runs/{run.run_id}", tiers=self._tiers(conn, run),
-                                         dimension_scores=_columnar([], columns, np.empty((0, len(columns)))))
+                                         dimension_scores=_columnar([], columns, np.empty((0, len(columns)))),
+                                         outcome_signals=signals, outcome_values=_matrix(np.empty((0, 0)),
+                                                                                          len(signals)))
 
     async def ListRunResults(self, request, context):
         size = page_size(request.page_size)
@@ -347,6 +352,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
                 run = self._completed_run(conn, request.run, "run")
                 model = _engine_model(store.get_model(conn, run.model_id, run.model_version).spec_json)
                 tiers = self._tiers(conn, run)
+                signals = store.outcome_signals(run)
                 level = None
                 if request.tier_id:
                     level = next((t.level for t in tiers if t.tier_id == request.tier_id), None)
@@ -363,7 +369,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
                         if len(results) == size:
                             next_rank = row_rank
                             break
-                        results.append(_customer_result(customer_id, model, chunk, i, row_rank, tiers))
+                        results.append(_customer_result(customer_id, model, chunk, i, row_rank, tiers, signals))
                     if next_rank is not None:
                         break
                 return results, next_rank
@@ -573,7 +579,12 @@ def _dimension_scores(model, values) -> list[common_pb2.DimensionScore]:
     return scores
 
 
-def _customer_result(customer_id, model, chunk, i, rank, tiers) -> pb.CustomerResult:
+def _matrix(values: np.ndarray, columns: int) -> common_pb2.Float64Matrix:
+    return common_pb2.Float64Matrix(rows=len(values), columns=columns,
+                                    data=np.ascontiguousarray(values, dtype="<f8").tobytes() if columns else b"")
+
+
+def _customer_result(customer_id, model, chunk, i, rank, tiers, signals: list[str]) -> pb.CustomerResult:
     result = pb.CustomerResult(
         customer=f"customers/{customer_id}", dimension_scores=_dimension_scores(model, chunk.dimension_scores[i]),
         tier=tiers[chunk.tier_levels[i] - 1], rank=rank, percentile=float(np.nan_to_num(chunk.percentiles[i])))
@@ -581,7 +592,16 @@ def _customer_result(customer_id, model, chunk, i, rank, tiers) -> pb.CustomerRe
         result.composite = float(chunk.composite[i])
     previous = int(chunk.previous_tier_levels[i])
     result.previous_tier.CopyFrom(tiers[previous - 1] if 0 < previous <= len(tiers) else common_pb2.TierRef())
+    _add_outcomes(result, signals, chunk.outcome_values[i], int(chunk.lifecycle_stages[i]), bool(chunk.bad_profit[i]))
     return result
+
+
+def _add_outcomes(result: pb.CustomerResult, signals: list[str], values: np.ndarray, stage: int,
+                  bad_profit: bool) -> None:
+    """A result's outcome values (missing ones left out), lifecycle stage and bad-profit flag."""
+    result.outcome_values.update({name: float(v) for name, v in zip(signals, values.tolist()) if v == v})
+    result.lifecycle_stage = stage
+    result.bad_profit = bad_profit
 
 
 def _score_chunk(fitted, population, matrix: np.ndarray, names: list[str]):

@@ -33,7 +33,7 @@ from services.common.validation import (
     SIGNAL_NAME, SLUG, check_text, customer_id_from_name, decode_offset_token, encode_page_token, page_size,
 )
 from services.registry.customers import now_us, set_timestamp
-from services.scoring import store
+from services.scoring import outcomes, store
 from services.scoring.models import check_sizes, check_spec, spec_of, to_proto
 from services.scoring.runs import RunExecutor
 from services.scoring.watch import RunWatch
@@ -392,6 +392,54 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
                 return answer
         return await asyncio.to_thread(movement)
 
+    # -- outcomes --------------------------------------------------------------------------------------
+
+    async def GetOutcomeReport(self, request, context):
+        pairs = _outcome_request(request)
+
+        def report():
+            with long_read_transaction(self.engine) as conn:
+                runs = self._outcome_runs(conn, request, pairs)
+                loaded: dict[int, outcomes.RunColumns] = {}
+
+                def columns_of(run: Row) -> outcomes.RunColumns:
+                    if run.run_id not in loaded:
+                        spec = store.get_model(conn, run.model_id, run.model_version).spec_json
+                        loaded[run.run_id] = outcomes.load_run(conn, run, _engine_model(spec), self._tiers(conn, run))
+                    return loaded[run.run_id]
+                answer = pb.OutcomeReport()
+                for start, end in zip(runs, runs[1:]):
+                    answer.periods.append(outcomes.period(columns_of(start), columns_of(end)))
+                    loaded.pop(start.run_id)  # each run is read once: the start of a pair was the end of the last
+                return answer
+        return await asyncio.to_thread(report)
+
+    def _outcome_runs(self, conn, request, pairs: tuple) -> list[Row]:
+        """The runs of the report, oldest first."""
+        if pairs[0] == "last":
+            _, model_id, count = pairs
+            runs = store.last_completed(conn, model_id, count)
+            if len(runs) < 2:
+                raise failed_precondition(f"models/{model_id} has {len(runs)} completed run(s); an outcome report "
+                                          "compares two", "NOT_ENOUGH_RUNS")
+            return runs[::-1]
+        _, from_id, to_id = pairs
+        found = {}
+        for field_path, run_id in (("from_run", from_id), ("to_run", to_id)):
+            run = store.get_run(conn, run_id)
+            if run is None:
+                raise not_found(f"runs/{run_id}")
+            if run.state != pb.RUN_STATE_COMPLETED:
+                raise failed_precondition(f"{field_path}: runs/{run_id} is {pb.RunState.Name(run.state)}, not "
+                                          "completed", "RUN_NOT_COMPLETED")
+            found[field_path] = run
+        start, end = found["from_run"], found["to_run"]
+        if start.model_id != end.model_id:
+            raise invalid_argument("to_run", f"runs/{to_id} is a run of models/{end.model_id}, runs/{from_id} of "
+                                             f"models/{start.model_id}: compare runs of one model",
+                                   "RUNS_OF_DIFFERENT_MODELS")
+        return [start, end]
+
     # -- online scoring --------------------------------------------------------------------------------
 
     async def _current_async(self, model_name: str, field_path: str) -> tuple[Row, scoring_engine.FittedModel, Any]:
@@ -490,6 +538,36 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             if derived is not None:
                 response.derived_signals.CopyFrom(_columnar(list(chunk.customer_ids), list(DERIVED_SIGNALS), derived))
             yield response
+
+
+MAX_OUTCOME_RUNS = 20
+
+
+def _outcome_request(request: pb.GetOutcomeReportRequest) -> tuple:
+    """("last", model_id, N) or ("pair", from run id, to run id), or INVALID_ARGUMENT naming the field."""
+    if request.last_runs:
+        if not 2 <= request.last_runs <= MAX_OUTCOME_RUNS:
+            raise invalid_argument("last_runs", f"2 to {MAX_OUTCOME_RUNS} runs (consecutive pairs of them), "
+                                                f"got {request.last_runs}; 0 with from_run and to_run")
+        for field_path in ("from_run", "to_run"):
+            if getattr(request, field_path):
+                raise invalid_argument(field_path, "set from_run and to_run, or model and last_runs, not both")
+        model_id, version = parse_model_name(request.model, "model")
+        if version is not None:
+            raise invalid_argument("model", "a model (\"models/{model_id}\"), not a version: its runs may use "
+                                            "several versions", "INVALID_MODEL_NAME")
+        return "last", model_id, request.last_runs
+    violations = Violations()
+    for field_path in ("from_run", "to_run"):
+        if not getattr(request, field_path):
+            violations.add(field_path, 'required: "runs/{run_id}" (or set model and last_runs instead)')
+    if request.model:
+        violations.add("model", "only with last_runs (from_run and to_run name their model)", "INVALID_MODEL_NAME")
+    violations.raise_if_any()
+    from_id, to_id = parse_run_name(request.from_run, "from_run"), parse_run_name(request.to_run, "to_run")
+    if to_id <= from_id:
+        raise invalid_argument("to_run", f"must be a run after from_run (runs/{from_id}), got runs/{to_id}")
+    return "pair", from_id, to_id
 
 
 def _version_required(conn, model_id: str) -> ServiceError:

@@ -5,14 +5,16 @@ fixture data."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import json
+import io
 
 import grpc
 import numpy as np
 import pytest
 from google.protobuf import json_format
 
+from clients import cli
 from cvh.common.v1 import common_pb2
 from cvh.registry.v1 import registry_service_pb2 as rpb
 from cvh.registry.v1 import registry_service_pb2_grpc as rpb_grpc
@@ -144,3 +146,153 @@ def test_runs_store_outcome_values_stages_and_flags(suite, history):
     assert by_id["oc-010"].lifecycle_stage == common_pb2.LIFECYCLE_STAGE_ACTIVE
     assert {c for c, r in by_id.items() if r.bad_profit} == {c for c, r in results(scoring, first.name).items()
                                                              if r["bad_profit"]}
+
+
+def hand_report(start: dict[str, dict], end: dict[str, dict], before: dict, after: dict) -> dict:
+    """The report's figures per start tier level (and "total"), in plain Python over the fixture's values."""
+    out = {}
+    levels = sorted({r["level"] for r in start.values()})
+    for key in [*levels, "total"]:
+        cohort = [c for c, r in start.items() if key == "total" or r["level"] == key]
+        kept = [c for c in cohort if c in end]
+        m0 = {c: before[c]["annual_revenue"] for c in cohort}
+        m1 = {c: after[c]["annual_revenue"] for c in kept}
+        nps0 = [before[c]["nps"] for c in cohort if before[c]["nps"] == before[c]["nps"]]
+        nps1 = [after[c]["nps"] for c in kept if after[c]["nps"] == after[c]["nps"]]
+        flagged = [c for c in kept if end[c]["bad_profit"]]
+        out[key] = {
+            "customers": len(cohort), "retained": len(kept), "logo": len(kept) / len(cohort),
+            "grr": sum(min(m1.get(c, 0.0), m0[c]) for c in cohort) / sum(m0.values()),
+            "nrr": sum(m1.values()) / sum(m0.values()),
+            "money_lost": sum(m0[c] for c in cohort if c not in end),
+            "nps_start": sum(nps0) / len(nps0), "nps_end": sum(nps1) / len(nps1) if nps1 else None,
+            "promoters_start": sum(v >= 50 for v in nps0) / len(nps0),
+            "detractors_end": sum(v <= 0 for v in nps1) / len(nps1) if nps1 else None,
+            "referrals_end": sum(after[c]["referrals"] for c in kept),
+            "adoption_change": (sum(after[c]["use_case_adoption"] for c in kept) / len(kept)
+                                - sum(before[c]["use_case_adoption"] for c in cohort) / len(cohort)) if kept else None,
+            "up": sum(end[c]["level"] < start[c]["level"] for c in kept),
+            "down": sum(end[c]["level"] > start[c]["level"] for c in kept),
+            "bad_profit": len(flagged),
+            "bad_profit_share": sum(m1[c] for c in flagged) / sum(m1.values()) if kept else None,
+        }
+    return out
+
+
+def check_line(line: pb.TierOutcome, want: dict) -> None:
+    assert (line.customers, line.customers_retained) == (want["customers"], want["retained"])
+    assert line.customers_lost == want["customers"] - want["retained"]
+    assert line.logo_retention == pytest.approx(want["logo"])
+    assert line.gross_revenue_retention == pytest.approx(want["grr"])
+    assert line.net_revenue_retention == pytest.approx(want["nrr"])
+    assert line.money_lost == pytest.approx(want["money_lost"])
+    assert line.nps.mean_start == pytest.approx(want["nps_start"])
+    assert line.promoter_share_start == pytest.approx(want["promoters_start"])
+    assert (line.moved_up, line.moved_down) == (want["up"], want["down"])
+    assert line.moved_up + line.moved_down + line.stayed == want["retained"]
+    assert line.bad_profit_customers == want["bad_profit"]
+    if want["retained"]:
+        assert line.nps.mean_end == pytest.approx(want["nps_end"])
+        assert line.detractor_share_end == pytest.approx(want["detractors_end"])
+        assert line.referrals.sum_end == pytest.approx(want["referrals_end"])
+        assert line.adoption.change == pytest.approx(want["adoption_change"])
+        assert line.bad_profit_money_share == pytest.approx(want["bad_profit_share"])
+    else:
+        assert not line.nps.HasField("mean_end") and not line.HasField("bad_profit_money_share")
+
+
+def test_outcome_report_matches_a_hand_computation(suite, history):
+    _, scoring, _ = suite
+    first, second, _ = history["runs"]
+    start, end = results(scoring, first.name), results(scoring, second.name)
+    want = hand_report(start, end, history["before"], history["after"])
+    report = scoring.GetOutcomeReport(pb.GetOutcomeReportRequest(from_run=first.name, to_run=second.name))
+    (period,) = report.periods
+    assert (period.from_run, period.to_run) == (first.name, second.name)
+    assert [t.tier.tier_id for t in period.tiers] == ["strategic", "key", "growth", "core", "standard"]
+    for line in period.tiers:
+        if line.customers:
+            check_line(line, want[line.tier.level])
+    check_line(period.total, want["total"])
+    assert period.total.customers_lost == 6  # five churned, one deleted
+    assert period.total.bad_profit_customers > 0 and period.total.detractor_share_end > 0
+    assert period.customers_gained == 5
+    assert period.money_gained == pytest.approx(sum(1000.0 * (i + 1) for i in range(N, N + 5)))
+    assert period.total.money_end == pytest.approx(sum(history["after"][c]["annual_revenue"] for c in end
+                                                       if c in start))
+    # The default model names no CSAT signal: its lines are empty, with a note.
+    assert not period.total.HasField("csat") and any("no csat signal" in n for n in period.notes)
+
+    # The last three runs: two periods, oldest first, the second the same as asked by name.
+    last = scoring.GetOutcomeReport(pb.GetOutcomeReportRequest(model="default", last_runs=3))
+    assert [(p.from_run, p.to_run) for p in last.periods] == [(first.name, second.name),
+                                                              (second.name, history["runs"][2].name)]
+    assert last.periods[0] == period
+
+
+def test_signals_a_model_names_but_nobody_has_leave_empty_lines_with_notes(suite, history):
+    _, scoring, _ = suite
+    model = json_format.MessageToDict(scoring.GetModel(pb.GetModelRequest(name="default")),
+                                      preserving_proto_field_name=True)
+    model = {k: v for k, v in model.items() if k not in ("name", "version", "creator", "create_time", "active")}
+    model["model_id"] = "sparse"
+    model["outcomes"] = {"nps_signal": "nps", "csat_signal": "csat", "adoption_signal": "no_such_signal",
+                         "bad_profit": {"at_most": 0}}
+    scoring.CreateModel(pb.CreateModelRequest(model=json_format.ParseDict(model, pb.ValueModel())))
+    runs = [run_to_end(scoring, "sparse"), run_to_end(scoring, "sparse")]
+    (period,) = scoring.GetOutcomeReport(pb.GetOutcomeReportRequest(from_run=runs[0].name,
+                                                                    to_run=runs[1].name)).periods
+    total = period.total
+    assert not total.HasField("money_start") and not total.HasField("net_revenue_retention")
+    assert not total.HasField("csat") and not total.HasField("adoption") and not total.HasField("referrals")
+    assert not total.HasField("bad_profit_money_share") and not period.HasField("money_gained")
+    assert total.HasField("nps") and total.customers_retained == total.customers
+    notes = " | ".join(period.notes)
+    for words in ("no money signal", "has a value of csat", "has a value of no_such_signal", "no referrals signal"):
+        assert words in notes, notes
+
+
+def test_outcome_report_bad_input_is_named_by_field(suite, history):
+    _, scoring, _ = suite
+    first, second, _ = history["runs"]
+    sparse = scoring.ListScoringRuns(pb.ListScoringRunsRequest(model_id="sparse")).runs
+    cases = [
+        (dict(from_run=first.name), grpc.StatusCode.INVALID_ARGUMENT, "to_run", "INVALID_TO_RUN"),
+        (dict(from_run="runs/x", to_run=second.name), grpc.StatusCode.INVALID_ARGUMENT, "from_run",
+         "INVALID_RUN_NAME"),
+        (dict(from_run=second.name, to_run=first.name), grpc.StatusCode.INVALID_ARGUMENT, "to_run",
+         "INVALID_TO_RUN"),
+        (dict(from_run=first.name, to_run="runs/999999"), grpc.StatusCode.NOT_FOUND, None, "RUN_NOT_FOUND"),
+        (dict(from_run=first.name, to_run=sparse[0].name), grpc.StatusCode.INVALID_ARGUMENT, "to_run",
+         "RUNS_OF_DIFFERENT_MODELS"),
+        (dict(last_runs=1), grpc.StatusCode.INVALID_ARGUMENT, "last_runs", "INVALID_LAST_RUNS"),
+        (dict(last_runs=21), grpc.StatusCode.INVALID_ARGUMENT, "last_runs", "INVALID_LAST_RUNS"),
+        (dict(last_runs=2, from_run=first.name), grpc.StatusCode.INVALID_ARGUMENT, "from_run",
+         "INVALID_FROM_RUN"),
+        (dict(last_runs=2, model="default/versions/1"), grpc.StatusCode.INVALID_ARGUMENT, "model",
+         "INVALID_MODEL_NAME"),
+        (dict(last_runs=2, model="nothing-here"), grpc.StatusCode.FAILED_PRECONDITION, None, "NOT_ENOUGH_RUNS"),
+    ]
+    for fields, code, field, reason in cases:
+        with raises_status(code, field=field, reason=reason):
+            scoring.GetOutcomeReport(pb.GetOutcomeReportRequest(**fields))
+
+
+def test_cvh_outcomes_prints_the_table_and_draws_a_panel_per_outcome(suite, history, tmp_path):
+    target, _, _ = suite
+    first, second, third = history["runs"]
+    out, picture = io.StringIO(), tmp_path / "outcomes.png"
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["outcomes", "--last", "3", "--out", str(picture), "--server", target]) == 0
+    text = out.getvalue()
+    assert f"{first.name} (models/default/versions/1) -> {second.name}" in text and third.name in text
+    assert "strategic" in text.lower() and "NRR" in text and "note: no csat signal" in text
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and picture.stat().st_size > 20_000
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["outcomes", "--from", first.name, "--to", "2", "--json", "--server", target]) == 0
+    assert '"customersGained": "5"' in out.getvalue() or '"customers_gained"' in out.getvalue()
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert cli.main(["outcomes", "--from", first.name, "--server", target]) == 2
+    assert "--from and --to together" in err.getvalue()

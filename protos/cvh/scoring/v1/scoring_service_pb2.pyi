@@ -626,3 +626,119 @@ class ScoreBatchResponse(_message.Message):
     tier_levels: bytes
     derived_signals: _common_pb2.ColumnarChunk
     def __init__(self, dimension_scores: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ..., composite: _Optional[bytes] = ..., tier_levels: _Optional[bytes] = ..., derived_signals: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ...) -> None: ...
+
+class GetOutcomeReportRequest(_message.Message):
+    __slots__ = ("from_run", "to_run", "model", "last_runs")
+    FROM_RUN_FIELD_NUMBER: _ClassVar[int]
+    TO_RUN_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LAST_RUNS_FIELD_NUMBER: _ClassVar[int]
+    from_run: str
+    to_run: str
+    model: str
+    last_runs: int
+    def __init__(self, from_run: _Optional[str] = ..., to_run: _Optional[str] = ..., model: _Optional[str] = ..., last_runs: _Optional[int] = ...) -> None: ...
+
+class SignalOutcome(_message.Message):
+    __slots__ = ("mean_start", "mean_end", "change", "sum_start", "sum_end", "customers_start", "customers_end")
+    MEAN_START_FIELD_NUMBER: _ClassVar[int]
+    MEAN_END_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    SUM_START_FIELD_NUMBER: _ClassVar[int]
+    SUM_END_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_START_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_END_FIELD_NUMBER: _ClassVar[int]
+    mean_start: float
+    mean_end: float
+    change: float
+    sum_start: float
+    sum_end: float
+    customers_start: int
+    customers_end: int
+    def __init__(self, mean_start: _Optional[float] = ..., mean_end: _Optional[float] = ..., change: _Optional[float] = ..., sum_start: _Optional[float] = ..., sum_end: _Optional[float] = ..., customers_start: _Optional[int] = ..., customers_end: _Optional[int] = ...) -> None: ...
+
+class TierOutcome(_message.Message):
+    __slots__ = ("tier", "customers", "customers_retained", "customers_lost", "logo_retention", "money_start", "money_end", "money_lost", "gross_revenue_retention", "net_revenue_retention", "nps", "promoter_share_start", "promoter_share_end", "detractor_share_start", "detractor_share_end", "csat", "referenceability", "referrals", "adoption", "moved_up", "moved_down", "stayed", "bad_profit_customers", "bad_profit_money", "bad_profit_money_share")
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_RETAINED_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_LOST_FIELD_NUMBER: _ClassVar[int]
+    LOGO_RETENTION_FIELD_NUMBER: _ClassVar[int]
+    MONEY_START_FIELD_NUMBER: _ClassVar[int]
+    MONEY_END_FIELD_NUMBER: _ClassVar[int]
+    MONEY_LOST_FIELD_NUMBER: _ClassVar[int]
+    GROSS_REVENUE_RETENTION_FIELD_NUMBER: _ClassVar[int]
+    NET_REVENUE_RETENTION_FIELD_NUMBER: _ClassVar[int]
+    NPS_FIELD_NUMBER: _ClassVar[int]
+    PROMOTER_SHARE_START_FIELD_NUMBER: _ClassVar[int]
+    PROMOTER_SHARE_END_FIELD_NUMBER: _ClassVar[int]
+    DETRACTOR_SHARE_START_FIELD_NUMBER: _ClassVar[int]
+    DETRACTOR_SHARE_END_FIELD_NUMBER: _ClassVar[int]
+    CSAT_FIELD_NUMBER: _ClassVar[int]
+    REFERENCEABILITY_FIELD_NUMBER: _ClassVar[int]
+    REFERRALS_FIELD_NUMBER: _ClassVar[int]
+    ADOPTION_FIELD_NUMBER: _ClassVar[int]
+    MOVED_UP_FIELD_NUMBER: _ClassVar[int]
+    MOVED_DOWN_FIELD_NUMBER: _ClassVar[int]
+    STAYED_FIELD_NUMBER: _ClassVar[int]
+    BAD_PROFIT_CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    BAD_PROFIT_MONEY_FIELD_NUMBER: _ClassVar[int]
+    BAD_PROFIT_MONEY_SHARE_FIELD_NUMBER: _ClassVar[int]
+    tier: _common_pb2.TierRef
+    customers: int
+    customers_retained: int
+    customers_lost: int
+    logo_retention: float
+    money_start: float
+    money_end: float
+    money_lost: float
+    gross_revenue_retention: float
+    net_revenue_retention: float
+    nps: SignalOutcome
+    promoter_share_start: float
+    promoter_share_end: float
+    detractor_share_start: float
+    detractor_share_end: float
+    csat: SignalOutcome
+    referenceability: SignalOutcome
+    referrals: SignalOutcome
+    adoption: SignalOutcome
+    moved_up: int
+    moved_down: int
+    stayed: int
+    bad_profit_customers: int
+    bad_profit_money: float
+    bad_profit_money_share: float
+    def __init__(self, tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., customers: _Optional[int] = ..., customers_retained: _Optional[int] = ..., customers_lost: _Optional[int] = ..., logo_retention: _Optional[float] = ..., money_start: _Optional[float] = ..., money_end: _Optional[float] = ..., money_lost: _Optional[float] = ..., gross_revenue_retention: _Optional[float] = ..., net_revenue_retention: _Optional[float] = ..., nps: _Optional[_Union[SignalOutcome, _Mapping]] = ..., promoter_share_start: _Optional[float] = ..., promoter_share_end: _Optional[float] = ..., detractor_share_start: _Optional[float] = ..., detractor_share_end: _Optional[float] = ..., csat: _Optional[_Union[SignalOutcome, _Mapping]] = ..., referenceability: _Optional[_Union[SignalOutcome, _Mapping]] = ..., referrals: _Optional[_Union[SignalOutcome, _Mapping]] = ..., adoption: _Optional[_Union[SignalOutcome, _Mapping]] = ..., moved_up: _Optional[int] = ..., moved_down: _Optional[int] = ..., stayed: _Optional[int] = ..., bad_profit_customers: _Optional[int] = ..., bad_profit_money: _Optional[float] = ..., bad_profit_money_share: _Optional[float] = ...) -> None: ...
+
+class OutcomePeriod(_message.Message):
+    __slots__ = ("from_run", "to_run", "from_model", "to_model", "from_time", "to_time", "tiers", "total", "customers_gained", "money_gained", "notes")
+    FROM_RUN_FIELD_NUMBER: _ClassVar[int]
+    TO_RUN_FIELD_NUMBER: _ClassVar[int]
+    FROM_MODEL_FIELD_NUMBER: _ClassVar[int]
+    TO_MODEL_FIELD_NUMBER: _ClassVar[int]
+    FROM_TIME_FIELD_NUMBER: _ClassVar[int]
+    TO_TIME_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_GAINED_FIELD_NUMBER: _ClassVar[int]
+    MONEY_GAINED_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
+    from_run: str
+    to_run: str
+    from_model: str
+    to_model: str
+    from_time: _timestamp_pb2.Timestamp
+    to_time: _timestamp_pb2.Timestamp
+    tiers: _containers.RepeatedCompositeFieldContainer[TierOutcome]
+    total: TierOutcome
+    customers_gained: int
+    money_gained: float
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, from_run: _Optional[str] = ..., to_run: _Optional[str] = ..., from_model: _Optional[str] = ..., to_model: _Optional[str] = ..., from_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., to_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tiers: _Optional[_Iterable[_Union[TierOutcome, _Mapping]]] = ..., total: _Optional[_Union[TierOutcome, _Mapping]] = ..., customers_gained: _Optional[int] = ..., money_gained: _Optional[float] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class OutcomeReport(_message.Message):
+    __slots__ = ("periods",)
+    PERIODS_FIELD_NUMBER: _ClassVar[int]
+    periods: _containers.RepeatedCompositeFieldContainer[OutcomePeriod]
+    def __init__(self, periods: _Optional[_Iterable[_Union[OutcomePeriod, _Mapping]]] = ...) -> None: ...

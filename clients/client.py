@@ -314,6 +314,11 @@ class CvhClient:
             model=model_name(model), last_runs=last_runs)
         return self._unary(self.scoring.GetOutcomeReport, request)
 
+    def get_customer_history(self, customer: str, model: str = "", last_runs: int = 0) -> scoring_pb.CustomerHistory:
+        request = scoring_pb.GetCustomerHistoryRequest(customer=customer_name(customer), model=model_name(model),
+                                                       last_runs=last_runs)
+        return self._unary(self.scoring.GetCustomerHistory, request)
+
     # -- scoring: online -----------------------------------------------------------------------------------
 
     def score_customer(self, customer: str, model: str = "") -> scoring_pb.CustomerScore:

@@ -1,4 +1,4 @@
-"""Outcomes: cvh outcomes."""
+"""Outcomes and histories: cvh outcomes, cvh history."""
 
 from __future__ import annotations
 
@@ -36,6 +36,40 @@ def outcomes_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def customer_history(args: argparse.Namespace) -> int:
+    with connect(args) as cvh:
+        history = cvh.get_customer_history(args.customer, args.model, args.last)
+    if args.json:
+        print_json(message_dict(history))
+        return 0
+    print(f"{history.customer} in the last {len(history.runs)} completed runs of {history.model}, newest first")
+    headers = ["run", "model", "ended", "composite", "tier", "previous", "rank", "percentile", "stage", "bad profit",
+               "outcome values"]
+    rows = []
+    for entry in history.runs:
+        ended = entry.end_time.ToDatetime().strftime("%Y-%m-%d %H:%M")
+        if not entry.HasField("result"):
+            rows.append([entry.run, entry.model.split("/versions/")[-1], ended, "not scored", "", "", "", "", "", "",
+                         ""])
+            continue
+        r = entry.result
+        stage = _stage_word(r.lifecycle_stage)
+        values = ", ".join(f"{k} {v:g}" for k, v in sorted(r.outcome_values.items()))
+        rows.append([entry.run, entry.model.split("/versions/")[-1], ended,
+                     f"{r.composite:.1f}" if r.HasField("composite") else "–", r.tier.tier_id,
+                     r.previous_tier.tier_id or "–", f"{r.rank:,}", f"{r.percentile:.1f}", stage,
+                     "yes" if r.bad_profit else "", values])
+    print_table(headers, rows, right=[3, 6, 7])
+    return 0
+
+
+def _stage_word(stage: int) -> str:
+    from cvh.common.v1 import common_pb2
+
+    return common_pb2.LifecycleStage.Name(stage).removeprefix("LIFECYCLE_STAGE_").lower().replace("_", " ") \
+        if stage else "–"
+
+
 def add_parsers(commands, client: argparse.ArgumentParser) -> None:
     command = commands.add_parser(
         "outcomes", parents=[client], help="retention, revenue retention, satisfaction, advocacy, adoption and bad "
@@ -55,3 +89,14 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
                          help="also draw the report: a panel per outcome, a line per tier across the runs")
     command.set_defaults(run=outcomes_report)
 
+    command = commands.add_parser(
+        "history", parents=[client], help="one customer's results across a model's runs",
+        description="A customer's composite, tier, previous tier, rank, percentile, lifecycle stage, outcome "
+                    "values and bad-profit flag in each of a model's last N completed runs, newest first, as each "
+                    "run stored them. The effective tier (inherited along the account tree) is "
+                    "`cvh priority`'s.")
+    command.add_argument("customer", metavar="ID", help="customer id or customers/ID")
+    command.add_argument("--model", default="", help="model id (default: default)")
+    command.add_argument("--last", type=whole_number(1, 100), default=0, metavar="N",
+                         help="the last N completed runs, 1 to 100 (default 20)")
+    command.set_defaults(run=customer_history)

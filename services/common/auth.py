@@ -55,7 +55,7 @@ REQUIRED_ROLE = {
         "CreateCustomer", "UpdateCustomer", "DeleteCustomer", "ImportCustomers", "RecordSignals")},
     **{_SCORING + m: READER for m in (
         "GetModel", "ListModels", "GetScoringRun", "ListScoringRuns", "WatchScoringRun", "WatchRuns",
-        "StreamRunResults", "ListRunResults", "GetTierMovement", "GetOutcomeReport")},
+        "StreamRunResults", "ListRunResults", "GetTierMovement", "GetOutcomeReport", "GetCustomerHistory")},
     **{_SCORING + m: SCORER for m in ("ScoreCustomer", "ScoreSignals", "ScoreBatch")},
     **{_SCORING + m: ADMIN for m in ("CreateModel", "ActivateModel", "StartScoringRun", "CancelScoringRun")},
     **{_HIERARCHY + m: READER for m in (

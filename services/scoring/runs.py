@@ -27,7 +27,7 @@ from services.common.db import read_transaction, write_transaction
 from services.common.peers import Peer
 from services.common.streams import in_threads
 from services.registry.customers import now_us
-from services.scoring import store
+from services.scoring import history, store
 from services.scoring.store import ResultChunk
 from wire import columns
 
@@ -151,17 +151,20 @@ class RunExecutor:
         await self._update(run_id, percent_done=EXPORT_SHARE + SCORE_SHARE)
         self._check(run_id)
         chunks, counts, moves = _result_chunks(ids, result, previous_tiers, kept, stages)
+        buckets = history.bucket_count(len(ids))
 
         def write():
             with write_transaction(self.engine) as conn:
                 store.write_results(conn, run_id, chunks)
+                floats, ints = _history_rows(result, previous_tiers, kept, stages)
+                history.write(conn, run_id, ids, floats, ints, buckets)
                 self._check(run_id)
                 completed = store.update_run(
                     conn, run_id, state=pb.RUN_STATE_COMPLETED, end_time_us=now_us(), percent_done=100.0,
                     customers_done=len(ids), customers_total=len(ids),
                     previous_run_id=previous_run, fitted=fitted.to_bytes(),
                     lifetime_value_json=None if population is None else json.dumps(population.to_dict()),
-                    outcome_signals_json=json.dumps(kept.signals),
+                    outcome_signals_json=json.dumps(kept.signals), history_buckets=buckets,
                     tier_counts_json=json.dumps(counts), tier_moves_json=json.dumps(moves),
                     export_seconds=exported - started, scoring_seconds=scored - exported,
                     store_seconds=time.perf_counter() - scored, heartbeat_us=now_us())
@@ -275,6 +278,14 @@ def _result_chunks(ids: list[str], result, previous_tiers: np.ndarray, kept: Kep
     pair_counts = np.bincount(previous_levels.astype(np.int64) * width + levels, minlength=width * width)
     moves = [(int(pair // width), int(pair % width), int(pair_counts[pair])) for pair in np.flatnonzero(pair_counts)]
     return chunks, counts, moves
+
+
+def _history_rows(result, previous_tiers: np.ndarray, kept: KeptOutcomes, stages: np.ndarray):
+    """Each customer's row of the history layout (services/scoring/history.py), in export order."""
+    floats = np.column_stack([result.dimensions, result.composite, result.percentile,
+                              result.rank.astype(np.float64), kept.values])
+    ints = np.column_stack([result.tier + 1, previous_tiers + 1, stages, kept.bad_profit]).astype(np.int32)
+    return floats, ints
 
 
 def _without_churned(export: columns.SignalExport) -> tuple[list[str], np.ndarray, np.ndarray, int]:

@@ -33,7 +33,7 @@ from services.common.validation import (
     SIGNAL_NAME, SLUG, check_text, customer_id_from_name, decode_offset_token, encode_page_token, page_size,
 )
 from services.registry.customers import now_us, set_timestamp
-from services.scoring import outcomes, store
+from services.scoring import history, outcomes, store
 from services.scoring.models import check_sizes, check_spec, spec_of, to_proto
 from services.scoring.runs import RunExecutor
 from services.scoring.watch import RunWatch
@@ -79,6 +79,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         self.engine = engine
         scoring_engine.warm_up()  # compile or load the kernels now, not in the first request
         lifetime_value.warm_up()
+        history.warm_up()
         self.runs = RunExecutor(engine)
         self.watch = RunWatch(engine, self.runs, self._to_run_proto)
         self._fitted: dict[int, tuple[scoring_engine.FittedModel, lifetime_value.PopulationFit | None]] = {}
@@ -88,6 +89,8 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         self.local_registry = None
         # model_id -> (run, fitted, lifetime-value fit, executor generation, monotonic time read)
         self._current_runs: dict[str, tuple] = {}
+        # (model_id, version) -> (engine model, tiers): versions are immutable.
+        self._versions: dict[tuple[str, int], tuple[scoring_engine.ValueModel, list[common_pb2.TierRef]]] = {}
         self.stopping = False
         self._sweeper: asyncio.Task | None = None
         with write_transaction(engine) as conn:
@@ -440,6 +443,63 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
                                    "RUNS_OF_DIFFERENT_MODELS")
         return [start, end]
 
+    async def GetCustomerHistory(self, request, context):
+        customer_id = customer_id_from_name(request.customer, "customer")
+        model_id, version = parse_model_name(request.model, "model")
+        if version is not None:
+            raise invalid_argument("model", "a model (\"models/{model_id}\"), not a version: its runs may use "
+                                            "several versions", "INVALID_MODEL_NAME")
+        if not 0 <= request.last_runs <= MAX_HISTORY_RUNS:
+            raise invalid_argument("last_runs", f"1 to {MAX_HISTORY_RUNS} runs (0: {DEFAULT_HISTORY_RUNS}), got "
+                                                f"{request.last_runs}")
+        count = request.last_runs or DEFAULT_HISTORY_RUNS
+
+        def read() -> pb.CustomerHistory:
+            with read_transaction(self.engine) as conn:
+                runs = store.last_completed(conn, model_id, count)
+                if not runs:
+                    raise failed_precondition(f"models/{model_id} has no completed run yet; start one with "
+                                              "StartScoringRun", "NO_COMPLETED_RUN")
+                found = history.find(conn, runs, customer_id)
+                for run in runs:
+                    if run.run_id not in found:  # a run made before runs kept the history layout
+                        found[run.run_id] = self._scan_for(conn, run, customer_id)
+                answer = pb.CustomerHistory(customer=f"customers/{customer_id}", model=f"models/{model_id}")
+                for run in runs:
+                    entry = answer.runs.add(run=f"runs/{run.run_id}",
+                                            model=f"models/{run.model_id}/versions/{run.model_version}")
+                    set_timestamp(entry.end_time, run.end_time_us)
+                    if found[run.run_id] is not None:
+                        model, tiers = self._version(conn, run)
+                        entry.result.CopyFrom(_history_result(customer_id, model, tiers, store.outcome_signals(run),
+                                                              found[run.run_id]))
+                if not any(entry.HasField("result") for entry in answer.runs):
+                    raise ServiceError(grpc.StatusCode.NOT_FOUND,
+                                       f"customers/{customer_id} has no result in the last {len(runs)} completed "
+                                       f"run(s) of models/{model_id}", "CUSTOMER_NOT_FOUND",
+                                       metadata={"resource": f"customers/{customer_id}"})
+                return answer
+        return await asyncio.to_thread(read)
+
+    def _version(self, conn, run: Row) -> tuple[scoring_engine.ValueModel, list[common_pb2.TierRef]]:
+        key = (run.model_id, run.model_version)
+        if key not in self._versions:
+            self._versions[key] = (_engine_model(store.get_model(conn, *key).spec_json), self._tiers(conn, run))
+        return self._versions[key]
+
+    def _scan_for(self, conn, run: Row, customer_id: str) -> history.Found | None:
+        """The customer's row in a run without the history layout, from its result chunks (every chunk read)."""
+        model, _ = self._version(conn, run)
+        for chunk in store.read_results(conn, run.run_id, len(model.dimensions)):
+            if customer_id in chunk.customer_ids:
+                i = chunk.customer_ids.index(customer_id)
+                floats = np.concatenate([chunk.dimension_scores[i], [chunk.composite[i], chunk.percentiles[i],
+                                                                     chunk.first_rank + i], chunk.outcome_values[i]])
+                ints = np.array([chunk.tier_levels[i], chunk.previous_tier_levels[i], chunk.lifecycle_stages[i],
+                                 chunk.bad_profit[i]], np.int32)
+                return history.Found(floats, ints)
+        return None
+
     # -- online scoring --------------------------------------------------------------------------------
 
     async def _current_async(self, model_name: str, field_path: str) -> tuple[Row, scoring_engine.FittedModel, Any]:
@@ -541,6 +601,23 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
 
 
 MAX_OUTCOME_RUNS = 20
+MAX_HISTORY_RUNS, DEFAULT_HISTORY_RUNS = 100, 20
+
+
+def _history_result(customer_id: str, model, tiers: list[common_pb2.TierRef], signals: list[str],
+                    row: history.Found) -> pb.CustomerResult:
+    """A CustomerResult from a row of the history layout."""
+    dims = len(model.dimensions)
+    composite, percentile, rank = row.floats[dims:dims + 3].tolist()
+    level, previous, stage, flag = row.ints.tolist()
+    result = pb.CustomerResult(customer=f"customers/{customer_id}",
+                               dimension_scores=_dimension_scores(model, row.floats[:dims]),
+                               tier=tiers[level - 1], rank=int(rank), percentile=float(np.nan_to_num(percentile)))
+    if composite == composite:
+        result.composite = composite
+    result.previous_tier.CopyFrom(tiers[previous - 1] if 0 < previous <= len(tiers) else common_pb2.TierRef())
+    _add_outcomes(result, signals, row.floats[dims + 3:], stage, bool(flag))
+    return result
 
 
 def _outcome_request(request: pb.GetOutcomeReportRequest) -> tuple:

@@ -296,3 +296,61 @@ def test_cvh_outcomes_prints_the_table_and_draws_a_panel_per_outcome(suite, hist
     with contextlib.redirect_stderr(err):
         assert cli.main(["outcomes", "--from", first.name, "--server", target]) == 2
     assert "--from and --to together" in err.getvalue()
+
+
+def test_customer_history_gives_each_runs_own_result(suite, history):
+    _, scoring, _ = suite
+    runs = history["runs"]
+    listed = {run.name: {r.customer: r for r in scoring.ListRunResults(
+        pb.ListRunResultsRequest(run=run.name, page_size=1000)).results} for run in runs}
+    for customer_id, scored_in in (("oc-000", [runs[0]]), ("oc-050", runs), ("oc-062", runs[1:])):
+        answer = scoring.GetCustomerHistory(pb.GetCustomerHistoryRequest(customer=customer_id, last_runs=3))
+        assert answer.customer == f"customers/{customer_id}" and answer.model == "models/default"
+        assert [e.run for e in answer.runs] == [r.name for r in reversed(runs)]  # newest first
+        for entry, run in zip(answer.runs, reversed(runs)):
+            assert entry.model == run.model and entry.end_time == run.end_time
+            if run in scored_in:
+                assert entry.result == listed[run.name][f"customers/{customer_id}"]
+            else:
+                assert not entry.HasField("result")
+    at_risk = scoring.GetCustomerHistory(pb.GetCustomerHistoryRequest(customer="customers/oc-050"))
+    assert len(at_risk.runs) == 3  # the default of 20, of which the model has three
+    assert [e.result.lifecycle_stage for e in at_risk.runs] == [AT_RISK, common_pb2.LIFECYCLE_STAGE_ACTIVE,
+                                                                 common_pb2.LIFECYCLE_STAGE_ACTIVE]
+    assert at_risk.runs[0].result.outcome_values["annual_revenue"] == pytest.approx(
+        history["after"]["oc-050"]["annual_revenue"])
+    assert at_risk.runs[2].result.outcome_values["referrals"] == history["before"]["oc-050"]["referrals"]
+    detractor = scoring.GetCustomerHistory(pb.GetCustomerHistoryRequest(customer="oc-031", last_runs=2))
+    assert [e.run for e in detractor.runs] == [runs[2].name, runs[1].name]
+    assert all(e.result.outcome_values["nps"] == -30 for e in detractor.runs)
+
+
+def test_customer_history_bad_input_is_named_by_field(suite, history):
+    _, scoring, _ = suite
+    cases = [
+        (dict(customer="nobody"), grpc.StatusCode.NOT_FOUND, None, "CUSTOMER_NOT_FOUND"),
+        (dict(customer=""), grpc.StatusCode.INVALID_ARGUMENT, "customer", "INVALID_CUSTOMER_NAME"),
+        (dict(customer="oc-010", last_runs=101), grpc.StatusCode.INVALID_ARGUMENT, "last_runs", "INVALID_LAST_RUNS"),
+        (dict(customer="oc-010", last_runs=-1), grpc.StatusCode.INVALID_ARGUMENT, "last_runs", "INVALID_LAST_RUNS"),
+        (dict(customer="oc-010", model="default/versions/1"), grpc.StatusCode.INVALID_ARGUMENT, "model",
+         "INVALID_MODEL_NAME"),
+        (dict(customer="oc-010", model="Bad Name"), grpc.StatusCode.INVALID_ARGUMENT, "model", "INVALID_MODEL_NAME"),
+        (dict(customer="oc-010", model="nothing-here"), grpc.StatusCode.FAILED_PRECONDITION, None,
+         "NO_COMPLETED_RUN"),
+    ]
+    for fields, code, field, reason in cases:
+        with raises_status(code, field=field, reason=reason):
+            scoring.GetCustomerHistory(pb.GetCustomerHistoryRequest(**fields))
+
+
+def test_cvh_history_prints_a_row_per_run(suite, history, tmp_path):
+    target, _, _ = suite
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["history", "oc-000", "--last", "3", "--server", target]) == 0
+    text = out.getvalue()
+    first, second, third = history["runs"]
+    assert "customers/oc-000 in the last 3 completed runs of models/default" in text
+    lines = {line.split()[0]: line for line in text.splitlines() if line.startswith("runs/")}
+    assert "not scored" in lines[third.name] and "not scored" in lines[second.name]
+    assert "active" in lines[first.name] and "annual_revenue" in lines[first.name]

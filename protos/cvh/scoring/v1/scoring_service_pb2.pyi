@@ -742,3 +742,35 @@ class OutcomeReport(_message.Message):
     PERIODS_FIELD_NUMBER: _ClassVar[int]
     periods: _containers.RepeatedCompositeFieldContainer[OutcomePeriod]
     def __init__(self, periods: _Optional[_Iterable[_Union[OutcomePeriod, _Mapping]]] = ...) -> None: ...
+
+class GetCustomerHistoryRequest(_message.Message):
+    __slots__ = ("customer", "model", "last_runs")
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LAST_RUNS_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    model: str
+    last_runs: int
+    def __init__(self, customer: _Optional[str] = ..., model: _Optional[str] = ..., last_runs: _Optional[int] = ...) -> None: ...
+
+class CustomerRunResult(_message.Message):
+    __slots__ = ("run", "model", "end_time", "result")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    model: str
+    end_time: _timestamp_pb2.Timestamp
+    result: CustomerResult
+    def __init__(self, run: _Optional[str] = ..., model: _Optional[str] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result: _Optional[_Union[CustomerResult, _Mapping]] = ...) -> None: ...
+
+class CustomerHistory(_message.Message):
+    __slots__ = ("customer", "model", "runs")
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    model: str
+    runs: _containers.RepeatedCompositeFieldContainer[CustomerRunResult]
+    def __init__(self, customer: _Optional[str] = ..., model: _Optional[str] = ..., runs: _Optional[_Iterable[_Union[CustomerRunResult, _Mapping]]] = ...) -> None: ...

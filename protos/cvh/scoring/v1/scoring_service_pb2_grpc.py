@@ -120,6 +120,11 @@ class ScoringServiceStub:
                 request_serializer=cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.GetOutcomeReportRequest.SerializeToString,
                 response_deserializer=cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.OutcomeReport.FromString,
                 _registered_method=True)
+        self.GetCustomerHistory = channel.unary_unary(
+                '/cvh.scoring.v1.ScoringService/GetCustomerHistory',
+                request_serializer=cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.GetCustomerHistoryRequest.SerializeToString,
+                response_deserializer=cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.CustomerHistory.FromString,
+                _registered_method=True)
         self.ScoreCustomer = channel.unary_unary(
                 '/cvh.scoring.v1.ScoringService/ScoreCustomer',
                 request_serializer=cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.ScoreCustomerRequest.SerializeToString,
@@ -294,6 +299,20 @@ class ScoringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCustomerHistory(self, request, context):
+        """One customer's results in the last N completed runs of a model, newest
+        first: scores, tier, rank, lifecycle stage, outcome values and the
+        bad-profit flag as each run stored them (one read per run: runs keep their
+        results bucketed by customer id too). The effective tier (inheritance
+        along the account tree) is the hierarchy service's: GetPriority.
+        Errors: INVALID_CUSTOMER_NAME, INVALID_MODEL_NAME, INVALID_LAST_RUNS,
+        NO_COMPLETED_RUN (FAILED_PRECONDITION), CUSTOMER_NOT_FOUND (the customer
+        has a result in none of those runs).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ScoreCustomer(self, request, context):
         """Scores one registered customer with the model's latest completed run.
         Errors: INVALID_CUSTOMER_NAME, INVALID_MODEL_NAME, NO_COMPLETED_RUN
@@ -400,6 +419,11 @@ def add_ScoringServiceServicer_to_server(servicer, server):
                     servicer.GetOutcomeReport,
                     request_deserializer=cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.GetOutcomeReportRequest.FromString,
                     response_serializer=cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.OutcomeReport.SerializeToString,
+            ),
+            'GetCustomerHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCustomerHistory,
+                    request_deserializer=cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.GetCustomerHistoryRequest.FromString,
+                    response_serializer=cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.CustomerHistory.SerializeToString,
             ),
             'ScoreCustomer': grpc.unary_unary_rpc_method_handler(
                     servicer.ScoreCustomer,
@@ -811,6 +835,33 @@ class ScoringService:
             '/cvh.scoring.v1.ScoringService/GetOutcomeReport',
             cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.GetOutcomeReportRequest.SerializeToString,
             cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.OutcomeReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCustomerHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cvh.scoring.v1.ScoringService/GetCustomerHistory',
+            cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.GetCustomerHistoryRequest.SerializeToString,
+            cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.CustomerHistory.FromString,
             options,
             channel_credentials,
             insecure,

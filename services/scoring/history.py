@@ -2,11 +2,12 @@
 
 A run's results are stored in rank order (result chunks) for streaming and paging; GetCustomerHistory needs the
 opposite: one customer in every run. So each run also writes its results into ``history_buckets`` buckets by a
-stable hash of the customer id (64-bit FNV-1a of the UTF-8 id, the bucket its low bits): about 256 customers a
-bucket, a power of two from 1 to 4,096. A bucket row holds its customers' ids ("\\n"-joined), a float64 block
-(dimension scores, composite, percentile, rank, outcome values) and an int32 block (tier level, previous tier
-level, lifecycle stage, bad-profit flag), one row per customer. The hash is computed for a whole run by a Numba
-kernel over Arrow's string buffers, and for one id in plain Python; both give the same buckets.
+stable hash of the customer id (64-bit FNV-1a of the UTF-8 id, the bucket its low bits): about 64 customers a
+bucket, so that a bucket row is a few database pages, a power of two from 1 to 16,384. A bucket row holds its
+customers' ids ("\\n"-joined), a float64 block (dimension scores, composite, percentile, rank, outcome values)
+and an int32 block (tier level, previous tier level, lifecycle stage, bad-profit flag), one row per customer.
+The hash is computed for a whole run by a Numba kernel over Arrow's string buffers, and for one id in plain
+Python; both give the same buckets.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from services.common.db import insert_many
+from services.scoring.store import packed_ids
 from services.scoring.tables import result_buckets
 
-CUSTOMERS_PER_BUCKET = 256
-MAX_BUCKETS = 4096
+CUSTOMERS_PER_BUCKET = 64
+MAX_BUCKETS = 16384
 FNV_OFFSET, FNV_PRIME, MASK64 = 14695981039346656037, 1099511628211, (1 << 64) - 1
 INTS = 4  # tier level, previous tier level, lifecycle stage, bad-profit flag
 
@@ -52,9 +54,9 @@ def _fnv1a(offsets, data, out):  # pragma: no cover - compiled
         out[i] = h
 
 
-def buckets_of(customer_ids: list[str], buckets: int) -> np.ndarray:
+def buckets_of(customer_ids: list[str] | pa.Array, buckets: int) -> np.ndarray:
     """The bucket of every id (int64), hashed over Arrow's UTF-8 buffers without a Python step per id."""
-    ids = pa.array(customer_ids, pa.large_string())
+    ids = customer_ids if isinstance(customer_ids, pa.Array) else pa.array(customer_ids, pa.large_string())
     _, offsets, data = ids.buffers()
     offsets = np.frombuffer(offsets, np.int64)[ids.offset:ids.offset + len(ids) + 1]
     data = np.frombuffer(data, np.uint8) if data is not None else np.empty(0, np.uint8)
@@ -67,19 +69,18 @@ def warm_up() -> None:
     buckets_of(["warm"], 2)
 
 
-def write(conn: Connection, run_id: int, customer_ids: list[str], floats: np.ndarray, ints: np.ndarray,
+def write(conn: Connection, run_id: int, customer_ids: pa.Array, floats: np.ndarray, ints: np.ndarray,
           buckets: int) -> None:
-    """Stores a run's rows (``floats``: float64 rows x columns, ``ints``: int32 rows x INTS) in ``buckets``
-    buckets; buckets without customers are not written."""
+    """Stores a run's rows (ids as an Arrow large_string array; ``floats``: float64 rows x columns, ``ints``:
+    int32 rows x INTS) in ``buckets`` buckets; buckets without customers are not written."""
     bucket = buckets_of(customer_ids, buckets)
     order = np.argsort(bucket, kind="stable")
-    bounds = np.searchsorted(bucket[order], np.arange(buckets + 1))
+    bounds = np.searchsorted(bucket[order], np.arange(buckets + 1)).tolist()
     floats = np.ascontiguousarray(floats[order], "<f8")
     ints = np.ascontiguousarray(ints[order], "<i4")
-    ids = [customer_ids[i] for i in order.tolist()]
-    rows = [(run_id, b, int(end - start), "\n".join(ids[start:end]).encode(), floats[start:end].tobytes(),
-             ints[start:end].tobytes())
-            for b, (start, end) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist())) if end > start]
+    blobs = packed_ids(customer_ids, order, bounds)
+    rows = [(run_id, b, end - start, blobs[b], floats[start:end].tobytes(), ints[start:end].tobytes())
+            for b, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])) if end > start]
     insert_many(conn, result_buckets, ["run_id", "bucket", "rows", "customer_ids", "floats", "ints"], rows)
 
 

@@ -108,7 +108,8 @@ def period(start: RunColumns, end: RunColumns) -> pb.OutcomePeriod:
     at = pc.fill_null(pc.index_in(start.ids, value_set=end.ids), -1).to_numpy(zero_copy_only=False)
     retained = at >= 0
     kept = at[retained]
-    gained = ~pc.is_in(end.ids, value_set=start.ids).to_numpy(zero_copy_only=False)
+    gained = np.ones(len(end.ids), bool)  # end customers no start customer matched (ids are unique in a run)
+    gained[kept] = False
     groups = _Groups(np.clip(start.levels - 1, 0, max(n_tiers - 1, 0)), n_tiers)
     lines = [pb.TierOutcome(tier=tier) for tier in start.tiers]
     total = pb.TierOutcome()

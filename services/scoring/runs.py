@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
+import pyarrow as pa
 from sqlalchemy.engine import Engine
 
 import scoring_engine
@@ -150,14 +151,15 @@ class RunExecutor:
         scored = time.perf_counter()
         await self._update(run_id, percent_done=EXPORT_SHARE + SCORE_SHARE)
         self._check(run_id)
-        chunks, counts, moves = _result_chunks(ids, result, previous_tiers, kept, stages)
+        id_array = pa.array(ids, pa.large_string())
+        chunks, counts, moves = _result_chunks(id_array, result, previous_tiers, kept, stages)
         buckets = history.bucket_count(len(ids))
 
         def write():
             with write_transaction(self.engine) as conn:
                 store.write_results(conn, run_id, chunks)
                 floats, ints = _history_rows(result, previous_tiers, kept, stages)
-                history.write(conn, run_id, ids, floats, ints, buckets)
+                history.write(conn, run_id, id_array, floats, ints, buckets)
                 self._check(run_id)
                 completed = store.update_run(
                     conn, run_id, state=pb.RUN_STATE_COMPLETED, end_time_us=now_us(), percent_done=100.0,
@@ -260,18 +262,18 @@ def _fit_and_score(model, matrix: np.ndarray, previous_tiers: np.ndarray):
     return fitted.with_tier_thresholds(result.tier_thresholds), result, population, kept
 
 
-def _result_chunks(ids: list[str], result, previous_tiers: np.ndarray, kept: KeptOutcomes, stages: np.ndarray):
+def _result_chunks(ids: pa.Array, result, previous_tiers: np.ndarray, kept: KeptOutcomes, stages: np.ndarray):
     """Results in rank order, cut into chunks; counts per tier; (from level, to level, customers) moves."""
     order = np.argsort(result.rank, kind="stable")
-    ids_sorted = [ids[i] for i in order.tolist()]
+    blobs = store.packed_ids(ids, order, [*range(0, len(order), RESULT_CHUNK), len(order)])
     levels = result.tier.astype(np.int32) + 1
     previous_levels = previous_tiers.astype(np.int32) + 1
     chunks = []
     for start in range(0, len(order), RESULT_CHUNK):
         part = order[start:start + RESULT_CHUNK]
-        chunks.append(ResultChunk(start + 1, ids_sorted[start:start + RESULT_CHUNK], result.dimensions[part],
-                                  result.composite[part], result.percentile[part], levels[part],
-                                  previous_levels[part], kept.values[part], stages[part], kept.bad_profit[part]))
+        chunks.append(ResultChunk(start + 1, [], result.dimensions[part], result.composite[part],
+                                  result.percentile[part], levels[part], previous_levels[part], kept.values[part],
+                                  stages[part], kept.bad_profit[part], ids_blob=blobs[start // RESULT_CHUNK]))
     counts = np.bincount(result.tier, minlength=len(result.tier_ids)).tolist() if len(ids) else \
         [0] * len(result.tier_ids)
     width = len(result.tier_ids) + 1  # levels 0 (not in the previous run) .. tiers

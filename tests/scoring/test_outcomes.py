@@ -354,3 +354,15 @@ def test_cvh_history_prints_a_row_per_run(suite, history, tmp_path):
     lines = {line.split()[0]: line for line in text.splitlines() if line.startswith("runs/")}
     assert "not scored" in lines[third.name] and "not scored" in lines[second.name]
     assert "active" in lines[first.name] and "annual_revenue" in lines[first.name]
+
+
+def test_the_history_layout_buckets_ids_the_same_in_bulk_and_one_by_one():
+    from services.scoring import history as layout
+
+    ids = ["", "a", "CUST-00000001", "kundé-ß-東京", "x" * 128] + [f"c-{i}" for i in range(500)]
+    for buckets in (1, 2, 64, 4096):
+        assert layout.buckets_of(ids, buckets).tolist() == [layout.bucket_of(c, buckets) for c in ids]
+    spread = np.bincount(layout.buckets_of([f"CUST-{i:08d}" for i in range(64_000)], 256), minlength=256)
+    assert spread.min() > 150 and spread.max() < 350  # about 250 a bucket
+    assert [layout.bucket_count(n) for n in (0, 1, 64, 65, 60_000, 1_000_000, 10**8)] == [1, 1, 1, 2, 1024, 16384,
+                                                                                            16384]

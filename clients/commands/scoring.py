@@ -109,6 +109,8 @@ def print_run(run: pb.ScoringRun) -> None:
               f"store {run.store_seconds:.1f} s)")
         if run.churned_left_out:
             print(f"  {counted(run.churned_left_out, 'churned customer')} left out (not scored)")
+        if run.outcome_signals:
+            print(f"  outcome values stored: {', '.join(run.outcome_signals)} (see `cvh outcomes`, `cvh history`)")
         total = max(run.customers_total, 1)
         print_table(["tier", "customers", "share"],
                     [[c.tier.display_name or c.tier.tier_id, f"{c.customers:,}", percent(c.customers / total)]

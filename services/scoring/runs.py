@@ -153,20 +153,17 @@ class RunExecutor:
         self._check(run_id)
         id_array = pa.array(ids, pa.large_string())
         chunks, counts, moves = _result_chunks(id_array, result, previous_tiers, kept, stages)
-        buckets = history.bucket_count(len(ids))
 
         def write():
             with write_transaction(self.engine) as conn:
                 store.write_results(conn, run_id, chunks)
-                floats, ints = _history_rows(result, previous_tiers, kept, stages)
-                history.write(conn, run_id, id_array, floats, ints, buckets)
                 self._check(run_id)
                 completed = store.update_run(
                     conn, run_id, state=pb.RUN_STATE_COMPLETED, end_time_us=now_us(), percent_done=100.0,
                     customers_done=len(ids), customers_total=len(ids),
                     previous_run_id=previous_run, fitted=fitted.to_bytes(),
                     lifetime_value_json=None if population is None else json.dumps(population.to_dict()),
-                    outcome_signals_json=json.dumps(kept.signals), history_buckets=buckets,
+                    outcome_signals_json=json.dumps(kept.signals),
                     tier_counts_json=json.dumps(counts), tier_moves_json=json.dumps(moves),
                     export_seconds=exported - started, scoring_seconds=scored - exported,
                     store_seconds=time.perf_counter() - scored, heartbeat_us=now_us())
@@ -174,6 +171,22 @@ class RunExecutor:
                     raise RunAbandoned()  # rolls the results back: another process failed the run
         await asyncio.to_thread(write)
         self.notify()
+        await self._index_history(run_id, id_array, lambda: _history_rows(result, previous_tiers, kept, stages))
+
+    async def _index_history(self, run_id: int, ids: pa.Array, rows) -> None:
+        """Writes a completed run's history layout (services/scoring/history.py) in a transaction of its own: the
+        run is current without waiting for it, and until it is written (or if it never is) a history reads the
+        run's result chunks instead."""
+        def write():
+            floats, ints = rows()
+            buckets = history.bucket_count(len(ids))
+            with write_transaction(self.engine) as conn:
+                history.write(conn, run_id, ids, floats, ints, buckets)
+                store.set_history_buckets(conn, run_id, buckets)
+        try:
+            await asyncio.to_thread(write)
+        except Exception:  # the run stands; histories read its chunks
+            log.warning("run %s: its history layout was not written", run_id, exc_info=True)
 
     async def _export(self, run_id: int, model: scoring_engine.ValueModel) -> tuple[list[str], np.ndarray,
                                                                                      np.ndarray]:

@@ -193,6 +193,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             percent_done=run.percent_done, failure_reason=run.failure_reason,
             export_seconds=run.export_seconds, scoring_seconds=run.scoring_seconds, store_seconds=run.store_seconds,
             churned_left_out=run.churned_left_out, outcome_signals=store.outcome_signals(run),
+            history_indexed=bool(run.history_buckets),
             previous_run=f"runs/{run.previous_run_id}" if run.previous_run_id else "")
         for field_name in ("create_time", "start_time", "end_time"):
             if getattr(run, field_name + "_us"):

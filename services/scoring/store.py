@@ -181,6 +181,11 @@ def packed_ids(ids: pa.Array, order: np.ndarray, bounds: list[int]) -> list[byte
     return [data[start:max(start, end - 1)] for start, end in zip(ends[:-1], ends[1:])]
 
 
+def set_history_buckets(conn: Connection, run_id: int, buckets: int) -> None:
+    """Marks a completed run's history layout as written."""
+    conn.execute(runs.update().where(runs.c.run_id == run_id).values(history_buckets=buckets))
+
+
 def outcome_signals(run: Row) -> list[str]:
     """The outcome signals whose values the run stored, in column order (none for runs made before)."""
     return json.loads(run.outcome_signals_json) if run.outcome_signals_json else []

@@ -58,7 +58,8 @@ runs = sa.Table(
     # JSON list: the outcome signals whose values the run stored (columns of result chunks' outcome_values);
     # NULL for runs made before runs stored outcomes.
     sa.Column("outcome_signals_json", sa.Text, nullable=True),
-    # Buckets of the run's results by customer id (result_buckets); NULL: the run has no such layout.
+    # Buckets of the run's results by customer id (result_buckets), set once they are written (after the run
+    # completed, in a transaction of their own); NULL: not (yet) written, a history reads the run's chunks.
     sa.Column("history_buckets", sa.Integer, nullable=True),
     sa.Index("ix_scoring_runs_model_state", "model_id", "state"),
 )

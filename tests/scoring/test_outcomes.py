@@ -9,9 +9,12 @@ import contextlib
 import copy
 import io
 
+import time
+
 import grpc
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from google.protobuf import json_format
 
 from clients import cli
@@ -20,6 +23,7 @@ from cvh.registry.v1 import registry_service_pb2 as rpb
 from cvh.registry.v1 import registry_service_pb2_grpc as rpb_grpc
 from cvh.scoring.v1 import scoring_service_pb2 as pb
 from cvh.scoring.v1 import scoring_service_pb2_grpc as pb_grpc
+from services.common import db
 from tests.conftest import _empty_tables, start_server
 from tests.grpc_helpers import raises_status
 from wire import columns
@@ -31,6 +35,26 @@ CHURNED = common_pb2.LIFECYCLE_STAGE_CHURNED
 AT_RISK = common_pb2.LIFECYCLE_STAGE_AT_RISK
 
 
+URLS: dict[str, str] = {}  # server target -> its database
+
+
+def history_layouts(target: str) -> dict[int, int | None]:
+    """run id -> its history layout's bucket count (None: not written yet), read from the database."""
+    engine = sa.create_engine(db.normalize_url(URLS[target]))
+    with engine.connect() as conn:
+        found = dict(conn.execute(sa.text("SELECT run_id, history_buckets FROM scoring_runs")).all())
+    engine.dispose()
+    return found
+
+
+def wait_for_layouts(scoring, runs: list[pb.ScoringRun]) -> None:
+    """Runs write their history layout just after they complete: wait until these have."""
+    deadline = time.monotonic() + 30
+    while not all(scoring.GetScoringRun(pb.GetScoringRunRequest(name=r.name)).history_indexed for r in runs):
+        assert time.monotonic() < deadline, "history layouts not written within 30 s"
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def suite(request, tmp_path_factory):
     if request.param == "sqlite":
@@ -39,6 +63,7 @@ def suite(request, tmp_path_factory):
         url = request.getfixturevalue("postgres_database")
         _empty_tables(url)
     server = start_server(url, services=("registry", "scoring"))
+    URLS[server.target] = url
     channel = grpc.insecure_channel(server.target)
     grpc.channel_ready_future(channel).result(timeout=10)
     yield server.target, pb_grpc.ScoringServiceStub(channel), rpb_grpc.RegistryServiceStub(channel)
@@ -301,6 +326,7 @@ def test_cvh_outcomes_prints_the_table_and_draws_a_panel_per_outcome(suite, hist
 def test_customer_history_gives_each_runs_own_result(suite, history):
     _, scoring, _ = suite
     runs = history["runs"]
+    wait_for_layouts(scoring, runs)
     listed = {run.name: {r.customer: r for r in scoring.ListRunResults(
         pb.ListRunResultsRequest(run=run.name, page_size=1000)).results} for run in runs}
     for customer_id, scored_in in (("oc-000", [runs[0]]), ("oc-050", runs), ("oc-062", runs[1:])):
@@ -366,3 +392,24 @@ def test_the_history_layout_buckets_ids_the_same_in_bulk_and_one_by_one():
     assert spread.min() > 150 and spread.max() < 350  # about 250 a bucket
     assert [layout.bucket_count(n) for n in (0, 1, 64, 65, 60_000, 1_000_000, 10**8)] == [1, 1, 1, 2, 1024, 16384,
                                                                                             16384]
+
+
+def test_a_run_without_its_history_layout_is_read_from_its_chunks(suite, history):
+    target, scoring, _ = suite
+    runs = history["runs"]
+    wait_for_layouts(scoring, runs)
+    before = scoring.GetCustomerHistory(pb.GetCustomerHistoryRequest(customer="oc-050", last_runs=3))
+    engine = sa.create_engine(db.normalize_url(URLS[target]))
+    second = int(runs[1].name.removeprefix("runs/"))
+    buckets = history_layouts(target)[second]
+    with engine.begin() as conn:  # as a run made before runs kept the layout, or whose layout is not written yet
+        conn.execute(sa.text("UPDATE scoring_runs SET history_buckets = NULL WHERE run_id = :run"), {"run": second})
+    try:
+        assert not scoring.GetScoringRun(pb.GetScoringRunRequest(name=runs[1].name)).history_indexed
+        after = scoring.GetCustomerHistory(pb.GetCustomerHistoryRequest(customer="oc-050", last_runs=3))
+        assert after == before
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE scoring_runs SET history_buckets = :b WHERE run_id = :run"),
+                         {"run": second, "b": buckets})
+        engine.dispose()

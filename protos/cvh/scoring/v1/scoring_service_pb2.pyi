@@ -285,7 +285,7 @@ class TierCount(_message.Message):
     def __init__(self, tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., customers: _Optional[int] = ...) -> None: ...
 
 class ScoringRun(_message.Message):
-    __slots__ = ("name", "model", "state", "customers_done", "customers_total", "percent_done", "tier_counts", "failure_reason", "create_time", "start_time", "end_time", "export_seconds", "scoring_seconds", "store_seconds", "previous_run", "churned_left_out", "lifetime_value", "outcome_signals")
+    __slots__ = ("name", "model", "state", "customers_done", "customers_total", "percent_done", "tier_counts", "failure_reason", "create_time", "start_time", "end_time", "export_seconds", "scoring_seconds", "store_seconds", "previous_run", "churned_left_out", "lifetime_value", "outcome_signals", "history_indexed")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -304,6 +304,7 @@ class ScoringRun(_message.Message):
     CHURNED_LEFT_OUT_FIELD_NUMBER: _ClassVar[int]
     LIFETIME_VALUE_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_INDEXED_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     state: RunState
@@ -322,7 +323,8 @@ class ScoringRun(_message.Message):
     churned_left_out: int
     lifetime_value: LifetimeValueFit
     outcome_signals: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., customers_done: _Optional[int] = ..., customers_total: _Optional[int] = ..., percent_done: _Optional[float] = ..., tier_counts: _Optional[_Iterable[_Union[TierCount, _Mapping]]] = ..., failure_reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., export_seconds: _Optional[float] = ..., scoring_seconds: _Optional[float] = ..., store_seconds: _Optional[float] = ..., previous_run: _Optional[str] = ..., churned_left_out: _Optional[int] = ..., lifetime_value: _Optional[_Union[LifetimeValueFit, _Mapping]] = ..., outcome_signals: _Optional[_Iterable[str]] = ...) -> None: ...
+    history_indexed: bool
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., customers_done: _Optional[int] = ..., customers_total: _Optional[int] = ..., percent_done: _Optional[float] = ..., tier_counts: _Optional[_Iterable[_Union[TierCount, _Mapping]]] = ..., failure_reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., export_seconds: _Optional[float] = ..., scoring_seconds: _Optional[float] = ..., store_seconds: _Optional[float] = ..., previous_run: _Optional[str] = ..., churned_left_out: _Optional[int] = ..., lifetime_value: _Optional[_Union[LifetimeValueFit, _Mapping]] = ..., outcome_signals: _Optional[_Iterable[str]] = ..., history_indexed: _Optional[bool] = ...) -> None: ...
 
 class FittedParameter(_message.Message):
     __slots__ = ("name", "value", "standard_error")

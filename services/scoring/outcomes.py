@@ -24,9 +24,8 @@ from scoring_engine.model import OUTCOME_ROLES, NpsScale
 from services.registry.customers import set_timestamp
 from services.scoring import store
 
-# SignalOutcome lines of TierOutcome, by role (money has its own lines).
-SIGNAL_LINES = {"nps": "nps", "csat": "csat", "referenceability": "referenceability", "referrals": "referrals",
-                "adoption": "adoption"}
+# Roles whose lines are a SignalOutcome field of TierOutcome named as the role (money has lines of its own).
+SIGNAL_ROLES = tuple(role for role in OUTCOME_ROLES if role != "money")
 
 
 @dataclass
@@ -162,7 +161,7 @@ def period(start: RunColumns, end: RunColumns) -> pb.OutcomePeriod:
             _ratio(sums["money_end"].sum(), sums["money_start"].sum()))
         answer.money_gained = float(end_money[gained].sum())
 
-    for role in ("nps", "csat", "referenceability", "referrals", "adoption"):
+    for role in SIGNAL_ROLES:
         values0, why0 = start.role_values(role)
         values1, why1 = end.role_values(role)
         if values0 is None or values1 is None:
@@ -173,7 +172,7 @@ def period(start: RunColumns, end: RunColumns) -> pb.OutcomePeriod:
             signal = start.model.outcomes.signal_by_role[role]
             notes.append(f"no {role} values: no customer of runs/{start.run.run_id} has a value of {signal}")
             continue
-        _signal_lines(groups, lines, total, SIGNAL_LINES[role], values0, gathered)
+        _signal_lines(groups, lines, total, role, values0, gathered)
         if role == "nps":
             _nps_shares(groups, lines, total, values0, gathered, start.nps_scale, end.nps_scale)
 
@@ -243,5 +242,3 @@ def _set(message, field: str, value) -> None:
     else:
         setattr(message, field, float(value))
 
-
-assert set(SIGNAL_LINES) | {"money"} == set(OUTCOME_ROLES)

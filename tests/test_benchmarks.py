@@ -20,6 +20,8 @@ BENCHMARKS = {
              ["run_s", "score_customer_p50_ms", "score_signals_p50_ms"]),
     "hierarchy": (["--customers", "3000", "--calls", "50", "--warmup", "10"],
                   ["snapshot_s", "get_priority_client_p50_ms"]),
+    "outcomes": (["--customers", "2000", "--repeats", "1", "--report-calls", "1", "--history-runs", "3",
+                  "--calls", "20"], ["outcome_report_s", "customer_history_p99_ms", "run_with_outcomes_s"]),
     "clv": (["--customers", "20000", "--repeats", "1", "--no-lifetimes"], ["fit_s", "predict_clv_s"]),
     "scoring": (["--sizes", "20000", "--repeats", "1", "--reference-repeats", "1", "--no-cold"], []),
     "distributed": (["--customers", "20000", "--partition-rows", "10000"],

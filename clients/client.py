@@ -347,6 +347,19 @@ class CvhClient:
     def get_tier_movement(self, run: str | int) -> scoring_pb.TierMovement:
         return self._unary(self.scoring.GetTierMovement, scoring_pb.GetTierMovementRequest(run=run_name(run)))
 
+    def get_outcome_report(self, from_run: str = "", to_run: str = "", model: str = "",
+                           last_runs: int = 0) -> scoring_pb.OutcomeReport:
+        """Outcomes per tier between two runs, or between consecutive pairs of a model's last ``last_runs``."""
+        request = scoring_pb.GetOutcomeReportRequest(
+            from_run=run_name(from_run) if from_run else "", to_run=run_name(to_run) if to_run else "",
+            model=model_name(model), last_runs=last_runs)
+        return self._unary(self.scoring.GetOutcomeReport, request)
+
+    def get_customer_history(self, customer: str, model: str = "", last_runs: int = 0) -> scoring_pb.CustomerHistory:
+        request = scoring_pb.GetCustomerHistoryRequest(customer=customer_name(customer), model=model_name(model),
+                                                       last_runs=last_runs)
+        return self._unary(self.scoring.GetCustomerHistory, request)
+
     # -- scoring: online -----------------------------------------------------------------------------------
 
     def score_customer(self, customer: str, model: str = "") -> scoring_pb.CustomerScore:

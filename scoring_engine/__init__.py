@@ -84,6 +84,11 @@ four numbers; ``lifetime_value.fit_population`` fits both models on a population
 or unusable (and says why derived signals are missing instead of raising), ``lifetime_value.with_derived`` fills
 the derived signals (``model.DERIVED_SIGNALS``: predicted_ltv, p_alive, expected_purchases) into a matrix, and
 ``explain(..., lifetime_value=fit)`` does so for one customer.
+
+A value model's ``outcomes`` block (``model.OutcomeSpec``) names the signals outcome reports read and a
+``model.BadProfitRule``; ``ValueModel.exported_signal_names`` is what a run reads from the registry (the model's
+inputs, then the outcome signals), and ``outcomes.outcome_columns`` / ``outcomes.bad_profit_flags`` give what a
+run stores with each result.
 """
 
 from .engine import (

@@ -22,8 +22,9 @@ from importlib import resources
 from typing import Any, NamedTuple
 
 __all__ = [
-    "Band", "DERIVED_SIGNALS", "DimensionSpec", "Direction", "FieldViolation", "LifetimeValueSpec", "MissingPolicy",
-    "ModelValidationError", "Normalization", "SignalSpec", "SignalWeight", "TierSpec", "TimeUnit", "Transform",
+    "BadProfitRule", "Band", "DERIVED_SIGNALS", "DimensionSpec", "Direction", "FieldViolation", "LifetimeValueSpec",
+    "MissingPolicy", "ModelValidationError", "Normalization", "NpsScale", "OutcomeSpec", "SignalSpec", "SignalWeight",
+    "TierSpec", "TimeUnit", "Transform",
     "ValueDimension", "ValueModel", "default_model",
     "MAX_SIGNALS", "MAX_DIMENSIONS", "MAX_TIERS", "MAX_BANDS",
 ]
@@ -102,6 +103,14 @@ class TimeUnit(enum.IntEnum):
     MONTHS = 3
 
 
+class NpsScale(enum.IntEnum):
+    """What the outcome block's NPS signal holds (``cvh.scoring.v1.NpsScale``)."""
+
+    UNSPECIFIED = 0  # same as ACCOUNT
+    ACCOUNT = 1  # the account's Net Promoter Score, -100..100
+    RESPONDENT = 2  # one respondent's 0..10 answer
+
+
 # Time units per month of the CLV horizon: a month is 30 days, as lifetimes' CLV counts it.
 _UNITS_PER_MONTH = {TimeUnit.UNSPECIFIED: 30.0, TimeUnit.DAYS: 30.0, TimeUnit.WEEKS: 30.0 / 7.0, TimeUnit.MONTHS: 1.0}
 
@@ -112,6 +121,7 @@ _ENUM_PREFIX = {
     Direction: "DIRECTION_",
     Normalization: "NORMALIZATION_",
     MissingPolicy: "MISSING_POLICY_",
+    NpsScale: "NPS_SCALE_",
     ValueDimension: "VALUE_DIMENSION_",
 }
 
@@ -253,6 +263,72 @@ class LifetimeValueSpec:
         return DEFAULT_MONTHLY_DISCOUNT_RATE if rate is None else rate
 
 
+# Short names of the value dimensions, as a bad-profit rule names one ("profitability").
+DIMENSION_IDS = {"profitability": ValueDimension.PROFITABILITY, "strategic_growth": ValueDimension.STRATEGIC_GROWTH,
+                 "reputation": ValueDimension.REPUTATION, "feedback": ValueDimension.FEEDBACK}
+DEFAULT_TOP_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class BadProfitRule:
+    """When a run flags a customer's profit as bad profit (``cvh.scoring.v1.BadProfitRule``): its score on
+    ``dimension_id`` ("": profitability) is in the run's top ``top_share`` (0: 0.25) and ``signal``'s value is
+    <= ``at_most`` (a detractor) or >= ``at_least`` (e.g. complaints); neither set means at_most 0."""
+
+    dimension_id: str = ""
+    top_share: float = 0.0
+    signal: str = ""
+    at_most: float | None = None
+    at_least: float | None = None
+
+    @property
+    def effective_dimension(self) -> ValueDimension:
+        return DIMENSION_IDS[self.dimension_id or "profitability"]
+
+    @property
+    def effective_top_share(self) -> float:
+        return self.top_share or DEFAULT_TOP_SHARE
+
+    @property
+    def bound(self) -> tuple[str, float]:
+        """("at_most" or "at_least", the bound)."""
+        if self.at_least is not None:
+            return "at_least", self.at_least
+        return "at_most", 0.0 if self.at_most is None else self.at_most
+
+
+# Roles of the outcome block's signals, in the order a run stores their values.
+OUTCOME_ROLES = ("money", "nps", "csat", "referenceability", "referrals", "adoption")
+
+
+@dataclass(frozen=True)
+class OutcomeSpec:
+    """The signals outcome reports read (``cvh.scoring.v1.OutcomeSpec``); an empty name: none. A run stores
+    their values, the customer's lifecycle stage and the bad-profit flag with each result."""
+
+    money_signal: str = ""
+    nps_signal: str = ""
+    nps_scale: NpsScale = NpsScale.UNSPECIFIED
+    csat_signal: str = ""
+    referenceability_signal: str = ""
+    referrals_signal: str = ""
+    adoption_signal: str = ""
+    bad_profit: BadProfitRule | None = None
+
+    @property
+    def signal_by_role(self) -> dict[str, str]:
+        """Role (OUTCOME_ROLES) -> signal name, for the roles named."""
+        return {role: getattr(self, role + "_signal") for role in OUTCOME_ROLES if getattr(self, role + "_signal")}
+
+    @property
+    def stored_signals(self) -> tuple[str, ...]:
+        """Signals whose values a run stores: the roles' and the bad-profit rule's, each once."""
+        names = list(self.signal_by_role.values())
+        if self.bad_profit is not None:
+            names.append(self.bad_profit.signal or self.nps_signal)
+        return tuple(n for n in dict.fromkeys(names) if n)
+
+
 @dataclass(frozen=True)
 class ValueModel:
     """A versioned value model. Construct with :meth:`from_dict` / :meth:`from_json`.
@@ -270,6 +346,7 @@ class ValueModel:
     tiers: tuple[TierSpec, ...] = ()
     hysteresis_points: float = 0.0
     lifetime_value: LifetimeValueSpec | None = None
+    outcomes: OutcomeSpec | None = None
     name: str = ""
     version: int = 0
     change_note: str = ""
@@ -300,6 +377,13 @@ class ValueModel:
         """What a run reads from the registry: the model's signals, then the lifetime-value block's inputs."""
         extra = self.lifetime_value.input_signals if self.lifetime_value is not None else ()
         return self.signal_names + tuple(n for n in dict.fromkeys(extra) if n not in self.signal_index)
+
+    @cached_property
+    def exported_signal_names(self) -> tuple[str, ...]:
+        """What a run exports: input_signal_names, then the outcome block's signals the model does not read."""
+        extra = self.outcomes.stored_signals if self.outcomes is not None else ()
+        inputs = set(self.input_signal_names)
+        return self.input_signal_names + tuple(n for n in extra if n not in inputs)
 
     @cached_property
     def tier_ids(self) -> tuple[str, ...]:
@@ -389,6 +473,23 @@ _LIFETIME_VALUE_SCHEMA = {
     "horizon_months": ("int", None),
     "monthly_discount_rate": ("opt_double", None),
 }
+_BAD_PROFIT_SCHEMA = {
+    "dimension_id": ("str", None),
+    "top_share": ("double", None),
+    "signal": ("str", None),
+    "at_most": ("opt_double", None),
+    "at_least": ("opt_double", None),
+}
+_OUTCOME_SCHEMA = {
+    "money_signal": ("str", None),
+    "nps_signal": ("str", None),
+    "csat_signal": ("str", None),
+    "referenceability_signal": ("str", None),
+    "referrals_signal": ("str", None),
+    "adoption_signal": ("str", None),
+    "bad_profit": ("message", (_BAD_PROFIT_SCHEMA, BadProfitRule)),
+    "nps_scale": ("enum", NpsScale),
+}
 _MODEL_SCHEMA = {
     "name": ("str", None),
     "model_id": ("str", None),
@@ -399,13 +500,15 @@ _MODEL_SCHEMA = {
     "tiers": ("list", (_TIER_SCHEMA, TierSpec)),
     "hysteresis_points": ("double", None),
     "lifetime_value": ("message", (_LIFETIME_VALUE_SCHEMA, LifetimeValueSpec)),
+    "outcomes": ("message", (_OUTCOME_SCHEMA, OutcomeSpec)),
     "change_note": ("str", None),
     "creator": ("str", None),
     "create_time": ("str", None),
     "active": ("bool", None),
 }
 _FIELD_ORDER = {name: i for schema in (_MODEL_SCHEMA, _SIGNAL_SCHEMA, _BAND_SCHEMA, _DIMENSION_SCHEMA, _WEIGHT_SCHEMA,
-                                       _TIER_SCHEMA, _LIFETIME_VALUE_SCHEMA) for i, name in enumerate(schema)}
+                                       _TIER_SCHEMA, _LIFETIME_VALUE_SCHEMA, _OUTCOME_SCHEMA, _BAD_PROFIT_SCHEMA)
+               for i, name in enumerate(schema)}
 _DEFAULTS = {"str": "", "double": 0.0, "opt_double": None, "int": 0, "bool": False, "message": None}
 
 
@@ -776,7 +879,40 @@ def _semantic_violations(model: ValueModel) -> list[FieldViolation]:
         add("hysteresis_points", "must be a number of composite points from 0 to 100")
     if isinstance(model.lifetime_value, LifetimeValueSpec):
         _lifetime_value_violations(add, model.lifetime_value, known)
+    if isinstance(model.outcomes, OutcomeSpec):
+        dimensions = {d.dimension for d in model.dimensions if isinstance(d, DimensionSpec)}
+        _outcome_violations(add, model.outcomes, dimensions)
     return out
+
+
+def _outcome_violations(add, spec: OutcomeSpec, dimensions: set[ValueDimension]) -> None:
+    """Outcome signals need not be signals the model weights: a run exports them in addition."""
+    p = "outcomes"
+    for role in OUTCOME_ROLES:
+        name = getattr(spec, role + "_signal")
+        if name and not SIGNAL_NAME.fullmatch(name):
+            add(f"{p}.{role}_signal", "a signal name (1 to 63 characters of [a-z0-9_], starting with a letter), "
+                                      "or empty for none")
+    rule = spec.bad_profit
+    if not isinstance(rule, BadProfitRule):
+        return
+    rp = f"{p}.bad_profit"
+    if rule.dimension_id not in ("", *DIMENSION_IDS):
+        add(f"{rp}.dimension_id", "one of " + ", ".join(DIMENSION_IDS) + " (empty: profitability)")
+    elif rule.effective_dimension not in dimensions:
+        add(f"{rp}.dimension_id", f"the model has no {enum_json_name(rule.effective_dimension)} dimension")
+    if not _finite(rule.top_share) or not 0.0 <= rule.top_share <= 1.0:
+        add(f"{rp}.top_share", "a share of the run in (0, 1], e.g. 0.25 for the top quartile (0: 0.25)")
+    if rule.signal and not SIGNAL_NAME.fullmatch(rule.signal):
+        add(f"{rp}.signal", "a signal name (1 to 63 characters of [a-z0-9_], starting with a letter)")
+    elif not rule.signal and not spec.nps_signal:
+        add(f"{rp}.signal", "required when the block names no nps_signal (an empty signal means the NPS signal)")
+    if rule.at_most is not None and rule.at_least is not None:
+        add(f"{rp}.at_least", "set at_most (e.g. a detractor's NPS) or at_least (e.g. complaints), not both")
+    for attr in ("at_most", "at_least"):
+        value = getattr(rule, attr)
+        if value is not None and not _finite(value):
+            add(f"{rp}.{attr}", "must be a finite number")
 
 
 def _lifetime_value_violations(add, spec: LifetimeValueSpec, known: set[str]) -> None:

@@ -24,6 +24,8 @@ BENCHMARKS = {
                  ["ingest_events_per_s", "evaluate_s", "rederive_after_catalog_change_s", "event_to_achieved_s"]),
     "live": (["--customers", "2000", "--samples", "3", "--burst", "500", "--window", "0.5"],
              ["signal_to_priority_p95_s", "new_customer_to_priority_p95_s", "feed_changes_per_s", "reload_s"]),
+    "outcomes": (["--customers", "2000", "--repeats", "1", "--report-calls", "1", "--history-runs", "3",
+                  "--calls", "20"], ["outcome_report_s", "customer_history_p99_ms", "run_with_outcomes_s"]),
     "clv": (["--customers", "20000", "--repeats", "1", "--no-lifetimes"], ["fit_s", "predict_clv_s"]),
     "scoring": (["--sizes", "20000", "--repeats", "1", "--reference-repeats", "1", "--no-cold"], []),
     "distributed": (["--customers", "20000", "--partition-rows", "10000"],

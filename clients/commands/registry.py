@@ -371,14 +371,18 @@ def time_argument(text: str) -> int:
 
 
 def model_inputs(model) -> list[str]:
-    """The registry signals a model reads: its signals, then its lifetime-value block's purchase signals."""
+    """The registry signals a model's runs read: its signals, then its lifetime-value block's purchase signals,
+    then its outcomes block's signals."""
     names = [s.name for s in model.signals]
+    extra = []
     if model.HasField("lifetime_value"):
         block = model.lifetime_value
-        for name in (block.frequency_signal, block.recency_signal, block.age_signal, block.spend_signal):
-            if name not in names:
-                names.append(name)
-    return names
+        extra += [block.frequency_signal, block.recency_signal, block.age_signal, block.spend_signal]
+    if model.HasField("outcomes"):
+        block = model.outcomes
+        extra += [block.money_signal, block.nps_signal, block.csat_signal, block.referenceability_signal,
+                  block.referrals_signal, block.adoption_signal, block.bad_profit.signal]
+    return names + [name for name in dict.fromkeys(extra) if name and name not in names]
 
 
 def export_customers(args: argparse.Namespace) -> int:

@@ -18,7 +18,8 @@ from clients.output import (counted, counted_stream, fail, message_dict, percent
 from cvh.scoring.v1 import scoring_service_pb2 as pb
 
 # What a model file holds: the model's own fields, not the service's bookkeeping.
-MODEL_FILE_FIELDS = ("model_id", "description", "signals", "dimensions", "tiers", "hysteresis_points", "lifetime_value")
+MODEL_FILE_FIELDS = ("model_id", "description", "signals", "dimensions", "tiers", "hysteresis_points", "lifetime_value",
+                     "outcomes")
 
 
 def read_model_file(path: str) -> pb.ValueModel:
@@ -119,6 +120,8 @@ def print_run(run: pb.ScoringRun) -> None:
               f"store {run.store_seconds:.1f} s)")
         if run.churned_left_out:
             print(f"  {counted(run.churned_left_out, 'churned customer')} left out (not scored)")
+        if run.outcome_signals:
+            print(f"  outcome values stored: {', '.join(run.outcome_signals)} (see `cvh outcomes`, `cvh history`)")
         total = max(run.customers_total, 1)
         print_table(["tier", "customers", "share"],
                     [[c.tier.display_name or c.tier.tier_id, f"{c.customers:,}", percent(c.customers / total)]

@@ -57,7 +57,7 @@ REQUIRED_ROLE = {
     _REGISTRY + "UpdateOrganizationTeam": ADMIN,
     **{_SCORING + m: READER for m in (
         "GetModel", "ListModels", "GetScoringRun", "ListScoringRuns", "WatchScoringRun", "WatchRuns",
-        "StreamRunResults", "ListRunResults", "GetTierMovement")},
+        "StreamRunResults", "ListRunResults", "GetTierMovement", "GetOutcomeReport", "GetCustomerHistory")},
     **{_SCORING + m: SCORER for m in ("ScoreCustomer", "ScoreSignals", "ScoreBatch")},
     **{_SCORING + m: ADMIN for m in (
         "CreateModel", "ActivateModel", "StartScoringRun", "CancelScoringRun", "ImportRunResults")},

@@ -13,7 +13,8 @@ from services.common.errors import FieldViolation, ServiceError
 from services.common.validation import SLUG
 
 # Fields of ValueModel that describe the model (the rest is bookkeeping set by the service).
-SPEC_FIELDS = ("model_id", "description", "signals", "dimensions", "tiers", "hysteresis_points", "lifetime_value")
+SPEC_FIELDS = ("model_id", "description", "signals", "dimensions", "tiers", "hysteresis_points", "lifetime_value",
+               "outcomes")
 
 
 def check_sizes(model: pb.ValueModel, prefix: str = "model.") -> None:

@@ -16,18 +16,19 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
+import pyarrow as pa
 from sqlalchemy.engine import Engine
 
 import scoring_engine
 from cvh.common.v1 import common_pb2
 from cvh.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from cvh.scoring.v1 import scoring_service_pb2 as pb
-from scoring_engine import lifetime_value
+from scoring_engine import lifetime_value, outcomes
 from services.common.db import read_transaction, write_transaction
 from services.common.peers import Peer
 from services.common.streams import in_threads
 from services.registry.customers import now_us
-from services.scoring import store
+from services.scoring import history, store
 from services.scoring.store import ResultChunk
 from wire import columns
 
@@ -142,15 +143,16 @@ class RunExecutor:
 
     async def _execute(self, run_id: int, model: scoring_engine.ValueModel) -> None:
         started = time.perf_counter()
-        ids, matrix, export_sequence = await self._export(run_id, model)
+        ids, matrix, stages, export_sequence = await self._export(run_id, model)
         exported = time.perf_counter()
         self._check(run_id)
         previous_run, previous_tiers = await asyncio.to_thread(self._previous_tiers, run_id, model, ids)
-        fitted, result, population = await asyncio.to_thread(_fit_and_score, model, matrix, previous_tiers)
+        fitted, result, population, kept = await asyncio.to_thread(_fit_and_score, model, matrix, previous_tiers)
         scored = time.perf_counter()
         await self._update(run_id, percent_done=EXPORT_SHARE + SCORE_SHARE)
         self._check(run_id)
-        chunks, counts, moves = ranked_chunks(ids, result, previous_tiers)
+        id_array = pa.array(ids, pa.large_string())
+        chunks, counts, moves = ranked_chunks(id_array, result, previous_tiers, kept, stages)
 
         def write():
             with write_transaction(self.engine) as conn:
@@ -161,6 +163,7 @@ class RunExecutor:
                     customers_done=len(ids), customers_total=len(ids),
                     previous_run_id=previous_run, fitted=fitted.to_bytes(),
                     lifetime_value_json=None if population is None else json.dumps(population.to_dict()),
+                    outcome_signals_json=json.dumps(kept.signals),
                     tier_counts_json=json.dumps(counts), tier_moves_json=json.dumps(moves),
                     export_seconds=exported - started, scoring_seconds=scored - exported,
                     export_sequence=export_sequence,
@@ -169,12 +172,29 @@ class RunExecutor:
                     raise RunAbandoned()  # rolls the results back: another process failed the run
         await asyncio.to_thread(write)
         self.notify()
+        await self._index_history(run_id, id_array, lambda: _history_rows(result, previous_tiers, kept, stages))
 
-    async def _export(self, run_id: int, model: scoring_engine.ValueModel) -> tuple[list[str], np.ndarray, int]:
-        """The ids and signals of the customers the run scores (all but the churned), and the change feed
-        sequence the export held."""
-        reader = columns.SignalExportReader(model.input_signal_names)
-        async with self._registry_export(list(model.input_signal_names)) as messages:
+    async def _index_history(self, run_id: int, ids: pa.Array, rows) -> None:
+        """Writes a completed run's history layout (services/scoring/history.py) in a transaction of its own: the
+        run is current without waiting for it, and until it is written (or if it never is) a history reads the
+        run's result chunks instead."""
+        def write():
+            floats, ints = rows()
+            buckets = history.bucket_count(len(ids))
+            with write_transaction(self.engine) as conn:
+                history.write(conn, run_id, ids, floats, ints, buckets)
+                store.set_history_buckets(conn, run_id, buckets)
+        try:
+            await asyncio.to_thread(write)
+        except Exception:  # the run stands; histories read its chunks
+            log.warning("run %s: its history layout was not written", run_id, exc_info=True)
+
+    async def _export(self, run_id: int, model: scoring_engine.ValueModel
+                      ) -> tuple[list[str], np.ndarray, np.ndarray, int]:
+        """Ids, signals (columns: ``model.exported_signal_names``) and lifecycle stages of the customers the
+        run scores (all but the churned), and the change feed sequence the export held."""
+        reader = columns.SignalExportReader(model.exported_signal_names)
+        async with self._registry_export(list(model.exported_signal_names)) as messages:
             last_report = 0.0
             async for message in messages:
                 self._check(run_id)
@@ -185,10 +205,10 @@ class RunExecutor:
                     await self._update(run_id, customers_done=done, customers_total=total,
                                        percent_done=EXPORT_SHARE * done / max(total, 1))
         export = reader.result()
-        ids, values, churned = _without_churned(export)
+        ids, values, stages, churned = _without_churned(export)
         await self._update(run_id, customers_done=len(ids), customers_total=len(ids), churned_left_out=churned,
                            percent_done=EXPORT_SHARE)
-        return ids, values, export.sequence
+        return ids, values, stages, export.sequence
 
     @contextlib.asynccontextmanager
     async def _registry_export(self, names: list[str]) -> AsyncIterator[AsyncIterator]:
@@ -215,12 +235,8 @@ def previous_tiers(conn, model, ids: list[str], before_run: int | None = None) -
     previous = store.latest_completed(conn, model.model_id, before_run=before_run)
     if previous is None:
         return None, np.full(len(ids), -1, dtype=np.int32)
-    previous_ids, previous_levels = [], []
-    for chunk in store.read_results(conn, previous.run_id, _dims_of(conn, previous)):
-        previous_ids.extend(chunk.customer_ids)
-        previous_levels.append(chunk.tier_levels)
-    levels = _levels_by_id(ids, previous_ids, np.concatenate(previous_levels) if previous_levels else
-                           np.empty(0, np.int32))
+    previous_ids, previous_levels = store.read_tier_levels(conn, previous.run_id)
+    levels = _levels_by_id(ids, previous_ids, previous_levels)
     # A model's tiers may have changed between versions: levels beyond today's tiers count as none.
     levels[levels > len(model.tiers)] = 0
     return previous.run_id, levels - 1
@@ -238,35 +254,49 @@ def _levels_by_id(ids: list[str], known_ids: list[str], known_levels: np.ndarray
     return np.where(found, known_levels[order][at], 0).astype(np.int32)
 
 
-def _dims_of(conn, run) -> int:
-    spec = store.get_model(conn, run.model_id, run.model_version)
-    return len(json.loads(spec.spec_json).get("dimensions", []))
+@dataclass
+class KeptOutcomes:
+    """What a run keeps for outcome reports: the outcome signals, their values (rows x signals) and the
+    bad-profit flags, rows in export order."""
+
+    signals: list[str]
+    values: np.ndarray
+    bad_profit: np.ndarray
 
 
 def _fit_and_score(model, matrix: np.ndarray, previous_tiers: np.ndarray):
-    """Fits and scores the exported matrix (columns: ``model.input_signal_names``); a model with a lifetime-value
-    block first fits it on the population and fills in the derived signals."""
-    names, population = list(model.input_signal_names), None
+    """Fits and scores the exported matrix (columns: ``model.exported_signal_names``); a model with a
+    lifetime-value block first fits it on the population and fills in the derived signals. Then the outcome
+    values and bad-profit flags of a model with an outcomes block."""
+    names, population = list(model.exported_signal_names), None
     if model.lifetime_value is not None:
         population = lifetime_value.fit_matrix(model, matrix, names)
         matrix, names, _ = lifetime_value.with_derived(model, population, matrix, names, in_place=True)
     fitted = scoring_engine.fit(model, matrix, signal_names=names)
     result = scoring_engine.score(fitted, matrix, previous_tiers=previous_tiers, with_rank=True, signal_names=names)
-    return fitted.with_tier_thresholds(result.tier_thresholds), result, population
+    signals, values = outcomes.outcome_columns(model, matrix, names)
+    kept = KeptOutcomes(signals, values, outcomes.bad_profit_flags(model, result.dimensions, signals, values))
+    return fitted.with_tier_thresholds(result.tier_thresholds), result, population, kept
 
 
-def ranked_chunks(ids: list[str], result, previous_tiers: np.ndarray):
-    """Results in rank order, cut into chunks; counts per tier; (from level, to level, customers) moves."""
+def ranked_chunks(ids: pa.Array | list[str], result, previous_tiers: np.ndarray, kept: KeptOutcomes | None = None,
+                  stages: np.ndarray | None = None):
+    """Results in rank order, cut into chunks; counts per tier; (from level, to level, customers) moves. Without
+    ``kept`` and ``stages`` (results imported, not run) no outcome values, no flags, stage unspecified."""
+    n = len(result.rank)
+    ids = ids if isinstance(ids, pa.Array) else pa.array(ids, pa.large_string())
+    kept = kept or KeptOutcomes([], np.empty((n, 0)), np.zeros(n, bool))
+    stages = np.zeros(n, np.uint8) if stages is None else stages
     order = np.argsort(result.rank, kind="stable")
-    ids_sorted = [ids[i] for i in order.tolist()]
+    blobs = store.packed_ids(ids, order, [*range(0, len(order), RESULT_CHUNK), len(order)])
     levels = result.tier.astype(np.int32) + 1
     previous_levels = previous_tiers.astype(np.int32) + 1
     chunks = []
     for start in range(0, len(order), RESULT_CHUNK):
         part = order[start:start + RESULT_CHUNK]
-        chunks.append(ResultChunk(start + 1, ids_sorted[start:start + RESULT_CHUNK], result.dimensions[part],
-                                  result.composite[part], result.percentile[part], levels[part],
-                                  previous_levels[part]))
+        chunks.append(ResultChunk(start + 1, [], result.dimensions[part], result.composite[part],
+                                  result.percentile[part], levels[part], previous_levels[part], kept.values[part],
+                                  stages[part], kept.bad_profit[part], ids_blob=blobs[start // RESULT_CHUNK]))
     counts = np.bincount(result.tier, minlength=len(result.tier_ids)).tolist() if len(ids) else \
         [0] * len(result.tier_ids)
     width = len(result.tier_ids) + 1  # levels 0 (not in the previous run) .. tiers
@@ -275,11 +305,22 @@ def ranked_chunks(ids: list[str], result, previous_tiers: np.ndarray):
     return chunks, counts, moves
 
 
-def _without_churned(export: columns.SignalExport) -> tuple[list[str], np.ndarray, int]:
-    """The exported customers a run scores (all but the churned), their signals, and how many were left out."""
-    churned = export.stages == common_pb2.LIFECYCLE_STAGE_CHURNED
+def _history_rows(result, previous_tiers: np.ndarray, kept: KeptOutcomes, stages: np.ndarray):
+    """Each customer's row of the history layout (services/scoring/history.py), in export order."""
+    floats = np.column_stack([result.dimensions, result.composite, result.percentile,
+                              result.rank.astype(np.float64), kept.values])
+    ints = np.column_stack([result.tier + 1, previous_tiers + 1, stages, kept.bad_profit]).astype(np.int32)
+    return floats, ints
+
+
+def _without_churned(export: columns.SignalExport) -> tuple[list[str], np.ndarray, np.ndarray, int]:
+    """The exported customers a run scores (all but the churned), their signals and lifecycle stages, and how
+    many were left out."""
+    stages = export.stages if export.stages is not None and len(export.stages) == len(export.customer_ids) else \
+        np.zeros(len(export.customer_ids), np.uint8)
+    churned = stages == common_pb2.LIFECYCLE_STAGE_CHURNED
     left_out = int(churned.sum())
     if not left_out:
-        return export.customer_ids, export.values, 0
+        return export.customer_ids, export.values, stages, 0
     keep = np.flatnonzero(~churned)
-    return [export.customer_ids[i] for i in keep.tolist()], export.values[keep], left_out
+    return [export.customer_ids[i] for i in keep.tolist()], export.values[keep], stages[keep], left_out

@@ -33,7 +33,7 @@ from services.common.validation import (
     SIGNAL_NAME, SLUG, check_text, customer_id_from_name, decode_offset_token, encode_page_token, page_size,
 )
 from services.registry.customers import now_us, set_timestamp
-from services.scoring import store
+from services.scoring import history, outcomes, store
 from services.scoring.models import check_sizes, check_spec, spec_of, to_proto
 from services.scoring.run_import import RunImport
 from services.scoring.runs import RunExecutor, previous_tiers, ranked_chunks
@@ -82,6 +82,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         self.engine = engine
         scoring_engine.warm_up()  # compile or load the kernels now, not in the first request
         lifetime_value.warm_up()
+        history.warm_up()
         self.runs = RunExecutor(engine)
         self.watch = RunWatch(engine, self.runs, self._to_run_proto)
         self._fitted: dict[int, tuple[scoring_engine.FittedModel, lifetime_value.PopulationFit | None]] = {}
@@ -93,6 +94,8 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         self._current_runs: dict[str, tuple] = {}
         # run_id -> (run, fitted): the completed runs ScoreBatch was asked to score with by name.
         self._completed_runs: dict[int, tuple] = {}
+        # (model_id, version) -> (engine model, tiers): versions are immutable.
+        self._versions: dict[tuple[str, int], tuple[scoring_engine.ValueModel, list[common_pb2.TierRef]]] = {}
         self.stopping = False
         self._sweeper: asyncio.Task | None = None
         with write_transaction(engine) as conn:
@@ -194,7 +197,8 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             state=run.state, customers_done=run.customers_done, customers_total=run.customers_total,
             percent_done=run.percent_done, failure_reason=run.failure_reason,
             export_seconds=run.export_seconds, scoring_seconds=run.scoring_seconds, store_seconds=run.store_seconds,
-            churned_left_out=run.churned_left_out,
+            churned_left_out=run.churned_left_out, outcome_signals=store.outcome_signals(run),
+            history_indexed=bool(run.history_buckets),
             previous_run=f"runs/{run.previous_run_id}" if run.previous_run_id else "",
             export_sequence=run.export_sequence or 0)
         for field_name in ("create_time", "start_time", "end_time"):
@@ -324,6 +328,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
             run = self._completed_run(conn, name, "run")
             model = _engine_model(store.get_model(conn, run.model_id, run.model_version).spec_json)
             columns = _dimension_names(model)
+            signals = store.outcome_signals(run)
             first = True
             for chunk in store.read_results(conn, run.run_id, len(columns)):
                 message = pb.RunResultsChunk(
@@ -332,7 +337,9 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
                     composite=chunk.composite.tobytes(), tier_levels=chunk.tier_levels.tobytes(),
                     ranks=np.arange(chunk.first_rank, chunk.first_rank + len(chunk.customer_ids),
                                     dtype="<i8").tobytes(),
-                    percentiles=chunk.percentiles.tobytes(), previous_tier_levels=chunk.previous_tier_levels.tobytes())
+                    percentiles=chunk.percentiles.tobytes(), previous_tier_levels=chunk.previous_tier_levels.tobytes(),
+                    outcome_signals=signals, outcome_values=_matrix(chunk.outcome_values, len(signals)),
+                    lifecycle_stages=chunk.lifecycle_stages.tobytes(), bad_profit=chunk.bad_profit.tobytes())
                 if first:
                     message.tiers.extend(self._tiers(conn, run))
                     message.total_customers = run.customers_total
@@ -340,7 +347,9 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
                 yield message
             if first:  # an empty base: one chunk that still names the run, tiers and columns
                 yield pb.RunResultsChunk(run=f"runs/{run.run_id}", tiers=self._tiers(conn, run),
-                                         dimension_scores=_columnar([], columns, np.empty((0, len(columns)))))
+                                         dimension_scores=_columnar([], columns, np.empty((0, len(columns)))),
+                                         outcome_signals=signals, outcome_values=_matrix(np.empty((0, 0)),
+                                                                                          len(signals)))
 
     async def ImportRunResults(self, request_iterator, context):
         job = registered = None
@@ -417,6 +426,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
                 run = self._completed_run(conn, request.run, "run")
                 model = _engine_model(store.get_model(conn, run.model_id, run.model_version).spec_json)
                 tiers = self._tiers(conn, run)
+                signals = store.outcome_signals(run)
                 level = None
                 if request.tier_id:
                     level = next((t.level for t in tiers if t.tier_id == request.tier_id), None)
@@ -433,7 +443,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
                         if len(results) == size:
                             next_rank = row_rank
                             break
-                        results.append(_customer_result(customer_id, model, chunk, i, row_rank, tiers))
+                        results.append(_customer_result(customer_id, model, chunk, i, row_rank, tiers, signals))
                     if next_rank is not None:
                         break
                 return results, next_rank
@@ -455,6 +465,111 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
                                      to_tier=tiers[after - 1], customers=count)
                 return answer
         return await asyncio.to_thread(movement)
+
+    # -- outcomes --------------------------------------------------------------------------------------
+
+    async def GetOutcomeReport(self, request, context):
+        pairs = _outcome_request(request)
+
+        def report():
+            with long_read_transaction(self.engine) as conn:
+                runs = self._outcome_runs(conn, request, pairs)
+                loaded: dict[int, outcomes.RunColumns] = {}
+
+                def columns_of(run: Row) -> outcomes.RunColumns:
+                    if run.run_id not in loaded:
+                        spec = store.get_model(conn, run.model_id, run.model_version).spec_json
+                        loaded[run.run_id] = outcomes.load_run(conn, run, _engine_model(spec), self._tiers(conn, run))
+                    return loaded[run.run_id]
+                answer = pb.OutcomeReport()
+                for start, end in zip(runs, runs[1:]):
+                    answer.periods.append(outcomes.period(columns_of(start), columns_of(end)))
+                    loaded.pop(start.run_id)  # each run is read once: the start of a pair was the end of the last
+                return answer
+        return await asyncio.to_thread(report)
+
+    def _outcome_runs(self, conn, request, pairs: tuple) -> list[Row]:
+        """The runs of the report, oldest first."""
+        if pairs[0] == "last":
+            _, model_id, count = pairs
+            runs = store.last_completed(conn, model_id, count)
+            if len(runs) < 2:
+                raise failed_precondition(f"models/{model_id} has {len(runs)} completed run(s); an outcome report "
+                                          "compares two", "NOT_ENOUGH_RUNS")
+            return runs[::-1]
+        _, from_id, to_id = pairs
+        found = {}
+        for field_path, run_id in (("from_run", from_id), ("to_run", to_id)):
+            run = store.get_run(conn, run_id)
+            if run is None:
+                raise not_found(f"runs/{run_id}")
+            if run.state != pb.RUN_STATE_COMPLETED:
+                raise failed_precondition(f"{field_path}: runs/{run_id} is {pb.RunState.Name(run.state)}, not "
+                                          "completed", "RUN_NOT_COMPLETED")
+            found[field_path] = run
+        start, end = found["from_run"], found["to_run"]
+        if start.model_id != end.model_id:
+            raise invalid_argument("to_run", f"runs/{to_id} is a run of models/{end.model_id}, runs/{from_id} of "
+                                             f"models/{start.model_id}: compare runs of one model",
+                                   "RUNS_OF_DIFFERENT_MODELS")
+        return [start, end]
+
+    async def GetCustomerHistory(self, request, context):
+        customer_id = customer_id_from_name(request.customer, "customer")
+        model_id, version = parse_model_name(request.model, "model")
+        if version is not None:
+            raise invalid_argument("model", "a model (\"models/{model_id}\"), not a version: its runs may use "
+                                            "several versions", "INVALID_MODEL_NAME")
+        if not 0 <= request.last_runs <= MAX_HISTORY_RUNS:
+            raise invalid_argument("last_runs", f"1 to {MAX_HISTORY_RUNS} runs (0: {DEFAULT_HISTORY_RUNS}), got "
+                                                f"{request.last_runs}")
+        count = request.last_runs or DEFAULT_HISTORY_RUNS
+
+        def read() -> pb.CustomerHistory:
+            with read_transaction(self.engine) as conn:
+                runs = store.last_completed(conn, model_id, count)
+                if not runs:
+                    raise failed_precondition(f"models/{model_id} has no completed run yet; start one with "
+                                              "StartScoringRun", "NO_COMPLETED_RUN")
+                found = history.find(conn, runs, customer_id)
+                for run in runs:
+                    if run.run_id not in found:  # a run made before runs kept the history layout
+                        found[run.run_id] = self._scan_for(conn, run, customer_id)
+                answer = pb.CustomerHistory(customer=f"customers/{customer_id}", model=f"models/{model_id}")
+                for run in runs:
+                    entry = answer.runs.add(run=f"runs/{run.run_id}",
+                                            model=f"models/{run.model_id}/versions/{run.model_version}")
+                    set_timestamp(entry.end_time, run.end_time_us)
+                    if found[run.run_id] is not None:
+                        model, tiers = self._version(conn, run)
+                        entry.result.CopyFrom(_history_result(customer_id, model, tiers, store.outcome_signals(run),
+                                                              found[run.run_id]))
+                if not any(entry.HasField("result") for entry in answer.runs):
+                    raise ServiceError(grpc.StatusCode.NOT_FOUND,
+                                       f"customers/{customer_id} has no result in the last {len(runs)} completed "
+                                       f"run(s) of models/{model_id}", "CUSTOMER_NOT_FOUND",
+                                       metadata={"resource": f"customers/{customer_id}"})
+                return answer
+        return await asyncio.to_thread(read)
+
+    def _version(self, conn, run: Row) -> tuple[scoring_engine.ValueModel, list[common_pb2.TierRef]]:
+        key = (run.model_id, run.model_version)
+        if key not in self._versions:
+            self._versions[key] = (_engine_model(store.get_model(conn, *key).spec_json), self._tiers(conn, run))
+        return self._versions[key]
+
+    def _scan_for(self, conn, run: Row, customer_id: str) -> history.Found | None:
+        """The customer's row in a run without the history layout, from its result chunks (every chunk read)."""
+        model, _ = self._version(conn, run)
+        for chunk in store.read_results(conn, run.run_id, len(model.dimensions)):
+            if customer_id in chunk.customer_ids:
+                i = chunk.customer_ids.index(customer_id)
+                floats = np.concatenate([chunk.dimension_scores[i], [chunk.composite[i], chunk.percentiles[i],
+                                                                     chunk.first_rank + i], chunk.outcome_values[i]])
+                ints = np.array([chunk.tier_levels[i], chunk.previous_tier_levels[i], chunk.lifecycle_stages[i],
+                                 chunk.bad_profit[i]], np.int32)
+                return history.Found(floats, ints)
+        return None
 
     # -- online scoring --------------------------------------------------------------------------------
 
@@ -599,6 +714,53 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         return self._fitted[run.run_id]
 
 
+MAX_OUTCOME_RUNS = 20
+MAX_HISTORY_RUNS, DEFAULT_HISTORY_RUNS = 100, 20
+
+
+def _history_result(customer_id: str, model, tiers: list[common_pb2.TierRef], signals: list[str],
+                    row: history.Found) -> pb.CustomerResult:
+    """A CustomerResult from a row of the history layout."""
+    dims = len(model.dimensions)
+    composite, percentile, rank = row.floats[dims:dims + 3].tolist()
+    level, previous, stage, flag = row.ints.tolist()
+    result = pb.CustomerResult(customer=f"customers/{customer_id}",
+                               dimension_scores=_dimension_scores(model, row.floats[:dims]),
+                               tier=tiers[level - 1], rank=int(rank), percentile=float(np.nan_to_num(percentile)))
+    if composite == composite:
+        result.composite = composite
+    result.previous_tier.CopyFrom(tiers[previous - 1] if 0 < previous <= len(tiers) else common_pb2.TierRef())
+    _add_outcomes(result, signals, row.floats[dims + 3:], stage, bool(flag))
+    return result
+
+
+def _outcome_request(request: pb.GetOutcomeReportRequest) -> tuple:
+    """("last", model_id, N) or ("pair", from run id, to run id), or INVALID_ARGUMENT naming the field."""
+    if request.last_runs:
+        if not 2 <= request.last_runs <= MAX_OUTCOME_RUNS:
+            raise invalid_argument("last_runs", f"2 to {MAX_OUTCOME_RUNS} runs (consecutive pairs of them), "
+                                                f"got {request.last_runs}; 0 with from_run and to_run")
+        for field_path in ("from_run", "to_run"):
+            if getattr(request, field_path):
+                raise invalid_argument(field_path, "set from_run and to_run, or model and last_runs, not both")
+        model_id, version = parse_model_name(request.model, "model")
+        if version is not None:
+            raise invalid_argument("model", "a model (\"models/{model_id}\"), not a version: its runs may use "
+                                            "several versions", "INVALID_MODEL_NAME")
+        return "last", model_id, request.last_runs
+    violations = Violations()
+    for field_path in ("from_run", "to_run"):
+        if not getattr(request, field_path):
+            violations.add(field_path, 'required: "runs/{run_id}" (or set model and last_runs instead)')
+    if request.model:
+        violations.add("model", "only with last_runs (from_run and to_run name their model)", "INVALID_MODEL_NAME")
+    violations.raise_if_any()
+    from_id, to_id = parse_run_name(request.from_run, "from_run"), parse_run_name(request.to_run, "to_run")
+    if to_id <= from_id:
+        raise invalid_argument("to_run", f"must be a run after from_run (runs/{from_id}), got runs/{to_id}")
+    return "pair", from_id, to_id
+
+
 def _version_required(conn, model_id: str) -> ServiceError:
     """ActivateModel named a model, not a version: which versions there are, and why one must be named."""
     rows = store.list_models(conn, model_id, 0, 1000)
@@ -701,7 +863,12 @@ def _dimension_scores(model, values) -> list[common_pb2.DimensionScore]:
     return scores
 
 
-def _customer_result(customer_id, model, chunk, i, rank, tiers) -> pb.CustomerResult:
+def _matrix(values: np.ndarray, columns: int) -> common_pb2.Float64Matrix:
+    return common_pb2.Float64Matrix(rows=len(values), columns=columns,
+                                    data=np.ascontiguousarray(values, dtype="<f8").tobytes() if columns else b"")
+
+
+def _customer_result(customer_id, model, chunk, i, rank, tiers, signals: list[str]) -> pb.CustomerResult:
     result = pb.CustomerResult(
         customer=f"customers/{customer_id}", dimension_scores=_dimension_scores(model, chunk.dimension_scores[i]),
         tier=tiers[chunk.tier_levels[i] - 1], rank=rank, percentile=float(np.nan_to_num(chunk.percentiles[i])))
@@ -709,7 +876,16 @@ def _customer_result(customer_id, model, chunk, i, rank, tiers) -> pb.CustomerRe
         result.composite = float(chunk.composite[i])
     previous = int(chunk.previous_tier_levels[i])
     result.previous_tier.CopyFrom(tiers[previous - 1] if 0 < previous <= len(tiers) else common_pb2.TierRef())
+    _add_outcomes(result, signals, chunk.outcome_values[i], int(chunk.lifecycle_stages[i]), bool(chunk.bad_profit[i]))
     return result
+
+
+def _add_outcomes(result: pb.CustomerResult, signals: list[str], values: np.ndarray, stage: int,
+                  bad_profit: bool) -> None:
+    """A result's outcome values (missing ones left out), lifecycle stage and bad-profit flag."""
+    result.outcome_values.update({name: float(v) for name, v in zip(signals, values.tolist()) if v == v})
+    result.lifecycle_stage = stage
+    result.bad_profit = bad_profit
 
 
 def _score_chunk(fitted, population, matrix: np.ndarray, names: list[str], previous: np.ndarray | None = None):

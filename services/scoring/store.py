@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
@@ -152,16 +154,67 @@ class ResultChunk:
     percentiles: np.ndarray  # float64
     tier_levels: np.ndarray  # int32, 1 = top
     previous_tier_levels: np.ndarray  # int32, 0 = not in the previous run
+    # float64 (rows, outcome signals), NaN = missing; LifecycleStage (uint8); bad-profit flag (uint8). Runs made
+    # before runs stored outcomes: no columns, stages UNSPECIFIED, nothing flagged.
+    outcome_values: np.ndarray | None = None
+    lifecycle_stages: np.ndarray | None = None
+    bad_profit: np.ndarray | None = None
+    # The ids already "\n"-joined (a run being written: see packed_ids); customer_ids is then empty.
+    ids_blob: bytes | None = None
+
+    def __post_init__(self):
+        rows = len(self.composite)
+        if self.outcome_values is None:
+            self.outcome_values = np.empty((rows, 0))
+        if self.lifecycle_stages is None:
+            self.lifecycle_stages = np.zeros(rows, np.uint8)
+        if self.bad_profit is None:
+            self.bad_profit = np.zeros(rows, np.uint8)
 
 
 def write_results(conn: Connection, run_id: int, chunks: list[ResultChunk]) -> None:
     insert_many(conn, result_chunks, ["run_id", "chunk_index", "first_rank", "rows", "customer_ids",
                                       "dimension_scores", "composite", "percentiles", "tier_levels",
-                                      "previous_tier_levels"],
-                [(run_id, i, c.first_rank, len(c.customer_ids), "\n".join(c.customer_ids).encode(),
+                                      "previous_tier_levels", "outcome_values", "lifecycle_stages", "bad_profit"],
+                [(run_id, i, c.first_rank, len(c.composite),
+                  c.ids_blob if c.ids_blob is not None else "\n".join(c.customer_ids).encode(),
                   c.dimension_scores.astype("<f8").tobytes(), c.composite.astype("<f8").tobytes(),
                   c.percentiles.astype("<f8").tobytes(), c.tier_levels.astype("<i4").tobytes(),
-                  c.previous_tier_levels.astype("<i4").tobytes()) for i, c in enumerate(chunks)])
+                  c.previous_tier_levels.astype("<i4").tobytes(), c.outcome_values.astype("<f8").tobytes(),
+                  c.lifecycle_stages.astype(np.uint8).tobytes(), c.bad_profit.astype(np.uint8).tobytes())
+                 for i, c in enumerate(chunks)])
+
+
+def packed_ids(ids: pa.Array, order: np.ndarray, bounds: list[int]) -> list[bytes]:
+    """The ids taken in ``order`` and cut at ``bounds`` (ascending positions, first 0, last len(order)), each
+    part "\n"-joined and UTF-8: done in Arrow, since gathering a million Python strings in a random order
+    costs seconds of cache misses."""
+    if len(order) == 0:
+        return [b"" for _ in bounds[1:]]
+    newline, nothing = pa.scalar("\n", ids.type), pa.scalar("", ids.type)
+    lines = pc.take(pc.binary_join_element_wise(ids, newline, nothing), pa.array(order))
+    offsets = np.frombuffer(lines.buffers()[1], np.int64)[lines.offset:lines.offset + len(lines) + 1]
+    data = lines.buffers()[2].to_pybytes()
+    ends = offsets[bounds].tolist()
+    return [data[start:max(start, end - 1)] for start, end in zip(ends[:-1], ends[1:])]
+
+
+def set_history_buckets(conn: Connection, run_id: int, buckets: int) -> None:
+    """Marks a completed run's history layout as written."""
+    conn.execute(runs.update().where(runs.c.run_id == run_id).values(history_buckets=buckets))
+
+
+def outcome_signals(run: Row) -> list[str]:
+    """The outcome signals whose values the run stored, in column order (none for runs made before)."""
+    return json.loads(run.outcome_signals_json) if run.outcome_signals_json else []
+
+
+def _outcome_parts(row) -> tuple:
+    if row.outcome_values is None:
+        return None, None, None
+    columns = len(row.outcome_values) // (8 * row.rows) if row.rows else 0
+    return (np.frombuffer(row.outcome_values, "<f8").reshape(row.rows, columns),
+            np.frombuffer(row.lifecycle_stages, np.uint8), np.frombuffer(row.bad_profit, np.uint8))
 
 
 def read_results(conn: Connection, run_id: int, n_dims: int, from_rank: int = 1) -> Iterator[ResultChunk]:
@@ -175,7 +228,44 @@ def read_results(conn: Connection, run_id: int, n_dims: int, from_rank: int = 1)
         yield ResultChunk(row.first_rank, ids,
                           np.frombuffer(row.dimension_scores, "<f8").reshape(row.rows, n_dims),
                           np.frombuffer(row.composite, "<f8"), np.frombuffer(row.percentiles, "<f8"),
-                          np.frombuffer(row.tier_levels, "<i4"), np.frombuffer(row.previous_tier_levels, "<i4"))
+                          np.frombuffer(row.tier_levels, "<i4"), np.frombuffer(row.previous_tier_levels, "<i4"),
+                          *_outcome_parts(row))
+
+
+def read_tier_levels(conn: Connection, run_id: int) -> tuple[list[str], np.ndarray]:
+    """Every customer id of a run and its tier level (int32), in rank order: only the two columns."""
+    ids: list[str] = []
+    levels = []
+    query = sa.select(result_chunks.c.rows, result_chunks.c.customer_ids, result_chunks.c.tier_levels).where(
+        result_chunks.c.run_id == run_id).order_by(result_chunks.c.chunk_index)
+    for row in conn.execute(query):
+        if row.rows:
+            ids.extend(row.customer_ids.decode().split("\n"))
+            levels.append(np.frombuffer(row.tier_levels, "<i4"))
+    return ids, np.concatenate(levels) if levels else np.empty(0, np.int32)
+
+
+def read_outcome_columns(conn: Connection, run_id: int) -> tuple[list[bytes], np.ndarray, list, list]:
+    """What an outcome report reads of a run, in rank order: the chunks' id blobs ("\n"-joined), tier levels
+    (int32) and the parts of outcome values and bad-profit flags (None for chunks of runs made before)."""
+    blobs, levels, values, flags = [], [], [], []
+    query = sa.select(result_chunks.c.rows, result_chunks.c.customer_ids, result_chunks.c.tier_levels,
+                      result_chunks.c.outcome_values, result_chunks.c.bad_profit).where(
+        result_chunks.c.run_id == run_id).order_by(result_chunks.c.chunk_index)
+    for row in conn.execute(query):
+        if not row.rows:
+            continue
+        blobs.append(row.customer_ids)
+        levels.append(np.frombuffer(row.tier_levels, "<i4"))
+        values.append(None if row.outcome_values is None else np.frombuffer(row.outcome_values, "<f8"))
+        flags.append(None if row.bad_profit is None else np.frombuffer(row.bad_profit, np.uint8))
+    return blobs, np.concatenate(levels) if levels else np.empty(0, np.int32), values, flags
+
+
+def last_completed(conn: Connection, model_id: str, count: int) -> list[Row]:
+    """The model's last ``count`` completed runs, newest first."""
+    query = sa.select(runs).where(runs.c.model_id == model_id, runs.c.state == pb.RUN_STATE_COMPLETED)
+    return list(conn.execute(query.order_by(runs.c.run_id.desc()).limit(count)))
 
 
 def tier_counts(run: Row) -> list[int]:

@@ -57,6 +57,12 @@ runs = sa.Table(
     sa.Column("fitted", sa.LargeBinary, nullable=True),
     # scoring_engine.lifetime_value.PopulationFit.to_dict() as JSON, for models with a lifetime_value block.
     sa.Column("lifetime_value_json", sa.Text, nullable=True),
+    # JSON list: the outcome signals whose values the run stored (columns of result chunks' outcome_values);
+    # NULL for runs made before runs stored outcomes.
+    sa.Column("outcome_signals_json", sa.Text, nullable=True),
+    # Buckets of the run's results by customer id (result_buckets), set once they are written (after the run
+    # completed, in a transaction of their own); NULL: not (yet) written, a history reads the run's chunks.
+    sa.Column("history_buckets", sa.Integer, nullable=True),
     sa.Index("ix_scoring_runs_model_state", "model_id", "state"),
 )
 
@@ -75,4 +81,24 @@ result_chunks = sa.Table(
     sa.Column("percentiles", sa.LargeBinary, nullable=False),
     sa.Column("tier_levels", sa.LargeBinary, nullable=False),
     sa.Column("previous_tier_levels", sa.LargeBinary, nullable=False),
+    # float64 rows x the run's outcome signals (NaN: missing); LifecycleStage per row (uint8); bad-profit flag
+    # per row (uint8). NULL for runs made before runs stored outcomes.
+    sa.Column("outcome_values", sa.LargeBinary, nullable=True),
+    sa.Column("lifecycle_stages", sa.LargeBinary, nullable=True),
+    sa.Column("bad_profit", sa.LargeBinary, nullable=True),
+)
+
+# The same results once more, bucketed by a stable hash of the customer id (services/scoring/history.py), so
+# that one customer's result in a run is one row read: what GetCustomerHistory needs.
+result_buckets = sa.Table(
+    "scoring_result_buckets", metadata,
+    sa.Column("run_id", sa.BigInteger, sa.ForeignKey("scoring_runs.run_id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("bucket", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("rows", sa.Integer, nullable=False),
+    # customer ids joined by "\n", UTF-8.
+    sa.Column("customer_ids", sa.LargeBinary, nullable=False),
+    # float64 rows x (dimensions, composite, percentile, rank, outcome values); int32 rows x (tier level,
+    # previous tier level, lifecycle stage, bad-profit flag).
+    sa.Column("floats", sa.LargeBinary, nullable=False),
+    sa.Column("ints", sa.LargeBinary, nullable=False),
 )

@@ -47,10 +47,13 @@ def test_export_import_round_trip_keeps_customers_signals_and_nulls(suites, tmp_
     summary = json.loads(cvh_here(source, "export", str(exported), "--json").stdout)
     assert summary["customers"] == 60 and summary["files"] == [str(exported / "part-00000.parquet")]
     table = pq.read_table(exported)
-    # The model's signals, then the purchase signals its lifetime-value block reads (none observed here: all null).
-    purchase_signals = list(scoring_engine.default_model().lifetime_value.input_signals)
-    assert table.column_names == ["customer_id", "parent_id", "role", "owner", "lifecycle_stage", "team.owner", *SIGNALS, *purchase_signals]
-    assert all(table.column(name).null_count == 60 for name in purchase_signals)
+    # The model's signals, then the purchase signals its lifetime-value block reads and the outcome signals its
+    # outcomes block names that it does not weight (none observed here: all null).
+    model = scoring_engine.default_model()
+    extra_signals = list(model.exported_signal_names[len(model.signal_names):])
+    assert extra_signals == [*model.lifetime_value.input_signals, "referrals", "use_case_adoption"]
+    assert table.column_names == ["customer_id", "parent_id", "role", "owner", "lifecycle_stage", "team.owner", *SIGNALS, *extra_signals]
+    assert all(table.column(name).null_count == 60 for name in extra_signals)
     assert table.schema.field(SIGNALS[0]).type == pa.float64()
     assert table.column(SIGNALS[1]).null_count == 15 and table.column(SIGNALS[4]).null_count == 15
     assert table.column(SIGNALS[0]).null_count == 0

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
+import numpy as np
 import pytest
 
 import scoring_engine as se
@@ -178,6 +180,19 @@ CASES = [
     ((["hysteresis_points"], -1.0), "hysteresis_points", "0 to 100"),
     ((["hysteresis_points"], "Infinity"), "hysteresis_points", "0 to 100"),
     ((["hysteresis_points"], True), "hysteresis_points", "must be a number"),
+    ((["outcomes"], {"money_signal": "Revenue"}), "outcomes.money_signal", "a signal name"),
+    ((["outcomes"], {"nps_scale": "NPS_SCALE_PERCENT"}), "outcomes.nps_scale", "unknown value"),
+    ((["outcomes"], {"nps_signal": "nps", "bad_profit": {"dimension_id": "loyalty"}}),
+     "outcomes.bad_profit.dimension_id", "one of profitability"),
+    ((["outcomes"], {"nps_signal": "nps", "bad_profit": {"dimension_id": "feedback"}}),
+     "outcomes.bad_profit.dimension_id", "no VALUE_DIMENSION_FEEDBACK dimension"),
+    ((["outcomes"], {"nps_signal": "nps", "bad_profit": {"top_share": 1.5}}), "outcomes.bad_profit.top_share",
+     "(0, 1]"),
+    ((["outcomes"], {"bad_profit": {}}), "outcomes.bad_profit.signal", "names no nps_signal"),
+    ((["outcomes"], {"bad_profit": {"signal": "complaints", "at_most": 1, "at_least": 3}}),
+     "outcomes.bad_profit.at_least", "not both"),
+    ((["outcomes"], {"bad_profit": {"signal": "complaints", "at_least": "Infinity"}}),
+     "outcomes.bad_profit.at_least", "finite"),
 ]
 
 
@@ -231,3 +246,32 @@ def test_violation_is_a_pair():
     violation = violations_of(mutate((["model_id"], "X")))[0]
     field, description = violation
     assert field == "model_id" and description
+
+
+def test_outcome_block_round_trips_and_its_signals_are_exported_in_addition():
+    document = base() | {"outcomes": {"money_signal": "revenue", "nps_signal": "nps", "referrals_signal": "referrals",
+                                      "bad_profit": {"signal": "complaints", "at_least": 3.0}}}
+    model = se.ValueModel.from_dict(document)
+    assert se.ValueModel.from_json(model.to_json()) == model
+    assert model.outcomes.stored_signals == ("revenue", "nps", "referrals", "complaints")
+    assert model.input_signal_names == ("revenue", "nps", "margin")  # online scoring reads no outcome signal
+    assert model.exported_signal_names == ("revenue", "nps", "margin", "referrals", "complaints")
+    rule = model.outcomes.bad_profit
+    assert (rule.effective_dimension, rule.effective_top_share, rule.bound) == (
+        ValueDimension.PROFITABILITY, 0.25, ("at_least", 3.0))
+    assert se.default_model().outcomes.bad_profit.bound == ("at_most", 0.0)
+
+
+def test_bad_profit_flags_match_a_plain_reading_of_the_rule():
+    from scoring_engine import outcomes
+
+    model = se.ValueModel.from_dict(base() | {"outcomes": {"nps_signal": "nps", "bad_profit": {"top_share": 0.3}}})
+    rng = np.random.default_rng(5)
+    scores = rng.choice([10.0, 20.0, 30.0, 40.0, np.nan], size=(200, 2))  # ties and missing scores
+    nps = rng.choice([-40.0, 0.0, 10.0, np.nan], size=200)
+    flags = outcomes.bad_profit_flags(model, scores, ["nps"], nps[:, None])
+    scored = sorted((s for s in scores[:, 0] if s == s), reverse=True)
+    cut = scored[math.ceil(0.3 * len(scored)) - 1]
+    expected = [int(s == s and s >= cut and v == v and v <= 0) for s, v in zip(scores[:, 0], nps)]
+    assert flags.tolist() == expected and 0 < sum(expected) < 200
+    assert not outcomes.bad_profit_flags(model, np.full((3, 2), np.nan), ["nps"], np.zeros((3, 1))).any()

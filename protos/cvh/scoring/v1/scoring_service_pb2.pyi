@@ -39,6 +39,12 @@ class MissingPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MISSING_POLICY_FIXED_VALUE: _ClassVar[MissingPolicy]
     MISSING_POLICY_MIN_COVERAGE: _ClassVar[MissingPolicy]
 
+class NpsScale(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NPS_SCALE_UNSPECIFIED: _ClassVar[NpsScale]
+    NPS_SCALE_ACCOUNT: _ClassVar[NpsScale]
+    NPS_SCALE_RESPONDENT: _ClassVar[NpsScale]
+
 class TimeUnit(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     TIME_UNIT_UNSPECIFIED: _ClassVar[TimeUnit]
@@ -70,6 +76,9 @@ MISSING_POLICY_UNSPECIFIED: MissingPolicy
 MISSING_POLICY_RENORMALIZE: MissingPolicy
 MISSING_POLICY_FIXED_VALUE: MissingPolicy
 MISSING_POLICY_MIN_COVERAGE: MissingPolicy
+NPS_SCALE_UNSPECIFIED: NpsScale
+NPS_SCALE_ACCOUNT: NpsScale
+NPS_SCALE_RESPONDENT: NpsScale
 TIME_UNIT_UNSPECIFIED: TimeUnit
 TIME_UNIT_DAYS: TimeUnit
 TIME_UNIT_WEEKS: TimeUnit
@@ -148,7 +157,7 @@ class TierSpec(_message.Message):
     def __init__(self, tier_id: _Optional[str] = ..., display_name: _Optional[str] = ..., min_composite: _Optional[float] = ..., population_percent: _Optional[float] = ...) -> None: ...
 
 class ValueModel(_message.Message):
-    __slots__ = ("name", "model_id", "version", "description", "signals", "dimensions", "tiers", "hysteresis_points", "change_note", "creator", "create_time", "active", "lifetime_value")
+    __slots__ = ("name", "model_id", "version", "description", "signals", "dimensions", "tiers", "hysteresis_points", "change_note", "creator", "create_time", "active", "lifetime_value", "outcomes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +171,7 @@ class ValueModel(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
     LIFETIME_VALUE_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
     name: str
     model_id: str
     version: int
@@ -175,7 +185,42 @@ class ValueModel(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     active: bool
     lifetime_value: LifetimeValueSpec
-    def __init__(self, name: _Optional[str] = ..., model_id: _Optional[str] = ..., version: _Optional[int] = ..., description: _Optional[str] = ..., signals: _Optional[_Iterable[_Union[SignalSpec, _Mapping]]] = ..., dimensions: _Optional[_Iterable[_Union[DimensionSpec, _Mapping]]] = ..., tiers: _Optional[_Iterable[_Union[TierSpec, _Mapping]]] = ..., hysteresis_points: _Optional[float] = ..., change_note: _Optional[str] = ..., creator: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., active: _Optional[bool] = ..., lifetime_value: _Optional[_Union[LifetimeValueSpec, _Mapping]] = ...) -> None: ...
+    outcomes: OutcomeSpec
+    def __init__(self, name: _Optional[str] = ..., model_id: _Optional[str] = ..., version: _Optional[int] = ..., description: _Optional[str] = ..., signals: _Optional[_Iterable[_Union[SignalSpec, _Mapping]]] = ..., dimensions: _Optional[_Iterable[_Union[DimensionSpec, _Mapping]]] = ..., tiers: _Optional[_Iterable[_Union[TierSpec, _Mapping]]] = ..., hysteresis_points: _Optional[float] = ..., change_note: _Optional[str] = ..., creator: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., active: _Optional[bool] = ..., lifetime_value: _Optional[_Union[LifetimeValueSpec, _Mapping]] = ..., outcomes: _Optional[_Union[OutcomeSpec, _Mapping]] = ...) -> None: ...
+
+class OutcomeSpec(_message.Message):
+    __slots__ = ("money_signal", "nps_signal", "csat_signal", "referenceability_signal", "referrals_signal", "adoption_signal", "bad_profit", "nps_scale")
+    MONEY_SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    NPS_SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    CSAT_SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    REFERENCEABILITY_SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    REFERRALS_SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    ADOPTION_SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    BAD_PROFIT_FIELD_NUMBER: _ClassVar[int]
+    NPS_SCALE_FIELD_NUMBER: _ClassVar[int]
+    money_signal: str
+    nps_signal: str
+    csat_signal: str
+    referenceability_signal: str
+    referrals_signal: str
+    adoption_signal: str
+    bad_profit: BadProfitRule
+    nps_scale: NpsScale
+    def __init__(self, money_signal: _Optional[str] = ..., nps_signal: _Optional[str] = ..., csat_signal: _Optional[str] = ..., referenceability_signal: _Optional[str] = ..., referrals_signal: _Optional[str] = ..., adoption_signal: _Optional[str] = ..., bad_profit: _Optional[_Union[BadProfitRule, _Mapping]] = ..., nps_scale: _Optional[_Union[NpsScale, str]] = ...) -> None: ...
+
+class BadProfitRule(_message.Message):
+    __slots__ = ("dimension_id", "top_share", "signal", "at_most", "at_least")
+    DIMENSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TOP_SHARE_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    AT_MOST_FIELD_NUMBER: _ClassVar[int]
+    AT_LEAST_FIELD_NUMBER: _ClassVar[int]
+    dimension_id: str
+    top_share: float
+    signal: str
+    at_most: float
+    at_least: float
+    def __init__(self, dimension_id: _Optional[str] = ..., top_share: _Optional[float] = ..., signal: _Optional[str] = ..., at_most: _Optional[float] = ..., at_least: _Optional[float] = ...) -> None: ...
 
 class LifetimeValueSpec(_message.Message):
     __slots__ = ("frequency_signal", "recency_signal", "age_signal", "spend_signal", "time_unit", "horizon_months", "monthly_discount_rate")
@@ -240,7 +285,7 @@ class TierCount(_message.Message):
     def __init__(self, tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., customers: _Optional[int] = ...) -> None: ...
 
 class ScoringRun(_message.Message):
-    __slots__ = ("name", "model", "state", "customers_done", "customers_total", "percent_done", "tier_counts", "failure_reason", "create_time", "start_time", "end_time", "export_seconds", "scoring_seconds", "store_seconds", "previous_run", "churned_left_out", "lifetime_value", "export_sequence")
+    __slots__ = ("name", "model", "state", "customers_done", "customers_total", "percent_done", "tier_counts", "failure_reason", "create_time", "start_time", "end_time", "export_seconds", "scoring_seconds", "store_seconds", "previous_run", "churned_left_out", "lifetime_value", "export_sequence", "outcome_signals", "history_indexed")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -259,6 +304,8 @@ class ScoringRun(_message.Message):
     CHURNED_LEFT_OUT_FIELD_NUMBER: _ClassVar[int]
     LIFETIME_VALUE_FIELD_NUMBER: _ClassVar[int]
     EXPORT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_INDEXED_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
     state: RunState
@@ -277,7 +324,9 @@ class ScoringRun(_message.Message):
     churned_left_out: int
     lifetime_value: LifetimeValueFit
     export_sequence: int
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., customers_done: _Optional[int] = ..., customers_total: _Optional[int] = ..., percent_done: _Optional[float] = ..., tier_counts: _Optional[_Iterable[_Union[TierCount, _Mapping]]] = ..., failure_reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., export_seconds: _Optional[float] = ..., scoring_seconds: _Optional[float] = ..., store_seconds: _Optional[float] = ..., previous_run: _Optional[str] = ..., churned_left_out: _Optional[int] = ..., lifetime_value: _Optional[_Union[LifetimeValueFit, _Mapping]] = ..., export_sequence: _Optional[int] = ...) -> None: ...
+    outcome_signals: _containers.RepeatedScalarFieldContainer[str]
+    history_indexed: bool
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., state: _Optional[_Union[RunState, str]] = ..., customers_done: _Optional[int] = ..., customers_total: _Optional[int] = ..., percent_done: _Optional[float] = ..., tier_counts: _Optional[_Iterable[_Union[TierCount, _Mapping]]] = ..., failure_reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., export_seconds: _Optional[float] = ..., scoring_seconds: _Optional[float] = ..., store_seconds: _Optional[float] = ..., previous_run: _Optional[str] = ..., churned_left_out: _Optional[int] = ..., lifetime_value: _Optional[_Union[LifetimeValueFit, _Mapping]] = ..., export_sequence: _Optional[int] = ..., outcome_signals: _Optional[_Iterable[str]] = ..., history_indexed: _Optional[bool] = ...) -> None: ...
 
 class FittedParameter(_message.Message):
     __slots__ = ("name", "value", "standard_error")
@@ -390,7 +439,7 @@ class StreamRunResultsRequest(_message.Message):
     def __init__(self, run: _Optional[str] = ..., chunk_size: _Optional[int] = ...) -> None: ...
 
 class RunResultsChunk(_message.Message):
-    __slots__ = ("run", "dimension_scores", "composite", "tier_levels", "ranks", "percentiles", "previous_tier_levels", "tiers", "total_customers")
+    __slots__ = ("run", "dimension_scores", "composite", "tier_levels", "ranks", "percentiles", "previous_tier_levels", "tiers", "total_customers", "outcome_values", "outcome_signals", "lifecycle_stages", "bad_profit")
     RUN_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_SCORES_FIELD_NUMBER: _ClassVar[int]
     COMPOSITE_FIELD_NUMBER: _ClassVar[int]
@@ -400,6 +449,10 @@ class RunResultsChunk(_message.Message):
     PREVIOUS_TIER_LEVELS_FIELD_NUMBER: _ClassVar[int]
     TIERS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_VALUES_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    LIFECYCLE_STAGES_FIELD_NUMBER: _ClassVar[int]
+    BAD_PROFIT_FIELD_NUMBER: _ClassVar[int]
     run: str
     dimension_scores: _common_pb2.ColumnarChunk
     composite: bytes
@@ -409,7 +462,11 @@ class RunResultsChunk(_message.Message):
     previous_tier_levels: bytes
     tiers: _containers.RepeatedCompositeFieldContainer[_common_pb2.TierRef]
     total_customers: int
-    def __init__(self, run: _Optional[str] = ..., dimension_scores: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ..., composite: _Optional[bytes] = ..., tier_levels: _Optional[bytes] = ..., ranks: _Optional[bytes] = ..., percentiles: _Optional[bytes] = ..., previous_tier_levels: _Optional[bytes] = ..., tiers: _Optional[_Iterable[_Union[_common_pb2.TierRef, _Mapping]]] = ..., total_customers: _Optional[int] = ...) -> None: ...
+    outcome_values: _common_pb2.Float64Matrix
+    outcome_signals: _containers.RepeatedScalarFieldContainer[str]
+    lifecycle_stages: bytes
+    bad_profit: bytes
+    def __init__(self, run: _Optional[str] = ..., dimension_scores: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ..., composite: _Optional[bytes] = ..., tier_levels: _Optional[bytes] = ..., ranks: _Optional[bytes] = ..., percentiles: _Optional[bytes] = ..., previous_tier_levels: _Optional[bytes] = ..., tiers: _Optional[_Iterable[_Union[_common_pb2.TierRef, _Mapping]]] = ..., total_customers: _Optional[int] = ..., outcome_values: _Optional[_Union[_common_pb2.Float64Matrix, _Mapping]] = ..., outcome_signals: _Optional[_Iterable[str]] = ..., lifecycle_stages: _Optional[bytes] = ..., bad_profit: _Optional[bytes] = ...) -> None: ...
 
 class ImportRunResultsRequest(_message.Message):
     __slots__ = ("model", "dimension_scores", "composite", "tier_ids", "ranks", "percentiles", "fitted_model")
@@ -442,7 +499,14 @@ class ListRunResultsRequest(_message.Message):
     def __init__(self, run: _Optional[str] = ..., tier_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class CustomerResult(_message.Message):
-    __slots__ = ("customer", "dimension_scores", "composite", "tier", "rank", "percentile", "previous_tier")
+    __slots__ = ("customer", "dimension_scores", "composite", "tier", "rank", "percentile", "previous_tier", "outcome_values", "lifecycle_stage", "bad_profit")
+    class OutcomeValuesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     CUSTOMER_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_SCORES_FIELD_NUMBER: _ClassVar[int]
     COMPOSITE_FIELD_NUMBER: _ClassVar[int]
@@ -450,6 +514,9 @@ class CustomerResult(_message.Message):
     RANK_FIELD_NUMBER: _ClassVar[int]
     PERCENTILE_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_TIER_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_VALUES_FIELD_NUMBER: _ClassVar[int]
+    LIFECYCLE_STAGE_FIELD_NUMBER: _ClassVar[int]
+    BAD_PROFIT_FIELD_NUMBER: _ClassVar[int]
     customer: str
     dimension_scores: _containers.RepeatedCompositeFieldContainer[_common_pb2.DimensionScore]
     composite: float
@@ -457,7 +524,10 @@ class CustomerResult(_message.Message):
     rank: int
     percentile: float
     previous_tier: _common_pb2.TierRef
-    def __init__(self, customer: _Optional[str] = ..., dimension_scores: _Optional[_Iterable[_Union[_common_pb2.DimensionScore, _Mapping]]] = ..., composite: _Optional[float] = ..., tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., rank: _Optional[int] = ..., percentile: _Optional[float] = ..., previous_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ...) -> None: ...
+    outcome_values: _containers.ScalarMap[str, float]
+    lifecycle_stage: _common_pb2.LifecycleStage
+    bad_profit: bool
+    def __init__(self, customer: _Optional[str] = ..., dimension_scores: _Optional[_Iterable[_Union[_common_pb2.DimensionScore, _Mapping]]] = ..., composite: _Optional[float] = ..., tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., rank: _Optional[int] = ..., percentile: _Optional[float] = ..., previous_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., outcome_values: _Optional[_Mapping[str, float]] = ..., lifecycle_stage: _Optional[_Union[_common_pb2.LifecycleStage, str]] = ..., bad_profit: _Optional[bool] = ...) -> None: ...
 
 class ListRunResultsResponse(_message.Message):
     __slots__ = ("results", "next_page_token")
@@ -584,3 +654,151 @@ class ScoreBatchResponse(_message.Message):
     derived_signals: _common_pb2.ColumnarChunk
     run: str
     def __init__(self, dimension_scores: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ..., composite: _Optional[bytes] = ..., tier_levels: _Optional[bytes] = ..., derived_signals: _Optional[_Union[_common_pb2.ColumnarChunk, _Mapping]] = ..., run: _Optional[str] = ...) -> None: ...
+
+class GetOutcomeReportRequest(_message.Message):
+    __slots__ = ("from_run", "to_run", "model", "last_runs")
+    FROM_RUN_FIELD_NUMBER: _ClassVar[int]
+    TO_RUN_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LAST_RUNS_FIELD_NUMBER: _ClassVar[int]
+    from_run: str
+    to_run: str
+    model: str
+    last_runs: int
+    def __init__(self, from_run: _Optional[str] = ..., to_run: _Optional[str] = ..., model: _Optional[str] = ..., last_runs: _Optional[int] = ...) -> None: ...
+
+class SignalOutcome(_message.Message):
+    __slots__ = ("mean_start", "mean_end", "change", "sum_start", "sum_end", "customers_start", "customers_end")
+    MEAN_START_FIELD_NUMBER: _ClassVar[int]
+    MEAN_END_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    SUM_START_FIELD_NUMBER: _ClassVar[int]
+    SUM_END_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_START_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_END_FIELD_NUMBER: _ClassVar[int]
+    mean_start: float
+    mean_end: float
+    change: float
+    sum_start: float
+    sum_end: float
+    customers_start: int
+    customers_end: int
+    def __init__(self, mean_start: _Optional[float] = ..., mean_end: _Optional[float] = ..., change: _Optional[float] = ..., sum_start: _Optional[float] = ..., sum_end: _Optional[float] = ..., customers_start: _Optional[int] = ..., customers_end: _Optional[int] = ...) -> None: ...
+
+class TierOutcome(_message.Message):
+    __slots__ = ("tier", "customers", "customers_retained", "customers_lost", "logo_retention", "money_start", "money_end", "money_lost", "gross_revenue_retention", "net_revenue_retention", "nps", "promoter_share_start", "promoter_share_end", "detractor_share_start", "detractor_share_end", "csat", "referenceability", "referrals", "adoption", "moved_up", "moved_down", "stayed", "bad_profit_customers", "bad_profit_money", "bad_profit_money_share")
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_RETAINED_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_LOST_FIELD_NUMBER: _ClassVar[int]
+    LOGO_RETENTION_FIELD_NUMBER: _ClassVar[int]
+    MONEY_START_FIELD_NUMBER: _ClassVar[int]
+    MONEY_END_FIELD_NUMBER: _ClassVar[int]
+    MONEY_LOST_FIELD_NUMBER: _ClassVar[int]
+    GROSS_REVENUE_RETENTION_FIELD_NUMBER: _ClassVar[int]
+    NET_REVENUE_RETENTION_FIELD_NUMBER: _ClassVar[int]
+    NPS_FIELD_NUMBER: _ClassVar[int]
+    PROMOTER_SHARE_START_FIELD_NUMBER: _ClassVar[int]
+    PROMOTER_SHARE_END_FIELD_NUMBER: _ClassVar[int]
+    DETRACTOR_SHARE_START_FIELD_NUMBER: _ClassVar[int]
+    DETRACTOR_SHARE_END_FIELD_NUMBER: _ClassVar[int]
+    CSAT_FIELD_NUMBER: _ClassVar[int]
+    REFERENCEABILITY_FIELD_NUMBER: _ClassVar[int]
+    REFERRALS_FIELD_NUMBER: _ClassVar[int]
+    ADOPTION_FIELD_NUMBER: _ClassVar[int]
+    MOVED_UP_FIELD_NUMBER: _ClassVar[int]
+    MOVED_DOWN_FIELD_NUMBER: _ClassVar[int]
+    STAYED_FIELD_NUMBER: _ClassVar[int]
+    BAD_PROFIT_CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    BAD_PROFIT_MONEY_FIELD_NUMBER: _ClassVar[int]
+    BAD_PROFIT_MONEY_SHARE_FIELD_NUMBER: _ClassVar[int]
+    tier: _common_pb2.TierRef
+    customers: int
+    customers_retained: int
+    customers_lost: int
+    logo_retention: float
+    money_start: float
+    money_end: float
+    money_lost: float
+    gross_revenue_retention: float
+    net_revenue_retention: float
+    nps: SignalOutcome
+    promoter_share_start: float
+    promoter_share_end: float
+    detractor_share_start: float
+    detractor_share_end: float
+    csat: SignalOutcome
+    referenceability: SignalOutcome
+    referrals: SignalOutcome
+    adoption: SignalOutcome
+    moved_up: int
+    moved_down: int
+    stayed: int
+    bad_profit_customers: int
+    bad_profit_money: float
+    bad_profit_money_share: float
+    def __init__(self, tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., customers: _Optional[int] = ..., customers_retained: _Optional[int] = ..., customers_lost: _Optional[int] = ..., logo_retention: _Optional[float] = ..., money_start: _Optional[float] = ..., money_end: _Optional[float] = ..., money_lost: _Optional[float] = ..., gross_revenue_retention: _Optional[float] = ..., net_revenue_retention: _Optional[float] = ..., nps: _Optional[_Union[SignalOutcome, _Mapping]] = ..., promoter_share_start: _Optional[float] = ..., promoter_share_end: _Optional[float] = ..., detractor_share_start: _Optional[float] = ..., detractor_share_end: _Optional[float] = ..., csat: _Optional[_Union[SignalOutcome, _Mapping]] = ..., referenceability: _Optional[_Union[SignalOutcome, _Mapping]] = ..., referrals: _Optional[_Union[SignalOutcome, _Mapping]] = ..., adoption: _Optional[_Union[SignalOutcome, _Mapping]] = ..., moved_up: _Optional[int] = ..., moved_down: _Optional[int] = ..., stayed: _Optional[int] = ..., bad_profit_customers: _Optional[int] = ..., bad_profit_money: _Optional[float] = ..., bad_profit_money_share: _Optional[float] = ...) -> None: ...
+
+class OutcomePeriod(_message.Message):
+    __slots__ = ("from_run", "to_run", "from_model", "to_model", "from_time", "to_time", "tiers", "total", "customers_gained", "money_gained", "notes")
+    FROM_RUN_FIELD_NUMBER: _ClassVar[int]
+    TO_RUN_FIELD_NUMBER: _ClassVar[int]
+    FROM_MODEL_FIELD_NUMBER: _ClassVar[int]
+    TO_MODEL_FIELD_NUMBER: _ClassVar[int]
+    FROM_TIME_FIELD_NUMBER: _ClassVar[int]
+    TO_TIME_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_GAINED_FIELD_NUMBER: _ClassVar[int]
+    MONEY_GAINED_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
+    from_run: str
+    to_run: str
+    from_model: str
+    to_model: str
+    from_time: _timestamp_pb2.Timestamp
+    to_time: _timestamp_pb2.Timestamp
+    tiers: _containers.RepeatedCompositeFieldContainer[TierOutcome]
+    total: TierOutcome
+    customers_gained: int
+    money_gained: float
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, from_run: _Optional[str] = ..., to_run: _Optional[str] = ..., from_model: _Optional[str] = ..., to_model: _Optional[str] = ..., from_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., to_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tiers: _Optional[_Iterable[_Union[TierOutcome, _Mapping]]] = ..., total: _Optional[_Union[TierOutcome, _Mapping]] = ..., customers_gained: _Optional[int] = ..., money_gained: _Optional[float] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class OutcomeReport(_message.Message):
+    __slots__ = ("periods",)
+    PERIODS_FIELD_NUMBER: _ClassVar[int]
+    periods: _containers.RepeatedCompositeFieldContainer[OutcomePeriod]
+    def __init__(self, periods: _Optional[_Iterable[_Union[OutcomePeriod, _Mapping]]] = ...) -> None: ...
+
+class GetCustomerHistoryRequest(_message.Message):
+    __slots__ = ("customer", "model", "last_runs")
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LAST_RUNS_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    model: str
+    last_runs: int
+    def __init__(self, customer: _Optional[str] = ..., model: _Optional[str] = ..., last_runs: _Optional[int] = ...) -> None: ...
+
+class CustomerRunResult(_message.Message):
+    __slots__ = ("run", "model", "end_time", "result")
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    run: str
+    model: str
+    end_time: _timestamp_pb2.Timestamp
+    result: CustomerResult
+    def __init__(self, run: _Optional[str] = ..., model: _Optional[str] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result: _Optional[_Union[CustomerResult, _Mapping]] = ...) -> None: ...
+
+class CustomerHistory(_message.Message):
+    __slots__ = ("customer", "model", "runs")
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    model: str
+    runs: _containers.RepeatedCompositeFieldContainer[CustomerRunResult]
+    def __init__(self, customer: _Optional[str] = ..., model: _Optional[str] = ..., runs: _Optional[_Iterable[_Union[CustomerRunResult, _Mapping]]] = ...) -> None: ...

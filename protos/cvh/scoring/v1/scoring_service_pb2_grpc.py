@@ -120,6 +120,16 @@ class ScoringServiceStub:
                 request_serializer=cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.GetTierMovementRequest.SerializeToString,
                 response_deserializer=cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.TierMovement.FromString,
                 _registered_method=True)
+        self.GetOutcomeReport = channel.unary_unary(
+                '/cvh.scoring.v1.ScoringService/GetOutcomeReport',
+                request_serializer=cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.GetOutcomeReportRequest.SerializeToString,
+                response_deserializer=cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.OutcomeReport.FromString,
+                _registered_method=True)
+        self.GetCustomerHistory = channel.unary_unary(
+                '/cvh.scoring.v1.ScoringService/GetCustomerHistory',
+                request_serializer=cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.GetCustomerHistoryRequest.SerializeToString,
+                response_deserializer=cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.CustomerHistory.FromString,
+                _registered_method=True)
         self.ScoreCustomer = channel.unary_unary(
                 '/cvh.scoring.v1.ScoringService/ScoreCustomer',
                 request_serializer=cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.ScoreCustomerRequest.SerializeToString,
@@ -305,6 +315,39 @@ class ScoringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetOutcomeReport(self, request, context):
+        """Outcomes per tier between two completed runs of a model (from_run,
+        to_run), or between each consecutive pair of a model's last N completed
+        runs (model, last_runs): retention, revenue retention, satisfaction,
+        advocacy, adoption, tier movement and bad profits, each from the values
+        the runs stored (OutcomeSpec), per tier of the start run. A signal the
+        runs did not store leaves its lines unset with a note, never an error.
+        Errors: INVALID_RUN_NAME (a malformed from_run or to_run),
+        INVALID_FROM_RUN, INVALID_TO_RUN (missing, set together with last_runs, or
+        to_run not after from_run), INVALID_MODEL_NAME (also: a model given with
+        from_run and to_run, or a version), INVALID_LAST_RUNS (2 to 20),
+        RUN_NOT_FOUND, RUN_NOT_COMPLETED, RUNS_OF_DIFFERENT_MODELS
+        (INVALID_ARGUMENT on to_run), NOT_ENOUGH_RUNS (FAILED_PRECONDITION: the
+        model has fewer than two completed runs).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCustomerHistory(self, request, context):
+        """One customer's results in the last N completed runs of a model, newest
+        first: scores, tier, rank, lifecycle stage, outcome values and the
+        bad-profit flag as each run stored them (one read per run: runs keep their
+        results bucketed by customer id too). The effective tier (inheritance
+        along the account tree) is the hierarchy service's: GetPriority.
+        Errors: INVALID_CUSTOMER_NAME, INVALID_MODEL_NAME, INVALID_LAST_RUNS,
+        NO_COMPLETED_RUN (FAILED_PRECONDITION), CUSTOMER_NOT_FOUND (the customer
+        has a result in none of those runs).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ScoreCustomer(self, request, context):
         """Scores one registered customer with the model's latest completed run.
         Errors: INVALID_CUSTOMER_NAME, INVALID_MODEL_NAME, NO_COMPLETED_RUN
@@ -418,6 +461,16 @@ def add_ScoringServiceServicer_to_server(servicer, server):
                     servicer.GetTierMovement,
                     request_deserializer=cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.GetTierMovementRequest.FromString,
                     response_serializer=cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.TierMovement.SerializeToString,
+            ),
+            'GetOutcomeReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOutcomeReport,
+                    request_deserializer=cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.GetOutcomeReportRequest.FromString,
+                    response_serializer=cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.OutcomeReport.SerializeToString,
+            ),
+            'GetCustomerHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCustomerHistory,
+                    request_deserializer=cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.GetCustomerHistoryRequest.FromString,
+                    response_serializer=cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.CustomerHistory.SerializeToString,
             ),
             'ScoreCustomer': grpc.unary_unary_rpc_method_handler(
                     servicer.ScoreCustomer,
@@ -829,6 +882,60 @@ class ScoringService:
             '/cvh.scoring.v1.ScoringService/GetTierMovement',
             cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.GetTierMovementRequest.SerializeToString,
             cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.TierMovement.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOutcomeReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cvh.scoring.v1.ScoringService/GetOutcomeReport',
+            cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.GetOutcomeReportRequest.SerializeToString,
+            cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.OutcomeReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCustomerHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cvh.scoring.v1.ScoringService/GetCustomerHistory',
+            cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.GetCustomerHistoryRequest.SerializeToString,
+            cvh_dot_scoring_dot_v1_dot_scoring__service__pb2.CustomerHistory.FromString,
             options,
             channel_credentials,
             insecure,

@@ -689,7 +689,10 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
 
     def signals_read(self, run: str) -> list[str]:
         """The signals the model of completed ``run`` reads (a lifetime-value block's inputs too). Blocking."""
-        return list(self._scoring_run(pb.ScoreBatchRequest(run=run))[1].model.input_signal_names)
+        run_id = parse_run_name(run, "run")
+        with read_transaction(self.engine) as conn:
+            row = self._completed_run(conn, f"runs/{run_id}", "run")
+            return list(self._version(conn, row)[0].input_signal_names)
 
     def _scoring_run(self, request: pb.ScoreBatchRequest) -> tuple[Row, scoring_engine.FittedModel, object]:
         """The run a ScoreBatch scores with (the one it names, else the model's current one), its fitted model
@@ -701,6 +704,12 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         if run is None:  # a completed run never changes: read once
             with read_transaction(self.engine) as conn:
                 run = self._completed_run(conn, f"runs/{run_id}", "run")
+                if not run.fitted:  # imported without fitted statistics: the model's latest run that has them
+                    run = store.latest_completed(conn, run.model_id, fitted=True)
+                    if run is None:
+                        raise failed_precondition(
+                            f"{request.run} was imported without fitted statistics and its model has no completed "
+                            "run with them; start one with StartScoringRun", "NO_COMPLETED_RUN")
             while len(self._completed_runs) >= COMPLETED_RUNS_KEPT:
                 self._completed_runs.pop(next(iter(self._completed_runs)))
             self._completed_runs[run_id] = run

@@ -1,9 +1,9 @@
 """Numba kernels of adoption. Private: call them through ``scoring_engine.adoption.evaluate``.
 
 One pass per customer: its daily rows add to the procedures that count their event (events, and the day in
-a per-procedure bitset of the window for distinct active days), its user rows (adjacent per user) to the
-distinct users, then the rules are rolled up from procedures to strategies (children after parents in node
-order, so a reverse walk sees children first). The parallel kernel runs blocks of customers on threads,
+a per-procedure bitset of the window for distinct active days), its user rows (sorted by user hash, so one
+user's rows are adjacent) to the distinct users, then the rules are rolled up from procedures to strategies
+(children after parents in node order, so a reverse walk sees children first). The parallel kernel runs blocks of customers on threads,
 each with its own scratch; the serial one runs the same block function over one block.
 """
 
@@ -66,10 +66,13 @@ def _block(first, last, ptr, events, days, counts, user_ptr, user_events, user_h
                 bits[p, w] = 0
             out_days[c, p] = total
             in_window[p] = False
+        first_user = user_ptr[c]
+        by_user = np.argsort(user_hashes[first_user:user_ptr[c + 1]])  # one user's rows adjacent
         run = -1
-        for r in range(user_ptr[c], user_ptr[c + 1]):
-            if r == user_ptr[c] or user_hashes[r] != user_hashes[r - 1]:
-                run = r  # the first of this user's adjacent rows names the user
+        for t in range(len(by_user)):
+            r = first_user + by_user[t]
+            if t == 0 or user_hashes[r] != user_hashes[first_user + by_user[t - 1]]:
+                run = first_user + t  # a number of this user's rows no other user (of any customer) has
             e = user_events[r]
             if e < 0 or e >= n_events:
                 continue

@@ -113,10 +113,8 @@ def procedures_beneath(plan: engine.AdoptionPlan) -> list[list[int]]:
     return [sorted(f) for f in found]
 
 
-def evaluate_one(plan: engine.AdoptionPlan, today: int, daily: list[tuple], users: list[tuple]
-                 ) -> engine.AdoptionResult:
-    """One customer from its rows: daily (event_id, day, events), users (event_id, user_hash, last_day)."""
-    d = np.array(daily, np.int64).reshape(-1, 3)
-    u = np.array(users, np.int64).reshape(-1, 3)
-    return engine.evaluate(plan, today, 1, np.zeros(len(d), np.int64), d[:, 0], d[:, 1], d[:, 2],
-                           np.zeros(len(u), np.int64), u[:, 0], u[:, 1], u[:, 2])
+def evaluate_one(plan: engine.AdoptionPlan, today: int, events: np.ndarray, days: np.ndarray, counts: np.ndarray,
+                 user_events: np.ndarray, user_hashes: np.ndarray, user_days: np.ndarray) -> engine.AdoptionResult:
+    """One customer from its rows as columns: daily (event id, day, events), users (event id, hash, day seen)."""
+    return engine.evaluate(plan, today, 1, np.zeros(len(events), np.int64), events, days, counts,
+                           np.zeros(len(user_events), np.int64), user_events, user_hashes, user_days)

@@ -17,6 +17,7 @@ from cvh.adoption.v1 import adoption_service_pb2 as pb
 from cvh.adoption.v1 import adoption_service_pb2_grpc as pb_grpc
 from cvh.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from services.adoption import achievement, catalog, evaluation, signals, store, telemetry
+from services.adoption.held import HeldTelemetry
 from services.common.auth import current_caller
 from services.common.db import read_transaction, write_transaction
 from services.common.errors import ServiceError, failed_precondition, invalid_argument, not_found, unavailable
@@ -78,6 +79,9 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         self._loop: asyncio.AbstractEventLoop | None = None
         # (version, its rules' event ids) -> compiled plan
         self._plans: dict[tuple, object] = {}
+        # The telemetry aggregates in memory, refreshed from the chunks written since (by any process).
+        self.held = HeldTelemetry(engine)
+        self._recorded: evaluation.Recorded | None = None  # the achievements this process has written
         scoring_engine.adoption.warm_up()  # compile or load the kernels now, not in the first request
 
     # -- background: forget what is older than the retention -------------------------------------------------
@@ -132,8 +136,12 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
                     changed[customer_id] = row_values
             if changed:
                 self._write_signals(names, changed)
-        return evaluation.evaluate_base(self.engine, value_map, now_us() // telemetry.DAY_US,
-                                        on_block=write_signals)
+        now = now_us()
+        found = evaluation.evaluate_base(self.engine, value_map, now // telemetry.DAY_US, self.held,
+                                         telemetry.first_kept_day(now, self.retention_days), on_block=write_signals,
+                                         recorded=self._recorded)
+        self._recorded = found.recorded
+        return found
 
     def _write_signals(self, names: list[str], changed: dict[str, list[float]]) -> None:
         """Records the changed adoption signals in the registry (its servicer here, else RecordSignals), in
@@ -265,7 +273,8 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
     def _customer_adoption(self, customer_id: str, version: int | None,
                            registered: bool = False) -> pb.CustomerAdoption | None:
         """The customer's tree; None when no telemetry was kept for it (unless known to be ``registered``)."""
-        today = now_us() // telemetry.DAY_US
+        now = now_us()
+        today = now // telemetry.DAY_US
         with read_transaction(self.engine) as conn:
             value_map = _version_proto(self._version_row_in(conn, version))
             key = store.customer_keys(conn, [customer_id]).get(customer_id)
@@ -274,14 +283,11 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
             names = achievement.rule_event_names(value_map)
             event_ids = store.known_event_ids(conn, names)
             plan, beneath = self._plan(value_map, event_ids)
-            user_names = {n for node in value_map.nodes if node.procedure_rule.min_distinct_users
-                          for n in node.procedure_rule.event_names}
-            longest = max((node.procedure_rule.window_days for node in value_map.nodes), default=1)
-            daily, users = ([], []) if key is None else store.customer_rows(
-                conn, key, sorted(event_ids.values()), sorted(event_ids[n] for n in user_names if n in event_ids),
-                today - longest + 1)
             first_days = {} if key is None else evaluation.first_achieved(conn, key)
-        result = achievement.evaluate_one(plan, today, daily, users)
+        rows = [np.empty(0, np.int64)] * 6 if key is None else self.held.refresh(
+            telemetry.first_kept_day(now, self.retention_days)).customer_rows(
+            key, telemetry.first_kept_day(now, self.retention_days))
+        result = achievement.evaluate_one(plan, today, *rows)
         answer = achievement.customer_adoption(value_map, plan, beneath, today, result)
         for node in answer.nodes:
             node.first_achieved_day = achievement.day_text(first_days.get(node.key, -1))
@@ -381,9 +387,8 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
             key_of[used_customers] = [known[i] if i in known else added[i] for i in ids]
             id_of = np.zeros(len(message.event_names), np.int64)
             id_of[used_events] = [named[n] if n in named else numbered[n] for n in names]
-            store.add_daily(conn, key_of[sums.customers], id_of[sums.events], sums.days, sums.counts)
-            store.add_users(conn, key_of[sums.user_customers], id_of[sums.user_events], sums.user_hashes,
-                            sums.user_first_days, sums.user_last_days)
+            store.add_chunks(conn, key_of[sums.customers], id_of[sums.events], sums.days, sums.counts,
+                             key_of[sums.user_customers], id_of[sums.user_events], sums.user_hashes, sums.user_days)
         self._remember(added)
         self._telemetry_since_evaluation = True
         if numbered:

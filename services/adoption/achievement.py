@@ -56,22 +56,24 @@ def customer_adoption(value_map: pb.ValueMapVersion, plan: engine.AdoptionPlan, 
     procedure_of = {int(node): p for p, node in enumerate(plan.procedure_nodes)}
     answer = pb.CustomerAdoption(value_map_version=value_map.name, evaluated_day=day_text(today))
     achieved_counts = [0, 0, 0, 0]
+    # Python lists once: indexing a NumPy array per node costs as much as the rest of the loop.
+    achieved, progress, last_day = (getattr(result, f)[row].tolist() for f in ("achieved", "progress", "last_day"))
+    counts, days, users = (getattr(result, f)[row].tolist() for f in ("counts", "days", "users"))
     for i, node in enumerate(nodes):
+        done = achieved[i]
         item = answer.nodes.add(key=node.key, level=node.level, display_name=node.display_name,
-                                parent_key=node.parent_key, achieved=bool(result.achieved[row, i]),
-                                progress=float(result.progress[row, i]),
-                                last_active_day=day_text(result.last_day[row, i]))
-        if item.achieved:
+                                parent_key=node.parent_key, achieved=done, progress=progress[i],
+                                last_active_day=day_text(last_day[i]))
+        if done:
             achieved_counts[node.level - 1] += 1
-        if i in procedure_of:
-            p = procedure_of[i]
-            item.events, item.active_days = int(result.counts[row, p]), int(result.days[row, p])
-            item.distinct_users = int(result.users[row, p])
-            if not item.achieved:
+        p = procedure_of.get(i)
+        if p is not None:
+            item.events, item.active_days, item.distinct_users = counts[p], days[p], users[p]
+            if not done:
                 item.why_not.extend(_procedure_shortfalls(node.procedure_rule, item))
-        elif not item.achieved:
+        elif not done:
             item.why_not.append(_rule_shortfall(node, plan, result, row, i))
-            item.missing_procedures.extend(nodes[d].key for d in beneath[i] if not result.achieved[row, d])
+            item.missing_procedures.extend(nodes[d].key for d in beneath[i] if not achieved[d])
     answer.achieved_counts.extend(achieved_counts)
     return answer
 

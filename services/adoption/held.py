@@ -28,6 +28,8 @@ RECENT_ROWS = 2_000_000
 # Chunk ids below the highest loaded that are asked for again: on PostgreSQL a transaction that took its id
 # first may commit after one that took a higher id.
 LOOKBACK_IDS = 256
+# Chunks read per query when loading (a 100,000-event message makes about 30, of 3 MB together).
+LOAD_CHUNKS = 64
 EVENT_BITS, DAY_BITS = 16, 16  # event ids and days (since 1970: until 2149) each below 2^16
 
 
@@ -129,26 +131,34 @@ class HeldTelemetry:
         into the base (before an evaluation). The snapshot after."""
         with self._lock:
             with read_transaction(self.engine) as conn:
-                ids = [i for i in store.chunk_ids(conn, self._low, first_day) if i not in self._loaded]
-                rows = store.read_chunks(conn, ids) if ids else []
-            held = self.snapshot
-            recent_daily, recent_users = held.recent_daily, held.recent_users
-            if rows:
-                columns = [np.concatenate(c) for c in zip(*(store.decode_chunk(*row[1:]) for row in rows))]
-                keys, events, days, counts, user_keys, user_events, hashes, user_days = columns
-                recent_daily = recent_daily.merged(Level.of(pack_keys(keys, events, days), counts, True))
-                recent_users = recent_users.merged(Level.of(pack_keys(user_keys, user_events, user_days), hashes,
-                                                            False))
-                self._loaded.update(row[0] for row in rows)
-                high = max(self._loaded)
-                self._low = max(self._low, high - LOOKBACK_IDS)
-                self._loaded = {i for i in self._loaded if i > self._low}
-            if fold or len(recent_daily.keys) + len(recent_users.keys) > RECENT_ROWS:
-                cut = first_day if first_day != self._first_day else None  # days beyond the retention go
-                held = Snapshot(held.daily.merged(recent_daily, cut), held.users.merged(recent_users, cut),
-                                Level.empty(True), Level.empty(False))
-                self._first_day = first_day
-            else:
-                held = Snapshot(held.daily, held.users, recent_daily, recent_users)
-            self.snapshot = held
-            return held
+                ids = [i for i, day in store.chunk_ids(conn, self._low) if i not in self._loaded and day >= first_day]
+            for start in range(0, len(ids), LOAD_CHUNKS):  # a batch at a time: bytes and arrays stay bounded
+                with read_transaction(self.engine) as conn:
+                    rows = store.read_chunks(conn, ids[start:start + LOAD_CHUNKS])
+                self._add(rows, first_day)
+            if fold and len(self.snapshot.recent_daily.keys) + len(self.snapshot.recent_users.keys):
+                self._fold(first_day)
+            return self.snapshot
+
+    def _add(self, rows: list[tuple], first_day: int) -> None:
+        held = self.snapshot
+        if rows:
+            columns = [np.concatenate(c) for c in zip(*(store.decode_chunk(*row[1:]) for row in rows))]
+            keys, events, days, counts, user_keys, user_events, hashes, user_days = columns
+            held = Snapshot(held.daily, held.users,
+                            held.recent_daily.merged(Level.of(pack_keys(keys, events, days), counts, True)),
+                            held.recent_users.merged(Level.of(pack_keys(user_keys, user_events, user_days), hashes,
+                                                              False)))
+            self._loaded.update(row[0] for row in rows)
+            self._low = max(self._low, max(self._loaded) - LOOKBACK_IDS)
+            self._loaded = {i for i in self._loaded if i > self._low}
+        self.snapshot = held
+        if len(held.recent_daily.keys) + len(held.recent_users.keys) > RECENT_ROWS:
+            self._fold(first_day)
+
+    def _fold(self, first_day: int) -> None:
+        held = self.snapshot
+        cut = first_day if first_day != self._first_day else None  # days beyond the retention go
+        self.snapshot = Snapshot(held.daily.merged(held.recent_daily, cut), held.users.merged(held.recent_users, cut),
+                                 Level.empty(True), Level.empty(False))
+        self._first_day = first_day

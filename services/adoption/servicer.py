@@ -76,9 +76,11 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         self.previous_evaluation: evaluation.Evaluation | None = None
         # customer id -> the adoption signals last written to the registry (names, values)
         self._signals_written: dict[str, tuple] = {}
+        self._pending_signals: tuple[list[str], dict[str, list[float]]] = ([], {})  # found, not written yet
         self._loop: asyncio.AbstractEventLoop | None = None
         # (version, its rules' event ids) -> compiled plan
         self._plans: dict[tuple, object] = {}
+        self._versions: dict[int, pb.ValueMapVersion] = {}  # version -> parsed, for GetCustomerAdoption
         # The telemetry aggregates in memory, refreshed from the chunks written since (by any process).
         self.held = HeldTelemetry(engine)
         self._recorded: evaluation.Recorded | None = None  # the achievements this process has written
@@ -116,6 +118,8 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
                 last = self.last_evaluation
                 self.previous_evaluation = last if found and last and last.version == found.version else None
                 self.last_evaluation = found
+                # The registry hears of the changes once the evaluation is answered from.
+                await asyncio.to_thread(self.write_pending_signals)
             except Exception:  # a lost database: the next round tries again
                 log.warning("evaluating adoption failed", exc_info=True)
 
@@ -128,20 +132,26 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         value_map = _version_proto(row)
         names = signals.signal_names(value_map)
 
-        def write_signals(customer_ids: list[str], achieved: np.ndarray) -> None:
+        changed: dict[str, list[float]] = {}
+
+        def changed_signals(customer_ids: list[str], achieved: np.ndarray) -> None:
             values = signals.signal_values(value_map, achieved)
-            changed = {}
             for customer_id, row_values in zip(customer_ids, values.tolist()):
                 if self._signals_written.get(customer_id) != (names, row_values):
                     changed[customer_id] = row_values
-            if changed:
-                self._write_signals(names, changed)
         now = now_us()
         found = evaluation.evaluate_base(self.engine, value_map, now // telemetry.DAY_US, self.held,
-                                         telemetry.first_kept_day(now, self.retention_days), on_block=write_signals,
+                                         telemetry.first_kept_day(now, self.retention_days), on_block=changed_signals,
                                          recorded=self._recorded)
         self._recorded = found.recorded
+        self._pending_signals = (names, changed)
         return found
+
+    def write_pending_signals(self) -> None:
+        """Writes the signals the last evaluation changed (see evaluate_base)."""
+        (names, changed), self._pending_signals = self._pending_signals, ([], {})
+        if changed:
+            self._write_signals(names, changed)
 
     def _write_signals(self, names: list[str], changed: dict[str, list[float]]) -> None:
         """Records the changed adoption signals in the registry (its servicer here, else RecordSignals), in
@@ -276,8 +286,8 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         now = now_us()
         today = now // telemetry.DAY_US
         with read_transaction(self.engine) as conn:
-            value_map = _version_proto(self._version_row_in(conn, version))
-            key = store.customer_keys(conn, [customer_id]).get(customer_id)
+            value_map = self._version_nodes(conn, version)
+            key = self._known.get(customer_id) or store.customer_keys(conn, [customer_id]).get(customer_id)
             if key is None and not registered:
                 return None
             names = achievement.rule_event_names(value_map)
@@ -327,6 +337,20 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         if row is None:
             raise version_not_found(version)
         return row
+
+    def _version_nodes(self, conn, version: int | None) -> pb.ValueMapVersion:
+        """The version (or the active one) with its nodes, parsed once per process: versions never change, only
+        which one is active (this copy's ``active`` says nothing)."""
+        number = store.value_map_number(conn, version)
+        if number is None:
+            self._version_row_in(conn, version)  # raises the error that fits
+        found = self._versions.get(number)
+        if found is None:
+            found = _version_proto(self._version_row_in(conn, number))
+            if len(self._versions) > 64:
+                self._versions.clear()
+            self._versions[number] = found
+        return found
 
     def _plan(self, value_map: pb.ValueMapVersion, event_ids: dict[str, int]) -> tuple:
         """The version compiled, and the procedures beneath each node, kept while telemetry's names for its
@@ -404,8 +428,10 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         """Per entry of ``customer_ids``, whether the registry knows it (well-formed and registered). Customers
         telemetry was kept for before are not asked again (a customer deleted from the registry since keeps
         its telemetry until the retention ends)."""
-        well_formed = telemetry.well_formed_customers(customer_ids)
-        unseen = sorted({c for c, ok in zip(customer_ids, well_formed) if ok and c not in self._known})
+        known = self._known
+        # Customers known already were well-formed: only the others are matched (a message names up to 100,000).
+        unseen_ids = [c for c in customer_ids if c not in known]
+        unseen = sorted({c for c, ok in zip(unseen_ids, telemetry.well_formed_customers(unseen_ids)) if ok})
         if unseen:
             def stored():
                 with read_transaction(self.engine) as conn:
@@ -413,8 +439,8 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
             self._remember(await asyncio.to_thread(stored))
             unseen = [c for c in unseen if c not in self._known]
         registered = await self._ask_registry(unseen) if unseen else set()
-        return np.array([ok and (c in self._known or c in registered) for c, ok in zip(customer_ids, well_formed)],
-                        dtype=bool)
+        known, good = self._known, set(unseen) & registered
+        return np.array([c in known or c in good for c in customer_ids], dtype=bool)
 
     async def _ask_registry(self, ids: list[str]) -> set[str]:
         if self.local_registry is not None:

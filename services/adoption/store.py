@@ -39,6 +39,13 @@ def get_value_map(conn: Connection, version: int | None) -> Row | None:
     return conn.execute(query).first()
 
 
+def value_map_number(conn: Connection, version: int | None) -> int | None:
+    """``version`` if stored, or the active one's number when None; None when there is none."""
+    query = sa.select(value_maps.c.version)
+    query = query.where(value_maps.c.version == version) if version is not None else query.where(value_maps.c.active)
+    return conn.execute(query).scalar()
+
+
 def list_value_maps(conn: Connection, offset: int, limit: int) -> list[Row]:
     columns = [c for c in value_maps.c if c.name != "nodes"]
     return list(conn.execute(sa.select(*columns).order_by(value_maps.c.version.desc()).offset(offset).limit(limit)))
@@ -123,10 +130,10 @@ def add_chunks(conn: Connection, customer_keys_: np.ndarray, event_ids_: np.ndar
     return len(rows)
 
 
-def chunk_ids(conn: Connection, above: int, first_day: int) -> list[int]:
-    """Ids of the chunks above ``above`` of days from ``first_day`` on."""
-    return list(conn.execute(sa.select(chunks.c.chunk_id).where(chunks.c.chunk_id > above,
-                                                                chunks.c.day >= first_day)).scalars())
+def chunk_ids(conn: Connection, above: int) -> list[tuple[int, int]]:
+    """(id, day) of the chunks above ``above`` (a range of the primary key)."""
+    return [tuple(r) for r in conn.execute(sa.select(chunks.c.chunk_id, chunks.c.day)
+                                           .where(chunks.c.chunk_id > above))]
 
 
 def read_chunks(conn: Connection, ids: list[int]) -> list[tuple]:

@@ -156,8 +156,9 @@ def aggregate(message: Message, keep: np.ndarray) -> Aggregates:
     # One int64 key per (day, customer, event): days of one message span at most the retention (<= 3,660),
     # customers <= 100,000, names <= 1,000: below 2^39.
     keys = ((days - first_day) * n_customers + customers) * n_events + events
-    unique, inverse = np.unique(keys, return_inverse=True)
-    counts = np.bincount(inverse, weights=message.counts[keep], minlength=len(unique)).astype(np.int64)
+    order = np.argsort(keys)
+    unique, starts = _distinct(keys[order])
+    counts = np.add.reduceat(message.counts[keep][order], starts) if len(starts) else np.empty(0, np.int64)
     day_customer, event = np.divmod(unique, n_events)
     day, customer = np.divmod(day_customer, n_customers)
     aggregates = Aggregates(customer, event, day + first_day, counts, *(np.empty(0, np.int64) for _ in range(4)))
@@ -165,14 +166,19 @@ def aggregate(message: Message, keep: np.ndarray) -> Aggregates:
         has_user = message.users[keep] >= 0
         n_users = max(len(message.user_ids), 1)
         # (day, customer, event) key times users <= 100,000: below 2^56.
-        user_keys = np.unique(keys[has_user] * n_users + message.users[keep][has_user])
+        user_keys, _ = _distinct(np.sort(keys[has_user] * n_users + message.users[keep][has_user]))
         day_customer_event, user = np.divmod(user_keys, n_users)
         day_customer, aggregates.user_events = np.divmod(day_customer_event, n_events)
         day, aggregates.user_customers = np.divmod(day_customer, n_customers)
         aggregates.user_days = day + first_day
-        present, positions = np.unique(user, return_inverse=True)
-        aggregates.user_hashes = user_hashes([message.user_ids[u] for u in present.tolist()])[positions]
+        aggregates.user_hashes = user_hashes(message.user_ids)[user]
     return aggregates
+
+
+def _distinct(ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of sorted keys and where each starts (sorting beats np.unique's hash table here)."""
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(ordered) else np.empty(0, np.int64)
+    return ordered[starts], starts
 
 
 def user_hashes(user_ids: list[str]) -> np.ndarray:

@@ -52,6 +52,34 @@ class Recorded:
     def add(self, keys: np.ndarray, achieved: np.ndarray) -> None:
         self.bits[keys] |= np.packbits(achieved, axis=1)
 
+    def for_nodes(self, nodes: list[str]) -> Recorded:
+        """The same knowledge for another version's nodes (those of the same key keep theirs)."""
+        if nodes == self.nodes:
+            return self
+        found = Recorded(nodes)
+        old = {key: i for i, key in enumerate(self.nodes)}
+        shared = [(i, old[key]) for i, key in enumerate(nodes) if key in old]
+        if shared and len(self.bits):
+            before = np.unpackbits(self.bits, axis=1, count=len(self.nodes)).astype(bool)
+            after = np.zeros((len(self.bits), len(nodes)), bool)
+            after[:, [i for i, _ in shared]] = before[:, [j for _, j in shared]]
+            found.bits = np.packbits(after, axis=1)
+        return found
+
+    @classmethod
+    def stored(cls, conn, nodes: list[str]) -> Recorded:
+        """What the store has recorded already (a process's first evaluation then writes only what is new)."""
+        found = cls(nodes)
+        column = {key: i for i, key in enumerate(nodes)}
+        rows = [(key, column[node]) for key, node in conn.execute(
+            sa.select(achievements.c.customer_key, achievements.c.node_key)) if node in column]
+        if rows:
+            pairs = np.array(rows, np.int64)
+            achieved = np.zeros((int(pairs[:, 0].max()) + 1, len(nodes)), bool)
+            achieved[pairs[:, 0], pairs[:, 1]] = True
+            found.bits = np.packbits(achieved, axis=1)
+        return found
+
 
 @dataclass
 class Evaluation:
@@ -95,8 +123,10 @@ def evaluate_base(engine: Engine, value_map: pb.ValueMapVersion, today: int, hel
     user_events = np.array(sorted({event_ids[n] for node in value_map.nodes if node.procedure_rule.min_distinct_users
                                    for n in node.procedure_rule.event_names if n in event_ids}), np.int64)
     longest = max((node.procedure_rule.window_days for node in value_map.nodes), default=1)
-    if recorded is None or recorded.nodes != keys_of_nodes:
-        recorded = Recorded(keys_of_nodes)
+    if recorded is None:
+        with read_transaction(engine) as conn:
+            recorded = Recorded.stored(conn, keys_of_nodes)
+    recorded = recorded.for_nodes(keys_of_nodes)
     result = None
     for start in range(0, len(all_keys), block):
         keys = all_keys[start:start + block]
@@ -107,8 +137,8 @@ def evaluate_base(engine: Engine, value_map: pb.ValueMapVersion, today: int, hel
         # Only users of events some distinct-users rule counts, seen within the longest window.
         wanted = np.isin(user_event_ids, user_events) & (user_days > today - longest)
         result = engine_adoption.evaluate(
-            plan, today, len(keys), np.searchsorted(keys, row_customers), events, days, counts,
-            np.searchsorted(keys, user_customers[wanted]), user_event_ids[wanted], hashes[wanted], user_days[wanted],
+            plan, today, len(keys), _positions(keys, row_customers), events, days, counts,
+            _positions(keys, user_customers[wanted]), user_event_ids[wanted], hashes[wanted], user_days[wanted],
             out=result)
         totals += result.achieved.sum(axis=0)
         customer_rows, node_columns = recorded.new(keys, result.achieved)
@@ -131,6 +161,14 @@ def evaluate_base(engine: Engine, value_map: pb.ValueMapVersion, today: int, hel
     log.info("adoption evaluated", extra={"version": found.version, "customers": found.customers,
                                           "seconds": round(found.seconds, 3)})
     return found
+
+
+def _positions(keys: np.ndarray, customer_keys: np.ndarray) -> np.ndarray:
+    """Each row's customer as a position in ``keys`` (sorted): a subtraction when the keys run without gaps
+    (SQLite numbers customers so), else a binary search per row."""
+    if int(keys[-1]) - int(keys[0]) + 1 == len(keys):
+        return customer_keys - keys[0]
+    return np.searchsorted(keys, customer_keys)
 
 
 def _block_bytes(result: engine_adoption.AdoptionResult, daily_keys: np.ndarray, user_rows: int) -> int:

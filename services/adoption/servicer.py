@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 
 import grpc
 import numpy as np
@@ -77,6 +78,8 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         # customer id -> the adoption signals last written to the registry (names, values)
         self._signals_written: dict[str, tuple] = {}
         self._pending_signals: tuple[list[str], dict[str, list[float]]] = ([], {})  # found, not written yet
+        self._signals_lock = threading.Lock()
+        self._signal_writer: asyncio.Future | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # (version, its rules' event ids) -> compiled plan
         self._plans: dict[tuple, object] = {}
@@ -94,7 +97,7 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         self._evaluator = loop.create_task(self._evaluate_now_and_then())
 
     async def stop_background(self) -> None:
-        for task in (self._pruner, self._evaluator):
+        for task in (self._pruner, self._evaluator, self._signal_writer):
             if task:
                 task.cancel()
 
@@ -118,8 +121,9 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
                 last = self.last_evaluation
                 self.previous_evaluation = last if found and last and last.version == found.version else None
                 self.last_evaluation = found
-                # The registry hears of the changes once the evaluation is answered from.
-                await asyncio.to_thread(self.write_pending_signals)
+                # The registry hears of the changes after the evaluation is answered from, while the next runs.
+                if self._signal_writer is None or self._signal_writer.done():
+                    self._signal_writer = asyncio.ensure_future(asyncio.to_thread(self.write_pending_signals))
             except Exception:  # a lost database: the next round tries again
                 log.warning("evaluating adoption failed", exc_info=True)
 
@@ -144,13 +148,18 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
                                          telemetry.first_kept_day(now, self.retention_days), on_block=changed_signals,
                                          recorded=self._recorded)
         self._recorded = found.recorded
-        self._pending_signals = (names, changed)
+        with self._signals_lock:  # a writer still busy with earlier changes takes these too
+            before, pending = self._pending_signals
+            self._pending_signals = (names, {**pending, **changed} if before == names else changed)
         return found
 
     def write_pending_signals(self) -> None:
-        """Writes the signals the last evaluation changed (see evaluate_base)."""
-        (names, changed), self._pending_signals = self._pending_signals, ([], {})
-        if changed:
+        """Writes the signals the evaluations changed (see evaluate_base) until none are left."""
+        while True:
+            with self._signals_lock:
+                (names, changed), self._pending_signals = self._pending_signals, ([], {})
+            if not changed:
+                return
             self._write_signals(names, changed)
 
     def _write_signals(self, names: list[str], changed: dict[str, list[float]]) -> None:

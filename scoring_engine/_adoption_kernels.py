@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._config import helper_jit, parallel_jit, serial_jit
+from ._config import helper_jit, serial_jit
 
 RULE_AT_LEAST, RULE_WEIGHTED_SHARE = 2, 3
 BLOCK = 256
@@ -157,7 +157,8 @@ def _roll_up(c, procedure_nodes, min_counts, min_days, min_users, child_ptr, chi
             progress[c, node] = progress_sum / n
 
 
-@serial_jit
+# nogil: a server evaluates its base on a thread while other threads take telemetry in and answer lookups.
+@serial_jit(nogil=True)
 def adoption_serial(ptr, events, days, counts, user_ptr, user_events, user_hashes, user_last_days, event_ptr,
                     event_procedures, window_start, windows, words, procedure_nodes, min_counts, min_days, min_users,
                     child_ptr, children, rule_kinds, min_children, min_shares, weights, out_counts, out_days,
@@ -168,7 +169,7 @@ def adoption_serial(ptr, events, days, counts, user_ptr, user_events, user_hashe
            achieved, progress, last_day)
 
 
-@parallel_jit
+@serial_jit(parallel=True, nogil=True)
 def adoption_parallel(ptr, events, days, counts, user_ptr, user_events, user_hashes, user_last_days, event_ptr,
                       event_procedures, window_start, windows, words, procedure_nodes, min_counts, min_days, min_users,
                       child_ptr, children, rule_kinds, min_children, min_shares, weights, out_counts, out_days,

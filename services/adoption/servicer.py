@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import itertools
 import re
 import threading
 
@@ -108,10 +109,15 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         first = True
         while True:
             if not first:
+                # Background work takes at most about a quarter of the time while telemetry arrives: the next
+                # round waits 3 times the last one's length if that is longer, and for the signals to be written.
+                last = self.last_evaluation
+                pause = max(self.evaluate_seconds, 3 * last.seconds if last else 0)
                 try:
-                    await asyncio.wait_for(self._evaluate_now.wait(), self.evaluate_seconds)
+                    await asyncio.wait_for(self._evaluate_now.wait(), pause)
                 except TimeoutError:
-                    if not self._telemetry_since_evaluation:
+                    if not self._telemetry_since_evaluation or not (self._signal_writer is None
+                                                                     or self._signal_writer.done()):
                         continue
             first = False
             self._evaluate_now.clear()
@@ -404,8 +410,8 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         keep = reasons == 0
         kept = int(keep.sum())
         sums = telemetry.aggregate(message, keep)
-        used_customers = np.unique(np.r_[sums.customers, sums.user_customers]).tolist()
-        used_events = np.unique(np.r_[sums.events, sums.user_events]).tolist()
+        used_customers = _used(len(message.customer_ids), sums.customers, sums.user_customers)
+        used_events = _used(len(message.event_names), sums.events, sums.user_events)
         with write_transaction(self.engine) as conn:
             if message.batch_id and not store.claim_batch(conn, message.batch_id, kept, now):
                 summary.duplicate(message)
@@ -413,11 +419,13 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
             # Numbered once: only customers and names not seen before are written.
             known, named = self._known, self._event_ids
             ids = [message.customer_ids[c] for c in used_customers]
-            added = store.add_customers(conn, [i for i in ids if i not in known], now)
+            keys = np.fromiter(map(known.get, ids, itertools.repeat(0)), np.int64, len(ids))
+            added = store.add_customers(conn, [ids[i] for i in np.flatnonzero(keys == 0).tolist()], now)
             names = [message.event_names[e] for e in used_events]
             numbered = store.event_ids(conn, [n for n in names if n not in named])
             key_of = np.zeros(len(message.customer_ids), np.int64)
-            key_of[used_customers] = [known[i] if i in known else added[i] for i in ids]
+            keys[keys == 0] = [added[ids[i]] for i in np.flatnonzero(keys == 0).tolist()]
+            key_of[used_customers] = keys
             id_of = np.zeros(len(message.event_names), np.int64)
             id_of[used_events] = [named[n] if n in named else numbered[n] for n in names]
             store.add_chunks(conn, key_of[sums.customers], id_of[sums.events], sums.days, sums.counts,
@@ -437,9 +445,11 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         """Per entry of ``customer_ids``, whether the registry knows it (well-formed and registered). Customers
         telemetry was kept for before are not asked again (a customer deleted from the registry since keeps
         its telemetry until the retention ends)."""
-        known = self._known
         # Customers known already were well-formed: only the others are matched (a message names up to 100,000).
-        unseen_ids = [c for c in customer_ids if c not in known]
+        seen = np.fromiter(map(self._known.__contains__, customer_ids), bool, len(customer_ids))
+        if seen.all():
+            return seen
+        unseen_ids = [customer_ids[i] for i in np.flatnonzero(~seen).tolist()]
         unseen = sorted({c for c, ok in zip(unseen_ids, telemetry.well_formed_customers(unseen_ids)) if ok})
         if unseen:
             def stored():
@@ -448,8 +458,9 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
             self._remember(await asyncio.to_thread(stored))
             unseen = [c for c in unseen if c not in self._known]
         registered = await self._ask_registry(unseen) if unseen else set()
-        known, good = self._known, set(unseen) & registered
-        return np.array([c in known or c in good for c in customer_ids], dtype=bool)
+        good = set(unseen) & registered
+        seen[~seen] = [c in self._known or c in good for c in unseen_ids]
+        return seen
 
     async def _ask_registry(self, ids: list[str]) -> set[str]:
         if self.local_registry is not None:
@@ -496,6 +507,14 @@ class Summary:
         for reason in sorted(self.by_reason):
             self.answer.rejection_counts.add(reason=reason, events=self.by_reason[reason])
         return self.answer
+
+
+def _used(size: int, *positions: np.ndarray) -> list[int]:
+    """The entries of a message's table (of ``size``) that ``positions`` refer to, in order."""
+    used = np.zeros(size, bool)
+    for p in positions:
+        used[p] = True
+    return np.flatnonzero(used).tolist()
 
 
 def _version_proto(row: Row) -> pb.ValueMapVersion:

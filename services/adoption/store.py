@@ -116,7 +116,7 @@ def add_chunks(conn: Connection, customer_keys_: np.ndarray, event_ids_: np.ndar
                user_days: np.ndarray) -> int:
     """Writes a message's aggregates as one chunk per day, in one statement; rows of each day adjacent (the
     aggregates come sorted by day). The chunks written."""
-    all_days = np.union1d(days, user_days)
+    all_days = np.union1d(*(d[np.r_[True, d[1:] != d[:-1]]] if len(d) else d for d in (days, user_days)))
     d = np.searchsorted(days, np.r_[all_days, np.iinfo(np.int64).max])
     u = np.searchsorted(user_days, np.r_[all_days, np.iinfo(np.int64).max])
     rows = [{"day": int(day), "daily_rows": int(d[i + 1] - d[i]),

@@ -306,7 +306,7 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
             if key is None and not registered:
                 return None
             names = achievement.rule_event_names(value_map)
-            event_ids = store.known_event_ids(conn, names)
+            event_ids = self._rule_event_ids(conn, names)
             plan, beneath = self._plan(value_map, event_ids)
             first_days = {} if key is None else evaluation.first_achieved(conn, key)
         rows = [np.empty(0, np.int64)] * 6 if key is None else self.held.refresh(
@@ -352,6 +352,16 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         if row is None:
             raise version_not_found(version)
         return row
+
+    def _rule_event_ids(self, conn, names: list[str]) -> dict[str, int]:
+        """Ids of those of ``names`` telemetry has used; asks the store only for names not known numbered yet
+        (ids never change; another process may have numbered one since)."""
+        known = self._event_ids
+        missing = [n for n in names if n not in known]
+        found = store.known_event_ids(conn, missing) if missing else {}
+        if found:
+            self._event_ids = known = {**known, **found}
+        return {n: known[n] for n in names if n in known}
 
     def _version_nodes(self, conn, version: int | None) -> pb.ValueMapVersion:
         """The version (or the active one) with its nodes, parsed once per process: versions never change, only

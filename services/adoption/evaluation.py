@@ -23,7 +23,7 @@ from cvh.adoption.v1 import adoption_service_pb2 as pb
 from scoring_engine import adoption as engine_adoption
 from services.adoption import achievement, store
 from services.adoption.held import HeldTelemetry, unpack_keys
-from services.adoption.tables import achievements, customers
+from services.adoption.tables import achievements
 from services.common.db import read_transaction, upsert_many, write_transaction
 
 log = logging.getLogger("cvh.adoption")
@@ -115,13 +115,12 @@ def evaluate_base(engine: Engine, value_map: pb.ValueMapVersion, today: int, hel
     snapshot = held.refresh(first_day, fold=True)
     with read_transaction(engine) as conn:
         event_ids = store.known_event_ids(conn, achievement.rule_event_names(value_map))
-        known = conn.execute(sa.select(customers.c.customer_key, customers.c.customer_id)
-                             .order_by(customers.c.customer_key)).all()
-    all_keys = np.array([key for key, _ in known], np.int64)
-    all_ids = [customer_id for _, customer_id in known]
+        all_keys, all_ids = held.customers(conn)
     plan = achievement.compile_plan(value_map, event_ids)
-    user_events = np.array(sorted({event_ids[n] for node in value_map.nodes if node.procedure_rule.min_distinct_users
-                                   for n in node.procedure_rule.event_names if n in event_ids}), np.int64)
+    # Per event id, whether a distinct-users rule counts it.
+    user_events = np.zeros(1 << 16, bool)
+    user_events[[event_ids[n] for node in value_map.nodes if node.procedure_rule.min_distinct_users
+                 for n in node.procedure_rule.event_names if n in event_ids]] = True
     longest = max((node.procedure_rule.window_days for node in value_map.nodes), default=1)
     if recorded is None:
         with read_transaction(engine) as conn:
@@ -135,7 +134,7 @@ def evaluate_base(engine: Engine, value_map: pb.ValueMapVersion, today: int, hel
         row_customers, events, days = unpack_keys(daily_keys)
         user_customers, user_event_ids, user_days = unpack_keys(user_keys)
         # Only users of events some distinct-users rule counts, seen within the longest window.
-        wanted = np.isin(user_event_ids, user_events) & (user_days > today - longest)
+        wanted = user_events[user_event_ids] & (user_days > today - longest)
         result = engine_adoption.evaluate(
             plan, today, len(keys), _positions(keys, row_customers), events, days, counts,
             _positions(keys, user_customers[wanted]), user_event_ids[wanted], hashes[wanted], user_days[wanted],

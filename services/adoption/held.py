@@ -18,18 +18,20 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from services.adoption import store
+from services.adoption.tables import customers
 from services.common.db import read_transaction
 
-# Rows of the recent level beyond which it is folded into the base (a lookup scans neither: binary searches).
+# Rows of the recent level beyond which it is folded into the base (or a quarter of the base's, if more).
 RECENT_ROWS = 2_000_000
 # Chunk ids below the highest loaded that are asked for again: on PostgreSQL a transaction that took its id
 # first may commit after one that took a higher id.
 LOOKBACK_IDS = 256
-# Chunks read per query when loading (a 100,000-event message makes about 30, of 3 MB together).
-LOAD_CHUNKS = 64
+# Chunks read per batch when loading (a 100,000-event message makes about 30, of 3 MB together).
+LOAD_CHUNKS = 512
 EVENT_BITS, DAY_BITS = 16, 16  # event ids and days (since 1970: until 2149) each below 2^16
 
 
@@ -73,9 +75,10 @@ class Level:
 
     def _summed(self) -> Level:
         keys = self.keys
-        if len(keys) < 2 or np.all(keys[1:] != keys[:-1]):
+        distinct = keys[1:] != keys[:-1]
+        if distinct.all():
             return Level(keys, self.values, True)
-        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        starts = np.flatnonzero(np.r_[True, distinct])
         return Level(keys[starts], np.add.reduceat(self.values, starts), True)
 
     def between(self, first_customer: int, last_customer: int) -> tuple[np.ndarray, np.ndarray]:
@@ -125,6 +128,25 @@ class HeldTelemetry:
         self._loaded: set[int] = set()  # ids of chunks loaded, from _low on
         self._low = 0  # every chunk id up to this one is loaded or was never committed
         self._first_day = None  # the first day the base was last cut at
+        self._customer_keys, self._customer_ids = np.empty(0, np.int64), []
+
+    def customers(self, conn) -> tuple[np.ndarray, list[str]]:
+        """Keys (sorted) and ids of the customers telemetry was kept for, read once and then from the highest
+        key held on (less LOOKBACK_IDS, as for chunks)."""
+        with self._lock:
+            keys, ids = self._customer_keys, self._customer_ids
+            rows = conn.execute(sa.select(customers.c.customer_key, customers.c.customer_id).where(
+                customers.c.customer_key > (int(keys[-1]) - LOOKBACK_IDS if len(keys) else 0))).all()
+            have = set(keys[-LOOKBACK_IDS:].tolist())
+            rows = sorted((key, customer_id) for key, customer_id in rows if key not in have)
+            if rows:
+                keys = np.r_[keys, np.array([key for key, _ in rows], np.int64)]
+                ids = ids + [customer_id for _, customer_id in rows]
+                if np.any(keys[1:] < keys[:-1]):  # a key committed late, below others held
+                    order = np.argsort(keys, kind="stable")
+                    keys, ids = keys[order], [ids[i] for i in order.tolist()]
+                self._customer_keys, self._customer_ids = keys, ids
+            return keys, ids
 
     def refresh(self, first_day: int, fold: bool = False) -> Snapshot:
         """Loads the chunks not loaded yet (of days from ``first_day`` on); with ``fold``, the recent rows go
@@ -153,7 +175,9 @@ class HeldTelemetry:
             self._low = max(self._low, max(self._loaded) - LOOKBACK_IDS)
             self._loaded = {i for i in self._loaded if i > self._low}
         self.snapshot = held
-        if len(held.recent_daily.keys) + len(held.recent_users.keys) > RECENT_ROWS:
+        # Folded when the recent rows reach a quarter of the base: each row is copied a bounded number of times.
+        if len(held.recent_daily.keys) + len(held.recent_users.keys) > max(
+                RECENT_ROWS, (len(held.daily.keys) + len(held.users.keys)) // 4):
             self._fold(first_day)
 
     def _fold(self, first_day: int) -> None:

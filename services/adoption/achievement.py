@@ -72,7 +72,7 @@ def customer_adoption(value_map: pb.ValueMapVersion, plan: engine.AdoptionPlan, 
             if not done:
                 item.why_not.extend(_procedure_shortfalls(node.procedure_rule, item))
         elif not done:
-            item.why_not.append(_rule_shortfall(node, plan, result, row, i))
+            item.why_not.append(_rule_shortfall(node, plan, achieved, i))
             item.missing_procedures.extend(nodes[d].key for d in beneath[i] if not achieved[d])
     answer.achieved_counts.extend(achieved_counts)
     return answer
@@ -89,16 +89,15 @@ def _procedure_shortfalls(rule: pb.ProcedureRule, item: pb.NodeAdoption) -> list
     return found
 
 
-def _rule_shortfall(node: pb.ValueNode, plan: engine.AdoptionPlan, result: engine.AdoptionResult, row: int,
-                    i: int) -> str:
-    children = plan.children[plan.child_ptr[i]:plan.child_ptr[i + 1]]
-    done = int(result.achieved[row, children].sum())
+def _rule_shortfall(node: pb.ValueNode, plan: engine.AdoptionPlan, achieved: list[bool], i: int) -> str:
+    children = plan.children[plan.child_ptr[i]:plan.child_ptr[i + 1]].tolist()
+    done = sum(achieved[c] for c in children)
     kind = rule_kind(node)
     if kind == pb.CHILDREN_RULE_KIND_AT_LEAST:
         return f"{done} of {len(children)} children achieved, {node.children_rule.min_children} needed"
     if kind == pb.CHILDREN_RULE_KIND_WEIGHTED_SHARE:
-        weights = plan.weights[children]
-        share = float((weights * result.achieved[row, children]).sum() / weights.sum())
+        weights = plan.weights[children].tolist()
+        share = sum(w for w, c in zip(weights, children) if achieved[c]) / sum(weights)
         return (f"achieved children weigh {100 * share:.0f} % of all, "
                 f"{100 * node.children_rule.min_weighted_share:.0f} % needed")
     return f"{done} of {len(children)} children achieved, all needed"

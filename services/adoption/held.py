@@ -148,12 +148,14 @@ class HeldTelemetry:
                 self._customer_keys, self._customer_ids = keys, ids
             return keys, ids
 
-    def refresh(self, first_day: int, fold: bool = False) -> Snapshot:
+    def refresh(self, first_day: int, fold: bool = False, lookback: bool = True) -> Snapshot:
         """Loads the chunks not loaded yet (of days from ``first_day`` on); with ``fold``, the recent rows go
-        into the base (before an evaluation). The snapshot after."""
+        into the base (before an evaluation). Without ``lookback`` (a lookup), only chunks above the highest
+        loaded are asked for. The snapshot after."""
         with self._lock:
+            above = self._low if lookback or not self._loaded else max(self._loaded)
             with read_transaction(self.engine) as conn:
-                ids = [i for i, day in store.chunk_ids(conn, self._low) if i not in self._loaded and day >= first_day]
+                ids = [i for i, day in store.chunk_ids(conn, above) if i not in self._loaded and day >= first_day]
             for start in range(0, len(ids), LOAD_CHUNKS):  # a batch at a time: bytes and arrays stay bounded
                 with read_transaction(self.engine) as conn:
                     rows = store.read_chunks(conn, ids[start:start + LOAD_CHUNKS])

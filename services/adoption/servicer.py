@@ -85,6 +85,7 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         # (version, its rules' event ids) -> compiled plan
         self._plans: dict[tuple, object] = {}
         self._versions: dict[int, pb.ValueMapVersion] = {}  # version -> parsed, for GetCustomerAdoption
+        self._rule_names: dict[int, list[str]] = {}  # version -> its rules' event names
         # The telemetry aggregates in memory, refreshed from the chunks written since (by any process).
         self.held = HeldTelemetry(engine)
         self._recorded: evaluation.Recorded | None = None  # the achievements this process has written
@@ -305,12 +306,13 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
             key = self._known.get(customer_id) or store.customer_keys(conn, [customer_id]).get(customer_id)
             if key is None and not registered:
                 return None
-            names = achievement.rule_event_names(value_map)
+            names = self._rule_names.get(value_map.version) or achievement.rule_event_names(value_map)
+            self._rule_names[value_map.version] = names
             event_ids = self._rule_event_ids(conn, names)
             plan, beneath = self._plan(value_map, event_ids)
             first_days = {} if key is None else evaluation.first_achieved(conn, key)
         rows = [np.empty(0, np.int64)] * 6 if key is None else self.held.refresh(
-            telemetry.first_kept_day(now, self.retention_days)).customer_rows(
+            telemetry.first_kept_day(now, self.retention_days), lookback=False).customer_rows(
             key, telemetry.first_kept_day(now, self.retention_days))
         result = achievement.evaluate_one(plan, today, *rows)
         answer = achievement.customer_adoption(value_map, plan, beneath, today, result)
@@ -374,6 +376,7 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
             found = _version_proto(self._version_row_in(conn, number))
             if len(self._versions) > 64:
                 self._versions.clear()
+                self._rule_names.clear()
             self._versions[number] = found
         return found
 

@@ -10,6 +10,7 @@ rows and results (``Evaluation.peak_block_bytes``).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -99,15 +100,19 @@ class Evaluation:
     # bytes of the held aggregates, and the most one block of customers added to them
     held_bytes: int = 0
     peak_block_bytes: int = 0
+    # (customer keys, node columns) achieved for the first time, not written yet
+    new_achievements: list = field(default_factory=list)
 
 
 def evaluate_base(engine: Engine, value_map: pb.ValueMapVersion, today: int, held: HeldTelemetry, first_day: int,
                   block: int = BLOCK_CUSTOMERS, on_block: Callable[[list[str], np.ndarray], None] | None = None,
-                  recorded: Recorded | None = None) -> Evaluation:
+                  recorded: Recorded | None = None, write: bool = True) -> Evaluation:
     """Evaluates every customer with telemetry from the ``held`` aggregates (refreshed first, days from
     ``first_day`` on); ``on_block(customer_ids, achieved)`` sees each block's customers and their achieved nodes
     (customers x nodes) once recorded. ``recorded``, kept by the caller from the last evaluation, spares
-    writing again the achievements written then."""
+    writing again the achievements written then. Without ``write``, the achievements found for the first time
+    are left in ``new_achievements`` for :func:`write_achievements` (the caller answers from the evaluation
+    first)."""
     started = time.perf_counter()
     found = Evaluation(value_map.version, today)
     keys_of_nodes = [node.key for node in value_map.nodes]
@@ -125,7 +130,8 @@ def evaluate_base(engine: Engine, value_map: pb.ValueMapVersion, today: int, hel
     if recorded is None:
         with read_transaction(engine) as conn:
             recorded = Recorded.stored(conn, keys_of_nodes)
-    recorded = recorded.for_nodes(keys_of_nodes)
+    found.recorded = recorded = recorded.for_nodes(keys_of_nodes)
+    found.nodes = list(value_map.nodes)
     result = None
     for start in range(0, len(all_keys), block):
         keys = all_keys[start:start + block]
@@ -142,24 +148,38 @@ def evaluate_base(engine: Engine, value_map: pb.ValueMapVersion, today: int, hel
         totals += result.achieved.sum(axis=0)
         customer_rows, node_columns = recorded.new(keys, result.achieved)
         if len(customer_rows):
-            with write_transaction(engine) as conn:
-                upsert_many(conn, achievements, ["customer_key", "node_key"], {"first_day": "min"},
-                            list(zip(keys[customer_rows].tolist(), [keys_of_nodes[n] for n in node_columns.tolist()],
-                                     [today] * len(customer_rows))))
+            found.new_achievements.append((keys[customer_rows], node_columns))
+            if write:
+                write_achievements(engine, found)
         recorded.add(keys, result.achieved)
         found.customers += len(keys)
         found.peak_block_bytes = max(found.peak_block_bytes, _block_bytes(result, daily_keys, int(wanted.sum())))
         if on_block is not None:
             on_block(all_ids[start:start + block], result.achieved)
     found.achieved = dict(zip(keys_of_nodes, totals.tolist()))
-    found.nodes = list(value_map.nodes)
-    found.recorded = recorded
     found.held_bytes = snapshot.nbytes
     found.seconds = time.perf_counter() - started
     found.end_time_us = time.time_ns() // 1000
     log.info("adoption evaluated", extra={"version": found.version, "customers": found.customers,
                                           "seconds": round(found.seconds, 3)})
     return found
+
+
+def write_achievements(engine: Engine, found: Evaluation, rows_per_transaction: int = 200_000) -> int:
+    """Records ``found``'s new achievements with its day (a day recorded before stays: the earliest wins),
+    in transactions of up to ``rows_per_transaction`` rows. The rows written."""
+    nodes = [node.key for node in found.nodes]
+    written = 0
+    while found.new_achievements:
+        customer_keys, columns = found.new_achievements.pop(0)
+        for start in range(0, len(customer_keys), rows_per_transaction):
+            part = slice(start, start + rows_per_transaction)
+            with write_transaction(engine) as conn:
+                upsert_many(conn, achievements, ["customer_key", "node_key"], {"first_day": "min"},
+                            list(zip(customer_keys[part].tolist(), [nodes[n] for n in columns[part].tolist()],
+                                     itertools.repeat(found.today))))
+            written += len(customer_keys[part])
+    return written
 
 
 def _positions(keys: np.ndarray, customer_keys: np.ndarray) -> np.ndarray:

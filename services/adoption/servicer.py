@@ -80,6 +80,7 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         self._signals_written: dict[str, tuple] = {}
         self._pending_signals: tuple[list[str], dict[str, list[float]]] = ([], {})  # found, not written yet
         self._signals_lock = threading.Lock()
+        self._pending_achievements: list[evaluation.Evaluation] = []  # with achievements not recorded yet
         self._signal_writer: asyncio.Future | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # (version, its rules' event ids) -> compiled plan
@@ -153,21 +154,31 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         now = now_us()
         found = evaluation.evaluate_base(self.engine, value_map, now // telemetry.DAY_US, self.held,
                                          telemetry.first_kept_day(now, self.retention_days), on_block=changed_signals,
-                                         recorded=self._recorded)
+                                         recorded=self._recorded, write=False)
         self._recorded = found.recorded
         with self._signals_lock:  # a writer still busy with earlier changes takes these too
             before, pending = self._pending_signals
             self._pending_signals = (names, {**pending, **changed} if before == names else changed)
+            self._pending_achievements.append(found)
         return found
 
     def write_pending_signals(self) -> None:
-        """Writes the signals the evaluations changed (see evaluate_base) until none are left."""
+        """Writes the achievements found for the first time and the signals the evaluations changed (see
+        evaluate_base) until none are left."""
         while True:
             with self._signals_lock:
                 (names, changed), self._pending_signals = self._pending_signals, ([], {})
-            if not changed:
+                found, self._pending_achievements = self._pending_achievements, []
+            if not changed and not found:
                 return
-            self._write_signals(names, changed)
+            for one in found:
+                try:
+                    evaluation.write_achievements(self.engine, one)
+                except Exception:  # a lost database: the next evaluation starts again from what is stored
+                    log.warning("recording achievements failed", exc_info=True)
+                    self._recorded = None
+            if changed:
+                self._write_signals(names, changed)
 
     def _write_signals(self, names: list[str], changed: dict[str, list[float]]) -> None:
         """Records the changed adoption signals in the registry (its servicer here, else RecordSignals), in

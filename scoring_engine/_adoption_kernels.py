@@ -3,8 +3,9 @@
 One pass per customer: its daily rows add to the procedures that count their event (events, and the day in
 a per-procedure bitset of the window for distinct active days), its user rows (sorted by user hash, so one
 user's rows are adjacent) to the distinct users, then the rules are rolled up from procedures to strategies
-(children after parents in node order, so a reverse walk sees children first). The parallel kernel runs blocks of customers on threads,
-each with its own scratch; the serial one runs the same block function over one block.
+(children after parents in node order, so a reverse walk sees children first). The parallel kernel runs
+blocks of customers on threads, each with its own scratch; the serial one runs the same block function over
+one block.
 """
 
 from __future__ import annotations

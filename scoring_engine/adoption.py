@@ -150,8 +150,9 @@ def evaluate(plan: AdoptionPlan, today: int, n_customers: int, customers, events
 
     Daily aggregates as columns: ``customers`` (index), ``events`` (event id; ids beyond the plan's count
     nothing), ``days``, ``counts``. Users, optional: per customer, event and user (a 64-bit hash), a day
-    the user was seen (one row or several: a user counts once). Rows need no order (grouped by customer, they are not copied). ``out``, a result of
-    the same shape, is overwritten and returned instead of new arrays.
+    the user was seen (one row or several: a user counts once). Rows need no order (grouped by customer,
+    they are not copied). ``out``, a result of the same shape, is overwritten and returned instead of new
+    arrays.
     """
     customers = np.asarray(customers, np.int64)
     events, days, counts = (np.asarray(a, np.int64) for a in (events, days, counts))

@@ -5,8 +5,8 @@ registry gets the adoption signals)."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import itertools
+import logging
 import re
 import threading
 

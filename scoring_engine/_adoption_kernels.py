@@ -1,10 +1,11 @@
 """Numba kernels of adoption. Private: call them through ``scoring_engine.adoption.evaluate``.
 
 One pass per customer: its daily rows add to the procedures that count their event (events, and the day in
-a per-procedure bitset of the window for distinct active days), its user rows (adjacent per user) to the
-distinct users, then the rules are rolled up from procedures to strategies (children after parents in node
-order, so a reverse walk sees children first). The parallel kernel runs blocks of customers on threads,
-each with its own scratch; the serial one runs the same block function over one block.
+a per-procedure bitset of the window for distinct active days), its user rows (sorted by user hash, so one
+user's rows are adjacent) to the distinct users, then the rules are rolled up from procedures to strategies
+(children after parents in node order, so a reverse walk sees children first). The parallel kernel runs
+blocks of customers on threads, each with its own scratch; the serial one runs the same block function over
+one block.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._config import helper_jit, parallel_jit, serial_jit
+from ._config import helper_jit, serial_jit
 
 RULE_AT_LEAST, RULE_WEIGHTED_SHARE = 2, 3
 BLOCK = 256
@@ -66,10 +67,13 @@ def _block(first, last, ptr, events, days, counts, user_ptr, user_events, user_h
                 bits[p, w] = 0
             out_days[c, p] = total
             in_window[p] = False
+        first_user = user_ptr[c]
+        by_user = np.argsort(user_hashes[first_user:user_ptr[c + 1]])  # one user's rows adjacent
         run = -1
-        for r in range(user_ptr[c], user_ptr[c + 1]):
-            if r == user_ptr[c] or user_hashes[r] != user_hashes[r - 1]:
-                run = r  # the first of this user's adjacent rows names the user
+        for t in range(len(by_user)):
+            r = first_user + by_user[t]
+            if t == 0 or user_hashes[r] != user_hashes[first_user + by_user[t - 1]]:
+                run = first_user + t  # a number of this user's rows no other user (of any customer) has
             e = user_events[r]
             if e < 0 or e >= n_events:
                 continue
@@ -154,7 +158,8 @@ def _roll_up(c, procedure_nodes, min_counts, min_days, min_users, child_ptr, chi
             progress[c, node] = progress_sum / n
 
 
-@serial_jit
+# nogil: a server evaluates its base on a thread while other threads take telemetry in and answer lookups.
+@serial_jit(nogil=True)
 def adoption_serial(ptr, events, days, counts, user_ptr, user_events, user_hashes, user_last_days, event_ptr,
                     event_procedures, window_start, windows, words, procedure_nodes, min_counts, min_days, min_users,
                     child_ptr, children, rule_kinds, min_children, min_shares, weights, out_counts, out_days,
@@ -165,7 +170,7 @@ def adoption_serial(ptr, events, days, counts, user_ptr, user_events, user_hashe
            achieved, progress, last_day)
 
 
-@parallel_jit
+@serial_jit(parallel=True, nogil=True)
 def adoption_parallel(ptr, events, days, counts, user_ptr, user_events, user_hashes, user_last_days, event_ptr,
                       event_procedures, window_start, windows, words, procedure_nodes, min_counts, min_days, min_users,
                       child_ptr, children, rule_kinds, min_children, min_shares, weights, out_counts, out_days,

@@ -117,23 +117,42 @@ class AdoptionResult:
     users: np.ndarray  # int32 (customers, procedures): distinct users in the window
 
 
-def _grouped(customers: np.ndarray, n_customers: int) -> tuple[np.ndarray, np.ndarray]:
-    """The order that groups rows by customer (stable), and each customer's first row (CSR pointer)."""
+def _grouped(customers: np.ndarray, n_customers: int) -> tuple[np.ndarray | None, np.ndarray]:
+    """The order that groups rows by customer (stable; None when they are grouped already), and each customer's
+    first row (CSR pointer)."""
+    order = None
     if len(customers) and not np.all(customers[1:] >= customers[:-1]):
         order = np.argsort(customers, kind="stable")
-    else:
-        order = np.arange(len(customers))
-    ptr = np.searchsorted(customers[order], np.arange(n_customers + 1)).astype(np.int64)
-    return order, ptr
+    ptr = np.searchsorted(customers if order is None else customers[order], np.arange(n_customers + 1))
+    return order, ptr.astype(np.int64)
+
+
+def _in_order(order: np.ndarray | None, *columns: np.ndarray) -> list[np.ndarray]:
+    return [np.ascontiguousarray(c) if order is None else c[order] for c in columns]
+
+
+def _result(plan: AdoptionPlan, n_customers: int, out: AdoptionResult | None) -> AdoptionResult:
+    """Zeroed result arrays: ``out``'s when its shape fits (a block loop re-uses its pages), else new ones."""
+    shape_p, shape_n = (n_customers, plan.n_procedures), (n_customers, plan.n_nodes)
+    if out is None or out.achieved.shape != shape_n or out.counts.shape != shape_p:
+        return AdoptionResult(np.zeros(shape_n, np.bool_), np.zeros(shape_n), np.full(shape_n, -1, np.int32),
+                              np.zeros(shape_p, np.int64), np.zeros(shape_p, np.int32), np.zeros(shape_p, np.int32))
+    for array in (out.achieved, out.progress, out.counts, out.days, out.users):
+        array.fill(0)
+    out.last_day.fill(-1)
+    return out
 
 
 def evaluate(plan: AdoptionPlan, today: int, n_customers: int, customers, events, days, counts,
-             user_customers=(), user_events=(), user_hashes=(), user_last_days=()) -> AdoptionResult:
+             user_customers=(), user_events=(), user_hashes=(), user_last_days=(),
+             out: AdoptionResult | None = None) -> AdoptionResult:
     """Achievement of ``n_customers`` customers (0 .. n_customers - 1) on ``today``.
 
     Daily aggregates as columns: ``customers`` (index), ``events`` (event id; ids beyond the plan's count
-    nothing), ``days``, ``counts``. Users, optional: per customer, event and user (a 64-bit hash), the last
-    day the user was seen. Rows need no order.
+    nothing), ``days``, ``counts``. Users, optional: per customer, event and user (a 64-bit hash), a day
+    the user was seen (one row or several: a user counts once). Rows need no order (grouped by customer,
+    they are not copied). ``out``, a result of the same shape, is overwritten and returned instead of new
+    arrays.
     """
     customers = np.asarray(customers, np.int64)
     events, days, counts = (np.asarray(a, np.int64) for a in (events, days, counts))
@@ -146,18 +165,15 @@ def evaluate(plan: AdoptionPlan, today: int, n_customers: int, customers, events
     order, ptr = _grouped(customers, n_customers)
     user_customers, user_events, user_hashes, user_last_days = (
         np.asarray(a, np.int64) for a in (user_customers, user_events, user_hashes, user_last_days))
-    # Users grouped by customer, then by user, so that one user's rows are adjacent (counted once).
-    user_order = np.lexsort((user_hashes, user_customers)) if len(user_customers) else np.empty(0, np.int64)
-    user_ptr = np.searchsorted(user_customers[user_order], np.arange(n_customers + 1)).astype(np.int64)
-    shape_p, shape_n = (n_customers, plan.n_procedures), (n_customers, plan.n_nodes)
-    result = AdoptionResult(np.zeros(shape_n, np.bool_), np.zeros(shape_n), np.full(shape_n, -1, np.int32),
-                            np.zeros(shape_p, np.int64), np.zeros(shape_p, np.int32), np.zeros(shape_p, np.int32))
-    arguments = (ptr, events[order], days[order], counts[order], user_ptr, user_events[user_order],
-                 user_hashes[user_order], user_last_days[user_order], plan.event_ptr, plan.event_procedures,
-                 window_start, plan.windows, (max_window + 63) // 64, plan.procedure_nodes, plan.min_counts, plan.min_days,
-                 plan.min_users, plan.child_ptr, plan.children, plan.rule_kinds, plan.min_children, plan.min_shares,
-                 plan.weights, result.counts, result.days, result.users, result.achieved, result.progress,
-                 result.last_day)
+    # Users grouped by customer (the kernel sorts each customer's rows by user, so a user counts once).
+    user_order, user_ptr = _grouped(user_customers, n_customers)
+    result = _result(plan, n_customers, out)
+    arguments = (ptr, *_in_order(order, events, days, counts), user_ptr,
+                 *_in_order(user_order, user_events, user_hashes, user_last_days), plan.event_ptr,
+                 plan.event_procedures, window_start, plan.windows, (max_window + 63) // 64, plan.procedure_nodes,
+                 plan.min_counts, plan.min_days, plan.min_users, plan.child_ptr, plan.children, plan.rule_kinds,
+                 plan.min_children, plan.min_shares, plan.weights, result.counts, result.days, result.users,
+                 result.achieved, result.progress, result.last_day)
     if n_customers * max(plan.n_nodes, 1) < PARALLEL_MIN_ROWS:
         kernels.adoption_serial(*arguments)
     else:

@@ -56,22 +56,24 @@ def customer_adoption(value_map: pb.ValueMapVersion, plan: engine.AdoptionPlan, 
     procedure_of = {int(node): p for p, node in enumerate(plan.procedure_nodes)}
     answer = pb.CustomerAdoption(value_map_version=value_map.name, evaluated_day=day_text(today))
     achieved_counts = [0, 0, 0, 0]
+    # Python lists once: indexing a NumPy array per node costs as much as the rest of the loop.
+    achieved, progress, last_day = (getattr(result, f)[row].tolist() for f in ("achieved", "progress", "last_day"))
+    counts, days, users = (getattr(result, f)[row].tolist() for f in ("counts", "days", "users"))
     for i, node in enumerate(nodes):
+        done = achieved[i]
         item = answer.nodes.add(key=node.key, level=node.level, display_name=node.display_name,
-                                parent_key=node.parent_key, achieved=bool(result.achieved[row, i]),
-                                progress=float(result.progress[row, i]),
-                                last_active_day=day_text(result.last_day[row, i]))
-        if item.achieved:
+                                parent_key=node.parent_key, achieved=done, progress=progress[i],
+                                last_active_day=day_text(last_day[i]))
+        if done:
             achieved_counts[node.level - 1] += 1
-        if i in procedure_of:
-            p = procedure_of[i]
-            item.events, item.active_days = int(result.counts[row, p]), int(result.days[row, p])
-            item.distinct_users = int(result.users[row, p])
-            if not item.achieved:
+        p = procedure_of.get(i)
+        if p is not None:
+            item.events, item.active_days, item.distinct_users = counts[p], days[p], users[p]
+            if not done:
                 item.why_not.extend(_procedure_shortfalls(node.procedure_rule, item))
-        elif not item.achieved:
-            item.why_not.append(_rule_shortfall(node, plan, result, row, i))
-            item.missing_procedures.extend(nodes[d].key for d in beneath[i] if not result.achieved[row, d])
+        elif not done:
+            item.why_not.append(_rule_shortfall(node, plan, achieved, i))
+            item.missing_procedures.extend(nodes[d].key for d in beneath[i] if not achieved[d])
     answer.achieved_counts.extend(achieved_counts)
     return answer
 
@@ -87,16 +89,15 @@ def _procedure_shortfalls(rule: pb.ProcedureRule, item: pb.NodeAdoption) -> list
     return found
 
 
-def _rule_shortfall(node: pb.ValueNode, plan: engine.AdoptionPlan, result: engine.AdoptionResult, row: int,
-                    i: int) -> str:
-    children = plan.children[plan.child_ptr[i]:plan.child_ptr[i + 1]]
-    done = int(result.achieved[row, children].sum())
+def _rule_shortfall(node: pb.ValueNode, plan: engine.AdoptionPlan, achieved: list[bool], i: int) -> str:
+    children = plan.children[plan.child_ptr[i]:plan.child_ptr[i + 1]].tolist()
+    done = sum(achieved[c] for c in children)
     kind = rule_kind(node)
     if kind == pb.CHILDREN_RULE_KIND_AT_LEAST:
         return f"{done} of {len(children)} children achieved, {node.children_rule.min_children} needed"
     if kind == pb.CHILDREN_RULE_KIND_WEIGHTED_SHARE:
-        weights = plan.weights[children]
-        share = float((weights * result.achieved[row, children]).sum() / weights.sum())
+        weights = plan.weights[children].tolist()
+        share = sum(w for w, c in zip(weights, children) if achieved[c]) / sum(weights)
         return (f"achieved children weigh {100 * share:.0f} % of all, "
                 f"{100 * node.children_rule.min_weighted_share:.0f} % needed")
     return f"{done} of {len(children)} children achieved, all needed"
@@ -113,10 +114,8 @@ def procedures_beneath(plan: engine.AdoptionPlan) -> list[list[int]]:
     return [sorted(f) for f in found]
 
 
-def evaluate_one(plan: engine.AdoptionPlan, today: int, daily: list[tuple], users: list[tuple]
-                 ) -> engine.AdoptionResult:
-    """One customer from its rows: daily (event_id, day, events), users (event_id, user_hash, last_day)."""
-    d = np.array(daily, np.int64).reshape(-1, 3)
-    u = np.array(users, np.int64).reshape(-1, 3)
-    return engine.evaluate(plan, today, 1, np.zeros(len(d), np.int64), d[:, 0], d[:, 1], d[:, 2],
-                           np.zeros(len(u), np.int64), u[:, 0], u[:, 1], u[:, 2])
+def evaluate_one(plan: engine.AdoptionPlan, today: int, events: np.ndarray, days: np.ndarray, counts: np.ndarray,
+                 user_events: np.ndarray, user_hashes: np.ndarray, user_days: np.ndarray) -> engine.AdoptionResult:
+    """One customer from its rows as columns: daily (event id, day, events), users (event id, hash, day seen)."""
+    return engine.evaluate(plan, today, 1, np.zeros(len(events), np.int64), events, days, counts,
+                           np.zeros(len(user_events), np.int64), user_events, user_hashes, user_days)

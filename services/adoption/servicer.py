@@ -5,8 +5,10 @@ registry gets the adoption signals)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
+import threading
 
 import grpc
 import numpy as np
@@ -17,6 +19,7 @@ from cvh.adoption.v1 import adoption_service_pb2 as pb
 from cvh.adoption.v1 import adoption_service_pb2_grpc as pb_grpc
 from cvh.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
 from services.adoption import achievement, catalog, evaluation, signals, store, telemetry
+from services.adoption.held import HeldTelemetry
 from services.common.auth import current_caller
 from services.common.db import read_transaction, write_transaction
 from services.common.errors import ServiceError, failed_precondition, invalid_argument, not_found, unavailable
@@ -75,9 +78,18 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         self.previous_evaluation: evaluation.Evaluation | None = None
         # customer id -> the adoption signals last written to the registry (names, values)
         self._signals_written: dict[str, tuple] = {}
+        self._pending_signals: tuple[list[str], dict[str, list[float]]] = ([], {})  # found, not written yet
+        self._signals_lock = threading.Lock()
+        self._pending_achievements: list[evaluation.Evaluation] = []  # with achievements not recorded yet
+        self._signal_writer: asyncio.Future | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # (version, its rules' event ids) -> compiled plan
         self._plans: dict[tuple, object] = {}
+        self._versions: dict[int, pb.ValueMapVersion] = {}  # version -> parsed, for GetCustomerAdoption
+        self._rule_names: dict[int, list[str]] = {}  # version -> its rules' event names
+        # The telemetry aggregates in memory, refreshed from the chunks written since (by any process).
+        self.held = HeldTelemetry(engine)
+        self._recorded: evaluation.Recorded | None = None  # the achievements this process has written
         scoring_engine.adoption.warm_up()  # compile or load the kernels now, not in the first request
 
     # -- background: forget what is older than the retention -------------------------------------------------
@@ -88,7 +100,7 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         self._evaluator = loop.create_task(self._evaluate_now_and_then())
 
     async def stop_background(self) -> None:
-        for task in (self._pruner, self._evaluator):
+        for task in (self._pruner, self._evaluator, self._signal_writer):
             if task:
                 task.cancel()
 
@@ -99,10 +111,15 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         first = True
         while True:
             if not first:
+                # Background work takes at most about a quarter of the time while telemetry arrives: the next
+                # round waits 3 times the last one's length if that is longer, and for the signals to be written.
+                last = self.last_evaluation
+                pause = max(self.evaluate_seconds, 3 * last.seconds if last else 0)
                 try:
-                    await asyncio.wait_for(self._evaluate_now.wait(), self.evaluate_seconds)
+                    await asyncio.wait_for(self._evaluate_now.wait(), pause)
                 except TimeoutError:
-                    if not self._telemetry_since_evaluation:
+                    if not self._telemetry_since_evaluation or not (self._signal_writer is None
+                                                                     or self._signal_writer.done()):
                         continue
             first = False
             self._evaluate_now.clear()
@@ -112,6 +129,9 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
                 last = self.last_evaluation
                 self.previous_evaluation = last if found and last and last.version == found.version else None
                 self.last_evaluation = found
+                # The registry hears of the changes after the evaluation is answered from, while the next runs.
+                if self._signal_writer is None or self._signal_writer.done():
+                    self._signal_writer = asyncio.ensure_future(asyncio.to_thread(self.write_pending_signals))
             except Exception:  # a lost database: the next round tries again
                 log.warning("evaluating adoption failed", exc_info=True)
 
@@ -124,16 +144,41 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         value_map = _version_proto(row)
         names = signals.signal_names(value_map)
 
-        def write_signals(customer_ids: list[str], achieved: np.ndarray) -> None:
+        changed: dict[str, list[float]] = {}
+
+        def changed_signals(customer_ids: list[str], achieved: np.ndarray) -> None:
             values = signals.signal_values(value_map, achieved)
-            changed = {}
             for customer_id, row_values in zip(customer_ids, values.tolist()):
                 if self._signals_written.get(customer_id) != (names, row_values):
                     changed[customer_id] = row_values
+        now = now_us()
+        found = evaluation.evaluate_base(self.engine, value_map, now // telemetry.DAY_US, self.held,
+                                         telemetry.first_kept_day(now, self.retention_days), on_block=changed_signals,
+                                         recorded=self._recorded, write=False)
+        self._recorded = found.recorded
+        with self._signals_lock:  # a writer still busy with earlier changes takes these too
+            before, pending = self._pending_signals
+            self._pending_signals = (names, {**pending, **changed} if before == names else changed)
+            self._pending_achievements.append(found)
+        return found
+
+    def write_pending_signals(self) -> None:
+        """Writes the achievements found for the first time and the signals the evaluations changed (see
+        evaluate_base) until none are left."""
+        while True:
+            with self._signals_lock:
+                (names, changed), self._pending_signals = self._pending_signals, ([], {})
+                found, self._pending_achievements = self._pending_achievements, []
+            if not changed and not found:
+                return
+            for one in found:
+                try:
+                    evaluation.write_achievements(self.engine, one)
+                except Exception:  # a lost database: the next evaluation starts again from what is stored
+                    log.warning("recording achievements failed", exc_info=True)
+                    self._recorded = None
             if changed:
                 self._write_signals(names, changed)
-        return evaluation.evaluate_base(self.engine, value_map, now_us() // telemetry.DAY_US,
-                                        on_block=write_signals)
 
     def _write_signals(self, names: list[str], changed: dict[str, list[float]]) -> None:
         """Records the changed adoption signals in the registry (its servicer here, else RecordSignals), in
@@ -265,23 +310,22 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
     def _customer_adoption(self, customer_id: str, version: int | None,
                            registered: bool = False) -> pb.CustomerAdoption | None:
         """The customer's tree; None when no telemetry was kept for it (unless known to be ``registered``)."""
-        today = now_us() // telemetry.DAY_US
+        now = now_us()
+        today = now // telemetry.DAY_US
         with read_transaction(self.engine) as conn:
-            value_map = _version_proto(self._version_row_in(conn, version))
-            key = store.customer_keys(conn, [customer_id]).get(customer_id)
+            value_map = self._version_nodes(conn, version)
+            key = self._known.get(customer_id) or store.customer_keys(conn, [customer_id]).get(customer_id)
             if key is None and not registered:
                 return None
-            names = achievement.rule_event_names(value_map)
-            event_ids = store.known_event_ids(conn, names)
+            names = self._rule_names.get(value_map.version) or achievement.rule_event_names(value_map)
+            self._rule_names[value_map.version] = names
+            event_ids = self._rule_event_ids(conn, names)
             plan, beneath = self._plan(value_map, event_ids)
-            user_names = {n for node in value_map.nodes if node.procedure_rule.min_distinct_users
-                          for n in node.procedure_rule.event_names}
-            longest = max((node.procedure_rule.window_days for node in value_map.nodes), default=1)
-            daily, users = ([], []) if key is None else store.customer_rows(
-                conn, key, sorted(event_ids.values()), sorted(event_ids[n] for n in user_names if n in event_ids),
-                today - longest + 1)
             first_days = {} if key is None else evaluation.first_achieved(conn, key)
-        result = achievement.evaluate_one(plan, today, daily, users)
+        rows = [np.empty(0, np.int64)] * 6 if key is None else self.held.refresh(
+            telemetry.first_kept_day(now, self.retention_days), lookback=False).customer_rows(
+            key, telemetry.first_kept_day(now, self.retention_days))
+        result = achievement.evaluate_one(plan, today, *rows)
         answer = achievement.customer_adoption(value_map, plan, beneath, today, result)
         for node in answer.nodes:
             node.first_achieved_day = achievement.day_text(first_days.get(node.key, -1))
@@ -321,6 +365,31 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         if row is None:
             raise version_not_found(version)
         return row
+
+    def _rule_event_ids(self, conn, names: list[str]) -> dict[str, int]:
+        """Ids of those of ``names`` telemetry has used; asks the store only for names not known numbered yet
+        (ids never change; another process may have numbered one since)."""
+        known = self._event_ids
+        missing = [n for n in names if n not in known]
+        found = store.known_event_ids(conn, missing) if missing else {}
+        if found:
+            self._event_ids = known = {**known, **found}
+        return {n: known[n] for n in names if n in known}
+
+    def _version_nodes(self, conn, version: int | None) -> pb.ValueMapVersion:
+        """The version (or the active one) with its nodes, parsed once per process: versions never change, only
+        which one is active (this copy's ``active`` says nothing)."""
+        number = store.value_map_number(conn, version)
+        if number is None:
+            self._version_row_in(conn, version)  # raises the error that fits
+        found = self._versions.get(number)
+        if found is None:
+            found = _version_proto(self._version_row_in(conn, number))
+            if len(self._versions) > 64:
+                self._versions.clear()
+                self._rule_names.clear()
+            self._versions[number] = found
+        return found
 
     def _plan(self, value_map: pb.ValueMapVersion, event_ids: dict[str, int]) -> tuple:
         """The version compiled, and the procedures beneath each node, kept while telemetry's names for its
@@ -365,8 +434,8 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         keep = reasons == 0
         kept = int(keep.sum())
         sums = telemetry.aggregate(message, keep)
-        used_customers = np.unique(np.r_[sums.customers, sums.user_customers]).tolist()
-        used_events = np.unique(np.r_[sums.events, sums.user_events]).tolist()
+        used_customers = _used(len(message.customer_ids), sums.customers, sums.user_customers)
+        used_events = _used(len(message.event_names), sums.events, sums.user_events)
         with write_transaction(self.engine) as conn:
             if message.batch_id and not store.claim_batch(conn, message.batch_id, kept, now):
                 summary.duplicate(message)
@@ -374,16 +443,17 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
             # Numbered once: only customers and names not seen before are written.
             known, named = self._known, self._event_ids
             ids = [message.customer_ids[c] for c in used_customers]
-            added = store.add_customers(conn, [i for i in ids if i not in known], now)
+            keys = np.fromiter(map(known.get, ids, itertools.repeat(0)), np.int64, len(ids))
+            added = store.add_customers(conn, [ids[i] for i in np.flatnonzero(keys == 0).tolist()], now)
             names = [message.event_names[e] for e in used_events]
             numbered = store.event_ids(conn, [n for n in names if n not in named])
             key_of = np.zeros(len(message.customer_ids), np.int64)
-            key_of[used_customers] = [known[i] if i in known else added[i] for i in ids]
+            keys[keys == 0] = [added[ids[i]] for i in np.flatnonzero(keys == 0).tolist()]
+            key_of[used_customers] = keys
             id_of = np.zeros(len(message.event_names), np.int64)
             id_of[used_events] = [named[n] if n in named else numbered[n] for n in names]
-            store.add_daily(conn, key_of[sums.customers], id_of[sums.events], sums.days, sums.counts)
-            store.add_users(conn, key_of[sums.user_customers], id_of[sums.user_events], sums.user_hashes,
-                            sums.user_first_days, sums.user_last_days)
+            store.add_chunks(conn, key_of[sums.customers], id_of[sums.events], sums.days, sums.counts,
+                             key_of[sums.user_customers], id_of[sums.user_events], sums.user_hashes, sums.user_days)
         self._remember(added)
         self._telemetry_since_evaluation = True
         if numbered:
@@ -399,8 +469,12 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         """Per entry of ``customer_ids``, whether the registry knows it (well-formed and registered). Customers
         telemetry was kept for before are not asked again (a customer deleted from the registry since keeps
         its telemetry until the retention ends)."""
-        well_formed = telemetry.well_formed_customers(customer_ids)
-        unseen = sorted({c for c, ok in zip(customer_ids, well_formed) if ok and c not in self._known})
+        # Customers known already were well-formed: only the others are matched (a message names up to 100,000).
+        seen = np.fromiter(map(self._known.__contains__, customer_ids), bool, len(customer_ids))
+        if seen.all():
+            return seen
+        unseen_ids = [customer_ids[i] for i in np.flatnonzero(~seen).tolist()]
+        unseen = sorted({c for c, ok in zip(unseen_ids, telemetry.well_formed_customers(unseen_ids)) if ok})
         if unseen:
             def stored():
                 with read_transaction(self.engine) as conn:
@@ -408,8 +482,9 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
             self._remember(await asyncio.to_thread(stored))
             unseen = [c for c in unseen if c not in self._known]
         registered = await self._ask_registry(unseen) if unseen else set()
-        return np.array([ok and (c in self._known or c in registered) for c, ok in zip(customer_ids, well_formed)],
-                        dtype=bool)
+        good = set(unseen) & registered
+        seen[~seen] = [c in self._known or c in good for c in unseen_ids]
+        return seen
 
     async def _ask_registry(self, ids: list[str]) -> set[str]:
         if self.local_registry is not None:
@@ -456,6 +531,14 @@ class Summary:
         for reason in sorted(self.by_reason):
             self.answer.rejection_counts.add(reason=reason, events=self.by_reason[reason])
         return self.answer
+
+
+def _used(size: int, *positions: np.ndarray) -> list[int]:
+    """The entries of a message's table (of ``size``) that ``positions`` refer to, in order."""
+    used = np.zeros(size, bool)
+    for p in positions:
+        used[p] = True
+    return np.flatnonzero(used).tolist()
 
 
 def _version_proto(row: Row) -> pb.ValueMapVersion:

@@ -7,8 +7,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
-from services.adoption.tables import batches, customers, daily, event_names, users, value_maps
-from services.common.db import upsert_many
+from services.adoption.tables import batches, chunks, customers, event_names, value_maps
 
 IN_CHUNK = 900  # SQLite's variables per statement stay below its limit
 
@@ -38,6 +37,13 @@ def get_value_map(conn: Connection, version: int | None) -> Row | None:
     query = sa.select(value_maps)
     query = query.where(value_maps.c.version == version) if version is not None else query.where(value_maps.c.active)
     return conn.execute(query).first()
+
+
+def value_map_number(conn: Connection, version: int | None) -> int | None:
+    """``version`` if stored, or the active one's number when None; None when there is none."""
+    query = sa.select(value_maps.c.version)
+    query = query.where(value_maps.c.version == version) if version is not None else query.where(value_maps.c.active)
+    return conn.execute(query).scalar()
 
 
 def list_value_maps(conn: Connection, offset: int, limit: int) -> list[Row]:
@@ -97,27 +103,65 @@ def claim_batch(conn: Connection, batch_id: str, events_kept: int, now: int) -> 
                         .returning(batches.c.batch_id)).first() is not None
 
 
-def add_daily(conn: Connection, customer_keys_: np.ndarray, event_ids_: np.ndarray, days: np.ndarray,
-              events: np.ndarray) -> None:
-    """Adds event counts to the customer x event x day aggregates (one row per key, keys unique)."""
-    rows = list(zip(customer_keys_.tolist(), event_ids_.tolist(), days.tolist(), events.tolist()))
-    upsert_many(conn, daily, ["customer_key", "event_id", "day"], {"events": "add"}, rows)
+DAILY_WIDTH = 16  # bytes per daily row of a chunk: customer_key <i4, event_id <i4, events <i8
+USER_WIDTH = 16  # bytes per user row: customer_key <i4, event_id <i4, user_hash <i8
 
 
-def add_users(conn: Connection, customer_keys_: np.ndarray, event_ids_: np.ndarray, user_hashes: np.ndarray,
-              first_days: np.ndarray, last_days: np.ndarray) -> None:
-    """Widens each customer x event x user's first..last day seen (one row per key, keys unique)."""
-    rows = list(zip(customer_keys_.tolist(), event_ids_.tolist(), user_hashes.tolist(), first_days.tolist(),
-                    last_days.tolist()))
-    upsert_many(conn, users, ["customer_key", "event_id", "user_hash"], {"first_day": "min", "last_day": "max"},
-                rows)
+def _pack(*columns: tuple[np.ndarray, str]) -> bytes:
+    return b"".join(np.ascontiguousarray(values, dtype).tobytes() for values, dtype in columns)
+
+
+def add_chunks(conn: Connection, customer_keys_: np.ndarray, event_ids_: np.ndarray, days: np.ndarray,
+               events: np.ndarray, user_keys: np.ndarray, user_event_ids: np.ndarray, user_hashes: np.ndarray,
+               user_days: np.ndarray) -> int:
+    """Writes a message's aggregates as one chunk per day, in one statement; rows of each day adjacent (the
+    aggregates come sorted by day). The chunks written."""
+    all_days = np.union1d(*(d[np.r_[True, d[1:] != d[:-1]]] if len(d) else d for d in (days, user_days)))
+    d = np.searchsorted(days, np.r_[all_days, np.iinfo(np.int64).max])
+    u = np.searchsorted(user_days, np.r_[all_days, np.iinfo(np.int64).max])
+    rows = [{"day": int(day), "daily_rows": int(d[i + 1] - d[i]),
+             "daily": _pack((customer_keys_[d[i]:d[i + 1]], "<i4"), (event_ids_[d[i]:d[i + 1]], "<i4"),
+                            (events[d[i]:d[i + 1]], "<i8")),
+             "users": _pack((user_keys[u[i]:u[i + 1]], "<i4"), (user_event_ids[u[i]:u[i + 1]], "<i4"),
+                            (user_hashes[u[i]:u[i + 1]], "<i8"))}
+            for i, day in enumerate(all_days.tolist())]
+    if rows:
+        conn.execute(chunks.insert(), rows)
+    return len(rows)
+
+
+def chunk_ids(conn: Connection, above: int) -> list[tuple[int, int]]:
+    """(id, day) of the chunks above ``above`` (a range of the primary key)."""
+    return [tuple(r) for r in conn.execute(sa.select(chunks.c.chunk_id, chunks.c.day)
+                                           .where(chunks.c.chunk_id > above))]
+
+
+def read_chunks(conn: Connection, ids: list[int]) -> list[tuple]:
+    """(chunk_id, day, daily_rows, daily, users) of ``ids``."""
+    found = []
+    for start in range(0, len(ids), IN_CHUNK):
+        found += [tuple(r) for r in conn.execute(
+            sa.select(chunks.c.chunk_id, chunks.c.day, chunks.c.daily_rows, chunks.c.daily, chunks.c.users)
+            .where(chunks.c.chunk_id.in_(ids[start:start + IN_CHUNK])))]
+    return found
+
+
+def decode_chunk(day: int, daily_rows: int, daily_blob: bytes, users_blob: bytes) -> tuple[np.ndarray, ...]:
+    """A chunk's columns: customer keys, event ids, days, events; user customer keys, event ids, hashes, days."""
+    n, m = daily_rows, len(users_blob) // USER_WIDTH
+    keys = np.frombuffer(daily_blob, "<i4", n, 0)
+    events = np.frombuffer(daily_blob, "<i4", n, 4 * n)
+    counts = np.frombuffer(daily_blob, "<i8", n, 8 * n)
+    user_keys = np.frombuffer(users_blob, "<i4", m, 0)
+    user_events = np.frombuffer(users_blob, "<i4", m, 4 * m)
+    hashes = np.frombuffer(users_blob, "<i8", m, 8 * m)
+    return keys, events, np.full(n, day, np.int32), counts, user_keys, user_events, hashes, np.full(m, day, np.int32)
 
 
 def prune(conn: Connection, first_kept_day: int, first_kept_us: int) -> int:
-    """Forgets what is older than the retention: aggregates of earlier days, users not seen since, batch ids
-    received before. The rows deleted."""
-    deleted = conn.execute(daily.delete().where(daily.c.day < first_kept_day)).rowcount
-    deleted += conn.execute(users.delete().where(users.c.last_day < first_kept_day)).rowcount
+    """Forgets what is older than the retention: chunks of earlier days, batch ids received before. The rows
+    deleted."""
+    deleted = conn.execute(chunks.delete().where(chunks.c.day < first_kept_day)).rowcount
     deleted += conn.execute(batches.delete().where(batches.c.receive_time_us < first_kept_us)).rowcount
     return deleted
 
@@ -130,15 +174,3 @@ def known_event_ids(conn: Connection, names: list[str]) -> dict[str, int]:
         return {}
     return dict(conn.execute(sa.select(event_names.c.name, event_names.c.event_id)
                              .where(event_names.c.name.in_(names))).all())
-
-
-def customer_rows(conn: Connection, customer_key: int, event_ids: list[int], user_event_ids: list[int],
-                  first_user_day: int) -> tuple[list[tuple], list[tuple]]:
-    """One customer's daily rows (event_id, day, events) of ``event_ids``, and its user rows (event_id,
-    user_hash, last_day) of ``user_event_ids`` seen since ``first_user_day``."""
-    daily_rows = conn.execute(sa.select(daily.c.event_id, daily.c.day, daily.c.events).where(
-        daily.c.customer_key == customer_key, daily.c.event_id.in_(event_ids))).all() if event_ids else []
-    user_rows = conn.execute(sa.select(users.c.event_id, users.c.user_hash, users.c.last_day).where(
-        users.c.customer_key == customer_key, users.c.event_id.in_(user_event_ids),
-        users.c.last_day >= first_user_day)).all() if user_event_ids else []
-    return [tuple(r) for r in daily_rows], [tuple(r) for r in user_rows]

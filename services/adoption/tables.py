@@ -1,9 +1,8 @@
 """Tables owned by the adoption service. Other services reach this data through AdoptionService only.
 
-Telemetry is kept as aggregates, never as raw events: a count per customer, event and day
-(``adoption_daily``), and per customer, event and user the last day that user was seen
-(``adoption_users``, users as 64-bit hashes), which is all a distinct-users-in-the-last-N-days rule needs.
-The store so grows with customers x events x days (and users), not with traffic.
+Telemetry is kept as aggregates, never as raw events: a count per customer, event and day, and the distinct
+users (64-bit hashes) per customer, event and day, which is all a distinct-users-in-the-last-N-days rule
+needs; packed in chunks (``adoption_chunks``) of one message and day.
 """
 
 import sqlalchemy as sa
@@ -40,25 +39,20 @@ event_names = sa.Table(
     sa.Column("name", sa.String(128), nullable=False, unique=True),
 )
 
-# Events per customer, event and day (days since 1970-01-01, UTC).
-daily = sa.Table(
-    "adoption_daily", metadata,
-    sa.Column("customer_key", sa.BigInteger, primary_key=True, autoincrement=False),
-    sa.Column("event_id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("day", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("events", sa.BigInteger, nullable=False),
-    sa.Index("ix_adoption_daily_day", "day"),
-)
-
-# Per customer, event and user (a 64-bit hash of the user id): the first and last day the user was seen.
-users = sa.Table(
-    "adoption_users", metadata,
-    sa.Column("customer_key", sa.BigInteger, primary_key=True, autoincrement=False),
-    sa.Column("event_id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("user_hash", sa.BigInteger, primary_key=True, autoincrement=False),
-    sa.Column("first_day", sa.Integer, nullable=False),
-    sa.Column("last_day", sa.Integer, nullable=False),
-    sa.Index("ix_adoption_users_last_day", "last_day"),
+# Telemetry aggregates in chunks, one per message and day (days since 1970-01-01, UTC), written in one
+# statement per message rather than a row per event: ``daily`` holds the message's events summed per customer
+# and event that day (columns customer_key <i4, event_id <i4, events <i8, each daily_rows long), ``users`` the
+# distinct users per customer and event that day (customer_key <i4, event_id <i4, user_hash <i8). Readers
+# decode them as whole arrays (services/adoption/held.py) and keep them in memory; chunk ids only grow, so a
+# reader loads only the chunks it has not seen.
+chunks = sa.Table(
+    "adoption_chunks", metadata,
+    sa.Column("chunk_id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("day", sa.Integer, nullable=False),
+    sa.Column("daily_rows", sa.Integer, nullable=False),
+    sa.Column("daily", sa.LargeBinary, nullable=False),
+    sa.Column("users", sa.LargeBinary, nullable=False),
+    sa.Index("ix_adoption_chunks_day", "day"),
 )
 
 # The day each customer was first seen to have achieved each node (by key), by the batch evaluation.

@@ -1,5 +1,5 @@
 """One RecordTelemetry message as arrays: its shape checked, each event's fate decided, the kept events summed
-per customer, event and day (and per customer, event and user), all vectorised.
+per customer, event and day (and the distinct users per customer, event and day), all vectorised.
 
 A message whose columns do not fit together is refused as a whole (INVALID_TELEMETRY); within a well-formed
 message, each event that cannot be kept is rejected on its own, by position and reason.
@@ -132,7 +132,8 @@ def well_formed_customers(customer_ids: list[str]) -> np.ndarray:
 
 @dataclass
 class Aggregates:
-    """The kept events of a message summed: daily counts and users' first and last days, keys unique."""
+    """The kept events of a message summed: daily counts, and distinct users per customer, event and day; keys
+    unique, sorted by day first."""
 
     customers: np.ndarray  # positions in the message's customer_ids
     events: np.ndarray  # positions in the message's event_names
@@ -141,48 +142,43 @@ class Aggregates:
     user_customers: np.ndarray
     user_events: np.ndarray
     user_hashes: np.ndarray  # int64
-    user_first_days: np.ndarray
-    user_last_days: np.ndarray
+    user_days: np.ndarray
 
 
 def aggregate(message: Message, keep: np.ndarray) -> Aggregates:
-    """Sums the kept events per (customer, event, day), and spans per (customer, event, user)."""
+    """Sums the kept events per (day, customer, event), and finds the distinct (day, customer, event, user)."""
     customers = message.customers[keep].astype(np.int64)
     events = message.events[keep].astype(np.int64)
     days = message.times[keep] // DAY_US
     n_events = max(len(message.event_names), 1)
+    n_customers = max(len(message.customer_ids), 1)
     first_day = int(days.min()) if len(days) else 0
-    n_days = int(days.max()) - first_day + 1 if len(days) else 1
-    # One int64 key per (customer, event, day): customers <= 100,000, names <= 1,000, days of one message span
-    # at most the retention (<= 3,660): below 2^39.
-    keys = (customers * n_events + events) * n_days + (days - first_day)
-    unique, inverse = np.unique(keys, return_inverse=True)
-    counts = np.bincount(inverse, weights=message.counts[keep], minlength=len(unique)).astype(np.int64)
-    pair, day = np.divmod(unique, n_days)
-    aggregates = Aggregates(pair // n_events, pair % n_events, day + first_day, counts,
-                            *(np.empty(0, np.int64) for _ in range(5)))
+    # One int64 key per (day, customer, event): days of one message span at most the retention (<= 3,660),
+    # customers <= 100,000, names <= 1,000: below 2^39.
+    keys = ((days - first_day) * n_customers + customers) * n_events + events
+    order = np.argsort(keys)
+    unique, starts = _distinct(keys[order])
+    counts = np.add.reduceat(message.counts[keep][order], starts) if len(starts) else np.empty(0, np.int64)
+    day_customer, event = np.divmod(unique, n_events)
+    day, customer = np.divmod(day_customer, n_customers)
+    aggregates = Aggregates(customer, event, day + first_day, counts, *(np.empty(0, np.int64) for _ in range(4)))
     if message.users is not None:
         has_user = message.users[keep] >= 0
-        _user_spans(aggregates, customers[has_user], events[has_user], message.users[keep][has_user],
-                    days[has_user], message.user_ids)
+        n_users = max(len(message.user_ids), 1)
+        # (day, customer, event) key times users <= 100,000: below 2^56.
+        user_keys, _ = _distinct(np.sort(keys[has_user] * n_users + message.users[keep][has_user]))
+        day_customer_event, user = np.divmod(user_keys, n_users)
+        day_customer, aggregates.user_events = np.divmod(day_customer_event, n_events)
+        day, aggregates.user_customers = np.divmod(day_customer, n_customers)
+        aggregates.user_days = day + first_day
+        aggregates.user_hashes = user_hashes(message.user_ids)[user]
     return aggregates
 
 
-def _user_spans(aggregates: Aggregates, customers: np.ndarray, events: np.ndarray, users: np.ndarray,
-                days: np.ndarray, user_ids: list[str]) -> None:
-    if not len(users):
-        return
-    n_users = max(len(user_ids), 1)
-    keys = (customers * 1024 + events) * n_users + users  # customers < 2^17, names < 2^10, users < 2^17
-    order = np.argsort(keys, kind="stable")
-    keys, days = keys[order], days[order]
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    unique = keys[starts]
-    pair, user = np.divmod(unique, n_users)
-    aggregates.user_customers, aggregates.user_events = pair // 1024, pair % 1024
-    aggregates.user_hashes = user_hashes([user_ids[u] for u in user.tolist()])
-    aggregates.user_first_days = np.minimum.reduceat(days, starts)
-    aggregates.user_last_days = np.maximum.reduceat(days, starts)
+def _distinct(ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of sorted keys and where each starts (sorting beats np.unique's hash table here)."""
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]) if len(ordered) else np.empty(0, np.int64)
+    return ordered[starts], starts
 
 
 def user_hashes(user_ids: list[str]) -> np.ndarray:

@@ -17,6 +17,7 @@ from cvh.adoption.v1 import adoption_service_pb2_grpc as pb_grpc
 from cvh.registry.v1 import registry_service_pb2 as rpb
 from cvh.registry.v1 import registry_service_pb2_grpc as rpb_grpc
 from services.adoption import store
+from services.adoption.telemetry import user_hashes as store_hashes
 from services.common import db
 from services.common.config import ServerConfig
 from tests.conftest import ServerThread, _empty_tables
@@ -194,15 +195,29 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-def daily_rows(engine, customer: str) -> dict[tuple[str, int], int]:
-    """(event name, days ago) -> events kept for ``customer``."""
+def stored_rows(engine, customer: str, users: bool = False) -> list[tuple[str, int, int]]:
+    """(event name, days ago, events or user hash) of ``customer``'s daily (or user) rows in the stored chunks."""
     today = now_us() // DAY_US
     with engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT n.name, d.day, d.events FROM adoption_daily d JOIN adoption_customers c "
-            "ON c.customer_key = d.customer_key JOIN adoption_event_names n ON n.event_id = d.event_id "
-            "WHERE c.customer_id = :customer"), {"customer": customer}).all()
-    return {(name, today - day): events for name, day, events in rows}
+        key = store.customer_keys(conn, [customer]).get(customer)
+        names = dict(conn.execute(sa.text("SELECT event_id, name FROM adoption_event_names")).all())
+        chunks = conn.execute(sa.text("SELECT day, daily_rows, daily, users FROM adoption_chunks")).all()
+    found = []
+    for chunk in chunks:
+        keys, events, days, counts, user_keys, user_events, hashes, user_days = store.decode_chunk(*chunk)
+        if users:
+            keys, events, days, counts = user_keys, user_events, user_days, hashes
+        found += [(names[e], today - d, c) for k, e, d, c in zip(keys.tolist(), events.tolist(), days.tolist(),
+                                                                 counts.tolist()) if k == key]
+    return found
+
+
+def daily_rows(engine, customer: str) -> dict[tuple[str, int], int]:
+    """(event name, days ago) -> events kept for ``customer``, summed over the chunks."""
+    found: dict[tuple[str, int], int] = {}
+    for name, days_ago, events in stored_rows(engine, customer):
+        found[name, days_ago] = found.get((name, days_ago), 0) + events
+    return found
 
 
 def test_events_land_as_daily_aggregates_and_the_rest_is_rejected_by_position(adoption, engine):
@@ -260,27 +275,25 @@ def test_a_malformed_message_fails_alone_after_the_ones_before_it_committed(adop
         adoption.RecordTelemetry(iter([uneven]))
 
 
-def test_users_are_kept_as_first_and_last_day_per_customer_and_event(adoption, engine):
+def test_users_are_kept_as_distinct_users_per_customer_event_and_day(adoption, engine):
     now = now_us()
     message = telemetry_chunk(["acme"], ["dashboard.opened"], [0] * 4, [0] * 4,
                               [now - 5 * DAY_US, now - 2 * DAY_US, now, now], user_ids=["ana", "bob"],
                               user_indices=[0, 0, 1, -1])
     answer = adoption.RecordTelemetry(iter([message]))
     assert answer.events_kept == 4
-    today = now // DAY_US
-    with engine.connect() as conn:
-        spans = sorted(tuple(r) for r in conn.execute(sa.text(
-            "SELECT u.first_day, u.last_day FROM adoption_users u JOIN adoption_event_names n "
-            "ON n.event_id = u.event_id WHERE n.name = 'dashboard.opened'")))
-    assert spans == [(today - 5, today - 2), (today, today)]
+    ana, bob = store_hashes(["ana", "bob"])
+    seen = sorted((days_ago, user) for name, days_ago, user in stored_rows(engine, "acme", users=True)
+                  if name == "dashboard.opened")
+    assert seen == sorted([(5, ana), (2, ana), (0, bob)])
 
 
 def test_pruning_forgets_what_the_retention_no_longer_covers(engine):
     with db.write_transaction(engine) as conn:
-        first_day = conn.execute(sa.text("SELECT min(day) FROM adoption_daily")).scalar()
+        first_day = conn.execute(sa.text("SELECT min(day) FROM adoption_chunks")).scalar()
         assert first_day is not None
         store.prune(conn, first_day + 1, 0)
-        assert conn.execute(sa.text("SELECT min(day) FROM adoption_daily")).scalar() > first_day
+        assert conn.execute(sa.text("SELECT min(day) FROM adoption_chunks")).scalar() > first_day
         conn.rollback()  # the other tests' rows stay
 
 
@@ -383,6 +396,7 @@ def test_adoption_of_a_registered_customer_without_telemetry_and_of_unknown_ones
 
 def test_the_base_is_evaluated_after_an_activation_and_agrees_with_each_customers_tree(adoption, engine):
     from services.adoption import evaluation
+    from services.adoption.held import HeldTelemetry
 
     created = adoption.CreateValueMapVersion(pb.CreateValueMapVersionRequest(value_map=value_map("evaluated")))
     ask = pb.GetCustomerAdoptionRequest(customer="acme")
@@ -393,7 +407,8 @@ def test_the_base_is_evaluated_after_an_activation_and_agrees_with_each_customer
     today = adoption.GetCustomerAdoption(ask).evaluated_day
     assert nodes["make-report"].first_achieved_day == today and nodes["share-report"].first_achieved_day == ""
     # The batch (blocks of 2 customers, so that blocks join) finds what each customer's own tree shows.
-    found = evaluation.evaluate_base(engine, created, now_us() // DAY_US, block=2)
+    found = evaluation.evaluate_base(engine, created, now_us() // DAY_US, HeldTelemetry(engine),
+                                     now_us() // DAY_US - RETENTION_DAYS + 1, block=2)
     trees = [adoption.GetCustomerAdoption(pb.GetCustomerAdoptionRequest(customer=c)) for c in CUSTOMERS]
     for key in found.achieved:
         assert found.achieved[key] == sum(n.achieved for tree in trees for n in tree.nodes if n.key == key), key

@@ -2,7 +2,7 @@
 and per customer, event and user: the rows kept are converted, one chunk per day.
 
 Revision ID: 0013_adoption_store
-Revises: 0010_adoption
+Revises: 0012_run_outcomes
 Create Date: 2026-12-07
 """
 import numpy as np
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0013_adoption_store"
-down_revision = "0010_adoption"
+down_revision = "0012_run_outcomes"
 branch_labels = None
 depends_on = None
 

@@ -237,11 +237,14 @@ def _iso(time_us: int) -> str:
     return np.datetime_as_string(np.datetime64(time_us, "us"), unit="s") + "Z"
 
 
-def owner_after(team_plan: teams.TeamPlan, row: CustomerRow, old: Row | None) -> tuple[str, int]:
-    """The owner a write leaves on a customer's row and since when: as its team plan says, else as stored."""
+def owner_after(team_plan: teams.TeamPlan, row: CustomerRow, old: Row | None, now: int) -> tuple[str, int]:
+    """The owner a write leaves on a customer's row and since when: as its team plan says, else as stored, else
+    (a new customer) its owner field, since now."""
     if row.customer_id in team_plan.owners:
         return team_plan.owners[row.customer_id]
-    return (old.owner, old.owner_since_us) if old is not None else (row.owner, 0)
+    if old is not None:
+        return old.owner, old.owner_since_us
+    return row.owner, now if row.owner else 0
 
 
 def write_customers(conn: Connection, catalog: SignalCatalog, rows: list[CustomerRow],
@@ -257,7 +260,7 @@ def write_customers(conn: Connection, catalog: SignalCatalog, rows: list[Custome
     inserts, updates, history, stages = [], [], [], []
     for row in rows:
         old = stored.get(row.customer_id)
-        row.owner, owner_since = owner_after(team_plan, row, old)
+        row.owner, owner_since = owner_after(team_plan, row, old, now)
         stage, stage_time, entered = stage_after(row, old, now)
         if entered:
             stages.append((row.customer_id, stage, stage_time))
@@ -305,7 +308,7 @@ def update_attributes(conn: Connection, row: CustomerRow, old: Row, now: int) ->
     """Replace a stored customer's attributes if it is still at ``old``'s revision."""
     stage, stage_time, entered = stage_after(row, old, now)
     team_plan = teams.plan_customers(conn, [row], {row.customer_id: old}, now)
-    row.owner, owner_since = owner_after(team_plan, row, old)
+    row.owner, owner_since = owner_after(team_plan, row, old, now)
     result = conn.execute(
         customers.update()
         .where(customers.c.customer_id == row.customer_id, customers.c.revision == old.revision)

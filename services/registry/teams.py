@@ -60,6 +60,12 @@ def person_problem(person: str) -> str | None:
     return None
 
 
+def may_hold_bad_persons(text: str) -> bool:
+    """A fast test of person ids joined: False when none holds a character BAD_PERSON refuses (str.isprintable
+    refuses them all, and a few more characters: then each id is to be checked)."""
+    return SEPARATOR in text or not text.isprintable()
+
+
 def size_problem(team: Team) -> str | None:
     if len(team) > MAX_ROLES:
         return f"at most {MAX_ROLES} roles, got {len(team)}"
@@ -127,13 +133,20 @@ def split_persons(cell: str) -> tuple[list[tuple[str, int | None]], str | None]:
 
 
 def link_owner(team: Team, owner: str) -> str:
-    """The role "owner" and the customer's owner field are one; for a write that sets either. When the team
-    names the role, the owner is its first member (the store may put a member who stays first: TeamPlan.owners);
-    else the role becomes ``owner`` alone (or none). Returns the owner the write gives."""
+    """The role "owner" and the customer's owner field are one: the owner field a write that sets either gives.
+    When the team names the role, its first member (the store may put a member who stays first: TeamPlan.owners);
+    else ``owner``, which the role becomes alone (or none: roles_set)."""
     if OWNER in team:
         return team[OWNER][0][0] if team[OWNER] else ""
-    team[OWNER] = [(owner, None)] if owner else []
     return owner
+
+
+def roles_set(row) -> Iterator[tuple[str, list[tuple[str, int | None]]]]:
+    """The roles a customer row (CustomerRow) sets: its team's, and the role owner as its owner field alone when
+    the row sets the owner (owner_set) and its team does not name the role."""
+    yield from row.team.items()
+    if row.owner_set and OWNER not in row.team:
+        yield OWNER, [(row.owner, None)] if row.owner else []
 
 
 # -- writing -------------------------------------------------------------------------------------------------
@@ -155,7 +168,8 @@ class TeamPlan:
 
     ends: list[int] = field(default_factory=list)
     starts: list[tuple] = field(default_factory=list)  # (customer_id or None for the organisation, role, person, start)
-    # Customers whose owner the write names: (the owner on the row, or "", and since when, or 0).
+    # The owner the write leaves on customers' rows, where the team it sets decides: (person or "", since or 0).
+    # A new customer whose owner field alone names its owner is not here (store.owner_after).
     owners: dict[str, tuple[str, int]] = field(default_factory=dict)
     # Owners leaving the customer's row: (customer_id, "owner", person, start, end); rows that move onto it.
     left_row: list[tuple] = field(default_factory=list)
@@ -230,33 +244,39 @@ def _plan_role(plan: TeamPlan, customer_id: str, role: str, have: list[Member], 
 
 
 def plan_customers(conn: Connection, rows: list, stored: dict, now: int) -> TeamPlan:
-    """The team changes of customer rows (CustomerRow: customer_id, team, person_names, owner); ``stored``:
-    those of them that exist. A role cleared on a customer that has no owner yet needs no reading."""
+    """The team changes of customer rows (CustomerRow: customer_id, team, owner, owner_set, person_names);
+    ``stored``: those of them that exist. A new customer without team (most rows of a first import) costs
+    nothing here; a role cleared on a customer that has no owner yet needs no reading."""
     plan = TeamPlan()
-    busy, starts, owners = [], plan.starts, plan.owners
+    busy = []
     for row in rows:
         old = stored.get(row.customer_id)
-        if old is None:  # a new customer (most rows of a first import): everyone given arrives, in order
-            for role, given in row.team.items():
-                if role == OWNER:  # the first owner goes on the customer's row
-                    person, start = given[0] if given else ("", 0)
-                    owners[row.customer_id] = (person, now if start is None else start)
-                    given = given[1:]
-                for person, start in given:
-                    starts.append((row.customer_id, role, person, now if start is None else start))
-        elif any(_changes(role, members, old) for role, members in row.team.items()):
+        if old is None:
+            if row.team:
+                _plan_new(plan, row, now)
+        elif any(_changes(role, members, old) for role, members in roles_set(row)):
             busy.append(row)
         if row.person_names:
             plan.names.update(row.person_names)
-    plan.persons.update(start[2] for start in starts)
-    plan.persons.update(person for person, _ in owners.values() if person)
+    plan.persons.update({row.owner for row in rows if row.owner})
+    plan.persons.update(start[2] for start in plan.starts)
     have = current_members(conn, [row.customer_id for row in busy],
                            {row.customer_id: (stored[row.customer_id].owner, stored[row.customer_id].owner_since_us)
                             for row in busy if stored[row.customer_id].owner})
     for row in busy:
-        for role, given in row.team.items():
+        for role, given in roles_set(row):
             _plan_role(plan, row.customer_id, role, have.get((row.customer_id, role), []), given, now)
     return plan
+
+
+def _plan_new(plan: TeamPlan, row, now: int) -> None:
+    """A new customer's team: everyone given arrives, in order; the first owner goes on the customer's row."""
+    for role, given in row.team.items():
+        if role == OWNER:
+            person, start = given[0] if given else ("", None)
+            plan.owners[row.customer_id] = (person, now if start is None else start) if person else ("", 0)
+            given = given[1:]
+        plan.starts += [(row.customer_id, role, person, now if start is None else start) for person, start in given]
 
 
 def _changes(role: str, members: list, old) -> bool:
@@ -413,8 +433,8 @@ def export_roles(cursor) -> tuple[list[str], bool]:
 
 
 def members_between(cursor, first_pk: int, last_pk: int, mark: str) -> list[tuple[str, str, str]]:
-    """Current members on team rows of the customers whose pk is in [first_pk, last_pk], through a driver cursor: one query
-    for a whole export chunk (in SQLite's plan, an index search per customer and no sort)."""
+    """Current members on team rows of the customers whose pk is in [first_pk, last_pk], through a driver cursor: one
+    query for a whole export chunk (in SQLite's plan, an index search per customer and no sort)."""
     cursor.execute("SELECT t.customer_id, t.role, t.person_id FROM registry_team_members t "
                    "JOIN registry_customers c ON c.customer_id = t.customer_id "
                    f"WHERE c.pk >= {mark} AND c.pk <= {mark} AND t.end_time_us IS NULL ORDER BY c.pk, t.role, t.pk",

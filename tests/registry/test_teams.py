@@ -125,6 +125,14 @@ def test_the_owner_field_and_the_role_owner_are_one(registry):
     assert team(created) == {"owner": ["olga@x.com"]}
     changed = set_team(registry, "tm-o", member("owner", "pat@x.com"), member("owner", "olga@x.com"))
     assert changed.owner == "olga@x.com"  # a member who stays comes first
+    # Writes that name neither the owner nor the role keep both owners.
+    mask = field_mask_pb2.FieldMask(paths=["display_name"])
+    renamed = registry.UpdateCustomer(pb.UpdateCustomerRequest(customer=pb.Customer(name="tm-o", display_name="O"),
+                                                               update_mask=mask))
+    assert team(renamed) == {"owner": ["olga@x.com", "pat@x.com"]}
+    assert team(set_team(registry, "tm-o", member(CSM, "cy@x.com"))) == {CSM: ["cy@x.com"],
+                                                                         "owner": ["olga@x.com", "pat@x.com"]}
+    assert team(set_team(registry, "tm-o", member(CSM))) == {"owner": ["olga@x.com", "pat@x.com"]}
     changed = set_team(registry, "tm-o", member("owner", "pat@x.com"))
     assert changed.owner == "pat@x.com" and team(changed) == {"owner": ["pat@x.com"]}
     changed = registry.UpdateCustomer(pb.UpdateCustomerRequest(
@@ -375,7 +383,8 @@ def test_the_migration_moves_each_current_owner_onto_the_customers_row(tmp_path)
     db.upgrade(engine)
     with engine.connect() as conn:
         since = dict(conn.exec_driver_sql("SELECT customer_id, owner_since_us FROM registry_customers").all())
-        left = [tuple(r) for r in conn.exec_driver_sql("SELECT customer_id, person_id FROM registry_team_members ORDER BY pk")]
+        left = [tuple(row) for row in conn.exec_driver_sql(
+            "SELECT customer_id, person_id FROM registry_team_members ORDER BY pk")]
         assert since == {"a": 10, "b": 0, "c": 30}
         assert left == [("a", "ivan"), ("b", "ana"), ("c", "ron")]  # who left, other roles and further owners stay
         assert teams.history(conn, "a", "") == [("owner", "olga", 10, None), ("owner", "ivan", 1, 10)]

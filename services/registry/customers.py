@@ -48,6 +48,9 @@ class CustomerRow:
     # The team roles the write sets (teams.Team: role -> members; [] clears) and display names it gives people.
     team: teams.Team = field(default_factory=dict)
     person_names: dict[str, str] = field(default_factory=dict)
+    # Whether the write sets the role owner: to the team's owners when it names the role, else to the owner field
+    # alone (teams.roles_set). A create or an import always does; an update, when it names the owner.
+    owner_set: bool = True
     # (signal name, value, observe_time_us or None when no time was given)
     signals: list[tuple[str, float, int | None]] = field(default_factory=list)
     # Signals given as a row of a packed block instead: (block, row index).
@@ -304,7 +307,7 @@ def parse_columns(columns: pb.CustomerColumns, first_position: int, now: int,
     suspect = _all_match(CUSTOMER_ID, ids) and _all_match(PARENT_OR_EMPTY, parents)
     suspect = not suspect or max(map(len, display_names), default=0) > MAX_TEXT \
         or max(map(len, owners), default=0) > MAX_TEXT or "\x00" in "".join(display_names) \
-        or teams.BAD_PERSON.search("".join(owners)) \
+        or teams.may_hold_bad_persons("".join(owners)) \
         or not np.isin(roles, list(VALID_ROLES)).all() \
         or not np.isin(stages, [0, *VALID_STAGES]).all() or (stage_times < 0).any() \
         or (stage_times > now + MAX_CLOCK_SKEW_US).any() \
@@ -328,7 +331,8 @@ def parse_columns(columns: pb.CustomerColumns, first_position: int, now: int,
             continue
         row = CustomerRow(customer_id, display_names[i], parents[i] or None, roles[i], owners[i], block=(block, i),
                           lifecycle_stage=stages[i], stage_time_us=stage_times[i] or None, team=team)
-        row.owner = teams.link_owner(team, row.owner)
+        if team_cells:  # without, the owners column alone names each owner
+            row.owner = teams.link_owner(team, row.owner)
         rows.append((first_position + i, row))
     return rows
 

@@ -422,7 +422,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
                 raise aborted(f"customers/{customer_id} changed since etag {etag_of(expected)} was read "
                               f"(now {etag_of(old.revision)}); get it again and retry")
             row = CustomerRow(customer_id, old.display_name, old.parent_id, old.stakeholder_role, old.owner,
-                              store.labels_of(conn, [customer_id]).get(customer_id, {}))
+                              store.labels_of(conn, [customer_id]).get(customer_id, {}), owner_set="owner" in paths)
             for path in paths:
                 attribute = "parent_id" if path == "parent" else path
                 setattr(row, attribute, getattr(patch, attribute))

@@ -36,6 +36,7 @@ STORED_COLUMNS = (
     customers.c.customer_id, customers.c.display_name, customers.c.parent_id, customers.c.stakeholder_role,
     customers.c.owner, customers.c.signal_values, customers.c.signal_times, customers.c.revision,
     customers.c.create_time_us, customers.c.update_time_us, customers.c.lifecycle_stage, customers.c.stage_time_us,
+    customers.c.owner_since_us,
 )
 
 
@@ -241,6 +242,16 @@ def _iso(time_us: int) -> str:
     return np.datetime_as_string(np.datetime64(time_us, "us"), unit="s") + "Z"
 
 
+def owner_after(team_plan: teams.TeamPlan, row: CustomerRow, old: Row | None, now: int) -> tuple[str, int]:
+    """The owner a write leaves on a customer's row and since when: as its team plan says, else as stored, else
+    (a new customer) its owner field, since now."""
+    if row.customer_id in team_plan.owners:
+        return team_plan.owners[row.customer_id]
+    if old is not None:
+        return old.owner, old.owner_since_us
+    return row.owner, now if row.owner else 0
+
+
 def write_customers(conn: Connection, catalog: SignalCatalog, rows: list[CustomerRow],
                     stored: dict[str, Row], now: int) -> WriteCounts:
     """Insert new customers and update stored ones (attributes replaced, signals merged)."""
@@ -253,11 +264,11 @@ def write_customers(conn: Connection, catalog: SignalCatalog, rows: list[Custome
     team_plan = teams.plan_customers(conn, rows, stored, now)
     inserts, updates, history, stages = [], [], [], []
     for row in rows:
-        row.owner = team_plan.owners.get(row.customer_id, row.owner)
-        stage, stage_time, entered = stage_after(row, stored.get(row.customer_id), now)
+        old = stored.get(row.customer_id)
+        row.owner, owner_since = owner_after(team_plan, row, old, now)
+        stage, stage_time, entered = stage_after(row, old, now)
         if entered:
             stages.append((row.customer_id, stage, stage_time))
-        old = stored.get(row.customer_id)
         if old is None and row.block:
             # A new customer from a packed block: its stored arrays are a row of the laid-out block.
             values, times, observed = laid_out[id(row.block[0])]
@@ -273,17 +284,17 @@ def write_customers(conn: Connection, catalog: SignalCatalog, rows: list[Custome
             values_blob, times_blob = values.tobytes() or None, times.tobytes() or None
         if old is None:
             inserts.append((row.customer_id, row.display_name, row.parent_id, row.stakeholder_role, row.owner,
-                            values_blob, times_blob, 1, now, now, stage, stage_time))
+                            owner_since, values_blob, times_blob, 1, now, now, stage, stage_time))
         else:
             updates.append((row.customer_id, row.display_name, row.parent_id, row.stakeholder_role, row.owner,
-                            values_blob, times_blob, now, old.revision + 1, stage, stage_time))
+                            owner_since, values_blob, times_blob, now, old.revision + 1, stage, stage_time))
     insert_many(conn, customers, ["customer_id", "display_name", "parent_id", "stakeholder_role", "owner",
-                                  "signal_values", "signal_times", "revision", "create_time_us", "update_time_us",
-                                  "lifecycle_stage", "stage_time_us"],
+                                  "owner_since_us", "signal_values", "signal_times", "revision", "create_time_us",
+                                  "update_time_us", "lifecycle_stage", "stage_time_us"],
                 inserts)
     update_many(conn, customers, "customer_id", ["display_name", "parent_id", "stakeholder_role", "owner",
-                                                 "signal_values", "signal_times", "update_time_us", "revision",
-                                                 "lifecycle_stage", "stage_time_us"],
+                                                 "owner_since_us", "signal_values", "signal_times", "update_time_us",
+                                                 "revision", "lifecycle_stage", "stage_time_us"],
                 updates)
     insert_many(conn, lifecycle_history, ["customer_id", "stage", "enter_time_us"], stages)
     teams.apply(conn, team_plan, now)
@@ -302,13 +313,13 @@ def update_attributes(conn: Connection, row: CustomerRow, old: Row, now: int) ->
     """Replace a stored customer's attributes if it is still at ``old``'s revision."""
     stage, stage_time, entered = stage_after(row, old, now)
     team_plan = teams.plan_customers(conn, [row], {row.customer_id: old}, now)
-    row.owner = team_plan.owners.get(row.customer_id, row.owner)
+    row.owner, owner_since = owner_after(team_plan, row, old, now)
     result = conn.execute(
         customers.update()
         .where(customers.c.customer_id == row.customer_id, customers.c.revision == old.revision)
         .values(display_name=row.display_name, parent_id=row.parent_id, stakeholder_role=row.stakeholder_role,
-                owner=row.owner, revision=old.revision + 1, update_time_us=now, lifecycle_stage=stage,
-                stage_time_us=stage_time))
+                owner=row.owner, owner_since_us=owner_since, revision=old.revision + 1, update_time_us=now,
+                lifecycle_stage=stage, stage_time_us=stage_time))
     if result.rowcount != 1:
         return False
     if entered:
@@ -457,18 +468,17 @@ def export_chunks(conn: Connection, catalog: SignalCatalog, signal_names: list[s
     cursor = driver.cursor(name="cvh_export") if conn.dialect.name == "postgresql" else driver.cursor()
     members = driver.cursor()  # each chunk's team in one query, by the chunk's range of pk
     mark = placeholders(conn, 1)
-    # Every chunk has a column per role of the base (one schema), read from the owners when that is all they are.
-    team_roles, owners_only = teams.export_roles(members)
+    # Every chunk has a column per role of the base (one schema); the owners come with the customers' rows.
+    team_roles, on_rows = teams.export_roles(members)
+    with_owners = teams.OWNER in team_roles
     try:
         cursor.execute("SELECT customer_id, parent_id, stakeholder_role, owner, signal_values, lifecycle_stage, pk "
                        "FROM registry_customers ORDER BY pk")
         while rows := cursor.fetchmany(chunk_size):
             ids, parents, roles, owners, blobs, stages, pks = zip(*rows)
             ids = list(ids)
-            if owners_only:
-                team = [(role, list(owners)) for role in team_roles]
-            else:
-                team = teams.team_columns(ids, teams.members_between(members, pks[0], pks[-1], mark), team_roles)
+            team = teams.team_columns(ids, teams.members_between(members, pks[0], pks[-1], mark) if on_rows else (),
+                                      team_roles, owners if with_owners else None)
             yield from ExportChunk(ids, [p or "" for p in parents], bytes(roles), list(owners),
                                    signal_matrix(blobs, columns), bytes(stages), team).fitted()
     finally:

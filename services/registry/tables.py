@@ -23,7 +23,10 @@ customers = sa.Table(
               sa.ForeignKey("registry_customers.customer_id", ondelete="RESTRICT",
                             deferrable=True, initially="DEFERRED"), nullable=True),
     sa.Column("stakeholder_role", sa.SmallInteger, nullable=False),
+    # The current first member of the team role "owner" and since when (0 without one): kept on the row, so that
+    # a customer's owner costs no team row (registry/teams.py).
     sa.Column("owner", sa.String(256), nullable=False, server_default=""),
+    sa.Column("owner_since_us", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("signal_values", sa.LargeBinary, nullable=True),
     sa.Column("signal_times", sa.LargeBinary, nullable=True),
     sa.Column("revision", sa.BigInteger, nullable=False),
@@ -105,7 +108,8 @@ people = sa.Table(
 )
 
 # Each customer's own team, effective-dated: a member is current while end_time_us is NULL; one who leaves
-# keeps their row with the time they left. Members of a role keep the order given by pk.
+# keeps their row with the time they left. Members of a role keep the order given by pk. The first current owner
+# is not here but on the customer's row (owner, owner_since_us); owners before them and further owners are.
 team_members = sa.Table(
     "registry_team_members", metadata,
     sa.Column("pk", BigId, primary_key=True, autoincrement=True),

@@ -4,6 +4,10 @@ A write sets the roles it names: each named role's members become exactly those 
 it); roles not named are unchanged. A member who leaves keeps their membership with the time they left; one who
 stays keeps their start; one who arrives starts at the time given, or now. Members of a role are listed in the
 order they joined it (those joining together in the order given).
+
+The role "owner" is the customer's owner field: its first current member lives on the customer's row (owner,
+owner_since_us), not in registry_team_members, so that the owner most customers have costs an import or an export
+no team row; the owners who left and any further current owners are team rows (see IN_ROW).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from sqlalchemy.engine import Connection
 from services.common.db import insert_many, placeholders, update_many
 from services.common.errors import Violations
 from services.common.validation import timestamp_us
-from services.registry.tables import org_team, people, team_members
+from services.registry.tables import customers, org_team, people, team_members
 
 ROLE = re.compile(r"[a-z][a-z0-9_]{0,62}")
 OWNER = "owner"
@@ -54,6 +58,12 @@ def person_problem(person: str) -> str | None:
     if BAD_PERSON.search(person):
         return "a person id holds no control characters and no ';' (which separates persons in columns)"
     return None
+
+
+def may_hold_bad_persons(text: str) -> bool:
+    """A fast test of person ids joined: False when none holds a character BAD_PERSON refuses (str.isprintable
+    refuses them all, and a few more characters: then each id is to be checked)."""
+    return SEPARATOR in text or not text.isprintable()
 
 
 def size_problem(team: Team) -> str | None:
@@ -123,20 +133,31 @@ def split_persons(cell: str) -> tuple[list[tuple[str, int | None]], str | None]:
 
 
 def link_owner(team: Team, owner: str) -> str:
-    """The role "owner" and the customer's owner field are one; for a write that sets either. When the team
-    names the role, the owner is its first member (the store may put a member who stays first: TeamPlan.owners);
-    else the role becomes ``owner`` alone (or none). Returns the owner the write gives."""
+    """The role "owner" and the customer's owner field are one: the owner field a write that sets either gives.
+    When the team names the role, its first member (the store may put a member who stays first: TeamPlan.owners);
+    else ``owner``, which the role becomes alone (or none: roles_set)."""
     if OWNER in team:
         return team[OWNER][0][0] if team[OWNER] else ""
-    team[OWNER] = [(owner, None)] if owner else []
     return owner
+
+
+def roles_set(row) -> Iterator[tuple[str, list[tuple[str, int | None]]]]:
+    """The roles a customer row (CustomerRow) sets: its team's, and the role owner as its owner field alone when
+    the row sets the owner (owner_set) and its team does not name the role."""
+    yield from row.team.items()
+    if row.owner_set and OWNER not in row.team:
+        yield OWNER, [(row.owner, None)] if row.owner else []
 
 
 # -- writing -------------------------------------------------------------------------------------------------
 
+# The pk of a member read from the customer's row: its first current owner (registry_customers.owner).
+IN_ROW = -1
+
+
 @dataclass
 class Member:
-    pk: int
+    pk: int  # IN_ROW for the owner on the customer's row
     person: str
     start_us: int
 
@@ -147,7 +168,12 @@ class TeamPlan:
 
     ends: list[int] = field(default_factory=list)
     starts: list[tuple] = field(default_factory=list)  # (customer_id or None for the organisation, role, person, start)
-    owners: dict[str, str] = field(default_factory=dict)
+    # The owner the write leaves on customers' rows, where the team it sets decides: (person or "", since or 0).
+    # A new customer whose owner field alone names its owner is not here (store.owner_after).
+    owners: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # Owners leaving the customer's row: (customer_id, "owner", person, start, end); rows that move onto it.
+    left_row: list[tuple] = field(default_factory=list)
+    onto_row: list[int] = field(default_factory=list)
     persons: set[str] = field(default_factory=set)
     names: dict[str, str] = field(default_factory=dict)
 
@@ -157,10 +183,25 @@ def _chunks(items: list, size: int = IN_CHUNK) -> Iterator[list]:
         yield items[start:start + size]
 
 
-def current_members(conn: Connection, customer_ids: Iterable[str]) -> dict[tuple[str, str], list[Member]]:
-    """Current members of each (customer, role), in the order they joined."""
-    found: dict[tuple[str, str], list[Member]] = {}
+def owners_of(conn: Connection, customer_ids: Iterable[str]) -> dict[str, tuple[str, int]]:
+    """The owner on the row of each customer that has one: (person, since)."""
+    found: dict[str, tuple[str, int]] = {}
     for part in _chunks(list(customer_ids)):
+        query = (sa.select(customers.c.customer_id, customers.c.owner, customers.c.owner_since_us)
+                 .where(customers.c.customer_id.in_(part), customers.c.owner != ""))
+        found.update((customer_id, (owner, since)) for customer_id, owner, since in conn.execute(query))
+    return found
+
+
+def current_members(conn: Connection, customer_ids: Iterable[str],
+                    owners: dict[str, tuple[str, int]] | None = None) -> dict[tuple[str, str], list[Member]]:
+    """Current members of each (customer, role), in the order they joined (the owner on the row first).
+    ``owners``: those of the customers, as owners_of gives them, when the caller has them."""
+    customer_ids = list(customer_ids)
+    if owners is None:
+        owners = owners_of(conn, customer_ids)
+    found = {(customer_id, OWNER): [Member(IN_ROW, person, since)] for customer_id, (person, since) in owners.items()}
+    for part in _chunks(customer_ids):
         query = (sa.select(team_members.c.pk, team_members.c.customer_id, team_members.c.role,
                            team_members.c.person_id, team_members.c.start_time_us)
                  .where(team_members.c.customer_id.in_(part), team_members.c.end_time_us.is_(None))
@@ -170,41 +211,72 @@ def current_members(conn: Connection, customer_ids: Iterable[str]) -> dict[tuple
     return found
 
 
-def _diff(plan: TeamPlan, scope: str | None, role: str, have: list[Member], given: list[tuple[str, int | None]],
-          now: int) -> list[str]:
-    """Plan one role's change from ``have`` to ``given``; the members it has afterwards, in order."""
+def _diff(plan: TeamPlan, have: list[Member], given: list[tuple[str, int | None]],
+          now: int) -> tuple[list[Member], list[Member]]:
+    """Plan the leaving of the members of ``have`` who are not ``given``; returns those who stay and those who
+    arrive (pk None), each in order."""
     wanted = {person for person, _ in given}
     present = {member.person for member in have}
-    plan.ends += [member.pk for member in have if member.person not in wanted]
-    arriving = [(person, start) for person, start in given if person not in present]
-    plan.starts += [(scope, role, person, now if start is None else start) for person, start in arriving]
-    plan.persons.update(person for person, _ in arriving)
-    return [member.person for member in have if member.person in wanted] + [person for person, _ in arriving]
+    plan.ends += [member.pk for member in have if member.person not in wanted and member.pk != IN_ROW]
+    arriving = [Member(None, person, now if start is None else start) for person, start in given
+                if person not in present]
+    plan.persons.update(member.person for member in arriving)
+    return [member for member in have if member.person in wanted], arriving
+
+
+def _plan_role(plan: TeamPlan, customer_id: str, role: str, have: list[Member], given: list[tuple[str, int | None]],
+               now: int) -> None:
+    """Plan one role of a customer's team; for the role owner, also who the customer's row names."""
+    stays, arriving = _diff(plan, have, given, now)
+    if role == OWNER:
+        if have and have[0].pk == IN_ROW and not (stays and stays[0].pk == IN_ROW):  # the owner on the row leaves
+            plan.left_row.append((customer_id, OWNER, have[0].person, have[0].start_us, now))
+        first = (stays + arriving)[:1]
+        if not first:
+            plan.owners[customer_id] = ("", 0)
+        else:
+            if first[0].pk is None:  # an owner arriving goes onto the row, one who stays moves there
+                arriving = arriving[1:]
+            elif first[0].pk != IN_ROW:
+                plan.onto_row.append(first[0].pk)
+            plan.owners[customer_id] = (first[0].person, first[0].start_us)
+    plan.starts += [(customer_id, role, member.person, member.start_us) for member in arriving]
 
 
 def plan_customers(conn: Connection, rows: list, stored: dict, now: int) -> TeamPlan:
-    """The team changes of customer rows (CustomerRow: customer_id, team, person_names, owner); ``stored``:
-    those of them that exist. A role cleared on a customer that has no owner yet needs no reading."""
+    """The team changes of customer rows (CustomerRow: customer_id, team, owner, owner_set, person_names);
+    ``stored``: those of them that exist. A new customer without team (most rows of a first import) costs
+    nothing here; a role cleared on a customer that has no owner yet needs no reading."""
     plan = TeamPlan()
-    busy, starts = [], plan.starts
+    busy = []
     for row in rows:
         old = stored.get(row.customer_id)
-        if old is None:  # a new customer (most rows of a first import): everyone given arrives, in order
-            for role, given in row.team.items():
-                for person, start in given:
-                    starts.append((row.customer_id, role, person, now if start is None else start))
-        elif any(_changes(role, members, old) for role, members in row.team.items()):
+        if old is None:
+            if row.team:
+                _plan_new(plan, row, now)
+        elif any(_changes(role, members, old) for role, members in roles_set(row)):
             busy.append(row)
         if row.person_names:
             plan.names.update(row.person_names)
-    plan.persons.update(start[2] for start in starts)
-    have = current_members(conn, [row.customer_id for row in busy])
+    plan.persons.update({row.owner for row in rows if row.owner})
+    plan.persons.update(start[2] for start in plan.starts)
+    have = current_members(conn, [row.customer_id for row in busy],
+                           {row.customer_id: (stored[row.customer_id].owner, stored[row.customer_id].owner_since_us)
+                            for row in busy if stored[row.customer_id].owner})
     for row in busy:
-        for role, given in row.team.items():
-            after = _diff(plan, row.customer_id, role, have.get((row.customer_id, role), []), given, now)
-            if role == OWNER:
-                plan.owners[row.customer_id] = after[0] if after else ""
+        for role, given in roles_set(row):
+            _plan_role(plan, row.customer_id, role, have.get((row.customer_id, role), []), given, now)
     return plan
+
+
+def _plan_new(plan: TeamPlan, row, now: int) -> None:
+    """A new customer's team: everyone given arrives, in order; the first owner goes on the customer's row."""
+    for role, given in row.team.items():
+        if role == OWNER:
+            person, start = given[0] if given else ("", None)
+            plan.owners[row.customer_id] = (person, now if start is None else start) if person else ("", 0)
+            given = given[1:]
+        plan.starts += [(row.customer_id, role, person, now if start is None else start) for person, start in given]
 
 
 def _changes(role: str, members: list, old) -> bool:
@@ -214,15 +286,18 @@ def _changes(role: str, members: list, old) -> bool:
 
 
 def apply(conn: Connection, plan: TeamPlan, now: int, organisation: bool = False) -> None:
-    """Write a plan (after the customers it names exist)."""
+    """Write a plan (after the customers it names exist, with the owners of plan.owners on their rows)."""
     table = org_team if organisation else team_members
     save_people(conn, plan.persons | plan.names.keys(), plan.names, now)
     for part in _chunks(plan.ends):
         conn.execute(table.update().where(table.c.pk.in_(part)).values(end_time_us=now))
+    for part in _chunks(plan.onto_row):
+        conn.execute(table.delete().where(table.c.pk.in_(part)))
     if organisation:
         insert_many(conn, table, ["role", "person_id", "start_time_us"], [s[1:] for s in plan.starts])
     else:
         insert_many(conn, table, ["customer_id", "role", "person_id", "start_time_us"], plan.starts)
+        insert_many(conn, table, ["customer_id", "role", "person_id", "start_time_us", "end_time_us"], plan.left_row)
 
 
 def save_people(conn: Connection, persons: set[str], names: dict[str, str], now: int) -> None:
@@ -252,7 +327,8 @@ def update_organisation(conn: Connection, team: Team, names: dict[str, str], now
     for pk, role, person, start in conn.execute(query):
         have.setdefault(role, []).append(Member(pk, person, start))
     for role, given in team.items():
-        _diff(plan, None, role, have.get(role, []), given, now)
+        _, arriving = _diff(plan, have.get(role, []), given, now)
+        plan.starts += [(None, role, member.person, member.start_us) for member in arriving]
     apply(conn, plan, now, organisation=True)
 
 
@@ -313,22 +389,28 @@ def display_names(conn: Connection, persons: Iterable[str]) -> dict[str, str]:
 
 def history(conn: Connection, customer_id: str, role: str) -> list[tuple[str, str, int, int | None]]:
     """Every membership of a customer's own team (of ``role``, or all): (role, person, start, end), newest
-    start first."""
+    start first; the owner on the customer's row is one of them."""
     query = (sa.select(team_members.c.role, team_members.c.person_id, team_members.c.start_time_us,
-                       team_members.c.end_time_us)
-             .where(team_members.c.customer_id == customer_id)
-             .order_by(team_members.c.start_time_us.desc(), team_members.c.pk.desc()))
+                       team_members.c.end_time_us, team_members.c.pk)
+             .where(team_members.c.customer_id == customer_id))
     if role:
         query = query.where(team_members.c.role == role)
-    return [tuple(row) for row in conn.execute(query)]
+    found = [tuple(row) for row in conn.execute(query)]
+    if role in ("", OWNER):
+        found += [(OWNER, person, since, None, IN_ROW) for person, since in owners_of(conn, [customer_id]).values()]
+    found.sort(key=lambda membership: (-membership[2], -membership[4]))
+    return [membership[:4] for membership in found]
 
 
-def team_columns(ids: list[str], members: Iterable[tuple[str, str, str]],
-                 roles: Iterable[str] = ()) -> list[tuple[str, list[str]]]:
+def team_columns(ids: list[str], members: Iterable[tuple[str, str, str]], roles: Iterable[str] = (),
+                 owners: list[str] | None = None) -> list[tuple[str, list[str]]]:
     """(customer_id, role, person) triples, in join order, as one column per role (those of ``roles`` and any
-    other the triples name, in name order): persons joined by ';' per row of ``ids``, "" for none."""
+    other the triples name, in name order): persons joined by ';' per row of ``ids``, "" for none. ``owners``:
+    the owner on each customer's row, who comes first in the role owner."""
     row_of = dict(zip(ids, range(len(ids))))
     columns: dict[str, list[str]] = {role: [""] * len(ids) for role in roles}
+    if owners is not None:
+        columns[OWNER] = list(owners)
     for customer_id, role, person in members:
         column = columns.get(role)
         if column is None:
@@ -339,24 +421,20 @@ def team_columns(ids: list[str], members: Iterable[tuple[str, str, str]],
 
 
 def export_roles(cursor) -> tuple[list[str], bool]:
-    """Through a driver cursor: the roles some customer has a current member in, and whether they are only the
-    owners (every member is the one "owner" of a customer, so its owner field): then an export reads no members.
-    That check costs two index scans (about 15 ms for 100,000 members); reading the members, about 0.25 s."""
-    cursor.execute("SELECT 1 FROM registry_team_members WHERE end_time_us IS NULL AND role <> 'owner' LIMIT 1")
-    if not cursor.fetchall():
-        # The owner field holds a customer's first owner: as many current members as owners means one each.
-        cursor.execute("SELECT (SELECT COUNT(*) FROM registry_team_members WHERE end_time_us IS NULL), "
-                       "(SELECT COUNT(*) FROM registry_customers WHERE owner <> '')")
-        members, owners = cursor.fetchone()
-        if members == owners:
-            return ([OWNER] if owners else []), True
-    cursor.execute("SELECT DISTINCT role FROM registry_team_members WHERE end_time_us IS NULL ORDER BY role")
-    return [role for (role,) in cursor.fetchall()], False
+    """Through a driver cursor: the roles some customer has a current member in, and whether some member is on a
+    team row (else an export reads no members: the owners come with the customers' rows)."""
+    cursor.execute("SELECT DISTINCT role FROM registry_team_members WHERE end_time_us IS NULL")
+    roles = {role for (role,) in cursor.fetchall()}
+    on_rows = bool(roles)
+    cursor.execute("SELECT MAX(owner) FROM registry_customers")  # the owner index's last entry: "" when none
+    if cursor.fetchone()[0]:
+        roles.add(OWNER)
+    return sorted(roles), on_rows
 
 
 def members_between(cursor, first_pk: int, last_pk: int, mark: str) -> list[tuple[str, str, str]]:
-    """Current members of the customers whose pk is in [first_pk, last_pk], through a driver cursor: one query
-    for a whole export chunk (in SQLite's plan, an index search per customer and no sort)."""
+    """Current members on team rows of the customers whose pk is in [first_pk, last_pk], through a driver cursor: one
+    query for a whole export chunk (in SQLite's plan, an index search per customer and no sort)."""
     cursor.execute("SELECT t.customer_id, t.role, t.person_id FROM registry_team_members t "
                    "JOIN registry_customers c ON c.customer_id = t.customer_id "
                    f"WHERE c.pk >= {mark} AND c.pk <= {mark} AND t.end_time_us IS NULL ORDER BY c.pk, t.role, t.pk",

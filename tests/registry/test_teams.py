@@ -11,11 +11,14 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+import sqlalchemy as sa
 from google.protobuf import field_mask_pb2, timestamp_pb2
 
 from clients.cli import main
 from cvh.registry.v1 import registry_service_pb2 as pb
 from cvh.registry.v1 import registry_service_pb2_grpc as pb_grpc
+from services.common import db
+from services.registry import teams
 from tests.conftest import _empty_tables, start_server
 from tests.grpc_helpers import raises_status
 
@@ -25,13 +28,17 @@ JAN_1 = 1_767_225_600  # 2026-01-01T00:00:00Z
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def suite(request, tmp_path_factory) -> Iterator:
+def database(request, tmp_path_factory) -> str:
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('teams') / 'cvh.db'}"
-    else:
-        url = request.getfixturevalue("postgres_database")
-        _empty_tables(url)
-    server = start_server(url, services=("registry",))
+        return f"sqlite:///{tmp_path_factory.mktemp('teams') / 'cvh.db'}"
+    url = request.getfixturevalue("postgres_database")
+    _empty_tables(url)
+    return url
+
+
+@pytest.fixture(scope="module")
+def suite(database) -> Iterator:
+    server = start_server(database, services=("registry",))
     yield server
     server.stop()
 
@@ -118,6 +125,14 @@ def test_the_owner_field_and_the_role_owner_are_one(registry):
     assert team(created) == {"owner": ["olga@x.com"]}
     changed = set_team(registry, "tm-o", member("owner", "pat@x.com"), member("owner", "olga@x.com"))
     assert changed.owner == "olga@x.com"  # a member who stays comes first
+    # Writes that name neither the owner nor the role keep both owners.
+    mask = field_mask_pb2.FieldMask(paths=["display_name"])
+    renamed = registry.UpdateCustomer(pb.UpdateCustomerRequest(customer=pb.Customer(name="tm-o", display_name="O"),
+                                                               update_mask=mask))
+    assert team(renamed) == {"owner": ["olga@x.com", "pat@x.com"]}
+    assert team(set_team(registry, "tm-o", member(CSM, "cy@x.com"))) == {CSM: ["cy@x.com"],
+                                                                         "owner": ["olga@x.com", "pat@x.com"]}
+    assert team(set_team(registry, "tm-o", member(CSM))) == {"owner": ["olga@x.com", "pat@x.com"]}
     changed = set_team(registry, "tm-o", member("owner", "pat@x.com"))
     assert changed.owner == "pat@x.com" and team(changed) == {"owner": ["pat@x.com"]}
     changed = registry.UpdateCustomer(pb.UpdateCustomerRequest(
@@ -159,6 +174,38 @@ def test_imports_set_teams_by_rows_and_by_columns_and_name_bad_rows(registry):
     bad_block = pb.CustomerColumns(customer_ids=["tm-i7"], team_columns=[pb.TeamColumn(role=CSM, persons=[])])
     summary = registry.ImportCustomers(iter([pb.ImportCustomersRequest(columns=bad_block)]))
     assert summary.rejected == 1 and summary.errors[0].field == "columns.team_columns[0].persons"
+
+
+def team_rows(url: str, customer_ids: list[str]) -> list[tuple[str, str, bool]]:
+    """The registry_team_members rows of ``customer_ids`` as stored: (customer, person, current)."""
+    engine = db.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            query = sa.text("SELECT customer_id, person_id, end_time_us IS NULL FROM registry_team_members "
+                            "WHERE customer_id IN :ids ORDER BY pk").bindparams(sa.bindparam("ids", expanding=True))
+            return [(c, p, bool(current)) for c, p, current in conn.execute(query, {"ids": customer_ids})]
+    finally:
+        engine.dispose()
+
+
+def test_an_import_of_owners_writes_no_team_rows_and_history_still_says_who_owned_when(registry, database):
+    ids = ["tm-w1", "tm-w2", "tm-w3"]
+    block = pb.CustomerColumns(customer_ids=ids, owners=["olga@x.com", "olga@x.com", "pat@x.com"])
+    assert registry.ImportCustomers(iter([pb.ImportCustomersRequest(columns=block)])).created == 3
+    assert team_rows(database, ids) == []  # the owners are on the customers' rows
+    assert team(get(registry, "tm-w3")) == {"owner": ["pat@x.com"]}
+    people = {p.person_id for p in registry.ListPeople(pb.ListPeopleRequest(page_size=1000)).people}
+    assert {"olga@x.com", "pat@x.com"} <= people
+    (olga,) = registry.ListTeamHistory(pb.ListTeamHistoryRequest(customer="tm-w1")).memberships
+    assert (olga.person, olga.current) == ("olga@x.com", True)
+    # A new owner: one row keeps who owned the customer until when; the customer that kept its owner has none.
+    again = pb.CustomerColumns(customer_ids=["tm-w1", "tm-w2"], owners=["quinn@x.com", "olga@x.com"])
+    registry.ImportCustomers(iter([pb.ImportCustomersRequest(columns=again)]))
+    assert team_rows(database, ids) == [("tm-w1", "olga@x.com", False)]
+    quinn, before = registry.ListTeamHistory(pb.ListTeamHistoryRequest(customer="tm-w1", role="owner")).memberships
+    assert (quinn.person, quinn.current, before.person, before.current) == ("quinn@x.com", True, "olga@x.com", False)
+    assert before.start_time == olga.start_time and before.end_time == quinn.start_time
+    assert get(registry, "tm-w1").owner == "quinn@x.com" and team(get(registry, "tm-w2")) == {"owner": ["olga@x.com"]}
 
 
 def test_export_and_the_change_feed_carry_each_customers_own_team(registry):
@@ -320,3 +367,26 @@ def test_an_export_chunk_whose_teams_are_too_large_is_cut_into_smaller_ones(regi
     assert len(counts) > 1 and len(ids) == len(set(ids))
     first = next(registry.ExportSignalMatrix(pb.ExportSignalMatrixRequest(signal_names=["nps"])))
     assert len(ids) == first.total_customers
+
+
+def test_the_migration_moves_each_current_owner_onto_the_customers_row(tmp_path):
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    db.upgrade(engine, "0012_teams")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO registry_customers (customer_id, stakeholder_role, owner, revision, create_time_us, "
+            "update_time_us) VALUES ('a', 2, 'olga', 1, 0, 50), ('b', 2, '', 1, 0, 50), ('c', 2, 'pat', 1, 0, 50)")
+        conn.exec_driver_sql(
+            "INSERT INTO registry_team_members (customer_id, role, person_id, start_time_us, end_time_us) VALUES "
+            "('a', 'owner', 'ivan', 1, 10), ('a', 'owner', 'olga', 10, NULL), ('b', 'csm', 'ana', 20, NULL), "
+            "('c', 'owner', 'pat', 30, NULL), ('c', 'owner', 'ron', 40, NULL)")
+    db.upgrade(engine)
+    with engine.connect() as conn:
+        since = dict(conn.exec_driver_sql("SELECT customer_id, owner_since_us FROM registry_customers").all())
+        left = [tuple(row) for row in conn.exec_driver_sql(
+            "SELECT customer_id, person_id FROM registry_team_members ORDER BY pk")]
+        assert since == {"a": 10, "b": 0, "c": 30}
+        assert left == [("a", "ivan"), ("b", "ana"), ("c", "ron")]  # who left, other roles and further owners stay
+        assert teams.history(conn, "a", "") == [("owner", "olga", 10, None), ("owner", "ivan", 1, 10)]
+        assert [(s.person, s.start_us) for s in teams.teams_of(conn, ["c"])["c"]] == [("pat", 30), ("ron", 40)]
+    engine.dispose()

@@ -3,15 +3,15 @@
 The current owner rows of registry_team_members move onto the customers' rows, so code of 0012 reading this
 schema would miss the owners from the teams it shows: replicas of that release are to be replaced, not mixed in.
 
-Revision ID: 0013_owner_since
-Revises: 0012_teams
+Revision ID: 0014_owner_since
+Revises: 0013_adoption_store
 Create Date: 2026-12-07
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0013_owner_since"
-down_revision = "0012_teams"
+revision = "0014_owner_since"
+down_revision = "0013_adoption_store"
 branch_labels = None
 depends_on = None
 

@@ -5,6 +5,8 @@ The expected values come from the runs' stored results (StreamRunResults)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import threading
 import time
 
@@ -12,6 +14,7 @@ import grpc
 import numpy as np
 import pytest
 
+from clients import cli
 from cvh.common.v1 import common_pb2
 from cvh.hierarchy.v1 import hierarchy_service_pb2 as pb
 from cvh.hierarchy.v1 import hierarchy_service_pb2_grpc as pb_grpc
@@ -25,6 +28,7 @@ from tests.scoring.test_outcomes import CHURNED, import_rows, results, run_to_en
 
 Code = grpc.StatusCode
 N = 80
+TARGETS: dict[int, str] = {}  # id of a suite's hierarchy stub -> its server's target
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -37,8 +41,9 @@ def stubs(request, tmp_path_factory):
     server = start_server(url)
     channel = grpc.insecure_channel(server.target)
     grpc.channel_ready_future(channel).result(timeout=10)
-    yield (rpb_grpc.RegistryServiceStub(channel), spb_grpc.ScoringServiceStub(channel),
-           pb_grpc.HierarchyServiceStub(channel))
+    hierarchy = pb_grpc.HierarchyServiceStub(channel)
+    TARGETS[id(hierarchy)] = server.target
+    yield rpb_grpc.RegistryServiceStub(channel), spb_grpc.ScoringServiceStub(channel), hierarchy
     channel.close()
     server.stop()
 
@@ -193,3 +198,26 @@ def test_watch_filters_on_composite_drops_and_crossings_into_a_tier(stubs, two_r
         next(iter(hierarchy.WatchPriorityChanges(pb.WatchPriorityChangesRequest(min_composite_drop=-1))))
     with raises_status(Code.INVALID_ARGUMENT, field="into_tier_ids"):
         next(iter(hierarchy.WatchPriorityChanges(pb.WatchPriorityChangesRequest(into_tier_ids=["gold"]))))
+
+
+def test_cvh_bad_profits_and_priority_show_flags_stages_and_trends(stubs, two_runs):
+    _, _, hierarchy = stubs
+    target = TARGETS[id(hierarchy)]
+    flagged = list(hierarchy.ListBadProfits(pb.ListBadProfitsRequest()).customers)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["bad-profits", "--limit", "2", "--server", target]) == 0
+    text = out.getvalue()
+    assert "repair the relationship before you sell" in text
+    assert [line.split()[1] for line in text.splitlines()[3:3 + min(2, len(flagged))]] == \
+        [c.customer.removeprefix("customers/") for c in flagged[:2]]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(["priority", flagged[0].customer, two_runs["churned"][0], "--server", target]) == 0
+    text = out.getvalue()
+    assert "bad profit at risk" in text and "trend" in text and f"since {two_runs['first'].name}" in text
+    assert f"{two_runs['churned'][0]}: churned" in text and "stage      churned" in text
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert cli.main(["bad-profits", "--tier", "gold", "--server", target]) != 0
+    assert "tier_id" in err.getvalue() and "Traceback" not in err.getvalue()

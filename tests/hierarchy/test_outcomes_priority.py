@@ -18,6 +18,7 @@ from clients import cli
 from cvh.common.v1 import common_pb2
 from cvh.hierarchy.v1 import hierarchy_service_pb2 as pb
 from cvh.hierarchy.v1 import hierarchy_service_pb2_grpc as pb_grpc
+from cvh.registry.v1 import registry_service_pb2 as rpb
 from cvh.registry.v1 import registry_service_pb2_grpc as rpb_grpc
 from cvh.scoring.v1 import scoring_service_pb2_grpc as spb_grpc
 from services.hierarchy.servicer import BAD_PROFIT_REASON, CHURNED_REASON
@@ -136,9 +137,18 @@ def test_bad_profit_customers_get_the_reason_first_and_are_listed_by_revenue(stu
 
 
 def test_churned_customers_are_reported_churned_without_standing(stubs, two_runs):
-    _, _, hierarchy = stubs
+    registry, _, hierarchy = stubs
     default = hierarchy.GetTierPolicy(pb.GetTierPolicyRequest()).default_tier
-    for customer_id in two_runs["churned"]:
+    # One more churns after the run: the change feed brings its stage.
+    late = next(c for c in reversed(list(two_runs["after"])) if not two_runs["after"][c]["bad_profit"])
+    assert priority(hierarchy, late).scored
+    registry.UpdateCustomer(rpb.UpdateCustomerRequest(customer=rpb.Customer(
+        name=f"customers/{late}", lifecycle_stage=CHURNED), update_mask={"paths": ["lifecycle_stage"]}))
+    deadline = time.monotonic() + 10
+    while priority(hierarchy, late).lifecycle_stage != CHURNED:
+        assert time.monotonic() < deadline, "the feed did not bring the stage within 10 s"
+        time.sleep(0.02)
+    for customer_id in [*two_runs["churned"], late]:
         answer = priority(hierarchy, customer_id)
         assert answer.lifecycle_stage == CHURNED and not answer.scored
         assert not answer.HasField("own_tier") and not answer.HasField("effective_tier")

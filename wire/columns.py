@@ -167,7 +167,8 @@ class RunResultsReader:
             self._columns[name].append(np.frombuffer(getattr(chunk, name), dtype))
         rows = len(chunk.dimension_scores.customer_ids)
         self.outcome_signals = self.outcome_signals or list(chunk.outcome_signals)
-        self._outcomes.append(from_matrix(chunk.outcome_values) if chunk.outcome_signals else np.full((rows, 0), np.nan))
+        self._outcomes.append(from_matrix(chunk.outcome_values) if chunk.outcome_signals
+                              else np.full((rows, 0), np.nan))
         self._stages.append(np.frombuffer(chunk.lifecycle_stages, np.uint8) if chunk.lifecycle_stages
                             else np.zeros(rows, np.uint8))
         self._flags.append(np.frombuffer(chunk.bad_profit, np.uint8).astype(bool) if chunk.bad_profit

@@ -66,8 +66,9 @@ def two_runs(stubs):
     of the customers lose 90 % of their revenue and margin; run 2, watched with filters."""
     registry, scoring, hierarchy = stubs
     rng = np.random.default_rng(5)
-    rows = {f"hp-{i:03d}": {"annual_revenue": float(rng.lognormal(11, 1)), "gross_margin": float(rng.uniform(0.05, 0.6)),
-                            "nps": 60.0, "referenceability": float(rng.uniform(0, 1)), "referrals": 1.0,
+    rows = {f"hp-{i:03d}": {"annual_revenue": float(rng.lognormal(11, 1)),
+                            "gross_margin": float(rng.uniform(0.05, 0.6)), "nps": 60.0,
+                            "referenceability": float(rng.uniform(0, 1)), "referrals": 1.0,
                             "use_case_adoption": 0.5} for i in range(N)}
     import_rows(registry, rows)
     first = run_to_end(scoring)

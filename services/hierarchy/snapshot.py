@@ -70,6 +70,8 @@ class Snapshot:
     previous_composite: np.ndarray = field(default_factory=lambda: np.empty(0))
     previous_run: str = ""
     previous_time_us: int = 0
+    # The row of each of the run's results as built (-1: a customer the accounts lack); attach_outcomes reads it.
+    result_rows: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
 
     def __post_init__(self) -> None:
         if len(self.live_time_us) != len(self.customer_ids):
@@ -248,9 +250,9 @@ def build(results: RunResults, accounts: AccountBase, inheritance_rule: int, seq
     # map() over dict.get with a default runs in C: a third of the time of a generator over a million ids.
     # No customer id is empty, so an empty parent id maps to -1 like an unknown one.
     parent = np.fromiter(map(index.get, accounts.parent_ids, repeat(-1)), np.int64, count=n)
-    rows = np.fromiter(map(index.get, results.customer_ids, repeat(-1)), np.int64, count=len(results.customer_ids))
-    known = rows >= 0
-    rows = rows[known]
+    mapped = np.fromiter(map(index.get, results.customer_ids, repeat(-1)), np.int64, count=len(results.customer_ids))
+    known = mapped >= 0
+    rows = mapped[known]
     own = np.zeros(n, np.int32)
     own[rows] = results.tier_levels[known]
     composite = np.full(n, np.nan)
@@ -269,7 +271,7 @@ def build(results: RunResults, accounts: AccountBase, inheritance_rule: int, seq
                     ids, index, parent, depth, np.array(accounts.roles, np.uint8), list(accounts.owners),
                     np.array(accounts.rollup_values, np.float64), own, effective, composite, percentile, rank, dims,
                     sorted_dims, sequence, child_order, child_start,
-                    run_composites=np.sort(results.composite[~np.isnan(results.composite)]))
+                    run_composites=np.sort(results.composite[~np.isnan(results.composite)]), result_rows=mapped)
 
 
 def attach_outcomes(snap: Snapshot, results: RunResults, accounts: AccountBase) -> Snapshot:
@@ -278,8 +280,8 @@ def attach_outcomes(snap: Snapshot, results: RunResults, accounts: AccountBase) 
     n = snap.size
     if len(accounts.stages) == n:
         snap.stages = np.array(accounts.stages, np.uint8)
-    rows = np.fromiter(map(snap.index.get, results.customer_ids, repeat(-1)), np.int64,
-                       count=len(results.customer_ids))
+    rows = snap.result_rows if len(snap.result_rows) == len(results.customer_ids) else \
+        np.fromiter(map(snap.index.get, results.customer_ids, repeat(-1)), np.int64, count=len(results.customer_ids))
     known = rows >= 0
     for name, column in (("bad_profit", results.bad_profit), ("revenue", results.revenue),
                          ("previous_level", results.previous_levels)):
@@ -289,6 +291,7 @@ def attach_outcomes(snap: Snapshot, results: RunResults, accounts: AccountBase) 
                          count=len(results.previous_ids))
     snap.previous_composite[before[before >= 0]] = results.previous_composite[before >= 0]
     snap.previous_run, snap.previous_time_us = results.previous_run, results.previous_time_us
+    snap.result_rows = np.empty(0, np.int64)  # used up
     return snap
 
 

@@ -22,7 +22,8 @@ from cvh.registry.v1 import registry_service_pb2 as rpb
 from cvh.registry.v1 import registry_service_pb2_grpc as rpb_grpc
 from cvh.scoring.v1 import scoring_service_pb2_grpc as spb_grpc
 from services.hierarchy.servicer import BAD_PROFIT_REASON, CHURNED_REASON
-from tests.conftest import _empty_tables, start_server
+from services.common.config import ServerConfig
+from tests.conftest import ServerThread, _empty_tables, start_server
 from tests.grpc_helpers import raises_status
 from tests.hierarchy.test_hierarchy_service import wait_for_snapshot
 from tests.scoring.test_outcomes import CHURNED, import_rows, results, run_to_end
@@ -30,6 +31,7 @@ from tests.scoring.test_outcomes import CHURNED, import_rows, results, run_to_en
 Code = grpc.StatusCode
 N = 80
 TARGETS: dict[int, str] = {}  # id of a suite's hierarchy stub -> its server's target
+URLS: dict[str, str] = {}  # server target -> its database
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -44,6 +46,7 @@ def stubs(request, tmp_path_factory):
     grpc.channel_ready_future(channel).result(timeout=10)
     hierarchy = pb_grpc.HierarchyServiceStub(channel)
     TARGETS[id(hierarchy)] = server.target
+    URLS[server.target] = url
     yield rpb_grpc.RegistryServiceStub(channel), spb_grpc.ScoringServiceStub(channel), hierarchy
     channel.close()
     server.stop()
@@ -232,3 +235,23 @@ def test_cvh_bad_profits_and_priority_show_flags_stages_and_trends(stubs, two_ru
     with contextlib.redirect_stderr(err):
         assert cli.main(["bad-profits", "--tier", "gold", "--server", target]) != 0
     assert "tier_id" in err.getvalue() and "Traceback" not in err.getvalue()
+
+
+def test_a_hierarchy_started_after_two_runs_reads_the_previous_run_for_its_trends(stubs, two_runs):
+    _, _, hierarchy = stubs
+    target = TARGETS[id(hierarchy)]
+    front = ServerThread(ServerConfig(services=("hierarchy",), listen="127.0.0.1:0", database_url=URLS[target],
+                                      registry_target=target, scoring_target=target))
+    try:
+        with grpc.insecure_channel(front.target) as channel:
+            fresh = pb_grpc.HierarchyServiceStub(channel)
+            wait_for_snapshot(fresh, two_runs["second"].name)
+            compared = 0
+            for customer_id in list(two_runs["after"])[:10]:
+                want, got = priority(hierarchy, customer_id), priority(fresh, customer_id)
+                if not want.live:
+                    assert got.trend == want.trend and got.bad_profit == want.bad_profit
+                    compared += got.trend.HasField("previous_composite")
+            assert compared, "the fresh service read the previous run's composites"
+    finally:
+        front.stop()

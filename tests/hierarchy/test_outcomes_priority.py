@@ -21,8 +21,8 @@ from cvh.hierarchy.v1 import hierarchy_service_pb2_grpc as pb_grpc
 from cvh.registry.v1 import registry_service_pb2 as rpb
 from cvh.registry.v1 import registry_service_pb2_grpc as rpb_grpc
 from cvh.scoring.v1 import scoring_service_pb2_grpc as spb_grpc
-from services.hierarchy.servicer import BAD_PROFIT_REASON, CHURNED_REASON
 from services.common.config import ServerConfig
+from services.hierarchy.servicer import BAD_PROFIT_REASON, CHURNED_REASON
 from tests.conftest import ServerThread, _empty_tables, start_server
 from tests.grpc_helpers import raises_status
 from tests.hierarchy.test_hierarchy_service import wait_for_snapshot

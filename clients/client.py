@@ -403,6 +403,11 @@ class CvhClient:
         return self._pages(self.hierarchy.ListTierMembers, hierarchy_pb.ListTierMembersRequest(tier_id=tier_id),
                            "members", page_size)
 
+    def list_bad_profits(self, tier_id: str = "", owner: str = "",
+                         page_size: int = 0) -> Iterator[hierarchy_pb.BadProfitCustomer]:
+        return self._pages(self.hierarchy.ListBadProfits,
+                           hierarchy_pb.ListBadProfitsRequest(tier_id=tier_id, owner=owner), "customers", page_size)
+
     def get_hierarchy_summary(self) -> hierarchy_pb.HierarchySummary:
         return self._unary(self.hierarchy.GetHierarchySummary, hierarchy_pb.GetHierarchySummaryRequest())
 

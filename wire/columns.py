@@ -133,6 +133,12 @@ class RunResults:
     ranks: np.ndarray             # int64, 1 = best
     percentiles: np.ndarray
     previous_tier_levels: np.ndarray  # int32, 0 = not in the previous run
+    # The run's outcome signals (column names of outcome_values) and per row their stored values (NaN missing);
+    # lifecycle stages (uint8) and bad-profit flags (bool), empty for runs made before they were stored.
+    outcome_signals: list[str] = field(default_factory=list)
+    outcome_values: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
+    lifecycle_stages: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint8))
+    bad_profit: np.ndarray = field(default_factory=lambda: np.empty(0, bool))
 
 
 class RunResultsReader:
@@ -146,6 +152,10 @@ class RunResultsReader:
         self.customer_ids: list[str] = []
         self._dims: list[np.ndarray] = []
         self._columns: dict[str, list[np.ndarray]] = {name: [] for name, _ in self.COLUMNS}
+        self.outcome_signals: list[str] = []
+        self._outcomes: list[np.ndarray] = []
+        self._stages: list[np.ndarray] = []
+        self._flags: list[np.ndarray] = []
 
     def add(self, chunk: scoring_service_pb2.RunResultsChunk) -> int:
         if chunk.tiers:
@@ -155,12 +165,24 @@ class RunResultsReader:
         self._dims.append(from_matrix(chunk.dimension_scores.values))
         for name, dtype in self.COLUMNS:
             self._columns[name].append(np.frombuffer(getattr(chunk, name), dtype))
+        rows = len(chunk.dimension_scores.customer_ids)
+        self.outcome_signals = self.outcome_signals or list(chunk.outcome_signals)
+        self._outcomes.append(from_matrix(chunk.outcome_values) if chunk.outcome_signals
+                              else np.full((rows, 0), np.nan))
+        self._stages.append(np.frombuffer(chunk.lifecycle_stages, np.uint8) if chunk.lifecycle_stages
+                            else np.zeros(rows, np.uint8))
+        self._flags.append(np.frombuffer(chunk.bad_profit, np.uint8).astype(bool) if chunk.bad_profit
+                           else np.zeros(rows, bool))
         return len(self.customer_ids)
 
     def result(self) -> RunResults:
         columns = {name: _concat(self._columns[name], dtype) for name, dtype in self.COLUMNS}
+        outcomes = [o for o in self._outcomes if o.shape[1] == len(self.outcome_signals)]
         return RunResults(self.run, self.tiers, self.dimension_names, self.customer_ids,
-                          _concat(self._dims, np.float64, len(self.dimension_names)), **columns)
+                          _concat(self._dims, np.float64, len(self.dimension_names)), **columns,
+                          outcome_signals=self.outcome_signals,
+                          outcome_values=_concat(outcomes, np.float64, len(self.outcome_signals)),
+                          lifecycle_stages=_concat(self._stages, np.uint8), bad_profit=_concat(self._flags, bool))
 
 
 @dataclass

@@ -15,6 +15,7 @@ from clients.client import CvhClient, customer_id
 from clients.commands.adoption import print_adoption
 from clients.commands.common import connect, seed_number, server, whole_number
 from clients.commands.hierarchy import picture_file, print_priority, pyramid_file, tiers_table, value_sums
+from clients.commands.outcomes import print_report
 from clients.commands.scoring import follow_run
 from clients.errors import CvhError
 from clients.output import counted, print_json, progress
@@ -85,12 +86,15 @@ def _demo(args: argparse.Namespace) -> int:
             print(f"\n6. drew the pyramid into {args.pyramid}")
             step = 7
         value_map = _value_they_get(cvh, base, args.seed, examples[-1], step)
+        second = _second_run(cvh, base, run, args.seed, step + 1, enabled=not args.json)
+        if second is None:
+            return 1
         args.summary = {"customers": args.customers, "imported": imported.created + imported.updated,
                         "own_customers": own, "label": DEMO_LABEL, "run": run.name, "examples": examples,
-                        "tiers": {t.tier.tier_id: t.customers for t in summary.tiers}, **value_map}
+                        "tiers": {t.tier.tier_id: t.customers for t in summary.tiers}, **value_map, **second}
         print("\nNext: `cvh tiers`, `cvh customers get ID`, `cvh rank ID ID`, `cvh tree ID`, "
               "`cvh pyramid --out pyramid.png`, `cvh run start --wait` after changing signals, `cvh run moves`, "
-              "`cvh valuemap show --tree`, `cvh adoption ID`"
+              "`cvh valuemap show --tree`, `cvh adoption ID`, `cvh outcomes`, `cvh bad-profits`, `cvh history ID`"
               + (", `cvh demo --remove`." if own else "."))
     return 0
 
@@ -120,6 +124,57 @@ def _value_they_get(cvh: CvhClient, base, seed: int, customer: str, step: int) -
           "(daily rows with counts) through RecordTelemetry; a median customer's adoption (`cvh adoption ID`):\n")
     print_adoption(cvh.get_customer_adoption(customer), deepest=3, indent="   ")
     return {"value_map": active.name, "telemetry_events": recorded.events_kept, "adoption_example": customer}
+
+
+def _second_run(cvh: CvhClient, base, first, seed: int, step: int, enabled: bool) -> dict | None:
+    """A period later: a few demo customers churn, a few of the most profitable turn detractors (NPS -40), some
+    expand their revenue; a second run, its outcomes against the first and one bad-profit customer's priority."""
+    import numpy as np
+
+    from cvh.common.v1 import common_pb2
+    from cvh.registry.v1 import registry_service_pb2 as registry_pb
+
+    results = cvh.run_results(first.name)
+    ids = np.array(results.customer_ids, dtype=object)
+    ours = np.flatnonzero([i.startswith(DEMO_ID_PREFIX) for i in results.customer_ids])
+    profit = results.dimension_scores[:, results.dimension_names.index("VALUE_DIMENSION_PROFITABILITY")]
+    known = ours[~np.isnan(profit[ours])]
+    if len(known) < 20:
+        print(f"\n{step}. too few scored demo customers for a second period's outcomes")
+        return {}
+    rng = np.random.default_rng(seed)
+    top = known[profit[known] >= np.quantile(profit[known], 0.75)]
+    rest = np.setdiff1d(known, top)
+    size = max(3, len(known) // 100)
+    detractors = rng.choice(top, min(size, len(top)), replace=False)
+    churned = rng.choice(rest, min(size, len(rest) // 2), replace=False)
+    grown = rng.choice(np.setdiff1d(rest, churned), min(5 * size, len(rest) // 2), replace=False)
+    revenue = base.values[:, list(base.signal_names).index("annual_revenue")]
+    row_of = {c: r for r, c in enumerate(base.customer_ids)}
+    grown = grown[~np.isnan(revenue[[row_of[c] for c in ids[grown]]])]  # only those with a revenue
+    # Signals recorded and stages updated (an import would replace the customers' other fields).
+    cvh.record_signals({**{c: {"nps": -40.0} for c in ids[detractors]},
+                        **{c: {"annual_revenue": float(revenue[row_of[c]] * 1.3)} for c in ids[grown]}})
+    for customer in ids[churned]:
+        cvh.update_customer(registry_pb.Customer(name=f"customers/{customer}",
+                                                 lifecycle_stage=common_pb2.LIFECYCLE_STAGE_CHURNED),
+                            ["lifecycle_stage"])
+    print(f"\n{step}. a period later: {counted(len(churned), 'customer')} churned, {len(detractors):,} of the "
+          f"most profitable turned detractors (NPS -40), {len(grown):,} expanded their revenue by 30 %")
+    second = follow_run(cvh, cvh.start_run(), enabled=enabled)
+    if second.failure_reason:
+        print(f"   the second run failed: {second.failure_reason}")
+        return None
+    cvh.wait_for_snapshot(second.name)
+    print(f"   scored again: {second.name}; the outcomes per tier of the first run (`cvh outcomes`):\n")
+    print_report(cvh.get_outcome_report(first.name, second.name), indent="   ")
+    flagged = next(iter(cvh.list_bad_profits(page_size=1)), None)
+    if flagged is None:
+        return {"second_run": second.name}
+    print("   the bad-profit customer with the most revenue (`cvh bad-profits`, `cvh priority ID`):\n")
+    print_priority(cvh.get_priority(flagged.customer))
+    return {"second_run": second.name, "churned": len(churned), "detractors": len(detractors),
+            "bad_profit_example": customer_id(flagged.customer)}
 
 
 def _own_customers(cvh: CvhClient, demo_ids: list[str]) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import sys
 from pathlib import Path
@@ -45,8 +46,14 @@ def priority(args: argparse.Namespace) -> int:
 
 def print_priority(p: pb.Priority) -> None:
     """One customer's standing, as a support agent reads it."""
-    print(f"{customer_id(p.customer)}: {tier_words(p.effective_tier, p.own_tier, 'default policy')}")
-    if p.scored:
+    churned = p.lifecycle_stage == common_pb2.LIFECYCLE_STAGE_CHURNED
+    print(f"{customer_id(p.customer)}: "
+          f"{'churned' if churned else tier_words(p.effective_tier, p.own_tier, 'default policy')}")
+    if p.lifecycle_stage:
+        print(f"  stage      {enum_word(common_pb2.LifecycleStage, p.lifecycle_stage)}")
+    if churned:
+        print("  value      none: churned customers are not scored; the default policy applies")
+    elif p.scored:
         print(f"  value      {number(p.composite)} / 100, rank {p.rank:,}, above {p.percentile:.1f} % of customers")
         if p.live:
             print(f"  live       re-scored at {p.live_time.ToDatetime():%Y-%m-%d %H:%M:%S} UTC with the model of "
@@ -55,6 +62,8 @@ def print_priority(p: pb.Priority) -> None:
         print("  value      not scored yet: served at the standing it inherits from its parent account")
     else:
         print("  value      not scored yet: the default policy applies")
+    if p.trend.note:
+        print(f"  trend      {p.trend.note}")
     print(f"  role       {enum_word(common_pb2.StakeholderRole, p.stakeholder_role)}"
           + (f", owner {p.owner}" if p.owner else ""))
     for reason in p.reasons:
@@ -107,6 +116,29 @@ def rank(args: argparse.Namespace) -> int:
                   number(r.composite if r.HasField("composite") else None),
                   enum_word(pb.RankRule, r.decided_by) if n < len(ranked) else ""]
                  for n, r in enumerate(ranked, 1)], right=[0, 4])
+    return 0
+
+
+def bad_profits(args: argparse.Namespace) -> int:
+    with connect(args) as cvh:
+        found = list(itertools.islice(cvh.list_bad_profits(args.tier, args.owner, min(args.limit or 1000, 1000)),
+                                      args.limit or None))
+    if args.json:
+        print_json([message_dict(c) for c in found])
+        return 0
+    if not found:
+        print("no bad-profit customers" + (" in this selection" if args.tier or args.owner else "")
+              + " in the served run")
+        return 0
+    print("profit at risk of being bad profit (profitable, but the relationship suffers): repair the relationship "
+          "before you sell")
+    print_table(["#", "customer", "tier", "owner", "revenue", "value"],
+                [[n, customer_id(c.customer), c.effective_tier.display_name or c.effective_tier.tier_id or "–",
+                  c.owner or "–", number(c.revenue if c.HasField("revenue") else None),
+                  number(c.composite if c.HasField("composite") else None)] for n, c in enumerate(found, 1)],
+                right=[0, 4, 5])
+    if args.limit and len(found) == args.limit:
+        print(f"(the first {counted(args.limit, 'customer')} by revenue; --limit 0 shows all)")
     return 0
 
 
@@ -253,6 +285,17 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
                     "rule decided each pair.")
     command.add_argument("customers", nargs="+", metavar="ID", help="two or more customer ids")
     command.set_defaults(run=rank)
+
+    command = commands.add_parser(
+        "bad-profits", parents=[client], help="customers whose profit is at risk of being bad profit",
+        description="The customers the served run's bad-profit rule flagged (by default: profitability in the "
+                    "run's top quartile and a detractor NPS), highest revenue first: profit earned at the "
+                    "expense of the relationship. Repair the relationship before selling to them.")
+    command.add_argument("--tier", default="", metavar="TIER", help="only customers served at this tier id")
+    command.add_argument("--owner", default="", metavar="OWNER", help="only customers with this owner")
+    command.add_argument("--limit", type=whole_number(0, None, "all"), default=50, metavar="N",
+                         help="at most N customers (default 50; 0: all)")
+    command.set_defaults(run=bad_profits)
 
     command = commands.add_parser("tree", parents=[client], help="a customer's account tree and roll-up",
                                   description="Ancestors, the customer, its children and the subtree's roll-up.")

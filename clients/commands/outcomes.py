@@ -23,17 +23,22 @@ def outcomes_report(args: argparse.Namespace) -> int:
     if args.json:
         print_json(message_dict(report))
         return 0
-    from clients import outcomes as table
-
-    for period in report.periods:
-        print(table.title(period))
-        print_table(table.HEADERS, table.rows(period), right=list(range(1, len(table.HEADERS))))
-        for note in period.notes:
-            print(f"  note: {note}")
-        print()
+    print_report(report)
     if args.out:
         print(f"picture written to {args.out}")
     return 0
+
+
+def print_report(report, indent: str = "") -> None:
+    """An outcome report's table per period, with its notes (what `cvh outcomes` prints)."""
+    from clients import outcomes as table
+
+    for period in report.periods:
+        print(indent + table.title(period))
+        print_table(table.HEADERS, table.rows(period), right=list(range(1, len(table.HEADERS))), indent=indent)
+        for note in period.notes:
+            print(f"{indent}  note: {note}")
+        print()
 
 
 def customer_history(args: argparse.Namespace) -> int:

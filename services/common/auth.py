@@ -63,7 +63,7 @@ REQUIRED_ROLE = {
         "CreateModel", "ActivateModel", "StartScoringRun", "CancelScoringRun", "ImportRunResults")},
     **{_HIERARCHY + m: READER for m in (
         "GetPriority", "BatchGetPriority", "RankCustomers", "ListTierMembers", "GetHierarchySummary",
-        "GetAccountTree", "GetTierPolicy", "WatchPriorityChanges", "GetSnapshotInfo")},
+        "GetAccountTree", "GetTierPolicy", "WatchPriorityChanges", "GetSnapshotInfo", "ListBadProfits")},
     _HIERARCHY + "SetTierPolicy": ADMIN,
     **{_ADOPTION + m: READER for m in ("GetValueMapVersion", "ListValueMapVersions", "DiffValueMapVersions",
                                        "GetCustomerAdoption", "GetNodeAdoption")},

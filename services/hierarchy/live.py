@@ -19,12 +19,13 @@ import numpy as np
 from cvh.hierarchy.v1 import hierarchy_service_pb2 as pb
 from cvh.registry.v1 import registry_service_pb2
 from services.hierarchy import snapshot as snapshots
-from services.hierarchy.snapshot import MAX_DEPTH, ROLLUP_SIGNALS, Snapshot
+from services.hierarchy.snapshot import MAX_DEPTH, OUTCOME_ARRAYS, ROLLUP_SIGNALS, Snapshot
 from wire.columns import from_matrix
 
 # Array fields of a snapshot, one value per row, and what a new row starts with.
 ROW_ARRAYS = {"parent": -1, "depth": 0, "roles": 0, "rollup_values": np.nan, "own_level": 0, "effective_level": 0,
-              "composite": np.nan, "percentile": np.nan, "rank": 0, "dimension_scores": np.nan, "live_time_us": 0}
+              "composite": np.nan, "percentile": np.nan, "rank": 0, "dimension_scores": np.nan, "live_time_us": 0,
+              **OUTCOME_ARRAYS}
 
 
 @dataclass
@@ -39,6 +40,7 @@ class FeedRows:
     signal_names: list[str]
     signals: np.ndarray        # float64 (rows, signal_names), NaN missing
     sequence: int              # the last sequence the batch holds
+    stages: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint8))  # LifecycleStage, 0 = not sent
 
     def signal_columns(self, names: Sequence[str]) -> np.ndarray:
         """The values of ``names`` (NaN for a signal no row carries)."""
@@ -65,6 +67,9 @@ def feed_rows(messages: Sequence[registry_service_pb2.WatchCustomerChangesRespon
             signals[start:len(ids), columns] = from_matrix(message.chunk.values)
     deleted = np.frombuffer(b"".join(m.deleted for m in messages), np.uint8).astype(bool)
     roles = np.frombuffer(b"".join(m.stakeholder_roles for m in messages), np.uint8).copy()
+    stages = np.concatenate([np.frombuffer(m.lifecycle_stages, np.uint8) if m.lifecycle_stages
+                             else np.zeros(len(m.chunk.customer_ids), np.uint8) for m in messages]) \
+        if messages else np.empty(0, np.uint8)
     if len(set(ids)) < len(ids):  # a customer changed in two messages: its last change only
         seen: set[str] = set()
         keep = np.zeros(len(ids), bool)
@@ -74,9 +79,9 @@ def feed_rows(messages: Sequence[registry_service_pb2.WatchCustomerChangesRespon
                 keep[i] = True
         rows = np.flatnonzero(keep).tolist()
         ids, parents, owners = [ids[i] for i in rows], [parents[i] for i in rows], [owners[i] for i in rows]
-        deleted, roles, signals = deleted[keep], roles[keep], signals[keep]
+        deleted, roles, signals, stages = deleted[keep], roles[keep], signals[keep], stages[keep]
     return FeedRows(ids, deleted, parents, roles, owners, names, signals,
-                    max((message.last_sequence for message in messages), default=0))
+                    max((message.last_sequence for message in messages), default=0), stages)
 
 
 @dataclass
@@ -135,6 +140,9 @@ def plan(snap: Snapshot, rows: FeedRows, scores: Scores | None, rule: int, with_
     moved = up_rows[now("parent")[up_rows] != new_parent]
     writes = [("parent", up_rows, new_parent), ("parent", gone, np.full(len(gone), -1, np.int64)),
               ("roles", up_rows, rows.roles[up]), ("rollup_values", up_rows, rows.signal_columns(ROLLUP_SIGNALS)[up])]
+    if len(rows.stages) == k:  # a stage of 0 was not sent: the row keeps its own
+        staged = up[rows.stages[up] > 0]
+        writes.append(("stages", target[staged], rows.stages[staged]))
     owners = [(int(r), rows.owners[i]) for r, i in zip(up_rows.tolist(), up.tolist())
               if r >= n or snap.owners[r] != rows.owners[i]]
     adopted = dict(snap.adopted)
@@ -161,7 +169,7 @@ def plan(snap: Snapshot, rows: FeedRows, scores: Scores | None, rule: int, with_
 
     # Deleted customers: their row stays until the next build, cleared.
     for name in ("own_level", "effective_level", "depth", "rank", "roles", "composite", "percentile",
-                 "dimension_scores", "rollup_values", "live_time_us"):
+                 "dimension_scores", "rollup_values", "live_time_us", *OUTCOME_ARRAYS):
         array = now(name)
         writes.append((name, gone, np.full((len(gone), *array.shape[1:]), ROW_ARRAYS[name], array.dtype)))
     owners += [(int(r), "") for r in gone.tolist()]

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 import time
 from itertools import repeat
 
@@ -27,6 +28,7 @@ from services.common.errors import (
     invalid_argument,
     not_found,
     shutting_down,
+    unavailable,
 )
 from services.common.peers import Peer
 from services.common.validation import (
@@ -58,6 +60,15 @@ SCORE_BATCH_ROWS = 8192
 BROKEN_TREE_NOTE = (f"customers in a broken account tree (a cycle, or more than {snapshots.MAX_DEPTH} levels: "
                     f"stored before the registry's checks held, or edited by hand) inherit no tier and get "
                     f"no account tree (TREE_CORRUPT) until it is repaired in the registry")
+RUN_NAME = re.compile(r"(?:runs/)?([1-9][0-9]{0,17})")
+MAX_COMPARE_DAYS = 3650
+# Runs of a customer's history a chosen comparison point is looked for in; histories cached at once.
+HISTORY_RUNS = 100
+HISTORY_CACHE = 4096
+CHURNED_REASON = ("churned: no longer a customer, so no tier standing (runs leave churned customers out); "
+                  "default service, win it back rather than serve it as before")
+BAD_PROFIT_REASON = ("bad profit at risk: highly profitable but a detractor (the run's bad-profit rule); "
+                     "repair the relationship before you sell")
 DIMENSION_WORDS = {
     common_pb2.VALUE_DIMENSION_PROFITABILITY: "profitability",
     common_pb2.VALUE_DIMENSION_STRATEGIC_GROWTH: "strategic growth",
@@ -95,6 +106,8 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         # Held by whoever writes the snapshot in place (the patcher, a policy change).
         self._writing = asyncio.Lock()
         self._scoring_channel = None
+        # (served run, customer_id) -> its results in the model's last runs: trends against a chosen run.
+        self._histories: dict[tuple[str, str], list] = {}
         self._followers: list[asyncio.Task] = []
         self._watchers: set[asyncio.Queue] = set()
         # Set once the first snapshot after start-up is loaded, or the scoring service said there is no completed
@@ -162,8 +175,10 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         started = time.perf_counter()
         results = await _read_results(scoring_channel, run) if run else snapshots.no_results()
         model_signals = await self._signals_read(scoring_channel, run) if run else frozenset()
+        if run:
+            await self._read_previous(scoring_channel, run, results)
         accounts, sequence = await self._read_accounts()
-        built = await asyncio.to_thread(snapshots.build, results, accounts, self.policy.inheritance_rule, sequence)
+        built = await asyncio.to_thread(_build, results, accounts, self.policy.inheritance_rule, sequence)
         self._model_signals = model_signals
         # The feed from where the run's export stood: what changed since the run read it is applied again (the
         # accounts hold it already, idempotently) and its signals re-scored with the new run.
@@ -181,6 +196,25 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
             return await asyncio.to_thread(_read_local_accounts, self.local_registry)
         async with self.registry.channel() as channel:
             return await _read_accounts(channel)
+
+    async def _read_previous(self, scoring_channel, run: scoring_service_pb2.ScoringRun,
+                             results: snapshots.RunResults) -> None:
+        """The run's money values (its model's money signal) and the previous run's composites into ``results``:
+        from the results held when the previous run is the one served until now, else read."""
+        stub = scoring_service_pb2_grpc.ScoringServiceStub(scoring_channel)
+        model = await stub.GetModel(scoring_service_pb2.GetModelRequest(name=run.model), timeout=30)
+        money = model.outcomes.money_signal
+        if money in results.outcome_signals:
+            results.revenue = results.outcome_values[:, results.outcome_signals.index(money)]
+        if not run.previous_run:
+            return
+        held = self.results
+        if held is None or held.run != run.previous_run:
+            previous = await stub.GetScoringRun(scoring_service_pb2.GetScoringRunRequest(name=run.previous_run),
+                                                timeout=30)
+            held = await _read_results(scoring_channel, previous)
+        results.previous_run, results.previous_time_us = held.run, held.score_time_us
+        results.previous_ids, results.previous_composite = held.customer_ids, held.composite
 
     async def _signals_read(self, scoring_channel, run: scoring_service_pb2.ScoringRun) -> frozenset[str]:
         """The signals the run's model reads: a change to one re-scores the customer live."""
@@ -255,7 +289,7 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         in the feed. Live values are lost until their customers change again or the next run."""
         accounts, sequence = await self._read_accounts()
         results = self.results or snapshots.no_results()
-        built = await asyncio.to_thread(snapshots.build, results, accounts, self.policy.inheritance_rule, sequence)
+        built = await asyncio.to_thread(_build, results, accounts, self.policy.inheritance_rule, sequence)
         self._install(results, sequence)
         self.snapshot = built
 
@@ -298,9 +332,13 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
                                             bool(self._watchers))
             if generation != self._generation or snap is not self.snapshot:
                 return
+            before = {m[0]: float(snap.composite[snap.index[m[0]]]) for m in patch.moves if m[0] in snap.index} \
+                if self._watchers else {}
             live.apply(snap, patch)  # no await from here: readers see it whole
         if patch.moves and self._watchers:
-            self._announce("live changes", await asyncio.to_thread(live.changes, snap, patch.moves))
+            changes = await asyncio.to_thread(live.changes, snap, patch.moves)
+            _add_composites(changes, before, snap)
+            self._announce("live changes", changes)
 
     async def _rescore(self, snap: snapshots.Snapshot, rows: live.FeedRows) -> live.Scores | None:
         """Scores for the changed customers carrying a signal the run's model reads, from its fitted model and
@@ -340,9 +378,7 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
     async def _score_batch(self, run: str, ids: list[str], names: list[str], values: np.ndarray,
                            previous: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
         """ScoreBatch over gRPC with the run and the tiers held, in chunks of its largest message."""
-        if self._scoring_channel is None:
-            self._scoring_channel = self.scoring.channel()
-        stub = scoring_service_pb2_grpc.ScoringServiceStub(self._scoring_channel)
+        stub = scoring_service_pb2_grpc.ScoringServiceStub(self._scoring())
         step = SCORE_BATCH_ROWS
         requests = [scoring_service_pb2.ScoreBatchRequest(
             run=run, signals=columns.to_chunk(ids[i:i + step], names, values[i:i + step]),
@@ -395,7 +431,84 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
 
     async def GetPriority(self, request, context):
         customer_id = customer_id_from_name(request.customer, "customer")
-        return _priority(self.snapshot, self.policy, customer_id)
+        violations = Violations()
+        compare_run = ""
+        if request.compare_run:
+            match = RUN_NAME.fullmatch(request.compare_run)
+            if not match:
+                violations.add("compare_run", 'expected "runs/{run_id}" or the run_id')
+            elif request.compare_days_ago:
+                violations.add("compare_run", "set compare_run or compare_days_ago, not both")
+            else:
+                compare_run = f"runs/{match.group(1)}"
+        if not 0 <= request.compare_days_ago <= MAX_COMPARE_DAYS:
+            violations.add("compare_days_ago", f"0 (the previous run) to {MAX_COMPARE_DAYS:,} days, "
+                                               f"got {request.compare_days_ago}")
+        violations.raise_if_any()
+        snap = self.snapshot
+        answer = _priority(snap, self.policy, customer_id)
+        if (compare_run or request.compare_days_ago) and answer.HasField("trend"):
+            answer.trend.CopyFrom(await self._chosen_trend(snap, customer_id, answer, compare_run,
+                                                           request.compare_days_ago))
+        return answer
+
+    async def _chosen_trend(self, snap: snapshots.Snapshot, customer_id: str, answer: pb.Priority, compare_run: str,
+                            days_ago: int) -> pb.PriorityTrend:
+        """The trend against a run the caller chose (by name, or the newest ``days_ago`` days before the served
+        run), from the customer's history in the scoring service (cached per served run)."""
+        stub = scoring_service_pb2_grpc.ScoringServiceStub(self._scoring())
+        try:
+            if compare_run:
+                chosen = await stub.GetScoringRun(scoring_service_pb2.GetScoringRunRequest(name=compare_run),
+                                                  timeout=10)
+                if chosen.state != scoring_service_pb2.RUN_STATE_COMPLETED \
+                        or not chosen.model.startswith(f"models/{self.model_id}/"):
+                    raise not_found(f"{compare_run} (compare_run: not a completed run of models/{self.model_id})")
+            entries = await self._history(stub, snap.run, customer_id)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                raise not_found(f"{compare_run} (compare_run)") from None
+            raise unavailable(f"the scoring service cannot give the history to compare with: "
+                              f"{error.code().name}") from None
+        if compare_run:
+            entry = next((e for e in entries if e.run == compare_run), None)
+            if entry is None:
+                raise not_found(f"{compare_run} (compare_run: not among the last {HISTORY_RUNS} runs of "
+                                f"models/{self.model_id})")
+        else:
+            cutoff = snap.score_time_us - days_ago * 86_400_000_000
+            entry = next((e for e in entries if e.run != snap.run and _time_us(e.end_time) <= cutoff), None)
+            if entry is None:
+                return pb.PriorityTrend(note=f"no completed run ended {days_ago} days before {snap.run} (among the "
+                                             f"last {HISTORY_RUNS} of models/{self.model_id})")
+        result = entry.result
+        before = result.composite if result.HasField("composite") else math.nan
+        return _trend(entry.run, _time_us(entry.end_time), result.tier, before, answer.own_tier.level,
+                      answer.composite if answer.HasField("composite") else math.nan)
+
+    async def _history(self, stub, served: str, customer_id: str) -> list:
+        """The customer's results in the model's last HISTORY_RUNS runs, newest first ([] when none scored it)."""
+        key = (served, customer_id)
+        if key not in self._histories:
+            try:
+                history = await stub.GetCustomerHistory(scoring_service_pb2.GetCustomerHistoryRequest(
+                    customer=f"customers/{customer_id}", model=f"models/{self.model_id}", last_runs=HISTORY_RUNS),
+                    timeout=10)
+                entries = list(history.runs)
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                entries = []  # no run of those scored it
+            if len(self._histories) >= HISTORY_CACHE:
+                self._histories.pop(next(iter(self._histories)))
+            self._histories[key] = entries
+        return self._histories[key]
+
+    def _scoring(self):
+        """A channel to the scoring service kept for the service's life."""
+        if self._scoring_channel is None:
+            self._scoring_channel = self.scoring.channel()
+        return self._scoring_channel
 
     async def BatchGetPriority(self, request, context):
         if not 1 <= len(request.customers) <= MAX_BATCH:
@@ -491,6 +604,38 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
             answer.next_page_token = encode_page_token(offset + size, filters)
         return answer
 
+    async def ListBadProfits(self, request, context):
+        size = page_size(request.page_size)
+        violations = Violations()
+        check_text(request.owner, "owner", MAX_POLICY_TEXT, violations)
+        violations.raise_if_any()
+        snap = self.snapshot
+        level = 0
+        if request.tier_id:
+            level = next((t.level for t in snap.tiers if t.tier_id == request.tier_id), -1)
+            if level < 0:
+                known = ", ".join(t.tier_id for t in snap.tiers) or "none: no run loaded yet"
+                raise invalid_argument("tier_id", f"unknown tier {request.tier_id!r}; tiers: {known}")
+        filters = {"tier": request.tier_id, "owner": request.owner, "run": snap.run}
+        offset = decode_offset_token(request.page_token, filters)
+        rows = snap.bad_profit_order
+        if level:
+            rows = rows[snap.effective_level[rows] == level]
+        if request.owner:
+            owners = snap.owners
+            rows = rows[np.fromiter((owners[r] == request.owner for r in rows.tolist()), bool, count=len(rows))]
+        answer = pb.ListBadProfitsResponse(total=len(rows), run=snap.run)
+        for row in rows[offset:offset + size].tolist():
+            entry = answer.customers.add(customer=f"customers/{snap.customer_ids[row]}", owner=snap.owners[row],
+                                         effective_tier=_tier_ref(snap, int(snap.effective_level[row])))
+            if not math.isnan(snap.revenue[row]):
+                entry.revenue = float(snap.revenue[row])
+            if not math.isnan(snap.composite[row]):
+                entry.composite = float(snap.composite[row])
+        if offset + size < len(rows):
+            answer.next_page_token = encode_page_token(offset + size, filters)
+        return answer
+
     async def GetAccountTree(self, request, context):
         customer_id = customer_id_from_name(request.customer, "customer")
         if not 0 <= request.max_children <= MAX_BATCH:
@@ -523,13 +668,19 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         violations = Violations()
         if len(request.tier_ids) > MAX_POLICY_TIERS:
             violations.add("tier_ids", f"at most {MAX_POLICY_TIERS} tier ids, got {len(request.tier_ids)}")
+        if len(request.into_tier_ids) > MAX_POLICY_TIERS:
+            violations.add("into_tier_ids", f"at most {MAX_POLICY_TIERS} tier ids, got {len(request.into_tier_ids)}")
+        if not 0 <= request.min_composite_drop <= 100:  # NaN fails both
+            violations.add("min_composite_drop", f"0 to 100, got {request.min_composite_drop}")
         check_text(request.owner, "owner", MAX_POLICY_TEXT, violations)
         violations.raise_if_any()
-        tier_ids = set(request.tier_ids)
+        tier_ids, into = set(request.tier_ids), set(request.into_tier_ids)
         known = {t.tier_id for t in self.snapshot.tiers}
-        unknown = sorted(tier_ids - known) if known else []
-        if unknown:
-            raise invalid_argument("tier_ids", f"unknown tiers {unknown}; tiers: {', '.join(sorted(known))}")
+        for name, wanted in (("tier_ids", tier_ids), ("into_tier_ids", into)):
+            unknown = sorted(wanted - known) if known else []
+            if unknown:
+                raise invalid_argument(name, f"unknown tiers {unknown}; tiers: {', '.join(sorted(known))}")
+        drop = request.min_composite_drop
         queue: asyncio.Queue = asyncio.Queue(maxsize=WATCH_BACKLOG)
         self._watchers.add(queue)
         try:
@@ -542,6 +693,11 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
                             and change.new_tier.tier_id not in tier_ids:
                         continue
                     if request.owner and change.owner != request.owner:
+                        continue
+                    if into and change.new_tier.tier_id not in into:
+                        continue
+                    if drop and not (change.HasField("previous_composite") and change.HasField("composite")
+                                     and change.previous_composite - change.composite > drop):
                         continue
                     yield change
         finally:
@@ -556,10 +712,31 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
 
 
 def _priority_changes(old: snapshots.Snapshot, new: snapshots.Snapshot) -> list[pb.PriorityChange]:
-    """The messages telling the moves between two snapshots (blocking)."""
-    return [pb.PriorityChange(customer=f"customers/{customer_id}", previous_tier=_tier_ref(new, before),
-                              new_tier=_tier_ref(new, after), owner=owner, run=new.run)
-            for customer_id, before, after, owner in snapshots.tier_changes(old, new)]
+    """The messages telling the moves between two snapshots, with the composites before and after
+    (blocking)."""
+    changes = [pb.PriorityChange(customer=f"customers/{customer_id}", previous_tier=_tier_ref(new, before),
+                                 new_tier=_tier_ref(new, after), owner=owner, run=new.run)
+               for customer_id, before, after, owner in snapshots.tier_changes(old, new)]
+    _add_composites(changes, old, new)
+    return changes
+
+
+def _add_composites(changes: list[pb.PriorityChange], old: snapshots.Snapshot | dict[str, float],
+                    new: snapshots.Snapshot) -> None:
+    """Set each change's composite before (from ``old``: a snapshot, or composites by customer id) and now."""
+    for change in changes:
+        customer_id = change.customer.removeprefix("customers/")
+        if isinstance(old, dict):
+            before = old.get(customer_id, math.nan)
+        else:
+            row = old.index.get(customer_id)
+            before = old.composite[row] if row is not None else math.nan
+        row = new.index.get(customer_id)
+        after = new.composite[row] if row is not None else math.nan
+        if not math.isnan(before):
+            change.previous_composite = float(before)
+        if not math.isnan(after):
+            change.composite = float(after)
 
 
 # -- loading ----------------------------------------------------------------------------------------------
@@ -574,7 +751,15 @@ async def _read_results(channel, run: scoring_service_pb2.ScoringRun) -> snapsho
     dimensions = [common_pb2.ValueDimension.Value(name) for name in results.dimension_names]
     return snapshots.RunResults(run.name, end, results.tiers, dimensions, results.customer_ids,
                                 results.dimension_scores, results.composite, results.tier_levels, results.ranks,
-                                results.percentiles)
+                                results.percentiles, previous_levels=results.previous_tier_levels,
+                                bad_profit=results.bad_profit, outcome_signals=results.outcome_signals,
+                                outcome_values=results.outcome_values)
+
+
+def _build(results: snapshots.RunResults, accounts: snapshots.AccountBase, rule: int,
+           sequence: int) -> snapshots.Snapshot:
+    """The snapshot of a run's results on the accounts, with its outcome arrays (blocking)."""
+    return snapshots.attach_outcomes(snapshots.build(results, accounts, rule, sequence), results, accounts)
 
 
 async def _read_accounts(channel) -> tuple[snapshots.AccountBase, int]:
@@ -597,8 +782,8 @@ def _read_local_accounts(registry) -> tuple[snapshots.AccountBase, int]:
 def _account_base(reader: columns.SignalExportReader) -> tuple[snapshots.AccountBase, int]:
     """The accounts, and the feed sequence they hold."""
     export = reader.result()
-    return (snapshots.AccountBase(export.customer_ids, export.parent_ids, export.roles, export.owners, export.values),
-            export.sequence)
+    return (snapshots.AccountBase(export.customer_ids, export.parent_ids, export.roles, export.owners, export.values,
+                                  export.stages), export.sequence)
 
 
 # -- answers ----------------------------------------------------------------------------------------------
@@ -646,6 +831,16 @@ def _priority(snap: snapshots.Snapshot, policy: pb.TierPolicy, customer_id: str)
     row = snap.index.get(customer_id)
     if row is None and _knows_every_customer(snap):
         raise not_found(f"customers/{customer_id}")
+    if row is not None:
+        answer.lifecycle_stage = int(snap.stages[row])
+    if answer.lifecycle_stage == common_pb2.LIFECYCLE_STAGE_CHURNED:
+        # Gone: no standing of its own (runs leave it out) nor one inherited from its account; served as anyone
+        # unknown would be, so the front line wins it back instead of serving it at a tier it no longer pays for.
+        answer.policy.CopyFrom(policy.default_tier)
+        answer.stakeholder_role, answer.owner = int(snap.roles[row]), snap.owners[row]
+        answer.run = snap.run
+        answer.reasons.append(pb.PriorityReason(text=CHURNED_REASON))
+        return answer
     if row is None or snap.own_level[row] == 0 and snap.effective_level[row] == 0:
         answer.policy.CopyFrom(policy.default_tier)
         if row is not None:
@@ -671,12 +866,41 @@ def _priority(snap: snapshots.Snapshot, policy: pb.TierPolicy, customer_id: str)
             entry = answer.dimension_scores.add(dimension=dimension)
             if not math.isnan(score):
                 entry.score = float(score)
+    answer.bad_profit = bool(snap.bad_profit[row])
+    if own:
+        answer.trend.CopyFrom(_trend(snap.previous_run, snap.previous_time_us,
+                                     _tier_ref(snap, int(snap.previous_level[row])),
+                                     float(snap.previous_composite[row]), own, float(snap.composite[row])))
     answer.reasons.extend(_reasons(snap, row, own, effective))
     return answer
 
 
+def _trend(compare_run: str, compare_time_us: int, previous_tier: common_pb2.TierRef, previous_composite: float,
+           own: int, composite: float) -> pb.PriorityTrend:
+    """The move from a comparison run (previous_composite NaN: it did not score the customer) to now."""
+    trend = pb.PriorityTrend(compare_run=compare_run, previous_tier=previous_tier)
+    if not compare_run:
+        trend.note = "no earlier run to compare with"
+        return trend
+    set_timestamp(trend.compare_time, compare_time_us)
+    if not math.isnan(previous_composite):
+        trend.previous_composite = previous_composite
+        if not math.isnan(composite):
+            trend.composite_change = composite - previous_composite
+    if previous_tier.level and own:
+        trend.tier_change = previous_tier.level - own
+    moved = (f"up {trend.tier_change} tier{'s' * (abs(trend.tier_change) > 1)}" if trend.tier_change > 0 else
+             f"down {-trend.tier_change} tier{'s' * (abs(trend.tier_change) > 1)}" if trend.tier_change < 0 else
+             "same tier" if previous_tier.level else "not scored then")
+    change = f", composite {trend.composite_change:+.1f}" if trend.HasField("composite_change") else ""
+    trend.note = f"{moved}{change} since {compare_run}"
+    return trend
+
+
 def _reasons(snap: snapshots.Snapshot, row: int, own: int, effective: int) -> list[pb.PriorityReason]:
     reasons = []
+    if snap.bad_profit[row]:
+        reasons.append(pb.PriorityReason(dimension=common_pb2.VALUE_DIMENSION_PROFITABILITY, text=BAD_PROFIT_REASON))
     if effective and (own == 0 or effective < own):
         reasons.append(pb.PriorityReason(text=f"{snap.tiers[effective - 1].display_name} standing inherited "
                                               f"from its parent account"))
@@ -695,6 +919,10 @@ def _reasons(snap: snapshots.Snapshot, row: int, own: int, effective: int) -> li
         reasons.append(pb.PriorityReason(text=f"top {_percent(100 - snap.percentile[row])} overall "
                                               f"(rank {int(snap.rank[row]):,})"))
     return reasons[:MAX_REASONS]
+
+
+def _time_us(stamp) -> int:
+    return stamp.seconds * 1_000_000 + stamp.nanos // 1000
 
 
 def _percent(value: float) -> str:

@@ -61,14 +61,29 @@ class Snapshot:
     live_time_us: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     # Rows of deleted customers (their id no longer in the index; their values cleared).
     removed: int = 0
+    # Outcomes (see attach_outcomes): per row the lifecycle stage the registry holds (followed from its feed), the
+    # run's bad-profit flag and stored money value, and the own level and composite of the previous run.
+    stages: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint8))
+    bad_profit: np.ndarray = field(default_factory=lambda: np.empty(0, bool))
+    revenue: np.ndarray = field(default_factory=lambda: np.empty(0))
+    previous_level: np.ndarray = field(default_factory=lambda: np.empty(0, np.int32))
+    previous_composite: np.ndarray = field(default_factory=lambda: np.empty(0))
+    previous_run: str = ""
+    previous_time_us: int = 0
+    # The row of each of the run's results as built (-1: a customer the accounts lack); attach_outcomes reads it.
+    result_rows: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
 
     def __post_init__(self) -> None:
         if len(self.live_time_us) != len(self.customer_ids):
             self.live_time_us = np.zeros(len(self.customer_ids), np.int64)
+        n = len(self.customer_ids)
+        for name, start in OUTCOME_ARRAYS.items():
+            if len(getattr(self, name)) != n:
+                setattr(self, name, np.full(n, start, getattr(self, name).dtype))
 
     def changed(self) -> None:
         """Forget what was derived from the arrays (after a patch)."""
-        for name in ("rank_order", "broken"):
+        for name in ("rank_order", "broken", "bad_profit_order"):
             self.__dict__.pop(name, None)
 
     @property
@@ -90,6 +105,14 @@ class Snapshot:
         """Rows whose own tier is ``level``, in rank order."""
         order = self.rank_order
         return order[self.own_level[order] == level]
+
+    @functools.cached_property
+    def bad_profit_order(self) -> np.ndarray:
+        """Rows the run flagged as bad profit that are neither churned nor deleted, highest revenue first (those
+        without one last), sorted once per snapshot and patch."""
+        rows = np.flatnonzero(self.bad_profit & (self.stages != common_pb2.LIFECYCLE_STAGE_CHURNED))
+        revenue = self.revenue[rows]
+        return rows[np.lexsort((rows, -np.nan_to_num(revenue, nan=0.0), np.isnan(revenue)))]
 
     @functools.cached_property
     def broken(self) -> int:
@@ -169,6 +192,11 @@ def empty_snapshot() -> Snapshot:
                     nothing, np.empty(0, np.int64), np.empty((0, 0)))
 
 
+# Outcome row arrays and the value of a row that has none (a customer new since the build, or deleted).
+OUTCOME_ARRAYS = {"stages": 0, "bad_profit": False, "revenue": np.nan, "previous_level": 0,
+                  "previous_composite": np.nan}
+
+
 @dataclass
 class RunResults:
     """A run's results as arrays (from StreamRunResults)."""
@@ -183,6 +211,17 @@ class RunResults:
     tier_levels: np.ndarray
     ranks: np.ndarray
     percentiles: np.ndarray
+    # Outcomes: per row the previous run's level, the stored outcome values (revenue: the model's money signal's
+    # column) and the bad-profit flag; the previous run's name, end and composites by customer (empty: none).
+    previous_levels: np.ndarray = field(default_factory=lambda: np.empty(0, np.int32))
+    outcome_signals: list[str] = field(default_factory=list)
+    outcome_values: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
+    revenue: np.ndarray = field(default_factory=lambda: np.empty(0))
+    bad_profit: np.ndarray = field(default_factory=lambda: np.empty(0, bool))
+    previous_run: str = ""
+    previous_time_us: int = 0
+    previous_ids: list[str] = field(default_factory=list)
+    previous_composite: np.ndarray = field(default_factory=lambda: np.empty(0))
 
 
 @dataclass
@@ -194,6 +233,7 @@ class AccountBase:
     roles: np.ndarray
     owners: list[str]
     rollup_values: np.ndarray
+    stages: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint8))  # LifecycleStage per customer
 
 
 def no_results() -> RunResults:
@@ -210,9 +250,9 @@ def build(results: RunResults, accounts: AccountBase, inheritance_rule: int, seq
     # map() over dict.get with a default runs in C: a third of the time of a generator over a million ids.
     # No customer id is empty, so an empty parent id maps to -1 like an unknown one.
     parent = np.fromiter(map(index.get, accounts.parent_ids, repeat(-1)), np.int64, count=n)
-    rows = np.fromiter(map(index.get, results.customer_ids, repeat(-1)), np.int64, count=len(results.customer_ids))
-    known = rows >= 0
-    rows = rows[known]
+    mapped = np.fromiter(map(index.get, results.customer_ids, repeat(-1)), np.int64, count=len(results.customer_ids))
+    known = mapped >= 0
+    rows = mapped[known]
     own = np.zeros(n, np.int32)
     own[rows] = results.tier_levels[known]
     composite = np.full(n, np.nan)
@@ -231,7 +271,28 @@ def build(results: RunResults, accounts: AccountBase, inheritance_rule: int, seq
                     ids, index, parent, depth, np.array(accounts.roles, np.uint8), list(accounts.owners),
                     np.array(accounts.rollup_values, np.float64), own, effective, composite, percentile, rank, dims,
                     sorted_dims, sequence, child_order, child_start,
-                    run_composites=np.sort(results.composite[~np.isnan(results.composite)]))
+                    run_composites=np.sort(results.composite[~np.isnan(results.composite)]), result_rows=mapped)
+
+
+def attach_outcomes(snap: Snapshot, results: RunResults, accounts: AccountBase) -> Snapshot:
+    """Give a built snapshot its outcome arrays: stages from the accounts; the run's flags, money values and
+    previous levels; the previous run's composites (customers either run lacks keep the empty values)."""
+    n = snap.size
+    if len(accounts.stages) == n:
+        snap.stages = np.array(accounts.stages, np.uint8)
+    rows = snap.result_rows if len(snap.result_rows) == len(results.customer_ids) else \
+        np.fromiter(map(snap.index.get, results.customer_ids, repeat(-1)), np.int64, count=len(results.customer_ids))
+    known = rows >= 0
+    for name, column in (("bad_profit", results.bad_profit), ("revenue", results.revenue),
+                         ("previous_level", results.previous_levels)):
+        if len(column) == len(rows):
+            getattr(snap, name)[rows[known]] = column[known]
+    before = np.fromiter(map(snap.index.get, results.previous_ids, repeat(-1)), np.int64,
+                         count=len(results.previous_ids))
+    snap.previous_composite[before[before >= 0]] = results.previous_composite[before >= 0]
+    snap.previous_run, snap.previous_time_us = results.previous_run, results.previous_time_us
+    snap.result_rows = np.empty(0, np.int64)  # used up
+    return snap
 
 
 def children_in(rows: np.ndarray, child_order: np.ndarray, child_start: np.ndarray, parent: np.ndarray,

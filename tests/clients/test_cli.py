@@ -217,6 +217,9 @@ def test_demo_runs_the_whole_flow_on_its_own_suite(tmp_path):
     # The value they get: the demo's value hierarchy, telemetry, and the median example's adoption.
     assert summary["value_map"] == "valueMapVersions/1" and summary["telemetry_events"] > 10_000
     assert summary["adoption_example"] == summary["examples"][-1]
+    # A period later: churned customers, detractors, a second run with its outcomes and a bad-profit customer.
+    assert summary["second_run"] == "runs/2" and summary["churned"] > 0 and summary["detractors"] > 0
+    assert summary["bad_profit_example"].startswith("demo-")
 
 
 def test_demo_beside_customers_of_the_suites_own_and_remove(suite, tmp_path):

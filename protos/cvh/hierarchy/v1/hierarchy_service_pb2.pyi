@@ -101,10 +101,32 @@ class TierPolicy(_message.Message):
     def __init__(self, version: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierServicePolicy, _Mapping]]] = ..., default_tier: _Optional[_Union[TierServicePolicy, _Mapping]] = ..., role_precedence: _Optional[_Iterable[_Union[_common_pb2.StakeholderRole, str]]] = ..., inheritance_rule: _Optional[_Union[InheritanceRule, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., change_note: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetPriorityRequest(_message.Message):
-    __slots__ = ("customer",)
+    __slots__ = ("customer", "compare_run", "compare_days_ago")
     CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    COMPARE_RUN_FIELD_NUMBER: _ClassVar[int]
+    COMPARE_DAYS_AGO_FIELD_NUMBER: _ClassVar[int]
     customer: str
-    def __init__(self, customer: _Optional[str] = ...) -> None: ...
+    compare_run: str
+    compare_days_ago: int
+    def __init__(self, customer: _Optional[str] = ..., compare_run: _Optional[str] = ..., compare_days_ago: _Optional[int] = ...) -> None: ...
+
+class PriorityTrend(_message.Message):
+    __slots__ = ("compare_run", "compare_time", "previous_composite", "composite_change", "previous_tier", "tier_change", "note")
+    COMPARE_RUN_FIELD_NUMBER: _ClassVar[int]
+    COMPARE_TIME_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_COMPOSITE_FIELD_NUMBER: _ClassVar[int]
+    COMPOSITE_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_TIER_FIELD_NUMBER: _ClassVar[int]
+    TIER_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    compare_run: str
+    compare_time: _timestamp_pb2.Timestamp
+    previous_composite: float
+    composite_change: float
+    previous_tier: _common_pb2.TierRef
+    tier_change: int
+    note: str
+    def __init__(self, compare_run: _Optional[str] = ..., compare_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., previous_composite: _Optional[float] = ..., composite_change: _Optional[float] = ..., previous_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., tier_change: _Optional[int] = ..., note: _Optional[str] = ...) -> None: ...
 
 class PriorityReason(_message.Message):
     __slots__ = ("dimension", "text")
@@ -115,7 +137,7 @@ class PriorityReason(_message.Message):
     def __init__(self, dimension: _Optional[_Union[_common_pb2.ValueDimension, str]] = ..., text: _Optional[str] = ...) -> None: ...
 
 class Priority(_message.Message):
-    __slots__ = ("customer", "scored", "own_tier", "effective_tier", "composite", "percentile", "rank", "dimension_scores", "reasons", "stakeholder_role", "owner", "policy", "run", "score_time", "policy_version", "not_found", "live", "live_time")
+    __slots__ = ("customer", "scored", "own_tier", "effective_tier", "composite", "percentile", "rank", "dimension_scores", "reasons", "stakeholder_role", "owner", "policy", "run", "score_time", "policy_version", "not_found", "live", "live_time", "lifecycle_stage", "bad_profit", "trend")
     CUSTOMER_FIELD_NUMBER: _ClassVar[int]
     SCORED_FIELD_NUMBER: _ClassVar[int]
     OWN_TIER_FIELD_NUMBER: _ClassVar[int]
@@ -134,6 +156,9 @@ class Priority(_message.Message):
     NOT_FOUND_FIELD_NUMBER: _ClassVar[int]
     LIVE_FIELD_NUMBER: _ClassVar[int]
     LIVE_TIME_FIELD_NUMBER: _ClassVar[int]
+    LIFECYCLE_STAGE_FIELD_NUMBER: _ClassVar[int]
+    BAD_PROFIT_FIELD_NUMBER: _ClassVar[int]
+    TREND_FIELD_NUMBER: _ClassVar[int]
     customer: str
     scored: bool
     own_tier: _common_pb2.TierRef
@@ -152,7 +177,10 @@ class Priority(_message.Message):
     not_found: bool
     live: bool
     live_time: _timestamp_pb2.Timestamp
-    def __init__(self, customer: _Optional[str] = ..., scored: _Optional[bool] = ..., own_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., effective_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., composite: _Optional[float] = ..., percentile: _Optional[float] = ..., rank: _Optional[int] = ..., dimension_scores: _Optional[_Iterable[_Union[_common_pb2.DimensionScore, _Mapping]]] = ..., reasons: _Optional[_Iterable[_Union[PriorityReason, _Mapping]]] = ..., stakeholder_role: _Optional[_Union[_common_pb2.StakeholderRole, str]] = ..., owner: _Optional[str] = ..., policy: _Optional[_Union[TierServicePolicy, _Mapping]] = ..., run: _Optional[str] = ..., score_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., policy_version: _Optional[int] = ..., not_found: _Optional[bool] = ..., live: _Optional[bool] = ..., live_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    lifecycle_stage: _common_pb2.LifecycleStage
+    bad_profit: bool
+    trend: PriorityTrend
+    def __init__(self, customer: _Optional[str] = ..., scored: _Optional[bool] = ..., own_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., effective_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., composite: _Optional[float] = ..., percentile: _Optional[float] = ..., rank: _Optional[int] = ..., dimension_scores: _Optional[_Iterable[_Union[_common_pb2.DimensionScore, _Mapping]]] = ..., reasons: _Optional[_Iterable[_Union[PriorityReason, _Mapping]]] = ..., stakeholder_role: _Optional[_Union[_common_pb2.StakeholderRole, str]] = ..., owner: _Optional[str] = ..., policy: _Optional[_Union[TierServicePolicy, _Mapping]] = ..., run: _Optional[str] = ..., score_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., policy_version: _Optional[int] = ..., not_found: _Optional[bool] = ..., live: _Optional[bool] = ..., live_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lifecycle_stage: _Optional[_Union[_common_pb2.LifecycleStage, str]] = ..., bad_profit: _Optional[bool] = ..., trend: _Optional[_Union[PriorityTrend, _Mapping]] = ...) -> None: ...
 
 class BatchGetPriorityRequest(_message.Message):
     __slots__ = ("customers",)
@@ -320,28 +348,74 @@ class GetTierPolicyRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WatchPriorityChangesRequest(_message.Message):
-    __slots__ = ("tier_ids", "owner")
+    __slots__ = ("tier_ids", "owner", "min_composite_drop", "into_tier_ids")
     TIER_IDS_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    MIN_COMPOSITE_DROP_FIELD_NUMBER: _ClassVar[int]
+    INTO_TIER_IDS_FIELD_NUMBER: _ClassVar[int]
     tier_ids: _containers.RepeatedScalarFieldContainer[str]
     owner: str
-    def __init__(self, tier_ids: _Optional[_Iterable[str]] = ..., owner: _Optional[str] = ...) -> None: ...
+    min_composite_drop: float
+    into_tier_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tier_ids: _Optional[_Iterable[str]] = ..., owner: _Optional[str] = ..., min_composite_drop: _Optional[float] = ..., into_tier_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListBadProfitsRequest(_message.Message):
+    __slots__ = ("tier_id", "owner", "page_size", "page_token")
+    TIER_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    tier_id: str
+    owner: str
+    page_size: int
+    page_token: str
+    def __init__(self, tier_id: _Optional[str] = ..., owner: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class BadProfitCustomer(_message.Message):
+    __slots__ = ("customer", "revenue", "effective_tier", "composite", "owner")
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    REVENUE_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_TIER_FIELD_NUMBER: _ClassVar[int]
+    COMPOSITE_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    revenue: float
+    effective_tier: _common_pb2.TierRef
+    composite: float
+    owner: str
+    def __init__(self, customer: _Optional[str] = ..., revenue: _Optional[float] = ..., effective_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., composite: _Optional[float] = ..., owner: _Optional[str] = ...) -> None: ...
+
+class ListBadProfitsResponse(_message.Message):
+    __slots__ = ("customers", "next_page_token", "total", "run")
+    CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    customers: _containers.RepeatedCompositeFieldContainer[BadProfitCustomer]
+    next_page_token: str
+    total: int
+    run: str
+    def __init__(self, customers: _Optional[_Iterable[_Union[BadProfitCustomer, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total: _Optional[int] = ..., run: _Optional[str] = ...) -> None: ...
 
 class PriorityChange(_message.Message):
-    __slots__ = ("customer", "previous_tier", "new_tier", "owner", "run", "live")
+    __slots__ = ("customer", "previous_tier", "new_tier", "owner", "run", "live", "previous_composite", "composite")
     CUSTOMER_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_TIER_FIELD_NUMBER: _ClassVar[int]
     NEW_TIER_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
     LIVE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_COMPOSITE_FIELD_NUMBER: _ClassVar[int]
+    COMPOSITE_FIELD_NUMBER: _ClassVar[int]
     customer: str
     previous_tier: _common_pb2.TierRef
     new_tier: _common_pb2.TierRef
     owner: str
     run: str
     live: bool
-    def __init__(self, customer: _Optional[str] = ..., previous_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., new_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., owner: _Optional[str] = ..., run: _Optional[str] = ..., live: _Optional[bool] = ...) -> None: ...
+    previous_composite: float
+    composite: float
+    def __init__(self, customer: _Optional[str] = ..., previous_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., new_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., owner: _Optional[str] = ..., run: _Optional[str] = ..., live: _Optional[bool] = ..., previous_composite: _Optional[float] = ..., composite: _Optional[float] = ...) -> None: ...
 
 class GetSnapshotInfoRequest(_message.Message):
     __slots__ = ()

@@ -90,6 +90,11 @@ class HierarchyServiceStub:
                 request_serializer=cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.WatchPriorityChangesRequest.SerializeToString,
                 response_deserializer=cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.PriorityChange.FromString,
                 _registered_method=True)
+        self.ListBadProfits = channel.unary_unary(
+                '/cvh.hierarchy.v1.HierarchyService/ListBadProfits',
+                request_serializer=cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.ListBadProfitsRequest.SerializeToString,
+                response_deserializer=cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.ListBadProfitsResponse.FromString,
+                _registered_method=True)
         self.GetSnapshotInfo = channel.unary_unary(
                 '/cvh.hierarchy.v1.HierarchyService/GetSnapshotInfo',
                 request_serializer=cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.GetSnapshotInfoRequest.SerializeToString,
@@ -119,8 +124,20 @@ class HierarchyServiceServicer:
         role and owner, scored = false, and the standing it inherits from a scored
         parent under the policy's inheritance rule (effective_tier and that tier's
         policy), or the policy's default_tier when it inherits none.
+        A churned customer (lifecycle_stage CHURNED: registered, left out of
+        runs) has no standing of its own nor any it inherits: scored = false,
+        own_tier and effective_tier unset, the policy's default_tier, and a reason
+        saying it churned. A customer the served run flagged as bad profit gets a
+        reason first telling the front line to repair the relationship before
+        selling. trend compares with the previous run, or the run the request
+        chooses (compare_run, compare_days_ago: read from the scoring service).
         Errors: INVALID_CUSTOMER_NAME, CUSTOMER_NOT_FOUND (NOT_FOUND: the registry
-        holds no such customer; ErrorInfo metadata "resource" names it). Until the
+        holds no such customer; ErrorInfo metadata "resource" names it),
+        INVALID_COMPARE_RUN (malformed, or set with compare_days_ago),
+        INVALID_COMPARE_DAYS_AGO (negative, or over 3,650), RUN_NOT_FOUND
+        (compare_run is no completed run of the served run's model among its last
+        100), BACKEND_UNAVAILABLE (the scoring service, asked for compare_run or
+        compare_days_ago, cannot answer). Until the
         service has first read the registry's customers (the registry unreachable
         since start-up) it cannot tell: every customer unknown to it then gets the
         default_tier answer, scored = false, and GetSnapshotInfo says so.
@@ -204,10 +221,26 @@ class HierarchyServiceServicer:
         run when it is loaded, and, between runs, those the registry's changes
         make as they are applied (signals re-scored, customers created or moved;
         live = true), within about a second of the write.
-        Errors: INVALID_TIER_IDS, INVALID_OWNER, SHUTTING_DOWN (UNAVAILABLE: the
+        Errors: INVALID_TIER_IDS, INVALID_OWNER, INVALID_MIN_COMPOSITE_DROP
+        (negative, over 100 or not a number), INVALID_INTO_TIER_IDS (over 16, or
+        not a tier of the snapshot's model), SHUTTING_DOWN (UNAVAILABLE: the
         server is stopping; watch again to reach another replica),
         TOO_MANY_WATCHERS (RESOURCE_EXHAUSTED: the server's cap on watch streams
         at once, 1,000 by default, is reached).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBadProfits(self, request, context):
+        """The customers the served run flagged as bad profit (the model's
+        BadProfitRule: e.g. top-quartile profitability with a detractor NPS),
+        highest revenue first (the run's stored money outcome value; customers
+        without one last, then by customer id), optionally of one effective tier
+        and one owner. Churned or deleted customers are left out.
+        Errors: INVALID_TIER_ID (not a tier of the snapshot's model),
+        INVALID_OWNER (over 256 characters), INVALID_PAGE_SIZE,
+        INVALID_PAGE_TOKEN (also: a token of other filters or another run).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -268,6 +301,11 @@ def add_HierarchyServiceServicer_to_server(servicer, server):
                     servicer.WatchPriorityChanges,
                     request_deserializer=cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.WatchPriorityChangesRequest.FromString,
                     response_serializer=cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.PriorityChange.SerializeToString,
+            ),
+            'ListBadProfits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBadProfits,
+                    request_deserializer=cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.ListBadProfitsRequest.FromString,
+                    response_serializer=cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.ListBadProfitsResponse.SerializeToString,
             ),
             'GetSnapshotInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSnapshotInfo,
@@ -529,6 +567,33 @@ class HierarchyService:
             '/cvh.hierarchy.v1.HierarchyService/WatchPriorityChanges',
             cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.WatchPriorityChangesRequest.SerializeToString,
             cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.PriorityChange.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBadProfits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cvh.hierarchy.v1.HierarchyService/ListBadProfits',
+            cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.ListBadProfitsRequest.SerializeToString,
+            cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.ListBadProfitsResponse.FromString,
             options,
             channel_credentials,
             insecure,

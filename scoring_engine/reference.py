@@ -468,3 +468,23 @@ def jaccard_reference(achieved: np.ndarray, target: np.ndarray) -> np.ndarray:
     both = (achieved & target[None, :]).sum(axis=1)
     either = (achieved | target[None, :]).sum(axis=1)
     return np.where(either > 0, both / np.maximum(either, 1), 0.0)
+
+
+def first_achieved_reference(plan, first_day: int, today: int, n_customers: int, customers, events, days, counts,
+                             user_customers=(), user_events=(), user_hashes=(), user_first_days=(),
+                             user_last_days=()) -> np.ndarray:
+    """``scoring_engine.adoption_history.first_achieved_days`` by replaying the days one by one through
+    :func:`adoption_reference`: on day d, the rows of first_day..d, and each user as seen last on
+    min(last day, d) when first seen by d."""
+    customers, events, days, counts = (np.asarray(a, np.int64) for a in (customers, events, days, counts))
+    user_customers, user_events, user_hashes, user_first_days, user_last_days = (
+        np.asarray(a, np.int64) for a in (user_customers, user_events, user_hashes, user_first_days, user_last_days))
+    first = np.full((n_customers, plan.n_nodes), -1, np.int64)
+    for day in range(first_day, today + 1):
+        keep = (days >= first_day) & (days <= day)
+        seen = user_first_days <= day
+        found = adoption_reference(plan, day, n_customers, customers[keep], events[keep], days[keep], counts[keep],
+                                   user_customers[seen], user_events[seen], user_hashes[seen],
+                                   np.minimum(user_last_days[seen], day))
+        first[found.achieved & (first < 0)] = day
+    return first

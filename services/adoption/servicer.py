@@ -15,12 +15,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, Row
 
 import scoring_engine.adoption
+import scoring_engine.adoption_history
 import scoring_engine.adoption_peers
 from cvh.adoption.v1 import adoption_service_pb2 as pb
 from cvh.adoption.v1 import adoption_service_pb2_grpc as pb_grpc
 from cvh.hierarchy.v1 import hierarchy_service_pb2, hierarchy_service_pb2_grpc
 from cvh.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
-from services.adoption import achievement, catalog, evaluation, questions, signals, store, telemetry
+from services.adoption import achievement, catalog, evaluation, history, questions, signals, store, telemetry
 from services.adoption.tables import achievements
 from services.common.auth import current_caller
 from services.common.db import read_transaction, write_transaction
@@ -99,6 +100,10 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         self._create_times: dict[str, int] = {}
         scoring_engine.adoption.warm_up()  # compile or load the kernels now, not in the first request
         scoring_engine.adoption_peers.warm_up()
+        scoring_engine.adoption_history.warm_up()
+        # The version whose first achieved days this process derived over the kept history (at its first
+        # evaluation, and again after each activation of another version).
+        self._rederived_version: int | None = None
 
     # -- background: forget what is older than the retention -------------------------------------------------
 
@@ -144,6 +149,11 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         value_map = _version_proto(row)
         names = signals.signal_names(value_map)
         collected = questions.Collector()
+        now = now_us()
+        if self._rederived_version != value_map.version:
+            history.rederive(self.engine, value_map, telemetry.first_kept_day(now, self.retention_days),
+                             now // telemetry.DAY_US)
+            self._rederived_version = value_map.version
 
         def write_signals(customer_ids: list[str], achieved: np.ndarray) -> None:
             collected.add(customer_ids, achieved)

@@ -5,6 +5,7 @@ in one process, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import itertools
 import time
 
@@ -31,8 +32,8 @@ from wire.columns import telemetry_chunk
 Code = grpc.StatusCode
 N, Rule = pb.ValueNode, pb.ProcedureRule
 USE_CASES = ["uc-a", "uc-b", "uc-c", "uc-d"]
-# Use cases each customer achieves (one event per use case); c06 sends only an event no rule counts; c07 to
-# c11 send nothing. c01 and c02 are accounts beneath c00.
+# Use cases each customer achieves (one event per use case, today; c03's ten days ago); c06 sends only an event
+# no rule counts; c07 to c11 send nothing. c01 and c02 are accounts beneath c00.
 ACHIEVED = {"c00": "abcd", "c01": "abc", "c02": "ab", "c03": "a", "c04": "abc", "c05": "abd", "c06": ""}
 CUSTOMERS = [f"c{i:02d}" for i in range(12)]
 
@@ -48,6 +49,9 @@ def value_map() -> pb.ValueMapVersion:
         nodes.append(N(key=f"do-{letter}", level=4, display_name=f"Do {letter}", parent_key=key, owning_function=5,
                        procedure_rule=Rule(event_names=[f"{letter}.done"], min_count=1, window_days=30)))
     return pb.ValueMapVersion(change_note="questions", nodes=nodes)
+
+
+DAY_US = 86_400 * 1_000_000
 
 
 def now_us() -> int:
@@ -80,7 +84,8 @@ def suite(request, tmp_path_factory):
     events = [(c, f"{letter}.done") for c, letters in ACHIEVED.items() for letter in letters] + [("c06", "x.seen")]
     ids, names = sorted(ACHIEVED), sorted({e for _, e in events})
     adoption.RecordTelemetry(iter([telemetry_chunk(ids, names, [ids.index(c) for c, _ in events],
-                                                   [names.index(e) for _, e in events], [now_us()] * len(events))]))
+                                                   [names.index(e) for _, e in events],
+                                                   [now_us() - (10 * DAY_US if c == "c03" else 0) for c, _ in events])]))
     adoption.CreateValueMapVersion(pb.CreateValueMapVersionRequest(value_map=value_map()))
     deadline = time.monotonic() + 30
     while True:  # evaluated, and its signals in the registry
@@ -160,7 +165,11 @@ def test_node_adoption_per_tier_and_time_to_value(suite):
         adoption.GetNodeAdoption(pb.GetNodeAdoptionRequest(tier_id="no-such-tier"))
     tree = adoption.GetCustomerAdoption(pb.GetCustomerAdoptionRequest(customer="c03"))
     days = {n.key: n.days_to_value if n.HasField("days_to_value") else None for n in tree.nodes}
-    assert days["uc-a"] == 0 and days["uc-b"] is None
+    assert days["uc-a"] == 0 and days["uc-b"] is None  # achieved (by history) before it was created: 0
+    # The activation derived the first days over the kept history: the event of ten days ago.
+    first = {n.key: n.first_achieved_day for n in tree.nodes}
+    assert first["uc-a"] == first["do-a"] == str(dt.date.fromisoformat(tree.evaluated_day) - dt.timedelta(days=10))
+    assert first["uc-b"] == "" and first["grow"] == ""
 
 
 def test_node_customers_achieved_or_not_by_tier_owner_and_account(suite):

@@ -21,7 +21,7 @@ BLOCK = 64
 @helper_jit
 def _block(first, last, first_day, today, ptr, events, days, counts, user_ptr, user_events, user_hashes,
            user_first_days, user_last_days, event_ptr, event_procedures, windows, procedure_nodes, min_counts,
-           min_days, min_users, child_ptr, children, rule_kinds, min_children, min_shares, weights, out):
+           min_days, min_users, parents, child_ptr, children, rule_kinds, min_children, min_shares, weights, out):
     n_procedures, n_nodes = len(procedure_nodes), len(child_ptr) - 1
     n_events = len(event_ptr) - 1
     span = today - first_day + 1
@@ -29,9 +29,13 @@ def _block(first, last, first_day, today, ptr, events, days, counts, user_ptr, u
     cum_days = np.zeros((n_procedures, span), np.int64)
     user_counts = np.zeros((n_procedures, span), np.int64)
     cover = np.zeros((n_procedures, span), np.bool_)
-    touched = np.zeros(n_procedures, np.bool_)
+    user_touched = np.zeros(n_procedures, np.bool_)
+    touched = np.zeros(n_procedures, np.bool_)  # procedures some row of the customer counts for
+    touched_list = np.empty(n_procedures, np.int64)
+    live = np.zeros(n_nodes, np.bool_)  # nodes above a touched procedure: the only ones that can hold
     held = np.zeros((n_nodes, span), np.bool_)
     for c in range(first, last):
+        out[c, :] = -1
         start = today + 1
         for r in range(ptr[c], ptr[c + 1]):
             if first_day <= days[r] < start:
@@ -42,9 +46,30 @@ def _block(first, last, first_day, today, ptr, events, days, counts, user_ptr, u
         if start > today:
             continue  # nothing kept: nothing ever held
         n = today - start + 1
-        cum_counts[:, :n] = 0
-        cum_days[:, :n] = 0
-        user_counts[:, :n] = 0
+        n_touched = 0
+        for r in range(ptr[c], ptr[c + 1]):
+            e = events[r]
+            if 0 <= e < n_events:
+                for j in range(event_ptr[e], event_ptr[e + 1]):
+                    p = event_procedures[j]
+                    if not touched[p]:
+                        touched[p] = True
+                        touched_list[n_touched] = p
+                        n_touched += 1
+        for r in range(user_ptr[c], user_ptr[c + 1]):
+            e = user_events[r]
+            if 0 <= e < n_events:
+                for j in range(event_ptr[e], event_ptr[e + 1]):
+                    p = event_procedures[j]
+                    if not touched[p]:
+                        touched[p] = True
+                        touched_list[n_touched] = p
+                        n_touched += 1
+        for k in range(n_touched):
+            p = touched_list[k]
+            cum_counts[p, :n] = 0
+            cum_days[p, :n] = 0
+            user_counts[p, :n] = 0
         for r in range(ptr[c], ptr[c + 1]):
             e, t = events[r], days[r] - start
             if e < 0 or e >= n_events or t < 0 or t >= n:
@@ -53,40 +78,45 @@ def _block(first, last, first_day, today, ptr, events, days, counts, user_ptr, u
                 p = event_procedures[j]
                 cum_counts[p, t] += counts[r]
                 cum_days[p, t] = 1
-        for p in range(n_procedures):
-            for t in range(1, n):
-                cum_counts[p, t] += cum_counts[p, t - 1]
-                cum_days[p, t] += cum_days[p, t - 1]
         for r in range(user_ptr[c], user_ptr[c + 1]):
             e = user_events[r]
             if 0 <= e < n_events:
                 for j in range(event_ptr[e], event_ptr[e + 1]):
                     p = event_procedures[j]
-                    touched[p] = True
+                    user_touched[p] = True
                     low = max(user_first_days[r] - start, 0)
                     high = min(user_last_days[r] + windows[p] - 1 - start, n - 1)
                     for t in range(low, high + 1):
                         cover[p, t] = True
             if r + 1 == user_ptr[c + 1] or user_hashes[r + 1] != user_hashes[r]:  # the user's last row
-                for p in range(n_procedures):
-                    if touched[p]:
-                        touched[p] = False
+                for k in range(n_touched):
+                    p = touched_list[k]
+                    if user_touched[p]:
+                        user_touched[p] = False
                         for t in range(n):
                             if cover[p, t]:
                                 user_counts[p, t] += 1
                                 cover[p, t] = False
-        for p in range(n_procedures):
+        for k in range(n_touched):
+            p = touched_list[k]
+            touched[p] = False
             w = windows[p]
             node = procedure_nodes[p]
+            for t in range(1, n):
+                cum_counts[p, t] += cum_counts[p, t - 1]
+                cum_days[p, t] += cum_days[p, t - 1]
             for t in range(n):
                 before = t - w
                 events_in = cum_counts[p, t] - (cum_counts[p, before] if before >= 0 else 0)
                 days_in = cum_days[p, t] - (cum_days[p, before] if before >= 0 else 0)
                 held[node, t] = (events_in >= min_counts[p] and days_in >= min_days[p]
                                  and user_counts[p, t] >= min_users[p])
+            while node >= 0 and not live[node]:
+                live[node] = True
+                node = parents[node]
         for node in range(n_nodes - 1, -1, -1):
             a, b = child_ptr[node], child_ptr[node + 1]
-            if a == b:
+            if a == b or not live[node]:
                 continue
             kind = rule_kinds[node]
             total = 0.0
@@ -95,9 +125,10 @@ def _block(first, last, first_day, today, ptr, events, days, counts, user_ptr, u
             for t in range(n):
                 done, share = 0, 0.0
                 for k in range(a, b):
-                    if held[children[k], t]:
+                    child = children[k]
+                    if live[child] and held[child, t]:
                         done += 1
-                        share += weights[children[k]]
+                        share += weights[child]
                 if kind == RULE_AT_LEAST:
                     held[node, t] = done >= min_children[node]
                 elif kind == RULE_WEIGHTED_SHARE:
@@ -105,31 +136,32 @@ def _block(first, last, first_day, today, ptr, events, days, counts, user_ptr, u
                 else:
                     held[node, t] = done == b - a
         for node in range(n_nodes):
-            out[c, node] = -1
-            for t in range(n):
-                if held[node, t]:
-                    out[c, node] = start + t
-                    break
+            if live[node]:
+                live[node] = False
+                for t in range(n):
+                    if held[node, t]:
+                        out[c, node] = start + t
+                        break
 
 
 @serial_jit
 def first_days_serial(first_day, today, ptr, events, days, counts, user_ptr, user_events, user_hashes,
                       user_first_days, user_last_days, event_ptr, event_procedures, windows, procedure_nodes,
-                      min_counts, min_days, min_users, child_ptr, children, rule_kinds, min_children, min_shares,
-                      weights, out):
+                      min_counts, min_days, min_users, parents, child_ptr, children, rule_kinds, min_children,
+                      min_shares, weights, out):
     _block(0, out.shape[0], first_day, today, ptr, events, days, counts, user_ptr, user_events, user_hashes,
            user_first_days, user_last_days, event_ptr, event_procedures, windows, procedure_nodes, min_counts,
-           min_days, min_users, child_ptr, children, rule_kinds, min_children, min_shares, weights, out)
+           min_days, min_users, parents, child_ptr, children, rule_kinds, min_children, min_shares, weights, out)
 
 
 @parallel_jit
 def first_days_parallel(first_day, today, ptr, events, days, counts, user_ptr, user_events, user_hashes,
                         user_first_days, user_last_days, event_ptr, event_procedures, windows, procedure_nodes,
-                        min_counts, min_days, min_users, child_ptr, children, rule_kinds, min_children, min_shares,
-                        weights, out):
+                        min_counts, min_days, min_users, parents, child_ptr, children, rule_kinds, min_children,
+                        min_shares, weights, out):
     n_blocks = (out.shape[0] + BLOCK - 1) // BLOCK
     for b in prange(n_blocks):
         _block(b * BLOCK, min((b + 1) * BLOCK, out.shape[0]), first_day, today, ptr, events, days, counts, user_ptr,
                user_events, user_hashes, user_first_days, user_last_days, event_ptr, event_procedures, windows,
-               procedure_nodes, min_counts, min_days, min_users, child_ptr, children, rule_kinds, min_children,
-               min_shares, weights, out)
+               procedure_nodes, min_counts, min_days, min_users, parents, child_ptr, children, rule_kinds,
+               min_children, min_shares, weights, out)

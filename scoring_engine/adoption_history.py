@@ -38,8 +38,8 @@ def first_achieved_days(plan: AdoptionPlan, first_day: int, today: int, n_custom
     arguments = (first_day, today, ptr, events[order], days[order], counts[order], user_ptr, user_events[user_order],
                  user_hashes[user_order], user_first_days[user_order], user_last_days[user_order], plan.event_ptr,
                  plan.event_procedures, plan.windows, plan.procedure_nodes, plan.min_counts, plan.min_days,
-                 plan.min_users, plan.child_ptr, plan.children, plan.rule_kinds, plan.min_children, plan.min_shares,
-                 plan.weights, out)
+                 plan.min_users, plan.parents, plan.child_ptr, plan.children, plan.rule_kinds, plan.min_children,
+                 plan.min_shares, plan.weights, out)
     if n_customers * max(plan.n_nodes, 1) < PARALLEL_MIN_ROWS:
         kernels.first_days_serial(*arguments)
     else:

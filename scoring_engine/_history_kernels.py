@@ -33,7 +33,9 @@ def _block(first, last, first_day, today, ptr, events, days, counts, user_ptr, u
     touched = np.zeros(n_procedures, np.bool_)  # procedures some row of the customer counts for
     touched_list = np.empty(n_procedures, np.int64)
     live = np.zeros(n_nodes, np.bool_)  # nodes above a touched procedure: the only ones that can hold
-    held = np.zeros((n_nodes, span), np.bool_)
+    held = np.zeros((n_nodes, span), np.bool_)  # per node and candidate day (columns 0 .. n_days - 1)
+    change = np.zeros(span + 1, np.bool_)
+    candidates = np.empty(span, np.int64)
     for c in range(first, last):
         out[c, :] = -1
         start = today + 1
@@ -70,14 +72,21 @@ def _block(first, last, first_day, today, ptr, events, days, counts, user_ptr, u
             cum_counts[p, :n] = 0
             cum_days[p, :n] = 0
             user_counts[p, :n] = 0
+        # Candidate days: a rule's figures change only when a row enters its window (its day) or leaves it
+        # (its day + the window), and a user's coverage at its ends; between two candidates nothing changes.
+        change[:n] = False
+        change[0] = True
         for r in range(ptr[c], ptr[c + 1]):
             e, t = events[r], days[r] - start
             if e < 0 or e >= n_events or t < 0 or t >= n:
                 continue
+            change[t] = True
             for j in range(event_ptr[e], event_ptr[e + 1]):
                 p = event_procedures[j]
                 cum_counts[p, t] += counts[r]
                 cum_days[p, t] = 1
+                if t + windows[p] < n:
+                    change[t + windows[p]] = True
         for r in range(user_ptr[c], user_ptr[c + 1]):
             e = user_events[r]
             if 0 <= e < n_events:
@@ -86,6 +95,10 @@ def _block(first, last, first_day, today, ptr, events, days, counts, user_ptr, u
                     user_touched[p] = True
                     low = max(user_first_days[r] - start, 0)
                     high = min(user_last_days[r] + windows[p] - 1 - start, n - 1)
+                    if low < n:
+                        change[low] = True
+                    if 0 <= high + 1 < n:
+                        change[high + 1] = True
                     for t in range(low, high + 1):
                         cover[p, t] = True
             if r + 1 == user_ptr[c + 1] or user_hashes[r + 1] != user_hashes[r]:  # the user's last row
@@ -97,6 +110,11 @@ def _block(first, last, first_day, today, ptr, events, days, counts, user_ptr, u
                             if cover[p, t]:
                                 user_counts[p, t] += 1
                                 cover[p, t] = False
+        n_days = 0
+        for t in range(n):
+            if change[t]:
+                candidates[n_days] = t
+                n_days += 1
         for k in range(n_touched):
             p = touched_list[k]
             touched[p] = False
@@ -105,11 +123,12 @@ def _block(first, last, first_day, today, ptr, events, days, counts, user_ptr, u
             for t in range(1, n):
                 cum_counts[p, t] += cum_counts[p, t - 1]
                 cum_days[p, t] += cum_days[p, t - 1]
-            for t in range(n):
+            for i in range(n_days):
+                t = candidates[i]
                 before = t - w
                 events_in = cum_counts[p, t] - (cum_counts[p, before] if before >= 0 else 0)
                 days_in = cum_days[p, t] - (cum_days[p, before] if before >= 0 else 0)
-                held[node, t] = (events_in >= min_counts[p] and days_in >= min_days[p]
+                held[node, i] = (events_in >= min_counts[p] and days_in >= min_days[p]
                                  and user_counts[p, t] >= min_users[p])
             while node >= 0 and not live[node]:
                 live[node] = True
@@ -122,25 +141,25 @@ def _block(first, last, first_day, today, ptr, events, days, counts, user_ptr, u
             total = 0.0
             for k in range(a, b):
                 total += weights[children[k]]
-            for t in range(n):
+            for i in range(n_days):
                 done, share = 0, 0.0
                 for k in range(a, b):
                     child = children[k]
-                    if live[child] and held[child, t]:
+                    if live[child] and held[child, i]:
                         done += 1
                         share += weights[child]
                 if kind == RULE_AT_LEAST:
-                    held[node, t] = done >= min_children[node]
+                    held[node, i] = done >= min_children[node]
                 elif kind == RULE_WEIGHTED_SHARE:
-                    held[node, t] = share / total >= min_shares[node]
+                    held[node, i] = share / total >= min_shares[node]
                 else:
-                    held[node, t] = done == b - a
+                    held[node, i] = done == b - a
         for node in range(n_nodes):
             if live[node]:
                 live[node] = False
-                for t in range(n):
-                    if held[node, t]:
-                        out[c, node] = start + t
+                for i in range(n_days):
+                    if held[node, i]:
+                        out[c, node] = start + candidates[i]
                         break
 
 

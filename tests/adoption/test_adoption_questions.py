@@ -99,7 +99,7 @@ def suite(request, tmp_path_factory):
     run = run_to_end(scoring)
     assert run.state == spb.RUN_STATE_COMPLETED, run.failure_reason
     wait_for_snapshot(hierarchy, run.name)
-    yield adoption, hierarchy, scoring, run
+    yield adoption, hierarchy, scoring, run, server.target, url
     channel.close()
     server.stop()
 
@@ -127,7 +127,7 @@ def listed(adoption, **fields) -> list[pb.NodeCustomer]:
 
 def test_more_use_cases_achieved_score_higher_in_feedback_and_innovation(suite):
     """The issue's "Done when": a scoring run after telemetry arrives reads use_case_adoption."""
-    _, _, scoring, run = suite
+    _, _, scoring, run, _, _ = suite
     scores = {}
     for chunk in scoring.StreamRunResults(spb.StreamRunResultsRequest(run=run.name)):
         matrix = chunk.dimension_scores
@@ -144,7 +144,7 @@ def test_more_use_cases_achieved_score_higher_in_feedback_and_innovation(suite):
 
 
 def test_node_adoption_per_tier_and_time_to_value(suite):
-    adoption, hierarchy, _, _ = suite
+    adoption, hierarchy, *_ = suite
     tiers = tiers_of(hierarchy)
     report = adoption.GetNodeAdoption(pb.GetNodeAdoptionRequest(node_key="uc-a"))
     (share,) = report.nodes
@@ -173,7 +173,7 @@ def test_node_adoption_per_tier_and_time_to_value(suite):
 
 
 def test_node_customers_achieved_or_not_by_tier_owner_and_account(suite):
-    adoption, hierarchy, _, _ = suite
+    adoption, hierarchy, *_ = suite
     tiers = tiers_of(hierarchy)
     have = listed(adoption, node_key="uc-c")
     assert {c.customer for c in have} == {"customers/c00", "customers/c01", "customers/c04"}
@@ -210,7 +210,7 @@ def jaccard(a: set, b: set) -> float:
 
 
 def test_recommendations_come_from_the_nearest_peers_of_the_same_tier(suite):
-    adoption, hierarchy, _, _ = suite
+    adoption, hierarchy, *_ = suite
     tiers = tiers_of(hierarchy)
     for customer in ("c02", "c03", "c09"):
         answer = adoption.RecommendUseCases(pb.RecommendUseCasesRequest(customer=customer, peers=3))
@@ -237,3 +237,34 @@ def test_recommendations_come_from_the_nearest_peers_of_the_same_tier(suite):
         adoption.RecommendUseCases(pb.RecommendUseCasesRequest(customer="c02", limit=101))
     with raises_status(Code.INVALID_ARGUMENT, field="peers", reason="INVALID_PEERS"):
         adoption.RecommendUseCases(pb.RecommendUseCasesRequest(customer="c02", peers=-1))
+
+
+def test_an_adoption_service_alone_reads_tiers_owners_and_accounts_through_the_hierarchys_rpcs(suite):
+    """CVH_HIERARCHY_TARGET: ListTierMembers for tiers and owners, GetAccountTree for an account's subtree; the
+    answers are those of the service that shares the hierarchy's process."""
+    adoption, *_, target, url = suite
+    alone = ServerThread(ServerConfig(services=("adoption",), listen="127.0.0.1:0", database_url=url,
+                                      registry_target=target, hierarchy_target=target))
+    try:
+        with grpc.insecure_channel(alone.target) as channel:
+            remote = pb_grpc.AdoptionServiceStub(channel)
+            deadline = time.monotonic() + 30
+            while True:
+                with contextlib.suppress(grpc.RpcError):
+                    if remote.GetNodeAdoption(pb.GetNodeAdoptionRequest(node_key="grow")).customers_evaluated:
+                        break
+                assert time.monotonic() < deadline, "the service alone did not evaluate"
+                time.sleep(0.05)
+            for key in ("uc-a", "uc-c"):
+                here = adoption.GetNodeAdoption(pb.GetNodeAdoptionRequest(node_key=key)).nodes[0]
+                there = remote.GetNodeAdoption(pb.GetNodeAdoptionRequest(node_key=key)).nodes[0]
+                assert list(there.tiers) == list(here.tiers) and there.tiers
+                assert there.median_days_to_value == here.median_days_to_value
+            for fields in ({"owner": "bob", "achievement": pb.ACHIEVEMENT_NOT_ACHIEVED}, {"account": "c00"}):
+                assert listed(remote, node_key="uc-b", **fields) == listed(adoption, node_key="uc-b", **fields)
+            assert remote.RecommendUseCases(pb.RecommendUseCasesRequest(customer="c03")) == \
+                adoption.RecommendUseCases(pb.RecommendUseCasesRequest(customer="c03"))
+            with raises_status(Code.INVALID_ARGUMENT, field="account", reason="INVALID_ACCOUNT"):
+                remote.ListNodeCustomers(pb.ListNodeCustomersRequest(node_key="uc-a", account="ghost"))
+    finally:
+        alone.stop()

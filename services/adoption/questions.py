@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from cvh.adoption.v1 import adoption_service_pb2 as pb
 from scoring_engine import adoption_peers
+from services.adoption.achievement import day_text
 from services.adoption.tables import achievements, customers
 
 DAY_US = 86_400 * 1_000_000
@@ -252,8 +253,6 @@ def node_customers(people: Population, achieved: np.ndarray, want_achieved: bool
 def node_customer_page(base: AchievedBase, people: Population, tiers: Tiers | None, node: int, rows: np.ndarray,
                        first: dict[str, int]) -> list[pb.NodeCustomer]:
     """The answers for ``rows`` (one page): tier, owner, first day and the share of procedures achieved."""
-    from services.adoption.achievement import day_text
-
     level_name = {level: t for t, _, level in tiers.tiers} if tiers else {}
     beneath = base.procedures_beneath[node]
     evaluated = rows[rows < people.evaluated]

@@ -158,11 +158,10 @@ class Population:
 
 
 def population(base: AchievedBase, tiers: Tiers | None) -> Population:
-    """The base joined with the tiers (kept with the base, per tiers read)."""
-    key = ("population", id(tiers))
-    found = base.cache.get(key)
-    if found is not None:
-        return found
+    """The base joined with the tiers (kept with the base until other tiers are read)."""
+    cached = base.cache.get("population")
+    if cached is not None and cached[0] is tiers:
+        return cached[1]
     ids = list(base.customer_ids)
     if tiers is None:
         n = len(ids)
@@ -177,8 +176,7 @@ def population(base: AchievedBase, tiers: Tiers | None) -> Population:
         rank = np.where(known, tiers.rank[np.maximum(rows, 0)] if len(tiers.rank) else 0, 0).astype(np.int64)
         owners = np.array([tiers.owners[r] if r >= 0 else "" for r in rows.tolist()], dtype=object)
         found = Population(ids, len(base.customer_ids), level, rank, owners)
-    base.cache = {k: v for k, v in base.cache.items() if k[0] != "population"}  # one join per base at a time
-    base.cache[key] = found
+    base.cache["population"] = (tiers, found)  # the tiers held with it: one join per base at a time
     return found
 
 

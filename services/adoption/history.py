@@ -24,7 +24,7 @@ from services.adoption import achievement, store
 from services.adoption.evaluation import Recorded
 from services.adoption.held import EVENT_BITS, HeldTelemetry, unpack_keys
 from services.adoption.tables import achievements
-from services.common.db import read_transaction, write_transaction
+from services.common.db import read_transaction, upsert_many, write_transaction
 
 log = logging.getLogger("cvh.adoption")
 
@@ -61,10 +61,9 @@ def rederive(engine: Engine, value_map: pb.ValueMapVersion, held: HeldTelemetry,
         rows, nodes = np.nonzero(achieved)
         with write_transaction(engine) as conn:
             conn.execute(achievements.delete().where(achievements.c.customer_key.between(low, high)))
-            if len(rows):
-                conn.execute(achievements.insert(), [
-                    {"customer_key": k, "node_key": n, "first_day": f} for k, n, f in
-                    zip(keys[rows].tolist(), node_keys[nodes].tolist(), first[rows, nodes].tolist())])
+            # Plain tuples through the driver (COPY on PostgreSQL): a million rows in seconds, not tens.
+            upsert_many(conn, achievements, ["customer_key", "node_key"], {"first_day": "min"},
+                        list(zip(keys[rows].tolist(), node_keys[nodes].tolist(), first[rows, nodes].tolist())))
         recorded.add(keys, achieved)
     log.info("first achieved days derived again", extra={"version": value_map.version, "customers": len(all_keys),
                                                           "seconds": round(time.perf_counter() - started, 3)})

@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     show = not args.no_progress
-    signal_names = tuple(scoring_engine.default_model().signal_names)
+    # The base has no value hierarchy: use_case_adoption (written by the adoption service) is left out.
+    signal_names = tuple(n for n in scoring_engine.default_model().signal_names if n != "use_case_adoption")
 
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)

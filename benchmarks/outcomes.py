@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         server = ServerProcess(workdir, services=("registry", "scoring"),
                                health_services=(REGISTRY_SERVICE, SCORING_SERVICE))
         stack.callback(server.stop)
-        signal_names = tuple(scoring_engine.default_model().signal_names)
+        # use_case_adoption, which the adoption service writes, comes with the extra signals.
+        signal_names = tuple(n for n in scoring_engine.default_model().signal_names if n not in EXTRA_SIGNALS)
         say(f"generating {n:,} customers x {len(signal_names)} signals + {', '.join(EXTRA_SIGNALS)}")
         base = generate_base(n, args.seed, signal_names)
         batches = serialized_column_batches(base, args.batch_size, Progress("serialize", show))

@@ -302,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.batch_size <= 10_000:
         raise SystemExit("--batch-size must be 1 to 10,000 (the server's limit per message)")
     show = not args.no_progress
-    signal_names = tuple(scoring_engine.default_model().signal_names)
+    # The base has no value hierarchy: use_case_adoption (written by the adoption service) is left out.
+    signal_names = tuple(n for n in scoring_engine.default_model().signal_names if n != "use_case_adoption")
 
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)

@@ -45,9 +45,9 @@ NOMINAL_FLOOR_10M_S = 0.07  # the issue's figure for reading 10M x 16 float64 on
 
 
 def generate(n: int, seed: int) -> np.ndarray:
-    """n customers x the default model's 16 signals (model column order), 5 % missing, finite."""
+    """n customers x the default model's 17 signals (model column order), 5 % missing, finite."""
     rng = np.random.default_rng(seed)
-    X = np.empty((n, 16))
+    X = np.empty((n, 17))
     revenue = rng.lognormal(13.0, 1.6, n)
     columns = [
         lambda: revenue,  # annual_revenue
@@ -66,6 +66,7 @@ def generate(n: int, seed: int) -> np.ndarray:
         lambda: rng.poisson(1.0, n).astype(np.float64),  # beta_programs
         lambda: rng.beta(2, 5, n),  # feature_adoption
         lambda: rng.poisson(0.7, n).astype(np.float64),  # co_design_sessions
+        lambda: rng.beta(2, 3, n),  # use_case_adoption (a base with a value hierarchy)
     ]
     for j, make in enumerate(columns):
         column = make()

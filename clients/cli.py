@@ -177,7 +177,9 @@ def leaf_commands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentPars
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from clients.commands.adoption import adoption_shorthand
+
+    args = build_parser().parse_args(adoption_shorthand(sys.argv[1:] if argv is None else list(argv)))
     try:
         return args.run(args)
     except CvhError as error:

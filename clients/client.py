@@ -473,9 +473,31 @@ class CvhClient:
                                                          value_map_version=value_map_version_name(version))
         return self._unary(self.adoption.GetCustomerAdoption, request)
 
-    def get_node_adoption(self, node_key: str = "") -> adoption_pb.NodeAdoptionReport:
-        """Adoption across the base of one node, or of every node, from the latest evaluation."""
-        return self._unary(self.adoption.GetNodeAdoption, adoption_pb.GetNodeAdoptionRequest(node_key=node_key))
+    def get_node_adoption(self, node_key: str = "", tier_id: str = "") -> adoption_pb.NodeAdoptionReport:
+        """Adoption across the base of one node, or of every node, from the latest evaluation: per value tier
+        (or of ``tier_id``), with the median time to value."""
+        return self._unary(self.adoption.GetNodeAdoption,
+                           adoption_pb.GetNodeAdoptionRequest(node_key=node_key, tier_id=tier_id))
+
+    def iter_node_customers(self, node_key: str, achieved: bool = True, tier_id: str = "", owner: str = "",
+                            account: str = "", page_size: int = 1000) -> Iterator[adoption_pb.ListNodeCustomersResponse]:
+        """Every page of the customers that have (or have not) achieved a node, filtered."""
+        request = adoption_pb.ListNodeCustomersRequest(
+            node_key=node_key, tier_id=tier_id, owner=owner, page_size=page_size,
+            account=customer_name(account) if account else "",
+            achievement=adoption_pb.ACHIEVEMENT_ACHIEVED if achieved else adoption_pb.ACHIEVEMENT_NOT_ACHIEVED)
+        while True:
+            page = self._unary(self.adoption.ListNodeCustomers, request)
+            yield page
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
+    def recommend_use_cases(self, customer: str, limit: int = 0, peers: int = 0
+                            ) -> adoption_pb.RecommendUseCasesResponse:
+        """The use cases a customer has not achieved that customers like it most often have."""
+        return self._unary(self.adoption.RecommendUseCases, adoption_pb.RecommendUseCasesRequest(
+            customer=customer_name(customer), limit=limit, peers=peers))
 
     def record_telemetry(self, requests: Iterable[adoption_pb.RecordTelemetryRequest],
                          timeout: float | None = None) -> adoption_pb.RecordTelemetryResponse:

@@ -87,6 +87,19 @@ def _model_arrays(model: ValueModel):
     return I, F, D_int, D_float, np.array(w_sig, dtype=np.int64), np.array(w_val, dtype=np.float64)
 
 
+def left_out_signals(model: ValueModel, carried) -> tuple[frozenset[str], ...]:
+    """Per dimension, the signals it leaves out: in a FIXED_VALUE dimension, those no customer of the fitted
+    population carries (``carried(name)`` is False), unless it carries none of them. Their weight leaves the
+    dimension's total, so a signal a base does not collect at all (use_case_adoption where no value hierarchy
+    is active) does not pull every score down by imputing its missing value."""
+    found = []
+    for dim in model.dimensions:
+        absent = frozenset(w.signal for w in dim.weights if not carried(w.signal))
+        keep = dim.effective_missing_policy == MissingPolicy.FIXED_VALUE and len(absent) < len(dim.weights)
+        found.append(absent if keep else frozenset())
+    return tuple(found)
+
+
 def model_thresholds(model: ValueModel) -> np.ndarray | None:
     """Tier thresholds set by the model (min_composite tiers, or a single tier); None for share tiers."""
     if model.tiers_by_share:
@@ -177,7 +190,22 @@ class FittedModel:
                 offset += 2 * len(lows) + 1
             I[j, K.I_MODE] = mode
         table = np.concatenate(tables) if tables else np.zeros(0)
+        for d, left_out in enumerate(self.left_out):
+            if left_out:
+                k = int(D_int[d, 1])
+                weights = self.model.dimensions[d].weights
+                w_val[k:k + len(weights)] = [0.0 if w.signal in left_out else w.weight for w in weights]
+                total = 0.0
+                for w in weights:  # summed in listed order, as the reference does
+                    total += 0.0 if w.signal in left_out else w.weight
+                D_float[d, K.D_TOTAL] = total
         return I, F, np.ascontiguousarray(table, dtype=np.float64), D_int, D_float, w_sig, w_val
+
+    @cached_property
+    def left_out(self) -> tuple[frozenset[str], ...]:
+        """Per dimension, the signals it leaves out: see :func:`left_out_signals`."""
+        counts = self.stats[:, K.STAT_COUNT]
+        return left_out_signals(self.model, lambda name: counts[self.model.signal_index[name]] > 0)
 
     @cached_property
     def _one_call(self):
@@ -846,7 +874,8 @@ def explain(fitted: FittedModel, values: Mapping[str, float] | Sequence[float] |
     dim_rows, sig_rows = [], []
     for d, (dim, s) in enumerate(zip(model.dimensions, dims)):
         cw_share = dim.composite_weight / present_cw if present_cw > 0 and not math.isnan(s) else 0.0
-        total = sum(w.weight for w in dim.weights)
+        left_out = fitted.left_out[d]
+        total = sum(w.weight for w in dim.weights if w.signal not in left_out)
         present = sum(w.weight for w in dim.weights if not math.isnan(vals[index[w.signal]]))
         fixed = dim.effective_missing_policy == MissingPolicy.FIXED_VALUE
         used = total if fixed else present
@@ -855,7 +884,7 @@ def explain(fitted: FittedModel, values: Mapping[str, float] | Sequence[float] |
         for w in dim.weights:
             j = index[w.signal]
             v = float(vals[j])
-            imputed = math.isnan(v) and fixed
+            imputed = math.isnan(v) and fixed and w.signal not in left_out
             if imputed:
                 v = dim.missing_value
             share = w.weight / used if used > 0 and not math.isnan(v) and not math.isnan(s) else 0.0

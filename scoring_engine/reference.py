@@ -194,7 +194,11 @@ def score_reference(fit: ReferenceFit, matrix: np.ndarray, previous_tiers=None, 
     for d, dim in enumerate(model.dimensions):
         policy = dim.effective_missing_policy
         num, den, total = np.zeros(n), np.zeros(n), 0.0
+        # A FIXED_VALUE dimension leaves out the signals no fitted customer carries (unless it carries none).
+        absent = [w for w in dim.weights if fit.count[index[w.signal]] == 0]
         for w in dim.weights:
+            if policy == MissingPolicy.FIXED_VALUE and w in absent and len(absent) < len(dim.weights):
+                continue
             total += w.weight
             v = vals[:, index[w.signal]]
             present = ~np.isnan(v)
@@ -454,3 +458,33 @@ def adoption_reference(plan, today: int, n_customers: int, customers, events, da
 def _in_order(values: np.ndarray) -> np.ndarray:
     """Row sums added left to right (NumPy's sum pairs them up from 8 columns on, another rounding)."""
     return np.cumsum(values, axis=1)[:, -1] if values.shape[1] else np.zeros(len(values))
+
+
+# --------------------------------------------------------------------------- adoption peers
+def jaccard_reference(achieved: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``scoring_engine.adoption_peers.jaccard`` from the bool matrix: |A & B| / |A | B| per row, 0 when both
+    are empty."""
+    achieved, target = np.asarray(achieved, bool), np.asarray(target, bool)
+    both = (achieved & target[None, :]).sum(axis=1)
+    either = (achieved | target[None, :]).sum(axis=1)
+    return np.where(either > 0, both / np.maximum(either, 1), 0.0)
+
+
+def first_achieved_reference(plan, first_day: int, today: int, n_customers: int, customers, events, days, counts,
+                             user_customers=(), user_events=(), user_hashes=(), user_first_days=(),
+                             user_last_days=()) -> np.ndarray:
+    """``scoring_engine.adoption_history.first_achieved_days`` by replaying the days one by one through
+    :func:`adoption_reference`: on day d, the rows of first_day..d, and each user as seen last on
+    min(last day, d) when first seen by d."""
+    customers, events, days, counts = (np.asarray(a, np.int64) for a in (customers, events, days, counts))
+    user_customers, user_events, user_hashes, user_first_days, user_last_days = (
+        np.asarray(a, np.int64) for a in (user_customers, user_events, user_hashes, user_first_days, user_last_days))
+    first = np.full((n_customers, plan.n_nodes), -1, np.int64)
+    for day in range(first_day, today + 1):
+        keep = (days >= first_day) & (days <= day)
+        seen = user_first_days <= day
+        found = adoption_reference(plan, day, n_customers, customers[keep], events[keep], days[keep], counts[keep],
+                                   user_customers[seen], user_events[seen], user_hashes[seen],
+                                   np.minimum(user_last_days[seen], day))
+        first[found.achieved & (first < 0)] = day
+    return first

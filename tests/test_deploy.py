@@ -752,7 +752,8 @@ def test_compose_wires_targets_and_database(compose):
     expected_url = (f"postgresql://{postgres['POSTGRES_USER']}:{postgres['POSTGRES_PASSWORD']}@postgres:5432/"
                     f"{postgres['POSTGRES_DB']}")
     assert services["migrate"]["environment"]["CVH_DATABASE_URL"] == expected_url
-    needs = {"scoring": {"CVH_REGISTRY_TARGET": "registry"}, "adoption": {"CVH_REGISTRY_TARGET": "registry"},
+    needs = {"scoring": {"CVH_REGISTRY_TARGET": "registry"},
+             "adoption": {"CVH_REGISTRY_TARGET": "registry", "CVH_HIERARCHY_TARGET": "hierarchy"},
              "hierarchy": {"CVH_REGISTRY_TARGET": "registry", "CVH_SCORING_TARGET": "scoring"}}
     for name in SERVICE_NAMES:
         env = services[name]["environment"]

@@ -1,5 +1,5 @@
 """The value hierarchy and telemetry: cvh valuemap apply|show|list|diff|activate, cvh telemetry record,
-cvh adoption CUSTOMER."""
+cvh adoption show|node|customers|recommend (``cvh adoption ID`` is ``cvh adoption show ID``)."""
 
 from __future__ import annotations
 
@@ -331,6 +331,81 @@ def customer_adoption(args: argparse.Namespace) -> int:
     return 0
 
 
+ADOPTION_ACTIONS = ("show", "node", "customers", "recommend")
+
+
+def adoption_shorthand(argv: list[str]) -> list[str]:
+    """``cvh adoption ID ...`` -> ``cvh adoption show ID ...``: the customer's tree stays one word away."""
+    if len(argv) >= 2 and argv[0] == "adoption" and argv[1] not in ADOPTION_ACTIONS and not argv[1].startswith("-"):
+        return ["adoption", "show", *argv[1:]]
+    return argv
+
+
+def node_adoption(args: argparse.Namespace) -> int:
+    with connect(args) as cvh:
+        report = cvh.get_node_adoption(args.key, args.tier or "")
+    if args.json:
+        print_json(message_dict(report))
+        return 0
+    (node,) = report.nodes
+    trend = ""
+    if node.HasField("previous_share"):
+        trend = f", {100 * (node.share - node.previous_share):+.1f} points since the evaluation before"
+    ttv = f"; median time to value {node.median_days_to_value:g} days" if node.HasField("median_days_to_value") else ""
+    print(f"{node.key}: {node.display_name} ({report.value_map_version}, {timestamp(report.evaluate_time)})")
+    print(f"achieved by {node.customers_achieved:,} of {report.customers_evaluated:,} customers with telemetry "
+          f"({100 * node.share:.1f} %{trend}){ttv}")
+    if node.tiers:
+        print_table(["tier", "customers", "achieved", "share"],
+                    [[t.tier_id, f"{t.customers:,}", f"{t.customers_achieved:,}", f"{100 * t.share:.1f} %"]
+                     for t in node.tiers])
+    elif not args.tier:
+        print("(no value tiers: the hierarchy service is not reachable from the adoption service, or has no run)")
+    return 0
+
+
+def node_customers(args: argparse.Namespace) -> int:
+    rows, total, shown = [], 0, 0
+    with connect(args) as cvh:
+        for page in cvh.iter_node_customers(args.key, not args.not_achieved, args.tier or "", args.owner or "",
+                                            args.account or "", page_size=min(args.limit or 1000, 1000)):
+            total = page.total_size
+            for customer in page.customers:
+                if args.limit and shown >= args.limit:
+                    break
+                rows.append(customer)
+                shown += 1
+            if args.limit and shown >= args.limit:
+                break
+    if args.json:
+        print_json({"total_size": total, "customers": [message_dict(c) for c in rows]})
+        return 0
+    print_table(["customer", "tier", "owner", "achieved" if not args.not_achieved else "procedures done"],
+                [[c.customer.removeprefix("customers/"), c.tier_id or "-", c.owner or "-",
+                  c.first_achieved_day if not args.not_achieved else f"{100 * c.procedures_achieved_share:.0f} %"]
+                 for c in rows])
+    print(f"{len(rows):,} of {total:,} customers that have {'not ' if args.not_achieved else ''}achieved {args.key}")
+    return 0
+
+
+def recommend(args: argparse.Namespace) -> int:
+    with connect(args) as cvh:
+        answer = cvh.recommend_use_cases(args.customer, args.limit, args.peers)
+    if args.json:
+        print_json(message_dict(answer))
+        return 0
+    among = f"tier {answer.tier_id}" if answer.tier_id else "all customers"
+    print(f"{answer.customer}: {answer.peers:,} peers in {among} (mean similarity {answer.mean_similarity:.2f}), "
+          f"{answer.value_map_version}")
+    if not answer.use_cases:
+        print("nothing to recommend: no peer has a use case this customer lacks")
+        return 0
+    print_table(["use case", "name", "initiative", "peers", "all", "lift"],
+                [[u.key, u.display_name, u.parent_key, f"{100 * u.peer_share:.0f} %", f"{100 * u.base_share:.0f} %",
+                  f"{u.lift:.2f}"] for u in answer.use_cases])
+    return 0
+
+
 def print_adoption(tree: pb.CustomerAdoption, deepest: int = pb.NODE_LEVEL_PROCEDURE, indent: str = "") -> None:
     """The tree down to level ``deepest``: [x] achieved, progress, last activity, and why not."""
     counts = ", ".join(f"{a}/{n}" for a, n in zip(tree.achieved_counts, _level_sizes(tree)))
@@ -406,14 +481,52 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
     command.add_argument("version", type=positive_int, metavar="N", help="the version")
     command.set_defaults(run=valuemap_activate)
 
-    command = commands.add_parser(
-        "adoption", parents=[client], help="a customer's value hierarchy: what it achieved, and why not",
+    adoption = commands.add_parser(
+        "adoption", help="what customers achieved of the value hierarchy: one customer, one node, targets, "
+                         "recommendations",
+        description="Adoption of the value hierarchy. `cvh adoption ID` is short for `cvh adoption show ID`.")
+    actions = adoption.add_subparsers(dest="action", required=True, metavar="ACTION")
+    command = actions.add_parser(
+        "show", parents=[client], help="a customer's value hierarchy: what it achieved, and why not",
         description="The customer's value hierarchy today: each node achieved [x] or not [ ], its progress and "
                     "last activity, and under what is not achieved, why (\"2 of 5 active days in the last 30 "
                     "days\").")
     command.add_argument("customer", metavar="ID", help="customer id (or customers/ID)")
     command.add_argument("--version", type=positive_int, metavar="N", help="which version (default: the active)")
     command.set_defaults(run=customer_adoption)
+    command = actions.add_parser(
+        "node", parents=[client], help="a node across the base: share achieved, per value tier, time to value",
+        description="How many customers have achieved node KEY and their share (with the change since the "
+                    "evaluation before), per value tier of the hierarchy, and the median days from a customer's "
+                    "creation to achieving it. From the latest evaluation of the base.")
+    command.add_argument("key", metavar="KEY", help="the node's key")
+    command.add_argument("--tier", metavar="T", help="only this tier's figures (a tier id, e.g. strategic)")
+    command.set_defaults(run=node_adoption)
+    command = actions.add_parser(
+        "customers", parents=[client], help="customers that have (or have not) achieved a node: targets and "
+                                            "opportunities",
+        description="The customers that have achieved node KEY, or with --not-achieved those that have not "
+                    "(customers without telemetry included): the target list for CS Operations and the "
+                    "opportunity list for Sales. By rank in the hierarchy, then id.")
+    command.add_argument("key", metavar="KEY", help="the node's key")
+    command.add_argument("--not-achieved", action="store_true", help="those that have not achieved it")
+    command.add_argument("--tier", metavar="T", help="only customers of this tier (a tier id)")
+    command.add_argument("--owner", metavar="O", help="only customers this owner owns (exact)")
+    command.add_argument("--account", metavar="ID", help="only this account and the accounts beneath it")
+    command.add_argument("--limit", type=whole_number(0, zero_means="all"), default=100, metavar="N",
+                         help="at most N customers (default 100; 0 for all)")
+    command.set_defaults(run=node_customers)
+    command = actions.add_parser(
+        "recommend", parents=[client], help="use cases to offer a customer, from customers like it",
+        description="The use cases customer ID has not achieved that its nearest peers (same value tier, most "
+                    "similar achieved use cases by Jaccard) most often have, with the peers' share, the share "
+                    "over all customers and the lift (the one over the other).")
+    command.add_argument("customer", metavar="ID", help="customer id (or customers/ID)")
+    command.add_argument("--limit", type=whole_number(1, 100), default=5, metavar="N",
+                         help="at most N use cases (1 to 100, default 5)")
+    command.add_argument("--peers", type=whole_number(1, 10_000), default=50, metavar="N",
+                         help="at most N nearest peers (1 to 10,000, default 50)")
+    command.set_defaults(run=recommend)
 
     telemetry = commands.add_parser("telemetry", help="product telemetry in",
                                     description="Product events, kept as daily aggregates per customer and event.")

@@ -43,15 +43,20 @@ class Recorded:
 
     def new(self, keys: np.ndarray, achieved: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(block rows, node columns) achieved and not written before."""
-        if int(keys[-1]) >= len(self.bits):
-            grown = np.zeros((max(int(keys[-1]) + 1, 2 * len(self.bits)), self.bits.shape[1]), np.uint8)
-            grown[:len(self.bits)] = self.bits
-            self.bits = grown
+        self._grow(keys)
         before = np.unpackbits(self.bits[keys], axis=1, count=len(self.nodes)).astype(bool)
         return np.nonzero(achieved & ~before)
 
     def add(self, keys: np.ndarray, achieved: np.ndarray) -> None:
+        self._grow(keys)
         self.bits[keys] |= np.packbits(achieved, axis=1)
+
+    def _grow(self, keys: np.ndarray) -> None:
+        """Room for customer keys up to the highest of ``keys`` (sorted)."""
+        if len(keys) and int(keys[-1]) >= len(self.bits):
+            grown = np.zeros((max(int(keys[-1]) + 1, 2 * len(self.bits)), self.bits.shape[1]), np.uint8)
+            grown[:len(self.bits)] = self.bits
+            self.bits = grown
 
     def for_nodes(self, nodes: list[str]) -> Recorded:
         """The same knowledge for another version's nodes (those of the same key keep theirs)."""

@@ -5,6 +5,7 @@ registry gets the adoption signals)."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 import logging
 import re
@@ -12,20 +13,26 @@ import threading
 
 import grpc
 import numpy as np
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine, Row
 
 import scoring_engine.adoption
+import scoring_engine.adoption_history
+import scoring_engine.adoption_peers
 from cvh.adoption.v1 import adoption_service_pb2 as pb
 from cvh.adoption.v1 import adoption_service_pb2_grpc as pb_grpc
+from cvh.hierarchy.v1 import hierarchy_service_pb2, hierarchy_service_pb2_grpc
 from cvh.registry.v1 import registry_service_pb2, registry_service_pb2_grpc
-from services.adoption import achievement, catalog, evaluation, signals, store, telemetry
+from services.adoption import achievement, catalog, evaluation, history, questions, signals, store, telemetry
 from services.adoption.held import HeldTelemetry
+from services.adoption.tables import achievements
 from services.common.auth import current_caller
 from services.common.db import read_transaction, write_transaction
 from services.common.errors import ServiceError, failed_precondition, invalid_argument, not_found, unavailable
 from services.common.peers import Peer
 from services.common.validation import customer_id_from_name, decode_offset_token, encode_page_token, page_size
 from services.registry.customers import now_us, set_timestamp
+from services.registry.store import MAX_DEPTH
 
 log = logging.getLogger("cvh.adoption")
 
@@ -40,6 +47,9 @@ REGISTRY_SIGNAL_BATCH = 10_000
 EVALUATE_SECONDS = 30.0
 # Customers known to be registered, kept in memory between messages; beyond this many the memory starts over.
 MAX_KNOWN_CUSTOMERS = 2_000_000
+# Members per ListTierMembers page, and children per GetAccountTree call, from a hierarchy in another process.
+HIERARCHY_PAGE = 1000
+MAX_OWNER = 256
 
 
 def parse_version_name(name: str, field_path: str) -> int:
@@ -80,6 +90,7 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         self._signals_written: dict[str, tuple] = {}
         self._pending_signals: tuple[list[str], dict[str, list[float]]] = ([], {})  # found, not written yet
         self._signals_lock = threading.Lock()
+        self._achievements_lock = threading.Lock()  # recording achievements, or deriving first days again
         self._pending_achievements: list[evaluation.Evaluation] = []  # with achievements not recorded yet
         self._signal_writer: asyncio.Future | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -90,7 +101,22 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         # The telemetry aggregates in memory, refreshed from the chunks written since (by any process).
         self.held = HeldTelemetry(engine)
         self._recorded: evaluation.Recorded | None = None  # the achievements this process has written
+        # Set by the server: the hierarchy servicer when this process serves it, else where one is (or None).
+        self.local_hierarchy = None
+        self.hierarchy: Peer | None = None
+        self._hierarchy_stub = None
+        # The latest evaluation's achieved nodes per customer (what the questions are answered from).
+        self.last_base: questions.AchievedBase | None = None
+        self._collected: questions.AchievedBase | None = None
+        self._local_tiers: tuple | None = None  # (the hierarchy's snapshot, its Tiers)
+        # customer id -> its creation time in the registry (microseconds; it never changes)
+        self._create_times: dict[str, int] = {}
         scoring_engine.adoption.warm_up()  # compile or load the kernels now, not in the first request
+        scoring_engine.adoption_peers.warm_up()
+        scoring_engine.adoption_history.warm_up()
+        # The version whose first achieved days this process derived over the kept history (at its first
+        # evaluation, and again after each activation of another version).
+        self._rederived_version: int | None = None
 
     # -- background: forget what is older than the retention -------------------------------------------------
 
@@ -128,7 +154,7 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
                 found = await asyncio.to_thread(self.evaluate_base)
                 last = self.last_evaluation
                 self.previous_evaluation = last if found and last and last.version == found.version else None
-                self.last_evaluation = found
+                self.last_evaluation, self.last_base = found, self._collected if found else None
                 # The registry hears of the changes after the evaluation is answered from, while the next runs.
                 if self._signal_writer is None or self._signal_writer.done():
                     self._signal_writer = asyncio.ensure_future(asyncio.to_thread(self.write_pending_signals))
@@ -143,19 +169,27 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
             return None
         value_map = _version_proto(row)
         names = signals.signal_names(value_map)
-
+        now = now_us()
+        today, first_day = now // telemetry.DAY_US, telemetry.first_kept_day(now, self.retention_days)
+        if self._rederived_version != value_map.version:
+            with self._signals_lock:  # found under another version's rules: the re-derivation replaces them
+                self._pending_achievements = [f for f in self._pending_achievements if f.version == value_map.version]
+            with self._achievements_lock:
+                self._recorded = history.rederive(self.engine, value_map, self.held, first_day, today)
+                self._rederived_version = value_map.version
+        collected = questions.Collector()
         changed: dict[str, list[float]] = {}
 
-        def changed_signals(customer_ids: list[str], achieved: np.ndarray) -> None:
+        def on_block(customer_ids: list[str], achieved: np.ndarray) -> None:
+            collected.add(customer_ids, achieved)  # what the questions are answered from
             values = signals.signal_values(value_map, achieved)
             for customer_id, row_values in zip(customer_ids, values.tolist()):
                 if self._signals_written.get(customer_id) != (names, row_values):
                     changed[customer_id] = row_values
-        now = now_us()
-        found = evaluation.evaluate_base(self.engine, value_map, now // telemetry.DAY_US, self.held,
-                                         telemetry.first_kept_day(now, self.retention_days), on_block=changed_signals,
+        found = evaluation.evaluate_base(self.engine, value_map, today, self.held, first_day, on_block=on_block,
                                          recorded=self._recorded, write=False)
         self._recorded = found.recorded
+        self._collected = collected.finish(found, value_map.nodes)
         with self._signals_lock:  # a writer still busy with earlier changes takes these too
             before, pending = self._pending_signals
             self._pending_signals = (names, {**pending, **changed} if before == names else changed)
@@ -171,12 +205,15 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
                 found, self._pending_achievements = self._pending_achievements, []
             if not changed and not found:
                 return
-            for one in found:
-                try:
-                    evaluation.write_achievements(self.engine, one)
-                except Exception:  # a lost database: the next evaluation starts again from what is stored
-                    log.warning("recording achievements failed", exc_info=True)
-                    self._recorded = None
+            with self._achievements_lock:  # not while first days are derived again
+                for one in found:
+                    if one.version != self._rederived_version:
+                        continue  # another version's rules: the re-derivation replaced them
+                    try:
+                        evaluation.write_achievements(self.engine, one)
+                    except Exception:  # a lost database: the next evaluation starts again from what is stored
+                        log.warning("recording achievements failed", exc_info=True)
+                        self._recorded = None
             if changed:
                 self._write_signals(names, changed)
 
@@ -305,6 +342,12 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
             if not (await self._registered([customer_id]))[0]:
                 raise not_found(f"customers/{customer_id}")
             found = await asyncio.to_thread(self._customer_adoption, customer_id, version, True)
+        achieved_days = [n for n in found.nodes if n.first_achieved_day]
+        created = (await self._creation_times([customer_id])).get(customer_id) if achieved_days else None
+        if created is not None:
+            for node in achieved_days:
+                day = (dt.date.fromisoformat(node.first_achieved_day) - achievement.EPOCH).days
+                node.days_to_value = int(questions.days_to_value(day, created))
         return found
 
     def _customer_adoption(self, customer_id: str, version: int | None,
@@ -336,15 +379,15 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
         key = request.node_key
         if key and not catalog.SLUG.fullmatch(key):
             raise invalid_argument("node_key", "a node key: [a-z][a-z0-9-]{0,62}", "INVALID_NODE_KEY")
-        last, previous = self.last_evaluation, self.previous_evaluation
+        last, previous, base = self.last_evaluation, self.previous_evaluation, self.last_base
         if last is None:
-            raise failed_precondition("the base has not been evaluated yet: no value hierarchy version is active, "
-                                      "or the first evaluation has not ended; retry in a moment",
-                                      "NOT_EVALUATED_YET")
+            raise _not_evaluated()
         nodes = [n for n in last.nodes if not key or n.key == key]
         if not nodes:
-            raise ServiceError(grpc.StatusCode.NOT_FOUND, f"valueMapVersions/{last.version} has no node {key!r}",
-                               "NODE_NOT_FOUND", metadata={"resource": f"valueMapVersions/{last.version}"})
+            raise _node_not_found(last.version, key)
+        tiers = await self._tiers(base) if base is not None and base.evaluation is last else None
+        if request.tier_id:
+            self._tier_level(tiers, request.tier_id)
         report = pb.NodeAdoptionReport(value_map_version=f"valueMapVersions/{last.version}",
                                        customers_evaluated=last.customers)
         set_timestamp(report.evaluate_time, last.end_time_us)
@@ -355,7 +398,206 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
                                      share=achieved / last.customers if last.customers else 0.0)
             if previous is not None and node.key in previous.achieved:
                 share.previous_share = previous.achieved[node.key] / previous.customers if previous.customers else 0.0
+        if base is not None and base.evaluation is last:
+            await self._node_figures(base, tiers, request.tier_id, report)
         return report
+
+    async def _node_figures(self, base: questions.AchievedBase, tiers: questions.Tiers | None, tier_id: str,
+                            report: pb.NodeAdoptionReport) -> None:
+        """Per node of ``report``: the figures per tier and the median time to value (kept with the base)."""
+        people = questions.population(base, tiers)
+        keys = [n.key for n in report.nodes]
+        missing = [k for k in keys if ("median", k) not in base.cache]
+        if missing:
+            def read():
+                with read_transaction(self.engine) as conn:
+                    return questions.first_days(conn, missing)
+            first = await asyncio.to_thread(read)
+            created = await self._creation_times(sorted({c for k in missing
+                                                         for c in questions.achievers(base, base.node_index[k])}))
+            for k, (ids, days) in first.items():
+                base.cache[("median", k)] = questions.median_days_to_value(base, base.node_index[k], ids, days,
+                                                                           created)
+        for share in report.nodes:
+            node = base.node_index[share.key]
+            if tiers is not None:
+                share.tiers.extend(questions.tier_adoption(people, questions.achieved_in(base, people, node), tiers,
+                                                           tier_id))
+            median = base.cache[("median", share.key)]
+            if median is not None:
+                share.median_days_to_value = median
+
+    async def ListNodeCustomers(self, request, context):
+        if not catalog.SLUG.fullmatch(request.node_key):
+            raise invalid_argument("node_key", "required: a node key, [a-z][a-z0-9-]{0,62}", "INVALID_NODE_KEY")
+        if request.achievement not in (pb.ACHIEVEMENT_UNSPECIFIED, pb.ACHIEVEMENT_ACHIEVED,
+                                       pb.ACHIEVEMENT_NOT_ACHIEVED):
+            raise invalid_argument("achievement", "ACHIEVEMENT_ACHIEVED or ACHIEVEMENT_NOT_ACHIEVED",
+                                   "INVALID_ACHIEVEMENT")
+        if len(request.owner) > MAX_OWNER:
+            raise invalid_argument("owner", f"at most {MAX_OWNER} characters", "INVALID_OWNER")
+        account = customer_id_from_name(request.account, "account") if request.account else None
+        size = page_size(request.page_size)
+        base = self.last_base
+        if base is None:
+            raise _not_evaluated()
+        node = base.node_index.get(request.node_key)
+        if node is None:
+            raise _node_not_found(base.evaluation.version, request.node_key)
+        want = request.achievement != pb.ACHIEVEMENT_NOT_ACHIEVED
+        filters = {"node": request.node_key, "achieved": want, "tier": request.tier_id, "owner": request.owner,
+                   "account": account or "", "evaluated": base.evaluation.end_time_us}
+        offset = decode_offset_token(request.page_token, filters)
+        tiers = await self._tiers(base)
+        if tiers is None and (request.tier_id or request.owner or account):
+            raise _tiers_unavailable()
+        level = self._tier_level(tiers, request.tier_id) if request.tier_id else None
+        accounts = await self._subtree(tiers, account) if account else None
+        people = questions.population(base, tiers)
+        rows = questions.node_customers(people, questions.achieved_in(base, people, node), want, level,
+                                        request.owner, accounts)
+        page = rows[offset:offset + size]
+
+        def read_first_days():
+            with read_transaction(self.engine) as conn:
+                keys = store.customer_keys(conn, [people.customer_ids[r] for r in page.tolist()])
+                by_key = dict(conn.execute(sa.select(achievements.c.customer_key, achievements.c.first_day).where(
+                    achievements.c.node_key == request.node_key,
+                    achievements.c.customer_key.in_(list(keys.values()) or [-1]))).all())
+            return {c: by_key[k] for c, k in keys.items() if k in by_key}
+        first = await asyncio.to_thread(read_first_days) if want and len(page) else {}
+        answer = pb.ListNodeCustomersResponse(
+            customers=questions.node_customer_page(base, people, tiers, node, page, first), total_size=len(rows),
+            value_map_version=f"valueMapVersions/{base.evaluation.version}")
+        if offset + size < len(rows):
+            answer.next_page_token = encode_page_token(offset + size, filters)
+        return answer
+
+    async def RecommendUseCases(self, request, context):
+        customer_id = customer_id_from_name(request.customer, "customer")
+        if not 0 <= request.limit <= questions.MAX_RECOMMENDATIONS:
+            raise invalid_argument("limit", f"0 (default {questions.DEFAULT_RECOMMENDATIONS}) to "
+                                            f"{questions.MAX_RECOMMENDATIONS}", "INVALID_LIMIT")
+        if not 0 <= request.peers <= questions.MAX_PEERS:
+            raise invalid_argument("peers", f"0 (default {questions.DEFAULT_PEERS}) to {questions.MAX_PEERS}",
+                                   "INVALID_PEERS")
+        base = self.last_base
+        if base is None:
+            raise _not_evaluated()
+        tiers = await self._tiers(base)
+        people = questions.population(base, tiers)
+        if customer_id not in people.index and not (await self._registered([customer_id]))[0]:
+            raise not_found(f"customers/{customer_id}")
+        found = await asyncio.to_thread(questions.recommend, base, people, customer_id,
+                                        request.limit or questions.DEFAULT_RECOMMENDATIONS,
+                                        request.peers or questions.DEFAULT_PEERS)
+        answer = pb.RecommendUseCasesResponse(
+            customer=f"customers/{customer_id}", value_map_version=f"valueMapVersions/{base.evaluation.version}",
+            peers=len(found.peers), mean_similarity=found.mean_similarity,
+            tier_id=next((t for t, _, level in tiers.tiers if level == found.tier_level), "") if tiers else "")
+        for node, peer_share, base_share, lift in found.use_cases:
+            use_case = base.nodes[node]
+            answer.use_cases.add(key=use_case.key, display_name=use_case.display_name,
+                                 parent_key=use_case.parent_key, peer_share=peer_share, base_share=base_share,
+                                 lift=lift)
+        return answer
+
+    # -- what the other services know: value tiers and creation times ------------------------------------------
+
+    def _tier_level(self, tiers: questions.Tiers | None, tier_id: str) -> int:
+        if tiers is None:
+            raise _tiers_unavailable()
+        level = tiers.level_of(tier_id)
+        if level is None:
+            raise invalid_argument("tier_id", f"unknown tier {tier_id!r}; tiers: {tiers.tier_list()}",
+                                   "INVALID_TIER_ID")
+        return level
+
+    async def _tiers(self, base: questions.AchievedBase) -> questions.Tiers | None:
+        """The hierarchy's current tiers: its snapshot here (read again when it is swapped), else one bulk
+        read of its RPCs per evaluation (None, logged, when it does not answer)."""
+        if self.local_hierarchy is not None:
+            snapshot = self.local_hierarchy.snapshot
+            if self._local_tiers is None or self._local_tiers[0] is not snapshot:
+                self._local_tiers = (snapshot, questions.local_tiers(snapshot))
+            return self._local_tiers[1]
+        if self.hierarchy is None:
+            return None
+        if "tiers" not in base.cache:
+            try:
+                base.cache["tiers"] = await self._read_remote_tiers()
+            except grpc.aio.AioRpcError as error:
+                log.warning("reading the value tiers from the hierarchy at %s failed: %s %s", self.hierarchy,
+                            error.code().name, error.details())
+                return None
+        return base.cache["tiers"]
+
+    def _hierarchy(self) -> hierarchy_service_pb2_grpc.HierarchyServiceStub:
+        if self._hierarchy_stub is None:
+            self._hierarchy_stub = hierarchy_service_pb2_grpc.HierarchyServiceStub(self.hierarchy.channel())
+        return self._hierarchy_stub
+
+    async def _read_remote_tiers(self) -> questions.Tiers:
+        """Every ranked customer's tier, rank and owner: ListTierMembers, tier by tier, page by page."""
+        stub = self._hierarchy()
+        summary = await stub.GetHierarchySummary(hierarchy_service_pb2.GetHierarchySummaryRequest(), timeout=30)
+        tiers = [(t.tier.tier_id, t.tier.display_name, t.tier.level) for t in summary.tiers]
+        members = []
+        for tier_id, _, level in tiers:
+            token = ""
+            while True:
+                page = await stub.ListTierMembers(hierarchy_service_pb2.ListTierMembersRequest(
+                    tier_id=tier_id, page_size=HIERARCHY_PAGE, page_token=token), timeout=30)
+                members += [(m.customer.removeprefix("customers/"), level, m.rank, m.owner) for m in page.members]
+                if not (token := page.next_page_token):
+                    break
+        return questions.remote_tiers(tiers, members)
+
+    async def _subtree(self, tiers: questions.Tiers, account: str) -> list[str]:
+        """``account`` and every account beneath it, from the hierarchy's snapshot (here), else walked level by
+        level through GetAccountTree."""
+        if tiers.subtree is not None:
+            found = tiers.subtree(account)
+            if found is None:
+                raise _account_not_in_hierarchy(account)
+            return found
+        found, frontier, stub = [account], [account], self._hierarchy()
+        try:
+            for _ in range(MAX_DEPTH):
+                below = []
+                for customer in frontier:
+                    tree = await stub.GetAccountTree(hierarchy_service_pb2.GetAccountTreeRequest(
+                        customer=customer, max_children=HIERARCHY_PAGE), timeout=30)
+                    below += [c.customer.removeprefix("customers/") for c in tree.children]
+                if not below:
+                    break
+                found, frontier = found + below, below
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                raise _account_not_in_hierarchy(account) from None
+            raise _tiers_unavailable() from None
+        return found
+
+    async def _creation_times(self, ids: list[str]) -> dict[str, int]:
+        """The registry's creation time of each of ``ids`` it knows (kept: it never changes); the registry's
+        servicer here, else BatchGetCustomers (a failure leaves them unknown, logged)."""
+        unseen = [c for c in ids if c not in self._create_times]
+        if unseen:
+            if len(self._create_times) + len(unseen) > MAX_KNOWN_CUSTOMERS:
+                self._create_times = {}
+            try:
+                if self.local_registry is not None:
+                    self._create_times.update(await asyncio.to_thread(self.local_registry.create_times, unseen))
+                else:
+                    for start in range(0, len(unseen), REGISTRY_BATCH):
+                        answer = await self._registry().BatchGetCustomers(
+                            registry_service_pb2.BatchGetCustomersRequest(
+                                names=unseen[start:start + REGISTRY_BATCH], allow_missing=True), timeout=30)
+                        self._create_times.update((c.customer_id, c.create_time.ToMicroseconds())
+                                                  for c in answer.customers)
+            except Exception as error:  # noqa: BLE001 (time to value is left out, not the answer)
+                log.warning("reading creation times from the registry failed: %s", error)
+        return {c: self._create_times[c] for c in ids if c in self._create_times}
 
     def _version_row_in(self, conn, version: int | None) -> Row:
         row = store.get_value_map(conn, version)
@@ -539,6 +781,26 @@ def _used(size: int, *positions: np.ndarray) -> list[int]:
     for p in positions:
         used[p] = True
     return np.flatnonzero(used).tolist()
+
+
+def _not_evaluated() -> ServiceError:
+    return failed_precondition("the base has not been evaluated yet: no value hierarchy version is active, or the "
+                               "first evaluation has not ended; retry in a moment", "NOT_EVALUATED_YET")
+
+
+def _node_not_found(version: int, key: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.NOT_FOUND, f"valueMapVersions/{version} has no node {key!r}",
+                        "NODE_NOT_FOUND", metadata={"resource": f"valueMapVersions/{version}"})
+
+
+def _tiers_unavailable() -> ServiceError:
+    return failed_precondition("no hierarchy service to read value tiers, owners and accounts from: serve it in "
+                               "this process, or set CVH_HIERARCHY_TARGET", "TIERS_UNAVAILABLE")
+
+
+def _account_not_in_hierarchy(account: str) -> ServiceError:
+    return invalid_argument("account", f"customers/{account} is not in the hierarchy's current snapshot",
+                            "INVALID_ACCOUNT")
 
 
 def _version_proto(row: Row) -> pb.ValueMapVersion:

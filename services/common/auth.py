@@ -66,7 +66,8 @@ REQUIRED_ROLE = {
         "GetAccountTree", "GetTierPolicy", "WatchPriorityChanges", "GetSnapshotInfo", "ListBadProfits")},
     _HIERARCHY + "SetTierPolicy": ADMIN,
     **{_ADOPTION + m: READER for m in ("GetValueMapVersion", "ListValueMapVersions", "DiffValueMapVersions",
-                                       "GetCustomerAdoption", "GetNodeAdoption")},
+                                       "GetCustomerAdoption", "GetNodeAdoption", "ListNodeCustomers",
+                                       "RecommendUseCases")},
     _ADOPTION + "RecordTelemetry": WRITER,
     **{_ADOPTION + m: ADMIN for m in ("CreateValueMapVersion", "ActivateValueMapVersion")},
 }

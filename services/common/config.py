@@ -82,6 +82,8 @@ class ServerConfig:
     # Where the other services are, when this process does not serve them itself.
     registry_target: str = ""
     scoring_target: str = ""
+    # The hierarchy service, for the adoption service's value tiers; empty: only when served in this process.
+    hierarchy_target: str = ""
     # How this server presents itself to those services: a bearer token (role reader suffices), and the CA
     # that signed their certificates (TLS to peers; this server's own certificate is presented for mTLS).
     peer_token: str = ""
@@ -132,6 +134,7 @@ class ServerConfig:
             "log_level": env.get("CVH_LOG_LEVEL", "INFO"),
             "registry_target": env.get("CVH_REGISTRY_TARGET", ""),
             "scoring_target": env.get("CVH_SCORING_TARGET", ""),
+            "hierarchy_target": env.get("CVH_HIERARCHY_TARGET", ""),
             "peer_token": env.get("CVH_PEER_TOKEN", ""),
             "peer_tls_ca_file": env.get("CVH_PEER_TLS_CA", ""),
             "peer_tls_server_name": env.get("CVH_PEER_TLS_SERVER_NAME", ""),

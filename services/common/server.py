@@ -158,6 +158,9 @@ def create_server(config: ServerConfig) -> Suite:
         servicers["hierarchy"].local_scoring = None if config.scoring_target else servicers.get("scoring")
     if "adoption" in servicers:
         servicers["adoption"].registry, servicers["adoption"].local_registry = registry, local_registry
+        # Value tiers: the hierarchy servicer here, else one at CVH_HIERARCHY_TARGET, else none.
+        servicers["adoption"].local_hierarchy = None if config.hierarchy_target else servicers.get("hierarchy")
+        servicers["adoption"].hierarchy = peer(config.hierarchy_target, config) if config.hierarchy_target else None
     # Background work: servicers' (the snapshot loader, the run sweeper) and the tokens file's watcher.
     background = [s for s in [*servicers.values(), *interceptors] if hasattr(s, "start_background")]
     suite = Suite(server, port, health_servicer, engine, names, background,

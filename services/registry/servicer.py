@@ -579,6 +579,12 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         with read_transaction(self.engine) as conn:
             return set(store.known_ids(conn, ids))
 
+    def create_times(self, ids: list[str]) -> dict[str, int]:
+        """When each of ``ids`` that is registered was created (microseconds): the adoption service's time to
+        value when it shares this process (BatchGetCustomers otherwise)."""
+        with read_transaction(self.engine) as conn:
+            return store.create_times(conn, ids)
+
     @functools.cached_property
     def _signals_sql(self) -> str:
         return f"SELECT signal_values FROM registry_customers WHERE customer_id = {placeholders(self.engine, 1)}"

@@ -80,6 +80,16 @@ def known_ids(conn: Connection, ids: Iterable[str]) -> list[str]:
     return found
 
 
+def create_times(conn: Connection, ids: Iterable[str]) -> dict[str, int]:
+    """Creation time (microseconds) of each id that exists."""
+    found: dict[str, int] = {}
+    for part in _chunks(list(ids)):
+        sql = (f"SELECT customer_id, create_time_us FROM registry_customers "
+               f"WHERE customer_id IN ({placeholders(conn, len(part))})")
+        found.update((row[0], int(row[1])) for row in conn.exec_driver_sql(sql, tuple(part)))
+    return found
+
+
 def parents_of(conn: Connection, ids: Iterable[str]) -> dict[str, str | None]:
     """Stored parent of each id that exists."""
     found: dict[str, str | None] = {}

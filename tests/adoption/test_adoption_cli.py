@@ -192,3 +192,24 @@ def test_valuemap_draw_shades_by_adoption_and_draws_a_customers_branches(suite, 
     assert "What acme has achieved" in text and "Regional pricing" in text
     bad = cvh_here(suite, "valuemap", "draw", "--out", str(tmp_path / "x.gif"), check=False)
     assert bad.returncode == 2 and ".png or .svg" in bad.stderr
+
+
+def test_adoption_node_customers_and_recommend(suite):
+    """After the draw test's evaluation: acme has achieved regional-pricing, beta has not (and no hierarchy
+    service runs here: no tiers, and a tier filter says why)."""
+    node = cvh_here(suite, "adoption", "node", "regional-pricing").stdout
+    assert "achieved by 1 of 2 customers with telemetry (50.0 %" in node and "median time to value 0 days" in node
+    assert "no value tiers" in node
+    have = cvh_here(suite, "adoption", "customers", "regional-pricing").stdout.splitlines()
+    assert have[-1] == "1 of 1 customers that have achieved regional-pricing" and have[2].startswith("acme ")
+    targets = json.loads(cvh_here(suite, "adoption", "customers", "regional-pricing", "--not-achieved",
+                                  "--json").stdout)
+    assert [c["customer"] for c in targets["customers"]] == ["customers/beta"] and targets["total_size"] == 1
+    tiered = cvh_here(suite, "adoption", "customers", "regional-pricing", "--tier", "strategic", check=False)
+    assert tiered.returncode == 1 and "CVH_HIERARCHY_TARGET" in tiered.stderr
+    offer = cvh_here(suite, "adoption", "recommend", "beta").stdout.splitlines()
+    assert offer[0].startswith("customers/beta: 1 peers in all customers")
+    assert offer[3].split() == ["regional-pricing", "Regional", "pricing", "expand-regions", "100", "%", "50", "%",
+                                "2.00"]
+    shown = cvh_here(suite, "adoption", "show", "acme").stdout
+    assert shown == cvh_here(suite, "adoption", "acme").stdout

@@ -48,10 +48,11 @@ def test_export_import_round_trip_keeps_customers_signals_and_nulls(suites, tmp_
     assert summary["customers"] == 60 and summary["files"] == [str(exported / "part-00000.parquet")]
     table = pq.read_table(exported)
     # The model's signals, then the purchase signals its lifetime-value block reads and the outcome signals its
-    # outcomes block names that it does not weight (none observed here: all null).
+    # outcomes block names that it does not weight (none observed here: all null; use_case_adoption, an outcome
+    # signal too, is weighted in the feedback dimension).
     model = scoring_engine.default_model()
     extra_signals = list(model.exported_signal_names[len(model.signal_names):])
-    assert extra_signals == [*model.lifetime_value.input_signals, "referrals", "use_case_adoption"]
+    assert extra_signals == [*model.lifetime_value.input_signals, "referrals"]
     assert table.column_names == ["customer_id", "parent_id", "role", "owner", "lifecycle_stage", "team.owner", *SIGNALS, *extra_signals]
     assert all(table.column(name).null_count == 60 for name in extra_signals)
     assert table.schema.field(SIGNALS[0]).type == pa.float64()

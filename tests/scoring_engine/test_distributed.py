@@ -23,11 +23,11 @@ PART_ROWS = (9_000, 2_500, 0, 6_100, 1, 4_096)  # partitions below and above the
 
 def base(n: int, seed: int = 11) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    X = rng.lognormal(2.0, 1.5, size=(n, 16))
+    X = rng.lognormal(2.0, 1.5, size=(n, 17))
     X[:, 7] = rng.integers(1, 21, n)
     X[:, 11] = rng.integers(-100, 101, n)  # percentile signal with many ties
     X[:, 12] = rng.poisson(4.0, n)
-    X[rng.random((n, 16)) < 0.08] = np.nan
+    X[rng.random((n, 17)) < 0.08] = np.nan
     X[::53] = np.nan               # customers with no signal at all
     X[1000:1300] = X[2000:2300]    # equal composites across partitions: ties go by row order
     return X
@@ -129,7 +129,7 @@ def test_a_non_finite_value_is_named_by_its_row_across_partitions(client):
     model = se.default_model()
     X = base(9_000, seed=4)
     X[7_321, 5] = np.inf
-    data = da.from_array(X, chunks=(2_000, 16))
+    data = da.from_array(X, chunks=(2_000, 17))
     with pytest.raises(se.NonFiniteValueError) as fitting:
         D.fit(model, data)
     assert fitting.value.row == 7_321 and fitting.value.signal == model.signal_names[5]

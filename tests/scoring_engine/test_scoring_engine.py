@@ -15,11 +15,11 @@ from scoring_engine._config import PARALLEL_MIN_ROWS
 
 def data(n: int, seed: int = 11) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    X = rng.lognormal(2.0, 1.2, size=(n, 16))
+    X = rng.lognormal(2.0, 1.2, size=(n, 17))
     X[:, 7] = rng.integers(1, 21, n)
     X[:, 11] = rng.integers(-100, 101, n)
     X[:, 12] = rng.poisson(4.0, n)
-    X[rng.random((n, 16)) < 0.1] = np.nan
+    X[rng.random((n, 17)) < 0.1] = np.nan
     return X
 
 
@@ -74,7 +74,7 @@ def test_streaming_share_tiers_needs_frozen_cutoffs(fitted, X):
 
 
 def test_signal_names_select_and_reorder_columns(model, X, fitted):
-    order = np.random.default_rng(5).permutation(16)
+    order = np.random.default_rng(5).permutation(17)
     names = [model.signal_names[i] for i in order] + ["unrelated"]
     shuffled = np.column_stack([X[:, order], np.full(len(X), np.inf)])  # +inf in a column the model does not read
     a = se.score(fitted, X[:500])
@@ -93,21 +93,21 @@ def test_fortran_order_and_other_dtypes(fitted, X):
     want = se.score(fitted, X[:5000]).composite
     np.testing.assert_array_equal(se.score(fitted, np.asfortranarray(X[:5000])).composite, want)
     np.testing.assert_array_equal(se.score(fitted, X[:5000:1][:, :]).composite, want)
-    ints = np.arange(32, dtype=np.int32).reshape(2, 16)
+    ints = np.arange(34, dtype=np.int32).reshape(2, 17)
     np.testing.assert_array_equal(se.score(fitted, ints).composite, se.score(fitted, ints.astype(float)).composite)
 
 
 def test_bad_shapes(fitted, model):
-    with pytest.raises(se.ScoringError, match="16 signals"):
+    with pytest.raises(se.ScoringError, match="17 signals"):
         se.score(fitted, np.zeros((3, 15)))
     with pytest.raises(se.ScoringError, match="2-D"):
-        se.score(fitted, np.zeros(16))
+        se.score(fitted, np.zeros(17))
     with pytest.raises(se.ScoringError, match="names two columns"):
         se.score(fitted, np.zeros((3, 2)), signal_names=["nps", "nps"])
     with pytest.raises(se.ScoringError, match="previous_tiers"):
-        se.score(fitted, np.zeros((3, 16)), previous_tiers=[0, 1])
+        se.score(fitted, np.zeros((3, 17)), previous_tiers=[0, 1])
     with pytest.raises(se.ScoringError, match=r"previous_tiers\[1\] = 5"):
-        se.score(fitted, np.zeros((3, 16)), previous_tiers=[0, 5, -1])
+        se.score(fitted, np.zeros((3, 17)), previous_tiers=[0, 5, -1])
 
 
 # --------------------------------------------------------------------------- +-inf
@@ -231,7 +231,7 @@ def test_score_one_inputs(fitted, X):
     assert math.isnan(se.score_one(frozen, {}).dimensions[0])
     with pytest.raises(se.ScoringError, match="not a number"):
         se.score_one(frozen, {"nps": "high"})
-    with pytest.raises(se.ScoringError, match="16 values"):
+    with pytest.raises(se.ScoringError, match="17 values"):
         se.score_one(frozen, [1.0, 2.0])
     with pytest.raises(se.ScoringError, match="population shares"):
         se.score_one(fitted, X[0])

@@ -177,22 +177,22 @@ def test_fitted_statistics_agree_with_reference(case):
 # --------------------------------------------------------------------------- edge cases
 def default_data(n: int, seed: int = 7) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    X = rng.lognormal(2.0, 1.5, size=(n, 16))
+    X = rng.lognormal(2.0, 1.5, size=(n, 17))
     X[:, 7] = rng.integers(1, 21, n)
     X[:, 11] = rng.integers(-100, 101, n)
     X[:, 12] = rng.poisson(4.0, n)
-    X[rng.random((n, 16)) < 0.08] = np.nan
+    X[rng.random((n, 17)) < 0.08] = np.nan
     return X
 
 
 def test_no_rows():
     model = se.default_model()
-    fitted = se.fit(model, np.empty((0, 16)))
-    result = se.score(fitted, np.empty((0, 16)), previous_tiers=np.empty(0, dtype=np.int32), with_rank=True)
+    fitted = se.fit(model, np.empty((0, 17)))
+    result = se.score(fitted, np.empty((0, 17)), previous_tiers=np.empty(0, dtype=np.int32), with_rank=True)
     assert result.dimensions.shape == (0, 4) and result.composite.shape == (0,) and result.tier.shape == (0,)
     assert result.rank.shape == (0,) and np.all(np.isinf(result.tier_thresholds))
     # statistics of an empty population: every normalisation is degenerate (0.5)
-    one = se.score(fitted, np.ones((1, 16)))
+    one = se.score(fitted, np.ones((1, 17)))
     assert np.all(np.isfinite(one.composite))
 
 

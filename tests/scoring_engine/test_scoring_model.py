@@ -88,7 +88,7 @@ def test_bookkeeping_fields_pass_through():
 def test_default_model():
     model = se.default_model()
     assert model.model_id == "default"
-    assert len(model.signals) == 16
+    assert len(model.signals) == 17
     assert [d.dimension for d in model.dimensions] == [ValueDimension.PROFITABILITY, ValueDimension.STRATEGIC_GROWTH,
                                                        ValueDimension.REPUTATION, ValueDimension.FEEDBACK]
     assert model.tier_ids == ("strategic", "key", "growth", "core", "standard")

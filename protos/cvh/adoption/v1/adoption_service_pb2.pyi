@@ -42,6 +42,12 @@ class TelemetryRejectionReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper
     TELEMETRY_REJECTION_REASON_FUTURE_TIME: _ClassVar[TelemetryRejectionReason]
     TELEMETRY_REJECTION_REASON_BEYOND_RETENTION: _ClassVar[TelemetryRejectionReason]
     TELEMETRY_REJECTION_REASON_BAD_COUNT: _ClassVar[TelemetryRejectionReason]
+
+class Achievement(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ACHIEVEMENT_UNSPECIFIED: _ClassVar[Achievement]
+    ACHIEVEMENT_ACHIEVED: _ClassVar[Achievement]
+    ACHIEVEMENT_NOT_ACHIEVED: _ClassVar[Achievement]
 NODE_LEVEL_UNSPECIFIED: NodeLevel
 NODE_LEVEL_STRATEGY: NodeLevel
 NODE_LEVEL_INITIATIVE: NodeLevel
@@ -63,6 +69,9 @@ TELEMETRY_REJECTION_REASON_BAD_EVENT_NAME: TelemetryRejectionReason
 TELEMETRY_REJECTION_REASON_FUTURE_TIME: TelemetryRejectionReason
 TELEMETRY_REJECTION_REASON_BEYOND_RETENTION: TelemetryRejectionReason
 TELEMETRY_REJECTION_REASON_BAD_COUNT: TelemetryRejectionReason
+ACHIEVEMENT_UNSPECIFIED: Achievement
+ACHIEVEMENT_ACHIEVED: Achievement
+ACHIEVEMENT_NOT_ACHIEVED: Achievement
 
 class ProcedureRule(_message.Message):
     __slots__ = ("event_names", "min_count", "min_active_days", "min_distinct_users", "window_days")
@@ -271,7 +280,7 @@ class GetCustomerAdoptionRequest(_message.Message):
     def __init__(self, customer: _Optional[str] = ..., value_map_version: _Optional[str] = ...) -> None: ...
 
 class NodeAdoption(_message.Message):
-    __slots__ = ("key", "level", "display_name", "parent_key", "achieved", "progress", "last_active_day", "events", "active_days", "distinct_users", "why_not", "missing_procedures", "first_achieved_day")
+    __slots__ = ("key", "level", "display_name", "parent_key", "achieved", "progress", "last_active_day", "events", "active_days", "distinct_users", "why_not", "missing_procedures", "first_achieved_day", "days_to_value")
     KEY_FIELD_NUMBER: _ClassVar[int]
     LEVEL_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -285,6 +294,7 @@ class NodeAdoption(_message.Message):
     WHY_NOT_FIELD_NUMBER: _ClassVar[int]
     MISSING_PROCEDURES_FIELD_NUMBER: _ClassVar[int]
     FIRST_ACHIEVED_DAY_FIELD_NUMBER: _ClassVar[int]
+    DAYS_TO_VALUE_FIELD_NUMBER: _ClassVar[int]
     key: str
     level: NodeLevel
     display_name: str
@@ -298,7 +308,8 @@ class NodeAdoption(_message.Message):
     why_not: _containers.RepeatedScalarFieldContainer[str]
     missing_procedures: _containers.RepeatedScalarFieldContainer[str]
     first_achieved_day: str
-    def __init__(self, key: _Optional[str] = ..., level: _Optional[_Union[NodeLevel, str]] = ..., display_name: _Optional[str] = ..., parent_key: _Optional[str] = ..., achieved: _Optional[bool] = ..., progress: _Optional[float] = ..., last_active_day: _Optional[str] = ..., events: _Optional[int] = ..., active_days: _Optional[int] = ..., distinct_users: _Optional[int] = ..., why_not: _Optional[_Iterable[str]] = ..., missing_procedures: _Optional[_Iterable[str]] = ..., first_achieved_day: _Optional[str] = ...) -> None: ...
+    days_to_value: int
+    def __init__(self, key: _Optional[str] = ..., level: _Optional[_Union[NodeLevel, str]] = ..., display_name: _Optional[str] = ..., parent_key: _Optional[str] = ..., achieved: _Optional[bool] = ..., progress: _Optional[float] = ..., last_active_day: _Optional[str] = ..., events: _Optional[int] = ..., active_days: _Optional[int] = ..., distinct_users: _Optional[int] = ..., why_not: _Optional[_Iterable[str]] = ..., missing_procedures: _Optional[_Iterable[str]] = ..., first_achieved_day: _Optional[str] = ..., days_to_value: _Optional[int] = ...) -> None: ...
 
 class CustomerAdoption(_message.Message):
     __slots__ = ("customer", "value_map_version", "evaluated_day", "nodes", "achieved_counts")
@@ -315,13 +326,29 @@ class CustomerAdoption(_message.Message):
     def __init__(self, customer: _Optional[str] = ..., value_map_version: _Optional[str] = ..., evaluated_day: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeAdoption, _Mapping]]] = ..., achieved_counts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GetNodeAdoptionRequest(_message.Message):
-    __slots__ = ("node_key",)
+    __slots__ = ("node_key", "tier_id")
     NODE_KEY_FIELD_NUMBER: _ClassVar[int]
+    TIER_ID_FIELD_NUMBER: _ClassVar[int]
     node_key: str
-    def __init__(self, node_key: _Optional[str] = ...) -> None: ...
+    tier_id: str
+    def __init__(self, node_key: _Optional[str] = ..., tier_id: _Optional[str] = ...) -> None: ...
+
+class TierAdoption(_message.Message):
+    __slots__ = ("tier_id", "display_name", "customers", "customers_achieved", "share")
+    TIER_ID_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_ACHIEVED_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    tier_id: str
+    display_name: str
+    customers: int
+    customers_achieved: int
+    share: float
+    def __init__(self, tier_id: _Optional[str] = ..., display_name: _Optional[str] = ..., customers: _Optional[int] = ..., customers_achieved: _Optional[int] = ..., share: _Optional[float] = ...) -> None: ...
 
 class NodeShare(_message.Message):
-    __slots__ = ("key", "level", "display_name", "parent_key", "customers_achieved", "share", "previous_share")
+    __slots__ = ("key", "level", "display_name", "parent_key", "customers_achieved", "share", "previous_share", "tiers", "median_days_to_value")
     KEY_FIELD_NUMBER: _ClassVar[int]
     LEVEL_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -329,6 +356,8 @@ class NodeShare(_message.Message):
     CUSTOMERS_ACHIEVED_FIELD_NUMBER: _ClassVar[int]
     SHARE_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_SHARE_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    MEDIAN_DAYS_TO_VALUE_FIELD_NUMBER: _ClassVar[int]
     key: str
     level: NodeLevel
     display_name: str
@@ -336,7 +365,9 @@ class NodeShare(_message.Message):
     customers_achieved: int
     share: float
     previous_share: float
-    def __init__(self, key: _Optional[str] = ..., level: _Optional[_Union[NodeLevel, str]] = ..., display_name: _Optional[str] = ..., parent_key: _Optional[str] = ..., customers_achieved: _Optional[int] = ..., share: _Optional[float] = ..., previous_share: _Optional[float] = ...) -> None: ...
+    tiers: _containers.RepeatedCompositeFieldContainer[TierAdoption]
+    median_days_to_value: float
+    def __init__(self, key: _Optional[str] = ..., level: _Optional[_Union[NodeLevel, str]] = ..., display_name: _Optional[str] = ..., parent_key: _Optional[str] = ..., customers_achieved: _Optional[int] = ..., share: _Optional[float] = ..., previous_share: _Optional[float] = ..., tiers: _Optional[_Iterable[_Union[TierAdoption, _Mapping]]] = ..., median_days_to_value: _Optional[float] = ...) -> None: ...
 
 class NodeAdoptionReport(_message.Message):
     __slots__ = ("value_map_version", "evaluate_time", "customers_evaluated", "nodes")
@@ -349,3 +380,91 @@ class NodeAdoptionReport(_message.Message):
     customers_evaluated: int
     nodes: _containers.RepeatedCompositeFieldContainer[NodeShare]
     def __init__(self, value_map_version: _Optional[str] = ..., evaluate_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., customers_evaluated: _Optional[int] = ..., nodes: _Optional[_Iterable[_Union[NodeShare, _Mapping]]] = ...) -> None: ...
+
+class ListNodeCustomersRequest(_message.Message):
+    __slots__ = ("node_key", "achievement", "tier_id", "owner", "account", "page_size", "page_token")
+    NODE_KEY_FIELD_NUMBER: _ClassVar[int]
+    ACHIEVEMENT_FIELD_NUMBER: _ClassVar[int]
+    TIER_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    node_key: str
+    achievement: Achievement
+    tier_id: str
+    owner: str
+    account: str
+    page_size: int
+    page_token: str
+    def __init__(self, node_key: _Optional[str] = ..., achievement: _Optional[_Union[Achievement, str]] = ..., tier_id: _Optional[str] = ..., owner: _Optional[str] = ..., account: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class NodeCustomer(_message.Message):
+    __slots__ = ("customer", "tier_id", "owner", "achieved", "first_achieved_day", "procedures_achieved_share")
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    TIER_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    ACHIEVED_FIELD_NUMBER: _ClassVar[int]
+    FIRST_ACHIEVED_DAY_FIELD_NUMBER: _ClassVar[int]
+    PROCEDURES_ACHIEVED_SHARE_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    tier_id: str
+    owner: str
+    achieved: bool
+    first_achieved_day: str
+    procedures_achieved_share: float
+    def __init__(self, customer: _Optional[str] = ..., tier_id: _Optional[str] = ..., owner: _Optional[str] = ..., achieved: _Optional[bool] = ..., first_achieved_day: _Optional[str] = ..., procedures_achieved_share: _Optional[float] = ...) -> None: ...
+
+class ListNodeCustomersResponse(_message.Message):
+    __slots__ = ("customers", "next_page_token", "total_size", "value_map_version")
+    CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
+    customers: _containers.RepeatedCompositeFieldContainer[NodeCustomer]
+    next_page_token: str
+    total_size: int
+    value_map_version: str
+    def __init__(self, customers: _Optional[_Iterable[_Union[NodeCustomer, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total_size: _Optional[int] = ..., value_map_version: _Optional[str] = ...) -> None: ...
+
+class RecommendUseCasesRequest(_message.Message):
+    __slots__ = ("customer", "limit", "peers")
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    limit: int
+    peers: int
+    def __init__(self, customer: _Optional[str] = ..., limit: _Optional[int] = ..., peers: _Optional[int] = ...) -> None: ...
+
+class UseCaseRecommendation(_message.Message):
+    __slots__ = ("key", "display_name", "parent_key", "peer_share", "base_share", "lift")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    PARENT_KEY_FIELD_NUMBER: _ClassVar[int]
+    PEER_SHARE_FIELD_NUMBER: _ClassVar[int]
+    BASE_SHARE_FIELD_NUMBER: _ClassVar[int]
+    LIFT_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    display_name: str
+    parent_key: str
+    peer_share: float
+    base_share: float
+    lift: float
+    def __init__(self, key: _Optional[str] = ..., display_name: _Optional[str] = ..., parent_key: _Optional[str] = ..., peer_share: _Optional[float] = ..., base_share: _Optional[float] = ..., lift: _Optional[float] = ...) -> None: ...
+
+class RecommendUseCasesResponse(_message.Message):
+    __slots__ = ("customer", "value_map_version", "tier_id", "peers", "mean_similarity", "use_cases")
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    VALUE_MAP_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TIER_ID_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    MEAN_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    USE_CASES_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    value_map_version: str
+    tier_id: str
+    peers: int
+    mean_similarity: float
+    use_cases: _containers.RepeatedCompositeFieldContainer[UseCaseRecommendation]
+    def __init__(self, customer: _Optional[str] = ..., value_map_version: _Optional[str] = ..., tier_id: _Optional[str] = ..., peers: _Optional[int] = ..., mean_similarity: _Optional[float] = ..., use_cases: _Optional[_Iterable[_Union[UseCaseRecommendation, _Mapping]]] = ...) -> None: ...

@@ -87,6 +87,16 @@ class AdoptionServiceStub:
                 request_serializer=cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.GetNodeAdoptionRequest.SerializeToString,
                 response_deserializer=cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.NodeAdoptionReport.FromString,
                 _registered_method=True)
+        self.ListNodeCustomers = channel.unary_unary(
+                '/cvh.adoption.v1.AdoptionService/ListNodeCustomers',
+                request_serializer=cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.ListNodeCustomersRequest.SerializeToString,
+                response_deserializer=cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.ListNodeCustomersResponse.FromString,
+                _registered_method=True)
+        self.RecommendUseCases = channel.unary_unary(
+                '/cvh.adoption.v1.AdoptionService/RecommendUseCases',
+                request_serializer=cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.RecommendUseCasesRequest.SerializeToString,
+                response_deserializer=cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.RecommendUseCasesResponse.FromString,
+                _registered_method=True)
 
 
 class AdoptionServiceServicer:
@@ -193,9 +203,47 @@ class AdoptionServiceServicer:
         process's latest evaluation of the whole base (at start, at once after an
         activation, at most every 30 s while telemetry arrives), which may lag the
         active version by that much: the answer names the version it evaluated.
-        Errors: INVALID_NODE_KEY, NODE_NOT_FOUND (not in the evaluated version),
+        Per node, also: the same figures per value tier (the hierarchy service's
+        current tiers, read once per evaluation), and the median time to value.
+        Errors: INVALID_NODE_KEY, INVALID_TIER_ID (not a current tier; the message
+        lists them), NODE_NOT_FOUND (not in the evaluated version),
         NOT_EVALUATED_YET (FAILED_PRECONDITION: no version is active, or the
-        first evaluation has not ended; retry in a moment).
+        first evaluation has not ended; retry in a moment), TIERS_UNAVAILABLE
+        (FAILED_PRECONDITION: tier_id given, and no hierarchy service is reachable:
+        not served in this process and CVH_HIERARCHY_TARGET not set).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListNodeCustomers(self, request, context):
+        """The customers that have (or have not) achieved a node, filtered by tier,
+        owner or account subtree, paged: the target list for CS Operations (not
+        achieved) and the opportunity list for Sales. From the latest evaluation
+        of the base; customers the hierarchy service ranks that sent no telemetry
+        have achieved nothing and are listed as not achieved. Ordered by rank in
+        the hierarchy (unranked last), then by customer id.
+        Errors: INVALID_NODE_KEY, INVALID_ACHIEVEMENT, INVALID_TIER_ID,
+        INVALID_OWNER, INVALID_CUSTOMER_NAME (account), INVALID_ACCOUNT (not in
+        the hierarchy's snapshot), INVALID_PAGE_SIZE, INVALID_PAGE_TOKEN
+        (also a token of another evaluation or other filters), NODE_NOT_FOUND,
+        NOT_EVALUATED_YET, TIERS_UNAVAILABLE (a tier, owner or account filter
+        without a reachable hierarchy service).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecommendUseCases(self, request, context):
+        """The use cases a customer has not achieved that customers like it have most
+        often achieved. Peers: the customers of its value tier (all evaluated
+        customers when tiers are unavailable or it has none) nearest to it by the
+        Jaccard similarity of their achieved use cases, at most `peers` of them
+        (ties by customer id). Each use case comes with its share among the peers,
+        its share over the whole base and the lift (peer share / base share).
+        Errors: INVALID_CUSTOMER_NAME, INVALID_LIMIT, INVALID_PEERS,
+        CUSTOMER_NOT_FOUND (not in the registry), NOT_EVALUATED_YET,
+        REGISTRY_UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -243,6 +291,16 @@ def add_AdoptionServiceServicer_to_server(servicer, server):
                     servicer.GetNodeAdoption,
                     request_deserializer=cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.GetNodeAdoptionRequest.FromString,
                     response_serializer=cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.NodeAdoptionReport.SerializeToString,
+            ),
+            'ListNodeCustomers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNodeCustomers,
+                    request_deserializer=cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.ListNodeCustomersRequest.FromString,
+                    response_serializer=cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.ListNodeCustomersResponse.SerializeToString,
+            ),
+            'RecommendUseCases': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecommendUseCases,
+                    request_deserializer=cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.RecommendUseCasesRequest.FromString,
+                    response_serializer=cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.RecommendUseCasesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -474,6 +532,60 @@ class AdoptionService:
             '/cvh.adoption.v1.AdoptionService/GetNodeAdoption',
             cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.GetNodeAdoptionRequest.SerializeToString,
             cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.NodeAdoptionReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNodeCustomers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cvh.adoption.v1.AdoptionService/ListNodeCustomers',
+            cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.ListNodeCustomersRequest.SerializeToString,
+            cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.ListNodeCustomersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecommendUseCases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cvh.adoption.v1.AdoptionService/RecommendUseCases',
+            cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.RecommendUseCasesRequest.SerializeToString,
+            cvh_dot_adoption_dot_v1_dot_adoption__service__pb2.RecommendUseCasesResponse.FromString,
             options,
             channel_credentials,
             insecure,

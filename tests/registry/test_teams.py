@@ -371,7 +371,7 @@ def test_an_export_chunk_whose_teams_are_too_large_is_cut_into_smaller_ones(regi
 
 def test_the_migration_moves_each_current_owner_onto_the_customers_row(tmp_path):
     engine = db.create_engine(f"sqlite:///{tmp_path / 'old.db'}")
-    db.upgrade(engine, "0012_teams")
+    db.upgrade(engine, "0013_adoption_store")  # the revision before 0014_owner_since
     with engine.begin() as conn:
         conn.exec_driver_sql(
             "INSERT INTO registry_customers (customer_id, stakeholder_role, owner, revision, create_time_us, "

@@ -479,9 +479,9 @@ class CvhClient:
         return self._unary(self.adoption.GetNodeAdoption,
                            adoption_pb.GetNodeAdoptionRequest(node_key=node_key, tier_id=tier_id))
 
-    def iter_node_customers(self, node_key: str, achieved: bool = True, tier_id: str = "", owner: str = "",
+    def list_node_customers(self, node_key: str, achieved: bool = True, tier_id: str = "", owner: str = "",
                             account: str = "", page_size: int = 1000) -> Iterator[adoption_pb.ListNodeCustomersResponse]:
-        """Every page of the customers that have (or have not) achieved a node, filtered."""
+        """Every page (with its total_size) of the customers that have (or have not) achieved a node, filtered."""
         request = adoption_pb.ListNodeCustomersRequest(
             node_key=node_key, tier_id=tier_id, owner=owner, page_size=page_size,
             account=customer_name(account) if account else "",

@@ -367,7 +367,7 @@ def node_adoption(args: argparse.Namespace) -> int:
 def node_customers(args: argparse.Namespace) -> int:
     rows, total, shown = [], 0, 0
     with connect(args) as cvh:
-        for page in cvh.iter_node_customers(args.key, not args.not_achieved, args.tier or "", args.owner or "",
+        for page in cvh.list_node_customers(args.key, not args.not_achieved, args.tier or "", args.owner or "",
                                             args.account or "", page_size=min(args.limit or 1000, 1000)):
             total = page.total_size
             for customer in page.customers:

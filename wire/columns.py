@@ -85,6 +85,8 @@ class SignalExport:
     roles: np.ndarray | None = None
     owners: list[str] = field(default_factory=list)
     stages: np.ndarray | None = None  # LifecycleStage values, uint8
+    # Each customer's own current team: role -> one cell per row, the members' person ids joined by ";".
+    team: dict[str, list[str]] = field(default_factory=dict)
     total_customers: int = 0
     # The registry's change-feed sequence the export is consistent with (watch the feed from there).
     sequence: int = 0
@@ -104,7 +106,12 @@ class SignalExportReader:
         export = self.export
         export.total_customers = export.total_customers or message.total_customers
         export.sequence = export.sequence or message.sequence
+        before = len(export.customer_ids)
         export.customer_ids.extend(message.chunk.customer_ids)
+        for column in message.team:  # a role first seen here is empty for the rows before
+            export.team.setdefault(column.role, [""] * before).extend(column.persons)
+        for cells in export.team.values():  # a role this message lacks is empty for its rows
+            cells.extend([""] * (len(export.customer_ids) - len(cells)))
         export.parent_ids.extend(message.parent_ids)
         export.owners.extend(message.owners)
         self._values.append(from_matrix(message.chunk.values))
@@ -133,6 +140,7 @@ class RunResults:
     ranks: np.ndarray             # int64, 1 = best
     percentiles: np.ndarray
     previous_tier_levels: np.ndarray  # int32, 0 = not in the previous run
+    bad_profit: np.ndarray | None = None  # int8 per row: 1 flagged, 0 not, -1 unknown (a run without flags)
 
 
 class RunResultsReader:
@@ -145,6 +153,7 @@ class RunResultsReader:
         self.run, self.tiers, self.dimension_names = "", [], []
         self.customer_ids: list[str] = []
         self._dims: list[np.ndarray] = []
+        self._bad_profit: list[np.ndarray] = []
         self._columns: dict[str, list[np.ndarray]] = {name: [] for name, _ in self.COLUMNS}
 
     def add(self, chunk: scoring_service_pb2.RunResultsChunk) -> int:
@@ -153,6 +162,9 @@ class RunResultsReader:
             self.dimension_names = list(chunk.dimension_scores.column_names)
         self.customer_ids.extend(chunk.dimension_scores.customer_ids)
         self._dims.append(from_matrix(chunk.dimension_scores.values))
+        rows = len(chunk.dimension_scores.customer_ids)
+        self._bad_profit.append(np.frombuffer(chunk.bad_profit, np.uint8).astype(np.int8) if chunk.bad_profit
+                                else np.full(rows, -1, np.int8))
         for name, dtype in self.COLUMNS:
             self._columns[name].append(np.frombuffer(getattr(chunk, name), dtype))
         return len(self.customer_ids)
@@ -160,7 +172,8 @@ class RunResultsReader:
     def result(self) -> RunResults:
         columns = {name: _concat(self._columns[name], dtype) for name, dtype in self.COLUMNS}
         return RunResults(self.run, self.tiers, self.dimension_names, self.customer_ids,
-                          _concat(self._dims, np.float64, len(self.dimension_names)), **columns)
+                          _concat(self._dims, np.float64, len(self.dimension_names)), **columns,
+                          bad_profit=_concat(self._bad_profit, np.int8))
 
 
 @dataclass

@@ -35,12 +35,21 @@ from services.common.validation import (
     decode_offset_token,
     encode_page_token,
     page_size,
+    timestamp_us,
 )
-from services.hierarchy import live
+from services.hierarchy import books, decisions, live
 from services.hierarchy import snapshot as snapshots
-from services.hierarchy.policy import MAX_POLICY_TEXT, MAX_POLICY_TIERS, check_policy, default_policy, policy_warnings
-from services.hierarchy.tables import policies
+from services.hierarchy.policy import (
+    MAX_POLICY_TEXT,
+    MAX_POLICY_TIERS,
+    check_policy,
+    default_policy,
+    involved_levels,
+    policy_warnings,
+)
+from services.hierarchy.tables import policies, service_decisions
 from services.registry.customers import now_us, set_timestamp
+from services.registry.teams import person_problem, role_problem
 from wire import columns
 
 log = logging.getLogger("cvh.hierarchy")
@@ -51,6 +60,11 @@ MAX_REASONS = 3
 # before it misses some.
 WATCH_BACKLOG = 64
 RETRY_SECONDS = (0.5, 1, 2, 5, 10)
+# How often the organisation's team (which the change feed does not carry) is read again.
+ORG_TEAM_SECONDS = 2
+CAPACITY_SECONDS = 5
+# GetAuthorityUsage's periods end before the year 10,000 (which datetime cannot hold): 9999-01-01.
+LAST_PERIOD_US = 253_370_764_800 * 1_000_000
 # Feed rows one patch takes at most (a bulk import's changes come as several patches).
 MAX_PATCH_ROWS = 65_536
 # Rows per ScoreBatch message of a live re-score (16 signals x 8 bytes: 1 MiB).
@@ -70,7 +84,14 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.policy = self._load_policy()
+        self.budgets = self._load_budgets(self.policy)
+        self._deciding = asyncio.Lock()  # a decision reads and uses a budget in one step
         self.snapshot = snapshots.empty_snapshot()
+        # The organisation's team, role -> person ids (GetOrganizationTeam), read every ORG_TEAM_SECONDS.
+        self.org_team: dict[str, list[str]] = {}
+        # The registry's people's capacities, read at most every CAPACITY_SECONDS (ListPeople).
+        self._capacities: dict[str, int] = {}
+        self._capacities_time = -math.inf
         self.sources_reachable = False
         # Set by the server: where the scoring and registry services are.
         self.scoring: Peer | None = None
@@ -113,7 +134,8 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
     async def start_background(self) -> None:
         loop = asyncio.get_running_loop()
         self._loader = loop.create_task(self._follow_runs())
-        self._followers = [loop.create_task(self._follow_feed()), loop.create_task(self._apply_feed())]
+        self._followers = [loop.create_task(self._follow_feed()), loop.create_task(self._apply_feed()),
+                           loop.create_task(self._follow_org_team())]
 
     async def stop_background(self) -> None:
         for task in [self._loader, *self._followers]:
@@ -181,6 +203,26 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
             return await asyncio.to_thread(_read_local_accounts, self.local_registry)
         async with self.registry.channel() as channel:
             return await _read_accounts(channel)
+
+    async def _follow_org_team(self) -> None:
+        """Keep the organisation's team (the top of every escalation path) at most ORG_TEAM_SECONDS old."""
+        while True:
+            try:
+                if self.local_registry is not None:
+                    team = await asyncio.to_thread(self.local_registry._organization_team)
+                else:
+                    async with self.registry.channel() as channel:
+                        team = await registry_service_pb2_grpc.RegistryServiceStub(channel).GetOrganizationTeam(
+                            registry_service_pb2.GetOrganizationTeamRequest(), timeout=30)
+                org: dict[str, list[str]] = {}
+                for member in team.members:
+                    org.setdefault(member.role, []).append(member.person)
+                self.org_team = org
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the registry away: the team as last read
+                log.debug("reading the organisation's team failed", exc_info=True)
+            await asyncio.sleep(ORG_TEAM_SECONDS)
 
     async def _signals_read(self, scoring_channel, run: scoring_service_pb2.ScoringRun) -> frozenset[str]:
         """The signals the run's model reads: a change to one re-scores the customer live."""
@@ -360,6 +402,12 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
             blob = conn.execute(sa.select(policies.c.policy).order_by(policies.c.version.desc()).limit(1)).scalar()
         return pb.TierPolicy.FromString(blob) if blob else default_policy()
 
+    def _load_budgets(self, policy: pb.TierPolicy) -> decisions.Budgets:
+        budgets = decisions.Budgets(policy.goodwill_period)
+        with read_transaction(self.engine) as conn:
+            budgets.load(conn, now_us())
+        return budgets
+
     async def GetTierPolicy(self, request, context):
         return self._with_warnings(self.policy)
 
@@ -382,6 +430,9 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
             snap = self.snapshot
             effective = await asyncio.to_thread(snapshots.with_rule, snap, stored.inheritance_rule)
             snap.effective_level = effective
+            if stored.goodwill_period != self.policy.goodwill_period:
+                async with self._deciding:
+                    self.budgets = await asyncio.to_thread(self._load_budgets, stored)
             self.policy = stored
         return self._with_warnings(stored)
 
@@ -395,7 +446,124 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
 
     async def GetPriority(self, request, context):
         customer_id = customer_id_from_name(request.customer, "customer")
-        return _priority(self.snapshot, self.policy, customer_id)
+        answer = _priority(self.snapshot, self.policy, customer_id, self.org_team)
+        if not answer.not_found:
+            self._add_budget(answer, customer_id)
+        return answer
+
+    def _add_budget(self, answer: pb.Priority, customer_id: str) -> None:
+        self.budgets.roll(now_us())
+        answer.goodwill_remaining_minor = self.budgets.remaining(
+            customer_id, answer.policy.authority.goodwill_credit_limit_minor)
+        answer.goodwill_period_start.FromMicroseconds(self.budgets.start)
+
+    # -- front-line decisions ------------------------------------------------------------------------
+
+    async def RecordServiceDecision(self, request, context):
+        customer_id = decisions.parse_request(request)
+        now = now_us()
+        async with self._deciding:
+            priority = await self.GetPriority(pb.GetPriorityRequest(customer=customer_id), context)
+            tier = priority.policy
+            remaining = priority.goodwill_remaining_minor
+            note = decisions.judge(request, tier, remaining)
+            answer = pb.ServiceDecision(
+                customer=f"customers/{customer_id}", kind=request.kind, amount_minor=request.amount_minor,
+                currency=request.currency, offer=request.offer, person=request.person, reason=request.reason,
+                tier_id=priority.effective_tier.tier_id, outcome=decisions.ESCALATE if note else decisions.WITHIN,
+                escalation_note=note)
+            set_timestamp(answer.record_time, now)
+            if note:
+                answer.escalation_contact.CopyFrom(decisions.escalation_contact(priority.escalation, request.person))
+            granted = request.amount_minor if not note and request.kind == pb.DECISION_KIND_GOODWILL_CREDIT else 0
+            answer.goodwill_remaining_minor = remaining - granted
+            answer.goodwill_period_start.CopyFrom(priority.goodwill_period_start)
+
+            def store() -> int:
+                with write_transaction(self.engine) as conn:
+                    contact = answer.escalation_contact
+                    return conn.execute(service_decisions.insert().values(
+                        customer_id=customer_id, kind=request.kind, amount_minor=request.amount_minor,
+                        currency=request.currency, offer=request.offer, person_id=request.person,
+                        reason=request.reason, record_time_us=now, tier_id=answer.tier_id, outcome=answer.outcome,
+                        escalation_note=note, escalation_level=contact.level,
+                        escalation_contact=contact.contact)).inserted_primary_key[0]
+            decision_id = await asyncio.to_thread(store)
+            if granted and self.budgets.start <= now < self.budgets.end:
+                self.budgets.granted[customer_id] = self.budgets.granted.get(customer_id, 0) + granted
+        answer.name = f"serviceDecisions/{decision_id}"
+        return answer
+
+    # -- books of business ---------------------------------------------------------------------------
+
+    async def GetBookOfBusiness(self, request, context):
+        violations = Violations()
+        if problem := person_problem(request.person):
+            violations.add("person", problem)
+        if request.role and (problem := role_problem(request.role)):
+            violations.add("role", problem)
+        violations.raise_if_any()
+        snap = self.snapshot
+        teams = snap.teams
+        person = teams.person_index.get(request.person)
+        columns = ([teams.role_index[request.role]] if request.role in teams.role_index else []) if request.role \
+            else list(range(len(teams.roles)))
+        rows = books.person_rows(snap, person, columns) if person is not None else np.empty(0, np.int64)
+        if not len(rows):
+            in_role = f" as {request.role}" if request.role else ""
+            raise ServiceError(grpc.StatusCode.NOT_FOUND, f"no customer's team holds {request.person}{in_role}",
+                               "PERSON_NOT_FOUND", metadata={"resource": f"people/{request.person}"})
+        capacities = await self._people_capacities()
+        return books.book(snap, request.person, request.role, rows, capacities.get(request.person, 0))
+
+    async def ListPortfolios(self, request, context):
+        if problem := role_problem(request.role):
+            raise invalid_argument("role", problem)
+        capacities = await self._people_capacities()
+        return await asyncio.to_thread(books.portfolios, self.snapshot, request.role, capacities)
+
+    async def _people_capacities(self) -> dict[str, int]:
+        """person id -> capacity of the people who have one (ListPeople), at most CAPACITY_SECONDS old."""
+        if time.monotonic() - self._capacities_time < CAPACITY_SECONDS:
+            return self._capacities
+        request, found = registry_service_pb2.ListPeopleRequest(page_size=1000), {}
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                if self.local_registry is not None:
+                    def list_people(r):
+                        return self.local_registry.ListPeople(r, None)
+                else:
+                    channel = await stack.enter_async_context(self.registry.channel())
+                    list_people = registry_service_pb2_grpc.RegistryServiceStub(channel).ListPeople
+                while True:
+                    page = await list_people(request)
+                    found.update((p.person_id, p.capacity) for p in page.people if p.capacity)
+                    if not page.next_page_token:
+                        break
+                    request.page_token = page.next_page_token
+        except grpc.aio.AioRpcError as error:  # the registry away: the capacities as last read
+            log.warning("reading people's capacities failed: %s", error.code().name)
+            return self._capacities
+        self._capacities, self._capacities_time = found, time.monotonic()
+        return found
+
+    async def GetAuthorityUsage(self, request, context):
+        violations = Violations()
+        check_text(request.tier_id, "tier_id", MAX_POLICY_TEXT, violations)
+        if request.person and (problem := person_problem(request.person)):
+            violations.add("person", problem)
+        at = now_us()
+        if request.HasField("period"):
+            at = timestamp_us(request.period, "period", violations)
+            if at is not None and not 0 <= at < LAST_PERIOD_US:
+                violations.add("period", "from 1970 to the end of 9998")
+        violations.raise_if_any()
+        start, end = decisions.period_bounds(self.policy.goodwill_period, at)
+
+        def read() -> pb.AuthorityUsage:
+            with read_transaction(self.engine) as conn:
+                return decisions.usage(conn, start, end, request.tier_id, request.person)
+        return await asyncio.to_thread(read)
 
     async def BatchGetPriority(self, request, context):
         if not 1 <= len(request.customers) <= MAX_BATCH:
@@ -403,8 +571,12 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         violations = Violations()
         ids = [customer_id_from_name(n, f"customers[{i}]", violations) for i, n in enumerate(request.customers)]
         violations.raise_if_any()
-        snap, policy = self.snapshot, self.policy
-        return pb.BatchGetPriorityResponse(priorities=[_priority_or_not_found(snap, policy, i) for i in ids])
+        snap, policy, org = self.snapshot, self.policy, self.org_team
+        answer = pb.BatchGetPriorityResponse(priorities=[_priority_or_not_found(snap, policy, i, org) for i in ids])
+        for customer_id, priority in zip(ids, answer.priorities):
+            if not priority.not_found:
+                self._add_budget(priority, customer_id)
+        return answer
 
     async def RankCustomers(self, request, context):
         if not 2 <= len(request.customers) <= MAX_BATCH:
@@ -574,7 +746,7 @@ async def _read_results(channel, run: scoring_service_pb2.ScoringRun) -> snapsho
     dimensions = [common_pb2.ValueDimension.Value(name) for name in results.dimension_names]
     return snapshots.RunResults(run.name, end, results.tiers, dimensions, results.customer_ids,
                                 results.dimension_scores, results.composite, results.tier_levels, results.ranks,
-                                results.percentiles)
+                                results.percentiles, results.previous_tier_levels, results.bad_profit)
 
 
 async def _read_accounts(channel) -> tuple[snapshots.AccountBase, int]:
@@ -597,7 +769,8 @@ def _read_local_accounts(registry) -> tuple[snapshots.AccountBase, int]:
 def _account_base(reader: columns.SignalExportReader) -> tuple[snapshots.AccountBase, int]:
     """The accounts, and the feed sequence they hold."""
     export = reader.result()
-    return (snapshots.AccountBase(export.customer_ids, export.parent_ids, export.roles, export.owners, export.values),
+    return (snapshots.AccountBase(export.customer_ids, export.parent_ids, export.roles, export.owners, export.values,
+                                  export.team, export.stages),
             export.sequence)
 
 
@@ -633,14 +806,16 @@ def _knows_every_customer(snap: snapshots.Snapshot) -> bool:
     return snap.sequence >= 0
 
 
-def _priority_or_not_found(snap: snapshots.Snapshot, policy: pb.TierPolicy, customer_id: str) -> pb.Priority:
+def _priority_or_not_found(snap: snapshots.Snapshot, policy: pb.TierPolicy, customer_id: str,
+                           org: dict[str, list[str]]) -> pb.Priority:
     """A batch's entry: the priority, or a customer not registered marked so (one does not fail the batch)."""
     if customer_id not in snap.index and _knows_every_customer(snap):
         return pb.Priority(customer=f"customers/{customer_id}", not_found=True)
-    return _priority(snap, policy, customer_id)
+    return _priority(snap, policy, customer_id, org)
 
 
-def _priority(snap: snapshots.Snapshot, policy: pb.TierPolicy, customer_id: str) -> pb.Priority:
+def _priority(snap: snapshots.Snapshot, policy: pb.TierPolicy, customer_id: str,
+              org: dict[str, list[str]]) -> pb.Priority:
     """CUSTOMER_NOT_FOUND for a customer the registry does not hold."""
     answer = pb.Priority(customer=f"customers/{customer_id}", policy_version=policy.version)
     row = snap.index.get(customer_id)
@@ -650,6 +825,7 @@ def _priority(snap: snapshots.Snapshot, policy: pb.TierPolicy, customer_id: str)
         answer.policy.CopyFrom(policy.default_tier)
         if row is not None:
             answer.stakeholder_role, answer.owner = int(snap.roles[row]), snap.owners[row]
+        _add_people(answer, snap, row, policy, 0, org)
         return answer
     own, effective = int(snap.own_level[row]), int(snap.effective_level[row])
     answer.scored = own > 0
@@ -672,7 +848,26 @@ def _priority(snap: snapshots.Snapshot, policy: pb.TierPolicy, customer_id: str)
             if not math.isnan(score):
                 entry.score = float(score)
     answer.reasons.extend(_reasons(snap, row, own, effective))
+    _add_people(answer, snap, row, policy, effective, org)
     return answer
+
+
+def _add_people(answer: pb.Priority, snap: snapshots.Snapshot, row: int | None, policy: pb.TierPolicy,
+                tier_level: int, org: dict[str, list[str]]) -> None:
+    """The effective team and the escalation path derived from it (the organisation's team for a role the
+    customer's lacks; the tier's static escalation team for a level nobody holds)."""
+    team: dict[str, list[pb.TeamContact]] = {}
+    if row is not None:
+        for role, persons, source in snap.effective_team(row):
+            inherited = "" if source == row else f"customers/{snap.customer_ids[source]}"
+            team[role] = [pb.TeamContact(role=role, person=p, inherited_from=inherited) for p in persons]
+            answer.team.extend(team[role])
+    fallback = answer.policy.escalation.team
+    for level, role in involved_levels(policy, tier_level):
+        persons = team.get(role) or [pb.TeamContact(role=role, person=p, inherited_from="organization")
+                                     for p in org.get(role, ())]
+        answer.escalation.add(level=level, persons=persons, contact=persons[0].person if persons else fallback,
+                              fallback=not persons)
 
 
 def _reasons(snap: snapshots.Snapshot, row: int, own: int, effective: int) -> list[pb.PriorityReason]:

@@ -508,13 +508,17 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         person = teams.person_index.get(request.person)
         columns = ([teams.role_index[request.role]] if request.role in teams.role_index else []) if request.role \
             else list(range(len(teams.roles)))
-        rows = books.person_rows(snap, person, columns) if person is not None else np.empty(0, np.int64)
+        # Off the loop: a book of 10,000 customers in 1,000,000 takes about 10 ms of NumPy (which lets go of
+        # the GIL), and GetPriority callers should not wait for it.
+        rows = await asyncio.to_thread(books.person_rows, snap, person, columns) if person is not None \
+            else np.empty(0, np.int64)
         if not len(rows):
             in_role = f" as {request.role}" if request.role else ""
             raise ServiceError(grpc.StatusCode.NOT_FOUND, f"no customer's team holds {request.person}{in_role}",
                                "PERSON_NOT_FOUND", metadata={"resource": f"people/{request.person}"})
         capacities = await self._people_capacities()
-        return books.book(snap, request.person, request.role, rows, capacities.get(request.person, 0))
+        return await asyncio.to_thread(books.book, snap, request.person, request.role, rows,
+                                       capacities.get(request.person, 0))
 
     async def ListPortfolios(self, request, context):
         if problem := role_problem(request.role):

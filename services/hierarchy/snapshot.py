@@ -45,6 +45,7 @@ class Teams:
         self.cell_index: dict[str, int] = {"": 0}
         self.people: list[str] = []
         self.person_index: dict[str, int] = {}
+        self.person_cells: dict[int, list[int]] = {}  # person -> the cells they are in
 
     def role(self, name: str) -> int:
         """The column of role ``name``, added when new."""
@@ -76,12 +77,14 @@ class Teams:
                 persons.append(number)
             cell = len(self.cells)
             self.cells.append(tuple(persons))  # appended before it is indexed: a reader never finds it missing
+            for person in persons:
+                self.person_cells.setdefault(person, []).append(cell)
             self.cell_index[text] = cell
         return cell
 
     def cells_of(self, person: int) -> np.ndarray:
         """The cells ``person`` is in."""
-        return np.array([c for c, persons in enumerate(self.cells) if person in persons], np.int32)
+        return np.array(self.person_cells.get(person, ()), np.int32)
 
 
 @dataclass(eq=False)

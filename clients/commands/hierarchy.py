@@ -358,7 +358,7 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
         "book", parents=[client], help="a person's book of business",
         description="The customers a person serves (in their effective teams: own members, or inherited from "
                     "an ancestor account), per tier: how many, the change since the previous run, summed "
-                    "composite value, revenue (annual_revenue), at-risk and bad-profit counts, and the load "
+                    "composite value, revenue (the model's outcome money signal, annual_revenue by default), at-risk and bad-profit counts, and the load "
                     "against the person's capacity.")
     command.add_argument("person", metavar="PERSON", help="the person's id, e.g. ana@example.com")
     command.add_argument("--role", default="", metavar="ROLE",

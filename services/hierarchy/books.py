@@ -13,9 +13,8 @@ import numpy as np
 
 from cvh.common.v1 import common_pb2
 from cvh.hierarchy.v1 import hierarchy_service_pb2 as pb
-from services.hierarchy.snapshot import ROLLUP_SIGNALS, Snapshot
+from services.hierarchy.snapshot import Snapshot
 
-REVENUE = ROLLUP_SIGNALS.index("annual_revenue")
 MAX_PORTFOLIOS = 10_000
 # Figures per row, in BookFigures' order after customers.
 MEASURES = ("composite_value", "revenue", "at_risk", "bad_profit", "bad_profit_known", "previous_run_customers")
@@ -25,7 +24,7 @@ def measures(snap: Snapshot, rows: np.ndarray | slice) -> np.ndarray:
     """(rows, MEASURES) float64: each row's contribution to the figures."""
     level = snap.effective_level[rows]
     bad = snap.bad_profit[rows]
-    return np.column_stack([np.nan_to_num(snap.composite[rows]), np.nan_to_num(snap.rollup_values[rows, REVENUE]),
+    return np.column_stack([np.nan_to_num(snap.composite[rows]), np.nan_to_num(snap.revenue[rows]),
                             snap.stages[rows] == common_pb2.LIFECYCLE_STAGE_AT_RISK, bad == 1, bad >= 0,
                             (snap.previous_level[rows] == level) & (level > 0)])
 

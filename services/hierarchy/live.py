@@ -25,7 +25,8 @@ from wire.columns import from_matrix
 # Array fields of a snapshot, one value per row, and what a new row starts with.
 ROW_ARRAYS = {"parent": -1, "depth": 0, "roles": 0, "rollup_values": np.nan, "own_level": 0, "effective_level": 0,
               "composite": np.nan, "percentile": np.nan, "rank": 0, "dimension_scores": np.nan, "live_time_us": 0,
-              "team_cells": 0, "stages": 0, "bad_profit": -1, "previous_level": 0}
+              "team_cells": 0, "stages": 0, "bad_profit": -1, "previous_level": 0,
+              "revenue": np.nan}
 
 
 @dataclass
@@ -147,7 +148,8 @@ def plan(snap: Snapshot, rows: FeedRows, scores: Scores | None, rule: int, with_
     moved = up_rows[now("parent")[up_rows] != new_parent]
     writes = [("parent", up_rows, new_parent), ("parent", gone, np.full(len(gone), -1, np.int64)),
               ("roles", up_rows, rows.roles[up]), ("stages", up_rows, rows.stages[up]),
-              ("rollup_values", up_rows, rows.signal_columns(ROLLUP_SIGNALS)[up])]
+              ("rollup_values", up_rows, rows.signal_columns(ROLLUP_SIGNALS)[up]),
+              ("revenue", up_rows, rows.signal_columns([snap.money_signal])[up, 0])]
     owners = [(int(r), rows.owners[i]) for r, i in zip(up_rows.tolist(), up.tolist())
               if r >= n or snap.owners[r] != rows.owners[i]]
     adopted = dict(snap.adopted)
@@ -176,7 +178,8 @@ def plan(snap: Snapshot, rows: FeedRows, scores: Scores | None, rule: int, with_
 
     # Deleted customers: their row stays until the next build, cleared.
     for name in ("own_level", "effective_level", "depth", "rank", "roles", "composite", "percentile",
-                 "dimension_scores", "rollup_values", "live_time_us", "stages", "bad_profit", "previous_level"):
+                 "dimension_scores", "rollup_values", "live_time_us", "stages", "bad_profit", "previous_level",
+                 "revenue"):
         array = now(name)
         writes.append((name, gone, np.full((len(gone), *array.shape[1:]), ROW_ARRAYS[name], array.dtype)))
     owners += [(int(r), "") for r in gone.tolist()]

@@ -89,6 +89,8 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         self.snapshot = snapshots.empty_snapshot()
         # The organisation's team, role -> person ids (GetOrganizationTeam), read every ORG_TEAM_SECONDS.
         self.org_team: dict[str, list[str]] = {}
+        # The served run's model's outcome money signal: the revenue of books of business.
+        self.money_signal = snapshots.DEFAULT_MONEY_SIGNAL
         # The registry's people's capacities, read at most every CAPACITY_SECONDS (ListPeople).
         self._capacities: dict[str, int] = {}
         self._capacities_time = -math.inf
@@ -184,9 +186,10 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         started = time.perf_counter()
         results = await _read_results(scoring_channel, run) if run else snapshots.no_results()
         model_signals = await self._signals_read(scoring_channel, run) if run else frozenset()
-        accounts, sequence = await self._read_accounts()
+        money = await self._money_signal(scoring_channel, run) if run else self.money_signal
+        accounts, sequence = await self._read_accounts(money)
         built = await asyncio.to_thread(snapshots.build, results, accounts, self.policy.inheritance_rule, sequence)
-        self._model_signals = model_signals
+        self._model_signals, self.money_signal = model_signals, money
         # The feed from where the run's export stood: what changed since the run read it is applied again (the
         # accounts hold it already, idempotently) and its signals re-scored with the new run.
         self._install(results, min(sequence, run.export_sequence) if run and run.export_sequence else sequence)
@@ -198,11 +201,25 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         log.info("snapshot loaded", extra={"run": built.run, "customers": built.size,
                                            "seconds": round(time.perf_counter() - started, 3)})
 
-    async def _read_accounts(self) -> tuple[snapshots.AccountBase, int]:
+    async def _read_accounts(self, money: str) -> tuple[snapshots.AccountBase, int]:
         if self.local_registry is not None:
-            return await asyncio.to_thread(_read_local_accounts, self.local_registry)
+            return await asyncio.to_thread(_read_local_accounts, self.local_registry, money)
         async with self.registry.channel() as channel:
-            return await _read_accounts(channel)
+            return await _read_accounts(channel, money)
+
+    async def _money_signal(self, scoring_channel, run: scoring_service_pb2.ScoringRun) -> str:
+        """The run's model's outcome money signal (books of business sum it as revenue); annual_revenue when the
+        model names none or cannot be read."""
+        request = scoring_service_pb2.GetModelRequest(name=run.model)
+        try:
+            if self.local_scoring is not None:
+                model = await self.local_scoring.GetModel(request, None)
+            else:
+                model = await scoring_service_pb2_grpc.ScoringServiceStub(scoring_channel).GetModel(request, timeout=30)
+        except (grpc.aio.AioRpcError, ServiceError) as error:
+            log.warning("reading the model of %s failed; revenue is annual_revenue: %s", run.name, error)
+            return snapshots.DEFAULT_MONEY_SIGNAL
+        return model.outcomes.money_signal or snapshots.DEFAULT_MONEY_SIGNAL
 
     async def _follow_org_team(self) -> None:
         """Keep the organisation's team (the top of every escalation path) at most ORG_TEAM_SECONDS old."""
@@ -295,7 +312,7 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
     async def _reload_accounts(self) -> None:
         """The whole snapshot again from the run's results and the registry's accounts as they stand: after a gap
         in the feed. Live values are lost until their customers change again or the next run."""
-        accounts, sequence = await self._read_accounts()
+        accounts, sequence = await self._read_accounts(self.money_signal)
         results = self.results or snapshots.no_results()
         built = await asyncio.to_thread(snapshots.build, results, accounts, self.policy.inheritance_rule, sequence)
         self._install(results, sequence)
@@ -753,28 +770,31 @@ async def _read_results(channel, run: scoring_service_pb2.ScoringRun) -> snapsho
                                 results.percentiles, results.previous_tier_levels, results.bad_profit)
 
 
-async def _read_accounts(channel) -> tuple[snapshots.AccountBase, int]:
-    reader = columns.SignalExportReader(snapshots.ROLLUP_SIGNALS)
+async def _read_accounts(channel, money: str) -> tuple[snapshots.AccountBase, int]:
+    names = snapshots.export_signals(money)
+    reader = columns.SignalExportReader(names)
     stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
-    async for message in stub.ExportSignalMatrix(
-            registry_service_pb2.ExportSignalMatrixRequest(signal_names=snapshots.ROLLUP_SIGNALS)):
+    async for message in stub.ExportSignalMatrix(registry_service_pb2.ExportSignalMatrixRequest(signal_names=names)):
         reader.add(message)
-    return _account_base(reader)
+    return _account_base(reader, money)
 
 
-def _read_local_accounts(registry) -> tuple[snapshots.AccountBase, int]:
+def _read_local_accounts(registry, money: str) -> tuple[snapshots.AccountBase, int]:
     """The export's messages straight from the registry servicer of this process: no gRPC, no serializing."""
-    reader = columns.SignalExportReader(snapshots.ROLLUP_SIGNALS)
-    for message in registry.export_messages(list(snapshots.ROLLUP_SIGNALS)):
+    names = snapshots.export_signals(money)
+    reader = columns.SignalExportReader(names)
+    for message in registry.export_messages(names):
         reader.add(message)
-    return _account_base(reader)
+    return _account_base(reader, money)
 
 
-def _account_base(reader: columns.SignalExportReader) -> tuple[snapshots.AccountBase, int]:
+def _account_base(reader: columns.SignalExportReader, money: str) -> tuple[snapshots.AccountBase, int]:
     """The accounts, and the feed sequence they hold."""
     export = reader.result()
-    return (snapshots.AccountBase(export.customer_ids, export.parent_ids, export.roles, export.owners, export.values,
-                                  export.team, export.stages),
+    rollup = export.values[:, :len(snapshots.ROLLUP_SIGNALS)]
+    revenue = export.values[:, export.signal_names.index(money)]
+    return (snapshots.AccountBase(export.customer_ids, export.parent_ids, export.roles, export.owners, rollup,
+                                  export.team, export.stages, revenue, money),
             export.sequence)
 
 

@@ -24,6 +24,13 @@ from services.registry.store import MAX_DEPTH
 MAX_WALK = 1000
 # Signals summed over account subtrees.
 ROLLUP_SIGNALS = ["annual_revenue", "predicted_ltv"]
+# Revenue in books of business: the served run's model's outcome money signal, this when it names none.
+DEFAULT_MONEY_SIGNAL = "annual_revenue"
+
+
+def export_signals(money: str) -> list[str]:
+    """The signals the hierarchy exports: the roll-up ones, and the money signal after them when another."""
+    return [*ROLLUP_SIGNALS, *([money] if money not in ROLLUP_SIGNALS else [])]
 
 
 SEPARATOR = ";"  # between the members of one role in a team column (services/registry/teams.py)
@@ -131,6 +138,9 @@ class Snapshot:
     stages: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
     bad_profit: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
     previous_level: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    # The money signal's current value per row (NaN missing), and its name.
+    revenue: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    money_signal: str = DEFAULT_MONEY_SIGNAL
 
     def __post_init__(self) -> None:
         if len(self.live_time_us) != len(self.customer_ids):
@@ -139,7 +149,7 @@ class Snapshot:
         if len(self.team_cells) != n:
             self.team_cells = np.zeros((n, len(self.teams.roles)), np.int32)
         for name, dtype, start in (("stages", np.uint8, 0), ("bad_profit", np.int8, -1),
-                                   ("previous_level", np.int32, 0)):
+                                   ("previous_level", np.int32, 0), ("revenue", np.float64, np.nan)):
             if len(getattr(self, name)) != n:
                 setattr(self, name, np.full(n, start, dtype))
 
@@ -303,6 +313,8 @@ class AccountBase:
     rollup_values: np.ndarray
     team: dict[str, list[str]] = field(default_factory=dict)  # role -> one column cell per row
     stages: np.ndarray | None = None  # LifecycleStage per row, uint8
+    revenue: np.ndarray | None = None  # the money signal per row (None: annual_revenue of rollup_values)
+    money_signal: str = DEFAULT_MONEY_SIGNAL
 
 
 def no_results() -> RunResults:
@@ -343,6 +355,8 @@ def build(results: RunResults, accounts: AccountBase, inheritance_rule: int, seq
     if results.bad_profit is not None and len(results.bad_profit):
         bad_profit[rows] = results.bad_profit[known]
     stages = np.zeros(n, np.uint8) if accounts.stages is None or len(accounts.stages) != n else accounts.stages
+    revenue = accounts.revenue if accounts.revenue is not None and len(accounts.revenue) == n \
+        else np.asarray(accounts.rollup_values, np.float64)[:, ROLLUP_SIGNALS.index(DEFAULT_MONEY_SIGNAL)]
     teams = Teams()
     team_cells = np.zeros((n, len(accounts.team)), np.int32)
     for role, cells in sorted(accounts.team.items()):
@@ -353,7 +367,8 @@ def build(results: RunResults, accounts: AccountBase, inheritance_rule: int, seq
                     sorted_dims, sequence, child_order, child_start,
                     run_composites=np.sort(results.composite[~np.isnan(results.composite)]), teams=teams,
                     team_cells=team_cells, stages=np.array(stages, np.uint8), bad_profit=bad_profit,
-                    previous_level=previous)
+                    previous_level=previous, revenue=np.array(revenue, np.float64),
+                    money_signal=accounts.money_signal if accounts.revenue is not None else DEFAULT_MONEY_SIGNAL)
 
 
 def children_in(rows: np.ndarray, child_order: np.ndarray, child_start: np.ndarray, parent: np.ndarray,

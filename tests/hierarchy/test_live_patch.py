@@ -178,3 +178,19 @@ def test_teams_and_stages_follow_the_feed_as_a_rebuild_gives_them():
               if any(r == "customer_success_manager" and "ana" in p for r, p, _ in snap.effective_team(row))}
     rows = books.person_rows(snap, ana, [snap.teams.role_index["customer_success_manager"]])
     assert {snap.customer_ids[r] for r in rows} == served
+
+
+def test_revenue_follows_the_models_money_signal_through_the_feed():
+    ids = ["a", "b", "c"]
+    accounts = snapshots.AccountBase(ids, ["", "a", ""], np.ones(3, np.uint8), [""] * 3, np.full((3, 2), 1.0),
+                                     {"customer_success_manager": ["ana", "", "bob"]}, None,
+                                     np.array([100.0, 20.0, np.nan]), "arr")
+    snap = snapshots.build(snapshots.no_results(), accounts, pb.INHERITANCE_RULE_OWN, 0)
+    ana = [snap.teams.person_index["ana"]]
+    column = [snap.teams.role_index["customer_success_manager"]]
+    assert books.book(snap, "ana", "", books.person_rows(snap, ana[0], column), 0).total.revenue == 120.0
+    message = rpb.WatchCustomerChangesResponse(
+        sequences=[1], last_sequence=1, deleted=b"\0", chunk=to_chunk(["b"], ["arr", "annual_revenue"], [[50.0, 9.0]]),
+        display_names=[""], parent_ids=["a"], stakeholder_roles=b"\1", owners=[""])
+    live.apply(snap, live.plan(snap, live.feed_rows([message]), None, pb.INHERITANCE_RULE_OWN))
+    assert books.book(snap, "ana", "", books.person_rows(snap, ana[0], column), 0).total.revenue == 150.0

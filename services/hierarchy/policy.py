@@ -91,6 +91,9 @@ def check_policy(policy: pb.TierPolicy) -> None:
                                               "an entry")
     check_text(policy.change_note, "policy.change_note", MAX_CHANGE_NOTE, violations)
     _check_involvement(policy, violations)
+    if policy.goodwill_period not in pb.GoodwillPeriod.values():
+        violations.add("policy.goodwill_period", f"unknown period {policy.goodwill_period}: MONTHLY (the default), "
+                                                 f"QUARTERLY or YEARLY")
     violations.raise_if_any("policy")
 
 

@@ -307,6 +307,7 @@ CONTRADICTIONS = [
         [pb.EscalationInvolvement(level="front_line"), pb.EscalationInvolvement(level="front_line")])),
     ("policy.escalation_involvement[0].lowest_tier_level", lambda p: p.escalation_involvement.add(
         level="chief_customer_officer", lowest_tier_level=17)),
+    ("policy.goodwill_period", lambda p: setattr(p, "goodwill_period", 9)),
 ]
 
 

@@ -408,6 +408,21 @@ class CvhClient:
         return self._pages(self.hierarchy.ListBadProfits,
                            hierarchy_pb.ListBadProfitsRequest(tier_id=tier_id, owner=owner), "customers", page_size)
 
+    def get_book_of_business(self, person: str, role: str = "") -> hierarchy_pb.BookOfBusiness:
+        request = hierarchy_pb.GetBookOfBusinessRequest(person=person, role=role)
+        return self._unary(self.hierarchy.GetBookOfBusiness, request)
+
+    def list_portfolios(self, role: str) -> hierarchy_pb.ListPortfoliosResponse:
+        return self._unary(self.hierarchy.ListPortfolios, hierarchy_pb.ListPortfoliosRequest(role=role))
+
+    def record_service_decision(self, request: hierarchy_pb.RecordServiceDecisionRequest
+                                ) -> hierarchy_pb.ServiceDecision:
+        return self._unary(self.hierarchy.RecordServiceDecision, request)
+
+    def get_authority_usage(self, tier_id: str = "", person: str = "") -> hierarchy_pb.AuthorityUsage:
+        request = hierarchy_pb.GetAuthorityUsageRequest(tier_id=tier_id, person=person)
+        return self._unary(self.hierarchy.GetAuthorityUsage, request)
+
     def get_hierarchy_summary(self) -> hierarchy_pb.HierarchySummary:
         return self._unary(self.hierarchy.GetHierarchySummary, hierarchy_pb.GetHierarchySummaryRequest())
 

@@ -26,6 +26,8 @@ BENCHMARKS = {
              ["signal_to_priority_p95_s", "new_customer_to_priority_p95_s", "feed_changes_per_s", "reload_s"]),
     "outcomes": (["--customers", "2000", "--repeats", "1", "--report-calls", "1", "--history-runs", "3",
                   "--calls", "20"], ["outcome_report_s", "customer_history_p99_ms", "run_with_outcomes_s"]),
+    "books": (["--customers", "5000", "--people", "10", "--calls", "10"],
+              ["book_of_business_10k_p99_ms", "portfolios_1m_s", "priority_with_team_p99_ms"]),
     "clv": (["--customers", "20000", "--repeats", "1", "--no-lifetimes"], ["fit_s", "predict_clv_s"]),
     "scoring": (["--sizes", "20000", "--repeats", "1", "--reference-repeats", "1", "--no-cold"], []),
     "distributed": (["--customers", "20000", "--partition-rows", "10000"],

@@ -24,7 +24,7 @@ from tests.conftest import ServerThread
 from tests.grpc_helpers import raises_status
 
 TOKENS = {"reader-token-1": ("support-desk", ["reader"]), "writer-token-2": ("crm-sync", ["writer"]),
-          "admin-token-3": ("platform", ["admin"])}
+          "admin-token-3": ("platform", ["admin"]), "frontline-token-5": ("agent-desk", ["frontline"])}
 
 
 def test_every_rpc_has_a_required_role():
@@ -101,6 +101,33 @@ def test_reader_reads_but_cannot_write_and_writes_are_audited(secured, caplog):
     audits = [r for r in caplog.records if r.name == "cvh.audit"]
     assert any(r.caller == "crm-sync" and r.method.endswith("/CreateCustomer") for r in audits)
     assert not any(token in caplog.text for token in TOKENS)
+
+
+def test_the_front_line_looks_up_priority_and_records_decisions_but_writes_nothing_else(secured, caplog):
+    from cvh.hierarchy.v1 import hierarchy_service_pb2 as hpb
+    from cvh.hierarchy.v1 import hierarchy_service_pb2_grpc as hpb_grpc
+    registry, hierarchy = pb_grpc.RegistryServiceStub(secured), hpb_grpc.HierarchyServiceStub(secured)
+    registry.CreateCustomer(pb.CreateCustomerRequest(customer=pb.Customer(customer_id="gamma")),
+                            metadata=bearer("writer-token-2"))
+    agent = bearer("frontline-token-5")
+    with raises_status(grpc.StatusCode.PERMISSION_DENIED, reason="ROLE_REQUIRED"):
+        registry.DeleteCustomer(pb.DeleteCustomerRequest(name="customers/gamma"), metadata=agent)
+    decision = hpb.RecordServiceDecisionRequest(customer="gamma", kind=hpb.DECISION_KIND_FEE_WAIVER,
+                                                person="agent@x", reason="late fee after an outage")
+    with raises_status(grpc.StatusCode.PERMISSION_DENIED, reason="ROLE_REQUIRED") as seen:
+        hierarchy.RecordServiceDecision(decision, metadata=bearer("reader-token-1"))
+    assert "frontline" in seen.message
+    with caplog.at_level(logging.INFO, logger="cvh.audit"):
+        for _ in range(100):  # the hierarchy reads the registry's customers once it is serving
+            try:
+                hierarchy.GetPriority(hpb.GetPriorityRequest(customer="gamma"), metadata=agent)
+                break
+            except grpc.RpcError:
+                time.sleep(0.05)
+        answer = hierarchy.RecordServiceDecision(decision, metadata=agent)
+    assert answer.name.startswith("serviceDecisions/")
+    assert any(r.caller == "agent-desk" and r.method.endswith("/RecordServiceDecision")
+               for r in caplog.records if r.name == "cvh.audit")
 
 
 def test_refused_calls_are_audited_with_the_callers_name(secured, caplog):

@@ -85,6 +85,8 @@ class SignalExport:
     roles: np.ndarray | None = None
     owners: list[str] = field(default_factory=list)
     stages: np.ndarray | None = None  # LifecycleStage values, uint8
+    # Each customer's own current team: role -> one cell per row, the members' person ids joined by ";".
+    team: dict[str, list[str]] = field(default_factory=dict)
     total_customers: int = 0
     # The registry's change-feed sequence the export is consistent with (watch the feed from there).
     sequence: int = 0
@@ -104,7 +106,12 @@ class SignalExportReader:
         export = self.export
         export.total_customers = export.total_customers or message.total_customers
         export.sequence = export.sequence or message.sequence
+        before = len(export.customer_ids)
         export.customer_ids.extend(message.chunk.customer_ids)
+        for column in message.team:  # a role first seen here is empty for the rows before
+            export.team.setdefault(column.role, [""] * before).extend(column.persons)
+        for cells in export.team.values():  # a role this message lacks is empty for its rows
+            cells.extend([""] * (len(export.customer_ids) - len(cells)))
         export.parent_ids.extend(message.parent_ids)
         export.owners.extend(message.owners)
         self._values.append(from_matrix(message.chunk.values))
@@ -134,11 +141,12 @@ class RunResults:
     percentiles: np.ndarray
     previous_tier_levels: np.ndarray  # int32, 0 = not in the previous run
     # The run's outcome signals (column names of outcome_values) and per row their stored values (NaN missing);
-    # lifecycle stages (uint8) and bad-profit flags (bool), empty for runs made before they were stored.
+    # lifecycle stages (uint8, 0 for runs made before they were stored) and bad-profit flags (int8: 1 flagged,
+    # 0 not, -1 unknown: a run without flags).
     outcome_signals: list[str] = field(default_factory=list)
     outcome_values: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
     lifecycle_stages: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint8))
-    bad_profit: np.ndarray = field(default_factory=lambda: np.empty(0, bool))
+    bad_profit: np.ndarray = field(default_factory=lambda: np.empty(0, np.int8))
 
 
 class RunResultsReader:
@@ -151,11 +159,11 @@ class RunResultsReader:
         self.run, self.tiers, self.dimension_names = "", [], []
         self.customer_ids: list[str] = []
         self._dims: list[np.ndarray] = []
+        self._bad_profit: list[np.ndarray] = []
         self._columns: dict[str, list[np.ndarray]] = {name: [] for name, _ in self.COLUMNS}
         self.outcome_signals: list[str] = []
         self._outcomes: list[np.ndarray] = []
         self._stages: list[np.ndarray] = []
-        self._flags: list[np.ndarray] = []
 
     def add(self, chunk: scoring_service_pb2.RunResultsChunk) -> int:
         if chunk.tiers:
@@ -163,16 +171,16 @@ class RunResultsReader:
             self.dimension_names = list(chunk.dimension_scores.column_names)
         self.customer_ids.extend(chunk.dimension_scores.customer_ids)
         self._dims.append(from_matrix(chunk.dimension_scores.values))
+        rows = len(chunk.dimension_scores.customer_ids)
+        self._bad_profit.append(np.frombuffer(chunk.bad_profit, np.uint8).astype(np.int8) if chunk.bad_profit
+                                else np.full(rows, -1, np.int8))
         for name, dtype in self.COLUMNS:
             self._columns[name].append(np.frombuffer(getattr(chunk, name), dtype))
-        rows = len(chunk.dimension_scores.customer_ids)
         self.outcome_signals = self.outcome_signals or list(chunk.outcome_signals)
         self._outcomes.append(from_matrix(chunk.outcome_values) if chunk.outcome_signals
                               else np.full((rows, 0), np.nan))
         self._stages.append(np.frombuffer(chunk.lifecycle_stages, np.uint8) if chunk.lifecycle_stages
                             else np.zeros(rows, np.uint8))
-        self._flags.append(np.frombuffer(chunk.bad_profit, np.uint8).astype(bool) if chunk.bad_profit
-                           else np.zeros(rows, bool))
         return len(self.customer_ids)
 
     def result(self) -> RunResults:
@@ -182,7 +190,8 @@ class RunResultsReader:
                           _concat(self._dims, np.float64, len(self.dimension_names)), **columns,
                           outcome_signals=self.outcome_signals,
                           outcome_values=_concat(outcomes, np.float64, len(self.outcome_signals)),
-                          lifecycle_stages=_concat(self._stages, np.uint8), bad_profit=_concat(self._flags, bool))
+                          lifecycle_stages=_concat(self._stages, np.uint8),
+                          bad_profit=_concat(self._bad_profit, np.int8))
 
 
 @dataclass

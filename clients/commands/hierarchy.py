@@ -1,4 +1,4 @@
-"""Looking customers up: cvh health, priority, rank, tree, tiers, pyramid."""
+"""Looking customers up: cvh health, priority, rank, tree, tiers, pyramid, book, portfolios."""
 
 from __future__ import annotations
 
@@ -79,9 +79,18 @@ def print_priority(p: pb.Priority) -> None:
         may.append("may waive fees")
     may += list(authority.offers)
     print(f"  may do     {'; '.join(may)}")
-    escalation = policy.escalation
-    route = ("the account owner, then " if escalation.owner_first else "") + (escalation.team or "the support lead")
-    print(f"  escalate   to {route}")
+    if limit and p.HasField("goodwill_remaining_minor"):
+        print(f"  goodwill   {p.goodwill_remaining_minor / 100:,.2f} {authority.currency} left this period "
+              f"(since {p.goodwill_period_start.ToDatetime():%Y-%m-%d})")
+    for member in p.team:
+        source = f" (from {customer_id(member.inherited_from)})" if member.inherited_from else ""
+        print(f"  team       {member.role}: {member.person}{source}")
+    if p.escalation:
+        print("  escalate   " + " -> ".join(f"{step.contact or '?'} ({step.level})" for step in p.escalation))
+    else:
+        escalation = policy.escalation
+        route = ("the account owner, then " if escalation.owner_first else "") + (escalation.team or "the support lead")
+        print(f"  escalate   to {route}")
 
 
 def tier_words(effective: common_pb2.TierRef, own: common_pb2.TierRef, none: str = "unscored") -> str:
@@ -237,9 +246,29 @@ def pyramid(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     out = Path(args.out)
-    pyramid_file(summary, tier_layers(summary, sums), out, args.title, args.value_signal)
+    if args.tiers_only:
+        pyramid_file(summary, tier_layers(summary, sums), out, args.title, args.value_signal)
+    else:
+        with connect(args) as cvh:
+            chart = customers_first(cvh, tier_layers(summary, sums))
+        from clients.org_chart import draw_org_chart  # matplotlib loads only for pictures
+
+        draw_org_chart(chart, out, title=args.title or "Customers first",
+                       subtitle=f"{counted(summary.total_customers, 'customer')}, {summary.run}",
+                       value_signal=args.value_signal)
     print_json({"out": str(out), "tiers": len(summary.tiers)}) if args.json else print(f"wrote {out}")
     return 0
+
+
+def customers_first(cvh, layers):
+    """The inverted org chart's figures: the front line (owners) per tier, CSMs, CEMs and the CCO."""
+    from clients.org_chart import OrgChart, front_line, people_words
+
+    org = [m.person for m in cvh.get_organization_team().members if m.role == "chief_customer_officer"]
+    return OrgChart(layers, front_line(layers, cvh.list_portfolios("owner")), [
+        ("Customer success managers", people_words(cvh.list_portfolios("customer_success_manager"))),
+        ("Customer experience managers", people_words(cvh.list_portfolios("customer_experience_manager"))),
+        ("Chief customer officer", ", ".join(org) or "none named (`cvh org team chief_customer_officer=ID`)")])
 
 
 def pyramid_file(summary: pb.HierarchySummary, layers, out: Path, title: str = "",
@@ -258,6 +287,46 @@ def picture_file(text: str) -> str:
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return text
+
+
+def book(args: argparse.Namespace) -> int:
+    with connect(args) as cvh:
+        answer = cvh.get_book_of_business(args.person, args.role)
+    if args.json:
+        print_json(message_dict(answer))
+        return 0
+    in_role = f" as {answer.role}" if answer.role else ""
+    print(f"{answer.person}{in_role}: {counted(answer.total.customers, 'customer')}"
+          + (f", {answer.load:.0%} of a capacity of {answer.capacity:,}" if answer.capacity else "")
+          + f" ({answer.run or 'no run yet'})")
+    print_book_rows([(t.tier.display_name or "no tier", t.figures) for t in answer.tiers] + [("total", answer.total)])
+    return 0
+
+
+def print_book_rows(rows: list[tuple[str, pb.BookFigures]]) -> None:
+    print_table(["tier", "customers", "since previous run", "value", "revenue", "at risk", "bad profit"],
+                [[name, f"{f.customers:,}", f"{f.customers - f.previous_run_customers:+,}", number(f.composite_value),
+                  number(f.revenue), f"{f.at_risk:,}", f"{f.bad_profit:,} of {f.bad_profit_known:,} known"]
+                 for name, f in rows])
+
+
+def portfolios(args: argparse.Namespace) -> int:
+    with connect(args) as cvh:
+        answer = cvh.list_portfolios(args.role)
+    if args.json:
+        print_json(message_dict(answer))
+        return 0
+    if not answer.portfolios:
+        print(f"no customer's team has a {args.role}")
+        return 0
+    print(f"{args.role}: {counted(len(answer.portfolios), 'person', 'people')} serve "
+          f"{counted(answer.total.customers, 'customer')}; {answer.overloaded:,} above capacity")
+    print_table(["person", "customers", "capacity", "load", "value", "revenue", "at risk", "bad profit"],
+                [[p.person, f"{p.total.customers:,}", f"{p.capacity:,}" if p.capacity else "-",
+                  f"{p.load:.0%}" + (" OVERLOADED" if p.load > 1 else "") if p.capacity else "-",
+                  number(p.total.composite_value), number(p.total.revenue), f"{p.total.at_risk:,}",
+                  f"{p.total.bad_profit:,}"] for p in answer.portfolios])
+    return 0
 
 
 def value_signal_option(command: argparse.ArgumentParser) -> None:
@@ -314,12 +383,36 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
     command.set_defaults(run=tiers)
 
     command = commands.add_parser(
-        "pyramid", parents=[client], help="draw the hierarchy as a pyramid (PNG or SVG)",
-        description="Draw one layer per tier, with bars to scale for its share of the customers and of the money "
-                    "a value signal measures (--value-signal, default annual_revenue). Layer widths follow the "
-                    "square root of the customers (the picture says so).")
+        "pyramid", parents=[client], help="draw the hierarchy customers first (PNG or SVG)",
+        description="Draw the hierarchy as an inverted org chart: customers on top, one box per tier with its "
+                    "customers and share of the money a value signal measures (--value-signal, default "
+                    "annual_revenue); the front line (the owners) beneath each tier with how many customers "
+                    "each serves; then the customer success and experience managers and the chief customer "
+                    "officer who support them. --tiers-only draws the tier pyramid alone: one layer per tier, "
+                    "bars to scale, layer widths following the square root of the customers.")
     command.add_argument("--out", "-o", required=True, type=picture_file, metavar="FILE",
                          help="output file: .png or .svg")
-    command.add_argument("--title", default="", help="title above the pyramid")
+    command.add_argument("--title", default="", help="title above the picture")
+    command.add_argument("--tiers-only", action="store_true", help="the tier pyramid alone, without the people")
     value_signal_option(command)
     command.set_defaults(run=pyramid)
+
+    command = commands.add_parser(
+        "book", parents=[client], help="a person's book of business",
+        description="The customers a person serves (in their effective teams: own members, or inherited from "
+                    "an ancestor account), per tier: how many, the change since the previous run, summed "
+                    "composite value, revenue (the model's outcome money signal, annual_revenue by default), at-risk and bad-profit counts, and the load "
+                    "against the person's capacity.")
+    command.add_argument("person", metavar="PERSON", help="the person's id, e.g. ana@example.com")
+    command.add_argument("--role", default="", metavar="ROLE",
+                         help="only customers served in this team role, e.g. customer_success_manager "
+                              "(default: any role)")
+    command.set_defaults(run=book)
+
+    command = commands.add_parser(
+        "portfolios", parents=[client], help="every person of a role: books of business and load",
+        description="Every person holding a team role, most customers first, with their book's figures and "
+                    "load against capacity (set with `cvh people set`), so a manager sees who is overloaded. "
+                    "A customer served by two people counts for each of them, once in the total.")
+    command.add_argument("--role", required=True, metavar="ROLE", help="the team role, e.g. customer_success_manager")
+    command.set_defaults(run=portfolios)

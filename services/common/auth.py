@@ -6,6 +6,8 @@ tokens), compared in constant time, and never logged. Roles:
 - ``reader``: look-ups (priority, customers, runs, results);
 - ``scorer``: scoring calls (and everything a reader may do);
 - ``writer``: registry writes and telemetry (and everything a reader may do);
+- ``frontline``: the people who serve customers: records their service decisions (RecordServiceDecision), and
+  everything a reader may do (GetPriority first);
 - ``admin``: models, runs, policies and the value hierarchy, and everything else.
 
 Health checks and reflection need no token, so probes and tools can find the server.
@@ -33,10 +35,11 @@ import grpc
 from services.common.errors import ServiceError
 from services.common.interceptors import wrap_handler
 
-READER, SCORER, WRITER, ADMIN = "reader", "scorer", "writer", "admin"
-ROLES = (READER, SCORER, WRITER, ADMIN)
+READER, SCORER, WRITER, FRONTLINE, ADMIN = "reader", "scorer", "writer", "frontline", "admin"
+ROLES = (READER, SCORER, WRITER, FRONTLINE, ADMIN)
 # A role may do what the roles it includes may do.
-INCLUDES = {READER: {READER}, SCORER: {READER, SCORER}, WRITER: {READER, WRITER}, ADMIN: set(ROLES)}
+INCLUDES = {READER: {READER}, SCORER: {READER, SCORER}, WRITER: {READER, WRITER}, FRONTLINE: {READER, FRONTLINE},
+            ADMIN: set(ROLES)}
 
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/",
                  "/grpc.reflection.v1.ServerReflection/")
@@ -63,7 +66,9 @@ REQUIRED_ROLE = {
         "CreateModel", "ActivateModel", "StartScoringRun", "CancelScoringRun", "ImportRunResults")},
     **{_HIERARCHY + m: READER for m in (
         "GetPriority", "BatchGetPriority", "RankCustomers", "ListTierMembers", "GetHierarchySummary",
-        "GetAccountTree", "GetTierPolicy", "WatchPriorityChanges", "GetSnapshotInfo", "ListBadProfits")},
+        "GetAccountTree", "GetTierPolicy", "WatchPriorityChanges", "GetSnapshotInfo", "ListBadProfits",
+        "GetAuthorityUsage", "GetBookOfBusiness", "ListPortfolios")},
+    _HIERARCHY + "RecordServiceDecision": FRONTLINE,
     _HIERARCHY + "SetTierPolicy": ADMIN,
     **{_ADOPTION + m: READER for m in ("GetValueMapVersion", "ListValueMapVersions", "DiffValueMapVersions",
                                        "GetCustomerAdoption", "GetNodeAdoption", "ListNodeCustomers",
@@ -235,7 +240,7 @@ def _refusal(code: grpc.StatusCode, message: str, reason: str) -> grpc.RpcMethod
 
 def _as_caller(handler: grpc.RpcMethodHandler, name: str, method: str) -> grpc.RpcMethodHandler:
     """Run the handler with ``current_caller`` set, and audit writes (who, what, when, outcome)."""
-    writes = REQUIRED_ROLE.get(method) in (WRITER, ADMIN)
+    writes = REQUIRED_ROLE.get(method) in (WRITER, FRONTLINE, ADMIN)
 
     def unary(behavior):
         async def wrapper(request, context):

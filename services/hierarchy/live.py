@@ -25,7 +25,9 @@ from wire.columns import from_matrix
 # Array fields of a snapshot, one value per row, and what a new row starts with.
 ROW_ARRAYS = {"parent": -1, "depth": 0, "roles": 0, "rollup_values": np.nan, "own_level": 0, "effective_level": 0,
               "composite": np.nan, "percentile": np.nan, "rank": 0, "dimension_scores": np.nan, "live_time_us": 0,
-              **OUTCOME_ARRAYS}
+              "team_cells": 0, **OUTCOME_ARRAYS}
+# A feed row's stage when its message carried none (older registries): not a LifecycleStage value.
+STAGE_NOT_SENT = 255
 
 
 @dataclass
@@ -40,7 +42,10 @@ class FeedRows:
     signal_names: list[str]
     signals: np.ndarray        # float64 (rows, signal_names), NaN missing
     sequence: int              # the last sequence the batch holds
-    stages: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint8))  # LifecycleStage, 0 = not sent
+    # Each row's own current team: role -> one cell per row ("a@x;b@x"; "" for none, a role no row has is absent).
+    team: dict[str, list[str]] = field(default_factory=dict)
+    # LifecycleStage per row; STAGE_NOT_SENT for a row of a message without stages (the row keeps its own).
+    stages: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint8))
 
     def signal_columns(self, names: Sequence[str]) -> np.ndarray:
         """The values of ``names`` (NaN for a signal no row carries)."""
@@ -56,20 +61,25 @@ def feed_rows(messages: Sequence[registry_service_pb2.WatchCustomerChangesRespon
     ids: list[str] = []
     parents: list[str] = []
     owners: list[str] = []
+    team: dict[str, list[str]] = {}
     signals = np.full((sum(len(m.chunk.customer_ids) for m in messages), len(names)), np.nan)
     for message in messages:  # whole repeated fields at once: an element at a time costs ten times more
         start = len(ids)
         ids += message.chunk.customer_ids
         parents += message.parent_ids
         owners += message.owners
+        for column in message.team:  # a role a message lacks: no member in it for that message's rows
+            team.setdefault(column.role, [""] * start).extend(column.persons)
+        for cells in team.values():
+            cells.extend([""] * (len(ids) - len(cells)))
         if message.chunk.column_names:
             columns = [names.index(name) for name in message.chunk.column_names]
             signals[start:len(ids), columns] = from_matrix(message.chunk.values)
     deleted = np.frombuffer(b"".join(m.deleted for m in messages), np.uint8).astype(bool)
     roles = np.frombuffer(b"".join(m.stakeholder_roles for m in messages), np.uint8).copy()
-    stages = np.concatenate([np.frombuffer(m.lifecycle_stages, np.uint8) if m.lifecycle_stages
-                             else np.zeros(len(m.chunk.customer_ids), np.uint8) for m in messages]) \
-        if messages else np.empty(0, np.uint8)
+    stages = np.frombuffer(b"".join(m.lifecycle_stages if m.lifecycle_stages
+                                    else bytes([STAGE_NOT_SENT]) * len(m.chunk.customer_ids) for m in messages),
+                           np.uint8).copy()
     if len(set(ids)) < len(ids):  # a customer changed in two messages: its last change only
         seen: set[str] = set()
         keep = np.zeros(len(ids), bool)
@@ -80,8 +90,9 @@ def feed_rows(messages: Sequence[registry_service_pb2.WatchCustomerChangesRespon
         rows = np.flatnonzero(keep).tolist()
         ids, parents, owners = [ids[i] for i in rows], [parents[i] for i in rows], [owners[i] for i in rows]
         deleted, roles, signals, stages = deleted[keep], roles[keep], signals[keep], stages[keep]
+        team = {role: [cells[i] for i in rows] for role, cells in team.items()}
     return FeedRows(ids, deleted, parents, roles, owners, names, signals,
-                    max((message.last_sequence for message in messages), default=0), stages)
+                    max((message.last_sequence for message in messages), default=0), team, stages)
 
 
 @dataclass
@@ -139,9 +150,10 @@ def plan(snap: Snapshot, rows: FeedRows, scores: Scores | None, rule: int, with_
             new_parent[i] = added.get(parent_ids[i], -1)
     moved = up_rows[now("parent")[up_rows] != new_parent]
     writes = [("parent", up_rows, new_parent), ("parent", gone, np.full(len(gone), -1, np.int64)),
-              ("roles", up_rows, rows.roles[up]), ("rollup_values", up_rows, rows.signal_columns(ROLLUP_SIGNALS)[up])]
-    if len(rows.stages) == k:  # a stage of 0 was not sent: the row keeps its own
-        staged = up[rows.stages[up] > 0]
+              ("roles", up_rows, rows.roles[up]), ("rollup_values", up_rows, rows.signal_columns(ROLLUP_SIGNALS)[up]),
+              ("revenue", up_rows, rows.signal_columns([snap.money_signal])[up, 0])]
+    if len(rows.stages) == k:
+        staged = up[rows.stages[up] != STAGE_NOT_SENT]
         writes.append(("stages", target[staged], rows.stages[staged]))
     owners = [(int(r), rows.owners[i]) for r, i in zip(up_rows.tolist(), up.tolist())
               if r >= n or snap.owners[r] != rows.owners[i]]
@@ -149,6 +161,8 @@ def plan(snap: Snapshot, rows: FeedRows, scores: Scores | None, rule: int, with_
     for row, above in zip(moved.tolist(), new_parent[np.isin(up_rows, moved)].tolist()):
         if above >= 0:
             adopted[above] = adopted.get(above, frozenset()) | {row}
+
+    writes += _team_writes(snap, rows, up, up_rows, gone, grown)
 
     # Live scores: only where they differ from what the snapshot holds.
     scored, levels, live = np.empty(0, np.int64), np.empty(0, np.int32), 0
@@ -262,6 +276,24 @@ def _grown(snap: Snapshot, added: int) -> dict[str, np.ndarray]:
         buffer[n:n + added] = start
         grown[name] = buffer[:n + added]
     return grown
+
+
+def _team_writes(snap: Snapshot, rows: FeedRows, up: np.ndarray, up_rows: np.ndarray, gone: np.ndarray,
+                 grown: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Every changed row's whole team (a role its row does not carry has no member), deleted rows' cleared. Cells
+    and roles new to the snapshot are interned into snap.teams (append-only: readers are not disturbed); a new
+    role widens team_cells, in ``grown``, by a copy."""
+    teams = snap.teams
+    columns = [teams.role(role) for role in rows.team]
+    cells = grown.get("team_cells", snap.team_cells)
+    if len(teams.roles) > cells.shape[1]:
+        wider = np.zeros((len(cells), len(teams.roles)), np.int32)
+        wider[:, :cells.shape[1]] = cells
+        grown["team_cells"] = cells = wider
+    values = np.zeros((len(up), cells.shape[1]), np.int32)
+    for column, texts in zip(columns, rows.team.values()):
+        values[:, column] = teams.intern([texts[i] for i in up.tolist()])
+    return [("team_cells", up_rows, values), ("team_cells", gone, np.zeros((len(gone), cells.shape[1]), np.int32))]
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -21,6 +21,10 @@ MAX_CHANGE_NOTE = 1024
 MAX_SLA_SECONDS = 365 * 24 * 3600
 MAX_ROUTING_PRIORITY = 1000
 CURRENCY = re.compile(r"[A-Z]{3}")
+# The escalation path of a customer, in order: (level, the team role it is served by).
+ESCALATION_LEVELS = (("front_line", "owner"), ("customer_success_manager", "customer_success_manager"),
+                     ("customer_experience_manager", "customer_experience_manager"),
+                     ("chief_customer_officer", "chief_customer_officer"))
 
 DEFAULT_ROLE_PRECEDENCE = [
     common_pb2.STAKEHOLDER_ROLE_IMPACT_GROUP, common_pb2.STAKEHOLDER_ROLE_END_USER, common_pb2.STAKEHOLDER_ROLE_BUYER,
@@ -86,7 +90,34 @@ def check_policy(policy: pb.TierPolicy) -> None:
         violations.add("policy.default_tier", "required: the policy of unscored customers and of tiers without "
                                               "an entry")
     check_text(policy.change_note, "policy.change_note", MAX_CHANGE_NOTE, violations)
+    _check_involvement(policy, violations)
+    if policy.goodwill_period not in pb.GoodwillPeriod.values():
+        violations.add("policy.goodwill_period", f"unknown period {policy.goodwill_period}: MONTHLY (the default), "
+                                                 f"QUARTERLY or YEARLY")
     violations.raise_if_any("policy")
+
+
+def _check_involvement(policy: pb.TierPolicy, violations: Violations) -> None:
+    levels = [level for level, _ in ESCALATION_LEVELS]
+    if len(policy.escalation_involvement) > len(levels):
+        violations.add("policy.escalation_involvement", f"at most {len(levels)} entries, one per level")
+    seen = set()
+    for i, entry in enumerate(policy.escalation_involvement[:len(levels)]):
+        where = f"policy.escalation_involvement[{i}]"
+        if entry.level not in levels or entry.level in seen:
+            violations.add(f"{where}.level", f"one of {', '.join(levels)}, each once; got {entry.level[:70]!r}")
+        seen.add(entry.level)
+        if not 0 <= entry.lowest_tier_level <= MAX_POLICY_TIERS:
+            violations.add(f"{where}.lowest_tier_level", f"0 (every tier) to {MAX_POLICY_TIERS}, "
+                                                         f"got {entry.lowest_tier_level}")
+
+
+def involved_levels(policy: pb.TierPolicy, tier_level: int) -> list[tuple[str, str]]:
+    """The (level, role) steps of the escalation path that a customer of effective ``tier_level`` (0: none)
+    involves under ``policy``."""
+    lowest = {entry.level: entry.lowest_tier_level for entry in policy.escalation_involvement}
+    return [(level, role) for level, role in ESCALATION_LEVELS
+            if not lowest.get(level) or 0 < tier_level <= lowest[level]]
 
 
 def _check_tier(tier: pb.TierServicePolicy, prefix: str, violations: Violations) -> None:

@@ -37,12 +37,21 @@ from services.common.validation import (
     decode_offset_token,
     encode_page_token,
     page_size,
+    timestamp_us,
 )
-from services.hierarchy import live
+from services.hierarchy import books, decisions, live
 from services.hierarchy import snapshot as snapshots
-from services.hierarchy.policy import MAX_POLICY_TEXT, MAX_POLICY_TIERS, check_policy, default_policy, policy_warnings
-from services.hierarchy.tables import policies
+from services.hierarchy.policy import (
+    MAX_POLICY_TEXT,
+    MAX_POLICY_TIERS,
+    check_policy,
+    default_policy,
+    involved_levels,
+    policy_warnings,
+)
+from services.hierarchy.tables import policies, service_decisions
 from services.registry.customers import now_us, set_timestamp
+from services.registry.teams import person_problem, role_problem
 from wire import columns
 
 log = logging.getLogger("cvh.hierarchy")
@@ -53,6 +62,11 @@ MAX_REASONS = 3
 # before it misses some.
 WATCH_BACKLOG = 64
 RETRY_SECONDS = (0.5, 1, 2, 5, 10)
+# How often the organisation's team (which the change feed does not carry) is read again.
+ORG_TEAM_SECONDS = 2
+CAPACITY_SECONDS = 5
+# GetAuthorityUsage's periods end before the year 10,000 (which datetime cannot hold): 9999-01-01.
+LAST_PERIOD_US = 253_370_764_800 * 1_000_000
 # Feed rows one patch takes at most (a bulk import's changes come as several patches).
 MAX_PATCH_ROWS = 65_536
 # Rows per ScoreBatch message of a live re-score (16 signals x 8 bytes: 1 MiB).
@@ -81,7 +95,16 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.policy = self._load_policy()
+        self.budgets = self._load_budgets(self.policy)
+        self._deciding = asyncio.Lock()  # a decision reads and uses a budget in one step
         self.snapshot = snapshots.empty_snapshot()
+        # The organisation's team, role -> person ids (GetOrganizationTeam), read every ORG_TEAM_SECONDS.
+        self.org_team: dict[str, list[str]] = {}
+        # The served run's model's outcome money signal: the revenue of books of business.
+        self.money_signal = snapshots.DEFAULT_MONEY_SIGNAL
+        # The registry's people's capacities, read at most every CAPACITY_SECONDS (ListPeople).
+        self._capacities: dict[str, int] = {}
+        self._capacities_time = -math.inf
         self.sources_reachable = False
         # Set by the server: where the scoring and registry services are.
         self.scoring: Peer | None = None
@@ -126,7 +149,8 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
     async def start_background(self) -> None:
         loop = asyncio.get_running_loop()
         self._loader = loop.create_task(self._follow_runs())
-        self._followers = [loop.create_task(self._follow_feed()), loop.create_task(self._apply_feed())]
+        self._followers = [loop.create_task(self._follow_feed()), loop.create_task(self._apply_feed()),
+                           loop.create_task(self._follow_org_team())]
 
     async def stop_background(self) -> None:
         for task in [self._loader, *self._followers]:
@@ -175,11 +199,12 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         started = time.perf_counter()
         results = await _read_results(scoring_channel, run) if run else snapshots.no_results()
         model_signals = await self._signals_read(scoring_channel, run) if run else frozenset()
+        money = await self._money_signal(scoring_channel, run) if run else self.money_signal
         if run:
-            await self._read_previous(scoring_channel, run, results)
-        accounts, sequence = await self._read_accounts()
-        built = await asyncio.to_thread(_build, results, accounts, self.policy.inheritance_rule, sequence)
-        self._model_signals = model_signals
+            await self._read_previous(scoring_channel, run, results, money)
+        accounts, sequence = await self._read_accounts(money)
+        built = await asyncio.to_thread(snapshots.build, results, accounts, self.policy.inheritance_rule, sequence)
+        self._model_signals, self.money_signal = model_signals, money
         # The feed from where the run's export stood: what changed since the run read it is applied again (the
         # accounts hold it already, idempotently) and its signals re-scored with the new run.
         self._install(results, min(sequence, run.export_sequence) if run and run.export_sequence else sequence)
@@ -191,21 +216,53 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         log.info("snapshot loaded", extra={"run": built.run, "customers": built.size,
                                            "seconds": round(time.perf_counter() - started, 3)})
 
-    async def _read_accounts(self) -> tuple[snapshots.AccountBase, int]:
+    async def _read_accounts(self, money: str) -> tuple[snapshots.AccountBase, int]:
         if self.local_registry is not None:
-            return await asyncio.to_thread(_read_local_accounts, self.local_registry)
+            return await asyncio.to_thread(_read_local_accounts, self.local_registry, money)
         async with self.registry.channel() as channel:
-            return await _read_accounts(channel)
+            return await _read_accounts(channel, money)
+
+    async def _money_signal(self, scoring_channel, run: scoring_service_pb2.ScoringRun) -> str:
+        """The run's model's outcome money signal (books of business sum it as revenue); annual_revenue when the
+        model names none or cannot be read."""
+        request = scoring_service_pb2.GetModelRequest(name=run.model)
+        try:
+            if self.local_scoring is not None:
+                model = await self.local_scoring.GetModel(request, None)
+            else:
+                model = await scoring_service_pb2_grpc.ScoringServiceStub(scoring_channel).GetModel(request, timeout=30)
+        except (grpc.aio.AioRpcError, ServiceError) as error:
+            log.warning("reading the model of %s failed; revenue is annual_revenue: %s", run.name, error)
+            return snapshots.DEFAULT_MONEY_SIGNAL
+        return model.outcomes.money_signal or snapshots.DEFAULT_MONEY_SIGNAL
+
+    async def _follow_org_team(self) -> None:
+        """Keep the organisation's team (the top of every escalation path) at most ORG_TEAM_SECONDS old."""
+        while True:
+            try:
+                if self.local_registry is not None:
+                    team = await asyncio.to_thread(self.local_registry._organization_team)
+                else:
+                    async with self.registry.channel() as channel:
+                        team = await registry_service_pb2_grpc.RegistryServiceStub(channel).GetOrganizationTeam(
+                            registry_service_pb2.GetOrganizationTeamRequest(), timeout=30)
+                org: dict[str, list[str]] = {}
+                for member in team.members:
+                    org.setdefault(member.role, []).append(member.person)
+                self.org_team = org
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the registry away: the team as last read
+                log.debug("reading the organisation's team failed", exc_info=True)
+            await asyncio.sleep(ORG_TEAM_SECONDS)
 
     async def _read_previous(self, scoring_channel, run: scoring_service_pb2.ScoringRun,
-                             results: snapshots.RunResults) -> None:
-        """The run's money values (its model's money signal) and the previous run's composites into ``results``:
-        from the results held when the previous run is the one served until now, else read."""
+                             results: snapshots.RunResults, money: str) -> None:
+        """The run's stored values of the money signal and the previous run's composites into ``results``: from
+        the results held when the previous run is the one served until now, else read."""
         stub = scoring_service_pb2_grpc.ScoringServiceStub(scoring_channel)
-        model = await stub.GetModel(scoring_service_pb2.GetModelRequest(name=run.model), timeout=30)
-        money = model.outcomes.money_signal
         if money in results.outcome_signals:
-            results.revenue = results.outcome_values[:, results.outcome_signals.index(money)]
+            results.run_money = results.outcome_values[:, results.outcome_signals.index(money)]
         if not run.previous_run:
             return
         held = self.results
@@ -287,9 +344,9 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
     async def _reload_accounts(self) -> None:
         """The whole snapshot again from the run's results and the registry's accounts as they stand: after a gap
         in the feed. Live values are lost until their customers change again or the next run."""
-        accounts, sequence = await self._read_accounts()
+        accounts, sequence = await self._read_accounts(self.money_signal)
         results = self.results or snapshots.no_results()
-        built = await asyncio.to_thread(_build, results, accounts, self.policy.inheritance_rule, sequence)
+        built = await asyncio.to_thread(snapshots.build, results, accounts, self.policy.inheritance_rule, sequence)
         self._install(results, sequence)
         self.snapshot = built
 
@@ -396,6 +453,12 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
             blob = conn.execute(sa.select(policies.c.policy).order_by(policies.c.version.desc()).limit(1)).scalar()
         return pb.TierPolicy.FromString(blob) if blob else default_policy()
 
+    def _load_budgets(self, policy: pb.TierPolicy) -> decisions.Budgets:
+        budgets = decisions.Budgets(policy.goodwill_period)
+        with read_transaction(self.engine) as conn:
+            budgets.load(conn, now_us())
+        return budgets
+
     async def GetTierPolicy(self, request, context):
         return self._with_warnings(self.policy)
 
@@ -418,6 +481,9 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
             snap = self.snapshot
             effective = await asyncio.to_thread(snapshots.with_rule, snap, stored.inheritance_rule)
             snap.effective_level = effective
+            if stored.goodwill_period != self.policy.goodwill_period:
+                async with self._deciding:
+                    self.budgets = await asyncio.to_thread(self._load_budgets, stored)
             self.policy = stored
         return self._with_warnings(stored)
 
@@ -446,7 +512,9 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
                                                f"got {request.compare_days_ago}")
         violations.raise_if_any()
         snap = self.snapshot
-        answer = _priority(snap, self.policy, customer_id)
+        answer = _priority(snap, self.policy, customer_id, self.org_team)
+        if not answer.not_found:
+            self._add_budget(answer, customer_id)
         if (compare_run or request.compare_days_ago) and answer.HasField("trend"):
             answer.trend.CopyFrom(await self._chosen_trend(snap, customer_id, answer, compare_run,
                                                            request.compare_days_ago))
@@ -510,14 +578,136 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
             self._scoring_channel = self.scoring.channel()
         return self._scoring_channel
 
+    def _add_budget(self, answer: pb.Priority, customer_id: str) -> None:
+        self.budgets.roll(now_us())
+        answer.goodwill_remaining_minor = self.budgets.remaining(
+            customer_id, answer.policy.authority.goodwill_credit_limit_minor)
+        answer.goodwill_period_start.FromMicroseconds(self.budgets.start)
+
+    # -- front-line decisions ------------------------------------------------------------------------
+
+    async def RecordServiceDecision(self, request, context):
+        customer_id = decisions.parse_request(request)
+        now = now_us()
+        async with self._deciding:
+            priority = await self.GetPriority(pb.GetPriorityRequest(customer=customer_id), context)
+            tier = priority.policy
+            remaining = priority.goodwill_remaining_minor
+            note = decisions.judge(request, tier, remaining)
+            answer = pb.ServiceDecision(
+                customer=f"customers/{customer_id}", kind=request.kind, amount_minor=request.amount_minor,
+                currency=request.currency, offer=request.offer, person=request.person, reason=request.reason,
+                tier_id=priority.effective_tier.tier_id, outcome=decisions.ESCALATE if note else decisions.WITHIN,
+                escalation_note=note)
+            set_timestamp(answer.record_time, now)
+            if note:
+                answer.escalation_contact.CopyFrom(decisions.escalation_contact(priority.escalation, request.person))
+            granted = request.amount_minor if not note and request.kind == pb.DECISION_KIND_GOODWILL_CREDIT else 0
+            answer.goodwill_remaining_minor = remaining - granted
+            answer.goodwill_period_start.CopyFrom(priority.goodwill_period_start)
+
+            def store() -> int:
+                with write_transaction(self.engine) as conn:
+                    contact = answer.escalation_contact
+                    return conn.execute(service_decisions.insert().values(
+                        customer_id=customer_id, kind=request.kind, amount_minor=request.amount_minor,
+                        currency=request.currency, offer=request.offer, person_id=request.person,
+                        reason=request.reason, record_time_us=now, tier_id=answer.tier_id, outcome=answer.outcome,
+                        escalation_note=note, escalation_level=contact.level,
+                        escalation_contact=contact.contact)).inserted_primary_key[0]
+            decision_id = await asyncio.to_thread(store)
+            if granted and self.budgets.start <= now < self.budgets.end:
+                self.budgets.granted[customer_id] = self.budgets.granted.get(customer_id, 0) + granted
+        answer.name = f"serviceDecisions/{decision_id}"
+        return answer
+
+    # -- books of business ---------------------------------------------------------------------------
+
+    async def GetBookOfBusiness(self, request, context):
+        violations = Violations()
+        if problem := person_problem(request.person):
+            violations.add("person", problem)
+        if request.role and (problem := role_problem(request.role)):
+            violations.add("role", problem)
+        violations.raise_if_any()
+        snap = self.snapshot
+        teams = snap.teams
+        person = teams.person_index.get(request.person)
+        columns = ([teams.role_index[request.role]] if request.role in teams.role_index else []) if request.role \
+            else list(range(len(teams.roles)))
+        # Off the loop: a book of 10,000 customers in 1,000,000 takes about 10 ms of NumPy (which lets go of
+        # the GIL), and GetPriority callers should not wait for it.
+        rows = await asyncio.to_thread(books.person_rows, snap, person, columns) if person is not None \
+            else np.empty(0, np.int64)
+        if not len(rows):
+            in_role = f" as {request.role}" if request.role else ""
+            raise ServiceError(grpc.StatusCode.NOT_FOUND, f"no customer's team holds {request.person}{in_role}",
+                               "PERSON_NOT_FOUND", metadata={"resource": f"people/{request.person}"})
+        capacities = await self._people_capacities()
+        return await asyncio.to_thread(books.book, snap, request.person, request.role, rows,
+                                       capacities.get(request.person, 0))
+
+    async def ListPortfolios(self, request, context):
+        if problem := role_problem(request.role):
+            raise invalid_argument("role", problem)
+        capacities = await self._people_capacities()
+        return await asyncio.to_thread(books.portfolios, self.snapshot, request.role, capacities)
+
+    async def _people_capacities(self) -> dict[str, int]:
+        """person id -> capacity of the people who have one (ListPeople), at most CAPACITY_SECONDS old."""
+        if time.monotonic() - self._capacities_time < CAPACITY_SECONDS:
+            return self._capacities
+        request, found = registry_service_pb2.ListPeopleRequest(page_size=1000), {}
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                if self.local_registry is not None:
+                    def list_people(r):
+                        return self.local_registry.ListPeople(r, None)
+                else:
+                    channel = await stack.enter_async_context(self.registry.channel())
+                    list_people = registry_service_pb2_grpc.RegistryServiceStub(channel).ListPeople
+                while True:
+                    page = await list_people(request)
+                    found.update((p.person_id, p.capacity) for p in page.people if p.capacity)
+                    if not page.next_page_token:
+                        break
+                    request.page_token = page.next_page_token
+        except grpc.aio.AioRpcError as error:  # the registry away: the capacities as last read
+            log.warning("reading people's capacities failed: %s", error.code().name)
+            return self._capacities
+        self._capacities, self._capacities_time = found, time.monotonic()
+        return found
+
+    async def GetAuthorityUsage(self, request, context):
+        violations = Violations()
+        check_text(request.tier_id, "tier_id", MAX_POLICY_TEXT, violations)
+        if request.person and (problem := person_problem(request.person)):
+            violations.add("person", problem)
+        at = now_us()
+        if request.HasField("period"):
+            at = timestamp_us(request.period, "period", violations)
+            if at is not None and not 0 <= at < LAST_PERIOD_US:
+                violations.add("period", "from 1970 to the end of 9998")
+        violations.raise_if_any()
+        start, end = decisions.period_bounds(self.policy.goodwill_period, at)
+
+        def read() -> pb.AuthorityUsage:
+            with read_transaction(self.engine) as conn:
+                return decisions.usage(conn, start, end, request.tier_id, request.person)
+        return await asyncio.to_thread(read)
+
     async def BatchGetPriority(self, request, context):
         if not 1 <= len(request.customers) <= MAX_BATCH:
             raise invalid_argument("customers", f"1 to {MAX_BATCH} names, got {len(request.customers)}")
         violations = Violations()
         ids = [customer_id_from_name(n, f"customers[{i}]", violations) for i, n in enumerate(request.customers)]
         violations.raise_if_any()
-        snap, policy = self.snapshot, self.policy
-        return pb.BatchGetPriorityResponse(priorities=[_priority_or_not_found(snap, policy, i) for i in ids])
+        snap, policy, org = self.snapshot, self.policy, self.org_team
+        answer = pb.BatchGetPriorityResponse(priorities=[_priority_or_not_found(snap, policy, i, org) for i in ids])
+        for customer_id, priority in zip(ids, answer.priorities):
+            if not priority.not_found:
+                self._add_budget(priority, customer_id)
+        return answer
 
     async def RankCustomers(self, request, context):
         if not 2 <= len(request.customers) <= MAX_BATCH:
@@ -628,8 +818,8 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         for row in rows[offset:offset + size].tolist():
             entry = answer.customers.add(customer=f"customers/{snap.customer_ids[row]}", owner=snap.owners[row],
                                          effective_tier=_tier_ref(snap, int(snap.effective_level[row])))
-            if not math.isnan(snap.revenue[row]):
-                entry.revenue = float(snap.revenue[row])
+            if not math.isnan(snap.run_money[row]):
+                entry.revenue = float(snap.run_money[row])
             if not math.isnan(snap.composite[row]):
                 entry.composite = float(snap.composite[row])
         if offset + size < len(rows):
@@ -756,34 +946,32 @@ async def _read_results(channel, run: scoring_service_pb2.ScoringRun) -> snapsho
                                 outcome_values=results.outcome_values)
 
 
-def _build(results: snapshots.RunResults, accounts: snapshots.AccountBase, rule: int,
-           sequence: int) -> snapshots.Snapshot:
-    """The snapshot of a run's results on the accounts, with its outcome arrays (blocking)."""
-    return snapshots.attach_outcomes(snapshots.build(results, accounts, rule, sequence), results, accounts)
-
-
-async def _read_accounts(channel) -> tuple[snapshots.AccountBase, int]:
-    reader = columns.SignalExportReader(snapshots.ROLLUP_SIGNALS)
+async def _read_accounts(channel, money: str) -> tuple[snapshots.AccountBase, int]:
+    names = snapshots.export_signals(money)
+    reader = columns.SignalExportReader(names)
     stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
-    async for message in stub.ExportSignalMatrix(
-            registry_service_pb2.ExportSignalMatrixRequest(signal_names=snapshots.ROLLUP_SIGNALS)):
+    async for message in stub.ExportSignalMatrix(registry_service_pb2.ExportSignalMatrixRequest(signal_names=names)):
         reader.add(message)
-    return _account_base(reader)
+    return _account_base(reader, money)
 
 
-def _read_local_accounts(registry) -> tuple[snapshots.AccountBase, int]:
+def _read_local_accounts(registry, money: str) -> tuple[snapshots.AccountBase, int]:
     """The export's messages straight from the registry servicer of this process: no gRPC, no serializing."""
-    reader = columns.SignalExportReader(snapshots.ROLLUP_SIGNALS)
-    for message in registry.export_messages(list(snapshots.ROLLUP_SIGNALS)):
+    names = snapshots.export_signals(money)
+    reader = columns.SignalExportReader(names)
+    for message in registry.export_messages(names):
         reader.add(message)
-    return _account_base(reader)
+    return _account_base(reader, money)
 
 
-def _account_base(reader: columns.SignalExportReader) -> tuple[snapshots.AccountBase, int]:
+def _account_base(reader: columns.SignalExportReader, money: str) -> tuple[snapshots.AccountBase, int]:
     """The accounts, and the feed sequence they hold."""
     export = reader.result()
-    return (snapshots.AccountBase(export.customer_ids, export.parent_ids, export.roles, export.owners, export.values,
-                                  export.stages), export.sequence)
+    rollup = export.values[:, :len(snapshots.ROLLUP_SIGNALS)]
+    revenue = export.values[:, export.signal_names.index(money)]
+    return (snapshots.AccountBase(export.customer_ids, export.parent_ids, export.roles, export.owners, rollup,
+                                  export.team, export.stages, revenue, money),
+            export.sequence)
 
 
 # -- answers ----------------------------------------------------------------------------------------------
@@ -818,14 +1006,16 @@ def _knows_every_customer(snap: snapshots.Snapshot) -> bool:
     return snap.sequence >= 0
 
 
-def _priority_or_not_found(snap: snapshots.Snapshot, policy: pb.TierPolicy, customer_id: str) -> pb.Priority:
+def _priority_or_not_found(snap: snapshots.Snapshot, policy: pb.TierPolicy, customer_id: str,
+                           org: dict[str, list[str]]) -> pb.Priority:
     """A batch's entry: the priority, or a customer not registered marked so (one does not fail the batch)."""
     if customer_id not in snap.index and _knows_every_customer(snap):
         return pb.Priority(customer=f"customers/{customer_id}", not_found=True)
-    return _priority(snap, policy, customer_id)
+    return _priority(snap, policy, customer_id, org)
 
 
-def _priority(snap: snapshots.Snapshot, policy: pb.TierPolicy, customer_id: str) -> pb.Priority:
+def _priority(snap: snapshots.Snapshot, policy: pb.TierPolicy, customer_id: str,
+              org: dict[str, list[str]]) -> pb.Priority:
     """CUSTOMER_NOT_FOUND for a customer the registry does not hold."""
     answer = pb.Priority(customer=f"customers/{customer_id}", policy_version=policy.version)
     row = snap.index.get(customer_id)
@@ -845,6 +1035,7 @@ def _priority(snap: snapshots.Snapshot, policy: pb.TierPolicy, customer_id: str)
         answer.policy.CopyFrom(policy.default_tier)
         if row is not None:
             answer.stakeholder_role, answer.owner = int(snap.roles[row]), snap.owners[row]
+        _add_people(answer, snap, row, policy, 0, org)
         return answer
     own, effective = int(snap.own_level[row]), int(snap.effective_level[row])
     answer.scored = own > 0
@@ -866,12 +1057,13 @@ def _priority(snap: snapshots.Snapshot, policy: pb.TierPolicy, customer_id: str)
             entry = answer.dimension_scores.add(dimension=dimension)
             if not math.isnan(score):
                 entry.score = float(score)
-    answer.bad_profit = bool(snap.bad_profit[row])
+    answer.bad_profit = bool(snap.bad_profit[row] == 1)
     if own:
         answer.trend.CopyFrom(_trend(snap.previous_run, snap.previous_time_us,
                                      _tier_ref(snap, int(snap.previous_level[row])),
                                      float(snap.previous_composite[row]), own, float(snap.composite[row])))
     answer.reasons.extend(_reasons(snap, row, own, effective))
+    _add_people(answer, snap, row, policy, effective, org)
     return answer
 
 
@@ -895,11 +1087,27 @@ def _trend(compare_run: str, compare_time_us: int, previous_tier: common_pb2.Tie
     change = f", composite {trend.composite_change:+.1f}" if trend.HasField("composite_change") else ""
     trend.note = f"{moved}{change} since {compare_run}"
     return trend
+def _add_people(answer: pb.Priority, snap: snapshots.Snapshot, row: int | None, policy: pb.TierPolicy,
+                tier_level: int, org: dict[str, list[str]]) -> None:
+    """The effective team and the escalation path derived from it (the organisation's team for a role the
+    customer's lacks; the tier's static escalation team for a level nobody holds)."""
+    team: dict[str, list[pb.TeamContact]] = {}
+    if row is not None:
+        for role, persons, source in snap.effective_team(row):
+            inherited = "" if source == row else f"customers/{snap.customer_ids[source]}"
+            team[role] = [pb.TeamContact(role=role, person=p, inherited_from=inherited) for p in persons]
+            answer.team.extend(team[role])
+    fallback = answer.policy.escalation.team
+    for level, role in involved_levels(policy, tier_level):
+        persons = team.get(role) or [pb.TeamContact(role=role, person=p, inherited_from="organization")
+                                     for p in org.get(role, ())]
+        answer.escalation.add(level=level, persons=persons, contact=persons[0].person if persons else fallback,
+                              fallback=not persons)
 
 
 def _reasons(snap: snapshots.Snapshot, row: int, own: int, effective: int) -> list[pb.PriorityReason]:
     reasons = []
-    if snap.bad_profit[row]:
+    if snap.bad_profit[row] == 1:
         reasons.append(pb.PriorityReason(dimension=common_pb2.VALUE_DIMENSION_PROFITABILITY, text=BAD_PROFIT_REASON))
     if effective and (own == 0 or effective < own):
         reasons.append(pb.PriorityReason(text=f"{snap.tiers[effective - 1].display_name} standing inherited "

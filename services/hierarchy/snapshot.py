@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 
 import numpy as np
+import pyarrow as pa
 
 from cvh.common.v1 import common_pb2
 from cvh.hierarchy.v1 import hierarchy_service_pb2 as pb
@@ -23,6 +24,74 @@ from services.registry.store import MAX_DEPTH
 MAX_WALK = 1000
 # Signals summed over account subtrees.
 ROLLUP_SIGNALS = ["annual_revenue", "predicted_ltv"]
+# Revenue in books of business: the served run's model's outcome money signal, this when it names none.
+DEFAULT_MONEY_SIGNAL = "annual_revenue"
+
+
+def export_signals(money: str) -> list[str]:
+    """The signals the hierarchy exports: the roll-up ones, and the money signal after them when another."""
+    return [*ROLLUP_SIGNALS, *([money] if money not in ROLLUP_SIGNALS else [])]
+
+
+SEPARATOR = ";"  # between the members of one role in a team column (services/registry/teams.py)
+
+
+class Teams:
+    """Who serves the customers, compactly: a row's members of one role are a *cell* (a number standing for the
+    tuple of person numbers, cell 0 for none), held in Snapshot.team_cells (rows x roles, int32). Cells and
+    persons are interned once: a million customers served by a few thousand people cost 4 bytes per row and role.
+
+    Append-only: a live patch interns the cells it brings on its worker thread while readers resolve the cells the
+    snapshot already holds, which never change.
+    """
+
+    def __init__(self) -> None:
+        self.roles: list[str] = []                 # column j of Snapshot.team_cells
+        self.role_index: dict[str, int] = {}
+        self.cells: list[tuple[int, ...]] = [()]  # cell -> person numbers, in the order they joined
+        self.cell_index: dict[str, int] = {"": 0}
+        self.people: list[str] = []
+        self.person_index: dict[str, int] = {}
+        self.person_cells: dict[int, list[int]] = {}  # person -> the cells they are in
+
+    def role(self, name: str) -> int:
+        """The column of role ``name``, added when new."""
+        column = self.role_index.get(name)
+        if column is None:
+            column = self.role_index[name] = len(self.roles)
+            self.roles.append(name)
+        return column
+
+    def intern(self, texts: list[str]) -> np.ndarray:
+        """The cells of column texts ("a@x;b@x", "" for none), as int32. Arrow's dictionary encoding hashes the
+        texts in C (a million in about 0.1 s, a quarter of a dict look-up each); only the distinct ones meet
+        Python."""
+        if not texts:
+            return np.empty(0, np.int32)
+        encoded = pa.array(texts, pa.string()).dictionary_encode()
+        distinct = np.array([self._add(text) for text in encoded.dictionary.to_pylist()], np.int32)
+        return distinct[encoded.indices.to_numpy(zero_copy_only=False)]
+
+    def _add(self, text: str) -> int:
+        cell = self.cell_index.get(text)
+        if cell is None:
+            persons = []
+            for person in text.split(SEPARATOR):
+                number = self.person_index.get(person)
+                if number is None:
+                    number = self.person_index[person] = len(self.people)
+                    self.people.append(person)
+                persons.append(number)
+            cell = len(self.cells)
+            self.cells.append(tuple(persons))  # appended before it is indexed: a reader never finds it missing
+            for person in persons:
+                self.person_cells.setdefault(person, []).append(cell)
+            self.cell_index[text] = cell
+        return cell
+
+    def cells_of(self, person: int) -> np.ndarray:
+        """The cells ``person`` is in."""
+        return np.array(self.person_cells.get(person, ()), np.int32)
 
 
 @dataclass(eq=False)
@@ -61,29 +130,66 @@ class Snapshot:
     live_time_us: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     # Rows of deleted customers (their id no longer in the index; their values cleared).
     removed: int = 0
-    # Outcomes (see attach_outcomes): per row the lifecycle stage the registry holds (followed from its feed), the
-    # run's bad-profit flag and stored money value, and the own level and composite of the previous run.
+    # Each row's own current team: team_cells[row, j] is its cell (see Teams) of role teams.roles[j].
+    teams: Teams = field(default_factory=Teams)
+    team_cells: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int32))
+    # Outcomes (see attach_outcomes), one array each, patched from the feed where the registry holds them: per row
+    # the lifecycle stage the registry holds (uint8), the run's bad-profit flag (int8: 1 flagged, 0 not, -1
+    # unknown: a run without flags or a customer it lacks), the own level and composite of the previous run.
     stages: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint8))
-    bad_profit: np.ndarray = field(default_factory=lambda: np.empty(0, bool))
-    revenue: np.ndarray = field(default_factory=lambda: np.empty(0))
+    bad_profit: np.ndarray = field(default_factory=lambda: np.empty(0, np.int8))
     previous_level: np.ndarray = field(default_factory=lambda: np.empty(0, np.int32))
     previous_composite: np.ndarray = field(default_factory=lambda: np.empty(0))
     previous_run: str = ""
     previous_time_us: int = 0
-    # The row of each of the run's results as built (-1: a customer the accounts lack); attach_outcomes reads it.
-    result_rows: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    # Two money values, both needed: run_money is the money signal's value the run stored (what its bad-profit
+    # flag was judged on; ListBadProfits orders by it), revenue the registry's current value (live, patched from
+    # the feed; books of business sum it). money_signal names the signal.
+    run_money: np.ndarray = field(default_factory=lambda: np.empty(0))
+    revenue: np.ndarray = field(default_factory=lambda: np.empty(0))
+    money_signal: str = DEFAULT_MONEY_SIGNAL
 
     def __post_init__(self) -> None:
         if len(self.live_time_us) != len(self.customer_ids):
             self.live_time_us = np.zeros(len(self.customer_ids), np.int64)
         n = len(self.customer_ids)
+        if len(self.team_cells) != n:
+            self.team_cells = np.zeros((n, len(self.teams.roles)), np.int32)
         for name, start in OUTCOME_ARRAYS.items():
             if len(getattr(self, name)) != n:
                 setattr(self, name, np.full(n, start, getattr(self, name).dtype))
 
+    @functools.cached_property
+    def effective_cells(self) -> np.ndarray:
+        """team_cells after inheritance: each row's cell of each role, or its nearest ancestor's that has one
+        (rows of a broken tree keep their own). Once per snapshot and patch: depth passes over the base."""
+        cells = self.team_cells.copy()
+        for d in range(1, int(self.depth.max(initial=0)) + 1):
+            rows = np.flatnonzero(self.depth == d)
+            inherit = cells[rows] == 0
+            cells[rows] = np.where(inherit, cells[self.parent[rows]], cells[rows])
+        return cells
+
+    def effective_team(self, row: int) -> list[tuple[str, list[str], int]]:
+        """(role, person ids, the row they come from) of each role the row or its nearest ancestor that has
+        members in it sets, in role name order. A broken tree above the row: its own members only."""
+        try:
+            rows = [row, *self.ancestors(row)]
+        except BrokenTree:
+            rows = [row]
+        cells = self.team_cells[rows]  # (levels, roles), the row first
+        teams, found = self.teams, []
+        for j in range(cells.shape[1]):
+            column = cells[:, j]
+            at = int(np.argmax(column != 0))
+            if column[at]:
+                found.append((teams.roles[j], [teams.people[p] for p in teams.cells[column[at]]], rows[at]))
+        found.sort()
+        return found
+
     def changed(self) -> None:
         """Forget what was derived from the arrays (after a patch)."""
-        for name in ("rank_order", "broken", "bad_profit_order"):
+        for name in ("rank_order", "broken", "bad_profit_order", "effective_cells"):
             self.__dict__.pop(name, None)
 
     @property
@@ -108,11 +214,11 @@ class Snapshot:
 
     @functools.cached_property
     def bad_profit_order(self) -> np.ndarray:
-        """Rows the run flagged as bad profit that are neither churned nor deleted, highest revenue first (those
-        without one last), sorted once per snapshot and patch."""
-        rows = np.flatnonzero(self.bad_profit & (self.stages != common_pb2.LIFECYCLE_STAGE_CHURNED))
-        revenue = self.revenue[rows]
-        return rows[np.lexsort((rows, -np.nan_to_num(revenue, nan=0.0), np.isnan(revenue)))]
+        """Rows the run flagged as bad profit that are neither churned nor deleted, highest money value of the run
+        first (those without one last), sorted once per snapshot and patch."""
+        rows = np.flatnonzero((self.bad_profit == 1) & (self.stages != common_pb2.LIFECYCLE_STAGE_CHURNED))
+        money = self.run_money[rows]
+        return rows[np.lexsort((rows, -np.nan_to_num(money, nan=0.0), np.isnan(money)))]
 
     @functools.cached_property
     def broken(self) -> int:
@@ -193,7 +299,7 @@ def empty_snapshot() -> Snapshot:
 
 
 # Outcome row arrays and the value of a row that has none (a customer new since the build, or deleted).
-OUTCOME_ARRAYS = {"stages": 0, "bad_profit": False, "revenue": np.nan, "previous_level": 0,
+OUTCOME_ARRAYS = {"stages": 0, "bad_profit": -1, "run_money": np.nan, "revenue": np.nan, "previous_level": 0,
                   "previous_composite": np.nan}
 
 
@@ -211,13 +317,14 @@ class RunResults:
     tier_levels: np.ndarray
     ranks: np.ndarray
     percentiles: np.ndarray
-    # Outcomes: per row the previous run's level, the stored outcome values (revenue: the model's money signal's
-    # column) and the bad-profit flag; the previous run's name, end and composites by customer (empty: none).
+    # Outcomes: per row the previous run's level and the bad-profit flag (int8, -1 unknown), the stored outcome
+    # values (run_money: the model's money signal's column); the previous run's name, end and composites by
+    # customer (empty: none).
     previous_levels: np.ndarray = field(default_factory=lambda: np.empty(0, np.int32))
+    bad_profit: np.ndarray = field(default_factory=lambda: np.empty(0, np.int8))
     outcome_signals: list[str] = field(default_factory=list)
     outcome_values: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))
-    revenue: np.ndarray = field(default_factory=lambda: np.empty(0))
-    bad_profit: np.ndarray = field(default_factory=lambda: np.empty(0, bool))
+    run_money: np.ndarray = field(default_factory=lambda: np.empty(0))
     previous_run: str = ""
     previous_time_us: int = 0
     previous_ids: list[str] = field(default_factory=list)
@@ -233,7 +340,10 @@ class AccountBase:
     roles: np.ndarray
     owners: list[str]
     rollup_values: np.ndarray
-    stages: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint8))  # LifecycleStage per customer
+    team: dict[str, list[str]] = field(default_factory=dict)  # role -> one column cell per row
+    stages: np.ndarray | None = None  # LifecycleStage per row, uint8
+    revenue: np.ndarray | None = None  # the money signal per row (None: annual_revenue of rollup_values)
+    money_signal: str = DEFAULT_MONEY_SIGNAL
 
 
 def no_results() -> RunResults:
@@ -267,31 +377,37 @@ def build(results: RunResults, accounts: AccountBase, inheritance_rule: int, seq
     depth = tree_depths(parent)
     effective = effective_levels(own, parent, depth, len(results.tiers), inheritance_rule)
     child_order, child_start = children_index(parent)
-    return Snapshot(results.run, results.score_time_us, time.time(), tuple(results.tiers), tuple(results.dimensions),
+    revenue = accounts.revenue if accounts.revenue is not None and len(accounts.revenue) == n \
+        else np.asarray(accounts.rollup_values, np.float64)[:, ROLLUP_SIGNALS.index(DEFAULT_MONEY_SIGNAL)]
+    teams = Teams()
+    team_cells = np.zeros((n, len(accounts.team)), np.int32)
+    for role, cells in sorted(accounts.team.items()):
+        team_cells[:, teams.role(role)] = teams.intern(cells)
+    snap = Snapshot(results.run, results.score_time_us, time.time(), tuple(results.tiers), tuple(results.dimensions),
                     ids, index, parent, depth, np.array(accounts.roles, np.uint8), list(accounts.owners),
                     np.array(accounts.rollup_values, np.float64), own, effective, composite, percentile, rank, dims,
                     sorted_dims, sequence, child_order, child_start,
-                    run_composites=np.sort(results.composite[~np.isnan(results.composite)]), result_rows=mapped)
+                    run_composites=np.sort(results.composite[~np.isnan(results.composite)]), teams=teams,
+                    team_cells=team_cells, revenue=np.array(revenue, np.float64),
+                    money_signal=accounts.money_signal if accounts.revenue is not None else DEFAULT_MONEY_SIGNAL)
+    return attach_outcomes(snap, results, accounts, mapped)
 
 
-def attach_outcomes(snap: Snapshot, results: RunResults, accounts: AccountBase) -> Snapshot:
-    """Give a built snapshot its outcome arrays: stages from the accounts; the run's flags, money values and
-    previous levels; the previous run's composites (customers either run lacks keep the empty values)."""
-    n = snap.size
-    if len(accounts.stages) == n:
+def attach_outcomes(snap: Snapshot, results: RunResults, accounts: AccountBase, rows: np.ndarray) -> Snapshot:
+    """Give a built snapshot its outcome arrays (once, in build): stages from the accounts; the run's flags,
+    money values and previous levels (``rows``: the snapshot row of each of its results, -1 for none); the
+    previous run's composites (customers either run lacks keep the empty values)."""
+    if accounts.stages is not None and len(accounts.stages) == snap.size:
         snap.stages = np.array(accounts.stages, np.uint8)
-    rows = snap.result_rows if len(snap.result_rows) == len(results.customer_ids) else \
-        np.fromiter(map(snap.index.get, results.customer_ids, repeat(-1)), np.int64, count=len(results.customer_ids))
     known = rows >= 0
-    for name, column in (("bad_profit", results.bad_profit), ("revenue", results.revenue),
+    for name, column in (("bad_profit", results.bad_profit), ("run_money", results.run_money),
                          ("previous_level", results.previous_levels)):
-        if len(column) == len(rows):
+        if column is not None and len(column) == len(rows):
             getattr(snap, name)[rows[known]] = column[known]
     before = np.fromiter(map(snap.index.get, results.previous_ids, repeat(-1)), np.int64,
                          count=len(results.previous_ids))
     snap.previous_composite[before[before >= 0]] = results.previous_composite[before >= 0]
     snap.previous_run, snap.previous_time_us = results.previous_run, results.previous_time_us
-    snap.result_rows = np.empty(0, np.int64)  # used up
     return snap
 
 

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -120,7 +121,11 @@ def test_import_run_priority_pyramid(suite, tmp_path):
         picture = tmp_path / f"pyramid.{suffix}"
         cvh(suite, "pyramid", "--out", str(picture))
         assert picture.stat().st_size > 1000
-    assert "Strategic" in (tmp_path / "pyramid.svg").read_text()
+    chart = (tmp_path / "pyramid.svg").read_text()
+    assert "Strategic" in chart and "Chief customer officer" in chart and "front line" in chart
+    cvh_here(suite, "pyramid", "--tiers-only", "--out", str(tmp_path / "tiers.svg"))
+    tiers = (tmp_path / "tiers.svg").read_text()
+    assert "Strategic" in tiers and "Chief customer officer" not in tiers
 
 
 def test_customers_get_list_delete_and_signal_history(suite, tmp_path):
@@ -201,7 +206,7 @@ def test_every_status_code_a_caller_meets_has_a_hint():
 def test_help_explains_every_command():
     done = subprocess.run([sys.executable, "-m", "clients.cli", "--help"], capture_output=True, text=True, timeout=60)
     for command in ("serve", "import", "customers", "signals", "models", "run", "priority", "rank", "tree", "tiers",
-                    "pyramid", "demo", "health", "valuemap", "telemetry", "adoption"):
+                    "pyramid", "demo", "health", "valuemap", "telemetry", "adoption", "book", "portfolios"):
         assert f"    {command}" in done.stdout, command
 
 
@@ -244,3 +249,29 @@ def test_demo_says_so_when_the_suite_asked_for_is_not_there():
     done = subprocess.run([sys.executable, "-m", "clients.cli", "demo", "--server", "127.0.0.1:1", "--timeout", "2"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "UNAVAILABLE" in done.stderr and "cvh serve" in done.stderr
+
+
+def test_book_and_portfolios(suite):
+    import grpc
+
+    from cvh.registry.v1 import registry_service_pb2 as rpb
+    from cvh.registry.v1 import registry_service_pb2_grpc as rpb_grpc
+    with grpc.insecure_channel(suite.target) as channel:
+        registry = rpb_grpc.RegistryServiceStub(channel)
+        for i, persons in enumerate(["zoe@x", "zoe@x", "zoe@x;yan@x"]):
+            registry.CreateCustomer(rpb.CreateCustomerRequest(customer=rpb.Customer(
+                customer_id=f"book-{i}", team=[rpb.TeamMember(role="customer_success_manager", person=p)
+                                               for p in persons.split(";")])))
+    cvh_here(suite, "people", "set", "zoe@x", "--capacity", "2")
+    for _ in range(100):  # the hierarchy follows the registry's feed, and reads capacities every few seconds
+        book = cvh_here(suite, "book", "zoe@x", "--role", "customer_success_manager", check=False)
+        if "3 customers, 150% of a capacity of 2" in book.stdout:
+            break
+        time.sleep(0.1)
+    assert "3 customers, 150% of a capacity of 2" in book.stdout, book.stdout + book.stderr
+    assert "total" in book.stdout
+    shown = cvh_here(suite, "portfolios", "--role", "customer_success_manager").stdout
+    assert "1 above capacity" in shown and "OVERLOADED" in shown, shown
+    assert shown.index("zoe@x") < shown.index("yan@x")  # most customers first
+    missing = cvh_here(suite, "book", "nobody@x", check=False)
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr

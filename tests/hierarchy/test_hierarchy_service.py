@@ -302,6 +302,12 @@ CONTRADICTIONS = [
     ("policy.tiers", lambda p: p.ClearField("tiers")),
     ("policy.default_tier", lambda p: p.ClearField("default_tier")),
     ("policy.inheritance_rule", lambda p: setattr(p, "inheritance_rule", pb.INHERITANCE_RULE_UNSPECIFIED)),
+    ("policy.escalation_involvement[0].level", lambda p: p.escalation_involvement.add(level="boss")),
+    ("policy.escalation_involvement[1].level", lambda p: p.escalation_involvement.extend(
+        [pb.EscalationInvolvement(level="front_line"), pb.EscalationInvolvement(level="front_line")])),
+    ("policy.escalation_involvement[0].lowest_tier_level", lambda p: p.escalation_involvement.add(
+        level="chief_customer_officer", lowest_tier_level=17)),
+    ("policy.goodwill_period", lambda p: setattr(p, "goodwill_period", 9)),
 ]
 
 

@@ -10,7 +10,7 @@ import pytest
 from cvh.common.v1 import common_pb2
 from cvh.hierarchy.v1 import hierarchy_service_pb2 as pb
 from cvh.registry.v1 import registry_service_pb2 as rpb
-from services.hierarchy import live
+from services.hierarchy import books, live
 from services.hierarchy import snapshot as snapshots
 from wire.columns import to_chunk
 
@@ -129,3 +129,85 @@ def test_a_customer_changed_in_two_messages_keeps_its_last_change():
     assert rows.ids == ["b", "c", "a"] and rows.owners == ["y", "z", "w"] and rows.sequence == 7
     assert rows.deleted.tolist() == [False, False, True] and rows.signal_names == ["nps", "annual_revenue"]
     assert np.array_equal(rows.signals, [[2.0, np.nan], [np.nan, 3.0], [np.nan, 4.0]], equal_nan=True)
+
+
+def test_teams_and_stages_follow_the_feed_as_a_rebuild_gives_them():
+    """Own team cells and lifecycle stages patched from the feed (a role new to the snapshot included) give the
+    effective teams a walk up the tree gives, and the books see them."""
+    rng = np.random.default_rng(5)
+    n = 400
+    ids = [f"c{i}" for i in range(n)]
+    parents = ["" if i < n // 2 else ids[int(rng.integers(0, n // 2))] for i in range(n)]
+
+    def cell() -> str:
+        return str(rng.choice(["", "", "ana", "bob", "ana;bob", "cy"]))
+
+    own = {c: {"customer_success_manager": cell()} for c in ids}
+    parent_of = dict(zip(ids, parents))
+    accounts = snapshots.AccountBase(list(ids), parents, np.ones(n, np.uint8), [""] * n, rng.random((n, 2)),
+                                     {"customer_success_manager": [own[c]["customer_success_manager"] for c in ids]})
+    results = snapshots.RunResults("runs/1", 1, TIERS, [1], ids[:300], rng.random((300, 1)), rng.random(300) * 100,
+                                   rng.integers(1, 6, 300).astype(np.int32), np.arange(1, 301), rng.random(300))
+    snap = snapshots.build(results, accounts, pb.INHERITANCE_RULE_PARENT_MINUS_ONE, 0)
+    stages = dict.fromkeys(ids, 0)
+    for step in range(1, 8):
+        changed = [str(c) for c in rng.choice(list(own), 30, replace=False)] + [f"new{step}-{k}" for k in range(5)]
+        roles = ["customer_success_manager", "executive_sponsor"] if step >= 3 else ["customer_success_manager"]
+        for c in changed:
+            own[c] = {role: cell() for role in roles}
+            stages[c] = int(rng.integers(0, 6))
+        message = rpb.WatchCustomerChangesResponse(
+            sequences=list(range(len(changed))), last_sequence=step, deleted=bytes(len(changed)),
+            chunk=to_chunk(changed, [], np.empty((len(changed), 0))), display_names=[""] * len(changed),
+            parent_ids=[parent_of.get(c, ids[0]) for c in changed],
+            stakeholder_roles=bytes([1] * len(changed)), owners=[""] * len(changed),
+            lifecycle_stages=bytes(stages[c] for c in changed),
+            team=[rpb.TeamColumn(role=role, persons=[own[c].get(role, "") for c in changed]) for role in roles])
+        live.apply(snap, live.plan(snap, live.feed_rows([message]), None, pb.INHERITANCE_RULE_PARENT_MINUS_ONE))
+        for c, row in snap.index.items():
+            expected, at = {}, row
+            while at >= 0:  # the nearest account up the tree with members in each role
+                for role, text in own[snap.customer_ids[at]].items():
+                    if text and role not in expected:
+                        expected[role] = (text.split(";"), at)
+                at = int(snap.parent[at])
+            assert {role: (persons, source) for role, persons, source in snap.effective_team(row)} == expected, c
+            assert snap.stages[row] == stages[c]
+    ana = snap.teams.person_index["ana"]
+    served = {c for c, row in snap.index.items()
+              if any(r == "customer_success_manager" and "ana" in p for r, p, _ in snap.effective_team(row))}
+    rows = books.person_rows(snap, ana, [snap.teams.role_index["customer_success_manager"]])
+    assert {snap.customer_ids[r] for r in rows} == served
+
+
+def test_revenue_follows_the_models_money_signal_through_the_feed():
+    ids = ["a", "b", "c"]
+    accounts = snapshots.AccountBase(ids, ["", "a", ""], np.ones(3, np.uint8), [""] * 3, np.full((3, 2), 1.0),
+                                     {"customer_success_manager": ["ana", "", "bob"]}, None,
+                                     np.array([100.0, 20.0, np.nan]), "arr")
+    snap = snapshots.build(snapshots.no_results(), accounts, pb.INHERITANCE_RULE_OWN, 0)
+    ana = [snap.teams.person_index["ana"]]
+    column = [snap.teams.role_index["customer_success_manager"]]
+    assert books.book(snap, "ana", "", books.person_rows(snap, ana[0], column), 0).total.revenue == 120.0
+    message = rpb.WatchCustomerChangesResponse(
+        sequences=[1], last_sequence=1, deleted=b"\0", chunk=to_chunk(["b"], ["arr", "annual_revenue"], [[50.0, 9.0]]),
+        display_names=[""], parent_ids=["a"], stakeholder_roles=b"\1", owners=[""])
+    live.apply(snap, live.plan(snap, live.feed_rows([message]), None, pb.INHERITANCE_RULE_OWN))
+    assert books.book(snap, "ana", "", books.person_rows(snap, ana[0], column), 0).total.revenue == 150.0
+
+
+def test_a_message_without_stages_keeps_the_rows_stage_and_one_with_them_sets_it_even_to_unspecified():
+    ids = ["a", "b"]
+    accounts = snapshots.AccountBase(ids, ["", ""], np.ones(2, np.uint8), [""] * 2, np.full((2, 2), 1.0), {},
+                                     np.array([3, 3], np.uint8))
+    snap = snapshots.build(snapshots.no_results(), accounts, pb.INHERITANCE_RULE_OWN, 0)
+
+    def change(customer_id: str, sequence: int, **stages) -> None:
+        message = rpb.WatchCustomerChangesResponse(
+            sequences=[sequence], last_sequence=sequence, deleted=b"\0", chunk=to_chunk([customer_id], [], [[]]),
+            display_names=[""], parent_ids=[""], stakeholder_roles=b"\1", owners=[""], **stages)
+        live.apply(snap, live.plan(snap, live.feed_rows([message]), None, pb.INHERITANCE_RULE_OWN))
+
+    change("a", 1)
+    change("b", 2, lifecycle_stages=b"\0")
+    assert snap.stages.tolist() == [3, 0]

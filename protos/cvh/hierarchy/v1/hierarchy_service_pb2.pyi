@@ -19,6 +19,13 @@ class InheritanceRule(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INHERITANCE_RULE_TOP_PARENT: _ClassVar[InheritanceRule]
     INHERITANCE_RULE_PARENT_MINUS_ONE: _ClassVar[InheritanceRule]
 
+class GoodwillPeriod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GOODWILL_PERIOD_UNSPECIFIED: _ClassVar[GoodwillPeriod]
+    GOODWILL_PERIOD_MONTHLY: _ClassVar[GoodwillPeriod]
+    GOODWILL_PERIOD_QUARTERLY: _ClassVar[GoodwillPeriod]
+    GOODWILL_PERIOD_YEARLY: _ClassVar[GoodwillPeriod]
+
 class RankRule(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     RANK_RULE_UNSPECIFIED: _ClassVar[RankRule]
@@ -26,15 +33,41 @@ class RankRule(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RANK_RULE_ROLE_PRECEDENCE: _ClassVar[RankRule]
     RANK_RULE_SCORE: _ClassVar[RankRule]
     RANK_RULE_TIE: _ClassVar[RankRule]
+
+class DecisionKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DECISION_KIND_UNSPECIFIED: _ClassVar[DecisionKind]
+    DECISION_KIND_GOODWILL_CREDIT: _ClassVar[DecisionKind]
+    DECISION_KIND_FEE_WAIVER: _ClassVar[DecisionKind]
+    DECISION_KIND_OFFER: _ClassVar[DecisionKind]
+    DECISION_KIND_ESCALATION: _ClassVar[DecisionKind]
+
+class DecisionOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DECISION_OUTCOME_UNSPECIFIED: _ClassVar[DecisionOutcome]
+    DECISION_OUTCOME_WITHIN_AUTHORITY: _ClassVar[DecisionOutcome]
+    DECISION_OUTCOME_NEEDS_ESCALATION: _ClassVar[DecisionOutcome]
 INHERITANCE_RULE_UNSPECIFIED: InheritanceRule
 INHERITANCE_RULE_OWN: InheritanceRule
 INHERITANCE_RULE_TOP_PARENT: InheritanceRule
 INHERITANCE_RULE_PARENT_MINUS_ONE: InheritanceRule
+GOODWILL_PERIOD_UNSPECIFIED: GoodwillPeriod
+GOODWILL_PERIOD_MONTHLY: GoodwillPeriod
+GOODWILL_PERIOD_QUARTERLY: GoodwillPeriod
+GOODWILL_PERIOD_YEARLY: GoodwillPeriod
 RANK_RULE_UNSPECIFIED: RankRule
 RANK_RULE_TIER: RankRule
 RANK_RULE_ROLE_PRECEDENCE: RankRule
 RANK_RULE_SCORE: RankRule
 RANK_RULE_TIE: RankRule
+DECISION_KIND_UNSPECIFIED: DecisionKind
+DECISION_KIND_GOODWILL_CREDIT: DecisionKind
+DECISION_KIND_FEE_WAIVER: DecisionKind
+DECISION_KIND_OFFER: DecisionKind
+DECISION_KIND_ESCALATION: DecisionKind
+DECISION_OUTCOME_UNSPECIFIED: DecisionOutcome
+DECISION_OUTCOME_WITHIN_AUTHORITY: DecisionOutcome
+DECISION_OUTCOME_NEEDS_ESCALATION: DecisionOutcome
 
 class SlaTargets(_message.Message):
     __slots__ = ("first_response", "resolution")
@@ -64,6 +97,14 @@ class EscalationPath(_message.Message):
     team: str
     def __init__(self, owner_first: _Optional[bool] = ..., team: _Optional[str] = ...) -> None: ...
 
+class EscalationInvolvement(_message.Message):
+    __slots__ = ("level", "lowest_tier_level")
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    LOWEST_TIER_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    level: str
+    lowest_tier_level: int
+    def __init__(self, level: _Optional[str] = ..., lowest_tier_level: _Optional[int] = ...) -> None: ...
+
 class TierServicePolicy(_message.Message):
     __slots__ = ("tier_id", "display_name", "sla", "routing_priority", "authority", "escalation")
     TIER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -81,7 +122,7 @@ class TierServicePolicy(_message.Message):
     def __init__(self, tier_id: _Optional[str] = ..., display_name: _Optional[str] = ..., sla: _Optional[_Union[SlaTargets, _Mapping]] = ..., routing_priority: _Optional[int] = ..., authority: _Optional[_Union[FrontLineAuthority, _Mapping]] = ..., escalation: _Optional[_Union[EscalationPath, _Mapping]] = ...) -> None: ...
 
 class TierPolicy(_message.Message):
-    __slots__ = ("version", "tiers", "default_tier", "role_precedence", "inheritance_rule", "create_time", "change_note", "warnings")
+    __slots__ = ("version", "tiers", "default_tier", "role_precedence", "inheritance_rule", "create_time", "change_note", "warnings", "escalation_involvement", "goodwill_period")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TIERS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_TIER_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +131,8 @@ class TierPolicy(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     CHANGE_NOTE_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    ESCALATION_INVOLVEMENT_FIELD_NUMBER: _ClassVar[int]
+    GOODWILL_PERIOD_FIELD_NUMBER: _ClassVar[int]
     version: int
     tiers: _containers.RepeatedCompositeFieldContainer[TierServicePolicy]
     default_tier: TierServicePolicy
@@ -98,7 +141,9 @@ class TierPolicy(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     change_note: str
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierServicePolicy, _Mapping]]] = ..., default_tier: _Optional[_Union[TierServicePolicy, _Mapping]] = ..., role_precedence: _Optional[_Iterable[_Union[_common_pb2.StakeholderRole, str]]] = ..., inheritance_rule: _Optional[_Union[InheritanceRule, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., change_note: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    escalation_involvement: _containers.RepeatedCompositeFieldContainer[EscalationInvolvement]
+    goodwill_period: GoodwillPeriod
+    def __init__(self, version: _Optional[int] = ..., tiers: _Optional[_Iterable[_Union[TierServicePolicy, _Mapping]]] = ..., default_tier: _Optional[_Union[TierServicePolicy, _Mapping]] = ..., role_precedence: _Optional[_Iterable[_Union[_common_pb2.StakeholderRole, str]]] = ..., inheritance_rule: _Optional[_Union[InheritanceRule, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., change_note: _Optional[str] = ..., warnings: _Optional[_Iterable[str]] = ..., escalation_involvement: _Optional[_Iterable[_Union[EscalationInvolvement, _Mapping]]] = ..., goodwill_period: _Optional[_Union[GoodwillPeriod, str]] = ...) -> None: ...
 
 class GetPriorityRequest(_message.Message):
     __slots__ = ("customer", "compare_run", "compare_days_ago")
@@ -137,7 +182,7 @@ class PriorityReason(_message.Message):
     def __init__(self, dimension: _Optional[_Union[_common_pb2.ValueDimension, str]] = ..., text: _Optional[str] = ...) -> None: ...
 
 class Priority(_message.Message):
-    __slots__ = ("customer", "scored", "own_tier", "effective_tier", "composite", "percentile", "rank", "dimension_scores", "reasons", "stakeholder_role", "owner", "policy", "run", "score_time", "policy_version", "not_found", "live", "live_time", "lifecycle_stage", "bad_profit", "trend")
+    __slots__ = ("customer", "scored", "own_tier", "effective_tier", "composite", "percentile", "rank", "dimension_scores", "reasons", "stakeholder_role", "owner", "policy", "run", "score_time", "policy_version", "not_found", "live", "live_time", "lifecycle_stage", "bad_profit", "trend", "team", "escalation", "goodwill_remaining_minor", "goodwill_period_start")
     CUSTOMER_FIELD_NUMBER: _ClassVar[int]
     SCORED_FIELD_NUMBER: _ClassVar[int]
     OWN_TIER_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +204,10 @@ class Priority(_message.Message):
     LIFECYCLE_STAGE_FIELD_NUMBER: _ClassVar[int]
     BAD_PROFIT_FIELD_NUMBER: _ClassVar[int]
     TREND_FIELD_NUMBER: _ClassVar[int]
+    TEAM_FIELD_NUMBER: _ClassVar[int]
+    ESCALATION_FIELD_NUMBER: _ClassVar[int]
+    GOODWILL_REMAINING_MINOR_FIELD_NUMBER: _ClassVar[int]
+    GOODWILL_PERIOD_START_FIELD_NUMBER: _ClassVar[int]
     customer: str
     scored: bool
     own_tier: _common_pb2.TierRef
@@ -180,7 +229,33 @@ class Priority(_message.Message):
     lifecycle_stage: _common_pb2.LifecycleStage
     bad_profit: bool
     trend: PriorityTrend
-    def __init__(self, customer: _Optional[str] = ..., scored: _Optional[bool] = ..., own_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., effective_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., composite: _Optional[float] = ..., percentile: _Optional[float] = ..., rank: _Optional[int] = ..., dimension_scores: _Optional[_Iterable[_Union[_common_pb2.DimensionScore, _Mapping]]] = ..., reasons: _Optional[_Iterable[_Union[PriorityReason, _Mapping]]] = ..., stakeholder_role: _Optional[_Union[_common_pb2.StakeholderRole, str]] = ..., owner: _Optional[str] = ..., policy: _Optional[_Union[TierServicePolicy, _Mapping]] = ..., run: _Optional[str] = ..., score_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., policy_version: _Optional[int] = ..., not_found: _Optional[bool] = ..., live: _Optional[bool] = ..., live_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lifecycle_stage: _Optional[_Union[_common_pb2.LifecycleStage, str]] = ..., bad_profit: _Optional[bool] = ..., trend: _Optional[_Union[PriorityTrend, _Mapping]] = ...) -> None: ...
+    team: _containers.RepeatedCompositeFieldContainer[TeamContact]
+    escalation: _containers.RepeatedCompositeFieldContainer[EscalationStep]
+    goodwill_remaining_minor: int
+    goodwill_period_start: _timestamp_pb2.Timestamp
+    def __init__(self, customer: _Optional[str] = ..., scored: _Optional[bool] = ..., own_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., effective_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., composite: _Optional[float] = ..., percentile: _Optional[float] = ..., rank: _Optional[int] = ..., dimension_scores: _Optional[_Iterable[_Union[_common_pb2.DimensionScore, _Mapping]]] = ..., reasons: _Optional[_Iterable[_Union[PriorityReason, _Mapping]]] = ..., stakeholder_role: _Optional[_Union[_common_pb2.StakeholderRole, str]] = ..., owner: _Optional[str] = ..., policy: _Optional[_Union[TierServicePolicy, _Mapping]] = ..., run: _Optional[str] = ..., score_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., policy_version: _Optional[int] = ..., not_found: _Optional[bool] = ..., live: _Optional[bool] = ..., live_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lifecycle_stage: _Optional[_Union[_common_pb2.LifecycleStage, str]] = ..., bad_profit: _Optional[bool] = ..., trend: _Optional[_Union[PriorityTrend, _Mapping]] = ..., team: _Optional[_Iterable[_Union[TeamContact, _Mapping]]] = ..., escalation: _Optional[_Iterable[_Union[EscalationStep, _Mapping]]] = ..., goodwill_remaining_minor: _Optional[int] = ..., goodwill_period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class TeamContact(_message.Message):
+    __slots__ = ("role", "person", "inherited_from")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    PERSON_FIELD_NUMBER: _ClassVar[int]
+    INHERITED_FROM_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    person: str
+    inherited_from: str
+    def __init__(self, role: _Optional[str] = ..., person: _Optional[str] = ..., inherited_from: _Optional[str] = ...) -> None: ...
+
+class EscalationStep(_message.Message):
+    __slots__ = ("level", "persons", "contact", "fallback")
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    PERSONS_FIELD_NUMBER: _ClassVar[int]
+    CONTACT_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    level: str
+    persons: _containers.RepeatedCompositeFieldContainer[TeamContact]
+    contact: str
+    fallback: bool
+    def __init__(self, level: _Optional[str] = ..., persons: _Optional[_Iterable[_Union[TeamContact, _Mapping]]] = ..., contact: _Optional[str] = ..., fallback: _Optional[bool] = ...) -> None: ...
 
 class BatchGetPriorityRequest(_message.Message):
     __slots__ = ("customers",)
@@ -440,3 +515,165 @@ class SnapshotInfo(_message.Message):
     feed_sequence: int
     live_customers: int
     def __init__(self, run: _Optional[str] = ..., customers: _Optional[int] = ..., load_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., sources_reachable: _Optional[bool] = ..., status: _Optional[str] = ..., feed_sequence: _Optional[int] = ..., live_customers: _Optional[int] = ...) -> None: ...
+
+class RecordServiceDecisionRequest(_message.Message):
+    __slots__ = ("customer", "kind", "amount_minor", "currency", "offer", "person", "reason")
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_MINOR_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    OFFER_FIELD_NUMBER: _ClassVar[int]
+    PERSON_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    customer: str
+    kind: DecisionKind
+    amount_minor: int
+    currency: str
+    offer: str
+    person: str
+    reason: str
+    def __init__(self, customer: _Optional[str] = ..., kind: _Optional[_Union[DecisionKind, str]] = ..., amount_minor: _Optional[int] = ..., currency: _Optional[str] = ..., offer: _Optional[str] = ..., person: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ServiceDecision(_message.Message):
+    __slots__ = ("name", "customer", "kind", "amount_minor", "currency", "offer", "person", "reason", "record_time", "tier_id", "outcome", "escalation_note", "escalation_contact", "goodwill_remaining_minor", "goodwill_period_start")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_MINOR_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    OFFER_FIELD_NUMBER: _ClassVar[int]
+    PERSON_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RECORD_TIME_FIELD_NUMBER: _ClassVar[int]
+    TIER_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    ESCALATION_NOTE_FIELD_NUMBER: _ClassVar[int]
+    ESCALATION_CONTACT_FIELD_NUMBER: _ClassVar[int]
+    GOODWILL_REMAINING_MINOR_FIELD_NUMBER: _ClassVar[int]
+    GOODWILL_PERIOD_START_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    customer: str
+    kind: DecisionKind
+    amount_minor: int
+    currency: str
+    offer: str
+    person: str
+    reason: str
+    record_time: _timestamp_pb2.Timestamp
+    tier_id: str
+    outcome: DecisionOutcome
+    escalation_note: str
+    escalation_contact: EscalationStep
+    goodwill_remaining_minor: int
+    goodwill_period_start: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., customer: _Optional[str] = ..., kind: _Optional[_Union[DecisionKind, str]] = ..., amount_minor: _Optional[int] = ..., currency: _Optional[str] = ..., offer: _Optional[str] = ..., person: _Optional[str] = ..., reason: _Optional[str] = ..., record_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tier_id: _Optional[str] = ..., outcome: _Optional[_Union[DecisionOutcome, str]] = ..., escalation_note: _Optional[str] = ..., escalation_contact: _Optional[_Union[EscalationStep, _Mapping]] = ..., goodwill_remaining_minor: _Optional[int] = ..., goodwill_period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetAuthorityUsageRequest(_message.Message):
+    __slots__ = ("tier_id", "person", "period")
+    TIER_ID_FIELD_NUMBER: _ClassVar[int]
+    PERSON_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    tier_id: str
+    person: str
+    period: _timestamp_pb2.Timestamp
+    def __init__(self, tier_id: _Optional[str] = ..., person: _Optional[str] = ..., period: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class AuthorityUsageFigures(_message.Message):
+    __slots__ = ("key", "decisions", "within_authority", "escalations", "escalation_rate", "goodwill_granted_minor", "waivers_and_offers")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    WITHIN_AUTHORITY_FIELD_NUMBER: _ClassVar[int]
+    ESCALATIONS_FIELD_NUMBER: _ClassVar[int]
+    ESCALATION_RATE_FIELD_NUMBER: _ClassVar[int]
+    GOODWILL_GRANTED_MINOR_FIELD_NUMBER: _ClassVar[int]
+    WAIVERS_AND_OFFERS_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    decisions: int
+    within_authority: int
+    escalations: int
+    escalation_rate: float
+    goodwill_granted_minor: int
+    waivers_and_offers: int
+    def __init__(self, key: _Optional[str] = ..., decisions: _Optional[int] = ..., within_authority: _Optional[int] = ..., escalations: _Optional[int] = ..., escalation_rate: _Optional[float] = ..., goodwill_granted_minor: _Optional[int] = ..., waivers_and_offers: _Optional[int] = ...) -> None: ...
+
+class AuthorityUsage(_message.Message):
+    __slots__ = ("period_start", "period_end", "total", "tiers", "persons")
+    PERIOD_START_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_END_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    PERSONS_FIELD_NUMBER: _ClassVar[int]
+    period_start: _timestamp_pb2.Timestamp
+    period_end: _timestamp_pb2.Timestamp
+    total: AuthorityUsageFigures
+    tiers: _containers.RepeatedCompositeFieldContainer[AuthorityUsageFigures]
+    persons: _containers.RepeatedCompositeFieldContainer[AuthorityUsageFigures]
+    def __init__(self, period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., period_end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., total: _Optional[_Union[AuthorityUsageFigures, _Mapping]] = ..., tiers: _Optional[_Iterable[_Union[AuthorityUsageFigures, _Mapping]]] = ..., persons: _Optional[_Iterable[_Union[AuthorityUsageFigures, _Mapping]]] = ...) -> None: ...
+
+class GetBookOfBusinessRequest(_message.Message):
+    __slots__ = ("person", "role")
+    PERSON_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    person: str
+    role: str
+    def __init__(self, person: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
+
+class BookFigures(_message.Message):
+    __slots__ = ("customers", "composite_value", "revenue", "at_risk", "bad_profit", "bad_profit_known", "previous_run_customers")
+    CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    COMPOSITE_VALUE_FIELD_NUMBER: _ClassVar[int]
+    REVENUE_FIELD_NUMBER: _ClassVar[int]
+    AT_RISK_FIELD_NUMBER: _ClassVar[int]
+    BAD_PROFIT_FIELD_NUMBER: _ClassVar[int]
+    BAD_PROFIT_KNOWN_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_RUN_CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    customers: int
+    composite_value: float
+    revenue: float
+    at_risk: int
+    bad_profit: int
+    bad_profit_known: int
+    previous_run_customers: int
+    def __init__(self, customers: _Optional[int] = ..., composite_value: _Optional[float] = ..., revenue: _Optional[float] = ..., at_risk: _Optional[int] = ..., bad_profit: _Optional[int] = ..., bad_profit_known: _Optional[int] = ..., previous_run_customers: _Optional[int] = ...) -> None: ...
+
+class BookTier(_message.Message):
+    __slots__ = ("tier", "figures")
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    FIGURES_FIELD_NUMBER: _ClassVar[int]
+    tier: _common_pb2.TierRef
+    figures: BookFigures
+    def __init__(self, tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., figures: _Optional[_Union[BookFigures, _Mapping]] = ...) -> None: ...
+
+class BookOfBusiness(_message.Message):
+    __slots__ = ("person", "role", "tiers", "total", "capacity", "load", "run")
+    PERSON_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    LOAD_FIELD_NUMBER: _ClassVar[int]
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    person: str
+    role: str
+    tiers: _containers.RepeatedCompositeFieldContainer[BookTier]
+    total: BookFigures
+    capacity: int
+    load: float
+    run: str
+    def __init__(self, person: _Optional[str] = ..., role: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[BookTier, _Mapping]]] = ..., total: _Optional[_Union[BookFigures, _Mapping]] = ..., capacity: _Optional[int] = ..., load: _Optional[float] = ..., run: _Optional[str] = ...) -> None: ...
+
+class ListPortfoliosRequest(_message.Message):
+    __slots__ = ("role",)
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    def __init__(self, role: _Optional[str] = ...) -> None: ...
+
+class ListPortfoliosResponse(_message.Message):
+    __slots__ = ("portfolios", "total", "overloaded")
+    PORTFOLIOS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    OVERLOADED_FIELD_NUMBER: _ClassVar[int]
+    portfolios: _containers.RepeatedCompositeFieldContainer[BookOfBusiness]
+    total: BookFigures
+    overloaded: int
+    def __init__(self, portfolios: _Optional[_Iterable[_Union[BookOfBusiness, _Mapping]]] = ..., total: _Optional[_Union[BookFigures, _Mapping]] = ..., overloaded: _Optional[int] = ...) -> None: ...

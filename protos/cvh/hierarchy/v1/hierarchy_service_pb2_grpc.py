@@ -100,6 +100,26 @@ class HierarchyServiceStub:
                 request_serializer=cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.GetSnapshotInfoRequest.SerializeToString,
                 response_deserializer=cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.SnapshotInfo.FromString,
                 _registered_method=True)
+        self.RecordServiceDecision = channel.unary_unary(
+                '/cvh.hierarchy.v1.HierarchyService/RecordServiceDecision',
+                request_serializer=cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.RecordServiceDecisionRequest.SerializeToString,
+                response_deserializer=cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.ServiceDecision.FromString,
+                _registered_method=True)
+        self.GetAuthorityUsage = channel.unary_unary(
+                '/cvh.hierarchy.v1.HierarchyService/GetAuthorityUsage',
+                request_serializer=cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.GetAuthorityUsageRequest.SerializeToString,
+                response_deserializer=cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.AuthorityUsage.FromString,
+                _registered_method=True)
+        self.GetBookOfBusiness = channel.unary_unary(
+                '/cvh.hierarchy.v1.HierarchyService/GetBookOfBusiness',
+                request_serializer=cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.GetBookOfBusinessRequest.SerializeToString,
+                response_deserializer=cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.BookOfBusiness.FromString,
+                _registered_method=True)
+        self.ListPortfolios = channel.unary_unary(
+                '/cvh.hierarchy.v1.HierarchyService/ListPortfolios',
+                request_serializer=cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.ListPortfoliosRequest.SerializeToString,
+                response_deserializer=cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.ListPortfoliosResponse.FromString,
+                _registered_method=True)
 
 
 class HierarchyServiceServicer:
@@ -254,6 +274,49 @@ class HierarchyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordServiceDecision(self, request, context):
+        """Records a front-line decision for a customer and answers whether it was
+        within the authority of the customer's effective tier. A decision beyond
+        it (a goodwill credit above the period's remaining budget, a fee waiver
+        or offer the tier does not allow, or an explicit escalation) is recorded
+        all the same and answered NEEDS_ESCALATION with whom to turn to; only a
+        credit within authority uses the budget. Needs the frontline role.
+        Errors: INVALID_CUSTOMER_NAME, INVALID_KIND, INVALID_AMOUNT_MINOR,
+        INVALID_CURRENCY, INVALID_OFFER, INVALID_PERSON, INVALID_REASON,
+        CUSTOMER_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAuthorityUsage(self, request, context):
+        """Decisions, authority used and the escalation rate of one goodwill period,
+        per tier and per person, optionally for one tier or one person.
+        Errors: INVALID_TIER_ID, INVALID_PERSON, INVALID_PERIOD.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBookOfBusiness(self, request, context):
+        """A person's book of business: the customers whose effective team holds
+        them (in one role, or any), per effective tier, from the snapshot.
+        Errors: INVALID_PERSON, INVALID_ROLE, PERSON_NOT_FOUND (NOT_FOUND: no
+        customer's team holds the person in that role).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPortfolios(self, request, context):
+        """Every person of one role with their book of business and their load
+        against their capacity (the registry's people), most customers first.
+        Errors: INVALID_ROLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HierarchyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -311,6 +374,26 @@ def add_HierarchyServiceServicer_to_server(servicer, server):
                     servicer.GetSnapshotInfo,
                     request_deserializer=cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.GetSnapshotInfoRequest.FromString,
                     response_serializer=cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.SnapshotInfo.SerializeToString,
+            ),
+            'RecordServiceDecision': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordServiceDecision,
+                    request_deserializer=cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.RecordServiceDecisionRequest.FromString,
+                    response_serializer=cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.ServiceDecision.SerializeToString,
+            ),
+            'GetAuthorityUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAuthorityUsage,
+                    request_deserializer=cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.GetAuthorityUsageRequest.FromString,
+                    response_serializer=cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.AuthorityUsage.SerializeToString,
+            ),
+            'GetBookOfBusiness': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBookOfBusiness,
+                    request_deserializer=cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.GetBookOfBusinessRequest.FromString,
+                    response_serializer=cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.BookOfBusiness.SerializeToString,
+            ),
+            'ListPortfolios': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPortfolios,
+                    request_deserializer=cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.ListPortfoliosRequest.FromString,
+                    response_serializer=cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.ListPortfoliosResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -621,6 +704,114 @@ class HierarchyService:
             '/cvh.hierarchy.v1.HierarchyService/GetSnapshotInfo',
             cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.GetSnapshotInfoRequest.SerializeToString,
             cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.SnapshotInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordServiceDecision(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cvh.hierarchy.v1.HierarchyService/RecordServiceDecision',
+            cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.RecordServiceDecisionRequest.SerializeToString,
+            cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.ServiceDecision.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAuthorityUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cvh.hierarchy.v1.HierarchyService/GetAuthorityUsage',
+            cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.GetAuthorityUsageRequest.SerializeToString,
+            cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.AuthorityUsage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBookOfBusiness(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cvh.hierarchy.v1.HierarchyService/GetBookOfBusiness',
+            cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.GetBookOfBusinessRequest.SerializeToString,
+            cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.BookOfBusiness.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPortfolios(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cvh.hierarchy.v1.HierarchyService/ListPortfolios',
+            cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.ListPortfoliosRequest.SerializeToString,
+            cvh_dot_hierarchy_dot_v1_dot_hierarchy__service__pb2.ListPortfoliosResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -393,11 +393,6 @@ def _role(text: str) -> int:
     return common_pb2.StakeholderRole.Value(name)
 
 
-def time_us(text: str, name: str) -> int:
-    """Microseconds since the epoch of an RFC 3339 time (or ISO date), at most 5 minutes ahead of now."""
-    return _time_us(text, name, _now_us())
-
-
 def _time_us(text: str, name: str, now_us: int) -> int | None:
     """Microseconds since the epoch of an RFC 3339 time (or ISO date); None when empty."""
     if not text:

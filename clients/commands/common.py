@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,6 +86,16 @@ def point_in_time(text: str) -> int:
     except BadRow:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date or an RFC 3339 time, e.g. 2026-11-30 or "
                                          "2026-11-30T18:00:00Z") from None
+
+
+def past_point_in_time(text: str) -> int:
+    """point_in_time, at most 5 minutes ahead of now (the registry's allowance for clock skew)."""
+    from clients.tabular import MAX_FUTURE_US
+
+    moment = point_in_time(text)
+    if moment > time.time_ns() // 1000 + MAX_FUTURE_US:
+        raise argparse.ArgumentTypeError(f"{text} is more than 5 minutes in the future (the allowance for clock skew)")
+    return moment
 
 
 def png_file(text: str) -> str:

@@ -13,7 +13,7 @@ from clients import tabular
 from clients.client import customer_id
 from clients import parquet
 from clients.commands.common import (connect, enum_word, existing_file, existing_path, export_target, non_negative_int,
-                                     whole_number)
+                                     past_point_in_time, whole_number)
 from clients.errors import CvhError
 from services.registry.teams import WELL_KNOWN_ROLES
 from clients.output import (counted, counted_stream, message_dict, print_json, print_table, progress, quantity,
@@ -360,16 +360,6 @@ def stage_argument(text: str) -> int:
         raise argparse.ArgumentTypeError(bad.reason) from None
 
 
-def time_argument(text: str) -> int:
-    """A moment as import files write it (RFC 3339 or a date, UTC when no offset), in microseconds."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("give a time, e.g. 2026-11-01T09:30:00Z or 2026-11-01")
-    try:
-        return tabular.time_us(text.strip(), "time")
-    except tabular.BadRow as bad:
-        raise argparse.ArgumentTypeError(bad.reason) from None
-
-
 def model_inputs(model) -> list[str]:
     """The registry signals a model's runs read: its signals, then its lifetime-value block's purchase signals,
     then its outcomes block's signals."""
@@ -459,7 +449,7 @@ def add_parsers(commands, client: argparse.ArgumentParser) -> None:
     command.add_argument("customer", metavar="ID", help="customer id (or customers/ID)")
     command.add_argument("stage", nargs="?", type=stage_argument, metavar="STAGE",
                          help=f"the stage to enter: {', '.join(tabular.STAGE_NAMES)}")
-    command.add_argument("--entered", type=time_argument, metavar="TIME",
+    command.add_argument("--entered", type=past_point_in_time, metavar="TIME",
                          help="when it entered STAGE: RFC 3339 (2026-11-01T09:30:00Z) or a date (default: now)")
     command.add_argument("--limit", type=non_negative_int, default=100, metavar="N",
                          help="at most N stages (default 100; 0: all)")

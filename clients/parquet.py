@@ -21,23 +21,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cvh.common.v1 import common_pb2
+from wire import enums
 from wire.columns import from_matrix, to_matrix
 
 PART_ROWS = 1_000_000   # rows per part file
 GROUP_ROWS = 65_536     # rows per row group: what a reader or writer holds at a time
-ROLE_NAMES = {value: name.removeprefix("STAKEHOLDER_ROLE_").lower()
-              for name, value in common_pb2.StakeholderRole.items()}
-ROLE_NAMES[0] = ""
-STAGE_NAMES = {value: name.removeprefix("LIFECYCLE_STAGE_").lower()
-               for name, value in common_pb2.LifecycleStage.items()}
-STAGE_NAMES[0] = ""
 # Columns "team.<role>" hold a customer's own members in a role, person ids joined by ";" (null: none).
 TEAM_PREFIX = "team."
 
 
 def stage_names(stages: bytes) -> list[str]:
     """A column of LifecycleStage bytes as the names a customer file takes ("churned")."""
-    return [STAGE_NAMES.get(stage, "") for stage in stages]
+    return [enums.STAGE_NAMES.get(stage, "") for stage in stages]
 
 
 class ParquetError(ValueError):
@@ -68,7 +63,7 @@ def export_batches(messages: Iterable, signal_names: Sequence[str]) -> Iterator[
         roles = np.frombuffer(message.stakeholder_roles, np.uint8)
         columns = [pa.array(list(message.chunk.customer_ids), pa.string()),
                    pa.array(list(message.parent_ids), pa.string()),
-                   pa.array([ROLE_NAMES.get(int(r), "") for r in roles], pa.string()),
+                   pa.array([enums.ROLE_NAMES.get(int(r), "") for r in roles], pa.string()),
                    pa.array(list(message.owners), pa.string()),
                    pa.array(stage_names(message.lifecycle_stages), pa.string())]
         columns += [pa.array([persons or None for persons in column.persons], pa.string()) for column in message.team]

@@ -97,6 +97,7 @@ from google.protobuf import timestamp_pb2
 from clients.parquet import TEAM_PREFIX, ParquetError, ParquetRows
 from cvh.common.v1 import common_pb2
 from cvh.registry.v1 import registry_service_pb2 as registry_pb
+from wire import enums
 from wire.columns import customer_columns
 
 CUSTOMER_FIELDS = ("customer_id", "display_name", "parent_id", "role", "owner", "observe_time", "lifecycle_stage",
@@ -109,10 +110,8 @@ MAX_FUTURE_US = 5 * 60 * 1_000_000  # the registry's allowance for clock skew
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 CUSTOMER_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 SIGNAL_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
-ROLE_NAMES = tuple(name.removeprefix("STAKEHOLDER_ROLE_").lower()
-                   for name in common_pb2.StakeholderRole.keys() if not name.endswith("UNSPECIFIED"))
-STAGE_NAMES = tuple(name.removeprefix("LIFECYCLE_STAGE_").lower()
-                    for name in common_pb2.LifecycleStage.keys() if not name.endswith("UNSPECIFIED"))
+ROLE_NAMES = tuple(enums.ROLE_NAMES.values())
+STAGE_NAMES = tuple(enums.STAGE_NAMES.values())
 TEAM_ROLE = re.compile(r"[a-z][a-z0-9_]{0,62}")
 MAX_TEAM_MEMBERS = 16
 _BAD_PERSON = re.compile(r"[\x00-\x1f\x7f-\x9f]")

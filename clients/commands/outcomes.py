@@ -69,10 +69,9 @@ def customer_history(args: argparse.Namespace) -> int:
 
 
 def _stage_word(stage: int) -> str:
-    from cvh.common.v1 import common_pb2
+    from wire.enums import STAGE_NAMES
 
-    return common_pb2.LifecycleStage.Name(stage).removeprefix("LIFECYCLE_STAGE_").lower().replace("_", " ") \
-        if stage else "–"
+    return STAGE_NAMES.get(stage, str(stage)).replace("_", " ") if stage else "–"
 
 
 def add_parsers(commands, client: argparse.ArgumentParser) -> None:

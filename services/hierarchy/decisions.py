@@ -112,8 +112,8 @@ def judge(request: pb.RecordServiceDecisionRequest, tier: pb.TierServicePolicy, 
     if request.currency != authority.currency:
         return f"the tier's goodwill budget is in {authority.currency}, not {request.currency}"
     if request.amount_minor > remaining:
-        return (f"{request.amount_minor:,} is above the {remaining:,} {authority.currency} minor units left of this "
-                f"period's goodwill budget")
+        return (f"a credit of {request.amount_minor:,} minor units of {authority.currency} is more than the "
+                f"{remaining:,} left of this period's goodwill budget")
     return ""
 
 

@@ -680,7 +680,9 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
 
     async def GetAuthorityUsage(self, request, context):
         violations = Violations()
-        check_text(request.tier_id, "tier_id", MAX_POLICY_TEXT, violations)
+        known = [t.tier_id for t in self.policy.tiers]
+        if request.tier_id and request.tier_id not in known:  # a typo would answer an empty usage
+            violations.add("tier_id", f"unknown tier {request.tier_id!r}; tiers: {', '.join(known)}")
         if request.person and (problem := person_problem(request.person)):
             violations.add("person", problem)
         at = now_us()

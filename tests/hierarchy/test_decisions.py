@@ -100,8 +100,8 @@ BAD = [(_decision(kind=pb.DECISION_KIND_UNSPECIFIED), "kind"), (_decision(amount
        (_decision(currency="eur"), "currency"), (_decision(kind=WAIVER), "amount_minor"),
        (_decision(kind=OFFER, amount_minor=0, currency=""), "offer"), (_decision(person=""), "person"),
        (_decision(person="a;b"), "person"), (_decision(reason=""), "reason"), (_decision(customer=""), "customer"),
-       (pb.GetAuthorityUsageRequest(person="a\x01"), "person"), (pb.GetAuthorityUsageRequest(tier_id="x" * 300),
-                                                                 "tier_id")]
+       (pb.GetAuthorityUsageRequest(person="a\x01"), "person"), (pb.GetAuthorityUsageRequest(tier_id="nope"), "tier_id"),
+       (pb.GetAuthorityUsageRequest(tier_id="x" * 300), "tier_id")]
 
 
 @pytest.mark.parametrize("at_us,start,end", [

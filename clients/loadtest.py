@@ -51,7 +51,8 @@ DEFAULT_ROUNDS = 3
 DEFAULT_RUN_TIME_S = 10
 SCENARIOS = {"support_tooling": "SupportToolingUser", "internal_systems": "InternalSystemsUser",
              "registry_writers": "RegistryWriterUser", "mixed": "MixedUser",
-             "telemetry_writers": "TelemetryWriterUser", "adoption_lookup": "AdoptionLookupUser"}
+             "telemetry_writers": "TelemetryWriterUser", "adoption_lookup": "AdoptionLookupUser",
+             "front_line": "FrontLineUser"}
 DEFAULT_SCENARIOS = tuple(SCENARIOS)
 # p99 limits in milliseconds, per RPC (--max-p99-ms RPC=MS changes one, a bare number GetPriority's, *=MS all).
 # Writes wait for SQLite's one writer at a time, across worker processes too: they get more room. The health
@@ -59,7 +60,8 @@ DEFAULT_SCENARIOS = tuple(SCENARIOS)
 # call's tail in this run, the latency noise the other limits are judged with.
 DEFAULT_P99_MS = {"GetPriority": 20.0, "BatchGetPriority": 50.0, "RankCustomers": 20.0, "ScoreCustomer": 50.0,
                   "ScoreSignals": 50.0, "ScoreBatch": 100.0, "GetCustomer": 50.0, "UpdateCustomer": 500.0,
-                  "RecordSignals": 500.0, "RecordTelemetry": 500.0, "GetCustomerAdoption": 50.0}
+                  "RecordSignals": 500.0, "RecordTelemetry": 500.0, "GetCustomerAdoption": 50.0,
+                  "RecordServiceDecision": 500.0}
 DEFAULT_MIN_PHASE_RPS = 50.0
 DEFAULT_MIN_RATIOS = {"GetPriority": 0.8, "ScoreCustomer": 0.5}
 LOCUSTFILE = Path(__file__).resolve().parent.parent / "loadtests" / "locustfile.py"

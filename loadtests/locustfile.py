@@ -4,7 +4,7 @@
     locust -f loadtests/locustfile.py --headless -u 20 -r 20 -t 1m --host grpc://HOST:PORT SupportToolingUser
 
 Users (loadtests/scenarios.py): SupportToolingUser, InternalSystemsUser, RegistryWriterUser, MixedUser,
-TelemetryWriterUser, AdoptionLookupUser, and
+TelemetryWriterUser, AdoptionLookupUser, FrontLineUser, and
 for calibration HealthUser, GetPriorityUser, ScoreCustomerUser. Distributed mode and options:
 loadtests/README.md.
 """
@@ -19,6 +19,6 @@ except ImportError:  # run from a checkout without installing: the repository ro
     sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "protos"))
 
 from loadtests.scenarios import (  # noqa: E402,F401
-    AdoptionLookupUser, GetPriorityUser, HealthUser, InternalSystemsUser, LatencyProbeUser, MixedUser,
-    RegistryWriterUser, ScoreCustomerUser, SupportToolingUser, TelemetryWriterUser,
+    AdoptionLookupUser, FrontLineUser, GetPriorityUser, HealthUser, InternalSystemsUser, LatencyProbeUser,
+    MixedUser, RegistryWriterUser, ScoreCustomerUser, SupportToolingUser, TelemetryWriterUser,
 )

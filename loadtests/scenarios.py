@@ -5,9 +5,10 @@
 | ``SupportToolingUser`` | GetPriority (16), BatchGetPriority of 20 (2), RankCustomers of 2 to 6 (2) |
 | ``InternalSystemsUser`` | ScoreCustomer (6), ScoreSignals (3), ScoreBatch of one 100-row chunk (1) |
 | ``RegistryWriterUser`` | GetCustomer + UpdateCustomer of its display name to the value read (1), RecordSignals for 1 to 5 customers (2) |
-| ``MixedUser`` | the three above in the proportion 7 : 2 : 1 |
+| ``MixedUser`` | support tooling, the front line (below), internal systems and writers in the proportion 6 : 1 : 2 : 1 |
 | ``TelemetryWriterUser`` | RecordTelemetry: one message of 1,000 events of 1 to 20 customers over the last 30 days (1) |
 | ``AdoptionLookupUser`` | GetCustomerAdoption (1) |
+| ``FrontLineUser`` | GetPriority, then RecordServiceDecision within what the answer allows: a small goodwill credit, a fee waiver, one of the tier's offers or an escalation (1) |
 | ``HealthUser`` | grpc.health.v1 Check: the cheapest call, the calibration ceiling |
 | ``LatencyProbeUser`` | one user calling Check 20 times a second beside a scenario: the latency noise of that phase |
 | ``GetPriorityUser``, ``ScoreCustomerUser`` | that one RPC alone, for its throughput against the ceiling |
@@ -58,6 +59,7 @@ WHAT_IF_ROWS = 1_000
 RECORD_CUSTOMERS = (1, 5)
 TELEMETRY_EVENTS = 1_000
 TELEMETRY_CUSTOMERS = (1, 20)
+GOODWILL_MINOR = (100, 2_000)  # a small credit: most stay within a tier's budget, some go past it
 DAY_US = 86_400 * 1_000_000
 
 
@@ -231,6 +233,31 @@ def get_customer_adoption(user: CvhUser) -> None:
     user.adoption.GetCustomerAdoption(adoption_pb.GetCustomerAdoptionRequest(customer=user.customer()))
 
 
+# -- the front line ---------------------------------------------------------------------------------------
+
+def serve_customer(user: CvhUser) -> None:
+    """An agent's contact: who the customer is and what the agent may do (GetPriority), then a decision the
+    answer allows, recorded (RecordServiceDecision). Budgets run down as the test goes on, so later credits
+    are answered NEEDS_ESCALATION: both outcomes are load."""
+    priority = user.hierarchy.GetPriority(hierarchy_pb.GetPriorityRequest(customer=user.customer()))
+    authority = priority.policy.authority
+    request = hierarchy_pb.RecordServiceDecisionRequest(customer=priority.customer, reason="load test",
+                                                        person=priority.owner or "front-line@loadtest")
+    choices = ["escalation", *(["credit"] * 3 if authority.goodwill_credit_limit_minor else []),
+               *(["waiver"] if authority.may_waive_fees else []), *(["offer"] if authority.offers else [])]
+    choice = user.rng.choice(choices)
+    if choice == "credit":
+        request.kind = hierarchy_pb.DECISION_KIND_GOODWILL_CREDIT
+        request.amount_minor, request.currency = user.rng.randint(*GOODWILL_MINOR), authority.currency
+    elif choice == "waiver":
+        request.kind = hierarchy_pb.DECISION_KIND_FEE_WAIVER
+    elif choice == "offer":
+        request.kind, request.offer = hierarchy_pb.DECISION_KIND_OFFER, user.rng.choice(authority.offers)
+    else:
+        request.kind = hierarchy_pb.DECISION_KIND_ESCALATION
+    user.hierarchy.RecordServiceDecision(request)
+
+
 def check_health(user: CvhUser) -> None:
     user.health.Check(health_pb2.HealthCheckRequest())
 
@@ -243,6 +270,7 @@ def _tasks(weights: dict) -> dict:
 SUPPORT_TOOLING = {get_priority: 16, batch_get_priority: 2, rank_customers: 2}
 INTERNAL_SYSTEMS = {score_customer: 6, score_signals: 3, score_batch: 1}
 REGISTRY_WRITERS = {update_customer: 1, record_signals: 2}
+FRONT_LINE = {serve_customer: 1}
 
 
 def _mix(*profiles: tuple[dict, int]) -> dict:
@@ -274,9 +302,9 @@ class RegistryWriterUser(CvhUser):
 
 
 class MixedUser(CvhUser):
-    """Support tooling, internal systems and writers in the proportion 7 : 2 : 1."""
+    """Support tooling, the front line, internal systems and writers in the proportion 6 : 1 : 2 : 1."""
 
-    tasks = _tasks(_mix((SUPPORT_TOOLING, 7), (INTERNAL_SYSTEMS, 2), (REGISTRY_WRITERS, 1)))
+    tasks = _tasks(_mix((SUPPORT_TOOLING, 6), (FRONT_LINE, 1), (INTERNAL_SYSTEMS, 2), (REGISTRY_WRITERS, 1)))
 
 
 class TelemetryWriterUser(CvhUser):
@@ -289,6 +317,12 @@ class AdoptionLookupUser(CvhUser):
     """Customer Success and Sales tools asking what a customer has achieved, and why not."""
 
     tasks = _tasks({get_customer_adoption: 1})
+
+
+class FrontLineUser(CvhUser):
+    """Agents serving customers: a priority look-up, then a service decision recorded."""
+
+    tasks = _tasks(FRONT_LINE)
 
 
 class HealthUser(CvhUser):
@@ -325,5 +359,5 @@ SCENARIOS = {
     "health": HealthUser, "get_priority": GetPriorityUser, "score_customer": ScoreCustomerUser,
     "support_tooling": SupportToolingUser, "internal_systems": InternalSystemsUser,
     "registry_writers": RegistryWriterUser, "mixed": MixedUser, "telemetry_writers": TelemetryWriterUser,
-    "adoption_lookup": AdoptionLookupUser,
+    "adoption_lookup": AdoptionLookupUser, "front_line": FrontLineUser,
 }

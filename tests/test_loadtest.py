@@ -141,6 +141,7 @@ def test_every_scenario_against_a_deployment(seeded_workers, tmp_path):
                 "internal_systems": {"ScoreCustomer", "ScoreSignals", "ScoreBatch", "Check"},
                 "registry_writers": {"GetCustomer", "UpdateCustomer", "RecordSignals", "Check"},
                 "telemetry_writers": {"RecordTelemetry", "Check"}, "adoption_lookup": {"GetCustomerAdoption", "Check"},
+                "front_line": {"GetPriority", "RecordServiceDecision", "Check"},
                 "health_1": {"Check"}}
     for phase, rpcs in expected.items():
         assert set(summary["phases"][phase]) == rpcs

@@ -9,13 +9,16 @@ engaged ones give feedback, join betas and recommend). Revenue is log-normal
 (a few customers bring most of it); about 5 % of values are missing. A fifth
 of the customers are accounts under a parent (subsidiaries, departments), up
 to three levels deep, parents always before their children. Every stakeholder
-role occurs. The same seed gives the same base.
+role occurs. Each top account has an owner, a customer success manager and a
+customer experience manager (a CSM per ~300 customers, a CEM per ~3,000),
+which the accounts below it inherit; those below have an owner of their own.
+The same seed gives the same base.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -38,6 +41,7 @@ ROLE_SHARES = {common_pb2.STAKEHOLDER_ROLE_END_USER: 0.40, common_pb2.STAKEHOLDE
                common_pb2.STAKEHOLDER_ROLE_IMPACT_GROUP: 0.06, common_pb2.STAKEHOLDER_ROLE_DONOR: 0.04,
                common_pb2.STAKEHOLDER_ROLE_INTERNAL: 0.08}
 CHILD_SHARE = 0.2
+CUSTOMERS_PER_CSM, CUSTOMERS_PER_CEM = 300, 3_000
 MISSING_SHARE = 0.05
 _FIRST = ("Northern", "Blue", "Vertex", "Summit", "Harbor", "Golden", "Silver", "Quantum", "Crescent", "Atlas",
           "Pioneer", "Evergreen", "Redwood", "Lumen", "Orbit", "Cobalt")
@@ -57,6 +61,8 @@ class SyntheticBase:
     owners: list[str]
     signal_names: tuple[str, ...]
     values: np.ndarray         # customers x signals, NaN = not observed
+    # Per team role, each row's own members ("" for none: a child account inherits its parent's).
+    team: dict[str, list[str]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.customer_ids)
@@ -77,7 +83,8 @@ def generate_base(customers: int, seed: int = 0, id_prefix: str = "cust-") -> Sy
     owners = [f"owner-{k:03d}@example.com" for k in rng.integers(0, max(5, n // 500), size=n)]
     names = [f"{_FIRST[a]} {_SECOND[b]} {_SUFFIX[c]}" for a, b, c in zip(
         rng.integers(0, len(_FIRST), n), rng.integers(0, len(_SECOND), n), rng.integers(0, len(_SUFFIX), n))]
-    return SyntheticBase(ids, names, _parents(rng, ids), roles, owners, SIGNALS, values)
+    parents = _parents(rng, ids)
+    return SyntheticBase(ids, names, parents, roles, owners, SIGNALS, values, _teams(rng, parents))
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -132,6 +139,18 @@ def _parents(rng: np.random.Generator, ids: list[str]) -> list[str]:
     return parents
 
 
+def _teams(rng: np.random.Generator, parents: list[str]) -> dict[str, list[str]]:
+    """A CSM and a CEM for each top account (drawn after everything else: the rest of a seed's base stays)."""
+    n = len(parents)
+    top = np.array([not parent for parent in parents])
+    teams = {}
+    for role, prefix, per in (("customer_success_manager", "csm", CUSTOMERS_PER_CSM),
+                              ("customer_experience_manager", "cem", CUSTOMERS_PER_CEM)):
+        people = rng.integers(0, max(1, n // per), size=n)
+        teams[role] = [f"{prefix}-{k:02d}@example.com" if is_top else "" for k, is_top in zip(people.tolist(), top)]
+    return teams
+
+
 def import_base(cvh, base: SyntheticBase, chunk_rows: int = 10_000,
                 on_progress: Callable[[int], None] | None = None,
                 labels: dict[str, str] | None = None) -> registry_pb.ImportCustomersResponse:
@@ -154,7 +173,8 @@ def import_base(cvh, base: SyntheticBase, chunk_rows: int = 10_000,
             yield customer_columns(base.customer_ids[start:end], base.signal_names, base.values[start:end],
                                    display_names=base.display_names[start:end],
                                    parent_ids=base.parent_ids[start:end], roles=base.roles[start:end],
-                                   owners=base.owners[start:end])
+                                   owners=base.owners[start:end],
+                                   team={role: persons[start:end] for role, persons in base.team.items()})
             if on_progress:
                 on_progress(end)
     return cvh.import_columns(chunks())
@@ -165,5 +185,7 @@ def _customer(base: SyntheticBase, i: int, labels: dict[str, str]) -> registry_p
     return registry_pb.Customer(
         customer_id=base.customer_ids[i], display_name=base.display_names[i],
         parent=f"customers/{parent}" if parent else "", stakeholder_role=int(base.roles[i]), owner=base.owners[i],
+        team=[registry_pb.TeamMember(role=role, person=persons[i]) for role, persons in base.team.items()
+              if persons[i]],
         labels=labels, signals={name: registry_pb.SignalValue(value=value)
                                 for name, value in zip(base.signal_names, base.values[i].tolist()) if value == value})

@@ -41,15 +41,19 @@ def to_chunk(customer_ids: Sequence[str], column_names: Sequence[str], values: n
 def customer_columns(customer_ids: Sequence[str], signal_names: Sequence[str] = (), values: np.ndarray | None = None,
                      *, display_names: Sequence[str] = (), parent_ids: Sequence[str] = (),
                      roles: np.ndarray | Sequence[int] = (), owners: Sequence[str] = (),
-                     stages: np.ndarray | Sequence[int] = ()) -> registry_service_pb2.CustomerColumns:
-    """One message of a columnar import; NaN values mean "not observed"."""
+                     stages: np.ndarray | Sequence[int] = (),
+                     team: dict[str, Sequence[str]] | None = None) -> registry_service_pb2.CustomerColumns:
+    """One message of a columnar import; NaN values mean "not observed"; ``team``: per role, each row's persons
+    joined by ";" ("" for none)."""
     if values is None or not len(signal_names):
         values = np.empty((len(customer_ids) if len(signal_names) else 0, len(signal_names)))
     return registry_service_pb2.CustomerColumns(
         customer_ids=list(customer_ids), display_names=list(display_names), parent_ids=list(parent_ids),
         stakeholder_roles=np.asarray(roles, np.uint8).tobytes(), owners=list(owners),
         signal_names=list(signal_names), signal_values=to_matrix(values),
-        lifecycle_stages=np.asarray(stages, np.uint8).tobytes())
+        lifecycle_stages=np.asarray(stages, np.uint8).tobytes(),
+        team_columns=[registry_service_pb2.TeamColumn(role=role, persons=list(persons))
+                      for role, persons in (team or {}).items()])
 
 
 def telemetry_chunk(customer_ids: Sequence[str], event_names: Sequence[str], customer_indices: np.ndarray,

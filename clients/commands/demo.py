@@ -14,7 +14,7 @@ import grpc
 from clients.client import CvhClient, customer_id
 from clients.commands.adoption import print_adoption
 from clients.commands.common import connect, seed_number, server, whole_number
-from clients.commands.hierarchy import picture_file, print_priority, pyramid_file, tiers_table, value_sums
+from clients.commands.hierarchy import picture_file, print_book, print_priority, pyramid_file, tiers_table, value_sums
 from clients.commands.outcomes import print_report
 from clients.commands.scoring import follow_run
 from clients.errors import CvhError
@@ -28,6 +28,8 @@ DEMO_LABEL = "demo"
 DEMO_ID_PREFIX = "demo-"
 MAX_BATCH_GET = 1000
 REMOVE_CALLS = 4  # deletes in flight at once: each waits for a database write, so a few overlap their round trips
+CCO = "cco@example.com"  # the demo's chief customer officer, unless the suite's organisation has one
+CSM_ROLE = "customer_success_manager"
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -59,6 +61,7 @@ def _demo(args: argparse.Namespace) -> int:
                                              labels={DEMO_LABEL: "cvh"})
         print(f"2. imported them through ImportCustomers, labelled {DEMO_LABEL}: {imported.created:,} created, "
               f"{imported.updated:,} updated, {imported.rejected:,} rejected")
+        print(f"   with their teams: {_serving_team(cvh, base)}")
         run = follow_run(cvh, cvh.start_run(), enabled=not args.json)
         if run.failure_reason:
             print(f"   the run failed: {run.failure_reason}")
@@ -81,22 +84,57 @@ def _demo(args: argparse.Namespace) -> int:
                 print()
             print_priority(priority)
         step = 6
+        book = _busiest_book(cvh, step)
+        step += book is not None
         if args.pyramid:
             pyramid_file(summary, layers, Path(args.pyramid))
-            print(f"\n6. drew the pyramid into {args.pyramid}")
-            step = 7
+            print(f"\n{step}. drew the pyramid into {args.pyramid}")
+            step += 1
         value_map = _value_they_get(cvh, base, args.seed, examples[-1], step)
         second = _second_run(cvh, base, run, args.seed, step + 1, enabled=not args.json)
         if second is None:
             return 1
         args.summary = {"customers": args.customers, "imported": imported.created + imported.updated,
                         "own_customers": own, "label": DEMO_LABEL, "run": run.name, "examples": examples,
-                        "tiers": {t.tier.tier_id: t.customers for t in summary.tiers}, **value_map, **second}
-        print("\nNext: `cvh tiers`, `cvh customers get ID`, `cvh rank ID ID`, `cvh tree ID`, "
+                        "tiers": {t.tier.tier_id: t.customers for t in summary.tiers}, "book": book, **value_map,
+                        **second}
+        print("\nNext: `cvh tiers`, `cvh customers get ID`, `cvh rank ID ID`, `cvh tree ID`, `cvh portfolios --role "
+              f"{CSM_ROLE}`, "
               "`cvh pyramid --out pyramid.png`, `cvh run start --wait` after changing signals, `cvh run moves`, "
               "`cvh valuemap show --tree`, `cvh adoption ID`, `cvh outcomes`, `cvh bad-profits`, `cvh history ID`"
               + (", `cvh demo --remove`." if own else "."))
     return 0
+
+
+def _serving_team(cvh: CvhClient, base) -> str:
+    """The organisation's chief customer officer (unless the suite's organisation has one) and the CSMs'
+    capacities, so escalation paths and books of business show people; what was set, in words."""
+    from cvh.registry.v1 import registry_service_pb2 as registry_pb
+
+    from clients.synthetic import CUSTOMERS_PER_CSM
+
+    if not cvh.get_organization_team().members:
+        cvh.update_organization_team([registry_pb.TeamMember(role="chief_customer_officer", person=CCO,
+                                                             display_name="Chief Customer Officer")])
+    csms = sorted({person for person in base.team.get(CSM_ROLE, ()) if person})
+    for person in csms:
+        cvh.update_person(person, capacity=CUSTOMERS_PER_CSM)
+    cems = {person for person in base.team.get("customer_experience_manager", ()) if person}
+    return (f"an owner each, {counted(len(csms), 'customer success manager')} (capacity {CUSTOMERS_PER_CSM} "
+            f"customers each) and {counted(len(cems), 'customer experience manager')} on the top accounts, "
+            "inherited below them; the organisation's chief customer officer on top (`cvh org team`)")
+
+
+def _busiest_book(cvh: CvhClient, step: int) -> str | None:
+    """The book of business of the CSM who serves the most customers; their person id (None: no CSM)."""
+    portfolios = sorted(cvh.list_portfolios(CSM_ROLE).portfolios, key=lambda p: -p.total.customers)
+    if not portfolios:
+        return None
+    person = portfolios[0].person
+    print(f"\n{step}. the busiest customer success manager's book of business (`cvh book {person}`, "
+          f"`cvh portfolios --role {CSM_ROLE}`):\n")
+    print_book(cvh.get_book_of_business(person, CSM_ROLE), indent="   ")
+    return person
 
 
 def _value_they_get(cvh: CvhClient, base, seed: int, customer: str, step: int) -> dict:

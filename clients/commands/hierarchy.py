@@ -295,19 +295,27 @@ def book(args: argparse.Namespace) -> int:
     if args.json:
         print_json(message_dict(answer))
         return 0
-    in_role = f" as {answer.role}" if answer.role else ""
-    print(f"{answer.person}{in_role}: {counted(answer.total.customers, 'customer')}"
-          + (f", {answer.load:.0%} of a capacity of {answer.capacity:,}" if answer.capacity else "")
-          + f" ({answer.run or 'no run yet'})")
-    print_book_rows([(t.tier.display_name or "no tier", t.figures) for t in answer.tiers] + [("total", answer.total)])
+    print_book(answer)
     return 0
 
 
-def print_book_rows(rows: list[tuple[str, pb.BookFigures]]) -> None:
-    print_table(["tier", "customers", "since previous run", "value", "revenue", "at risk", "bad profit"],
-                [[name, f"{f.customers:,}", f"{f.customers - f.previous_run_customers:+,}", number(f.composite_value),
+def print_book(answer: pb.BookOfBusiness, indent: str = "") -> None:
+    in_role = f" as {answer.role}" if answer.role else ""
+    print(f"{indent}{answer.person}{in_role}: {counted(answer.total.customers, 'customer')}"
+          + (f", {answer.load:.0%} of a capacity of {answer.capacity:,}" if answer.capacity else "")
+          + f" ({answer.run or 'no run yet'})")
+    print_book_rows([(t.tier.display_name or "no tier", t.figures) for t in answer.tiers] + [("total", answer.total)],
+                    indent, answer.previous_run)
+
+
+def print_book_rows(rows: list[tuple[str, pb.BookFigures]], indent: str = "", previous_run: str = "") -> None:
+    """One line per tier; "since previous run" is "–" when the run has none to compare with."""
+    print_table(["tier", "customers", f"since {previous_run or 'previous run'}", "value",
+                 "revenue", "at risk", "bad profit"],
+                [[name, f"{f.customers:,}",
+                  f"{f.customers - f.previous_run_customers:+,}" if previous_run else "–", number(f.composite_value),
                   number(f.revenue), f"{f.at_risk:,}", f"{f.bad_profit:,} of {f.bad_profit_known:,} known"]
-                 for name, f in rows])
+                 for name, f in rows], indent=indent)
 
 
 def portfolios(args: argparse.Namespace) -> int:

@@ -61,7 +61,8 @@ def person_rows(snap: Snapshot, person: int, columns: list[int]) -> np.ndarray:
 def book(snap: Snapshot, person: str, role: str, rows: np.ndarray, capacity: int) -> pb.BookOfBusiness:
     values = row_values(snap, rows)
     sums = by_tier(snap, np.zeros(len(rows), np.int64), values, 1)[0]
-    answer = pb.BookOfBusiness(person=person, role=role, run=snap.run, capacity=capacity)
+    answer = pb.BookOfBusiness(person=person, role=role, run=snap.run, previous_run=snap.previous_run,
+                               capacity=capacity)
     fill_book(snap, answer, sums, np.flatnonzero(snap.previous_level[rows] > 0).size)
     return answer
 
@@ -111,7 +112,8 @@ def portfolios(snap: Snapshot, role: str, capacities: dict[str, int]) -> pb.List
     order = sorted(range(len(people)), key=lambda i: (-counts[i], teams.people[int(people[i])]))[:MAX_PORTFOLIOS]
     for i in order:
         person = teams.people[int(people[i])]
-        entry = answer.portfolios.add(person=person, role=role, run=snap.run, capacity=capacities.get(person, 0))
+        entry = answer.portfolios.add(person=person, role=role, run=snap.run, previous_run=snap.previous_run,
+                                      capacity=capacities.get(person, 0))
         fill_book(snap, entry, per_person[i], int(previous[i]))
         answer.overloaded += entry.load > 1
     answer.total.CopyFrom(figures(per_cell.sum(axis=(0, 1))))

@@ -225,6 +225,7 @@ def test_demo_runs_the_whole_flow_on_its_own_suite(tmp_path):
     # A period later: churned customers, detractors, a second run with its outcomes and a bad-profit customer.
     assert summary["second_run"] == "runs/2" and summary["churned"] > 0 and summary["detractors"] > 0
     assert summary["bad_profit_example"].startswith("demo-")
+    assert summary["book"].startswith("csm-"), "the demo's customers have CSMs; the busiest one's book is shown"
 
 
 def test_demo_beside_customers_of_the_suites_own_and_remove(suite, tmp_path):
@@ -270,6 +271,8 @@ def test_book_and_portfolios(suite):
         time.sleep(0.1)
     assert "3 customers, 150% of a capacity of 2" in book.stdout, book.stdout + book.stderr
     assert "total" in book.stdout
+    if "since previous run" in book.stdout:  # no run before the served one: no change to show
+        assert "+" not in book.stdout.split("since previous run")[1]
     shown = cvh_here(suite, "portfolios", "--role", "customer_success_manager").stdout
     assert "1 above capacity" in shown and "OVERLOADED" in shown, shown
     assert shown.index("zoe@x") < shown.index("yan@x")  # most customers first

@@ -45,7 +45,7 @@ def test_books_and_portfolios_match_a_hand_computed_check(channel):
     registry, scoring = rpb_grpc.RegistryServiceStub(channel), spb_grpc.ScoringServiceStub(channel)
     hierarchy = pb_grpc.HierarchyServiceStub(channel)
     ids, matrix = seed(registry, 40)
-    run_to_end(scoring)
+    first = run_to_end(scoring)
     run = run_to_end(scoring)  # the same data again: each customer's previous tier is its tier
     wait_for_snapshot(hierarchy, run.name)
     teams = {**{i: "ana@x" for i in ids[0:5]}, **{i: "ana@x;bob@x" for i in ids[5:10]},
@@ -84,6 +84,7 @@ def test_books_and_portfolios_match_a_hand_computed_check(channel):
         assert got == {level: list(v) for level, v in expected.items()}
         assert book.total.customers == len(customers)
         assert book.total.previous_run_customers == sum(rows[c]["previous"] > 0 for c in customers)
+        assert (book.run, book.previous_run) == (run.name, first.name)
 
     ana = hierarchy.GetBookOfBusiness(pb.GetBookOfBusinessRequest(person="ana@x", role=CSM))
     check(ana, served["ana@x"])

@@ -645,7 +645,7 @@ class BookTier(_message.Message):
     def __init__(self, tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., figures: _Optional[_Union[BookFigures, _Mapping]] = ...) -> None: ...
 
 class BookOfBusiness(_message.Message):
-    __slots__ = ("person", "role", "tiers", "total", "capacity", "load", "run")
+    __slots__ = ("person", "role", "tiers", "total", "capacity", "load", "run", "previous_run")
     PERSON_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     TIERS_FIELD_NUMBER: _ClassVar[int]
@@ -653,6 +653,7 @@ class BookOfBusiness(_message.Message):
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     LOAD_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_RUN_FIELD_NUMBER: _ClassVar[int]
     person: str
     role: str
     tiers: _containers.RepeatedCompositeFieldContainer[BookTier]
@@ -660,7 +661,8 @@ class BookOfBusiness(_message.Message):
     capacity: int
     load: float
     run: str
-    def __init__(self, person: _Optional[str] = ..., role: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[BookTier, _Mapping]]] = ..., total: _Optional[_Union[BookFigures, _Mapping]] = ..., capacity: _Optional[int] = ..., load: _Optional[float] = ..., run: _Optional[str] = ...) -> None: ...
+    previous_run: str
+    def __init__(self, person: _Optional[str] = ..., role: _Optional[str] = ..., tiers: _Optional[_Iterable[_Union[BookTier, _Mapping]]] = ..., total: _Optional[_Union[BookFigures, _Mapping]] = ..., capacity: _Optional[int] = ..., load: _Optional[float] = ..., run: _Optional[str] = ..., previous_run: _Optional[str] = ...) -> None: ...
 
 class ListPortfoliosRequest(_message.Message):
     __slots__ = ("role",)

@@ -10,7 +10,7 @@ import sys
 import grpc
 
 from clients.batch import BatchUnavailable
-from clients.commands import adoption, batch, demo, hierarchy, outcomes, purchases, registry, scoring
+from clients.commands import adoption, batch, decisions, demo, hierarchy, outcomes, purchases, registry, scoring
 from clients.commands.common import (client_options, database_url, existing_file, non_negative_int,
                                      non_negative_seconds, port_number, positive_int, positive_seconds, server,
                                      whole_number)
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.set_defaults(run=_db_upgrade)
 
     client = client_options()
-    for module in (registry, scoring, outcomes, purchases, hierarchy, adoption, batch, demo):
+    for module in (registry, scoring, outcomes, purchases, hierarchy, decisions, adoption, batch, demo):
         module.add_parsers(commands, client)
     from clients import loadtest
     loadtest.add_parser(commands)

@@ -419,8 +419,16 @@ class CvhClient:
                                 ) -> hierarchy_pb.ServiceDecision:
         return self._unary(self.hierarchy.RecordServiceDecision, request)
 
-    def get_authority_usage(self, tier_id: str = "", person: str = "") -> hierarchy_pb.AuthorityUsage:
+    def get_authority_usage(self, tier_id: str = "", person: str = "", period_us: int | None = None,
+                            between_us: tuple[int, int] | None = None) -> hierarchy_pb.AuthorityUsage:
+        """Front-line decisions of the goodwill period holding ``period_us`` (default: the current one), or of
+        ``between_us`` (start inclusive, end exclusive, microseconds since the epoch)."""
         request = hierarchy_pb.GetAuthorityUsageRequest(tier_id=tier_id, person=person)
+        if period_us is not None:
+            request.period.FromMicroseconds(period_us)
+        if between_us is not None:
+            request.start_time.FromMicroseconds(between_us[0])
+            request.end_time.FromMicroseconds(between_us[1])
         return self._unary(self.hierarchy.GetAuthorityUsage, request)
 
     def get_hierarchy_summary(self) -> hierarchy_pb.HierarchySummary:

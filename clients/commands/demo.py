@@ -15,7 +15,7 @@ from clients.client import CvhClient, customer_id
 from clients.commands.adoption import print_adoption
 from clients.commands.common import connect, seed_number, server, whole_number
 from clients.commands.hierarchy import picture_file, print_book, print_priority, pyramid_file, tiers_table, value_sums
-from clients.commands.outcomes import print_report
+from clients.commands.outcomes import decision_usages, print_report
 from clients.commands.scoring import follow_run
 from clients.errors import CvhError
 from clients.output import counted, print_json, progress
@@ -197,15 +197,18 @@ def _second_run(cvh: CvhClient, base, first, seed: int, step: int, enabled: bool
         cvh.update_customer(registry_pb.Customer(name=f"customers/{customer}",
                                                  lifecycle_stage=common_pb2.LIFECYCLE_STAGE_CHURNED),
                             ["lifecycle_stage"])
+    recovered = _service_recovery(cvh, ids[detractors])
     print(f"\n{step}. a period later: {counted(len(churned), 'customer')} churned, {len(detractors):,} of the "
-          f"most profitable turned detractors (NPS -40), {len(grown):,} expanded their revenue by 30 %")
+          f"most profitable turned detractors (NPS -40), {len(grown):,} expanded their revenue by 30 %; the front "
+          f"line recorded {counted(recovered, 'decision')} for the detractors (`cvh decide`)")
     second = follow_run(cvh, cvh.start_run(), enabled=enabled)
     if second.failure_reason:
         print(f"   the second run failed: {second.failure_reason}")
         return None
     cvh.wait_for_snapshot(second.name)
     print(f"   scored again: {second.name}; the outcomes per tier of the first run (`cvh outcomes`):\n")
-    print_report(cvh.get_outcome_report(first.name, second.name), indent="   ")
+    report = cvh.get_outcome_report(first.name, second.name)
+    print_report(report, indent="   ", usages=decision_usages(cvh, report))
     flagged = next(iter(cvh.list_bad_profits(page_size=1)), None)
     if flagged is None:
         return {"second_run": second.name}
@@ -213,6 +216,28 @@ def _second_run(cvh: CvhClient, base, first, seed: int, step: int, enabled: bool
     print_priority(cvh.get_priority(flagged.customer))
     return {"second_run": second.name, "churned": len(churned), "detractors": len(detractors),
             "bad_profit_example": customer_id(flagged.customer)}
+
+
+def _service_recovery(cvh: CvhClient, customers) -> int:
+    """The front line's answer to complaints: a goodwill credit of 40.00 in the tier's currency by each detractor's
+    owner (beyond a small tier's authority: answered as needing escalation), the last one escalated as well.
+    Returns the decisions recorded."""
+    from cvh.hierarchy.v1 import hierarchy_service_pb2 as hierarchy_pb
+
+    recorded = 0
+    for n, priority in enumerate(cvh.batch_get_priority(list(customers))):
+        owner = priority.owner or "front-line@example.com"
+        credit = hierarchy_pb.RecordServiceDecisionRequest(
+            customer=priority.customer, kind=hierarchy_pb.DECISION_KIND_GOODWILL_CREDIT, amount_minor=4_000,
+            currency=priority.policy.authority.currency or "EUR", person=owner, reason="service recovery after a complaint")
+        cvh.record_service_decision(credit)
+        recorded += 1
+        if n == len(customers) - 1:
+            cvh.record_service_decision(hierarchy_pb.RecordServiceDecisionRequest(
+                customer=priority.customer, kind=hierarchy_pb.DECISION_KIND_ESCALATION, person=owner,
+                reason="a complaint the credit did not settle"))
+            recorded += 1
+    return recorded
 
 
 def _own_customers(cvh: CvhClient, demo_ids: list[str]) -> int:

@@ -16,29 +16,52 @@ def outcomes_report(args: argparse.Namespace) -> int:
     last = 0 if args.from_run else (args.last or 2)
     with connect(args) as cvh:
         report = cvh.get_outcome_report(args.from_run, args.to_run, "" if args.from_run else args.model, last)
+        usages = decision_usages(cvh, report)
     if args.out:
         from clients import outcomes as drawing  # matplotlib loads only for pictures
 
         drawing.draw(report, args.out)
     if args.json:
-        print_json(message_dict(report))
+        print_json({**message_dict(report), "decisions": [message_dict(u) if u else None for u in usages]})
         return 0
-    print_report(report)
+    print_report(report, usages=usages)
     if args.out:
         print(f"picture written to {args.out}")
     return 0
 
 
-def print_report(report, indent: str = "") -> None:
-    """An outcome report's table per period, with its notes (what `cvh outcomes` prints)."""
+def print_report(report, indent: str = "", usages: list | None = None) -> None:
+    """An outcome report's table per period, with its notes and, given ``usages`` (decision_usages), the
+    front line's decisions of the period (what `cvh outcomes` prints)."""
     from clients import outcomes as table
+    from clients.commands.decisions import print_usage
 
-    for period in report.periods:
+    for n, period in enumerate(report.periods):
         print(indent + table.title(period))
         print_table(table.HEADERS, table.rows(period), right=list(range(1, len(table.HEADERS))), indent=indent)
         for note in period.notes:
             print(f"{indent}  note: {note}")
+        usage = usages[n] if usages else None
+        if usage is not None and usage.total.decisions:
+            print(f"\n{indent}  the front line's decisions between the two runs, by the tier at decision "
+                  "(`cvh authority`):")
+            print_usage(usage, indent + "  ")
         print()
+
+
+def decision_usages(cvh, report) -> list:
+    """GetAuthorityUsage over each period of ``report`` (from its first run's end to its second's); None where
+    the hierarchy cannot answer (a deployment without it, or a token without the right)."""
+    from clients.errors import CvhError
+
+    usages = []
+    for period in report.periods:
+        between = (period.from_time.ToMicroseconds(), period.to_time.ToMicroseconds())
+        try:
+            usages.append(cvh.get_authority_usage(between_us=between) if between[0] < between[1] else None)
+        except CvhError:
+            usages.append(None)
+    return usages
 
 
 def customer_history(args: argparse.Namespace) -> int:

@@ -690,8 +690,9 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
             at = timestamp_us(request.period, "period", violations)
             if at is not None and not 0 <= at < LAST_PERIOD_US:
                 violations.add("period", "from 1970 to the end of 9998")
+        time_range = _time_range(request, violations)
         violations.raise_if_any()
-        start, end = decisions.period_bounds(self.policy.goodwill_period, at)
+        start, end = time_range or decisions.period_bounds(self.policy.goodwill_period, at)
 
         def read() -> pb.AuthorityUsage:
             with read_transaction(self.engine) as conn:
@@ -978,6 +979,24 @@ def _account_base(reader: columns.SignalExportReader, money: str) -> tuple[snaps
 
 # -- answers ----------------------------------------------------------------------------------------------
 
+def _time_range(request: pb.GetAuthorityUsageRequest, violations: Violations) -> tuple[int, int] | None:
+    """GetAuthorityUsage's start_time and end_time in microseconds; None when neither is set."""
+    given = [name for name in ("start_time", "end_time") if request.HasField(name)]
+    if not given:
+        return None
+    if len(given) == 1:
+        missing = "end_time" if given == ["start_time"] else "start_time"
+        violations.add(missing, f"give start_time and end_time together (only {given[0]} was set)")
+        return None
+    if request.HasField("period"):
+        violations.add("period", "give a goodwill period or start_time and end_time, not both")
+    start = timestamp_us(request.start_time, "start_time", violations)
+    end = timestamp_us(request.end_time, "end_time", violations)
+    if start is not None and end is not None and not 0 <= start < end <= LAST_PERIOD_US:
+        violations.add("end_time", "after start_time, both from 1970 to the end of 9998")
+    return (start, end) if start is not None and end is not None else None
+
+
 def _tier_ref(snap: snapshots.Snapshot, level: int) -> common_pb2.TierRef:
     return snap.tiers[level - 1] if 0 < level <= len(snap.tiers) else common_pb2.TierRef()
 
@@ -1086,9 +1105,12 @@ def _trend(compare_run: str, compare_time_us: int, previous_tier: common_pb2.Tie
     moved = (f"up {trend.tier_change} tier{'s' * (abs(trend.tier_change) > 1)}" if trend.tier_change > 0 else
              f"down {-trend.tier_change} tier{'s' * (abs(trend.tier_change) > 1)}" if trend.tier_change < 0 else
              "same tier" if previous_tier.level else "not scored then")
-    change = f", composite {trend.composite_change:+.1f}" if trend.HasField("composite_change") else ""
+    shown = round(trend.composite_change, 1) + 0.0  # + 0.0: a change rounding to -0.0 reads "+0.0"
+    change = f", composite {shown:+.1f}" if trend.HasField("composite_change") else ""
     trend.note = f"{moved}{change} since {compare_run}"
     return trend
+
+
 def _add_people(answer: pb.Priority, snap: snapshots.Snapshot, row: int | None, policy: pb.TierPolicy,
                 tier_level: int, org: dict[str, list[str]]) -> None:
     """The effective team and the escalation path derived from it (the organisation's team for a role the

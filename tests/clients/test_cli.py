@@ -246,6 +246,42 @@ def test_demo_beside_customers_of_the_suites_own_and_remove(suite, tmp_path):
     assert [c["customer_id"] for c in mine] == ["mine-1", "mine-2"], "the suite's own customers stay"
 
 
+def test_decide_and_authority(suite):
+    import grpc
+
+    from cvh.registry.v1 import registry_service_pb2 as rpb
+    from cvh.registry.v1 import registry_service_pb2_grpc as rpb_grpc
+    with grpc.insecure_channel(suite.target) as channel:
+        rpb_grpc.RegistryServiceStub(channel).CreateCustomer(rpb.CreateCustomerRequest(customer=rpb.Customer(
+            customer_id="decided-1", team=[rpb.TeamMember(role="owner", person="ana@x")])))
+    waiver = None
+    for _ in range(100):  # the hierarchy learns of the customer from the registry's feed
+        waiver = cvh_here(suite, "decide", "decided-1", "escalation", "--by", "ana@x", "--reason", "angry",
+                          check=False)
+        if waiver.returncode == 0:
+            break
+        time.sleep(0.1)
+    assert waiver.returncode == 0 and "needs escalation" in waiver.stdout, waiver.stdout + waiver.stderr
+    # The unscored customer's default tier grants no goodwill: recorded, answered as needing escalation.
+    credit = cvh_here(suite, "decide", "decided-1", "credit", "--amount", "12.50", "--currency", "eur", "--by",
+                      "ana@x", "--reason", "late delivery", "--json")
+    assert json.loads(credit.stdout)["amount_minor"] == "1250"
+    usage = cvh_here(suite, "authority", "--person", "ana@x").stdout
+    assert "ana@x" in usage and "total" in usage and "100%" in usage, usage
+    ranged = json.loads(cvh_here(suite, "authority", "--from", "2000-01-01", "--to", "2000-02-01", "--json").stdout)
+    assert ranged["period_start"].startswith("2000-01-01") and not ranged["total"]
+    for bad, message in [(("decided-1", "credit", "--by", "a@x", "--reason", "r"), "--amount"),
+                         (("decided-1", "credit", "--amount", "1.234", "--by", "a@x", "--reason", "r"), "two decimals"),
+                         (("decided-1", "offer", "--by", "a@x", "--reason", "r"), "--offer"),
+                         (("decided-1", "refund", "--by", "a@x", "--reason", "r"), "invalid choice")]:
+        refused = cvh_here(suite, "decide", *bad, check=False)
+        assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr, bad
+    missing = cvh_here(suite, "decide", "nobody-here", "waiver", "--by", "a@x", "--reason", "r", check=False)
+    assert missing.returncode == 1 and "nobody-here" in missing.stderr and "Traceback" not in missing.stderr
+    half = cvh_here(suite, "authority", "--from", "2000-01-01", check=False)
+    assert half.returncode == 2 and "--to" in half.stderr
+
+
 def test_demo_says_so_when_the_suite_asked_for_is_not_there():
     done = subprocess.run([sys.executable, "-m", "clients.cli", "demo", "--server", "127.0.0.1:1", "--timeout", "2"],
                           capture_output=True, text=True, timeout=120)

@@ -71,6 +71,16 @@ def test_decisions_within_and_beyond_authority_and_their_figures(channel, databa
     last_year = pb.GetAuthorityUsageRequest()
     last_year.period.FromMicroseconds(now_us() - 400 * 86_400 * 1_000_000)
     assert hierarchy.GetAuthorityUsage(last_year).total.decisions == 0
+    # Any time range: the last hour holds all six; the hour before none.
+    hour = 3_600 * 1_000_000
+    recent, earlier = pb.GetAuthorityUsageRequest(), pb.GetAuthorityUsageRequest()
+    recent.start_time.FromMicroseconds(now_us() - hour)
+    recent.end_time.FromMicroseconds(now_us() + 1)
+    earlier.start_time.FromMicroseconds(now_us() - 2 * hour)
+    earlier.end_time.FromMicroseconds(now_us() - hour)
+    assert hierarchy.GetAuthorityUsage(recent).total == usage.total
+    assert hierarchy.GetAuthorityUsage(earlier).total.decisions == 0
+    assert hierarchy.GetAuthorityUsage(recent).period_start == recent.start_time
 
     # Budgets are read back from the table at start.
     engine = db.create_engine(database_url)
@@ -90,6 +100,14 @@ def test_decisions_within_and_beyond_authority_and_their_figures(channel, databa
                 hierarchy.RecordServiceDecision(request)
 
 
+def _usage_between(start: int | None, end: int | None, period: bool = False) -> pb.GetAuthorityUsageRequest:
+    request = pb.GetAuthorityUsageRequest()
+    for field, at in (("start_time", start), ("end_time", end), ("period", 15 if period else None)):
+        if at is not None:
+            getattr(request, field).FromMicroseconds(at)
+    return request
+
+
 def _decision(**fields) -> pb.RecordServiceDecisionRequest:
     base = {"customer": "acme", "kind": CREDIT, "amount_minor": 100, "currency": "EUR", "person": "ana@x",
             "reason": "why"}
@@ -101,7 +119,9 @@ BAD = [(_decision(kind=pb.DECISION_KIND_UNSPECIFIED), "kind"), (_decision(amount
        (_decision(kind=OFFER, amount_minor=0, currency=""), "offer"), (_decision(person=""), "person"),
        (_decision(person="a;b"), "person"), (_decision(reason=""), "reason"), (_decision(customer=""), "customer"),
        (pb.GetAuthorityUsageRequest(person="a\x01"), "person"), (pb.GetAuthorityUsageRequest(tier_id="nope"), "tier_id"),
-       (pb.GetAuthorityUsageRequest(tier_id="x" * 300), "tier_id")]
+       (pb.GetAuthorityUsageRequest(tier_id="x" * 300), "tier_id"), (_usage_between(10, None), "end_time"),
+       (_usage_between(None, 10), "start_time"), (_usage_between(10, 10), "end_time"),
+       (_usage_between(10, 20, period=True), "period")]
 
 
 @pytest.mark.parametrize("at_us,start,end", [

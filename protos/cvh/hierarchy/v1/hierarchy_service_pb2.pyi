@@ -569,14 +569,18 @@ class ServiceDecision(_message.Message):
     def __init__(self, name: _Optional[str] = ..., customer: _Optional[str] = ..., kind: _Optional[_Union[DecisionKind, str]] = ..., amount_minor: _Optional[int] = ..., currency: _Optional[str] = ..., offer: _Optional[str] = ..., person: _Optional[str] = ..., reason: _Optional[str] = ..., record_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tier_id: _Optional[str] = ..., outcome: _Optional[_Union[DecisionOutcome, str]] = ..., escalation_note: _Optional[str] = ..., escalation_contact: _Optional[_Union[EscalationStep, _Mapping]] = ..., goodwill_remaining_minor: _Optional[int] = ..., goodwill_period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class GetAuthorityUsageRequest(_message.Message):
-    __slots__ = ("tier_id", "person", "period")
+    __slots__ = ("tier_id", "person", "period", "start_time", "end_time")
     TIER_ID_FIELD_NUMBER: _ClassVar[int]
     PERSON_FIELD_NUMBER: _ClassVar[int]
     PERIOD_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
     tier_id: str
     person: str
     period: _timestamp_pb2.Timestamp
-    def __init__(self, tier_id: _Optional[str] = ..., person: _Optional[str] = ..., period: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    def __init__(self, tier_id: _Optional[str] = ..., person: _Optional[str] = ..., period: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class AuthorityUsageFigures(_message.Message):
     __slots__ = ("key", "decisions", "within_authority", "escalations", "escalation_rate", "goodwill_granted_minor", "waivers_and_offers")

@@ -7,13 +7,24 @@ export + build), and the latency of sequential GetPriority calls: over loopback 
 client, and inside the server from its Prometheus latency histogram.
 
     python -m benchmarks.hierarchy [--customers N] [--calls N] [--json]
+    python -m benchmarks.hierarchy --in-process --customers 10m [--json]
+
+``--customers`` takes 1000000, 1m, 100k or 10m. ``--in-process`` skips the server: it builds the snapshot from
+generated columns in this process (no import, no run), and reports the build's seconds, the resident memory it
+added (RSS and PSS from /proc/self/smaps_rollup, inputs dropped) and the latency of the GetPriority answer
+(``servicer._priority``) over it: the snapshot at sizes whose import and run would take too long.
+
+:func:`measure_serving` takes an already running server (another benchmark's) once a run completed.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import gc
 import json
+import re
 import sys
 import tempfile
 import time
@@ -24,11 +35,19 @@ import grpc
 import numpy as np
 
 import scoring_engine
-from benchmarks.registry import (CHANNEL_OPTIONS, SERVICE as REGISTRY_SERVICE, Progress, add_common_flags,
-                                 check_import, customer_id, generate_base, serialized_column_batches,
-                                 timed_import)
-from clients.server_process import ServerProcess, free_port
+from benchmarks.registry import (
+    CHANNEL_OPTIONS,
+    Progress,
+    add_common_flags,
+    check_import,
+    customer_id,
+    generate_base,
+    serialized_column_batches,
+    timed_import,
+)
+from benchmarks.registry import SERVICE as REGISTRY_SERVICE
 from benchmarks.runs import latencies, percentiles_ms, timed_run
+from clients.server_process import ServerProcess, free_port
 from cvh.hierarchy.v1 import hierarchy_service_pb2 as pb
 from cvh.hierarchy.v1 import hierarchy_service_pb2_grpc as pb_grpc
 from cvh.scoring.v1 import scoring_service_pb2_grpc
@@ -36,8 +55,42 @@ from cvh.scoring.v1 import scoring_service_pb2_grpc
 SCORING_SERVICE = "cvh.scoring.v1.ScoringService"
 HIERARCHY_SERVICE = "cvh.hierarchy.v1.HierarchyService"
 GET_PRIORITY = "/cvh.hierarchy.v1.HierarchyService/GetPriority"
-SNAPSHOT_TARGET_1M_S = 5.0
+SNAPSHOT_TARGET_1M_S = 2.0
+SNAPSHOT_TARGET_10M_S = 20.0
+SNAPSHOT_MEMORY_TARGET_10M_GIB = 2.0
 SERVER_P99_TARGET_MS = 1.0
+
+
+def customer_count(text: str) -> int:
+    """1000000, 1_000_000, 1m, 100k, 10M: a count of customers."""
+    match = re.fullmatch(r"([0-9][0-9_]*(?:\.[0-9]+)?)([kKmM]?)", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected a count such as 1000000, 100k or 10m, got {text!r}")
+    value = float(match.group(1).replace("_", "")) * {"": 1, "k": 1e3, "m": 1e6}[match.group(2).lower()]
+    if value < 1 or value != int(value):
+        raise argparse.ArgumentTypeError(f"a whole number of customers, at least 1, got {text!r}")
+    return int(value)
+
+
+def memory_kib(pid: int | str = "self") -> dict[str, int]:
+    """Rss and Pss (KiB) of a process, from /proc/PID/smaps_rollup."""
+    found = {}
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            name, _, rest = line.partition(":")
+            if name in ("Rss", "Pss"):
+                found[name.lower()] = int(rest.split()[0])
+    return found
+
+
+def _trim() -> None:
+    """Give freed memory back to the system (Python's, glibc's and Arrow's allocators keep some)."""
+    import pyarrow as pa
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def wait_for_snapshot(stub: pb_grpc.HierarchyServiceStub, run: str, timeout: float = 600) -> float:
@@ -76,8 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks.hierarchy", description=__doc__.split("\n\n")[0] + (
             f" Targets: snapshot of 1,000,000 customers in <= {SNAPSHOT_TARGET_1M_S:g} s; GetPriority "
             f"p99 inside the server <= {SERVER_P99_TARGET_MS:g} ms."))
-    parser.add_argument("--customers", type=int, default=1_000_000, metavar="N",
-                        help="customers in the base (default 1,000,000)")
+    parser.add_argument("--customers", type=customer_count, default=1_000_000, metavar="N",
+                        help="customers in the base: 1000000, 1m, 100k, 10m (default 1m)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="build the snapshot from generated columns in this process (no server, import or run)")
     parser.add_argument("--calls", type=int, default=5_000, metavar="N",
                         help="timed sequential GetPriority calls (default 5,000)")
     parser.add_argument("--warmup", type=int, default=500, metavar="N", help="untimed calls first (default 500)")
@@ -85,9 +140,95 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def generated_inputs(n: int, seed: int):
+    """Accounts and a run's results of ``n`` customers as Arrow and NumPy columns (no Python string per row):
+    a third of them top accounts, the rest under one; ids in rank order shuffled against the accounts'."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from cvh.common.v1 import common_pb2
+    from services.hierarchy import snapshot as snapshots
+
+    rng = np.random.default_rng(seed)
+    ids = pc.binary_join_element_wise("c", pc.cast(pa.array(np.arange(n)), pa.string()), "")
+    tops = max(n // 3, 1)
+    parent = np.concatenate([np.full(tops, -1), rng.integers(0, tops, n - tops)])
+    parent_ids = pc.fill_null(ids.take(pa.array(parent, mask=parent < 0)), "")
+    owners = pa.array([f"owner{k}@example.com" for k in range(max(n // 500, 1))]).take(
+        pa.array(rng.integers(0, max(n // 500, 1), n)))
+    csm = pa.array([""] + [f"csm{k}@example.com" for k in range(2000)]).take(pa.array(rng.integers(0, 2001, n)))
+    accounts = snapshots.AccountBase(ids, parent_ids, rng.integers(1, 8, n).astype(np.uint8), owners,
+                                     rng.random((n, 2)) * 1e5, {"customer_success_manager": csm},
+                                     rng.integers(0, 6, n).astype(np.uint8))
+    order = rng.permutation(n)
+    composite = np.sort(rng.random(n) * 100)[::-1].copy()
+    tiers = [common_pb2.TierRef(tier_id=t, level=i + 1, display_name=t.title())
+             for i, t in enumerate(["strategic", "key", "growth", "core", "standard"])]
+    levels = np.minimum(np.arange(n) * 5 // n + 1, 5).astype(np.int32)
+    results = snapshots.RunResults("runs/1", 0, tiers, [1, 2, 3, 4], ids.take(pa.array(order)), rng.random((n, 4)),
+                                   composite, levels, np.arange(1, n + 1), np.linspace(100, 0, n),
+                                   levels, rng.integers(0, 2, n).astype(np.int8))
+    return accounts, results
+
+
+def in_process(customers: int, calls: int, seed: int, say) -> dict:
+    """The snapshot of ``customers`` built in this process from generated columns: seconds, resident memory
+    added, and the GetPriority answer's latency over it."""
+    from services.hierarchy import ids as id_index
+    from services.hierarchy import snapshot as snapshots
+    from services.hierarchy.policy import default_policy
+    from services.hierarchy.servicer import _priority
+
+    id_index.warm_up()
+    _priority(snapshots.empty_snapshot(), default_policy(), "warm", {})
+    _trim()
+    before = memory_kib()  # before the inputs: what the snapshot holds after they are dropped, it added
+    accounts, results = generated_inputs(customers, seed)
+    say(f"building the snapshot of {customers:,} customers in process")
+    started, cpu = time.perf_counter(), time.process_time()
+    snap = snapshots.build(results, accounts, 3, 1)
+    _ = snap.rank_order, snap.effective_cells  # derived once per snapshot
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    del accounts, results
+    _trim()
+    after = memory_kib()
+    policy, rng = default_policy(), np.random.default_rng(seed + 3)
+    rows = rng.integers(0, customers, calls + 200)
+    wanted = [snap.customer_id(r) for r in rows.tolist()]
+    latency = np.empty(calls)
+    for k, wanted_id in enumerate(wanted):
+        begun = time.perf_counter()
+        answer = _priority(snap, policy, wanted_id, {})
+        if k >= 200:
+            latency[k - 200] = time.perf_counter() - begun
+    assert answer.customer == f"customers/{wanted[-1]}"
+    p50, p99 = np.percentile(latency, [50, 99]) * 1000
+    return {"customers": customers, "snapshot_s": round(seconds, 3), "snapshot_cpu_s": round(cpu, 3),
+            "snapshot_1m_s": round(seconds * 1_000_000 / customers, 3),
+            "snapshot_rss_mib": round((after["rss"] - before["rss"]) / 1024, 1),
+            "snapshot_pss_mib": round((after["pss"] - before["pss"]) / 1024, 1),
+            "get_priority_in_process_p50_ms": round(float(p50), 4),
+            "get_priority_in_process_p99_ms": round(float(p99), 4)}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     show = not args.no_progress
+    if args.in_process:
+        figures = in_process(args.customers, args.calls, args.seed,
+                             (lambda text: print(text, file=sys.stderr, flush=True)) if show else (lambda text: None))
+        key = "snapshot_10m_s" if args.customers == 10_000_000 else "snapshot_s"
+        figures[key] = figures["snapshot_s"]
+        print(f"\nHierarchy snapshot built in process: {args.customers:,} customers (generated columns)")
+        print(f"build                      {figures['snapshot_s']:8.2f} s  (CPU {figures['snapshot_cpu_s']:.2f} s; "
+              f"per 1M {figures['snapshot_1m_s']:.2f} s)")
+        print(f"resident memory added      {figures['snapshot_rss_mib']:8.1f} MiB RSS, "
+              f"{figures['snapshot_pss_mib']:.1f} MiB PSS")
+        print(f"GetPriority answer p50/p99 {figures['get_priority_in_process_p50_ms']:.3f} / "
+              f"{figures['get_priority_in_process_p99_ms']:.3f} ms (servicer._priority, {args.calls:,} calls)")
+        if args.json:
+            print(json.dumps(figures, sort_keys=True))
+        return 0
     # The base has no value hierarchy: use_case_adoption (written by the adoption service) is left out.
     signal_names = tuple(n for n in scoring_engine.default_model().signal_names if n != "use_case_adoption")
 

@@ -114,17 +114,19 @@ class Tiers:
 
 
 def local_tiers(snapshot) -> Tiers:
-    """Tiers from the hierarchy servicer's snapshot in this process (its arrays, not copied)."""
+    """Tiers from the hierarchy servicer's snapshot in this process (its arrays, not copied; ids and owners as
+    lists)."""
     def subtree(account: str) -> list[str] | None:
-        row = snapshot.index.get(account)
+        row = snapshot.row(account)
         if row is None:
             return None
         try:
-            return [snapshot.customer_ids[r] for r in snapshot.subtree(row).tolist()]
+            return snapshot.ids.customer_ids(snapshot.subtree(row))
         except Exception:  # noqa: BLE001 (a broken tree: the account alone)
             return [account]
-    return Tiers([(t.tier_id, t.display_name, t.level) for t in snapshot.tiers], snapshot.customer_ids,
-                 snapshot.own_level, snapshot.rank, snapshot.owners, subtree)
+    owners = snapshot.owner_names.names
+    return Tiers([(t.tier_id, t.display_name, t.level) for t in snapshot.tiers], snapshot.ids.customer_ids(),
+                 snapshot.own_level, snapshot.rank, [owners[c] for c in snapshot.owner_codes.tolist()], subtree)
 
 
 def remote_tiers(tiers: list[tuple[str, str, int]], members: list[tuple[str, int, int, str]]) -> Tiers:

@@ -25,7 +25,7 @@ from wire.columns import from_matrix
 # Array fields of a snapshot, one value per row, and what a new row starts with.
 ROW_ARRAYS = {"parent": -1, "depth": 0, "roles": 0, "rollup_values": np.nan, "own_level": 0, "effective_level": 0,
               "composite": np.nan, "percentile": np.nan, "rank": 0, "dimension_scores": np.nan, "live_time_us": 0,
-              "team_cells": 0, **OUTCOME_ARRAYS}
+              "team_cells": 0, "owner_codes": 0, **OUTCOME_ARRAYS}
 # A feed row's stage when its message carried none (older registries): not a LifecycleStage value.
 STAGE_NOT_SENT = 255
 
@@ -125,7 +125,7 @@ def plan(snap: Snapshot, rows: FeedRows, scores: Scores | None, rule: int, with_
     """What ``rows`` and ``scores`` change in ``snap`` (blocking; reads ``snap``, writes nothing of it); with
     the effective-tier moves when ``with_moves`` (someone watches them)."""
     n, k = snap.size, len(rows.ids)
-    current = np.fromiter(map(snap.index.get, rows.ids, repeat(-1)), np.int64, count=k)
+    current = snap.rows(rows.ids)
     upsert = ~rows.deleted
     created = np.flatnonzero(upsert & (current < 0))
     new_ids = [rows.ids[i] for i in created.tolist()]
@@ -144,7 +144,7 @@ def plan(snap: Snapshot, rows: FeedRows, scores: Scores | None, rule: int, with_
     up = np.flatnonzero(upsert)
     up_rows = target[up]
     parent_ids = rows.parent_ids if len(up) == k else [rows.parent_ids[i] for i in up.tolist()]
-    new_parent = np.fromiter(map(snap.index.get, parent_ids, repeat(-1)), np.int64, count=len(up))
+    new_parent = snap.rows(parent_ids)
     if added:  # parents created in this batch too (no customer id is empty: "" stays -1)
         for i in np.flatnonzero(new_parent < 0).tolist():
             new_parent[i] = added.get(parent_ids[i], -1)
@@ -156,7 +156,7 @@ def plan(snap: Snapshot, rows: FeedRows, scores: Scores | None, rule: int, with_
         staged = up[rows.stages[up] != STAGE_NOT_SENT]
         writes.append(("stages", target[staged], rows.stages[staged]))
     owners = [(int(r), rows.owners[i]) for r, i in zip(up_rows.tolist(), up.tolist())
-              if r >= n or snap.owners[r] != rows.owners[i]]
+              if r >= n or snap.owner(r) != rows.owners[i]]
     adopted = dict(snap.adopted)
     for row, above in zip(moved.tolist(), new_parent[np.isin(up_rows, moved)].tolist()):
         if above >= 0:
@@ -208,10 +208,13 @@ def plan(snap: Snapshot, rows: FeedRows, scores: Scores | None, rule: int, with_
         before[affected < n] = snap.effective_level[affected[affected < n]]
         shifted = (before != effective) & with_moves
         owner_now = dict(owners) if shifted.any() else {}
-        moves = [(snap.customer_ids[r] if r < n else new_ids[r - n], b, a,
-                  owner_now.get(r, snap.owners[r] if r < n else ""))
+        moves = [(snap.customer_id(r) if r < n else new_ids[r - n], b, a,
+                  owner_now.get(r, snap.owner(r) if r < n else ""))
                  for r, b, a in zip(affected[shifted].tolist(), before[shifted].tolist(),
                                     effective[shifted].tolist())]
+    if owners:  # interned here, off the loop: Names is append-only, like Teams
+        writes.append(("owner_codes", np.array([r for r, _ in owners], np.int64),
+                       np.array([snap.owner_names.number(owner) for _, owner in owners], np.int32)))
     deleted_ids = [rows.ids[i] for i in np.flatnonzero(rows.deleted & (current >= 0)).tolist()]
     return Patch(max(rows.sequence, snap.sequence), new_ids, grown, writes, owners, deleted_ids, adopted, len(gone),
                  moves, live)
@@ -222,17 +225,11 @@ def apply(snap: Snapshot, patch: Patch) -> None:
     for name, array in patch.grown.items():
         setattr(snap, name, array)
     if patch.new_ids:
-        start = len(snap.customer_ids)
-        snap.customer_ids.extend(patch.new_ids)
-        snap.owners.extend(repeat("", len(patch.new_ids)))
-        snap.index.update(zip(patch.new_ids, range(start, start + len(patch.new_ids))))
+        snap.ids.append(patch.new_ids)
     for name, rows, values in patch.writes:
         if len(rows):
             getattr(snap, name)[rows] = values
-    for row, owner in patch.owners:
-        snap.owners[row] = owner
-    for customer_id in patch.deleted_ids:
-        snap.index.pop(customer_id, None)
+    snap.ids.delete(patch.deleted_ids)
     snap.adopted = patch.adopted
     snap.removed += patch.removed
     snap.sequence = patch.sequence

@@ -8,7 +8,6 @@ import logging
 import math
 import re
 import time
-from itertools import repeat
 
 import grpc
 import numpy as np
@@ -40,6 +39,7 @@ from services.common.validation import (
     timestamp_us,
 )
 from services.hierarchy import books, decisions, live
+from services.hierarchy import ids as id_index
 from services.hierarchy import snapshot as snapshots
 from services.hierarchy.policy import (
     MAX_POLICY_TEXT,
@@ -147,6 +147,7 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
     # -- the snapshot ------------------------------------------------------------------------------------
 
     async def start_background(self) -> None:
+        await asyncio.to_thread(id_index.warm_up)  # the id index's kernels, before the first snapshot or patch needs them
         loop = asyncio.get_running_loop()
         self._loader = loop.create_task(self._follow_runs())
         self._followers = [loop.create_task(self._follow_feed()), loop.create_task(self._apply_feed()),
@@ -202,7 +203,16 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         money = await self._money_signal(scoring_channel, run) if run else self.money_signal
         if run:
             await self._read_previous(scoring_channel, run, results, money)
-        accounts, sequence = await self._read_accounts(money)
+        held = self.snapshot
+        if run and held.run and held.sequence >= 0 and held.money_signal == money:
+            # The accounts as the feed kept them since the last run's load: no second read of every account from
+            # the registry (most of a load's time). The first run's load after start-up reads them (so does a
+            # reload after a gap in the feed): what was written to the registry's database by hand, bypassing its
+            # feed (a repaired or planted tree), reaches the snapshot then.
+            async with self._writing:
+                accounts, sequence = await asyncio.to_thread(snapshots.held_accounts, held), held.sequence
+        else:
+            accounts, sequence = await self._read_accounts(money)
         built = await asyncio.to_thread(snapshots.build, results, accounts, self.policy.inheritance_rule, sequence)
         self._model_signals, self.money_signal = model_signals, money
         # The feed from where the run's export stood: what changed since the run read it is applied again (the
@@ -389,8 +399,8 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
                                             bool(self._watchers))
             if generation != self._generation or snap is not self.snapshot:
                 return
-            before = {m[0]: float(snap.composite[snap.index[m[0]]]) for m in patch.moves if m[0] in snap.index} \
-                if self._watchers else {}
+            before = {m[0]: float(snap.composite[row]) for m in patch.moves
+                      if (row := snap.row(m[0])) is not None} if self._watchers else {}
             live.apply(snap, patch)  # no await from here: readers see it whole
         if patch.moves and self._watchers:
             changes = await asyncio.to_thread(live.changes, snap, patch.moves)
@@ -410,8 +420,9 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
             return None
         ids = [rows.ids[i] for i in wanted.tolist()]
         values = values[wanted]
-        held = np.fromiter(map(snap.index.get, ids, repeat(-1)), np.int64, count=len(ids))
-        previous = np.where(held >= 0, snap.own_level[np.maximum(held, 0)], 0).astype(np.int32)
+        held = snap.rows(ids)
+        previous = np.zeros(len(ids), np.int32)
+        previous[held >= 0] = snap.own_level[held[held >= 0]]
         try:
             if self.local_scoring is not None:
                 dimension_names, dims, composite, levels = await asyncio.to_thread(
@@ -725,7 +736,7 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         keyed = sorted((_rank_key(snap, precedence, c), c) for c in ids)
         answer = pb.RankCustomersResponse()
         for k, (key, customer_id) in enumerate(keyed):
-            row = snap.index.get(customer_id)
+            row = snap.row(customer_id)
             ranked = answer.ranked.add(customer=f"customers/{customer_id}",
                                        effective_tier=_tier_ref(snap, key[0] if key[0] <= len(snap.tiers) else 0),
                                        stakeholder_role=int(snap.roles[row]) if row is not None else 0,
@@ -789,8 +800,8 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         members = snap.tier_members(tier.level)
         answer = pb.ListTierMembersResponse()
         for row in members[offset:offset + size].tolist():
-            member = answer.members.add(customer=f"customers/{snap.customer_ids[row]}", rank=int(snap.rank[row]),
-                                        owner=snap.owners[row])
+            member = answer.members.add(customer=f"customers/{snap.customer_id(row)}", rank=int(snap.rank[row]),
+                                        owner=snap.owner(row))
             if not math.isnan(snap.composite[row]):
                 member.composite = float(snap.composite[row])
         if offset + size < len(members):
@@ -815,11 +826,11 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         if level:
             rows = rows[snap.effective_level[rows] == level]
         if request.owner:
-            owners = snap.owners
-            rows = rows[np.fromiter((owners[r] == request.owner for r in rows.tolist()), bool, count=len(rows))]
+            code = snap.owner_names.index.get(request.owner, -1)
+            rows = rows[snap.owner_codes[rows] == code]
         answer = pb.ListBadProfitsResponse(total=len(rows), run=snap.run)
         for row in rows[offset:offset + size].tolist():
-            entry = answer.customers.add(customer=f"customers/{snap.customer_ids[row]}", owner=snap.owners[row],
+            entry = answer.customers.add(customer=f"customers/{snap.customer_id(row)}", owner=snap.owner(row),
                                          effective_tier=_tier_ref(snap, int(snap.effective_level[row])))
             if not math.isnan(snap.run_money[row]):
                 entry.revenue = float(snap.run_money[row])
@@ -834,7 +845,7 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         if not 0 <= request.max_children <= MAX_BATCH:
             raise invalid_argument("max_children", f"0 (default 100) to {MAX_BATCH}")
         snap = self.snapshot
-        row = snap.index.get(customer_id)
+        row = snap.row(customer_id)
         if row is None:
             raise not_found(f"customers/{customer_id} (not in the snapshot of {snap.run or 'no run'})")
         try:
@@ -845,7 +856,7 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         tree.ancestors.extend(_node(snap, r) for r in ancestors)
         children = snap.children(row)
         tree.children_total = len(children)
-        ordered = sorted(children.tolist(), key=lambda r: snap.customer_ids[r])
+        ordered = sorted(children.tolist(), key=snap.customer_id)
         tree.children.extend(_node(snap, r) for r in ordered[:request.max_children or 100])
         rollup = tree.rollup
         rollup.customers = len(subtree)
@@ -922,9 +933,9 @@ def _add_composites(changes: list[pb.PriorityChange], old: snapshots.Snapshot | 
         if isinstance(old, dict):
             before = old.get(customer_id, math.nan)
         else:
-            row = old.index.get(customer_id)
+            row = old.row(customer_id)
             before = old.composite[row] if row is not None else math.nan
-        row = new.index.get(customer_id)
+        row = new.row(customer_id)
         after = new.composite[row] if row is not None else math.nan
         if not math.isnan(before):
             change.previous_composite = float(before)
@@ -1002,7 +1013,7 @@ def _tier_ref(snap: snapshots.Snapshot, level: int) -> common_pb2.TierRef:
 
 
 def _node(snap: snapshots.Snapshot, row: int) -> pb.AccountNode:
-    node = pb.AccountNode(customer=f"customers/{snap.customer_ids[row]}", tier=_tier_ref(snap, int(snap.own_level[row])),
+    node = pb.AccountNode(customer=f"customers/{snap.customer_id(row)}", tier=_tier_ref(snap, int(snap.own_level[row])),
                           stakeholder_role=int(snap.roles[row]))
     if not math.isnan(snap.composite[row]):
         node.composite = float(snap.composite[row])
@@ -1030,7 +1041,7 @@ def _knows_every_customer(snap: snapshots.Snapshot) -> bool:
 def _priority_or_not_found(snap: snapshots.Snapshot, policy: pb.TierPolicy, customer_id: str,
                            org: dict[str, list[str]]) -> pb.Priority:
     """A batch's entry: the priority, or a customer not registered marked so (one does not fail the batch)."""
-    if customer_id not in snap.index and _knows_every_customer(snap):
+    if snap.row(customer_id) is None and _knows_every_customer(snap):
         return pb.Priority(customer=f"customers/{customer_id}", not_found=True)
     return _priority(snap, policy, customer_id, org)
 
@@ -1039,7 +1050,7 @@ def _priority(snap: snapshots.Snapshot, policy: pb.TierPolicy, customer_id: str,
               org: dict[str, list[str]]) -> pb.Priority:
     """CUSTOMER_NOT_FOUND for a customer the registry does not hold."""
     answer = pb.Priority(customer=f"customers/{customer_id}", policy_version=policy.version)
-    row = snap.index.get(customer_id)
+    row = snap.row(customer_id)
     if row is None and _knows_every_customer(snap):
         raise not_found(f"customers/{customer_id}")
     if row is not None:
@@ -1048,14 +1059,14 @@ def _priority(snap: snapshots.Snapshot, policy: pb.TierPolicy, customer_id: str,
         # Gone: no standing of its own (runs leave it out) nor one inherited from its account; served as anyone
         # unknown would be, so the front line wins it back instead of serving it at a tier it no longer pays for.
         answer.policy.CopyFrom(policy.default_tier)
-        answer.stakeholder_role, answer.owner = int(snap.roles[row]), snap.owners[row]
+        answer.stakeholder_role, answer.owner = int(snap.roles[row]), snap.owner(row)
         answer.run = snap.run
         answer.reasons.append(pb.PriorityReason(text=CHURNED_REASON))
         return answer
     if row is None or snap.own_level[row] == 0 and snap.effective_level[row] == 0:
         answer.policy.CopyFrom(policy.default_tier)
         if row is not None:
-            answer.stakeholder_role, answer.owner = int(snap.roles[row]), snap.owners[row]
+            answer.stakeholder_role, answer.owner = int(snap.roles[row]), snap.owner(row)
         _add_people(answer, snap, row, policy, 0, org)
         return answer
     own, effective = int(snap.own_level[row]), int(snap.effective_level[row])
@@ -1063,7 +1074,7 @@ def _priority(snap: snapshots.Snapshot, policy: pb.TierPolicy, customer_id: str,
     answer.own_tier.CopyFrom(_tier_ref(snap, own))
     answer.effective_tier.CopyFrom(_tier_ref(snap, effective))
     answer.policy.CopyFrom(_tier_policy(policy, answer.effective_tier.tier_id))
-    answer.stakeholder_role, answer.owner = int(snap.roles[row]), snap.owners[row]
+    answer.stakeholder_role, answer.owner = int(snap.roles[row]), snap.owner(row)
     answer.run = snap.run
     set_timestamp(answer.score_time, snap.score_time_us)
     if snap.live_time_us[row]:
@@ -1118,7 +1129,7 @@ def _add_people(answer: pb.Priority, snap: snapshots.Snapshot, row: int | None, 
     team: dict[str, list[pb.TeamContact]] = {}
     if row is not None:
         for role, persons, source in snap.effective_team(row):
-            inherited = "" if source == row else f"customers/{snap.customer_ids[source]}"
+            inherited = "" if source == row else f"customers/{snap.customer_id(source)}"
             team[role] = [pb.TeamContact(role=role, person=p, inherited_from=inherited) for p in persons]
             answer.team.extend(team[role])
     fallback = answer.policy.escalation.team
@@ -1163,7 +1174,7 @@ def _percent(value: float) -> str:
 
 def _rank_key(snap: snapshots.Snapshot, precedence: dict[int, int], customer_id: str) -> tuple:
     """(effective level, role precedence, -composite, id): smaller is served first."""
-    row = snap.index.get(customer_id)
+    row = snap.row(customer_id)
     floor = len(snap.tiers) + 1
     if row is None:  # after every registered customer, unscored ones included
         return (floor + 1, len(precedence), math.inf, customer_id)

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
 
 import numpy as np
 import pyarrow as pa
 
 from cvh.common.v1 import common_pb2
 from cvh.hierarchy.v1 import hierarchy_service_pb2 as pb
+from services.hierarchy.ids import IdIndex
 from services.registry.store import MAX_DEPTH
 
 # Rows a walk up the tree follows to name what breaks it (a cycle, or a chain too deep).
@@ -34,6 +35,34 @@ def export_signals(money: str) -> list[str]:
 
 
 SEPARATOR = ";"  # between the members of one role in a team column (services/registry/teams.py)
+# Ids: a list of Python strings, or an Arrow string array (what the readers hand over without a str per id).
+Ids = Sequence[str] | pa.Array
+
+
+class Names:
+    """Distinct texts (the owners) by number: a row holds the int32 number of its owner, not a string.
+    Append-only, like Teams: a live patch interns new names while readers resolve the numbers held."""
+
+    def __init__(self, names: Sequence[str] = ("",)) -> None:
+        self.names: list[str] = list(names)
+        self.index: dict[str, int] = {name: i for i, name in enumerate(self.names)}
+
+    def intern(self, texts: Ids) -> np.ndarray:
+        """The numbers of ``texts`` (int32), new ones added: Arrow's dictionary encoding hashes them in C."""
+        if not len(texts):
+            return np.empty(0, np.int32)
+        array = texts if isinstance(texts, pa.Array) else pa.array(texts, pa.string())
+        encoded = array.dictionary_encode()
+        distinct = np.array([self.number(name) for name in encoded.dictionary.to_pylist()], np.int32)
+        return distinct[encoded.indices.to_numpy(zero_copy_only=False)]
+
+    def number(self, name: str) -> int:
+        found = self.index.get(name)
+        if found is None:
+            found = len(self.names)
+            self.names.append(name)  # appended before it is indexed: a reader never finds it missing
+            self.index[name] = found
+        return found
 
 
 class Teams:
@@ -62,13 +91,14 @@ class Teams:
             self.roles.append(name)
         return column
 
-    def intern(self, texts: list[str]) -> np.ndarray:
+    def intern(self, texts: Ids) -> np.ndarray:
         """The cells of column texts ("a@x;b@x", "" for none), as int32. Arrow's dictionary encoding hashes the
         texts in C (a million in about 0.1 s, a quarter of a dict look-up each); only the distinct ones meet
         Python."""
         if not texts:
             return np.empty(0, np.int32)
-        encoded = pa.array(texts, pa.string()).dictionary_encode()
+        array = texts if isinstance(texts, pa.Array) else pa.array(texts, pa.string())
+        encoded = array.dictionary_encode()
         distinct = np.array([self._add(text) for text in encoded.dictionary.to_pylist()], np.int32)
         return distinct[encoded.indices.to_numpy(zero_copy_only=False)]
 
@@ -101,12 +131,11 @@ class Snapshot:
     load_time: float                  # time.time() of the load
     tiers: tuple[common_pb2.TierRef, ...]
     dimensions: tuple[int, ...]       # ValueDimension values, columns of dimension_scores
-    customer_ids: list[str]
-    index: dict[str, int]
+    ids: IdIndex                      # customer ids by row, rows by id (snap.row, snap.rows, snap.customer_id)
     parent: np.ndarray                # int64 row of the parent, -1 for none
     depth: np.ndarray                 # int32 levels above the row (0 = top account), -1 in a broken tree
     roles: np.ndarray                 # uint8 StakeholderRole
-    owners: list[str]
+    owner_codes: np.ndarray           # int32 number of the row's owner in owner_names ("" is 0)
     rollup_values: np.ndarray         # float64 (n, len(ROLLUP_SIGNALS)), NaN missing
     own_level: np.ndarray             # int32, 1 = top tier, 0 = not in the run
     effective_level: np.ndarray       # int32, after the inheritance rule
@@ -148,11 +177,12 @@ class Snapshot:
     run_money: np.ndarray = field(default_factory=lambda: np.empty(0))
     revenue: np.ndarray = field(default_factory=lambda: np.empty(0))
     money_signal: str = DEFAULT_MONEY_SIGNAL
+    owner_names: Names = field(default_factory=Names)
 
     def __post_init__(self) -> None:
-        if len(self.live_time_us) != len(self.customer_ids):
-            self.live_time_us = np.zeros(len(self.customer_ids), np.int64)
-        n = len(self.customer_ids)
+        n = len(self.ids)
+        if len(self.live_time_us) != n:
+            self.live_time_us = np.zeros(n, np.int64)
         if len(self.team_cells) != n:
             self.team_cells = np.zeros((n, len(self.teams.roles)), np.int32)
         for name, start in OUTCOME_ARRAYS.items():
@@ -187,6 +217,20 @@ class Snapshot:
         found.sort()
         return found
 
+    def row(self, customer_id: str) -> int | None:
+        """The row of ``customer_id``, None when the snapshot holds none."""
+        return self.ids.row(customer_id)
+
+    def rows(self, customer_ids: Ids) -> np.ndarray:
+        """The row of each id (int64), -1 for those the snapshot does not hold."""
+        return self.ids.rows(customer_ids)
+
+    def customer_id(self, row: int) -> str:
+        return self.ids.customer_id(row)
+
+    def owner(self, row: int) -> str:
+        return self.owner_names.names[self.owner_codes[row]]
+
     def changed(self) -> None:
         """Forget what was derived from the arrays (after a patch)."""
         for name in ("rank_order", "broken", "bad_profit_order", "effective_cells"):
@@ -199,7 +243,7 @@ class Snapshot:
 
     @property
     def size(self) -> int:
-        return len(self.customer_ids)
+        return len(self.ids)
 
     @functools.cached_property
     def rank_order(self) -> np.ndarray:
@@ -253,7 +297,7 @@ class Snapshot:
                 return np.concatenate(found)
             found.append(frontier)
         deepest = int(frontier[0])
-        raise BrokenTree([self.customer_ids[r] for r in [deepest, *self._up(deepest, MAX_DEPTH)]], cycle=False)
+        raise BrokenTree([self.customer_id(r) for r in [deepest, *self._up(deepest, MAX_DEPTH)]], cycle=False)
 
     def _up(self, row: int, steps: int) -> list[int]:
         """At most ``steps`` rows above ``row``, its parent first, stopping at a top account."""
@@ -269,9 +313,9 @@ class Snapshot:
         first: dict[int, int] = {}
         for i, current in enumerate(path):
             if current in first:
-                return BrokenTree([self.customer_ids[r] for r in path[first[current]:i + 1]], cycle=True)
+                return BrokenTree([self.customer_id(r) for r in path[first[current]:i + 1]], cycle=True)
             first[current] = i
-        return BrokenTree([self.customer_ids[r] for r in path], cycle=False)
+        return BrokenTree([self.customer_id(r) for r in path], cycle=False)
 
 
 class BrokenTree(Exception):
@@ -292,8 +336,8 @@ class BrokenTree(Exception):
 
 def empty_snapshot() -> Snapshot:
     nothing = np.empty(0)
-    return Snapshot("", 0, time.time(), (), (), [], {}, np.empty(0, np.int64), np.empty(0, np.int32),
-                    np.empty(0, np.uint8), [],
+    return Snapshot("", 0, time.time(), (), (), IdIndex.of([]), np.empty(0, np.int64), np.empty(0, np.int32),
+                    np.empty(0, np.uint8), np.empty(0, np.int32),
                     np.empty((0, len(ROLLUP_SIGNALS))), np.empty(0, np.int32), np.empty(0, np.int32), nothing,
                     nothing, np.empty(0, np.int64), np.empty((0, 0)))
 
@@ -311,7 +355,7 @@ class RunResults:
     score_time_us: int
     tiers: list[common_pb2.TierRef]
     dimensions: list[int]
-    customer_ids: list[str]
+    customer_ids: Ids
     dimension_scores: np.ndarray
     composite: np.ndarray
     tier_levels: np.ndarray
@@ -327,7 +371,7 @@ class RunResults:
     run_money: np.ndarray = field(default_factory=lambda: np.empty(0))
     previous_run: str = ""
     previous_time_us: int = 0
-    previous_ids: list[str] = field(default_factory=list)
+    previous_ids: Ids = field(default_factory=list)
     previous_composite: np.ndarray = field(default_factory=lambda: np.empty(0))
 
 
@@ -335,15 +379,39 @@ class RunResults:
 class AccountBase:
     """The registry's view of every customer (from ExportSignalMatrix)."""
 
-    customer_ids: list[str]
-    parent_ids: list[str]
+    customer_ids: Ids
+    parent_ids: Ids
     roles: np.ndarray
-    owners: list[str]
+    owners: Ids
     rollup_values: np.ndarray
     team: dict[str, list[str]] = field(default_factory=dict)  # role -> one column cell per row
     stages: np.ndarray | None = None  # LifecycleStage per row, uint8
     revenue: np.ndarray | None = None  # the money signal per row (None: annual_revenue of rollup_values)
     money_signal: str = DEFAULT_MONEY_SIGNAL
+    # Held accounts (held_accounts): parent rows instead of parent_ids, owners and teams already interned.
+    parent_rows: np.ndarray | None = None
+    owner_names: Names | None = None
+    owner_codes: np.ndarray | None = None
+    teams: Teams | None = None
+    team_cells: np.ndarray | None = None
+
+
+def held_accounts(snap: Snapshot) -> AccountBase:
+    """The account base ``snap`` holds, as the change feed keeps it (up to snap.sequence), deleted customers left
+    out: what the next run joins onto instead of reading every account from the registry again. Blocking; the
+    caller keeps patches from writing meanwhile. Owners and teams stay interned (Names and Teams are append-only,
+    so the two snapshots can share them)."""
+    alive = snap.ids.alive()
+    rows = np.flatnonzero(alive)
+    renumbered = np.full(snap.size, -1, np.int64)
+    renumbered[rows] = np.arange(len(rows))
+    parent = snap.parent[rows]
+    parent_rows = np.where(parent >= 0, renumbered[np.maximum(parent, 0)], -1)
+    column = snap.ids.column()
+    ids = column if len(rows) == snap.size else column.take(pa.array(rows))
+    return AccountBase(ids, [], snap.roles[rows], [], snap.rollup_values[rows], {}, snap.stages[rows],
+                       snap.revenue[rows], snap.money_signal, parent_rows, snap.owner_names, snap.owner_codes[rows],
+                       snap.teams, snap.team_cells[rows])
 
 
 def no_results() -> RunResults:
@@ -354,13 +422,11 @@ def no_results() -> RunResults:
 
 def build(results: RunResults, accounts: AccountBase, inheritance_rule: int, sequence: int) -> Snapshot:
     """Join a run's results onto the account base; customers the run lacks stay unscored."""
-    ids = accounts.customer_ids
+    ids = IdIndex.of(accounts.customer_ids)
     n = len(ids)
-    index = dict(zip(ids, range(n)))
-    # map() over dict.get with a default runs in C: a third of the time of a generator over a million ids.
     # No customer id is empty, so an empty parent id maps to -1 like an unknown one.
-    parent = np.fromiter(map(index.get, accounts.parent_ids, repeat(-1)), np.int64, count=n)
-    mapped = np.fromiter(map(index.get, results.customer_ids, repeat(-1)), np.int64, count=len(results.customer_ids))
+    parent = accounts.parent_rows if accounts.parent_rows is not None else ids.rows(accounts.parent_ids)
+    mapped = ids.rows(results.customer_ids)
     known = mapped >= 0
     rows = mapped[known]
     own = np.zeros(n, np.int32)
@@ -379,17 +445,26 @@ def build(results: RunResults, accounts: AccountBase, inheritance_rule: int, seq
     child_order, child_start = children_index(parent)
     revenue = accounts.revenue if accounts.revenue is not None and len(accounts.revenue) == n \
         else np.asarray(accounts.rollup_values, np.float64)[:, ROLLUP_SIGNALS.index(DEFAULT_MONEY_SIGNAL)]
-    teams = Teams()
-    team_cells = np.zeros((n, len(accounts.team)), np.int32)
-    for role, cells in sorted(accounts.team.items()):
-        team_cells[:, teams.role(role)] = teams.intern(cells)
+    if accounts.owner_codes is not None:
+        owner_names, owner_codes = accounts.owner_names, accounts.owner_codes
+    else:
+        owner_names = Names()
+        owner_codes = owner_names.intern(accounts.owners)
+    if accounts.team_cells is not None:
+        teams, team_cells = accounts.teams, accounts.team_cells
+    else:
+        teams = Teams()
+        team_cells = np.zeros((n, len(accounts.team)), np.int32)
+        for role, cells in sorted(accounts.team.items()):
+            team_cells[:, teams.role(role)] = teams.intern(cells)
     snap = Snapshot(results.run, results.score_time_us, time.time(), tuple(results.tiers), tuple(results.dimensions),
-                    ids, index, parent, depth, np.array(accounts.roles, np.uint8), list(accounts.owners),
+                    ids, parent, depth, np.array(accounts.roles, np.uint8), owner_codes,
                     np.array(accounts.rollup_values, np.float64), own, effective, composite, percentile, rank, dims,
                     sorted_dims, sequence, child_order, child_start,
                     run_composites=np.sort(results.composite[~np.isnan(results.composite)]), teams=teams,
                     team_cells=team_cells, revenue=np.array(revenue, np.float64),
-                    money_signal=accounts.money_signal if accounts.revenue is not None else DEFAULT_MONEY_SIGNAL)
+                    money_signal=accounts.money_signal if accounts.revenue is not None else DEFAULT_MONEY_SIGNAL,
+                    owner_names=owner_names)
     return attach_outcomes(snap, results, accounts, mapped)
 
 
@@ -404,8 +479,7 @@ def attach_outcomes(snap: Snapshot, results: RunResults, accounts: AccountBase, 
                          ("previous_level", results.previous_levels)):
         if column is not None and len(column) == len(rows):
             getattr(snap, name)[rows[known]] = column[known]
-    before = np.fromiter(map(snap.index.get, results.previous_ids, repeat(-1)), np.int64,
-                         count=len(results.previous_ids))
+    before = snap.rows(results.previous_ids)
     snap.previous_composite[before[before >= 0]] = results.previous_composite[before >= 0]
     snap.previous_run, snap.previous_time_us = results.previous_run, results.previous_time_us
     return snap
@@ -489,7 +563,9 @@ def effective_levels(own: np.ndarray, parent: np.ndarray, depth: np.ndarray, n_t
 
 def tier_changes(old: Snapshot, new: Snapshot) -> list[tuple[str, int, int, str]]:
     """(customer_id, previous effective level, new level, owner) of every customer whose effective tier moved."""
-    old_rows = np.fromiter(map(old.index.get, new.customer_ids, repeat(-1)), np.int64, count=new.size)
+    old_rows = old.rows(new.ids.column()) if old.size else np.full(new.size, -1, np.int64)
     before = np.where(old_rows >= 0, old.effective_level[np.maximum(old_rows, 0)] if old.size else 0, 0)
     moved = np.flatnonzero(before != new.effective_level)
-    return [(new.customer_ids[r], int(before[r]), int(new.effective_level[r]), new.owners[r]) for r in moved.tolist()]
+    moved_ids = new.ids.customer_ids(moved)
+    return [(customer_id, int(before[r]), int(new.effective_level[r]), new.owner(r))
+            for customer_id, r in zip(moved_ids, moved.tolist())]

@@ -48,8 +48,8 @@ def batch(rng, snap, accounts, sequence) -> tuple[rpb.WatchCustomerChangesRespon
                 continue
             parent = accounts[customer_id][0]
             if kind == "move":
-                below = {snap.customer_ids[r] for r in snap.subtree(snap.index[customer_id])} \
-                    if customer_id in snap.index else {customer_id}
+                below = set(snap.ids.customer_ids(snap.subtree(snap.row(customer_id)))) \
+                    if customer_id in snap.ids else {customer_id}
                 parent = str(rng.choice([c for c in existing[:200] if c not in below] + [""]))
             if kind == "delete":
                 if any(p == customer_id for p, _, _ in accounts.values()) or any(p == customer_id for p in parents):
@@ -93,21 +93,21 @@ def test_patches_give_what_a_rebuild_gives(rule):
         before = snap.effective_level.copy()
         patch = live.plan(snap, rows, scores, rule)
         live.apply(snap, patch)
-        assert snap.sequence == step * 100 and snap.customers == len(accounts) == len(snap.index)
+        assert snap.sequence == step * 100 and snap.customers == len(accounts) == len(snap.ids.items())
         assert np.array_equal(snap.depth, snapshots.tree_depths(snap.parent))
         assert np.array_equal(snap.effective_level, snapshots.with_rule(snap, rule)), f"batch {step}"
         for customer_id, (parent, role, owner) in accounts.items():
-            row = snap.index[customer_id]
-            assert snap.customer_ids[row] == customer_id
-            assert (snap.customer_ids[snap.parent[row]] if snap.parent[row] >= 0 else "") == parent
-            assert (int(snap.roles[row]), snap.owners[row]) == (role, owner)
+            row = snap.row(customer_id)
+            assert snap.customer_id(row) == customer_id
+            assert (snap.customer_id(snap.parent[row]) if snap.parent[row] >= 0 else "") == parent
+            assert (int(snap.roles[row]), snap.owner(row)) == (role, owner)
         for row in rng.integers(0, snap.size, 20).tolist():
             assert np.array_equal(snap.children(row), np.flatnonzero(snap.parent == row))
         moved = {(c, b, a) for c, b, a, _ in patch.moves}
         expected = {(c, int(before[r]) if r < len(before) else 0, int(snap.effective_level[r]))
-                    for c, r in snap.index.items() if (before[r] if r < len(before) else 0) != snap.effective_level[r]}
+                    for c, r in snap.ids.items() if (before[r] if r < len(before) else 0) != snap.effective_level[r]}
         assert moved == expected
-        live_rows = [snap.index[c] for c in rescored]
+        live_rows = [snap.row(c) for c in rescored]
         assert (snap.live_time_us[live_rows] == step).all() or not live_rows
     assert snap.removed > 0 and snap.size > 3000, "the batches created and deleted"
 
@@ -164,20 +164,20 @@ def test_teams_and_stages_follow_the_feed_as_a_rebuild_gives_them():
             lifecycle_stages=bytes(stages[c] for c in changed),
             team=[rpb.TeamColumn(role=role, persons=[own[c].get(role, "") for c in changed]) for role in roles])
         live.apply(snap, live.plan(snap, live.feed_rows([message]), None, pb.INHERITANCE_RULE_PARENT_MINUS_ONE))
-        for c, row in snap.index.items():
+        for c, row in snap.ids.items():
             expected, at = {}, row
             while at >= 0:  # the nearest account up the tree with members in each role
-                for role, text in own[snap.customer_ids[at]].items():
+                for role, text in own[snap.customer_id(at)].items():
                     if text and role not in expected:
                         expected[role] = (text.split(";"), at)
                 at = int(snap.parent[at])
             assert {role: (persons, source) for role, persons, source in snap.effective_team(row)} == expected, c
             assert snap.stages[row] == stages[c]
     ana = snap.teams.person_index["ana"]
-    served = {c for c, row in snap.index.items()
+    served = {c for c, row in snap.ids.items()
               if any(r == "customer_success_manager" and "ana" in p for r, p, _ in snap.effective_team(row))}
     rows = books.person_rows(snap, ana, [snap.teams.role_index["customer_success_manager"]])
-    assert {snap.customer_ids[r] for r in rows} == served
+    assert set(snap.ids.customer_ids(rows)) == served
 
 
 def test_revenue_follows_the_models_money_signal_through_the_feed():

@@ -64,6 +64,9 @@ WATCH_BACKLOG = 64
 RETRY_SECONDS = (0.5, 1, 2, 5, 10)
 # How often the organisation's team (which the change feed does not carry) is read again.
 ORG_TEAM_SECONDS = 2
+# How long a load waits for the snapshot held to apply the feed up to the run's export, before it reads every
+# account from the registry instead.
+CATCH_UP_SECONDS = 5.0
 CAPACITY_SECONDS = 5
 # GetAuthorityUsage's periods end before the year 10,000 (which datetime cannot hold): 9999-01-01.
 LAST_PERIOD_US = 253_370_764_800 * 1_000_000
@@ -204,7 +207,8 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         if run:
             await self._read_previous(scoring_channel, run, results, money)
         held = self.snapshot
-        if run and held.run and held.sequence >= 0 and held.money_signal == money:
+        if run and held.run and held.sequence >= 0 and held.money_signal == money \
+                and await self._caught_up(held, run.export_sequence):
             # The accounts as the feed kept them since the last run's load: no second read of every account from
             # the registry (most of a load's time). The first run's load after start-up reads them (so does a
             # reload after a gap in the feed): what was written to the registry's database by hand, bypassing its
@@ -225,6 +229,17 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
             log.warning("%s: %d %s", built.run or "accounts", built.broken, BROKEN_TREE_NOTE)
         log.info("snapshot loaded", extra={"run": built.run, "customers": built.size,
                                            "seconds": round(time.perf_counter() - started, 3)})
+
+    async def _caught_up(self, held: snapshots.Snapshot, sequence: int) -> bool:
+        """Whether ``held`` (still served) has applied the feed up to ``sequence``, waiting for it at most
+        CATCH_UP_SECONDS: a run's results joined onto accounts that lack what its export held would leave the
+        customers created just before the run out of the snapshot until the feed replays them."""
+        deadline = time.monotonic() + CATCH_UP_SECONDS
+        while held.sequence < sequence:
+            if self.snapshot is not held or time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
 
     async def _read_accounts(self, money: str) -> tuple[snapshots.AccountBase, int]:
         if self.local_registry is not None:

@@ -138,6 +138,7 @@ def test_inheritance_rules_and_role_precedence_on_a_three_level_tree(stubs):
     def levels():
         got = hierarchy.BatchGetPriority(pb.BatchGetPriorityRequest(
             customers=[f"customers/{stored_top}", "customers/division", "customers/team"])).priorities
+        assert not any(p.not_found for p in got), "customers imported before the run are in its snapshot"
         return [(p.own_tier.level, p.effective_tier.level) for p in got]
 
     policy = hierarchy.GetTierPolicy(pb.GetTierPolicyRequest())

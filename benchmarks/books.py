@@ -23,7 +23,7 @@ from cvh.common.v1 import common_pb2
 from services.hierarchy import books, decisions
 from services.hierarchy import snapshot as snapshots
 from services.hierarchy.policy import default_policy
-from services.hierarchy.servicer import _priority
+from services.hierarchy.servicer import People, _priority
 
 CSM = "customer_success_manager"
 BOOK_P99_TARGET_MS, PORTFOLIOS_TARGET_S, PRIORITY_P99_TARGET_MS = 50.0, 1.0, 1.0
@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     portfolios = books.portfolios(snap, CSM, {})
     portfolios_s = time.perf_counter() - started
-    policy, org = default_policy(), {"chief_customer_officer": ["cco@example.com"]}
+    policy, org = default_policy(), People({"chief_customer_officer": ["cco@example.com"]},
+                                           {"cco@example.com": "Chief Customer Officer"})
     budgets = decisions.Budgets(policy.goodwill_period)
     budgets.roll(int(time.time() * 1e6))
     priority_times = []

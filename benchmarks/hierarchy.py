@@ -177,10 +177,10 @@ def in_process(customers: int, calls: int, seed: int, say) -> dict:
     from services.hierarchy import ids as id_index
     from services.hierarchy import snapshot as snapshots
     from services.hierarchy.policy import default_policy
-    from services.hierarchy.servicer import _priority
+    from services.hierarchy.servicer import People, _priority
 
     id_index.warm_up()
-    _priority(snapshots.empty_snapshot(), default_policy(), "warm", {})
+    _priority(snapshots.empty_snapshot(), default_policy(), "warm", People())
     _trim()
     before = memory_kib()  # before the inputs: what the snapshot holds after they are dropped, it added
     accounts, results = generated_inputs(customers, seed)
@@ -198,7 +198,7 @@ def in_process(customers: int, calls: int, seed: int, say) -> dict:
     latency = np.empty(calls)
     for k, wanted_id in enumerate(wanted):
         begun = time.perf_counter()
-        answer = _priority(snap, policy, wanted_id, {})
+        answer = _priority(snap, policy, wanted_id, People())
         if k >= 200:
             latency[k - 200] = time.perf_counter() - begun
     assert answer.customer == f"customers/{wanted[-1]}"

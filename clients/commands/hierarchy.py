@@ -84,9 +84,10 @@ def print_priority(p: pb.Priority) -> None:
               f"(since {p.goodwill_period_start.ToDatetime():%Y-%m-%d})")
     for member in p.team:
         source = f" (from {customer_id(member.inherited_from)})" if member.inherited_from else ""
-        print(f"  team       {member.role}: {member.person}{source}")
+        print(f"  team       {member.role}: {_who(member)}{source}")
     if p.escalation:
-        print("  escalate   " + " -> ".join(f"{step.contact or '?'} ({step.level})" for step in p.escalation))
+        print("  escalate   " + " -> ".join(f"{_who(step.persons[0]) if step.persons else step.contact or '?'} "
+                                            f"({step.level})" for step in p.escalation))
     else:
         escalation = policy.escalation
         route = ("the account owner, then " if escalation.owner_first else "") + (escalation.team or "the support lead")
@@ -297,6 +298,11 @@ def book(args: argparse.Namespace) -> int:
         return 0
     print_book(answer)
     return 0
+
+
+def _who(contact: pb.TeamContact) -> str:
+    """"Ana Lima <ana@example.com>", or the person id alone when the registry has no display name."""
+    return f"{contact.display_name} <{contact.person}>" if contact.display_name else contact.person
 
 
 def print_book(answer: pb.BookOfBusiness, indent: str = "") -> None:

@@ -8,6 +8,7 @@ import logging
 import math
 import re
 import time
+from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
@@ -94,6 +95,16 @@ DIMENSION_WORDS = {
 }
 
 
+@dataclass(frozen=True)
+class People:
+    """Who serves beyond a customer's own team, and how people are called: the organisation's team (role ->
+    person ids, the top of every escalation path) and the display names the registry holds (person id ->
+    name). Replaced whole when read again, so a reader sees one reading."""
+
+    org_team: dict[str, list[str]] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)
+
+
 class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -101,8 +112,9 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         self.budgets = self._load_budgets(self.policy)
         self._deciding = asyncio.Lock()  # a decision reads and uses a budget in one step
         self.snapshot = snapshots.empty_snapshot()
-        # The organisation's team, role -> person ids (GetOrganizationTeam), read every ORG_TEAM_SECONDS.
-        self.org_team: dict[str, list[str]] = {}
+        # The organisation's team (GetOrganizationTeam, read every ORG_TEAM_SECONDS) and people's display names
+        # (ListPeople, with their capacities, every CAPACITY_SECONDS).
+        self.people = People()
         # The served run's model's outcome money signal: the revenue of books of business.
         self.money_signal = snapshots.DEFAULT_MONEY_SIGNAL
         # The registry's people's capacities, read at most every CAPACITY_SECONDS (ListPeople).
@@ -154,7 +166,7 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         loop = asyncio.get_running_loop()
         self._loader = loop.create_task(self._follow_runs())
         self._followers = [loop.create_task(self._follow_feed()), loop.create_task(self._apply_feed()),
-                           loop.create_task(self._follow_org_team())]
+                           loop.create_task(self._follow_org_team()), loop.create_task(self._follow_people())]
 
     async def stop_background(self) -> None:
         for task in [self._loader, *self._followers]:
@@ -274,7 +286,8 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
                 org: dict[str, list[str]] = {}
                 for member in team.members:
                     org.setdefault(member.role, []).append(member.person)
-                self.org_team = org
+                names = {**self.people.names, **{m.person: m.display_name for m in team.members if m.display_name}}
+                self.people = People(org, names)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the registry away: the team as last read
@@ -538,7 +551,7 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
                                                f"got {request.compare_days_ago}")
         violations.raise_if_any()
         snap = self.snapshot
-        answer = _priority(snap, self.policy, customer_id, self.org_team)
+        answer = _priority(snap, self.policy, customer_id, self.people)
         if not answer.not_found:
             self._add_budget(answer, customer_id)
         if (compare_run or request.compare_days_ago) and answer.HasField("trend"):
@@ -680,29 +693,48 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         return await asyncio.to_thread(books.portfolios, self.snapshot, request.role, capacities)
 
     async def _people_capacities(self) -> dict[str, int]:
-        """person id -> capacity of the people who have one (ListPeople), at most CAPACITY_SECONDS old."""
+        """person id -> capacity of the people who have one (ListPeople), read again when more than
+        CAPACITY_SECONDS old (a book of business asked just after a capacity changed sees it)."""
         if time.monotonic() - self._capacities_time < CAPACITY_SECONDS:
             return self._capacities
-        request, found = registry_service_pb2.ListPeopleRequest(page_size=1000), {}
         try:
-            async with contextlib.AsyncExitStack() as stack:
-                if self.local_registry is not None:
-                    def list_people(r):
-                        return self.local_registry.ListPeople(r, None)
-                else:
-                    channel = await stack.enter_async_context(self.registry.channel())
-                    list_people = registry_service_pb2_grpc.RegistryServiceStub(channel).ListPeople
-                while True:
-                    page = await list_people(request)
-                    found.update((p.person_id, p.capacity) for p in page.people if p.capacity)
-                    if not page.next_page_token:
-                        break
-                    request.page_token = page.next_page_token
+            self._capacities, names = await self._read_people()
         except grpc.aio.AioRpcError as error:  # the registry away: the capacities as last read
             log.warning("reading people's capacities failed: %s", error.code().name)
             return self._capacities
-        self._capacities, self._capacities_time = found, time.monotonic()
-        return found
+        self._capacities_time = time.monotonic()
+        self.people = People(self.people.org_team, names)
+        return self._capacities
+
+    async def _read_people(self) -> tuple[dict[str, int], dict[str, str]]:
+        """(person id -> capacity, person id -> display name) of the people who have one, from ListPeople."""
+        request, capacities, names = registry_service_pb2.ListPeopleRequest(page_size=1000), {}, {}
+        async with contextlib.AsyncExitStack() as stack:
+            if self.local_registry is not None:
+                def list_people(r):
+                    return self.local_registry.ListPeople(r, None)
+            else:
+                channel = await stack.enter_async_context(self.registry.channel())
+                list_people = registry_service_pb2_grpc.RegistryServiceStub(channel).ListPeople
+            while True:
+                page = await list_people(request)
+                capacities.update((p.person_id, p.capacity) for p in page.people if p.capacity)
+                names.update((p.person_id, p.display_name) for p in page.people if p.display_name)
+                if not page.next_page_token:
+                    return capacities, names
+                request.page_token = page.next_page_token
+
+    async def _follow_people(self) -> None:
+        """Keep people's display names (GetPriority's teams) at most about CAPACITY_SECONDS old."""
+        while True:
+            try:
+                _, names = await self._read_people()
+                self.people = People(self.people.org_team, names)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the registry away: the names as last read
+                log.debug("reading people failed", exc_info=True)
+            await asyncio.sleep(CAPACITY_SECONDS)
 
     async def GetAuthorityUsage(self, request, context):
         violations = Violations()
@@ -731,8 +763,9 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         violations = Violations()
         ids = [customer_id_from_name(n, f"customers[{i}]", violations) for i, n in enumerate(request.customers)]
         violations.raise_if_any()
-        snap, policy, org = self.snapshot, self.policy, self.org_team
-        answer = pb.BatchGetPriorityResponse(priorities=[_priority_or_not_found(snap, policy, i, org) for i in ids])
+        snap, policy, people = self.snapshot, self.policy, self.people
+        answer = pb.BatchGetPriorityResponse(priorities=[_priority_or_not_found(snap, policy, i, people)
+                                                         for i in ids])
         for customer_id, priority in zip(ids, answer.priorities):
             if not priority.not_found:
                 self._add_budget(priority, customer_id)
@@ -1054,15 +1087,14 @@ def _knows_every_customer(snap: snapshots.Snapshot) -> bool:
 
 
 def _priority_or_not_found(snap: snapshots.Snapshot, policy: pb.TierPolicy, customer_id: str,
-                           org: dict[str, list[str]]) -> pb.Priority:
+                           people: People) -> pb.Priority:
     """A batch's entry: the priority, or a customer not registered marked so (one does not fail the batch)."""
     if snap.row(customer_id) is None and _knows_every_customer(snap):
         return pb.Priority(customer=f"customers/{customer_id}", not_found=True)
-    return _priority(snap, policy, customer_id, org)
+    return _priority(snap, policy, customer_id, people)
 
 
-def _priority(snap: snapshots.Snapshot, policy: pb.TierPolicy, customer_id: str,
-              org: dict[str, list[str]]) -> pb.Priority:
+def _priority(snap: snapshots.Snapshot, policy: pb.TierPolicy, customer_id: str, people: People) -> pb.Priority:
     """CUSTOMER_NOT_FOUND for a customer the registry does not hold."""
     answer = pb.Priority(customer=f"customers/{customer_id}", policy_version=policy.version)
     row = snap.row(customer_id)
@@ -1082,7 +1114,7 @@ def _priority(snap: snapshots.Snapshot, policy: pb.TierPolicy, customer_id: str,
         answer.policy.CopyFrom(policy.default_tier)
         if row is not None:
             answer.stakeholder_role, answer.owner = int(snap.roles[row]), snap.owner(row)
-        _add_people(answer, snap, row, policy, 0, org)
+        _add_people(answer, snap, row, policy, 0, people)
         return answer
     own, effective = int(snap.own_level[row]), int(snap.effective_level[row])
     answer.scored = own > 0
@@ -1110,7 +1142,7 @@ def _priority(snap: snapshots.Snapshot, policy: pb.TierPolicy, customer_id: str,
                                      _tier_ref(snap, int(snap.previous_level[row])),
                                      float(snap.previous_composite[row]), own, float(snap.composite[row])))
     answer.reasons.extend(_reasons(snap, row, own, effective))
-    _add_people(answer, snap, row, policy, effective, org)
+    _add_people(answer, snap, row, policy, effective, people)
     return answer
 
 
@@ -1138,19 +1170,22 @@ def _trend(compare_run: str, compare_time_us: int, previous_tier: common_pb2.Tie
 
 
 def _add_people(answer: pb.Priority, snap: snapshots.Snapshot, row: int | None, policy: pb.TierPolicy,
-                tier_level: int, org: dict[str, list[str]]) -> None:
+                tier_level: int, people: People) -> None:
     """The effective team and the escalation path derived from it (the organisation's team for a role the
-    customer's lacks; the tier's static escalation team for a level nobody holds)."""
+    customer's lacks; the tier's static escalation team for a level nobody holds), with display names."""
     team: dict[str, list[pb.TeamContact]] = {}
+    names = people.names
     if row is not None:
         for role, persons, source in snap.effective_team(row):
             inherited = "" if source == row else f"customers/{snap.customer_id(source)}"
-            team[role] = [pb.TeamContact(role=role, person=p, inherited_from=inherited) for p in persons]
+            team[role] = [pb.TeamContact(role=role, person=p, inherited_from=inherited, display_name=names.get(p, ""))
+                          for p in persons]
             answer.team.extend(team[role])
     fallback = answer.policy.escalation.team
     for level, role in involved_levels(policy, tier_level):
-        persons = team.get(role) or [pb.TeamContact(role=role, person=p, inherited_from="organization")
-                                     for p in org.get(role, ())]
+        persons = team.get(role) or [pb.TeamContact(role=role, person=p, inherited_from="organization",
+                                                    display_name=names.get(p, ""))
+                                     for p in people.org_team.get(role, ())]
         answer.escalation.add(level=level, persons=persons, contact=persons[0].person if persons else fallback,
                               fallback=not persons)
 

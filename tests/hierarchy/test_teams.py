@@ -51,6 +51,15 @@ def test_the_effective_team_and_escalation_path_come_back_live(channel):
     eventually(lambda: path_of(priority(hierarchy, "acme-eu")), lambda got: got == expected, "escalation path")
     cco = priority(hierarchy, "acme-eu").escalation[3].persons[0]
     assert (cco.role, cco.inherited_from) == ("chief_customer_officer", "organization")
+    # Display names as the registry holds them, for the customer's team and the organisation's alike.
+    for person, name in (("cs1@x", "Chiara Silva"), ("cco@x", "Ines Okafor")):
+        registry.UpdatePerson(rpb.UpdatePersonRequest(person=rpb.Person(person_id=person, display_name=name),
+                                                      update_mask={"paths": ["display_name"]}))
+    eventually(lambda: {p.person: p.display_name for s in priority(hierarchy, "acme-eu").escalation
+                        for p in s.persons},
+               lambda got: got.get("cs1@x") == "Chiara Silva" and got.get("cco@x") == "Ines Okafor"
+               and got.get("bob@x") == "", "display names")
+    assert {m.person: m.display_name for m in priority(hierarchy, "acme-eu").team}["cs1@x"] == "Chiara Silva"
 
     # A change of the parent's team reaches the child through the feed; the child's own owner stays.
     registry.UpdateCustomer(rpb.UpdateCustomerRequest(

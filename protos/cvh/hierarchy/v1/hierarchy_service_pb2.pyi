@@ -236,14 +236,16 @@ class Priority(_message.Message):
     def __init__(self, customer: _Optional[str] = ..., scored: _Optional[bool] = ..., own_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., effective_tier: _Optional[_Union[_common_pb2.TierRef, _Mapping]] = ..., composite: _Optional[float] = ..., percentile: _Optional[float] = ..., rank: _Optional[int] = ..., dimension_scores: _Optional[_Iterable[_Union[_common_pb2.DimensionScore, _Mapping]]] = ..., reasons: _Optional[_Iterable[_Union[PriorityReason, _Mapping]]] = ..., stakeholder_role: _Optional[_Union[_common_pb2.StakeholderRole, str]] = ..., owner: _Optional[str] = ..., policy: _Optional[_Union[TierServicePolicy, _Mapping]] = ..., run: _Optional[str] = ..., score_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., policy_version: _Optional[int] = ..., not_found: _Optional[bool] = ..., live: _Optional[bool] = ..., live_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lifecycle_stage: _Optional[_Union[_common_pb2.LifecycleStage, str]] = ..., bad_profit: _Optional[bool] = ..., trend: _Optional[_Union[PriorityTrend, _Mapping]] = ..., team: _Optional[_Iterable[_Union[TeamContact, _Mapping]]] = ..., escalation: _Optional[_Iterable[_Union[EscalationStep, _Mapping]]] = ..., goodwill_remaining_minor: _Optional[int] = ..., goodwill_period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class TeamContact(_message.Message):
-    __slots__ = ("role", "person", "inherited_from")
+    __slots__ = ("role", "person", "inherited_from", "display_name")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     PERSON_FIELD_NUMBER: _ClassVar[int]
     INHERITED_FROM_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     role: str
     person: str
     inherited_from: str
-    def __init__(self, role: _Optional[str] = ..., person: _Optional[str] = ..., inherited_from: _Optional[str] = ...) -> None: ...
+    display_name: str
+    def __init__(self, role: _Optional[str] = ..., person: _Optional[str] = ..., inherited_from: _Optional[str] = ..., display_name: _Optional[str] = ...) -> None: ...
 
 class EscalationStep(_message.Message):
     __slots__ = ("level", "persons", "contact", "fallback")

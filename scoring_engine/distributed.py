@@ -22,10 +22,22 @@ What equals the single-process engine, and how closely
   come from the same function the in-process engine uses. Tiers (with hysteresis) are then exact. Ranks and
   percentiles are exact too: a sort partitioned on value ranges (a merged histogram cuts the composites
   into one range per partition, each range is sorted with ties by row, and the ranks go back to their
-  partitions: every composite moves twice, a task holds about one partition).
+  partitions: each composite moves out once and its rank and percentile back once, a task holds about one
+  partition).
 * End to end (fit and score on Dask against fit and score in one process): the 1e-12 of a z-score signal's
   mean and std moves a composite by at most ``COMPOSITE_ATOL`` (1e-9 points); tiers and ranks are the same
   except for customers whose composites lie within that of a cut-off or of each other.
+
+Worker memory
+-------------
+What stays on the workers for the whole base is small and stated: each customer's composite (8 bytes) while
+cut-offs and ranks are worked out, and, with ranks, its rank and percentile (16 bytes), both held for as long
+as the :class:`DistributedScores` is; transiently the rank sort's pieces (another 8 + 16 bytes a customer,
+released as the ranges are sorted). Everything else is one partition per task: the signals are read per
+task, fit statistics merge up a tree, and the dimension scores are not kept but scored again, partition by
+partition, where they are used (``cvh batch score`` writes them out with the rest). 50,000,000 customers on
+two workers thus hold about 0.6 GB each for the whole base, next to one partition's work
+(``python -m benchmarks.distributed --customers 50m --write-results --skip-in-process``).
 
 Workers: register :class:`ScoringWorker` (``scoring_client`` does) so that each worker process keeps its
 Numba cache in a folder of its own (seeded from the installed cache, so it loads rather than compiles),
@@ -151,7 +163,7 @@ _PROGRESS: contextvars.ContextVar[Callable[[list, str], None] | None] = contextv
 @contextlib.contextmanager
 def showing_progress(show: Callable[[list, str], None]):
     """Within the block, each computation this module starts on the distributed client is handed to
-    ``show(futures, label)`` (label: "fit", "score", "tier cut-offs: ...", "rank ranges") before its results are
+    ``show(futures, label)`` (label: "fit", "score", "summaries", "tier cut-offs: ...", "rank ranges", "ranks") before its results are
     gathered, e.g. to draw ``distributed.progress(futures)``."""
     token = _PROGRESS.set(show)
     try:
@@ -286,7 +298,7 @@ class DistributedScores:
     tier_ids: tuple[str, ...]
     rank: da.Array | None = None
     percentile: da.Array | None = None
-    persisted: tuple = ()  # the per-partition scores held on the workers: they live as long as this result
+    persisted: tuple = ()  # the per-partition composites held on the workers: they live as long as this result
 
     def compute(self) -> ScoreResult:
         arrays = dask.compute(self.dimensions, self.composite, self.tier, self.rank, self.percentile)
@@ -498,8 +510,8 @@ def score(fitted: FittedModel, data: Any, previous_tiers: Any = None, with_rank:
     ``previous_tiers``: each customer's previous tier index (0 = best, -1 or null: none) as a collection
     partitioned like ``data`` (a dask array with the same row chunks, or a column of the same frame, e.g.
     ``frame["previous_tier"]`` after joining a previous run's results on customer_id), or the name of a
-    column of ``data``. The per-partition scores are persisted on the workers while cut-offs and ranks are
-    worked out; the result's arrays refer to them.
+    column of ``data``. Each partition's composites (and, ``with_rank``, its ranks and percentiles) are held on
+    the workers while this result lives; the dimension scores are scored again where they are computed.
     """
     model = fitted.model
     parts, columns, names = _partitions(model, data, signal_names)

@@ -22,10 +22,22 @@ What equals the single-process engine, and how closely
   come from the same function the in-process engine uses. Tiers (with hysteresis) are then exact. Ranks and
   percentiles are exact too: a sort partitioned on value ranges (a merged histogram cuts the composites
   into one range per partition, each range is sorted with ties by row, and the ranks go back to their
-  partitions: every composite moves twice, a task holds about one partition).
+  partitions: each composite moves out once and its rank and percentile back once, a task holds about one
+  partition).
 * End to end (fit and score on Dask against fit and score in one process): the 1e-12 of a z-score signal's
   mean and std moves a composite by at most ``COMPOSITE_ATOL`` (1e-9 points); tiers and ranks are the same
   except for customers whose composites lie within that of a cut-off or of each other.
+
+Worker memory
+-------------
+What stays on the workers for the whole base is small and stated: each customer's composite (8 bytes) while
+cut-offs and ranks are worked out, and, with ranks, its rank and percentile (16 bytes), both held for as long
+as the :class:`DistributedScores` is; transiently the rank sort's pieces (another 8 + 16 bytes a customer,
+released as the ranges are sorted). Everything else is one partition per task: the signals are read per
+task, fit statistics merge up a tree, and the dimension scores are not kept but scored again, partition by
+partition, where they are used (``cvh batch score`` writes them out with the rest). 50,000,000 customers on
+two workers thus hold about 0.6 GB each for the whole base, next to one partition's work
+(``python -m benchmarks.distributed --customers 50m --write-results --skip-in-process``).
 
 Workers: register :class:`ScoringWorker` (``scoring_client`` does) so that each worker process keeps its
 Numba cache in a folder of its own (seeded from the installed cache, so it loads rather than compiles),
@@ -151,7 +163,7 @@ _PROGRESS: contextvars.ContextVar[Callable[[list, str], None] | None] = contextv
 @contextlib.contextmanager
 def showing_progress(show: Callable[[list, str], None]):
     """Within the block, each computation this module starts on the distributed client is handed to
-    ``show(futures, label)`` (label: "fit", "score", "tier cut-offs: ...", "rank ranges") before its results are
+    ``show(futures, label)`` (label: "fit", "score", "summaries", "tier cut-offs: ...", "rank ranges", "ranks") before its results are
     gathered, e.g. to draw ``distributed.progress(futures)``."""
     token = _PROGRESS.set(show)
     try:
@@ -171,6 +183,23 @@ def _compute(*collections, label: str) -> tuple:
     futures = client.compute(list(collections))
     show(futures, label)
     return tuple(client.gather(futures))
+
+
+def _persist(objects: list, label: str) -> list:
+    """``dask.persist(*objects)``, waited for (on a distributed client, persist only starts the work): what
+    the result's arrays refer to is then held on the workers, and nothing started later runs in between."""
+    persisted = list(dask.persist(*objects))
+    try:
+        from distributed import futures_of, wait
+    except ImportError:  # pragma: no cover - the dask extra brings distributed
+        return persisted
+    futures = futures_of(persisted)
+    if futures:
+        show = _PROGRESS.get()
+        if show is not None:
+            show(futures, label)
+        wait(futures)
+    return persisted
 
 
 def _tree(items: list, merge: Callable[[list], Any], split_every: int):
@@ -269,7 +298,7 @@ class DistributedScores:
     tier_ids: tuple[str, ...]
     rank: da.Array | None = None
     percentile: da.Array | None = None
-    persisted: tuple = ()  # the per-partition scores held on the workers: they live as long as this result
+    persisted: tuple = ()  # the per-partition composites held on the workers: they live as long as this result
 
     def compute(self) -> ScoreResult:
         arrays = dask.compute(self.dimensions, self.composite, self.tier, self.rank, self.percentile)
@@ -277,8 +306,10 @@ class DistributedScores:
         return ScoreResult(dims, comp, tier, self.tier_thresholds, self.dimension_names, self.tier_ids, rank, pct)
 
 
-def _score_part(part: Any, columns, fitted: FittedModel, names):
-    """(dimensions, composites, first non-finite value or None) of a partition."""
+def _score_part(part: Any, columns, fitted: FittedModel, names, dimensions: bool = True):
+    """(dimensions or None, composites, first non-finite value or None) of a partition. The per-partition
+    scores that stay on the workers while cut-offs and ranks are worked out are the composites alone
+    (``dimensions=False``); the dimensions are scored again where they are used (e.g. written out)."""
     _apply_thread_budget()
     X = engine._as_matrix(_matrix(part, columns))
     cols = engine._columns(fitted.model, X.shape[1], names)
@@ -286,9 +317,13 @@ def _score_part(part: Any, columns, fitted: FittedModel, names):
         dims, comp = engine._score_arrays(fitted, X, cols)
     except NonFiniteValueError as error:
         n = X.shape[0]
-        return np.full((n, len(fitted.model.dimensions)), np.nan), np.full(n, np.nan), \
+        return (np.full((n, len(fitted.model.dimensions)), np.nan) if dimensions else None), np.full(n, np.nan), \
             (error.row, error.signal, error.value)
-    return dims, comp, None
+    return (dims if dimensions else None), comp, None
+
+
+def _dimensions(part: Any, columns, fitted: FittedModel, names) -> np.ndarray:
+    return _score_part(part, columns, fitted, names)[0]
 
 
 def _summary(scored) -> tuple[int, int, float, float, tuple | None]:
@@ -376,46 +411,54 @@ def _rank_histogram(scored, lo: float, scale: float) -> np.ndarray:
     return np.bincount(_rank_bins(comp[~np.isnan(comp)], lo, scale), minlength=RANK_BINS)
 
 
-def _split_ranges(scored, first_row: int, lo: float, scale: float, range_of_bin: np.ndarray, n_ranges: int) -> list:
-    """This partition's present composites and their rows (across the whole collection), one piece per
-    value range."""
-    comp = scored[1]
+def _range_rows(comp: np.ndarray, lo: float, scale: float, range_of_bin: np.ndarray,
+                n_ranges: int) -> tuple[np.ndarray, np.ndarray]:
+    """This partition's present rows grouped by value range (rows ascending within a range), and where each
+    range's rows start and end: (rows, bounds of n_ranges + 1)."""
     rows = np.flatnonzero(~np.isnan(comp))
     ranges = range_of_bin[_rank_bins(comp[rows], lo, scale)]
     order = np.argsort(ranges, kind="stable")
-    bounds = np.searchsorted(ranges[order], np.arange(n_ranges + 1))
-    rows = rows[order]
-    return [(comp[rows[a:b]], rows[a:b] + first_row) for a, b in zip(bounds[:-1], bounds[1:])]
+    return rows[order], np.searchsorted(ranges[order], np.arange(n_ranges + 1))
 
 
-def _rank_range(pieces: list, ahead: int, n_valid: int, part_starts: np.ndarray) -> list:
-    """Exact ranks and percentiles of one value range (ties by row), as one piece per partition:
-    (rows within the partition, ranks, percentiles). ``ahead``: composites in the ranges above."""
-    values = np.concatenate([p[0] for p in pieces])
-    rows = np.concatenate([p[1] for p in pieces])
-    order = np.lexsort((rows, -values))  # descending composite, then row
-    values, rows = values[order], rows[order]
+def _split_ranges(scored, lo: float, scale: float, range_of_bin: np.ndarray, n_ranges: int) -> list:
+    """This partition's present composites, one piece per value range, in row order within a piece (rows
+    are not sent: the partition works them out again when the ranks come back)."""
+    comp = scored[1]
+    rows, bounds = _range_rows(comp, lo, scale, range_of_bin, n_ranges)
+    values = comp[rows]
+    return [values[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _rank_range(pieces: list, ahead: int, n_valid: int) -> list:
+    """Exact ranks and percentiles of one value range, as one (ranks, percentiles) piece per partition in the
+    order of the partition's piece. ``pieces`` come in partition order, each in row order, so a stable sort
+    on descending composite breaks ties by row. ``ahead``: composites in the ranges above."""
+    values = np.concatenate(pieces) if pieces else np.zeros(0)
+    order = np.argsort(-values, kind="stable")  # descending composite, then row
+    values = values[order]
     new_run = np.concatenate(([True], values[1:] != values[:-1])) if values.size else np.zeros(0, bool)
     run_start = np.flatnonzero(new_run)
     run = np.cumsum(new_run) - 1
     a = ahead + run_start[run]                                             # rank - 1 of the run's first
     z = ahead + np.concatenate((run_start[1:], [values.size]))[run]        # past the run's last
-    rank = ahead + np.arange(1, values.size + 1, dtype=np.int64)
-    percentile = 100.0 * ((n_valid - z) + 0.5 * (z - a)) / n_valid       # as the in-process kernels
-    by_part = np.searchsorted(part_starts, rows, side="right") - 1
-    order = np.argsort(by_part, kind="stable")
-    bounds = np.searchsorted(by_part[order], np.arange(part_starts.shape[0]))
-    return [(rows[order[x:y]] - part_starts[p], rank[order[x:y]], percentile[order[x:y]])
-            for p, (x, y) in enumerate(zip(bounds[:-1], bounds[1:]))]
+    rank = np.empty(values.size, dtype=np.int64)
+    percentile = np.empty(values.size)
+    rank[order] = ahead + np.arange(1, values.size + 1, dtype=np.int64)
+    percentile[order] = 100.0 * ((n_valid - z) + 0.5 * (z - a)) / n_valid  # as the in-process kernels
+    bounds = np.cumsum([0] + [p.shape[0] for p in pieces])
+    return [(rank[x:y], percentile[x:y]) for x, y in zip(bounds[:-1], bounds[1:])]
 
 
-def _ranks(scored, pieces: list, nan_before: int, n_valid: int):
+def _ranks(scored, pieces: list, lo: float, scale: float, range_of_bin: np.ndarray, nan_before: int,
+           n_valid: int):
     """A partition's exact ranks (1 = best, ties by row order, missing composites last) and percentiles."""
     comp = scored[1]
     rank = np.empty(comp.shape[0], dtype=np.int64)
     percentile = np.full(comp.shape[0], np.nan)
-    for rows, ranks, percentiles in pieces:
-        rank[rows], percentile[rows] = ranks, percentiles
+    rows, bounds = _range_rows(comp, lo, scale, range_of_bin, len(pieces))
+    for (ranks, percentiles), a, b in zip(pieces, bounds[:-1], bounds[1:]):
+        rank[rows[a:b]], percentile[rows[a:b]] = ranks, percentiles
     missing = np.flatnonzero(np.isnan(comp))
     rank[missing] = n_valid + nan_before + np.arange(1, missing.shape[0] + 1)
     return rank, percentile
@@ -424,10 +467,9 @@ def _ranks(scored, pieces: list, nan_before: int, n_valid: int):
 def _exact_ranks(scored: list, summaries: list, split_every: int) -> tuple[list, list]:
     """Ranks by a sort partitioned on value ranges: a histogram cuts the composites into one range per
     partition; each range is sorted on its own (ties by row) and its ranks go back to their partitions.
-    Every composite moves twice; a task holds about one partition."""
+    What moves: each composite once out (8 bytes) and its rank and percentile once back (16 bytes); a task
+    holds about one partition."""
     n_valid = sum(s[1] for s in summaries)
-    lengths = [s[0] for s in summaries]
-    part_starts = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
     n_ranges = max(1, len(scored))
     lo = min((s[2] for s in summaries), default=0.0) if n_valid else 0.0
     hi = max((s[3] for s in summaries), default=0.0) if n_valid else 0.0
@@ -438,17 +480,20 @@ def _exact_ranks(scored: list, summaries: list, split_every: int) -> tuple[list,
     range_of_bin = np.minimum((cum - per_bin) * n_ranges // max(n_valid, 1), n_ranges - 1).astype(np.int64)
     range_sizes = np.bincount(range_of_bin, weights=per_bin, minlength=n_ranges).astype(np.int64)
     ahead = np.concatenate(([0], np.cumsum(range_sizes)))
-    split = [dask.delayed(_split_ranges, pure=True, nout=n_ranges)(s, int(part_starts[p]), lo, scale, range_of_bin,
-                                                                           n_ranges)
-             for p, s in enumerate(scored)]
+    range_of_bin_d = dask.delayed(range_of_bin, pure=True)
+    split = [dask.delayed(_split_ranges, pure=True, nout=n_ranges)(s, lo, scale, range_of_bin_d, n_ranges)
+             for s in scored]
     ranked_ranges = [dask.delayed(_rank_range, pure=True, nout=len(scored))(
-        [split[p][r] for p in range(len(scored))], int(ahead[r]), n_valid, part_starts)
-        for r in range(n_ranges)]
+        [split[p][r] for p in range(len(scored))], int(ahead[r]), n_valid) for r in range(n_ranges)]
     ranks, nan_before = [], 0
     for p, s in enumerate(scored):
-        ranks.append(dask.delayed(_ranks, pure=True, nout=2)(
-            s, [ranked_ranges[r][p] for r in range(n_ranges)], nan_before, n_valid))
+        ranks.append(dask.delayed(_ranks, pure=True)(
+            s, [ranked_ranges[r][p] for r in range(n_ranges)], lo, scale, range_of_bin_d, nan_before, n_valid))
         nan_before += summaries[p][0] - summaries[p][1]
+    # Held (16 bytes a customer) rather than left to whatever uses them: a partition's ranks need every
+    # partition scored, so work that reads the base (writing the results out) would otherwise read all of it
+    # and hold it while the ranks are worked out.
+    ranks = _persist(ranks, label="ranks")
     return [r[0] for r in ranks], [r[1] for r in ranks]
 
 
@@ -465,15 +510,15 @@ def score(fitted: FittedModel, data: Any, previous_tiers: Any = None, with_rank:
     ``previous_tiers``: each customer's previous tier index (0 = best, -1 or null: none) as a collection
     partitioned like ``data`` (a dask array with the same row chunks, or a column of the same frame, e.g.
     ``frame["previous_tier"]`` after joining a previous run's results on customer_id), or the name of a
-    column of ``data``. The per-partition scores are persisted on the workers while cut-offs and ranks are
-    worked out; the result's arrays refer to them.
+    column of ``data``. Each partition's composites (and, ``with_rank``, its ranks and percentiles) are held on
+    the workers while this result lives; the dimension scores are scored again where they are computed.
     """
     model = fitted.model
     parts, columns, names = _partitions(model, data, signal_names)
     fitted_d = dask.delayed(fitted, pure=True)
-    scored = list(dask.persist(*[dask.delayed(_score_part, pure=True)(p, columns, fitted_d, names)
-                                 for p in parts]))
-    summaries = _compute(*[dask.delayed(_summary, pure=True)(s) for s in scored], label="score")
+    scored = _persist([dask.delayed(_score_part, pure=True)(p, columns, fitted_d, names, False) for p in parts],
+                      label="score")
+    summaries = _compute(*[dask.delayed(_summary, pure=True)(s) for s in scored], label="summaries")
     offset = 0
     for n, _, _, _, bad in summaries:
         if bad is not None:
@@ -495,7 +540,8 @@ def score(fitted: FittedModel, data: Any, previous_tiers: Any = None, with_rank:
         rank = _column(ranks, lengths, np.int64)
         percentile = _column(percentiles, lengths, np.float64)
     return DistributedScores(
-        _column([s[0] for s in scored], lengths, np.float64, len(model.dimensions)),
+        _column([dask.delayed(_dimensions, pure=True)(p, columns, fitted_d, names) for p in parts], lengths,
+                np.float64, len(model.dimensions)),
         _column([s[1] for s in scored], lengths, np.float64),
         _column(tiers, lengths, np.int32), np.asarray(thresholds, dtype=np.float64),
         engine._dimension_names(model), model.tier_ids, rank, percentile, tuple(scored))

@@ -48,3 +48,15 @@ def test_benchmark_runs_and_prints_its_figures(name):
     if name == "scoring":
         small = summary["sizes"]["20000"]
         assert small["customers"] == 20000 and small["score_s"] > 0 and small["reference_s"] > 0
+
+
+def test_distributed_benchmark_writes_the_results_out_and_names_the_peak_by_its_size():
+    """What dask_50m_peak_worker_mib measures, at 20,000 customers: fit, score and write on Dask alone."""
+    result = subprocess.run([sys.executable, "-m", "benchmarks.distributed", "--customers", "20k",
+                             "--partition-rows", "10_000", "--write-results", "--skip-in-process", "--json"],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["customers"] == 20_000 and summary["partitions"] == 2 and summary["results_written"]
+    assert summary["dask_20k_peak_worker_mib"] == summary["dask_peak_worker_mib"] > 0
+    assert summary["in_process_s"] is None and summary["ratio"] is None

@@ -103,6 +103,23 @@ def test_score_on_dask_equals_the_single_process_engine(client, parquet_base):
     np.testing.assert_array_equal(got.rank, alone.rank)
 
 
+def test_workers_hold_composites_ranks_and_percentiles_of_the_base_and_nothing_more(client, parquet_base):
+    """What stays on the workers for the whole base is 24 bytes a customer (composite, rank, percentile):
+    dimension scores are scored again where they are used, the signals are never held."""
+    from distributed import futures_of
+
+    folder, X, _ = parquet_base
+    frame = dd.read_parquet(folder)
+    scores = D.score(D.fit(se.default_model(), frame), frame, with_rank=True)
+    assert futures_of(scores.dimensions) == []  # nothing held: computed from the base partition by partition
+    held = {f.key for f in futures_of([scores.composite, scores.tier, scores.rank, scores.percentile])}
+    held_bytes = sum(client.nbytes(keys=list(held), summary=False).values())
+    assert held_bytes >= 24 * X.shape[0], held_bytes  # composites, ranks and percentiles are held
+    assert held_bytes <= 24 * X.shape[0] + 2_048 * len(held), (held_bytes, X.shape[0])
+    got = scores.compute()
+    np.testing.assert_array_equal(got.rank, se.rank_composites(got.composite)[0])
+
+
 def renormalizing_model() -> se.ValueModel:
     """The default model with no fixed value for missing signals: customers without signals have no composite."""
     return se.ValueModel.from_json(se.default_model().to_json().replace("MISSING_POLICY_FIXED_VALUE",

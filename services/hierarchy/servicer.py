@@ -39,7 +39,6 @@ from services.common.validation import (
     timestamp_us,
 )
 from services.hierarchy import books, decisions, live, shared
-from services.hierarchy import ids as id_index
 from services.hierarchy import snapshot as snapshots
 from services.hierarchy.policy import (
     MAX_POLICY_TEXT,
@@ -153,7 +152,7 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
     # -- the snapshot ------------------------------------------------------------------------------------
 
     async def start_background(self) -> None:
-        await asyncio.to_thread(id_index.warm_up)  # the id index's kernels, before the first snapshot or patch needs them
+        await asyncio.to_thread(snapshots.warm_up)  # the id index's kernels, before the first snapshot or patch needs them
         loop = asyncio.get_running_loop()
         self._loader = loop.create_task(self._follow_runs())
         self._followers = [loop.create_task(self._follow_feed()), loop.create_task(self._apply_feed()),

@@ -6,8 +6,13 @@ takes from the run's completion to serving the new snapshot (StreamRunResults + 
 export + build), and the latency of sequential GetPriority calls: over loopback at the
 client, and inside the server from its Prometheus latency histogram.
 
-    python -m benchmarks.hierarchy [--customers N] [--calls N] [--json]
+    python -m benchmarks.hierarchy [--customers N] [--calls N] [--workers N] [--json]
     python -m benchmarks.hierarchy --in-process --customers 10m [--json]
+
+``--workers 2`` serves from two worker processes (``cvh serve --workers 2``), which build the run's snapshot once
+and both map it (services/hierarchy/shared.py): the snapshot counts once the run is served by every worker, and
+``workers2_snapshot_memory_ratio`` is the two workers' proportional memory (PSS) of the snapshot's files over one
+worker's resident memory (RSS) of them, i.e. over one snapshot (1.0: shared whole; 2.0: two copies).
 
 ``--customers`` takes 1000000, 1m, 100k or 10m. ``--in-process`` skips the server: it builds the snapshot from
 generated columns in this process (no import, no run), and reports the build's seconds, the resident memory it
@@ -93,6 +98,131 @@ def _trim() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def worker_pids(server_pid: int) -> list[int]:
+    """The worker processes of ``cvh serve --workers N`` (its children), or the server itself when it has none."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == server_pid and _is_worker(int(stat.parent.name)):
+                children.append(int(stat.parent.name))
+    return sorted(children) or [server_pid]
+
+
+def _is_worker(pid: int) -> bool:
+    """Whether ``pid`` is a worker process (spawned), not multiprocessing's resource tracker."""
+    try:
+        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def snapshot_memory(pids: list[int]) -> dict:
+    """Memory of the hierarchy snapshot files each of ``pids`` maps (/proc/PID/smaps: Rss and Pss, KiB, of the
+    mappings of ``cvh-snapshots-*/run-*`` files: the shared pages and the private copies its live patches
+    made), and the ratio of their Pss sum to one process's Rss of them (one snapshot)."""
+    per = []
+    for pid in pids:
+        rss = pss = 0
+        current = False
+        with open(f"/proc/{pid}/smaps") as smaps:
+            for line in smaps:
+                head = line.split(None, 1)[0]
+                if not head.endswith(":"):  # a mapping's first line: address range, perms, ..., path
+                    current = "cvh-snapshots-" in line and "/run-" in line
+                elif current and head == "Rss:":
+                    rss += int(line.split()[1])
+                elif current and head == "Pss:":
+                    pss += int(line.split()[1])
+        per.append({"pid": pid, "rss_kib": rss, "pss_kib": pss})
+    one = max((p["rss_kib"] for p in per), default=0)
+    return {"workers": per, "snapshot_mib": round(one / 1024, 1),
+            "ratio": round(sum(p["pss_kib"] for p in per) / one, 3) if one else float("nan")}
+
+
+def measure_serving(target: str, run: str, customers: int, calls: int, warmup: int, seed: int,
+                    metrics_ports: list[int], server_pid: int | None = None, workers: int = 1,
+                    show: bool = False) -> dict:
+    """Figures of a running server (another benchmark's) once ``run`` completed: seconds until every worker serves
+    it, in-server GetPriority p99 (histograms of ``metrics_ports``, one per worker), client latencies, and with
+    ``server_pid`` the snapshot memory of its workers (``snapshot_memory``). Customers ids are
+    ``benchmarks.registry.customer_id(0..customers-1)``."""
+    from clients import loadtest
+
+    with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as channel:
+        hierarchy = pb_grpc.HierarchyServiceStub(channel)
+        snapshot_s = wait_for_snapshot(hierarchy, run)
+        if workers > 1:  # every worker started (its metrics answer) before "every connection serves it" means all
+            deadline = time.monotonic() + 300
+            for port in metrics_ports:
+                while True:
+                    try:
+                        latency_buckets(port)
+                        break
+                    except OSError:
+                        if time.monotonic() > deadline:
+                            raise SystemExit(f"no worker serves metrics on port {port}") from None
+                        time.sleep(0.1)
+            started = time.perf_counter()
+            loadtest.wait_for_snapshot_everywhere(target, run, workers=workers, timeout=600)
+            snapshot_s += time.perf_counter() - started
+        rows = np.random.default_rng(seed + 3).integers(0, customers, size=warmup + calls)
+        requests = [pb.GetPriorityRequest(customer=f"customers/{customer_id(i)}") for i in rows.tolist()]
+        # The untimed calls over separate connections (the kernel spreads them over the workers): each worker
+        # serves, and touches the snapshot as serving does; the timed ones over one.
+        spread = [grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+                  for _ in range(8 * workers if workers > 1 else 0)]
+        try:
+            for k, request in enumerate(requests[:warmup]):
+                stub = pb_grpc.HierarchyServiceStub(spread[k % len(spread)]) if spread else hierarchy
+                stub.GetPriority(request, timeout=30)
+        finally:
+            for other in spread:
+                other.close()
+        before = _summed(latency_buckets(port) for port in metrics_ports)
+        seconds, answers = latencies(hierarchy.GetPriority, requests[warmup:], 0, Progress("GetPriority", show))
+        after = _summed(latency_buckets(port) for port in metrics_ports)
+    if not all(a.scored and a.run == run for a in answers):
+        raise SystemExit("some GetPriority answers were not scored from the run")
+    client = percentiles_ms(seconds)
+    server_p99, within_1ms = server_p99_bound_ms(before, after)
+    figures = {
+        "customers": customers, "calls": calls, "workers": workers, "snapshot_s": round(snapshot_s, 3),
+        "snapshot_1m_s": round(snapshot_s * 1_000_000 / customers, 3),
+        "get_priority_client_p50_ms": round(client["p50"], 3), "get_priority_client_p90_ms": round(client["p90"], 3),
+        "get_priority_client_p99_ms": round(client["p99"], 3), "get_priority_server_p99_ms": server_p99,
+        "get_priority_server_share_within_1ms": round(within_1ms, 4),
+    }
+    if customers == 10_000_000:
+        figures["snapshot_10m_s"] = figures["snapshot_s"]
+    if server_pid is not None:
+        memory = snapshot_memory(worker_pids(server_pid))
+        figures["snapshot_memory"] = memory
+        figures["snapshot_mapped_mib"] = memory["snapshot_mib"]
+        if workers == 2:
+            figures["workers2_snapshot_memory_ratio"] = memory["ratio"]
+    return figures
+
+
+def _port_taken(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def _summed(histograms) -> dict[float, float]:
+    total: dict[float, float] = {}
+    for histogram in histograms:
+        for bound, count in histogram.items():
+            total[bound] = total.get(bound, 0.0) + count
+    return total
+
+
 def wait_for_snapshot(stub: pb_grpc.HierarchyServiceStub, run: str, timeout: float = 600) -> float:
     """Seconds until the hierarchy service serves ``run``."""
     started = time.perf_counter()
@@ -136,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calls", type=int, default=5_000, metavar="N",
                         help="timed sequential GetPriority calls (default 5,000)")
     parser.add_argument("--warmup", type=int, default=500, metavar="N", help="untimed calls first (default 500)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="server mode: cvh serve --workers N, the snapshot built once and mapped by every "
+                             "worker; with 2, workers2_snapshot_memory_ratio (default 1)")
     add_common_flags(parser)
     return parser
 
@@ -174,12 +307,11 @@ def generated_inputs(n: int, seed: int):
 def in_process(customers: int, calls: int, seed: int, say) -> dict:
     """The snapshot of ``customers`` built in this process from generated columns: seconds, resident memory
     added, and the GetPriority answer's latency over it."""
-    from services.hierarchy import ids as id_index
     from services.hierarchy import snapshot as snapshots
     from services.hierarchy.policy import default_policy
     from services.hierarchy.servicer import People, _priority
 
-    id_index.warm_up()
+    snapshots.warm_up()
     _priority(snapshots.empty_snapshot(), default_policy(), "warm", People())
     _trim()
     before = memory_kib()  # before the inputs: what the snapshot holds after they are dropped, it added
@@ -239,53 +371,43 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cvh-bench-hierarchy-")))
         scoring_engine.warm_up()  # fills the kernel cache the server loads
         metrics_port = free_port()
+        while any(_port_taken(metrics_port + i) for i in range(1, args.workers)):
+            metrics_port = free_port()
         server = ServerProcess(workdir, services=(), health_services=(REGISTRY_SERVICE, SCORING_SERVICE,
                                                                        HIERARCHY_SERVICE),
-                               extra_args=("--metrics-port", str(metrics_port)))
+                               extra_args=("--metrics-port", str(metrics_port), "--workers", str(args.workers)))
         stack.callback(server.stop)
-        say(f"server: cvh serve on {server.target}; generating {args.customers:,} customers")
+        say(f"server: cvh serve --workers {args.workers} on {server.target}; generating {args.customers:,} customers")
         base = generate_base(args.customers, args.seed, signal_names)
         batches = serialized_column_batches(base, args.batch_size, Progress("serialize", show))
         server.wait_serving()
         with grpc.insecure_channel(server.target, options=CHANNEL_OPTIONS) as channel:
             imported = timed_import(channel, batches, args.customers, args.batch_size, server, Progress("import", show))
             check_import(imported, args.customers)
-            del batches
-            hierarchy = pb_grpc.HierarchyServiceStub(channel)
+            del batches, base
             run = timed_run(scoring_service_pb2_grpc.ScoringServiceStub(channel), server,
                             Progress("run (percent x 10)", show)).run
-            say(f"run: {run.name} completed; waiting for the hierarchy snapshot")
-            snapshot_s = wait_for_snapshot(hierarchy, run.name)
-            say(f"snapshot: {snapshot_s:.2f} s after the run completed")
-
-            rows = np.random.default_rng(args.seed + 3).integers(0, args.customers, size=args.warmup + args.calls)
-            requests = [pb.GetPriorityRequest(customer=f"customers/{customer_id(i)}") for i in rows.tolist()]
-            for request in requests[:args.warmup]:
-                hierarchy.GetPriority(request, timeout=30)
-            before = latency_buckets(metrics_port)
-            seconds, answers = latencies(hierarchy.GetPriority, requests[args.warmup:], 0,
-                                         Progress("GetPriority", show))
-            after = latency_buckets(metrics_port)
-        if not all(a.scored and a.run == run.name for a in answers):
-            raise SystemExit("some GetPriority answers were not scored from the run")
-    client = percentiles_ms(seconds)
-    server_p99, within_1ms = server_p99_bound_ms(before, after)
-    snapshot_1m = snapshot_s * 1_000_000 / args.customers
-    figures = {
-        "customers": args.customers, "calls": args.calls, "snapshot_s": round(snapshot_s, 3),
-        "snapshot_1m_s": round(snapshot_1m, 3), "get_priority_client_p50_ms": round(client["p50"], 3),
-        "get_priority_client_p90_ms": round(client["p90"], 3), "get_priority_client_p99_ms": round(client["p99"], 3),
-        "get_priority_server_p99_ms": server_p99, "get_priority_server_share_within_1ms": round(within_1ms, 4),
-        "snapshot_meets_target": snapshot_1m <= SNAPSHOT_TARGET_1M_S,
-        "server_p99_meets_target": server_p99 <= SERVER_P99_TARGET_MS,
-    }
+        say(f"run: {run.name} completed; waiting for the hierarchy snapshot")
+        figures = measure_serving(server.target, run.name, args.customers, args.calls, args.warmup, args.seed,
+                                  [metrics_port + i for i in range(args.workers)], server.pid, args.workers, show)
+    snapshot_s, snapshot_1m = figures["snapshot_s"], figures["snapshot_1m_s"]
+    server_p99, within_1ms = figures["get_priority_server_p99_ms"], figures["get_priority_server_share_within_1ms"]
+    figures["snapshot_meets_target"] = snapshot_1m <= SNAPSHOT_TARGET_1M_S
+    figures["server_p99_meets_target"] = server_p99 <= SERVER_P99_TARGET_MS
     print(f"\nHierarchy benchmark: {args.customers:,} customers, {args.calls:,} sequential GetPriority calls, "
-          "all services in one server subprocess, SQLite")
+          f"all services in one server subprocess ({args.workers} worker{'s' * (args.workers > 1)}), SQLite")
     print(f"snapshot loaded after the run        {snapshot_s:8.2f} s   (per 1M: {snapshot_1m:.2f} s; "
-          f"target <= {SNAPSHOT_TARGET_1M_S:g} s)")
+          f"target <= {SNAPSHOT_TARGET_1M_S:g} s{'; every worker' if args.workers > 1 else ''})")
     print(f"GetPriority in the server, p99        <= {server_p99:5.2f} ms  (histogram bucket; "
           f"{within_1ms:.1%} within 1 ms; target <= {SERVER_P99_TARGET_MS:g} ms)")
-    print(f"GetPriority at the client p50/p90/p99 {client['p50']:6.3f} / {client['p90']:.3f} / {client['p99']:.3f} ms")
+    print(f"GetPriority at the client p50/p90/p99 {figures['get_priority_client_p50_ms']:6.3f} / "
+          f"{figures['get_priority_client_p90_ms']:.3f} / {figures['get_priority_client_p99_ms']:.3f} ms")
+    memory = figures["snapshot_memory"]
+    if memory["snapshot_mib"]:
+        shares = ", ".join(f"{w['pss_kib'] / 1024:.0f}" for w in memory["workers"])
+        print(f"snapshot mapped from files           {memory['snapshot_mib']:8.1f} MiB resident in one worker; "
+              f"PSS per worker {shares} MiB; ratio {memory['ratio']:.3f}"
+              f"{' (workers2_snapshot_memory_ratio, target <= 1.2)' if args.workers == 2 else ''}")
     if args.json:
         print(json.dumps(figures, sort_keys=True))
     return 0

@@ -40,7 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
                                    stream_stall_seconds=args.stream_stall_seconds, max_watchers=args.max_watchers,
                                    feed_retention_seconds=args.feed_retention_seconds,
                                    telemetry_retention_days=args.telemetry_retention_days,
-                                   migrate=False if args.no_migrate else None)
+                                   migrate=False if args.no_migrate else None, snapshot_dir=args.snapshot_dir)
     logs.configure(config.log_level)
     workers = args.workers if args.workers is not None else env_number("CVH_WORKERS", int, 1)
     if workers != 1:
@@ -130,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=positive_int, default=None, metavar="N",
                        help="serve from N processes sharing the port (SO_REUSEPORT, Linux): one core each "
                             "(env CVH_WORKERS, default 1); see services/common/workers.py")
+    serve.add_argument("--snapshot-dir", default=None, metavar="DIR",
+                       help="write each run's hierarchy snapshot here once and memory-map it from every process "
+                            "given the same directory (env CVH_SNAPSHOT_DIR; default: --workers N > 1 use a "
+                            "private temporary one, a single process holds its snapshot in memory)")
     serve.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                        help="log level (env CVH_LOG_LEVEL, default INFO)")
     serve.add_argument("--tls-cert", type=existing_file, default=None, metavar="PEM",

@@ -63,6 +63,43 @@ def test_workers_share_the_port(seeded_workers):
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def test_workers_map_one_shared_build_of_the_run(seeded_workers):
+    """The run's snapshot is built once, written into the set's snapshot directory and memory-mapped by both
+    workers (the same files in each one's mappings); every connection answers the same priorities."""
+    from cvh.hierarchy.v1 import hierarchy_service_pb2 as hpb
+    from cvh.hierarchy.v1 import hierarchy_service_pb2_grpc as hpb_grpc
+    from cvh.registry.v1 import registry_service_pb2 as rpb
+    from cvh.registry.v1 import registry_service_pb2_grpc as rpb_grpc
+
+    suite, seeding = seeded_workers
+    loadtest.wait_for_snapshot_everywhere(suite.target, seeding["run"], workers=2, timeout=30)
+    children = subprocess.run(["pgrep", "-P", str(suite.process.pid), "-f", "multiprocessing.spawn"],
+                              capture_output=True, text=True, check=False).stdout.split()
+    mapped = {}
+    for pid in children:
+        maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+        mapped[pid] = {line.split(None, 5)[5] for line in maps if "cvh-snapshots-" in line and "/run-" in line}
+    assert len(mapped) == 2 and all(mapped.values()), mapped
+    first, second = mapped.values()
+    assert first == second, "both workers map the same files"
+    folder = Path(next(iter(first))).parent.parent
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == [Path(next(iter(first))).parent.name], \
+        "one build of the run"
+    with grpc.insecure_channel(suite.target) as channel:
+        customers = [c.name for c in rpb_grpc.RegistryServiceStub(channel).ListCustomers(
+            rpb.ListCustomersRequest(page_size=20)).customers]
+    channels = [grpc.insecure_channel(suite.target, options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(16)]
+    try:
+        answers = {tuple(hpb_grpc.HierarchyServiceStub(channel).GetPriority(
+            hpb.GetPriorityRequest(customer=c), timeout=5).SerializeToString(deterministic=True) for c in customers)
+            for channel in channels}
+    finally:
+        for channel in channels:
+            channel.close()
+    assert len(answers) == 1
+
+
 def test_every_worker_applies_the_feed_and_the_live_re_score_alike(seeded_workers):
     """A customer created and an NPS recorded reach both workers' hierarchies (each follows the feed and
     re-scores on its own) within a second or two, and every connection, whichever worker it lands on, answers
@@ -298,10 +335,14 @@ def test_hosts_are_parsed():
 
 
 def test_serve_workers_stops_on_sigterm(tmp_path):
-    """Port 0 is chosen once for every worker; SIGTERM stops them all with exit code 0."""
+    """Port 0 is chosen once for every worker; SIGTERM stops them all with exit code 0, and the set's snapshot
+    directory is removed."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
     process = subprocess.Popen([sys.executable, "-m", "clients.cli", "serve", "--workers", "2", "--listen",
                                 "127.0.0.1:0", "--database-url", f"sqlite:///{tmp_path / 'w.db'}"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "TMPDIR": str(temporary)})
     try:
         deadline, started = time.monotonic() + 120, None
         for line in process.stdout:
@@ -315,8 +356,10 @@ def test_serve_workers_stops_on_sigterm(tmp_path):
                                                                 wait_for_ready=True)
             assert any(a.status == health_pb2.HealthCheckResponse.SERVING for a in answers)
             answers.cancel()
+        assert [p.name[:14] for p in temporary.iterdir()] == ["cvh-snapshots-"]
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
+        assert not any(temporary.glob("cvh-snapshots-*"))
     finally:
         if process.poll() is None:
             process.kill()

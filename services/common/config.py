@@ -71,6 +71,10 @@ class ServerConfig:
     max_connection_age_seconds: float = 0.0
     max_connection_age_grace_seconds: float = 3600.0
     log_level: str = "INFO"
+    # A directory the hierarchy snapshot of each run is written to once and memory-mapped from by every process
+    # given the same one (services/hierarchy/shared.py); empty: held in this process's memory. `cvh serve
+    # --workers N` makes one for its workers (and removes it when they stop) unless given one.
+    snapshot_dir: str = ""
     # TLS: certificate chain and private key (PEM files); with a client CA, clients must present certificates.
     tls_cert_file: str = ""
     tls_key_file: str = ""
@@ -132,6 +136,7 @@ class ServerConfig:
             "max_connection_age_seconds": env_number("CVH_MAX_CONNECTION_AGE_SECONDS", float, 0.0),
             "max_connection_age_grace_seconds": env_number("CVH_MAX_CONNECTION_AGE_GRACE_SECONDS", float, 3600.0),
             "log_level": env.get("CVH_LOG_LEVEL", "INFO"),
+            "snapshot_dir": env.get("CVH_SNAPSHOT_DIR", ""),
             "registry_target": env.get("CVH_REGISTRY_TARGET", ""),
             "scoring_target": env.get("CVH_SCORING_TARGET", ""),
             "hierarchy_target": env.get("CVH_HIERARCHY_TARGET", ""),

@@ -220,7 +220,7 @@ def _add_service(service: str, server: grpc.aio.Server, engine: Engine, config: 
         from services.adoption.servicer import add_to_server
         return add_to_server(server, engine, config.telemetry_retention_days)
     from services.hierarchy.servicer import add_to_server
-    return add_to_server(server, engine)
+    return add_to_server(server, engine, config.snapshot_dir)
 
 
 async def serve(config: ServerConfig, on_started=None) -> None:

@@ -19,8 +19,13 @@ Worker 0 starts alone; the others start once it serves. On a new database it cre
 and it compiles (or loads from Numba's cache) the scoring kernels, so the others neither race to insert
 the same row nor all compile at once.
 
-Per worker, and fine so: the hierarchy snapshot (each worker follows ``WatchRuns`` through the shared
-port and holds its own copy: memory ``N`` times); scoring runs (a run executes in the worker that accepted
+Shared by the workers: the hierarchy snapshot. The parent makes a private temporary directory
+(``ServerConfig.snapshot_dir``, unless one was given) and removes it when the set stops; each worker
+follows ``WatchRuns`` through the shared port, and of each run the first to take its lock builds the
+snapshot and writes it there, the others memory-map the same files (services/hierarchy/shared.py): one
+copy in memory, whatever ``N``, plus each worker's live changes since.
+
+Per worker, and fine so: scoring runs (a run executes in the worker that accepted
 ``StartScoringRun``; the others see its progress and result through the database, polled every second,
 and its heartbeat tells them it is alive); online scoring's cache of fitted models. Prometheus metrics
 are per worker, on ``metrics_port + i``; the plaintext health-only port (``health_listen``) is served by
@@ -42,8 +47,10 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 
 from services.common import addresses
@@ -72,8 +79,16 @@ def serve_workers(config: ServerConfig, workers: int, start_timeout: float = STA
                 db.upgrade(engine)
             finally:
                 engine.dispose()
-        group = _WorkerGroup(multiprocessing.get_context("spawn"), config, listen)
-        return group.run(workers, start_timeout)
+        made = ""
+        if "hierarchy" in config.services and not config.snapshot_dir:
+            made = tempfile.mkdtemp(prefix="cvh-snapshots-")  # mode 0700: this user's workers only
+            config = dataclasses.replace(config, snapshot_dir=made)
+        try:
+            group = _WorkerGroup(multiprocessing.get_context("spawn"), config, listen)
+            return group.run(workers, start_timeout)
+        finally:
+            if made:
+                shutil.rmtree(made, ignore_errors=True)
 
 
 def worker_config(config: ServerConfig, listen: str, index: int) -> ServerConfig:

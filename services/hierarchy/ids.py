@@ -16,6 +16,10 @@ in one step, so readers need no lock.
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
+import itertools
+import os
 from collections.abc import Iterable, Sequence
 
 import numba
@@ -69,6 +73,22 @@ def _slots(table, offsets, data, query_offsets, query_data, out):  # pragma: no 
                     out[j] = slot
                     break
             slot = np.int64((np.uint64(slot) + np.uint64(1)) & mask)
+
+
+# Look-ups a batch takes before it is split over the cores (threads: the probe kernel holds no GIL).
+PARALLEL_FROM = 200_000
+
+
+@functools.cache
+def thread_pool() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(max(1, min(os.cpu_count() or 1, 8)), "cvh-ids")
+
+
+def in_parts(count: int) -> list[tuple[int, int]]:
+    """[start, stop) parts of ``count`` items, one per core of the look-up pool (one part below PARALLEL_FROM)."""
+    parts = 1 if count < PARALLEL_FROM else thread_pool()._max_workers
+    bounds = np.linspace(0, count, parts + 1).astype(np.int64).tolist()
+    return list(itertools.pairwise(bounds))
 
 
 def columnar(ids: Sequence[str] | pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -139,7 +159,13 @@ class IdIndex:
         """The row of each id (int64), -1 where it holds none: one kernel call over the whole batch."""
         offsets, data = columnar(ids)
         slots = np.empty(len(offsets) - 1, np.int64)
-        _slots(self.table, self.offsets, self.data, offsets, data, slots)
+        parts = in_parts(len(slots))
+        if len(parts) == 1:
+            _slots(self.table, self.offsets, self.data, offsets, data, slots)
+        else:  # the kernel releases the GIL: a part per core, each a slice of the queries (offsets stay absolute)
+            list(thread_pool().map(lambda part: _slots(self.table, self.offsets, self.data,
+                                                       offsets[part[0]:part[1] + 1], data, slots[part[0]:part[1]]),
+                                   parts))
         rows = np.where(slots >= 0, self.table[np.maximum(slots, 0)], -1).astype(np.int64)
         if self._added_rows:
             missing = np.flatnonzero(rows < 0)

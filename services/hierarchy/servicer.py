@@ -39,8 +39,7 @@ from services.common.validation import (
     page_size,
     timestamp_us,
 )
-from services.hierarchy import books, decisions, live
-from services.hierarchy import ids as id_index
+from services.hierarchy import books, decisions, live, shared
 from services.hierarchy import snapshot as snapshots
 from services.hierarchy.policy import (
     MAX_POLICY_TEXT,
@@ -106,8 +105,11 @@ class People:
 
 
 class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, snapshot_dir: str = "") -> None:
         self.engine = engine
+        # Where runs' snapshots are written once and mapped by every process given it (services/hierarchy/shared.py);
+        # empty: built and held in this process.
+        self.snapshot_dir = snapshot_dir
         self.policy = self._load_policy()
         self.budgets = self._load_budgets(self.policy)
         self._deciding = asyncio.Lock()  # a decision reads and uses a budget in one step
@@ -162,7 +164,7 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
     # -- the snapshot ------------------------------------------------------------------------------------
 
     async def start_background(self) -> None:
-        await asyncio.to_thread(id_index.warm_up)  # the id index's kernels, before the first snapshot or patch needs them
+        await asyncio.to_thread(snapshots.warm_up)  # the id index's kernels, before the first snapshot or patch needs them
         loop = asyncio.get_running_loop()
         self._loader = loop.create_task(self._follow_runs())
         self._followers = [loop.create_task(self._follow_feed()), loop.create_task(self._apply_feed()),
@@ -211,8 +213,50 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         return len(page.runs) > 0
 
     async def _load(self, scoring_channel, run: scoring_service_pb2.ScoringRun | None) -> None:
-        """Load ``run``'s results (None: no run yet) joined to the registry's customers as they stand."""
+        """Load ``run``'s results (None: no run yet) joined to the registry's customers as they stand. With a
+        snapshot directory, the first process to take the run's lock builds and writes it, the others map it."""
         started = time.perf_counter()
+        if run is None or not self.snapshot_dir:
+            results, built, sequence, model_signals, money = await self._build(scoring_channel, run)
+        else:
+            lock = contextlib.ExitStack()
+            path = await asyncio.to_thread(lambda: lock.enter_context(shared.run_lock(self.snapshot_dir, run.name)))
+            try:
+                if path.exists():
+                    model_signals = await self._signals_read(scoring_channel, run)
+                else:
+                    results, built, sequence, model_signals, money = await self._build(scoring_channel, run)
+                    await asyncio.to_thread(shared.store, path, built, results, self.policy.inheritance_rule)
+                    await asyncio.to_thread(shared.remove_older, self.snapshot_dir, run.name)
+                    del results, built  # served from the files, like every other process's
+                results, built, sequence = await asyncio.to_thread(self._mapped, path)
+                money = built.money_signal
+            finally:
+                await asyncio.to_thread(lock.close)
+        self._model_signals, self.money_signal = model_signals, money
+        # The feed from where the run's export stood: what changed since the run read it is applied again (the
+        # accounts hold it already, idempotently) and its signals re-scored with the new run.
+        self._install(results, min(sequence, run.export_sequence) if run and run.export_sequence else sequence)
+        previous, self.snapshot = self.snapshot, built  # one reference swap: readers see old or new
+        if self._watchers and previous.run:  # the changes are made once, off the loop, and shared by every watcher
+            self._announce(built.run, await asyncio.to_thread(_priority_changes, previous, built))
+        if built.broken:
+            log.warning("%s: %d %s", built.run or "accounts", built.broken, BROKEN_TREE_NOTE)
+        log.info("snapshot loaded", extra={"run": built.run, "customers": built.size,
+                                           "shared": bool(run and self.snapshot_dir),
+                                           "seconds": round(time.perf_counter() - started, 3)})
+
+    def _mapped(self, path) -> tuple[snapshots.RunResults, snapshots.Snapshot, int]:
+        """The run's results and snapshot written in ``path``, mapped; the effective levels again when the policy
+        here has another inheritance rule than the one it was built under (blocking)."""
+        built, results, rule = shared.load(path)
+        if rule != self.policy.inheritance_rule:
+            built.effective_level = snapshots.with_rule(built, self.policy.inheritance_rule)
+        return results, built, built.sequence
+
+    async def _build(self, scoring_channel, run: scoring_service_pb2.ScoringRun | None):
+        """(results, snapshot, the feed sequence its accounts hold, the signals the model reads, money signal) of
+        ``run`` built in this process."""
         results = await _read_results(scoring_channel, run) if run else snapshots.no_results()
         model_signals = await self._signals_read(scoring_channel, run) if run else frozenset()
         money = await self._money_signal(scoring_channel, run) if run else self.money_signal
@@ -230,17 +274,7 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         else:
             accounts, sequence = await self._read_accounts(money)
         built = await asyncio.to_thread(snapshots.build, results, accounts, self.policy.inheritance_rule, sequence)
-        self._model_signals, self.money_signal = model_signals, money
-        # The feed from where the run's export stood: what changed since the run read it is applied again (the
-        # accounts hold it already, idempotently) and its signals re-scored with the new run.
-        self._install(results, min(sequence, run.export_sequence) if run and run.export_sequence else sequence)
-        previous, self.snapshot = self.snapshot, built  # one reference swap: readers see old or new
-        if self._watchers and previous.run:  # the changes are made once, off the loop, and shared by every watcher
-            self._announce(built.run, await asyncio.to_thread(_priority_changes, previous, built))
-        if built.broken:
-            log.warning("%s: %d %s", built.run or "accounts", built.broken, BROKEN_TREE_NOTE)
-        log.info("snapshot loaded", extra={"run": built.run, "customers": built.size,
-                                           "seconds": round(time.perf_counter() - started, 3)})
+        return results, built, sequence, model_signals, money
 
     async def _caught_up(self, held: snapshots.Snapshot, sequence: int) -> bool:
         """Whether ``held`` (still served) has applied the feed up to ``sequence``, waiting for it at most
@@ -1241,7 +1275,7 @@ def _decided_by(first: tuple, second: tuple) -> int:
     return pb.RANK_RULE_TIE
 
 
-def add_to_server(server: grpc.aio.Server, engine: Engine) -> HierarchyServicer:
-    servicer = HierarchyServicer(engine)
+def add_to_server(server: grpc.aio.Server, engine: Engine, snapshot_dir: str = "") -> HierarchyServicer:
+    servicer = HierarchyServicer(engine, snapshot_dir)
     pb_grpc.add_HierarchyServiceServicer_to_server(servicer, server)
     return servicer

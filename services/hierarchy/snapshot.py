@@ -13,12 +13,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 import pyarrow as pa
 
 from cvh.common.v1 import common_pb2
 from cvh.hierarchy.v1 import hierarchy_service_pb2 as pb
 from services.hierarchy.ids import IdIndex
+from services.hierarchy.ids import thread_pool as ids_pool
+from services.hierarchy.ids import warm_up as ids_warm_up
 from services.registry.store import MAX_DEPTH
 
 # Rows a walk up the tree follows to name what breaks it (a cycle, or a chain too deep).
@@ -132,7 +135,7 @@ class Snapshot:
     tiers: tuple[common_pb2.TierRef, ...]
     dimensions: tuple[int, ...]       # ValueDimension values, columns of dimension_scores
     ids: IdIndex                      # customer ids by row, rows by id (snap.row, snap.rows, snap.customer_id)
-    parent: np.ndarray                # int64 row of the parent, -1 for none
+    parent: np.ndarray                # int32 row of the parent, -1 for none (int64 from 2**31 rows: row_type)
     depth: np.ndarray                 # int32 levels above the row (0 = top account), -1 in a broken tree
     roles: np.ndarray                 # uint8 StakeholderRole
     owner_codes: np.ndarray           # int32 number of the row's owner in owner_names ("" is 0)
@@ -141,7 +144,7 @@ class Snapshot:
     effective_level: np.ndarray       # int32, after the inheritance rule
     composite: np.ndarray             # float64, NaN when unscored
     percentile: np.ndarray            # float64
-    rank: np.ndarray                  # int64, 0 when unscored
+    rank: np.ndarray                  # int32 (row_type), 0 when unscored
     dimension_scores: np.ndarray      # float64 (n, dims)
     # Per dimension, the scored customers' scores in ascending order (for "top x %" reasons).
     sorted_dimension_scores: tuple[np.ndarray, ...] = field(default=())
@@ -149,8 +152,8 @@ class Snapshot:
     # then unknown to the snapshot, registered or not).
     sequence: int = -1
     # Children by parent as built: rows of child_order[child_start[p]:child_start[p + 1]] had parent p then.
-    child_order: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    child_start: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
+    child_order: np.ndarray = field(default_factory=lambda: np.empty(0, np.int32))
+    child_start: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int32))
     # Rows given a parent since the build (created or moved), by that parent: children(p) checks them too.
     adopted: dict[int, frozenset[int]] = field(default_factory=dict)
     # The run's scored composites, ascending: where a live re-score ranks.
@@ -248,8 +251,7 @@ class Snapshot:
     @functools.cached_property
     def rank_order(self) -> np.ndarray:
         """Scored rows by rank, sorted once per snapshot."""
-        scored = np.flatnonzero(self.rank > 0)
-        return scored[np.argsort(self.rank[scored], kind="stable")]
+        return bucket_order(self.rank, 1, int(self.rank.max(initial=0)) + 1)
 
     def tier_members(self, level: int) -> np.ndarray:
         """Rows whose own tier is ``level``, in rank order."""
@@ -336,10 +338,10 @@ class BrokenTree(Exception):
 
 def empty_snapshot() -> Snapshot:
     nothing = np.empty(0)
-    return Snapshot("", 0, time.time(), (), (), IdIndex.of([]), np.empty(0, np.int64), np.empty(0, np.int32),
+    return Snapshot("", 0, time.time(), (), (), IdIndex.of([]), np.empty(0, np.int32), np.empty(0, np.int32),
                     np.empty(0, np.uint8), np.empty(0, np.int32),
                     np.empty((0, len(ROLLUP_SIGNALS))), np.empty(0, np.int32), np.empty(0, np.int32), nothing,
-                    nothing, np.empty(0, np.int64), np.empty((0, 0)))
+                    nothing, np.empty(0, np.int32), np.empty((0, 0)))
 
 
 # Outcome row arrays and the value of a row that has none (a customer new since the build, or deleted).
@@ -425,7 +427,9 @@ def build(results: RunResults, accounts: AccountBase, inheritance_rule: int, seq
     ids = IdIndex.of(accounts.customer_ids)
     n = len(ids)
     # No customer id is empty, so an empty parent id maps to -1 like an unknown one.
-    parent = accounts.parent_rows if accounts.parent_rows is not None else ids.rows(accounts.parent_ids)
+    rows_as = row_type(n)
+    parent = (accounts.parent_rows if accounts.parent_rows is not None else ids.rows(accounts.parent_ids)) \
+        .astype(rows_as, copy=False)
     mapped = ids.rows(results.customer_ids)
     known = mapped >= 0
     rows = mapped[known]
@@ -435,11 +439,13 @@ def build(results: RunResults, accounts: AccountBase, inheritance_rule: int, seq
     composite[rows] = results.composite[known]
     percentile = np.full(n, np.nan)
     percentile[rows] = results.percentiles[known]
-    rank = np.zeros(n, np.int64)
+    rank = np.zeros(n, rows_as)
     rank[rows] = results.ranks[known]
     dims = np.full((n, len(results.dimensions)), np.nan)
     dims[rows] = results.dimension_scores[known]
-    sorted_dims = tuple(np.sort(col[~np.isnan(col)]) for col in results.dimension_scores.T)
+    # NumPy's sort releases the GIL: the dimensions' and the composites' sorts at once, one per core.
+    sorting = [ids_pool().submit(_sorted_scores, column) for column in
+               [*np.asarray(results.dimension_scores).T, np.asarray(results.composite)]]
     depth = tree_depths(parent)
     effective = effective_levels(own, parent, depth, len(results.tiers), inheritance_rule)
     child_order, child_start = children_index(parent)
@@ -460,8 +466,8 @@ def build(results: RunResults, accounts: AccountBase, inheritance_rule: int, seq
     snap = Snapshot(results.run, results.score_time_us, time.time(), tuple(results.tiers), tuple(results.dimensions),
                     ids, parent, depth, np.array(accounts.roles, np.uint8), owner_codes,
                     np.array(accounts.rollup_values, np.float64), own, effective, composite, percentile, rank, dims,
-                    sorted_dims, sequence, child_order, child_start,
-                    run_composites=np.sort(results.composite[~np.isnan(results.composite)]), teams=teams,
+                    tuple(f.result() for f in sorting[:-1]), sequence, child_order, child_start,
+                    run_composites=sorting[-1].result(), teams=teams,
                     team_cells=team_cells, revenue=np.array(revenue, np.float64),
                     money_signal=accounts.money_signal if accounts.revenue is not None else DEFAULT_MONEY_SIGNAL,
                     owner_names=owner_names)
@@ -483,6 +489,18 @@ def attach_outcomes(snap: Snapshot, results: RunResults, accounts: AccountBase, 
     snap.previous_composite[before[before >= 0]] = results.previous_composite[before >= 0]
     snap.previous_run, snap.previous_time_us = results.previous_run, results.previous_time_us
     return snap
+
+
+def _sorted_scores(column: np.ndarray) -> np.ndarray:
+    """The scores of ``column`` that are not NaN, ascending."""
+    return np.sort(column[~np.isnan(column)])
+
+
+def warm_up() -> None:
+    """Compile (or load from the cache) the kernels of a build and a look-up before the first needs them."""
+    ids_warm_up()
+    for dtype in (np.int32, np.int64):
+        bucket_order(np.array([1, -1, 0], dtype), 0, 2)
 
 
 def children_in(rows: np.ndarray, child_order: np.ndarray, child_start: np.ndarray, parent: np.ndarray,
@@ -512,10 +530,46 @@ def children_in(rows: np.ndarray, child_order: np.ndarray, child_start: np.ndarr
 
 def children_index(parent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(child_order, child_start): the rows with a parent sorted by it, and where each parent's start."""
-    order = np.argsort(parent, kind="stable")
-    order = order[np.searchsorted(parent[order], 0):]  # rows without a parent (-1) sort first
-    counts = np.bincount(parent[order], minlength=len(parent)) if len(order) else np.zeros(len(parent), np.int64)
-    return order.astype(np.int64), np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return _bucket_sort(parent, 0, len(parent))
+
+
+def row_type(n: int) -> type:
+    """The dtype of row numbers (and ranks) of a snapshot of ``n`` rows: int32, int64 from 2**31 rows."""
+    return np.int32 if n < 2**31 - 1 else np.int64
+
+
+def bucket_order(keys: np.ndarray, low: int, high: int) -> np.ndarray:
+    """The rows whose key is in [low, high), by key, rows of equal keys in row order: what a stable argsort of
+    them gives, in linear time (a counting sort)."""
+    return _bucket_sort(keys, low, high)[0]
+
+
+def _bucket_sort(keys: np.ndarray, low: int, high: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows with a key in [low, high) by key, stable; where each key's rows start: high - low + 1 of them)."""
+    dtype = row_type(len(keys))
+    start = np.zeros(high - low + 1, dtype)
+    _count_keys(keys, low, high, start)
+    order = np.empty(int(start[-1]), dtype)
+    _place_rows(keys, low, high, start[:-1].copy(), order)
+    return order, start
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_keys(keys, low, high, start):  # pragma: no cover - compiled
+    for k in keys:
+        if low <= k < high:
+            start[k - low + 1] += 1
+    for j in range(1, start.shape[0]):
+        start[j] += start[j - 1]
+
+
+@numba.njit(cache=True, nogil=True)
+def _place_rows(keys, low, high, at, order):  # pragma: no cover - compiled
+    for row in range(keys.shape[0]):
+        k = keys[row]
+        if low <= k < high:
+            order[at[k - low]] = row
+            at[k - low] += 1
 
 
 def with_rule(snapshot: Snapshot, inheritance_rule: int) -> np.ndarray:

@@ -252,10 +252,13 @@ def run_phase(phase: Phase, host: str, args: argparse.Namespace, results: Path, 
         env["CVH_TLS_CA"] = args.tls_ca
     with open(str(prefix) + ".log", "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        while process.poll() is None:
-            time.sleep(1)
-            if on_second:
-                on_second()
+        while True:  # ends as soon as Locust does, not at the next whole second
+            try:
+                process.wait(timeout=1)
+                break
+            except subprocess.TimeoutExpired:
+                if on_second:
+                    on_second()
     phase.exit_code = process.returncode
     stats = Path(str(prefix) + "_stats.csv")
     if not stats.exists():

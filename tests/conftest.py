@@ -69,8 +69,15 @@ def database_url(request, tmp_path) -> str:
     return url
 
 
-# A suite served by its own event loop on a background thread (the name the tests know it by).
-ServerThread = EmbeddedSuite
+class ServerThread(EmbeddedSuite):
+    """A suite served by its own event loop on a background thread (the name the tests know it by).
+
+    Its start-up compiles the Numba kernels when their cache is empty (a clean checkout): the first suite with
+    scoring and adoption took 61 s on a loaded 2-core machine and failed the 60 s default, so tests wait up to
+    pytest's own timeout instead."""
+
+    def __init__(self, config: ServerConfig, start_timeout: float = 300) -> None:
+        super().__init__(config, start_timeout)
 
 
 def start_server(database_url: str, services=("registry", "scoring", "hierarchy")) -> ServerThread:

@@ -118,11 +118,15 @@ def test_the_front_line_looks_up_priority_and_records_decisions_but_writes_nothi
         hierarchy.RecordServiceDecision(decision, metadata=bearer("reader-token-1"))
     assert "frontline" in seen.message
     with caplog.at_level(logging.INFO, logger="cvh.audit"):
-        for _ in range(100):  # the hierarchy reads the registry's customers once it is serving
+        # The hierarchy learns of the new customer from the registry's feed: 5 s of polling was not always
+        # enough on a loaded 2-core machine (the decision was then NOT_FOUND).
+        deadline = time.monotonic() + 30
+        while True:
             try:
                 hierarchy.GetPriority(hpb.GetPriorityRequest(customer="gamma"), metadata=agent)
                 break
-            except grpc.RpcError:
+            except grpc.RpcError as error:
+                assert time.monotonic() < deadline, error
                 time.sleep(0.05)
         answer = hierarchy.RecordServiceDecision(decision, metadata=agent)
     assert answer.name.startswith("serviceDecisions/")

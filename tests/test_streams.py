@@ -61,7 +61,9 @@ def test_bulk_streams_are_capped_and_a_stalled_reader_gives_its_connection_back(
         assert time.monotonic() - started < 2, "short calls waited for a connection"
         assert pool.checkedout() == 2  # the stalled exports still hold theirs
 
-        time.sleep(3)  # past the stall time
+        deadline = time.monotonic() + 10  # the stall time (2 s) passes: the connections come back
+        while pool.checkedout() and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert pool.checkedout() == 0
         rows = sum(m.chunk.values.rows for m in registry.ExportSignalMatrix(WIDE, timeout=30))
         assert rows == CUSTOMERS

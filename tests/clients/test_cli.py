@@ -1,4 +1,6 @@
-"""The cvh command line end to end: each command a subprocess against a real suite."""
+"""The cvh command line end to end against a real suite: most commands run in this process as the script runs
+them (`cvh_here`, no second interpreter to start); a few as a subprocess, as a user runs them (the installed
+entry point, CVH_SERVER, exit codes, an unreachable server)."""
 
 from __future__ import annotations
 
@@ -45,8 +47,10 @@ def cvh_here(suite, *args: str, check: bool = True) -> subprocess.CompletedProce
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = main([*args, "--server", suite.target])
-        except SystemExit as done:
-            code = done.code if isinstance(done.code, int) else 1
+        except SystemExit as done:  # what the interpreter makes of it: None is 0, a message goes to stderr, 1
+            code = 0 if done.code is None else done.code if isinstance(done.code, int) else 1
+            if not isinstance(done.code, int | None):
+                print(done.code, file=err)
     if check:
         assert code == 0, f"cvh {' '.join(args)} failed:\n{out.getvalue()}\n{err.getvalue()}"
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
@@ -85,24 +89,24 @@ def test_import_run_priority_pyramid(suite, tmp_path):
     assert rejected["bad-role"]["field"] == "role" and rejected["orphan"]["line"] == "205"
     assert rejected["orphan"]["field"] == "parent_id", "the rejects name the file's column"
 
-    started = json.loads(cvh(suite, "run", "start", "--wait", "--json").stdout)
+    started = json.loads(cvh_here(suite, "run", "start", "--wait", "--json").stdout)
     assert started["state"] == "RUN_STATE_COMPLETED" and int(started["customers_total"]) == 200
-    shown = cvh(suite, "run", "show").stdout
+    shown = cvh_here(suite, "run", "show").stdout
     assert started["name"] in shown and "completed" in shown
 
-    wait = cvh(suite, "priority", "c1", "c2", "--json")
+    wait = cvh_here(suite, "priority", "c1", "c2", "--json")
     priorities = json.loads(wait.stdout)
     assert [p["customer"] for p in priorities] == ["customers/c1", "customers/c2"]
-    human = cvh(suite, "priority", "c0").stdout
+    human = cvh_here(suite, "priority", "c0").stdout
     assert human.startswith("c0: ") and "may do" in human and "escalate" in human
-    missing = cvh(suite, "priority", "c0", "nobody", check=False)
+    missing = cvh_here(suite, "priority", "c0", "nobody", check=False)
     assert missing.returncode == 1 and "\nnobody: not registered" in missing.stdout and "c0: " in missing.stdout
 
-    ranked = json.loads(cvh(suite, "rank", "c1", "c2", "c3", "--json").stdout)
+    ranked = json.loads(cvh_here(suite, "rank", "c1", "c2", "c3", "--json").stdout)
     assert sorted(r["customer"] for r in ranked) == ["customers/c1", "customers/c2", "customers/c3"]
-    tree = cvh(suite, "tree", "c0").stdout
+    tree = cvh_here(suite, "tree", "c0").stdout
     assert all(f"c{i}" in tree for i in range(5)) and "subtree: 5 customers" in tree
-    tiers = json.loads(cvh(suite, "tiers", "--json").stdout)
+    tiers = json.loads(cvh_here(suite, "tiers", "--json").stdout)
     assert int(tiers["total_customers"]) == 200 and tiers["value_signal"] == "annual_revenue"
     assert sum(t["value_signal_percent"] for t in tiers["tiers"]) == pytest.approx(100)
     table = cvh_here(suite, "tiers").stdout
@@ -119,7 +123,7 @@ def test_import_run_priority_pyramid(suite, tmp_path):
 
     for suffix in ("png", "svg"):
         picture = tmp_path / f"pyramid.{suffix}"
-        cvh(suite, "pyramid", "--out", str(picture))
+        cvh_here(suite, "pyramid", "--out", str(picture))
         assert picture.stat().st_size > 1000
     chart = (tmp_path / "pyramid.svg").read_text()
     assert "Strategic" in chart and "Chief customer officer" in chart and "front line" in chart
@@ -167,21 +171,21 @@ def write_signals(tmp_path):
 
 
 def test_models_and_runs_commands(suite, tmp_path):
-    model = json.loads(cvh(suite, "models", "show", "default").stdout)
+    model = json.loads(cvh_here(suite, "models", "show", "default").stdout)
     model["description"] = "tighter top tier"
     path = tmp_path / "model.json"
     path.write_text(json.dumps(model))
-    created = json.loads(cvh(suite, "models", "create", str(path), "--note", "from the CLI", "--json").stdout)
+    created = json.loads(cvh_here(suite, "models", "create", str(path), "--note", "from the CLI", "--json").stdout)
     assert created["model_id"] == "default" and created["change_note"] == "from the CLI"
-    assert created["name"] in cvh(suite, "models", "list").stdout
-    activated = json.loads(cvh(suite, "models", "activate", created["name"], "--json").stdout)
+    assert created["name"] in cvh_here(suite, "models", "list").stdout
+    activated = json.loads(cvh_here(suite, "models", "activate", created["name"], "--json").stdout)
     assert activated["active"] is True
-    runs = json.loads(cvh(suite, "run", "list", "--json").stdout)
+    runs = json.loads(cvh_here(suite, "run", "list", "--json").stdout)
     assert isinstance(runs, list)
 
 
 def test_errors_name_the_field_and_say_what_to_do(suite, tmp_path):
-    bad = cvh(suite, "priority", "not valid!", check=False)
+    bad = cvh_here(suite, "priority", "not valid!", check=False)
     assert bad.returncode == 1 and "customers[0]" in bad.stderr
     assert "`cvh priority --help`" in bad.stderr, "INVALID_ARGUMENT gets a hint too"
     down = subprocess.run([sys.executable, "-m", "clients.cli", "health", "--server", "127.0.0.1:1", "--timeout", "2"],
@@ -189,7 +193,7 @@ def test_errors_name_the_field_and_say_what_to_do(suite, tmp_path):
     assert down.returncode == 1 and "cvh serve" in down.stderr
     broken = tmp_path / "model.json"
     broken.write_text("{not json")
-    refused = cvh(suite, "models", "create", str(broken), check=False)
+    refused = cvh_here(suite, "models", "create", str(broken), check=False)
     assert refused.returncode != 0 and "cannot read the model" in refused.stderr
 
 

@@ -5,7 +5,6 @@ out. One suite per database for the module; each test uses its own ids."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -19,6 +18,7 @@ from cvh.registry.v1 import registry_service_pb2 as pb
 from cvh.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from cvh.scoring.v1 import scoring_service_pb2 as spb
 from cvh.scoring.v1 import scoring_service_pb2_grpc as spb_grpc
+from tests.clients.test_cli import cvh_here
 from tests.conftest import _empty_tables, start_server
 from tests.grpc_helpers import raises_status
 
@@ -190,10 +190,7 @@ def test_the_command_line_moves_a_customer_and_shows_its_stages(suite, registry,
                     "lc-cli-1,Churned,2026-01-01,10\nlc-cli-2,,,20\nlc-cli-3,gone,,30\n")
 
     def cvh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-        done = subprocess.run([sys.executable, "-m", "clients.cli", *args, "--server", suite.target],
-                              capture_output=True, text=True, timeout=60)
-        assert not check or done.returncode == 0, done.stderr
-        return done
+        return cvh_here(suite, *args, check=check)  # as the script runs them, without an interpreter each
 
     imported = cvh("import", str(path), check=False)
     assert imported.returncode == 1 and "lifecycle_stage" in (tmp_path / "customers.csv.rejects.csv").read_text()

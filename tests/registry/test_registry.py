@@ -1,4 +1,5 @@
-"""RegistryService over real gRPC, each test on SQLite and on PostgreSQL."""
+"""RegistryService over real gRPC, each test on SQLite and on PostgreSQL (the registry served alone: the
+`registry` fixture of tests/registry/conftest.py)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,9 @@ from google.protobuf import field_mask_pb2, timestamp_pb2
 
 from cvh.common.v1 import common_pb2
 from cvh.registry.v1 import registry_service_pb2 as pb
-from cvh.registry.v1 import registry_service_pb2_grpc as pb_grpc
 from tests.grpc_helpers import raises_status
 
 Code = grpc.StatusCode
-
-
-@pytest.fixture
-def registry(channel) -> pb_grpc.RegistryServiceStub:
-    return pb_grpc.RegistryServiceStub(channel)
 
 
 def at(seconds: int) -> timestamp_pb2.Timestamp:
@@ -282,7 +277,7 @@ def test_import_oversized_batch_keeps_committed_ones(registry):
     assert export(registry, ["nps"])[0] == ["kept"]
 
 
-def test_client_disconnect_mid_import_keeps_committed_batches_only(registry, suite_server):
+def test_client_disconnect_mid_import_keeps_committed_batches_only(registry):
     first_batch_written = threading.Event()
     release = threading.Event()
 
@@ -406,7 +401,9 @@ BAD_REQUESTS = [
 
 @pytest.mark.parametrize("method,request_message,field", BAD_REQUESTS,
                          ids=[f"{m}-{f}" for m, _, f in BAD_REQUESTS])
-def test_bad_input_is_invalid_argument_naming_the_field(registry, method, request_message, field):
+def test_bad_input_is_invalid_argument_naming_the_field(registry_with_engine, method, request_message, field):
+    """One registry per database for all of these (they write nothing), not a suite per request."""
+    registry, _ = registry_with_engine
     with raises_status(Code.INVALID_ARGUMENT, field=field):
         getattr(registry, method)(request_message)
 

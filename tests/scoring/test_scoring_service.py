@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -17,11 +18,36 @@ from cvh.registry.v1 import registry_service_pb2_grpc as rpb_grpc
 from cvh.scoring.v1 import scoring_service_pb2 as pb
 from cvh.scoring.v1 import scoring_service_pb2_grpc as pb_grpc
 from services.common.config import ServerConfig
-from tests.conftest import ServerThread
+from tests.conftest import ServerThread, _empty_tables, start_server
 from tests.grpc_helpers import raises_status
 
 Code = grpc.StatusCode
 SIGNALS = list(scoring_engine.default_model().signal_names)
+
+
+@pytest.fixture
+def channel(database_url) -> Iterator[grpc.Channel]:
+    """The registry and scoring services in one process (nothing here asks the hierarchy)."""
+    server = start_server(database_url, services=("registry", "scoring"))
+    with grpc.insecure_channel(server.target) as ch:
+        grpc.channel_ready_future(ch).result(timeout=10)
+        yield ch
+    server.stop()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def scoring_alone(request, tmp_path_factory) -> Iterator[pb_grpc.ScoringServiceStub]:
+    """One scoring service per database for a whole module, for calls that write nothing."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('scoring') / 'cvh.db'}"
+    else:
+        url = request.getfixturevalue("postgres_database")
+        _empty_tables(url)
+    server = start_server(url, services=("scoring",))
+    with grpc.insecure_channel(server.target) as ch:
+        grpc.channel_ready_future(ch).result(timeout=10)
+        yield pb_grpc.ScoringServiceStub(ch)
+    server.stop()
 
 
 @pytest.fixture
@@ -154,7 +180,7 @@ def test_second_run_sees_movement_and_concurrent_runs_are_refused(scoring, regis
 
 
 def test_cancel_keeps_the_previous_run_current(scoring, registry):
-    seed(registry, 100_000)  # a run of this base lasts far longer than the cancel takes to arrive
+    seed(registry, 20_000)  # a run of this base lasts far longer than the cancel takes to arrive
     first = run_to_end(scoring)
     second = scoring.StartScoringRun(pb.StartScoringRunRequest())
     cancelled = scoring.CancelScoringRun(pb.CancelScoringRunRequest(name=second.name))
@@ -206,7 +232,8 @@ BAD_REQUESTS = [
 
 
 @pytest.mark.parametrize("method,request_message,field", BAD_REQUESTS, ids=[f"{m}-{f}" for m, _, f in BAD_REQUESTS])
-def test_bad_input_is_invalid_argument_naming_the_field(scoring, method, request_message, field):
+def test_bad_input_is_invalid_argument_naming_the_field(scoring_alone, method, request_message, field):
+    scoring = scoring_alone
     with raises_status(Code.INVALID_ARGUMENT, field=field):
         getattr(scoring, method)(request_message)
 

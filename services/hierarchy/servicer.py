@@ -265,12 +265,12 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
             await self._read_previous(scoring_channel, run, results, money)
         read_s, clock = time.perf_counter() - clock, time.perf_counter()
         held = self.snapshot
-        if run and held.run and held.sequence >= 0 and held.money_signal == money \
+        if run and held.sequence >= 0 and held.money_signal == money \
                 and await self._caught_up(held, run.export_sequence):
-            # The accounts as the feed kept them since the last run's load: no second read of every account from
-            # the registry (most of a load's time). The first run's load after start-up reads them (so does a
-            # reload after a gap in the feed): what was written to the registry's database by hand, bypassing its
-            # feed (a repaired or planted tree), reaches the snapshot then.
+            # The accounts as the feed kept them since they were read (at start-up, or after a gap in the feed):
+            # no second read of every account from the registry, most of a load's time. What was written to the
+            # registry's database by hand, bypassing its feed (a repaired or planted tree), reaches the snapshot
+            # at the next start.
             async with self._writing:
                 accounts, sequence = await asyncio.to_thread(snapshots.held_accounts, held), held.sequence
             source = "feed"

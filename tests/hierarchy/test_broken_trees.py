@@ -9,10 +9,14 @@ from google.protobuf import field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cvh.hierarchy.v1 import hierarchy_service_pb2 as pb
+from cvh.hierarchy.v1 import hierarchy_service_pb2_grpc as pb_grpc
 from cvh.registry.v1 import registry_service_pb2 as rpb
+from cvh.registry.v1 import registry_service_pb2_grpc as rpb_grpc
+from cvh.scoring.v1 import scoring_service_pb2_grpc as spb_grpc
 from services.common import db
+from tests.conftest import start_server
 from tests.grpc_helpers import raises_status
-from tests.hierarchy.test_hierarchy_service import stubs, wait_for_snapshot  # noqa: F401 (a fixture)
+from tests.hierarchy.test_hierarchy_service import wait_for_snapshot
 from tests.scoring.test_scoring_service import run_to_end, seed
 
 Code = grpc.StatusCode
@@ -27,13 +31,27 @@ def plant_parents(database_url: str, parents: dict[str, str]) -> None:
     engine.dispose()
 
 
-def test_a_stored_cycle_and_a_tree_too_deep_are_named_and_the_server_stays_healthy(stubs, channel, database_url):
-    registry, scoring, hierarchy = stubs
-    ids, _ = seed(registry, 60)
+def test_a_stored_cycle_and_a_tree_too_deep_are_named_and_the_server_stays_healthy(database_url):
+    server = start_server(database_url)
+    with grpc.insecure_channel(server.target) as channel:
+        ids, _ = seed(rpb_grpc.RegistryServiceStub(channel), 60)
+    server.stop()
     cycle, under_cycle, healthy = ids[0:2], ids[2], ids[30:32]
     chain = ids[10:22]  # 12 levels, each the parent of the next
+    # Written by hand, past the registry's feed: what a hierarchy reads when it starts.
     plant_parents(database_url, {cycle[0]: cycle[1], cycle[1]: cycle[0], under_cycle: cycle[0],
                                  healthy[0]: healthy[1], **{c: p for p, c in zip(chain, chain[1:])}})
+    server = start_server(database_url)
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            _check_broken_trees(channel, cycle, under_cycle, healthy, chain)
+    finally:
+        server.stop()
+
+
+def _check_broken_trees(channel, cycle, under_cycle, healthy, chain) -> None:
+    registry, scoring = rpb_grpc.RegistryServiceStub(channel), spb_grpc.ScoringServiceStub(channel)
+    hierarchy = pb_grpc.HierarchyServiceStub(channel)
     wait_for_snapshot(hierarchy, run_to_end(scoring).name)
 
     def tree(customer_id: str) -> pb.AccountTree:

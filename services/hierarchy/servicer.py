@@ -258,7 +258,7 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         """(results, snapshot, the feed sequence its accounts hold, the signals the model reads, money signal) of
         ``run`` built in this process."""
         clock = time.perf_counter()
-        results = await _read_results(scoring_channel, run) if run else snapshots.no_results()
+        results = await self._read_results(scoring_channel, run) if run else snapshots.no_results()
         model_signals = await self._signals_read(scoring_channel, run) if run else frozenset()
         money = await self._money_signal(scoring_channel, run) if run else self.money_signal
         if run:
@@ -295,6 +295,18 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
                 return False
             await asyncio.sleep(0.01)
         return True
+
+    async def _read_results(self, scoring_channel, run: scoring_service_pb2.ScoringRun) -> snapshots.RunResults:
+        """``run``'s results: from the scoring servicer of this process directly (its messages neither
+        serialized nor parsed), or over gRPC."""
+        if self.local_scoring is not None:
+            messages = self.local_scoring._result_messages(run.name)
+            return await asyncio.to_thread(_run_results, run, messages)
+        stub = scoring_service_pb2_grpc.ScoringServiceStub(scoring_channel)
+        reader = columns.RunResultsReader()
+        async for chunk in stub.StreamRunResults(scoring_service_pb2.StreamRunResultsRequest(run=run.name)):
+            reader.add(chunk)
+        return _results_of(run, reader)
 
     async def _read_accounts(self, money: str) -> tuple[snapshots.AccountBase, int]:
         if self.local_registry is not None:
@@ -350,7 +362,7 @@ class HierarchyServicer(pb_grpc.HierarchyServiceServicer):
         if held is None or held.run != run.previous_run:
             previous = await stub.GetScoringRun(scoring_service_pb2.GetScoringRunRequest(name=run.previous_run),
                                                 timeout=30)
-            held = await _read_results(scoring_channel, previous)
+            held = await self._read_results(scoring_channel, previous)
         results.previous_run, results.previous_time_us = held.run, held.score_time_us
         results.previous_ids, results.previous_composite = held.customer_ids, held.composite
 
@@ -1036,11 +1048,15 @@ def _add_composites(changes: list[pb.PriorityChange], old: snapshots.Snapshot | 
 
 # -- loading ----------------------------------------------------------------------------------------------
 
-async def _read_results(channel, run: scoring_service_pb2.ScoringRun) -> snapshots.RunResults:
+def _run_results(run: scoring_service_pb2.ScoringRun, messages) -> snapshots.RunResults:
+    """RunResults of ``run`` from its StreamRunResults messages (blocking)."""
     reader = columns.RunResultsReader()
-    stub = scoring_service_pb2_grpc.ScoringServiceStub(channel)
-    async for chunk in stub.StreamRunResults(scoring_service_pb2.StreamRunResultsRequest(run=run.name)):
+    for chunk in messages:
         reader.add(chunk)
+    return _results_of(run, reader)
+
+
+def _results_of(run: scoring_service_pb2.ScoringRun, reader: columns.RunResultsReader) -> snapshots.RunResults:
     results = reader.result()
     end = run.end_time.seconds * 1_000_000 + run.end_time.nanos // 1000
     dimensions = [common_pb2.ValueDimension.Value(name) for name in results.dimension_names]

@@ -6,8 +6,8 @@ import argparse
 import math
 import os
 import time
-from decimal import Decimal, InvalidOperation
 from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from clients.client import DEFAULT_TIMEOUT, CvhClient

@@ -316,12 +316,12 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         chunk_size = min(request.chunk_size or DEFAULT_CHUNK, max(1, MAX_CHUNK_BYTES // (8 * max(1, len(names)))),
                          MAX_CHUNK_ROWS)
         # One read transaction for the whole export; each chunk is made on a worker thread.
-        async for message in in_threads(self.export_messages(names, chunk_size)):
+        async for message in in_threads(self.export_messages(names, chunk_size, request.signals_only)):
             yield message
 
-    def export_messages(self, names: list[str], chunk_size: int = DEFAULT_CHUNK):
+    def export_messages(self, names: list[str], chunk_size: int = DEFAULT_CHUNK, signals_only: bool = False):
         """ExportSignalMatrix's answers for checked ``names``, read in one transaction (blocking). Also what the
-        hierarchy service reads when it shares this process: the same messages, never serialized."""
+        hierarchy and scoring services read when they share this process: the same messages, never serialized."""
         with long_read_transaction(self.engine) as conn:
             total = store.count_customers(conn)
             sequence = feed.state(conn).last  # the same snapshot as the rows: every change up to it, none after
@@ -329,7 +329,7 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
                 yield _export_message(store.ExportChunk([], [], b"", [], np.empty((0, len(names)))), names, 0,
                                       sequence)
                 return
-            for chunk in store.export_chunks(conn, self.catalog, names, chunk_size):
+            for chunk in store.export_chunks(conn, self.catalog, names, chunk_size, signals_only):
                 yield _export_message(chunk, names, total, sequence)
                 total = sequence = 0
 

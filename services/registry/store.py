@@ -468,14 +468,24 @@ def count_customers(conn: Connection) -> int:
 
 
 def export_chunks(conn: Connection, catalog: SignalCatalog, signal_names: list[str],
-                  chunk_size: int) -> Iterator[ExportChunk]:
-    """The whole base in insertion order, as column blocks of the requested signals."""
+                  chunk_size: int, signals_only: bool = False) -> Iterator[ExportChunk]:
+    """The whole base in insertion order, as column blocks of the requested signals (with ``signals_only``, only
+    ids, signals and lifecycle stages: no parents, roles, owners or teams)."""
     catalog.reload(conn)
     columns = [catalog.id_of(name) for name in signal_names]
     # A raw driver cursor (server-side on PostgreSQL) inside the caller's transaction:
     # SQLAlchemy's row objects cost more than SQLite's reading on this path.
     driver = conn.connection.driver_connection
     cursor = driver.cursor(name="cvh_export") if conn.dialect.name == "postgresql" else driver.cursor()
+    if signals_only:
+        try:
+            cursor.execute("SELECT customer_id, signal_values, lifecycle_stage FROM registry_customers ORDER BY pk")
+            while rows := cursor.fetchmany(chunk_size):
+                ids, blobs, stages = zip(*rows)
+                yield ExportChunk(list(ids), [], b"", [], signal_matrix(blobs, columns), bytes(stages))
+        finally:
+            cursor.close()
+        return
     members = driver.cursor()  # each chunk's team in one query, by the chunk's range of pk
     mark = placeholders(conn, 1)
     # Every chunk has a column per role of the base (one schema); the owners come with the customers' rows.

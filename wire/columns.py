@@ -161,18 +161,24 @@ class SignalMatrixReader:
 
     def add(self, message: registry_service_pb2.ExportSignalMatrixResponse) -> int:
         """Takes one message; returns the customers read so far."""
-        self.total_customers = self.total_customers or message.total_customers
-        self.sequence = self.sequence or message.sequence
-        values = from_matrix(message.chunk.values)
+        return self.add_columns(message.chunk.customer_ids, from_matrix(message.chunk.values),
+                                message.lifecycle_stages, message.total_customers, message.sequence)
+
+    def add_columns(self, customer_ids: Sequence[str], values: np.ndarray, lifecycle_stages: bytes,
+                    total_customers: int = 0, sequence: int = 0) -> int:
+        """Takes one chunk as columns (a registry in this process hands them over without messages); returns
+        the customers read so far."""
+        self.total_customers = self.total_customers or total_customers
+        self.sequence = self.sequence or sequence
         rows, stop = len(values), self.rows + len(values)
         if stop > len(self._values):  # the first message, or more than total_customers said
             size = max(stop, self.total_customers, 2 * len(self._values))
             self._values = _grown(self._values, self.rows, size)
             self._stages = _grown(self._stages, self.rows, size)
         self._values[self.rows:stop] = values
-        stages = np.frombuffer(message.lifecycle_stages, np.uint8)
+        stages = np.frombuffer(lifecycle_stages, np.uint8)
         self._stages[self.rows:stop] = stages if len(stages) == rows else 0
-        self._ids.append(pa.array(message.chunk.customer_ids, pa.large_string()))
+        self._ids.append(pa.array(customer_ids, pa.large_string()))
         self.rows = stop
         return stop
 

@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -195,11 +195,11 @@ class RunExecutor:
         """Ids (Arrow strings), signals (columns: ``model.exported_signal_names``) and lifecycle stages of the
         customers the run scores (all but the churned), and the change feed sequence the export held."""
         reader = columns.SignalMatrixReader(model.exported_signal_names)
-        async with self._registry_export(list(model.exported_signal_names)) as messages:
+        async with self._registry_export(list(model.exported_signal_names)) as blocks:
             last_report = 0.0
-            async for message in messages:
+            async for block in blocks:
                 self._check(run_id)
-                done = reader.add(message)
+                done = reader.add_columns(*block)
                 if time.monotonic() - last_report > 0.25:
                     last_report = time.monotonic()
                     total = reader.total_customers
@@ -212,24 +212,43 @@ class RunExecutor:
         return ids, values, stages, export.sequence
 
     @contextlib.asynccontextmanager
-    async def _registry_export(self, names: list[str]) -> AsyncIterator[AsyncIterator]:
-        """The registry's ExportSignalMatrix answers for ``names`` (signals only): from its servicer in this
-        process, or over gRPC; either way the export's transaction ends with the block."""
+    async def _registry_export(self, names: list[str]) -> AsyncIterator[AsyncIterator[ExportBlock]]:
+        """The registry's signals-only export of ``names`` as blocks (customer ids, values, lifecycle stages as
+        bytes, total customers, feed sequence; the last two on the first block only): over gRPC, or from its
+        servicer in this process without a message made and read back. Either way the export's transaction
+        ends with the ``async with`` block."""
         if self.local_registry is not None:
-            messages = in_threads(self.local_registry.export_messages(names, signals_only=True))
+            blocks = in_threads(_local_blocks(self.local_registry, names))
             try:
-                yield messages
+                yield blocks
             finally:
-                await messages.aclose()
+                await blocks.aclose()
             return
         async with self.registry.channel() as channel:
             stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
-            yield stub.ExportSignalMatrix(registry_service_pb2.ExportSignalMatrixRequest(signal_names=names,
-                                                                                        signals_only=True))
+            messages = stub.ExportSignalMatrix(registry_service_pb2.ExportSignalMatrixRequest(signal_names=names,
+                                                                                             signals_only=True))
+            yield (_message_block(message) async for message in messages)
 
     def _previous_tiers(self, run_id: int, model, ids: pa.Array) -> tuple[int | None, np.ndarray]:
         with read_transaction(self.engine) as conn:
             return previous_tiers(conn, model, ids, before_run=run_id)
+
+
+# One block of a signals-only export: customer ids, values (rows x signals), lifecycle stages (a byte per row),
+# total customers and feed sequence (on the first block only, else 0).
+ExportBlock = tuple[Sequence[str], np.ndarray, bytes, int, int]
+
+
+def _local_blocks(registry, names: list[str]) -> Iterator[ExportBlock]:
+    with contextlib.closing(registry.export_blocks(names, signals_only=True)) as chunks:
+        for chunk, total, sequence in chunks:
+            yield chunk.customer_ids, chunk.matrix, chunk.lifecycle_stages, total, sequence
+
+
+def _message_block(message: registry_service_pb2.ExportSignalMatrixResponse) -> ExportBlock:
+    return (message.chunk.customer_ids, columns.from_matrix(message.chunk.values), message.lifecycle_stages,
+            message.total_customers, message.sequence)
 
 
 def previous_tiers(conn, model, ids: pa.Array | list[str], before_run: int | None = None

@@ -509,11 +509,17 @@ def export_chunks(conn: Connection, catalog: SignalCatalog, signal_names: list[s
 def signal_matrix(blobs: tuple[bytes | None, ...], columns: list[int | None]) -> np.ndarray:
     """Rows of packed signal arrays -> the requested columns, NaN where absent."""
     lengths = set(map(len, blobs)) if None not in blobs else ()
-    if len(lengths) == 1 and all(c is not None and 8 * c < min(lengths) for c in columns):
-        # Every row holds every requested signal (the common case: a bulk-imported base): one join, no padding
-        # of row after row (a sixth of a large export's time went to that).
+    known = [(j, c) for j, c in enumerate(columns) if c is not None]
+    if len(lengths) == 1 and all(8 * c < min(lengths) for _, c in known):
+        # Every row holds every requested signal the catalog knows (the common case: a bulk-imported base): one
+        # join, no padding of row after row (a sixth of a large export's time went to that).
         full = np.frombuffer(b"".join(blobs), dtype="<f8").reshape(len(blobs), min(lengths) // 8)
-        return np.take(full, columns, axis=1)
+        if len(known) == len(columns):
+            return np.take(full, columns, axis=1)
+        matrix = np.empty((len(blobs), len(columns)))
+        for j, column in enumerate(columns):  # a column at a time: fancy indexing on both sides costs more
+            matrix[:, j] = full[:, column] if column is not None else np.nan
+        return matrix
     width = max([len(b) for b in blobs if b] + [8 * (c + 1) for c in columns if c is not None] + [8])
     nan_row = np.full(width // 8, np.nan).tobytes()
     padded = b"".join(b + nan_row[len(b):] if b else nan_row for b in blobs)

@@ -96,7 +96,7 @@ def write(conn: Connection, run_id: int, customer_ids: pa.Array, floats: np.ndar
             (run_id, b, end - start, blobs[b], part_floats[start - base:end - base].tobytes(),
              part_ints[start - base:end - base].tobytes())
             for b, start, end in zip(range(first, last), bounds[first:last], bounds[first + 1:last + 1])
-            if end > start])
+            if end > start], binary=True)
 
 
 @dataclass

@@ -190,7 +190,7 @@ def write_results(conn: Connection, run_id: int, chunks: Iterable[ResultChunk]) 
         insert_many(conn, result_chunks, ["run_id", "chunk_index", "first_rank", "rows", "customer_ids",
                                           "dimension_scores", "composite", "percentiles", "tier_levels",
                                           "previous_tier_levels", "outcome_values", "lifecycle_stages",
-                                          "bad_profit"], part)
+                                          "bad_profit"], part, binary=True)
 
 
 def packed_ids(ids: pa.Array, order: np.ndarray, bounds: list[int]) -> list[bytes]:

@@ -1,5 +1,5 @@
-"""A run's results and history layout are written a bounded part at a time: what is read back is what was written,
-whatever the part size; and ids stored as blobs come back as one Arrow array."""
+"""A run's results and history layout are written a bounded part at a time (on PostgreSQL by binary COPY): what is
+read back is what was written, whatever the part size; and ids stored as blobs come back as one Arrow array."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ class Result:  # what ranked_chunks reads of a scoring result
 
 
 @pytest.fixture
-def engine(tmp_path):
-    engine = db.create_engine(f"sqlite:///{tmp_path / 'cvh.db'}")
+def engine(database_url):
+    engine = db.create_engine(database_url)
     db.upgrade(engine)
     yield engine
     engine.dispose()

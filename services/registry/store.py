@@ -474,9 +474,11 @@ def export_chunks(conn: Connection, catalog: SignalCatalog, signal_names: list[s
     catalog.reload(conn)
     columns = [catalog.id_of(name) for name in signal_names]
     # A raw driver cursor (server-side on PostgreSQL) inside the caller's transaction:
-    # SQLAlchemy's row objects cost more than SQLite's reading on this path.
+    # SQLAlchemy's row objects cost more than SQLite's reading on this path. On PostgreSQL its results come in
+    # the binary format: the packed signals as they are stored, not as hex text twice their size.
     driver = conn.connection.driver_connection
-    cursor = driver.cursor(name="cvh_export") if conn.dialect.name == "postgresql" else driver.cursor()
+    cursor = driver.cursor(name="cvh_export", binary=True) if conn.dialect.name == "postgresql" else \
+        driver.cursor()
     if signals_only:
         try:
             cursor.execute("SELECT customer_id, signal_values, lifecycle_stage FROM registry_customers ORDER BY pk")

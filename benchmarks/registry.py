@@ -27,9 +27,11 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,7 @@ import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from clients.commands.common import count, database_url
 from clients.server_process import ServerProcess
 from cvh.common.v1 import common_pb2
 from cvh.registry.v1 import registry_service_pb2
@@ -236,6 +239,85 @@ class ExternalServer:
 
     def stop(self) -> None:
         pass
+
+
+# -- the database and the memory of the processes ------------------------------------------------------
+
+
+@contextlib.contextmanager
+def fresh_database(url: str | None) -> Iterator[str | None]:
+    """A database for one benchmark: None (the server makes a fresh SQLite file in its folder) for no URL or a
+    sqlite one; for a PostgreSQL URL, a new database on that server, dropped (with every connection to it) at
+    the end, so that nothing is left behind."""
+    if not url or url.startswith("sqlite"):
+        yield None
+        return
+    import sqlalchemy as sa
+
+    from services.common import db
+
+    admin = sa.create_engine(db.normalize_url(url), isolation_level="AUTOCOMMIT")
+    name = f"cvh_bench_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield sa.engine.make_url(db.normalize_url(url)).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()
+
+
+def database_bytes(server, url: str | None) -> int | None:
+    """Size of the server's database: its SQLite files, or pg_database_size of the PostgreSQL one."""
+    if url is None:
+        return database_size(server.database)
+    import sqlalchemy as sa
+
+    from services.common import db
+
+    engine = sa.create_engine(db.normalize_url(url))
+    try:
+        with engine.connect() as conn:
+            return conn.exec_driver_sql("SELECT pg_database_size(current_database())").scalar_one()
+    finally:
+        engine.dispose()
+
+
+class PeakMemory:
+    """Peak resident memory of a process, stage by stage (Linux).
+
+    ``reset`` sets the kernel's high-water mark (VmHWM in /proc/PID/status) back to the present resident size,
+    by writing 5 to /proc/PID/clear_refs (Linux 4.0 and later, for a process of the same user); ``peak_mib``
+    reads it. Where the reset is refused, ``resets`` is False and each figure is the peak since the process
+    started, no lower than any earlier stage's.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.resets = True
+
+    def reset(self) -> None:
+        try:
+            with open(f"/proc/{self.pid}/clear_refs", "w") as refs:
+                refs.write("5")
+        except OSError:
+            self.resets = False
+
+    def peak_mib(self) -> float | None:
+        try:
+            with open(f"/proc/{self.pid}/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024  # kB
+        except OSError:
+            pass
+        return None
+
+
+def own_peak_mib() -> float:
+    """This process's peak resident memory since it started (ru_maxrss: KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # -- the timed phases -----------------------------------------------------------------------------------
@@ -508,8 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
                     f"Targets: import >= {IMPORT_TARGET_PER_S:,} customers/s; export of 1,000,000 x 12 "
                     f"in <= {EXPORT_TARGET_1M_S:g} s. Import messages are built and serialized before timing.",
 )
-    parser.add_argument("--customers", type=int, default=1_000_000, metavar="N",
-                        help="customers to import and export (default 1,000,000)")
+    parser.add_argument("--customers", type=count(1), default=1_000_000, metavar="N",
+                        help="customers to import and export: 20000, 500k, 10m ... (default 1m)")
     parser.add_argument("--format", choices=["columns", "rows"], default="columns",
                         help="import message form: packed CustomerColumns (the bulk path, default) or one "
                              "Customer message per row (with a region label each)")
@@ -526,6 +608,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "removed at the end)")
     add_common_flags(parser)
     return parser
+
+
+def add_database_flag(parser: argparse.ArgumentParser) -> None:
+    """--database-url: the server on a new PostgreSQL database (fresh_database) instead of a SQLite file."""
+    parser.add_argument("--database-url", type=database_url, default=None, metavar="URL",
+                        help="run the server on a new database of this PostgreSQL server (e.g. "
+                             "postgresql://postgres@127.0.0.1:5432/test), created for the benchmark and dropped "
+                             "after it, instead of a fresh SQLite file")
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:

@@ -2,7 +2,8 @@
 
 Run as ``python -m benchmarks.runs`` (``--help`` for the flags). It starts
 ``cvh serve registry scoring`` in a subprocess on a fresh SQLite file in a
-temporary directory (the server in its own process, as in production; the
+temporary directory, or with ``--database-url postgresql://...`` on a new
+database of that PostgreSQL server, dropped at the end (the server in its own process, as in production; the
 scoring service reaches the registry through the same port), waits for the
 gRPC health check to answer SERVING for both services, and then:
 
@@ -31,10 +32,19 @@ With ``--runs K`` (K > 1) further runs follow the first one, each against the
 previous completed run (reading its tiers for hysteresis), as every run but a
 model's first does; the headline figures are the first run's.
 
+The server's peak resident memory is reported for the import and for each
+run (VmHWM from /proc/PID/status, reset to the present size before each
+stage through /proc/PID/clear_refs; where the kernel refuses the reset, the
+figure is the peak since the server started and the report says so), and the
+benchmark process's own peak (it holds the generated base and the serialized
+import messages).
+
 Targets (issue 4, on the 2-core reference machine): a run over 1,000,000
 customers x 16 signals in 15 s or less; ScoreCustomer median 2 ms or less.
-With ``--json`` the last line printed is one JSON object with the figures
-(``run_1m_s`` is the run time scaled linearly to 1,000,000 customers).
+Issue 20: a run over 10,000,000 customers in 60 s or less (``--customers
+10m``). With ``--json`` the last line printed is one JSON object with the
+figures (``run_1m_s`` and ``run_10m_s`` are the run time scaled linearly to
+1,000,000 and 10,000,000 customers: measure at that size for the real one).
 """
 
 from __future__ import annotations
@@ -53,14 +63,16 @@ import grpc
 import numpy as np
 
 import scoring_engine
-from benchmarks.registry import (CHANNEL_OPTIONS, MIB, SERVICE as REGISTRY_SERVICE, Progress, add_common_flags,
-                                 check_import, customer_id, database_size, generate_base, serialized_column_batches,
-                                 timed_import)
+from benchmarks.registry import (CHANNEL_OPTIONS, MIB, SERVICE as REGISTRY_SERVICE, PeakMemory, Progress,
+                                 add_common_flags, add_database_flag, check_import, customer_id, database_bytes,
+                                 fresh_database, generate_base, own_peak_mib, serialized_column_batches, timed_import)
+from clients.commands.common import count
 from clients.server_process import ServerProcess
 from cvh.scoring.v1 import scoring_service_pb2, scoring_service_pb2_grpc
 
 SCORING_SERVICE = scoring_service_pb2.DESCRIPTOR.services_by_name["ScoringService"].full_name
 RUN_TARGET_1M_S = 15.0
+RUN_TARGET_10M_S = 60.0
 SCORE_CUSTOMER_TARGET_P50_MS = 2.0
 TERMINAL = {scoring_service_pb2.RUN_STATE_COMPLETED, scoring_service_pb2.RUN_STATE_FAILED,
             scoring_service_pb2.RUN_STATE_CANCELLED}
@@ -75,9 +87,13 @@ class RunResult:
     run: scoring_service_pb2.ScoringRun  # the final state
     updates: int  # messages seen on the watch stream
     server_cpu_s: float | None
+    server_peak_mib: float | None = None  # the server's peak resident memory during the run
 
 
-def timed_run(stub: scoring_service_pb2_grpc.ScoringServiceStub, server, progress: Progress) -> RunResult:
+def timed_run(stub: scoring_service_pb2_grpc.ScoringServiceStub, server, progress: Progress,
+              memory: PeakMemory | None = None) -> RunResult:
+    if memory:
+        memory.reset()
     cpu_before = server.cpu_seconds()
     started = time.perf_counter()
     run = stub.StartScoringRun(scoring_service_pb2.StartScoringRunRequest(), timeout=60)
@@ -93,7 +109,8 @@ def timed_run(stub: scoring_service_pb2_grpc.ScoringServiceStub, server, progres
     seconds = time.perf_counter() - started
     cpu_after = server.cpu_seconds()
     progress.done()
-    return RunResult(seconds, run, updates, None if cpu_before is None else cpu_after - cpu_before)
+    return RunResult(seconds, run, updates, None if cpu_before is None else cpu_after - cpu_before,
+                     memory.peak_mib() if memory else None)
 
 
 def check_run(result: RunResult, customers: int) -> list[str]:
@@ -159,13 +176,26 @@ def check_online(base, rows: np.ndarray, customer_answers: list, signal_answers:
 # -- report ---------------------------------------------------------------------------------------------
 
 
+def _mib(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def _mib_text(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f}"
+
+
 def report(args, signal_count: int, imported, run_results: list[RunResult], customer_ms: dict,
-           signals_ms: dict | None, database_bytes: int | None, warm_up_s: float | None) -> dict:
+           signals_ms: dict | None, database_bytes: int | None, warm_up_s: float | None,
+           memory: dict | None = None) -> dict:
+    """``memory``: import_server_peak_mib, client_peak_mib and peak_resets (PeakMemory.resets)."""
     n = args.customers
+    memory = memory or {}
+    database = "PostgreSQL" if args.database_url and not args.database_url.startswith("sqlite") else "SQLite"
     run_result = run_results[0]
     run = run_result.run
     scale = 1_000_000 / n
     run_1m = run_result.seconds * scale
+    run_10m = run_result.seconds * 10_000_000 / n
     server_s = (run.end_time.ToNanoseconds() - run.start_time.ToNanoseconds()) / 1e9
     accounted = run.export_seconds + run.scoring_seconds + run.store_seconds
     figures = {
@@ -174,6 +204,8 @@ def report(args, signal_count: int, imported, run_results: list[RunResult], cust
         "run": run.name,
         "run_s": round(run_result.seconds, 3),
         "run_1m_s": round(run_1m, 3),
+        "run_10m_s": round(run_10m, 3),
+        "database": database.lower(),
         "run_server_s": round(server_s, 3),
         "export_seconds": round(run.export_seconds, 3),
         "scoring_seconds": round(run.scoring_seconds, 3),
@@ -184,6 +216,12 @@ def report(args, signal_count: int, imported, run_results: list[RunResult], cust
         "watch_updates": run_result.updates,
         "tier_counts": {t.tier.tier_id: t.customers for t in run.tier_counts},
         "import_s": round(imported.seconds, 3),
+        "import_customers_per_s": round(n / imported.seconds, 1),
+        "import_server_cpu_s": None if imported.server_cpu_s is None else round(imported.server_cpu_s, 2),
+        "import_server_peak_mib": _mib(memory.get("import_server_peak_mib")),
+        "run_server_peak_mib": _mib(run_result.server_peak_mib),
+        "client_peak_mib": _mib(memory.get("client_peak_mib")),
+        "peak_per_stage": memory.get("peak_resets", False),
         "latency_calls": args.calls,
         "score_customer_p50_ms": round(customer_ms["p50"], 3),
         "score_customer_p90_ms": round(customer_ms["p90"], 3),
@@ -194,8 +232,11 @@ def report(args, signal_count: int, imported, run_results: list[RunResult], cust
         "engine_warm_up_s": None if warm_up_s is None else round(warm_up_s, 2),
         "runs": [{"run": r.run.name, "run_s": round(r.seconds, 3), "export_seconds": round(r.run.export_seconds, 3),
                   "scoring_seconds": round(r.run.scoring_seconds, 3), "store_seconds": round(r.run.store_seconds, 3),
-                  "previous_run": r.run.previous_run} for r in run_results],
+                  "previous_run": r.run.previous_run, "server_peak_mib": _mib(r.server_peak_mib)}
+                 for r in run_results],
         "run_target_1m_s": RUN_TARGET_1M_S,
+        "run_target_10m_s": RUN_TARGET_10M_S,
+        "run_10m_meets_target": run_10m <= RUN_TARGET_10M_S,
         "score_customer_target_p50_ms": SCORE_CUSTOMER_TARGET_P50_MS,
         "run_meets_target": run_1m <= RUN_TARGET_1M_S,
         "score_customer_meets_target": customer_ms["p50"] <= SCORE_CUSTOMER_TARGET_P50_MS,
@@ -207,10 +248,18 @@ def report(args, signal_count: int, imported, run_results: list[RunResult], cust
         return "ok" if ok else "MISSED"
 
     scaled = "" if n == 1_000_000 else f" (scaled from {n:,})"
+    scaled_10m = "" if n == 10_000_000 else f" (scaled from {n:,})"
     rows = [
+        ("import", "seconds", f"{imported.seconds:.2f}", "", ""),
+        ("import", "customers/s", f"{n / imported.seconds:,.0f}", "", ""),
+        ("import", "server CPU s", "n/a" if imported.server_cpu_s is None else f"{imported.server_cpu_s:.1f}",
+         "", ""),
+        ("import", "server peak MiB", _mib_text(memory.get("import_server_peak_mib")), "", ""),
         ("run", "seconds", f"{run_result.seconds:.2f}", "", ""),
         ("run", f"seconds per 1M{scaled}", f"{run_1m:.2f}", f"<= {RUN_TARGET_1M_S:g}",
          verdict(figures["run_meets_target"])),
+        ("run", f"seconds per 10M{scaled_10m}", f"{run_10m:.2f}", f"<= {RUN_TARGET_10M_S:g}",
+         verdict(figures["run_10m_meets_target"])),
         ("run", "  export (server)", f"{run.export_seconds:.2f}", "", ""),
         ("run", "  fit, score, rank (server)", f"{run.scoring_seconds:.2f}", "", ""),
         ("run", "  store (server)", f"{run.store_seconds:.2f}", "", ""),
@@ -218,12 +267,14 @@ def report(args, signal_count: int, imported, run_results: list[RunResult], cust
         ("run", "customers/s", f"{n / run_result.seconds:,.0f}", "", ""),
         ("run", "server CPU s", "n/a" if run_result.server_cpu_s is None else f"{run_result.server_cpu_s:.1f}",
          "", ""),
+        ("run", "server peak MiB", _mib_text(run_result.server_peak_mib), "", ""),
     ]
     for k, later in enumerate(run_results[1:], start=2):
         r = later.run
         rows += [(f"run {k}", f"seconds (after {r.previous_run})", f"{later.seconds:.2f}", "", ""),
                  (f"run {k}", "  export / score / store",
-                  f"{r.export_seconds:.2f} / {r.scoring_seconds:.2f} / {r.store_seconds:.2f}", "", "")]
+                  f"{r.export_seconds:.2f} / {r.scoring_seconds:.2f} / {r.store_seconds:.2f}", "", ""),
+                 (f"run {k}", "server peak MiB", _mib_text(later.server_peak_mib), "", "")]
     rows += [
         ("ScoreCustomer", "p50 ms", f"{customer_ms['p50']:.3f}", f"<= {SCORE_CUSTOMER_TARGET_P50_MS:g}",
          verdict(figures["score_customer_meets_target"])),
@@ -232,15 +283,19 @@ def report(args, signal_count: int, imported, run_results: list[RunResult], cust
     ]
     if signals_ms is not None:
         rows += [("ScoreSignals", f"{k} ms", f"{signals_ms[k]:.3f}", "", "") for k in ("p50", "p90", "p99")]
+    rows += [("client", "peak MiB (whole benchmark)", _mib_text(memory.get("client_peak_mib")), "", "")]
     print()
-    print(f"Scoring benchmark: {n:,} customers x {signal_count} signals, model models/default, SQLite, "
+    print(f"Scoring benchmark: {n:,} customers x {signal_count} signals, model models/default, {database}, "
           f"registry and scoring in one server subprocess, {os.cpu_count()} CPUs")
     print(("Numba kernels warmed in the benchmark process before the server started (the server loads "
            f"the cache on its first run). " if warm_up_s is not None else
            "--cold: the Numba cache was not warmed first. ") +
           f"Import through ImportCustomers took {imported.seconds:.1f} s (not part of the run). Run time is "
           "StartScoringRun until WatchScoringRun reports the end; the split is the server's own. Latency: "
-          f"{args.calls:,} sequential calls on one channel after {args.warmup:,} warm-up calls, random customers.")
+          f"{args.calls:,} sequential calls on one channel after {args.warmup:,} warm-up calls, random customers. "
+          + ("Server peak memory is per stage (VmHWM, reset before each stage)." if memory.get("peak_resets") else
+             "Server peak memory is the high-water mark since the server started (VmHWM; this kernel refused "
+             "to reset it between stages)."))
     header = ("phase", "figure", "measured", "target", "")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(5)]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
@@ -251,7 +306,7 @@ def report(args, signal_count: int, imported, run_results: list[RunResult], cust
     print("tiers: " + ", ".join(f"{t.tier.tier_id} {t.customers:,} ({100 * t.customers / n:.1f} %)"
                                 for t in run.tier_counts))
     if database_bytes is not None:
-        print(f"SQLite database after the run: {database_bytes / MIB:,.0f} MiB")
+        print(f"{database} database after the run: {database_bytes / MIB:,.0f} MiB")
     return figures
 
 
@@ -261,16 +316,17 @@ def report(args, signal_count: int, imported, run_results: list[RunResult], cust
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.runs",
-        description="Benchmark the scoring service over real gRPC against a fresh SQLite database: start "
+        description="Benchmark the scoring service over real gRPC against a fresh SQLite (or PostgreSQL) "
+                    "database: start "
                     "`cvh serve registry scoring` in a subprocess, import N customers with the 16 signals of "
                     "the default model (not timed), time one complete scoring run (StartScoringRun + "
                     "WatchScoringRun until it ends: export, fit/score/rank, store), then measure ScoreCustomer "
                     "(and ScoreSignals) latency with sequential calls over loopback. Targets: a run over "
                     f"1,000,000 customers in <= {RUN_TARGET_1M_S:g} s; ScoreCustomer median <= "
                     f"{SCORE_CUSTOMER_TARGET_P50_MS:g} ms.")
-    parser.add_argument("--customers", type=int, default=1_000_000, metavar="N",
-                        help="customers to import and score (default 1,000,000); run_1m_s scales the run "
-                             "time linearly to 1,000,000")
+    parser.add_argument("--customers", type=count(1), default=1_000_000, metavar="N",
+                        help="customers to import and score: 20000, 500k, 10m ... (default 1m); run_1m_s and "
+                             "run_10m_s scale the run time linearly to 1,000,000 and 10,000,000")
     parser.add_argument("--runs", type=int, default=1, metavar="K",
                         help="scoring runs one after the other (default 1); runs after the first apply "
                              "hysteresis against the one before. The headline figures are the first run's")
@@ -287,14 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workdir", default=None, metavar="DIR",
                         help="directory for the SQLite file and server log (default: a temporary directory, "
                              "removed at the end); it must not hold a cvh.db yet")
+    add_database_flag(parser)
     add_common_flags(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.customers < 1:
-        raise SystemExit("--customers must be at least 1")
     if args.runs < 1:
         raise SystemExit("--runs must be at least 1")
     if args.calls < 1 or args.warmup < 0:
@@ -312,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(args.workdir) if args.workdir else Path(stack.enter_context(
             tempfile.TemporaryDirectory(prefix="cvh-bench-runs-")))
         workdir.mkdir(parents=True, exist_ok=True)
-        if (workdir / "cvh.db").exists():
+        database_url = stack.enter_context(fresh_database(args.database_url))
+        if database_url is None and (workdir / "cvh.db").exists():
             raise SystemExit(f"{workdir / 'cvh.db'} exists; the benchmark needs a fresh database")
         warm_up_s = None
         if not args.cold:
@@ -320,9 +376,11 @@ def main(argv: list[str] | None = None) -> int:
             warm_up_s = scoring_engine.warm_up()
             say(f"engine: {warm_up_s:.1f} s")
         server = ServerProcess(workdir, services=("registry", "scoring"),
-                               health_services=(REGISTRY_SERVICE, SCORING_SERVICE))
+                               health_services=(REGISTRY_SERVICE, SCORING_SERVICE), database_url=database_url)
         stack.callback(server.stop)
-        say(f"server: cvh serve registry scoring on {server.target}, pid {server.pid}, database {server.database}")
+        memory = PeakMemory(server.pid)
+        say(f"server: cvh serve registry scoring on {server.target}, pid {server.pid}, database "
+            f"{server.database or database_url}")
 
         say(f"generating {args.customers:,} customers x {len(signal_names)} signals and serializing the import "
             "messages")
@@ -333,24 +391,28 @@ def main(argv: list[str] | None = None) -> int:
         with grpc.insecure_channel(server.target, options=CHANNEL_OPTIONS) as channel:
             grpc.channel_ready_future(channel).result(timeout=30)
             say(f"import: {len(batches):,} messages, {sum(map(len, batches)) / MIB:,.0f} MiB (not part of the run)")
+            memory.reset()
             imported = timed_import(channel, batches, args.customers, args.batch_size, server,
                                     Progress("import", show))
+            import_peak = memory.peak_mib()
             del batches
             summary = check_import(imported, args.customers)
-            say(f"import: {imported.seconds:.2f} s; created {summary.created:,}")
+            say(f"import: {imported.seconds:.2f} s; created {summary.created:,}; server peak "
+                f"{_mib_text(import_peak)} MiB")
 
             stub = scoring_service_pb2_grpc.ScoringServiceStub(channel)
             run_results = []
             for k in range(args.runs):
                 say(f"run {k + 1}: StartScoringRun(models/default), watching until it ends")
-                run_result = timed_run(stub, server, Progress("run (percent x 10)", show))
+                run_result = timed_run(stub, server, Progress("run (percent x 10)", show), memory)
                 problems = check_run(run_result, args.customers)
                 if problems:
                     raise SystemExit("the run is not right:\n  " + "\n  ".join(problems) +
                                      f"\nserver log:\n{server.log_tail()}")
                 run = run_result.run
                 say(f"run {k + 1}: {run.name} COMPLETED in {run_result.seconds:.2f} s (export "
-                    f"{run.export_seconds:.2f}, scoring {run.scoring_seconds:.2f}, store {run.store_seconds:.2f})")
+                    f"{run.export_seconds:.2f}, scoring {run.scoring_seconds:.2f}, store {run.store_seconds:.2f}); "
+                    f"server peak {_mib_text(run_result.server_peak_mib)} MiB")
                 run_results.append(run_result)
 
             rng = np.random.default_rng(args.seed + 2)
@@ -373,7 +435,9 @@ def main(argv: list[str] | None = None) -> int:
                     raise SystemExit("ScoreCustomer and ScoreSignals disagree:\n  " + "\n  ".join(problems))
                 say(f"checked: ScoreCustomer and ScoreSignals agree on all {args.calls:,} customers")
         figures = report(args, len(signal_names), imported, run_results, percentiles_ms(customer_s), signals_ms,
-                         database_size(server.database), warm_up_s)
+                         database_bytes(server, database_url), warm_up_s,
+                         {"import_server_peak_mib": import_peak, "client_peak_mib": own_peak_mib(),
+                          "peak_resets": memory.resets})
     if args.json:
         print(json.dumps(figures, sort_keys=True))
     return 0

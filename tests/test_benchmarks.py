@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = {
     # name: (small run's flags, figures that must be there and positive)
     "registry": (["--customers", "3000"], ["import_customers_per_s", "export_1m_s"]),
-    "runs": (["--customers", "3000", "--calls", "50", "--warmup", "10"],
+    "runs": (["--customers", "3k", "--calls", "50", "--warmup", "10"],
              ["run_s", "score_customer_p50_ms", "score_signals_p50_ms"]),
     "hierarchy": (["--customers", "3000", "--calls", "50", "--warmup", "20", "--workers", "2"],
                   ["snapshot_s", "get_priority_client_p50_ms", "workers2_snapshot_memory_ratio"]),

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 
 from cvh.adoption.v1 import adoption_service_pb2
 from cvh.common.v1 import common_pb2
@@ -128,6 +129,68 @@ class SignalExportReader:
         self.export.roles = _concat(self._roles, np.uint8)
         self.export.stages = _concat(self._stages, np.uint8)
         return self.export
+
+
+def _grown(array: np.ndarray, filled: int, size: int) -> np.ndarray:
+    """``array`` with room for ``size`` rows, its first ``filled`` kept."""
+    grown = np.empty((size, *array.shape[1:]), array.dtype)
+    grown[:filled] = array[:filled]
+    return grown
+
+
+@dataclass
+class SignalMatrix:
+    """A ``signals_only`` export: ids (an Arrow large_string array), the matrix and lifecycle stages."""
+
+    signal_names: list[str]
+    customer_ids: pa.Array
+    values: np.ndarray  # float64 (rows, signals)
+    stages: np.ndarray  # LifecycleStage values, uint8
+    sequence: int = 0
+
+
+class SignalMatrixReader:
+    """Accumulates ``signals_only`` ``ExportSignalMatrix`` messages in a memory proportional to the base and no
+    more: ids as Arrow strings (about 20 bytes per 12-character id, against about 70 as Python strings), values
+    and stages written into arrays sized by the first message's total_customers (grown when more come)."""
+
+    def __init__(self, signal_names: Sequence[str]) -> None:
+        self.signal_names = list(signal_names)
+        self.total_customers = 0
+        self.sequence = 0
+        self._ids: list[pa.Array] = []
+        self._values = np.empty((0, len(self.signal_names)))
+        self._stages = np.empty(0, np.uint8)
+        self.rows = 0
+
+    def add(self, message: registry_service_pb2.ExportSignalMatrixResponse) -> int:
+        """Takes one message; returns the customers read so far."""
+        return self.add_columns(message.chunk.customer_ids, from_matrix(message.chunk.values),
+                                message.lifecycle_stages, message.total_customers, message.sequence)
+
+    def add_columns(self, customer_ids: Sequence[str], values: np.ndarray, lifecycle_stages: bytes,
+                    total_customers: int = 0, sequence: int = 0) -> int:
+        """Takes one chunk as columns (a registry in this process hands them over without messages); returns
+        the customers read so far."""
+        self.total_customers = self.total_customers or total_customers
+        self.sequence = self.sequence or sequence
+        rows, stop = len(values), self.rows + len(values)
+        if stop > len(self._values):  # the first message, or more than total_customers said
+            size = max(stop, self.total_customers, 2 * len(self._values))
+            self._values = _grown(self._values, self.rows, size)
+            self._stages = _grown(self._stages, self.rows, size)
+        self._values[self.rows:stop] = values
+        stages = np.frombuffer(lifecycle_stages, np.uint8)
+        self._stages[self.rows:stop] = stages if len(stages) == rows else 0
+        self._ids.append(pa.array(customer_ids, pa.large_string()))
+        self.rows = stop
+        return stop
+
+    def result(self) -> SignalMatrix:
+        ids = pa.concat_arrays(self._ids) if self._ids else pa.array([], pa.large_string())
+        self._ids = []
+        return SignalMatrix(self.signal_names, ids, self._values[:self.rows], self._stages[:self.rows],
+                            self.sequence)
 
 
 @dataclass

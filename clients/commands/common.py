@@ -7,6 +7,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from clients.client import DEFAULT_TIMEOUT, CvhClient
@@ -25,6 +26,31 @@ def whole_number(low: int, high: int | None = None, zero_means: str = "") -> Cal
             value = int(text.replace("_", "").replace(",", ""))
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {allowed}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value:,} is out of range: give {allowed}")
+        return value
+    return parse
+
+
+COUNT_SUFFIXES = {"k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
+
+
+def count(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type for a count from ``low`` (to ``high``), also written with a suffix: 500k, 10m, 1.5m."""
+    allowed = f"a whole number from {low:,}" + (f" to {high:,}" if high is not None else "") \
+        + " (e.g. 20000, 500k, 10m)"
+
+    def parse(text: str) -> int:
+        cleaned = text.strip().lower().replace("_", "").replace(",", "")
+        scale = COUNT_SUFFIXES.get(cleaned[-1:], 1)
+        digits = cleaned[:-1] if scale > 1 else cleaned
+        try:  # Decimal, so that 1.5m is exact; the result must be whole (2.5k yes, 1.0005k no)
+            amount = Decimal(digits) * scale
+        except InvalidOperation:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {allowed}") from None
+        if not amount.is_finite() or amount != amount.to_integral_value():
+            raise argparse.ArgumentTypeError(f"{text!r} is not {allowed}")
+        value = int(amount)
         if value < low or (high is not None and value > high):
             raise argparse.ArgumentTypeError(f"{value:,} is out of range: give {allowed}")
         return value

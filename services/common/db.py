@@ -202,7 +202,8 @@ def placeholders(bind: Connection | Engine, count: int) -> str:
     return ", ".join([mark] * count)
 
 
-def insert_many(conn: Connection, table: sa.Table, columns: list[str], rows: list[tuple]) -> None:
+def insert_many(conn: Connection, table: sa.Table, columns: list[str], rows: list[tuple],
+                binary: bool = False) -> None:
     """Bulk INSERT of plain tuples: COPY on PostgreSQL, the driver's executemany on SQLite.
 
     SQLAlchemy's per-row parameter processing costs more than SQLite's insert
@@ -210,11 +211,15 @@ def insert_many(conn: Connection, table: sa.Table, columns: list[str], rows: lis
     On PostgreSQL, executemany is still a statement per row (about 20,000 rows/s
     here: a re-import whose values changed spent most of its time writing
     history); COPY in the same transaction is an order of magnitude faster.
+
+    ``binary``: COPY in PostgreSQL's binary format, for rows of large byte strings (a run's results): text COPY
+    sends each as hex, twice its size, encoded by the client and decoded by the server. The values must be
+    exactly of their columns' types (Python int for integer columns, bytes for binary ones).
     """
     if not rows:
         return
     if conn.dialect.name == "postgresql":
-        _copy_rows(conn, table, columns, rows)
+        _copy_rows(conn, table, columns, rows, _binary_types(table, columns) if binary else None)
         return
     sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({placeholders(conn, len(columns))})"
     conn.exec_driver_sql(sql, rows)
@@ -271,14 +276,36 @@ def upsert_many(conn: Connection, table: sa.Table, keys: list[str], merged: dict
                          f"FROM {staged} ORDER BY {', '.join(keys)} {conflict}")
 
 
-def _copy_rows(conn: Connection, table: sa.Table, columns: list[str], rows: list[tuple]) -> None:
-    """COPY ``rows`` into ``table`` through psycopg, inside ``conn``'s transaction. Driver errors are raised
-    as SQLAlchemy's, as every other statement's are, so the callers' error mapping holds."""
+# PostgreSQL's names of the column types a binary COPY sends (the first that a column's type is an instance of).
+_BINARY_COPY_TYPES = ((sa.LargeBinary, "bytea"), (sa.BigInteger, "int8"), (sa.SmallInteger, "int2"),
+                      (sa.Integer, "int4"), (sa.Boolean, "bool"), (sa.Text, "text"), (sa.String, "text"))
+
+
+def _binary_types(table: sa.Table, columns: list[str]) -> list[str] | None:
+    """The PostgreSQL type of each of ``columns`` for a binary COPY, or None (text COPY) when one has no
+    entry in _BINARY_COPY_TYPES."""
+    names = []
+    for column in columns:
+        kind = table.c[column].type
+        name = next((pg for sa_type, pg in _BINARY_COPY_TYPES if isinstance(kind, sa_type)), None)
+        if name is None:
+            return None
+        names.append(name)
+    return names
+
+
+def _copy_rows(conn: Connection, table: sa.Table, columns: list[str], rows: list[tuple],
+               binary_types: list[str] | None = None) -> None:
+    """COPY ``rows`` into ``table`` through psycopg, inside ``conn``'s transaction (in the binary format with
+    ``binary_types``). Driver errors are raised as SQLAlchemy's, as every other statement's are, so the
+    callers' error mapping holds."""
     import psycopg
 
-    sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+    sql = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN" + (" (FORMAT BINARY)" if binary_types else "")
     try:
         with conn.connection.driver_connection.cursor() as cursor, cursor.copy(sql) as copy:
+            if binary_types:
+                copy.set_types(binary_types)
             for row in rows:
                 copy.write_row(row)
     except psycopg.Error as error:

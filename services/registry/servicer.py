@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from array import array
+from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -316,21 +318,29 @@ class RegistryServicer(pb_grpc.RegistryServiceServicer):
         chunk_size = min(request.chunk_size or DEFAULT_CHUNK, max(1, MAX_CHUNK_BYTES // (8 * max(1, len(names)))),
                          MAX_CHUNK_ROWS)
         # One read transaction for the whole export; each chunk is made on a worker thread.
-        async for message in in_threads(self.export_messages(names, chunk_size)):
+        async for message in in_threads(self.export_messages(names, chunk_size, request.signals_only)):
             yield message
 
-    def export_messages(self, names: list[str], chunk_size: int = DEFAULT_CHUNK):
+    def export_messages(self, names: list[str], chunk_size: int = DEFAULT_CHUNK, signals_only: bool = False):
         """ExportSignalMatrix's answers for checked ``names``, read in one transaction (blocking). Also what the
         hierarchy service reads when it shares this process: the same messages, never serialized."""
+        with contextlib.closing(self.export_blocks(names, chunk_size, signals_only)) as blocks:
+            for chunk, total, sequence in blocks:
+                yield _export_message(chunk, names, total, sequence)
+
+    def export_blocks(self, names: list[str], chunk_size: int = DEFAULT_CHUNK, signals_only: bool = False
+                      ) -> Iterator[tuple[store.ExportChunk, int, int]]:
+        """The export as the store reads it, before any message is made (a scoring run in this process takes
+        these): (chunk, total customers, change feed sequence), the two counts on the first chunk only, 0 after.
+        One read transaction (blocking), ended when the generator is closed."""
         with long_read_transaction(self.engine) as conn:
             total = store.count_customers(conn)
             sequence = feed.state(conn).last  # the same snapshot as the rows: every change up to it, none after
             if total == 0:  # one empty chunk, so the receiver still learns the columns
-                yield _export_message(store.ExportChunk([], [], b"", [], np.empty((0, len(names)))), names, 0,
-                                      sequence)
+                yield store.ExportChunk([], [], b"", [], np.empty((0, len(names)))), 0, sequence
                 return
-            for chunk in store.export_chunks(conn, self.catalog, names, chunk_size):
-                yield _export_message(chunk, names, total, sequence)
+            for chunk in store.export_chunks(conn, self.catalog, names, chunk_size, signals_only):
+                yield chunk, total, sequence
                 total = sequence = 0
 
     async def WatchCustomerChanges(self, request, context):

@@ -468,14 +468,26 @@ def count_customers(conn: Connection) -> int:
 
 
 def export_chunks(conn: Connection, catalog: SignalCatalog, signal_names: list[str],
-                  chunk_size: int) -> Iterator[ExportChunk]:
-    """The whole base in insertion order, as column blocks of the requested signals."""
+                  chunk_size: int, signals_only: bool = False) -> Iterator[ExportChunk]:
+    """The whole base in insertion order, as column blocks of the requested signals (with ``signals_only``, only
+    ids, signals and lifecycle stages: no parents, roles, owners or teams)."""
     catalog.reload(conn)
     columns = [catalog.id_of(name) for name in signal_names]
     # A raw driver cursor (server-side on PostgreSQL) inside the caller's transaction:
-    # SQLAlchemy's row objects cost more than SQLite's reading on this path.
+    # SQLAlchemy's row objects cost more than SQLite's reading on this path. On PostgreSQL its results come in
+    # the binary format: the packed signals as they are stored, not as hex text twice their size.
     driver = conn.connection.driver_connection
-    cursor = driver.cursor(name="cvh_export") if conn.dialect.name == "postgresql" else driver.cursor()
+    cursor = driver.cursor(name="cvh_export", binary=True) if conn.dialect.name == "postgresql" else \
+        driver.cursor()
+    if signals_only:
+        try:
+            cursor.execute("SELECT customer_id, signal_values, lifecycle_stage FROM registry_customers ORDER BY pk")
+            while rows := cursor.fetchmany(chunk_size):
+                ids, blobs, stages = zip(*rows)
+                yield ExportChunk(list(ids), [], b"", [], signal_matrix(blobs, columns), bytes(stages))
+        finally:
+            cursor.close()
+        return
     members = driver.cursor()  # each chunk's team in one query, by the chunk's range of pk
     mark = placeholders(conn, 1)
     # Every chunk has a column per role of the base (one schema); the owners come with the customers' rows.
@@ -498,6 +510,18 @@ def export_chunks(conn: Connection, catalog: SignalCatalog, signal_names: list[s
 
 def signal_matrix(blobs: tuple[bytes | None, ...], columns: list[int | None]) -> np.ndarray:
     """Rows of packed signal arrays -> the requested columns, NaN where absent."""
+    lengths = set(map(len, blobs)) if None not in blobs else ()
+    known = [(j, c) for j, c in enumerate(columns) if c is not None]
+    if len(lengths) == 1 and all(8 * c < min(lengths) for _, c in known):
+        # Every row holds every requested signal the catalog knows (the common case: a bulk-imported base): one
+        # join, no padding of row after row (a sixth of a large export's time went to that).
+        full = np.frombuffer(b"".join(blobs), dtype="<f8").reshape(len(blobs), min(lengths) // 8)
+        if len(known) == len(columns):
+            return np.take(full, columns, axis=1)
+        matrix = np.empty((len(blobs), len(columns)))
+        for j, column in enumerate(columns):  # a column at a time: fancy indexing on both sides costs more
+            matrix[:, j] = full[:, column] if column is not None else np.nan
+        return matrix
     width = max([len(b) for b in blobs if b] + [8 * (c + 1) for c in columns if c is not None] + [8])
     nan_row = np.full(width // 8, np.nan).tobytes()
     padded = b"".join(b + nan_row[len(b):] if b else nan_row for b in blobs)

@@ -69,19 +69,34 @@ def warm_up() -> None:
     buckets_of(["warm"], 2)
 
 
-def write(conn: Connection, run_id: int, customer_ids: pa.Array, floats: np.ndarray, ints: np.ndarray,
-          buckets: int) -> None:
+# Buckets written by one INSERT (or COPY): a bounded part of the run copied into rows at a time.
+WRITE_BUCKETS = 1024
+
+
+def write(conn: Connection, run_id: int, customer_ids: pa.Array, floats: np.ndarray | list[np.ndarray],
+          ints: np.ndarray | list[np.ndarray], buckets: int) -> None:
     """Stores a run's rows (ids as an Arrow large_string array; ``floats``: float64 rows x columns, ``ints``:
-    int32 rows x INTS) in ``buckets`` buckets; buckets without customers are not written."""
+    int32 rows x INTS, each given whole or as its columns, 1-d or 2-d blocks side by side) in ``buckets``
+    buckets; buckets without customers are not written. The rows are gathered WRITE_BUCKETS buckets at a
+    time, so the writing holds a part of the run, not a second copy of it."""
+    floats = floats if isinstance(floats, list) else [floats]
+    ints = ints if isinstance(ints, list) else [ints]
     bucket = buckets_of(customer_ids, buckets)
     order = np.argsort(bucket, kind="stable")
     bounds = np.searchsorted(bucket[order], np.arange(buckets + 1)).tolist()
-    floats = np.ascontiguousarray(floats[order], "<f8")
-    ints = np.ascontiguousarray(ints[order], "<i4")
+    del bucket
     blobs = packed_ids(customer_ids, order, bounds)
-    rows = [(run_id, b, end - start, blobs[b], floats[start:end].tobytes(), ints[start:end].tobytes())
-            for b, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])) if end > start]
-    insert_many(conn, result_buckets, ["run_id", "bucket", "rows", "customer_ids", "floats", "ints"], rows)
+    for first in range(0, buckets, WRITE_BUCKETS):
+        last = min(first + WRITE_BUCKETS, buckets)
+        base = bounds[first]
+        rows = order[base:bounds[last]]
+        part_floats = np.ascontiguousarray(np.column_stack([column[rows] for column in floats]), "<f8")
+        part_ints = np.ascontiguousarray(np.column_stack([column[rows] for column in ints]), "<i4")
+        insert_many(conn, result_buckets, ["run_id", "bucket", "rows", "customer_ids", "floats", "ints"], [
+            (run_id, b, end - start, blobs[b], part_floats[start - base:end - base].tobytes(),
+             part_ints[start - base:end - base].tobytes())
+            for b, start, end in zip(range(first, last), bounds[first:last], bounds[first + 1:last + 1])
+            if end > start], binary=True)
 
 
 @dataclass

@@ -11,12 +11,13 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from sqlalchemy.engine import Engine
 
 import scoring_engine
@@ -148,11 +149,11 @@ class RunExecutor:
         self._check(run_id)
         previous_run, previous_tiers = await asyncio.to_thread(self._previous_tiers, run_id, model, ids)
         fitted, result, population, kept = await asyncio.to_thread(_fit_and_score, model, matrix, previous_tiers)
+        del matrix
         scored = time.perf_counter()
         await self._update(run_id, percent_done=EXPORT_SHARE + SCORE_SHARE)
         self._check(run_id)
-        id_array = pa.array(ids, pa.large_string())
-        chunks, counts, moves = ranked_chunks(id_array, result, previous_tiers, kept, stages)
+        chunks, counts, moves = ranked_chunks(ids, result, previous_tiers, kept, stages)
 
         def write():
             with write_transaction(self.engine) as conn:
@@ -172,7 +173,7 @@ class RunExecutor:
                     raise RunAbandoned()  # rolls the results back: another process failed the run
         await asyncio.to_thread(write)
         self.notify()
-        await self._index_history(run_id, id_array, lambda: _history_rows(result, previous_tiers, kept, stages))
+        await self._index_history(run_id, ids, lambda: _history_rows(result, previous_tiers, kept, stages))
 
     async def _index_history(self, run_id: int, ids: pa.Array, rows) -> None:
         """Writes a completed run's history layout (services/scoring/history.py) in a transaction of its own: the
@@ -190,18 +191,18 @@ class RunExecutor:
             log.warning("run %s: its history layout was not written", run_id, exc_info=True)
 
     async def _export(self, run_id: int, model: scoring_engine.ValueModel
-                      ) -> tuple[list[str], np.ndarray, np.ndarray, int]:
-        """Ids, signals (columns: ``model.exported_signal_names``) and lifecycle stages of the customers the
-        run scores (all but the churned), and the change feed sequence the export held."""
-        reader = columns.SignalExportReader(model.exported_signal_names)
-        async with self._registry_export(list(model.exported_signal_names)) as messages:
+                      ) -> tuple[pa.Array, np.ndarray, np.ndarray, int]:
+        """Ids (Arrow strings), signals (columns: ``model.exported_signal_names``) and lifecycle stages of the
+        customers the run scores (all but the churned), and the change feed sequence the export held."""
+        reader = columns.SignalMatrixReader(model.exported_signal_names)
+        async with self._registry_export(list(model.exported_signal_names)) as blocks:
             last_report = 0.0
-            async for message in messages:
+            async for block in blocks:
                 self._check(run_id)
-                done = reader.add(message)
+                done = reader.add_columns(*block)
                 if time.monotonic() - last_report > 0.25:
                     last_report = time.monotonic()
-                    total = reader.export.total_customers
+                    total = reader.total_customers
                     await self._update(run_id, customers_done=done, customers_total=total,
                                        percent_done=EXPORT_SHARE * done / max(total, 1))
         export = reader.result()
@@ -211,26 +212,47 @@ class RunExecutor:
         return ids, values, stages, export.sequence
 
     @contextlib.asynccontextmanager
-    async def _registry_export(self, names: list[str]) -> AsyncIterator[AsyncIterator]:
-        """The registry's ExportSignalMatrix answers for ``names``: from its servicer in this process, or over
-        gRPC; either way the export's transaction ends with the block."""
+    async def _registry_export(self, names: list[str]) -> AsyncIterator[AsyncIterator[ExportBlock]]:
+        """The registry's signals-only export of ``names`` as blocks (customer ids, values, lifecycle stages as
+        bytes, total customers, feed sequence; the last two on the first block only): over gRPC, or from its
+        servicer in this process without a message made and read back. Either way the export's transaction
+        ends with the ``async with`` block."""
         if self.local_registry is not None:
-            messages = in_threads(self.local_registry.export_messages(names))
+            blocks = in_threads(_local_blocks(self.local_registry, names))
             try:
-                yield messages
+                yield blocks
             finally:
-                await messages.aclose()
+                await blocks.aclose()
             return
         async with self.registry.channel() as channel:
             stub = registry_service_pb2_grpc.RegistryServiceStub(channel)
-            yield stub.ExportSignalMatrix(registry_service_pb2.ExportSignalMatrixRequest(signal_names=names))
+            messages = stub.ExportSignalMatrix(registry_service_pb2.ExportSignalMatrixRequest(signal_names=names,
+                                                                                             signals_only=True))
+            yield (_message_block(message) async for message in messages)
 
-    def _previous_tiers(self, run_id: int, model, ids: list[str]) -> tuple[int | None, np.ndarray]:
+    def _previous_tiers(self, run_id: int, model, ids: pa.Array) -> tuple[int | None, np.ndarray]:
         with read_transaction(self.engine) as conn:
             return previous_tiers(conn, model, ids, before_run=run_id)
 
 
-def previous_tiers(conn, model, ids: list[str], before_run: int | None = None) -> tuple[int | None, np.ndarray]:
+# One block of a signals-only export: customer ids, values (rows x signals), lifecycle stages (a byte per row),
+# total customers and feed sequence (on the first block only, else 0).
+ExportBlock = tuple[Sequence[str], np.ndarray, bytes, int, int]
+
+
+def _local_blocks(registry, names: list[str]) -> Iterator[ExportBlock]:
+    with contextlib.closing(registry.export_blocks(names, signals_only=True)) as chunks:
+        for chunk, total, sequence in chunks:
+            yield chunk.customer_ids, chunk.matrix, chunk.lifecycle_stages, total, sequence
+
+
+def _message_block(message: registry_service_pb2.ExportSignalMatrixResponse) -> ExportBlock:
+    return (message.chunk.customer_ids, columns.from_matrix(message.chunk.values), message.lifecycle_stages,
+            message.total_customers, message.sequence)
+
+
+def previous_tiers(conn, model, ids: pa.Array | list[str], before_run: int | None = None
+                   ) -> tuple[int | None, np.ndarray]:
     """The model's latest completed run (before ``before_run``) and each customer's tier in it (-1: not in it)."""
     previous = store.latest_completed(conn, model.model_id, before_run=before_run)
     if previous is None:
@@ -242,16 +264,17 @@ def previous_tiers(conn, model, ids: list[str], before_run: int | None = None) -
     return previous.run_id, levels - 1
 
 
-def _levels_by_id(ids: list[str], known_ids: list[str], known_levels: np.ndarray) -> np.ndarray:
-    """Level of each of ``ids`` among ``known_ids`` (0 when absent), matched by sorting, not a dict."""
-    if not known_ids or not ids:
+def _levels_by_id(ids: pa.Array | list[str], known_ids: pa.Array, known_levels: np.ndarray) -> np.ndarray:
+    """Level of each of ``ids`` among ``known_ids`` (0 when absent), matched by Arrow's hash join on the UTF-8
+    buffers (no Python string per id; sorting NumPy unicode arrays took seconds and gigabytes at 10 million)."""
+    if not len(known_ids) or not len(ids):
         return np.zeros(len(ids), np.int32)
-    known = np.array(known_ids)
-    order = np.argsort(known)
-    wanted = np.array(ids)
-    at = np.minimum(np.searchsorted(known[order], wanted), len(known) - 1)
-    found = known[order][at] == wanted
-    return np.where(found, known_levels[order][at], 0).astype(np.int32)
+    ids = ids if isinstance(ids, pa.Array) else pa.array(ids, pa.large_string())
+    at = pc.index_in(ids.cast(pa.large_string()), value_set=known_ids.cast(pa.large_string()))
+    found = at.is_valid().to_numpy(zero_copy_only=False)
+    levels = np.zeros(len(ids), np.int32)
+    levels[found] = known_levels[at.drop_null().to_numpy()]
+    return levels
 
 
 @dataclass
@@ -281,7 +304,8 @@ def _fit_and_score(model, matrix: np.ndarray, previous_tiers: np.ndarray):
 
 def ranked_chunks(ids: pa.Array | list[str], result, previous_tiers: np.ndarray, kept: KeptOutcomes | None = None,
                   stages: np.ndarray | None = None):
-    """Results in rank order, cut into chunks; counts per tier; (from level, to level, customers) moves. Without
+    """Results in rank order, cut into chunks (an iterator); counts per tier; (from level, to level, customers)
+    moves. Without
     ``kept`` and ``stages`` (results imported, not run) no outcome values, no flags, stage unspecified."""
     n = len(result.rank)
     ids = ids if isinstance(ids, pa.Array) else pa.array(ids, pa.large_string())
@@ -291,36 +315,36 @@ def ranked_chunks(ids: pa.Array | list[str], result, previous_tiers: np.ndarray,
     blobs = store.packed_ids(ids, order, [*range(0, len(order), RESULT_CHUNK), len(order)])
     levels = result.tier.astype(np.int32) + 1
     previous_levels = previous_tiers.astype(np.int32) + 1
-    chunks = []
-    for start in range(0, len(order), RESULT_CHUNK):
-        part = order[start:start + RESULT_CHUNK]
-        chunks.append(ResultChunk(start + 1, [], result.dimensions[part], result.composite[part],
-                                  result.percentile[part], levels[part], previous_levels[part], kept.values[part],
-                                  stages[part], kept.bad_profit[part], ids_blob=blobs[start // RESULT_CHUNK]))
+
+    def chunks():  # made as they are written: one chunk's copy of the results at a time, not the whole run's
+        for start in range(0, len(order), RESULT_CHUNK):
+            part = order[start:start + RESULT_CHUNK]
+            yield ResultChunk(start + 1, [], result.dimensions[part], result.composite[part], result.percentile[part],
+                              levels[part], previous_levels[part], kept.values[part], stages[part],
+                              kept.bad_profit[part], ids_blob=blobs[start // RESULT_CHUNK])
     counts = np.bincount(result.tier, minlength=len(result.tier_ids)).tolist() if len(ids) else \
         [0] * len(result.tier_ids)
     width = len(result.tier_ids) + 1  # levels 0 (not in the previous run) .. tiers
     pair_counts = np.bincount(previous_levels.astype(np.int64) * width + levels, minlength=width * width)
     moves = [(int(pair // width), int(pair % width), int(pair_counts[pair])) for pair in np.flatnonzero(pair_counts)]
-    return chunks, counts, moves
+    return chunks(), counts, moves
 
 
 def _history_rows(result, previous_tiers: np.ndarray, kept: KeptOutcomes, stages: np.ndarray):
-    """Each customer's row of the history layout (services/scoring/history.py), in export order."""
-    floats = np.column_stack([result.dimensions, result.composite, result.percentile,
-                              result.rank.astype(np.float64), kept.values])
-    ints = np.column_stack([result.tier + 1, previous_tiers + 1, stages, kept.bad_profit]).astype(np.int32)
+    """Each customer's row of the history layout (services/scoring/history.py), in export order, as the columns
+    history.write stacks a part at a time."""
+    floats = [result.dimensions, result.composite, result.percentile, result.rank.astype(np.float64), kept.values]
+    ints = [result.tier.astype(np.int32) + 1, previous_tiers.astype(np.int32) + 1, stages, kept.bad_profit]
     return floats, ints
 
 
-def _without_churned(export: columns.SignalExport) -> tuple[list[str], np.ndarray, np.ndarray, int]:
+def _without_churned(export: columns.SignalMatrix) -> tuple[pa.Array, np.ndarray, np.ndarray, int]:
     """The exported customers a run scores (all but the churned), their signals and lifecycle stages, and how
     many were left out."""
-    stages = export.stages if export.stages is not None and len(export.stages) == len(export.customer_ids) else \
-        np.zeros(len(export.customer_ids), np.uint8)
+    stages = export.stages
     churned = stages == common_pb2.LIFECYCLE_STAGE_CHURNED
     left_out = int(churned.sum())
     if not left_out:
         return export.customer_ids, export.values, stages, 0
     keep = np.flatnonzero(~churned)
-    return [export.customer_ids[i] for i in keep.tolist()], export.values[keep], stages[keep], left_out
+    return export.customer_ids.take(pa.array(keep)), export.values[keep], stages[keep], left_out

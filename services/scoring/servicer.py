@@ -384,10 +384,10 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         ids: list[str] = []
         churned: list[str] = []
         try:
-            async with self.runs._registry_export(list(model.signal_names[:1])) as messages:
-                async for message in messages:
-                    stages = np.frombuffer(message.lifecycle_stages, np.uint8)
-                    for customer_id, stage in zip(message.chunk.customer_ids, stages.tolist()):
+            async with self.runs._registry_export(list(model.signal_names[:1])) as blocks:
+                async for block_ids, _, block_stages, _, _ in blocks:
+                    stages = np.frombuffer(block_stages, np.uint8)
+                    for customer_id, stage in zip(block_ids, stages.tolist()):
                         (churned if stage == common_pb2.LIFECYCLE_STAGE_CHURNED else ids).append(customer_id)
         except grpc.aio.AioRpcError as error:
             raise ServiceError(grpc.StatusCode.UNAVAILABLE, f"the registry answered {error.code().name}: "

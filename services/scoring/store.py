@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -172,17 +173,24 @@ class ResultChunk:
             self.bad_profit = np.zeros(rows, np.uint8)
 
 
-def write_results(conn: Connection, run_id: int, chunks: list[ResultChunk]) -> None:
-    insert_many(conn, result_chunks, ["run_id", "chunk_index", "first_rank", "rows", "customer_ids",
-                                      "dimension_scores", "composite", "percentiles", "tier_levels",
-                                      "previous_tier_levels", "outcome_values", "lifecycle_stages", "bad_profit"],
-                [(run_id, i, c.first_rank, len(c.composite),
-                  c.ids_blob if c.ids_blob is not None else "\n".join(c.customer_ids).encode(),
-                  c.dimension_scores.astype("<f8").tobytes(), c.composite.astype("<f8").tobytes(),
-                  c.percentiles.astype("<f8").tobytes(), c.tier_levels.astype("<i4").tobytes(),
-                  c.previous_tier_levels.astype("<i4").tobytes(), c.outcome_values.astype("<f8").tobytes(),
-                  c.lifecycle_stages.astype(np.uint8).tobytes(), c.bad_profit.astype(np.uint8).tobytes())
-                 for i, c in enumerate(chunks)])
+# Result chunks written by one INSERT (or COPY): a bounded part of a run in memory as rows at a time.
+WRITE_CHUNKS = 32
+
+
+def write_results(conn: Connection, run_id: int, chunks: Iterable[ResultChunk]) -> None:
+    """Stores a run's chunks (a list, or an iterator making them as they are taken), WRITE_CHUNKS at a time."""
+    rows = ((run_id, i, c.first_rank, len(c.composite),
+             c.ids_blob if c.ids_blob is not None else "\n".join(c.customer_ids).encode(),
+             c.dimension_scores.astype("<f8").tobytes(), c.composite.astype("<f8").tobytes(),
+             c.percentiles.astype("<f8").tobytes(), c.tier_levels.astype("<i4").tobytes(),
+             c.previous_tier_levels.astype("<i4").tobytes(), c.outcome_values.astype("<f8").tobytes(),
+             c.lifecycle_stages.astype(np.uint8).tobytes(), c.bad_profit.astype(np.uint8).tobytes())
+            for i, c in enumerate(chunks))
+    while part := list(itertools.islice(rows, WRITE_CHUNKS)):
+        insert_many(conn, result_chunks, ["run_id", "chunk_index", "first_rank", "rows", "customer_ids",
+                                          "dimension_scores", "composite", "percentiles", "tier_levels",
+                                          "previous_tier_levels", "outcome_values", "lifecycle_stages",
+                                          "bad_profit"], part, binary=True)
 
 
 def packed_ids(ids: pa.Array, order: np.ndarray, bounds: list[int]) -> list[bytes]:
@@ -232,17 +240,29 @@ def read_results(conn: Connection, run_id: int, n_dims: int, from_rank: int = 1)
                           *_outcome_parts(row))
 
 
-def read_tier_levels(conn: Connection, run_id: int) -> tuple[list[str], np.ndarray]:
-    """Every customer id of a run and its tier level (int32), in rank order: only the two columns."""
-    ids: list[str] = []
-    levels = []
+def read_tier_levels(conn: Connection, run_id: int) -> tuple[pa.Array, np.ndarray]:
+    """Every customer id of a run (an Arrow large_string array) and its tier level (int32), in rank order: only
+    the two columns."""
+    blobs, levels = [], []
     query = sa.select(result_chunks.c.rows, result_chunks.c.customer_ids, result_chunks.c.tier_levels).where(
         result_chunks.c.run_id == run_id).order_by(result_chunks.c.chunk_index)
     for row in conn.execute(query):
         if row.rows:
-            ids.extend(row.customer_ids.decode().split("\n"))
+            blobs.append(row.customer_ids)
             levels.append(np.frombuffer(row.tier_levels, "<i4"))
-    return ids, np.concatenate(levels) if levels else np.empty(0, np.int32)
+    return ids_of_blobs(blobs), np.concatenate(levels) if levels else np.empty(0, np.int32)
+
+
+def ids_of_blobs(blobs: list[bytes]) -> pa.Array:
+    """The ids of "\n"-joined blobs (packed_ids' parts, none empty) as one Arrow large_string array, cut at the
+    newlines by NumPy: no Python string per id."""
+    data = np.frombuffer(b"\n".join(blobs), np.uint8)
+    newline = data == ord("\n")
+    characters = data[~newline]
+    # Where each id ends among the characters: its newline's position less the newlines before it.
+    ends = np.flatnonzero(newline) - np.arange(np.count_nonzero(newline))
+    offsets = np.concatenate([[0], ends, [len(characters)]]).astype(np.int64) if blobs else np.zeros(1, np.int64)
+    return pa.LargeStringArray.from_buffers(len(offsets) - 1, pa.py_buffer(offsets), pa.py_buffer(characters))
 
 
 def read_outcome_columns(conn: Connection, run_id: int) -> tuple[list[bytes], np.ndarray, list, list]:

@@ -111,3 +111,19 @@ def test_an_unexpected_failure_is_one_line_not_a_traceback(monkeypatch):
     monkeypatch.setattr(hierarchy, "tiers", broken)
     code, err = run(["tiers"])
     assert code == 1 and "Traceback" not in err and "RuntimeError: boom" in err and "CVH_DEBUG=1" in err
+
+
+@pytest.mark.parametrize("text, value", [("20000", 20_000), ("500k", 500_000), ("10m", 10_000_000), ("1.5M", 1_500_000),
+                                         ("1_000_000", 1_000_000), ("2,500", 2_500)])
+def test_a_count_takes_a_number_or_an_abbreviation(text, value):
+    from clients.commands.common import count
+
+    assert count(1)(text) == value
+
+
+@pytest.mark.parametrize("text", ["0", "abc", "m", "1.0005k", "nan", "inf", "-1k", "", "2g"])
+def test_a_count_refuses_what_is_not_a_whole_number_in_range(text):
+    from clients.commands.common import count
+
+    with pytest.raises(argparse.ArgumentTypeError, match="whole number"):
+        count(1, 1_000_000_000 - 1)(text)

@@ -14,6 +14,7 @@ from google.protobuf import field_mask_pb2, timestamp_pb2
 from cvh.common.v1 import common_pb2
 from cvh.registry.v1 import registry_service_pb2 as pb
 from tests.grpc_helpers import raises_status
+from wire.columns import SignalMatrixReader
 
 Code = grpc.StatusCode
 
@@ -354,6 +355,25 @@ def test_export_signal_matrix_in_chunks(registry):
     assert parents[0] == "" and parents[1] == "c00"
     assert owners[5] == "ann" and roles[7] == common_pb2.STAKEHOLDER_ROLE_DONOR
     assert roles[0] == common_pb2.STAKEHOLDER_ROLE_END_USER
+
+
+def test_a_signals_only_export_reads_what_a_run_needs_into_arrays(registry):
+    rows = [customer(f"c{i:02d}", parent="c00" if i else "", annual_revenue=1000.0 * i, nps=i - 10.0)
+            for i in range(25)]
+    rows[3].signals.pop("nps")
+    rows[5].owner = "ann"
+    rows[6].lifecycle_stage = common_pb2.LIFECYCLE_STAGE_CHURNED
+    import_batches(registry, rows)
+    reader = SignalMatrixReader(["nps", "annual_revenue"])
+    for message in registry.ExportSignalMatrix(pb.ExportSignalMatrixRequest(
+            signal_names=["nps", "annual_revenue"], chunk_size=10, signals_only=True)):
+        assert not message.parent_ids and not message.owners and not message.stakeholder_roles and not message.team
+        reader.add(message)
+    export = reader.result()
+    assert export.customer_ids.to_pylist() == [f"c{i:02d}" for i in range(25)]
+    assert export.values.shape == (25, 2) and export.values[4].tolist() == [-6.0, 4000.0]
+    assert math.isnan(export.values[3, 0])
+    assert export.stages[6] == common_pb2.LIFECYCLE_STAGE_CHURNED and reader.total_customers == 25
 
 
 def test_export_of_empty_base_and_bad_arguments(registry):

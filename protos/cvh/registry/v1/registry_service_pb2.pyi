@@ -404,12 +404,14 @@ class ListPeopleResponse(_message.Message):
     def __init__(self, people: _Optional[_Iterable[_Union[Person, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ExportSignalMatrixRequest(_message.Message):
-    __slots__ = ("signal_names", "chunk_size")
+    __slots__ = ("signal_names", "chunk_size", "signals_only")
     SIGNAL_NAMES_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SIGNALS_ONLY_FIELD_NUMBER: _ClassVar[int]
     signal_names: _containers.RepeatedScalarFieldContainer[str]
     chunk_size: int
-    def __init__(self, signal_names: _Optional[_Iterable[str]] = ..., chunk_size: _Optional[int] = ...) -> None: ...
+    signals_only: bool
+    def __init__(self, signal_names: _Optional[_Iterable[str]] = ..., chunk_size: _Optional[int] = ..., signals_only: _Optional[bool] = ...) -> None: ...
 
 class ExportSignalMatrixResponse(_message.Message):
     __slots__ = ("chunk", "parent_ids", "stakeholder_roles", "owners", "total_customers", "sequence", "lifecycle_stages", "team")

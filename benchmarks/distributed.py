@@ -96,7 +96,7 @@ def on_dask(folder: Path, model: se.ValueModel, client) -> tuple[float, object]:
     start = time.perf_counter()
     frame = dd.read_parquet(folder)
     fitted = distributed.fit(model, frame)
-    scores = distributed.score(fitted, frame, with_rank=True)
+    scores = distributed.score(fitted, frame, with_rank=True, hold_dimensions=True)  # kept: scored once
     persisted = dask.persist(scores.composite, scores.tier, scores.rank, scores.percentile, scores.dimensions)
     from distributed import wait
     wait(persisted)

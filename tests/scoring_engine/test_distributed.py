@@ -186,6 +186,9 @@ def test_workers_keep_the_thread_budget_and_a_numba_cache_of_their_own(client):
         folder = os.environ["NUMBA_CACHE_DIR"]
         return folder, sum(name.endswith(".nbi") for _, _, names in os.walk(folder) for name in names)
 
+    malloc = client.run(lambda: {k: os.environ.get(k) for k in D.WORKER_MALLOC_ENV})
+    assert list(malloc.values()) == [D.WORKER_MALLOC_ENV] * 2, "set before the worker processes started"
+
     caches = list(client.run(cache).values())
     assert len({folder for folder, _ in caches}) == 2 and all(count > 0 for _, count in caches)
 

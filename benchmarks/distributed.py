@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
             if args.write_results:
                 dask_s, output = written(folder, client, model)
             else:
-                dask_s, (scores, persisted) = on_dask(folder, model, client)
+                dask_s, (_scores, persisted) = on_dask(folder, model, client)  # held until the end
             dask_cpu_s = sum(client.run(cpu_seconds).values()) - workers_cpu + cpu_seconds() - cpu
             if alone is None:
                 composite = None

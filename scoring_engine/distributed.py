@@ -22,8 +22,8 @@ What equals the single-process engine, and how closely
   come from the same function the in-process engine uses. Tiers (with hysteresis) are then exact. Ranks and
   percentiles are exact too: a sort partitioned on value ranges (a merged histogram cuts the composites
   into one range per partition, each range is ranked by the engine's own bucket sort with ties by row, and
-  the ranks go back to their partitions: each composite moves out once and its rank and percentile back once, a task holds about one
-  partition).
+  the ranks go back to their partitions: each composite moves out once and its rank and percentile back
+  once, a task holds about one partition).
 * End to end (fit and score on Dask against fit and score in one process): the 1e-12 of a z-score signal's
   mean and std moves a composite by at most ``COMPOSITE_ATOL`` (1e-9 points); tiers and ranks are the same
   except for customers whose composites lie within that of a cut-off or of each other.
@@ -36,10 +36,10 @@ as the :class:`DistributedScores` is; transiently the rank sort's pieces (anothe
 released as the ranges are sorted). Everything else is one partition per task: the signals are read per
 task, fit statistics merge up a tree, and the dimension scores are not kept but scored again, partition by
 partition, where they are used (``cvh batch score`` writes them out with the rest, from the one read of the
-partition that gives the customer ids). A caller that keeps every result anyway passes ``hold_dimensions``: the
-dimension scores of the one scoring pass are then held beside the composites (8 bytes a customer per dimension
-more) and nothing is read or scored again. 50,000,000 customers on
-two workers thus hold about 0.6 GB each for the whole base, next to one partition's work
+partition that gives the customer ids). A caller that keeps every result anyway passes ``hold_dimensions``:
+the dimension scores of the one scoring pass are then held beside the composites (8 bytes a customer per
+dimension more) and nothing is read or scored again. 50,000,000 customers on two workers thus hold about
+0.6 GB each for the whole base, next to one partition's work
 (``python -m benchmarks.distributed --customers 50m --write-results --skip-in-process``).
 
 Workers: register :class:`ScoringWorker` (``scoring_client`` does) so that each worker process keeps its
@@ -180,8 +180,8 @@ _PROGRESS: contextvars.ContextVar[Callable[[list, str], None] | None] = contextv
 @contextlib.contextmanager
 def showing_progress(show: Callable[[list, str], None]):
     """Within the block, each computation this module starts on the distributed client is handed to
-    ``show(futures, label)`` (label: "fit", "score", "summaries", "histogram", "tier cut-offs: ...", "ranks") before its results are
-    gathered, e.g. to draw ``distributed.progress(futures)``."""
+    ``show(futures, label)`` (label: "fit", "score", "summaries", "histogram", "tier cut-offs", "ranks") before
+    its results are gathered, e.g. to draw ``distributed.progress(futures)``."""
     token = _PROGRESS.set(show)
     try:
         yield
@@ -351,10 +351,10 @@ def _summary(scored) -> tuple[int, int, float, float, tuple | None]:
     return comp.shape[0], present.shape[0], lo, hi, scored[2]
 
 
-def _histogram(scored, lo: float, scale: float) -> np.ndarray:
+def _histogram(comp: np.ndarray, lo: float, scale: float) -> np.ndarray:
     hist = np.empty((1, engine.SHARE_BINS), dtype=np.int64)
     with PARALLEL_LOCK:
-        K.part_histograms(_writable(scored[1]), lo, scale, hist)
+        K.part_histograms(_writable(comp), lo, scale, hist)
     return hist[0]
 
 
@@ -365,11 +365,11 @@ def _sum(arrays: list) -> Any:
     return total
 
 
-def _gather(scored, lo: float, scale: float, bins: list[int]) -> dict[int, np.ndarray]:
+def _gather(comp: np.ndarray, lo: float, scale: float, bins: list[int]) -> dict[int, np.ndarray]:
     """The composites of this partition in each of the (descending) histogram ``bins``."""
     _apply_thread_budget()
-    comp = _writable(scored[1])
-    hist = _histogram(scored, lo, scale)[None]
+    comp = _writable(comp)
+    hist = _histogram(comp, lo, scale)[None]
     sizes = hist[0, bins]
     starts = np.concatenate(([0], np.cumsum(sizes)))
     wanted = np.full(engine.SHARE_BINS, -1, dtype=np.int64)
@@ -391,25 +391,25 @@ class _Histogram:
     per_bin: np.ndarray
 
 
-def _composite_histogram(scored: list, summaries: list, split_every: int) -> _Histogram:
+def _composite_histogram(composites: list, summaries: list, split_every: int) -> _Histogram:
     n_valid = sum(s[1] for s in summaries)
     lo = min((s[2] for s in summaries), default=0.0) if n_valid else 0.0
     hi = max((s[3] for s in summaries), default=0.0) if n_valid else 0.0
     scale = engine.bin_scale(lo, hi, engine.SHARE_BINS)
-    if not scored:
+    if not composites:
         return _Histogram(n_valid, lo, scale, np.zeros(engine.SHARE_BINS, dtype=np.int64))
-    per_bin = _compute(_tree([dask.delayed(_histogram, pure=True)(s, lo, scale) for s in scored], _sum,
+    per_bin = _compute(_tree([dask.delayed(_histogram, pure=True)(c, lo, scale) for c in composites], _sum,
                              split_every), label="histogram")[0]
     return _Histogram(n_valid, lo, scale, per_bin)
 
 
-def _share_thresholds(scored: list, histogram: _Histogram, percents: list[float]) -> np.ndarray:
+def _share_thresholds(composites: list, histogram: _Histogram, percents: list[float]) -> np.ndarray:
     n_valid, lo, scale, per_bin = histogram.n_valid, histogram.lo, histogram.scale, histogram.per_bin
     counts = engine.share_counts(percents, n_valid)
     if n_valid == 0:
         return np.full(len(counts), np.inf)
     bins = engine.cut_bins(per_bin, counts, n_valid)
-    gathered = _compute(*[dask.delayed(_gather, pure=True)(s, lo, scale, bins) for s in scored],
+    gathered = _compute(*[dask.delayed(_gather, pure=True)(c, lo, scale, bins) for c in composites],
                         label="tier cut-offs")
     in_bin = {b: np.concatenate([g[b] for g in gathered]) for b in bins}
     return engine.cutoffs_in_bins(per_bin, counts, n_valid, lo, in_bin)
@@ -426,9 +426,9 @@ def _previous_part(prev: Any, n: int, n_tiers: int) -> np.ndarray | None:
     return engine._previous(values, n, n_tiers)
 
 
-def _tiers(scored, thresholds: np.ndarray, prev: Any, n_tiers: int, band: float) -> np.ndarray:
+def _tiers(comp: np.ndarray, thresholds: np.ndarray, prev: Any, n_tiers: int, band: float) -> np.ndarray:
     _apply_thread_budget()
-    comp = _writable(scored[1])
+    comp = _writable(comp)
     prev = _previous_part(prev, comp.shape[0], n_tiers)
     return engine.assign_tiers(comp, thresholds, None if prev is None else _writable(prev, np.int32), band)
 
@@ -454,10 +454,9 @@ def _range_rows(comp: np.ndarray, lo: float, scale: float, range_of_bin: np.ndar
     return rows[order], np.searchsorted(ranges[order], np.arange(n_ranges + 1))
 
 
-def _split_ranges(scored, lo: float, scale: float, range_of_bin: np.ndarray, n_ranges: int) -> list:
+def _split_ranges(comp: np.ndarray, lo: float, scale: float, range_of_bin: np.ndarray, n_ranges: int) -> list:
     """This partition's present composites, one piece per value range, in row order within a piece (rows
     are not sent: the partition works them out again when the ranks come back)."""
-    comp = scored[1]
     rows, bounds = _range_rows(comp, lo, scale, range_of_bin, n_ranges)
     values = comp[rows]
     return [values[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
@@ -483,10 +482,9 @@ def _rank_range(pieces: list, ahead: int, n_valid: int) -> list:
     return [(rank[x:y], percentile[x:y]) for x, y in zip(bounds[:-1], bounds[1:])]
 
 
-def _ranks(scored, pieces: list, lo: float, scale: float, range_of_bin: np.ndarray, nan_before: int,
+def _ranks(comp: np.ndarray, pieces: list, lo: float, scale: float, range_of_bin: np.ndarray, nan_before: int,
            n_valid: int):
     """A partition's exact ranks (1 = best, ties by row order, missing composites last) and percentiles."""
-    comp = scored[1]
     rank = np.empty(comp.shape[0], dtype=np.int64)
     percentile = np.full(comp.shape[0], np.nan)
     rows, bounds = _range_rows(comp, lo, scale, range_of_bin, len(pieces))
@@ -497,26 +495,26 @@ def _ranks(scored, pieces: list, lo: float, scale: float, range_of_bin: np.ndarr
     return rank, percentile
 
 
-def _exact_ranks(scored: list, summaries: list, histogram: _Histogram) -> tuple[list, list]:
+def _exact_ranks(composites: list, summaries: list, histogram: _Histogram) -> tuple[list, list]:
     """Ranks by a sort partitioned on value ranges: a histogram cuts the composites into one range per
     partition; each range is sorted on its own (ties by row) and its ranks go back to their partitions.
     What moves: each composite once out (8 bytes) and its rank and percentile once back (16 bytes); a task
     holds about one partition."""
     n_valid, lo, scale, per_bin = histogram.n_valid, histogram.lo, histogram.scale, histogram.per_bin
-    n_ranges = max(1, len(scored))
+    n_ranges = max(1, len(composites))
     cum = np.cumsum(per_bin)
     range_of_bin = np.minimum((cum - per_bin) * n_ranges // max(n_valid, 1), n_ranges - 1).astype(np.int64)
     range_sizes = np.bincount(range_of_bin, weights=per_bin, minlength=n_ranges).astype(np.int64)
     ahead = np.concatenate(([0], np.cumsum(range_sizes)))
     range_of_bin_d = dask.delayed(range_of_bin, pure=True)
-    split = [dask.delayed(_split_ranges, pure=True, nout=n_ranges)(s, lo, scale, range_of_bin_d, n_ranges)
-             for s in scored]
-    ranked_ranges = [dask.delayed(_rank_range, pure=True, nout=len(scored))(
-        [split[p][r] for p in range(len(scored))], int(ahead[r]), n_valid) for r in range(n_ranges)]
+    split = [dask.delayed(_split_ranges, pure=True, nout=n_ranges)(c, lo, scale, range_of_bin_d, n_ranges)
+             for c in composites]
+    ranked_ranges = [dask.delayed(_rank_range, pure=True, nout=len(composites))(
+        [split[p][r] for p in range(len(composites))], int(ahead[r]), n_valid) for r in range(n_ranges)]
     ranks, nan_before = [], 0
-    for p, s in enumerate(scored):
+    for p, c in enumerate(composites):
         ranks.append(dask.delayed(_ranks, pure=True)(
-            s, [ranked_ranges[r][p] for r in range(n_ranges)], lo, scale, range_of_bin_d, nan_before, n_valid))
+            c, [ranked_ranges[r][p] for r in range(n_ranges)], lo, scale, range_of_bin_d, nan_before, n_valid))
         nan_before += summaries[p][0] - summaries[p][1]
     # Held (16 bytes a customer) rather than left to whatever uses them: a partition's ranks need every
     # partition scored, so work that reads the base (writing the results out) would otherwise read all of it
@@ -551,6 +549,7 @@ def score(fitted: FittedModel, data: Any, previous_tiers: Any = None, with_rank:
     scored = _persist([dask.delayed(_score_part, pure=True)(p, columns, fitted_d, names, hold_dimensions)
                        for p in parts], label="score")
     summaries = _compute(*[dask.delayed(_summary, pure=True)(s) for s in scored], label="summaries")
+    composites = [s[1] for s in scored]  # what the work below takes: never the held dimension scores
     offset = 0
     for n, _, _, _, bad in summaries:
         if bad is not None:
@@ -559,24 +558,24 @@ def score(fitted: FittedModel, data: Any, previous_tiers: Any = None, with_rank:
     lengths = [s[0] for s in summaries]
 
     thresholds = fitted.tier_thresholds if fitted.tier_thresholds is not None else model_thresholds(model)
-    histogram = _composite_histogram(scored, summaries, split_every) if thresholds is None or with_rank \
+    histogram = _composite_histogram(composites, summaries, split_every) if thresholds is None or with_rank \
         else None
     if thresholds is None:
-        thresholds = _share_thresholds(scored, histogram, [t.population_percent for t in model.tiers[:-1]])
+        thresholds = _share_thresholds(composites, histogram, [t.population_percent for t in model.tiers[:-1]])
     prev_parts = _previous_parts(previous_tiers, data, parts)
-    tiers = [dask.delayed(_tiers, pure=True)(s, thresholds, prev, len(model.tiers), model.hysteresis_points)
-             for s, prev in zip(scored, prev_parts)]
+    tiers = [dask.delayed(_tiers, pure=True)(c, thresholds, prev, len(model.tiers), model.hysteresis_points)
+             for c, prev in zip(composites, prev_parts)]
 
     rank = percentile = None
     if with_rank:
-        ranks, percentiles = _exact_ranks(scored, summaries, histogram)
+        ranks, percentiles = _exact_ranks(composites, summaries, histogram)
         rank = _column(ranks, lengths, np.int64)
         percentile = _column(percentiles, lengths, np.float64)
     dimensions = [s[0] for s in scored] if hold_dimensions else \
         [dask.delayed(_dimensions, pure=True)(p, columns, fitted_d, names) for p in parts]
     return DistributedScores(
         _column(dimensions, lengths, np.float64, len(model.dimensions)),
-        _column([s[1] for s in scored], lengths, np.float64),
+        _column(composites, lengths, np.float64),
         _column(tiers, lengths, np.int32), np.asarray(thresholds, dtype=np.float64),
         engine._dimension_names(model), model.tier_ids, rank, percentile, tuple(scored))
 

@@ -12,9 +12,14 @@ default model's 16 signals (``benchmarks.scoring.generate``: 5 % missing) as Par
   workers as run-result Parquet (``clients.batch.score_base``, what ``cvh batch score`` does) into a
   temporary folder, so that nothing of the whole base is collected; ``cluster_start_s`` (not included) is
   the cluster's start with every worker's kernels loaded;
-* ``dask_peak_worker_mib``: the largest peak resident memory of a worker process, also printed as
+* ``dask_peak_worker_mib``: the largest peak resident memory of a worker process (its own ``VmHWM``:
+  ``ru_maxrss`` would also count the benchmark's process, which a worker is forked from before it starts
+  Python afresh, and Linux carries the larger peak over), also printed as
   ``dask_<customers>_peak_worker_mib`` (``dask_50m_peak_worker_mib`` for ``--customers 50m``);
-* ``max_composite_difference`` between the two, against the stated bound (1e-9 points).
+* ``max_composite_difference`` between the two, against the stated bound (1e-9 points);
+* ``in_process_cpu_s`` and ``dask_cpu_s``: CPU seconds (user + system) of the same work, in this process
+  alone, and in the worker processes plus this one (which runs the LocalCluster's scheduler); on a machine
+  shared with other work they compare better than the wall-clock times.
 
 ``--customers`` takes counts such as ``2000000``, ``2_000_000``, ``2m`` or ``50M``. ``--skip-in-process``
 measures Dask alone (50,000,000 customers do not fit one process next to the cluster on a small machine).
@@ -27,7 +32,9 @@ The issue's targets: ``dask_local_10m_s / in_process_10m_s <= 1.5`` at 10,000,00
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import resource
 import shutil
 import tempfile
@@ -76,6 +83,21 @@ def write_base(folder: Path, customers: int, partition_rows: int, names: list[st
     return parts
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def peak_resident_kib() -> int:
+    """This process's own peak resident memory in KiB (Linux ``VmHWM``; elsewhere ``ru_maxrss``)."""
+    with contextlib.suppress(OSError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def in_process(folder: Path, model: se.ValueModel) -> tuple[float, se.ScoreResult]:
     start = time.perf_counter()
     table = pq.read_table(folder)
@@ -96,7 +118,7 @@ def on_dask(folder: Path, model: se.ValueModel, client) -> tuple[float, object]:
     start = time.perf_counter()
     frame = dd.read_parquet(folder)
     fitted = distributed.fit(model, frame)
-    scores = distributed.score(fitted, frame, with_rank=True)
+    scores = distributed.score(fitted, frame, with_rank=True, hold_dimensions=True)  # kept: scored once
     persisted = dask.persist(scores.composite, scores.tier, scores.rank, scores.percentile, scores.dimensions)
     from distributed import wait
     wait(persisted)
@@ -134,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     se.warm_up()
     folder = Path(tempfile.mkdtemp(prefix="cvh-bench-dask-"))
     output = None
-    in_process_s = difference = None
+    in_process_s = in_process_cpu_s = difference = None
     try:
         start = time.perf_counter()
         parts = write_base(folder, args.customers, args.partition_rows, list(model.signal_names))
@@ -143,21 +165,29 @@ def main(argv: list[str] | None = None) -> dict:
 
         alone = None
         if not args.skip_in_process:
+            cpu = cpu_seconds()
             in_process_s, alone = in_process(folder, model)
-            print(f"in process: read, fit, score and rank in {in_process_s:.2f} s")
+            in_process_cpu_s = cpu_seconds() - cpu
+            print(f"in process: read, fit, score and rank in {in_process_s:.2f} s ({in_process_cpu_s:.1f} CPU s)")
 
         start = time.perf_counter()
         client = distributed.scoring_client(n_workers=args.workers)
         cluster_start_s = time.perf_counter() - start
         try:
+            workers_cpu = sum(client.run(cpu_seconds).values())
+            cpu = cpu_seconds()
             if args.write_results:
                 dask_s, output = written(folder, client, model)
-                composite = pq.read_table(output, columns=["composite"]).column(0).to_numpy(zero_copy_only=False) \
-                    if alone is not None else None
             else:
-                dask_s, (scores, persisted) = on_dask(folder, model, client)
+                dask_s, (_scores, persisted) = on_dask(folder, model, client)  # held until the end
+            dask_cpu_s = sum(client.run(cpu_seconds).values()) - workers_cpu + cpu_seconds() - cpu
+            if alone is None:
+                composite = None
+            elif args.write_results:
+                composite = pq.read_table(output, columns=["composite"]).column(0).to_numpy(zero_copy_only=False)
+            else:
                 composite = persisted[0].compute()
-            peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+            peaks = client.run(peak_resident_kib)
         finally:
             cluster = client.cluster
             client.close()
@@ -166,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
             difference = float(np.nanmax(np.abs(composite - alone.composite))) if composite.size else 0.0
         peak_mib = max(peaks.values()) / 1024
         what = "fit, score and write" if args.write_results else "fit and score (persisted)"
-        print(f"dask LocalCluster of {args.workers}: {what} in {dask_s:.2f} s (cluster start {cluster_start_s:.1f} s, "
+        print(f"dask LocalCluster of {args.workers}: {what} in {dask_s:.2f} s ({dask_cpu_s:.1f} CPU s; cluster start {cluster_start_s:.1f} s, "
               f"not counted); peak worker {peak_mib:,.0f} MiB ({peak_mib * 1e6 / args.customers:,.1f} MiB per "
               "million customers)")
         if alone is not None:
@@ -180,6 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
         "customers": args.customers, "partitions": parts, "workers": args.workers, "write_parquet_s": write_s,
         "results_written": args.write_results, "in_process_s": in_process_s, "dask_local_s": dask_s,
         "ratio": dask_s / in_process_s if in_process_s else None,
+        "in_process_cpu_s": in_process_cpu_s, "dask_cpu_s": dask_cpu_s, "load_average": os.getloadavg(),
         "cluster_start_s": cluster_start_s, "dask_peak_worker_mib": peak_mib,
         f"dask_{count_label(args.customers)}_peak_worker_mib": peak_mib,
         "max_composite_difference": difference, "composite_bound": distributed.COMPOSITE_ATOL,

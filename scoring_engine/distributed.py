@@ -21,9 +21,9 @@ What equals the single-process engine, and how closely
   summed up the tree, then only the composites of the few bins holding a cut are gathered, and the cut-offs
   come from the same function the in-process engine uses. Tiers (with hysteresis) are then exact. Ranks and
   percentiles are exact too: a sort partitioned on value ranges (a merged histogram cuts the composites
-  into one range per partition, each range is sorted with ties by row, and the ranks go back to their
-  partitions: each composite moves out once and its rank and percentile back once, a task holds about one
-  partition).
+  into one range per partition, each range is ranked by the engine's own bucket sort with ties by row, and
+  the ranks go back to their partitions: each composite moves out once and its rank and percentile back
+  once, a task holds about one partition).
 * End to end (fit and score on Dask against fit and score in one process): the 1e-12 of a z-score signal's
   mean and std moves a composite by at most ``COMPOSITE_ATOL`` (1e-9 points); tiers and ranks are the same
   except for customers whose composites lie within that of a cut-off or of each other.
@@ -35,14 +35,18 @@ cut-offs and ranks are worked out, and, with ranks, its rank and percentile (16 
 as the :class:`DistributedScores` is; transiently the rank sort's pieces (another 8 + 16 bytes a customer,
 released as the ranges are sorted). Everything else is one partition per task: the signals are read per
 task, fit statistics merge up a tree, and the dimension scores are not kept but scored again, partition by
-partition, where they are used (``cvh batch score`` writes them out with the rest). 50,000,000 customers on
-two workers thus hold about 0.6 GB each for the whole base, next to one partition's work
+partition, where they are used (``cvh batch score`` writes them out with the rest, from the one read of the
+partition that gives the customer ids). A caller that keeps every result anyway passes ``hold_dimensions``:
+the dimension scores of the one scoring pass are then held beside the composites (8 bytes a customer per
+dimension more) and nothing is read or scored again. 50,000,000 customers on two workers thus hold about
+0.6 GB each for the whole base, next to one partition's work
 (``python -m benchmarks.distributed --customers 50m --write-results --skip-in-process``).
 
 Workers: register :class:`ScoringWorker` (``scoring_client`` does) so that each worker process keeps its
 Numba cache in a folder of its own (seeded from the installed cache, so it loads rather than compiles),
 compiles or loads every kernel once at start, and runs Numba with ``cores // dask threads`` threads, so
-Dask threads x Numba threads never exceed the worker's cores.
+Dask threads x Numba threads never exceed the worker's cores. The LocalCluster of ``scoring_client`` starts
+its workers with :data:`WORKER_MALLOC_ENV`, so that tasks reuse freed memory rather than fault it in again.
 """
 
 from __future__ import annotations
@@ -101,6 +105,9 @@ class ScoringWorker(WorkerPlugin):
         use_cache_dir(os.path.join(root, "worker-" + re.sub(r"[^A-Za-z0-9_.-]", "_", str(worker.name))))
         _apply_thread_budget()
         engine.warm_up()
+        with contextlib.suppress(ImportError):  # what reads a frame's partitions, imported at start, not by a task
+            import dask.dataframe  # noqa: F401
+            import pyarrow.parquet  # noqa: F401
 
 
 def _apply_thread_budget() -> int:
@@ -110,18 +117,31 @@ def _apply_thread_budget() -> int:
     return numba.get_num_threads()
 
 
+# glibc settings for worker processes, set before they start (``distributed.nanny.pre-spawn-environ``). Dask's own
+# MALLOC_TRIM_THRESHOLD_ of 64 KiB hands every freed array back to the system and also turns off glibc's rising
+# mmap threshold, so each task's arrays of 128 KiB and more are new mappings, faulted in page by page again
+# (a fifth to a third of the workers' CPU here). Arrays below 4 MiB are taken from the heap instead, and up to
+# 128 MiB freed at its top are kept for the next task; larger arrays stay mappings of their own (NumPy asks huge
+# pages for them, so they fault in cheaply) and go back to the system when freed, so what is held between
+# passes does not pin a fragmented heap: a 32 MiB threshold cost 30 % more peak memory at 50,000,000 customers.
+WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(4 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
+
+
 def scoring_client(address: str | None = None, n_workers: int = 2, threads_per_worker: int = 1,
                    cache_root: str | None = None):
     """A ``distributed.Client`` with :class:`ScoringWorker` registered: on the scheduler at ``address``, or
-    on a new LocalCluster of ``n_workers`` processes on 127.0.0.1 that share this machine's cores."""
+    on a new LocalCluster of ``n_workers`` processes on 127.0.0.1 that share this machine's cores, started
+    with :data:`WORKER_MALLOC_ENV` (a cluster of one's own takes the same in its nannies' pre-spawn-environ)."""
     from distributed import Client, LocalCluster
 
     if address:
         client = Client(address)
         cores = None
     else:
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
-                               host="127.0.0.1", dashboard_address=None, scheduler_port=0)
+        environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", default={}), **WORKER_MALLOC_ENV}
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
+                                   host="127.0.0.1", dashboard_address=None, scheduler_port=0)
         client = Client(cluster)
         cores = max(1, len(os.sched_getaffinity(0)) // n_workers)
     client.register_plugin(ScoringWorker(cores, cache_root))
@@ -163,8 +183,8 @@ _PROGRESS: contextvars.ContextVar[Callable[[list, str], None] | None] = contextv
 @contextlib.contextmanager
 def showing_progress(show: Callable[[list, str], None]):
     """Within the block, each computation this module starts on the distributed client is handed to
-    ``show(futures, label)`` (label: "fit", "score", "summaries", "tier cut-offs: ...", "rank ranges", "ranks") before its results are
-    gathered, e.g. to draw ``distributed.progress(futures)``."""
+    ``show(futures, label)`` (label: "fit", "score", "summaries", "histogram", "tier cut-offs", "ranks") before
+    its results are gathered, e.g. to draw ``distributed.progress(futures)``."""
     token = _PROGRESS.set(show)
     try:
         yield
@@ -298,7 +318,7 @@ class DistributedScores:
     tier_ids: tuple[str, ...]
     rank: da.Array | None = None
     percentile: da.Array | None = None
-    persisted: tuple = ()  # the per-partition composites held on the workers: they live as long as this result
+    persisted: tuple = ()  # the per-partition scores held on the workers: they live as long as this result
 
     def compute(self) -> ScoreResult:
         arrays = dask.compute(self.dimensions, self.composite, self.tier, self.rank, self.percentile)
@@ -334,10 +354,10 @@ def _summary(scored) -> tuple[int, int, float, float, tuple | None]:
     return comp.shape[0], present.shape[0], lo, hi, scored[2]
 
 
-def _histogram(scored, lo: float, scale: float) -> np.ndarray:
+def _histogram(comp: np.ndarray, lo: float, scale: float) -> np.ndarray:
     hist = np.empty((1, engine.SHARE_BINS), dtype=np.int64)
     with PARALLEL_LOCK:
-        K.part_histograms(_writable(scored[1]), lo, scale, hist)
+        K.part_histograms(_writable(comp), lo, scale, hist)
     return hist[0]
 
 
@@ -348,11 +368,11 @@ def _sum(arrays: list) -> Any:
     return total
 
 
-def _gather(scored, lo: float, scale: float, bins: list[int]) -> dict[int, np.ndarray]:
+def _gather(comp: np.ndarray, lo: float, scale: float, bins: list[int]) -> dict[int, np.ndarray]:
     """The composites of this partition in each of the (descending) histogram ``bins``."""
     _apply_thread_budget()
-    comp = _writable(scored[1])
-    hist = _histogram(scored, lo, scale)[None]
+    comp = _writable(comp)
+    hist = _histogram(comp, lo, scale)[None]
     sizes = hist[0, bins]
     starts = np.concatenate(([0], np.cumsum(sizes)))
     wanted = np.full(engine.SHARE_BINS, -1, dtype=np.int64)
@@ -363,18 +383,37 @@ def _gather(scored, lo: float, scale: float, bins: list[int]) -> dict[int, np.nd
     return {b: out[starts[w]:starts[w + 1]] for w, b in enumerate(bins)}
 
 
-def _share_thresholds(scored: list, summaries: list, percents: list[float], split_every: int) -> np.ndarray:
+@dataclass(frozen=True)
+class _Histogram:
+    """The composites of the whole base in SHARE_BINS descending bins over [lo, hi]: what the share cut-offs
+    and the rank sort's value ranges both start from (worked out once, one pass over the held composites)."""
+
+    n_valid: int
+    lo: float
+    scale: float
+    per_bin: np.ndarray
+
+
+def _composite_histogram(composites: list, summaries: list, split_every: int) -> _Histogram:
     n_valid = sum(s[1] for s in summaries)
+    lo = min((s[2] for s in summaries), default=0.0) if n_valid else 0.0
+    hi = max((s[3] for s in summaries), default=0.0) if n_valid else 0.0
+    scale = engine.bin_scale(lo, hi, engine.SHARE_BINS)
+    if not composites:
+        return _Histogram(n_valid, lo, scale, np.zeros(engine.SHARE_BINS, dtype=np.int64))
+    per_bin = _compute(_tree([dask.delayed(_histogram, pure=True)(c, lo, scale) for c in composites], _sum,
+                             split_every), label="histogram")[0]
+    return _Histogram(n_valid, lo, scale, per_bin)
+
+
+def _share_thresholds(composites: list, histogram: _Histogram, percents: list[float]) -> np.ndarray:
+    n_valid, lo, scale, per_bin = histogram.n_valid, histogram.lo, histogram.scale, histogram.per_bin
     counts = engine.share_counts(percents, n_valid)
     if n_valid == 0:
         return np.full(len(counts), np.inf)
-    lo, hi = min(s[2] for s in summaries), max(s[3] for s in summaries)
-    scale = engine.bin_scale(lo, hi, engine.SHARE_BINS)
-    per_bin = _compute(_tree([dask.delayed(_histogram, pure=True)(s, lo, scale) for s in scored], _sum,
-                             split_every), label="tier cut-offs: histogram")[0]
     bins = engine.cut_bins(per_bin, counts, n_valid)
-    gathered = _compute(*[dask.delayed(_gather, pure=True)(s, lo, scale, bins) for s in scored],
-                        label="tier cut-offs: the bins that hold them")
+    gathered = _compute(*[dask.delayed(_gather, pure=True)(c, lo, scale, bins) for c in composites],
+                        label="tier cut-offs")
     in_bin = {b: np.concatenate([g[b] for g in gathered]) for b in bins}
     return engine.cutoffs_in_bins(per_bin, counts, n_valid, lo, in_bin)
 
@@ -390,14 +429,14 @@ def _previous_part(prev: Any, n: int, n_tiers: int) -> np.ndarray | None:
     return engine._previous(values, n, n_tiers)
 
 
-def _tiers(scored, thresholds: np.ndarray, prev: Any, n_tiers: int, band: float) -> np.ndarray:
+def _tiers(comp: np.ndarray, thresholds: np.ndarray, prev: Any, n_tiers: int, band: float) -> np.ndarray:
     _apply_thread_budget()
-    comp = _writable(scored[1])
+    comp = _writable(comp)
     prev = _previous_part(prev, comp.shape[0], n_tiers)
     return engine.assign_tiers(comp, thresholds, None if prev is None else _writable(prev, np.int32), band)
 
 
-RANK_BINS = 65536  # histogram bins that cut the composites into value ranges of about equal size
+RANK_BINS = engine.SHARE_BINS  # the histogram's bins cut the composites into value ranges of about equal size
 
 
 def _rank_bins(comp: np.ndarray, lo: float, scale: float) -> np.ndarray:
@@ -406,25 +445,21 @@ def _rank_bins(comp: np.ndarray, lo: float, scale: float) -> np.ndarray:
     return RANK_BINS - 1 - np.minimum(((comp - lo) * scale).astype(np.int64), RANK_BINS - 1)
 
 
-def _rank_histogram(scored, lo: float, scale: float) -> np.ndarray:
-    comp = scored[1]
-    return np.bincount(_rank_bins(comp[~np.isnan(comp)], lo, scale), minlength=RANK_BINS)
-
-
 def _range_rows(comp: np.ndarray, lo: float, scale: float, range_of_bin: np.ndarray,
                 n_ranges: int) -> tuple[np.ndarray, np.ndarray]:
     """This partition's present rows grouped by value range (rows ascending within a range), and where each
     range's rows start and end: (rows, bounds of n_ranges + 1)."""
     rows = np.flatnonzero(~np.isnan(comp))
     ranges = range_of_bin[_rank_bins(comp[rows], lo, scale)]
+    if n_ranges <= np.iinfo(np.uint16).max:  # a stable sort of 16-bit keys is a radix sort: linear
+        ranges = ranges.astype(np.uint16)
     order = np.argsort(ranges, kind="stable")
     return rows[order], np.searchsorted(ranges[order], np.arange(n_ranges + 1))
 
 
-def _split_ranges(scored, lo: float, scale: float, range_of_bin: np.ndarray, n_ranges: int) -> list:
+def _split_ranges(comp: np.ndarray, lo: float, scale: float, range_of_bin: np.ndarray, n_ranges: int) -> list:
     """This partition's present composites, one piece per value range, in row order within a piece (rows
     are not sent: the partition works them out again when the ranks come back)."""
-    comp = scored[1]
     rows, bounds = _range_rows(comp, lo, scale, range_of_bin, n_ranges)
     values = comp[rows]
     return [values[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
@@ -432,28 +467,27 @@ def _split_ranges(scored, lo: float, scale: float, range_of_bin: np.ndarray, n_r
 
 def _rank_range(pieces: list, ahead: int, n_valid: int) -> list:
     """Exact ranks and percentiles of one value range, as one (ranks, percentiles) piece per partition in the
-    order of the partition's piece. ``pieces`` come in partition order, each in row order, so a stable sort
-    on descending composite breaks ties by row. ``ahead``: composites in the ranges above."""
-    values = np.concatenate(pieces) if pieces else np.zeros(0)
-    order = np.argsort(-values, kind="stable")  # descending composite, then row
-    values = values[order]
-    new_run = np.concatenate(([True], values[1:] != values[:-1])) if values.size else np.zeros(0, bool)
+    order of the partition's piece. ``pieces`` come in partition order, each in row order, and the engine's
+    rank (its bucket sort) breaks ties by position, hence by row. ``ahead``: composites in the ranges above."""
+    values = _writable(np.concatenate(pieces)) if pieces else np.zeros(0)
+    _apply_thread_budget()
+    local, _ = engine.rank_composites(values)  # 1 = the range's highest
+    ordered = np.empty_like(values)
+    ordered[local - 1] = values                # descending: a linear scatter, not a second sort
+    new_run = np.concatenate(([True], ordered[1:] != ordered[:-1])) if values.size else np.zeros(0, bool)
     run_start = np.flatnonzero(new_run)
     run = np.cumsum(new_run) - 1
     a = ahead + run_start[run]                                             # rank - 1 of the run's first
     z = ahead + np.concatenate((run_start[1:], [values.size]))[run]        # past the run's last
-    rank = np.empty(values.size, dtype=np.int64)
-    percentile = np.empty(values.size)
-    rank[order] = ahead + np.arange(1, values.size + 1, dtype=np.int64)
-    percentile[order] = 100.0 * ((n_valid - z) + 0.5 * (z - a)) / n_valid  # as the in-process kernels
+    rank = ahead + local
+    percentile = (100.0 * ((n_valid - z) + 0.5 * (z - a)) / n_valid)[local - 1]  # as the in-process kernels
     bounds = np.cumsum([0] + [p.shape[0] for p in pieces])
     return [(rank[x:y], percentile[x:y]) for x, y in zip(bounds[:-1], bounds[1:])]
 
 
-def _ranks(scored, pieces: list, lo: float, scale: float, range_of_bin: np.ndarray, nan_before: int,
+def _ranks(comp: np.ndarray, pieces: list, lo: float, scale: float, range_of_bin: np.ndarray, nan_before: int,
            n_valid: int):
     """A partition's exact ranks (1 = best, ties by row order, missing composites last) and percentiles."""
-    comp = scored[1]
     rank = np.empty(comp.shape[0], dtype=np.int64)
     percentile = np.full(comp.shape[0], np.nan)
     rows, bounds = _range_rows(comp, lo, scale, range_of_bin, len(pieces))
@@ -464,31 +498,26 @@ def _ranks(scored, pieces: list, lo: float, scale: float, range_of_bin: np.ndarr
     return rank, percentile
 
 
-def _exact_ranks(scored: list, summaries: list, split_every: int) -> tuple[list, list]:
+def _exact_ranks(composites: list, summaries: list, histogram: _Histogram) -> tuple[list, list]:
     """Ranks by a sort partitioned on value ranges: a histogram cuts the composites into one range per
     partition; each range is sorted on its own (ties by row) and its ranks go back to their partitions.
     What moves: each composite once out (8 bytes) and its rank and percentile once back (16 bytes); a task
     holds about one partition."""
-    n_valid = sum(s[1] for s in summaries)
-    n_ranges = max(1, len(scored))
-    lo = min((s[2] for s in summaries), default=0.0) if n_valid else 0.0
-    hi = max((s[3] for s in summaries), default=0.0) if n_valid else 0.0
-    scale = engine.bin_scale(lo, hi, RANK_BINS)
-    per_bin = _compute(_tree([dask.delayed(_rank_histogram, pure=True)(s, lo, scale) for s in scored], _sum,
-                             split_every), label="rank ranges")[0]
+    n_valid, lo, scale, per_bin = histogram.n_valid, histogram.lo, histogram.scale, histogram.per_bin
+    n_ranges = max(1, len(composites))
     cum = np.cumsum(per_bin)
     range_of_bin = np.minimum((cum - per_bin) * n_ranges // max(n_valid, 1), n_ranges - 1).astype(np.int64)
     range_sizes = np.bincount(range_of_bin, weights=per_bin, minlength=n_ranges).astype(np.int64)
     ahead = np.concatenate(([0], np.cumsum(range_sizes)))
     range_of_bin_d = dask.delayed(range_of_bin, pure=True)
-    split = [dask.delayed(_split_ranges, pure=True, nout=n_ranges)(s, lo, scale, range_of_bin_d, n_ranges)
-             for s in scored]
-    ranked_ranges = [dask.delayed(_rank_range, pure=True, nout=len(scored))(
-        [split[p][r] for p in range(len(scored))], int(ahead[r]), n_valid) for r in range(n_ranges)]
+    split = [dask.delayed(_split_ranges, pure=True, nout=n_ranges)(c, lo, scale, range_of_bin_d, n_ranges)
+             for c in composites]
+    ranked_ranges = [dask.delayed(_rank_range, pure=True, nout=len(composites))(
+        [split[p][r] for p in range(len(composites))], int(ahead[r]), n_valid) for r in range(n_ranges)]
     ranks, nan_before = [], 0
-    for p, s in enumerate(scored):
+    for p, c in enumerate(composites):
         ranks.append(dask.delayed(_ranks, pure=True)(
-            s, [ranked_ranges[r][p] for r in range(n_ranges)], lo, scale, range_of_bin_d, nan_before, n_valid))
+            c, [ranked_ranges[r][p] for r in range(n_ranges)], lo, scale, range_of_bin_d, nan_before, n_valid))
         nan_before += summaries[p][0] - summaries[p][1]
     # Held (16 bytes a customer) rather than left to whatever uses them: a partition's ranks need every
     # partition scored, so work that reads the base (writing the results out) would otherwise read all of it
@@ -504,21 +533,26 @@ def _column(parts: list, lengths: list[int], dtype, width: int | None = None) ->
 
 
 def score(fitted: FittedModel, data: Any, previous_tiers: Any = None, with_rank: bool = False,
-          signal_names: Sequence[str] | None = None, split_every: int = SPLIT_EVERY) -> DistributedScores:
+          signal_names: Sequence[str] | None = None, split_every: int = SPLIT_EVERY,
+          hold_dimensions: bool = False) -> DistributedScores:
     """:func:`scoring_engine.score` over a Dask collection, one task per partition.
 
     ``previous_tiers``: each customer's previous tier index (0 = best, -1 or null: none) as a collection
     partitioned like ``data`` (a dask array with the same row chunks, or a column of the same frame, e.g.
     ``frame["previous_tier"]`` after joining a previous run's results on customer_id), or the name of a
     column of ``data``. Each partition's composites (and, ``with_rank``, its ranks and percentiles) are held on
-    the workers while this result lives; the dimension scores are scored again where they are computed.
+    the workers while this result lives. The dimension scores are scored again, partition by partition, where
+    they are computed; with ``hold_dimensions`` they are held too from the one scoring pass (another 8 bytes a
+    customer per dimension), for a caller that keeps them all anyway: each partition is then read and scored
+    once.
     """
     model = fitted.model
     parts, columns, names = _partitions(model, data, signal_names)
     fitted_d = dask.delayed(fitted, pure=True)
-    scored = _persist([dask.delayed(_score_part, pure=True)(p, columns, fitted_d, names, False) for p in parts],
-                      label="score")
+    scored = _persist([dask.delayed(_score_part, pure=True)(p, columns, fitted_d, names, hold_dimensions)
+                       for p in parts], label="score")
     summaries = _compute(*[dask.delayed(_summary, pure=True)(s) for s in scored], label="summaries")
+    composites = [s[1] for s in scored]  # what the work below takes: never the held dimension scores
     offset = 0
     for n, _, _, _, bad in summaries:
         if bad is not None:
@@ -527,22 +561,24 @@ def score(fitted: FittedModel, data: Any, previous_tiers: Any = None, with_rank:
     lengths = [s[0] for s in summaries]
 
     thresholds = fitted.tier_thresholds if fitted.tier_thresholds is not None else model_thresholds(model)
+    histogram = _composite_histogram(composites, summaries, split_every) if thresholds is None or with_rank \
+        else None
     if thresholds is None:
-        thresholds = _share_thresholds(scored, summaries, [t.population_percent for t in model.tiers[:-1]],
-                                       split_every)
+        thresholds = _share_thresholds(composites, histogram, [t.population_percent for t in model.tiers[:-1]])
     prev_parts = _previous_parts(previous_tiers, data, parts)
-    tiers = [dask.delayed(_tiers, pure=True)(s, thresholds, prev, len(model.tiers), model.hysteresis_points)
-             for s, prev in zip(scored, prev_parts)]
+    tiers = [dask.delayed(_tiers, pure=True)(c, thresholds, prev, len(model.tiers), model.hysteresis_points)
+             for c, prev in zip(composites, prev_parts)]
 
     rank = percentile = None
     if with_rank:
-        ranks, percentiles = _exact_ranks(scored, summaries, split_every)
+        ranks, percentiles = _exact_ranks(composites, summaries, histogram)
         rank = _column(ranks, lengths, np.int64)
         percentile = _column(percentiles, lengths, np.float64)
+    dimensions = [s[0] for s in scored] if hold_dimensions else \
+        [dask.delayed(_dimensions, pure=True)(p, columns, fitted_d, names) for p in parts]
     return DistributedScores(
-        _column([dask.delayed(_dimensions, pure=True)(p, columns, fitted_d, names) for p in parts], lengths,
-                np.float64, len(model.dimensions)),
-        _column([s[1] for s in scored], lengths, np.float64),
+        _column(dimensions, lengths, np.float64, len(model.dimensions)),
+        _column(composites, lengths, np.float64),
         _column(tiers, lengths, np.int32), np.asarray(thresholds, dtype=np.float64),
         engine._dimension_names(model), model.tier_ids, rank, percentile, tuple(scored))
 

@@ -120,6 +120,27 @@ def test_workers_hold_composites_ranks_and_percentiles_of_the_base_and_nothing_m
     np.testing.assert_array_equal(got.rank, se.rank_composites(got.composite)[0])
 
 
+def test_held_dimensions_come_from_the_one_scoring_pass(client, parquet_base):
+    """With hold_dimensions the dimension scores are those of the scoring pass, held beside the composites (8 bytes
+    a customer per dimension more), and equal to the engine's."""
+    from distributed import futures_of
+
+    folder, X, previous = parquet_base
+    frame = dd.read_parquet(folder)
+    fitted = D.fit(se.default_model(), frame)
+    scores = D.score(fitted, frame, previous_tiers="previous_tier", with_rank=True, hold_dimensions=True)
+    n_dims = len(fitted.model.dimensions)
+    held_dims = {f.key for f in futures_of(scores.dimensions)}
+    assert held_dims and held_dims <= {f.key for f in futures_of(scores.composite)}  # the same held scores
+    held = held_dims | {f.key for f in futures_of([scores.rank, scores.percentile])}
+    held_bytes = sum(client.nbytes(keys=list(held), summary=False).values())
+    assert 8 * (3 + n_dims) * X.shape[0] <= held_bytes <= 8 * (3 + n_dims) * X.shape[0] + 2_048 * len(held)
+    got = scores.compute()
+    want = se.score(fitted, X, previous_tiers=previous, with_rank=True)
+    for name in ("dimensions", "composite", "tier", "tier_thresholds", "rank", "percentile"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+
+
 def renormalizing_model() -> se.ValueModel:
     """The default model with no fixed value for missing signals: customers without signals have no composite."""
     return se.ValueModel.from_json(se.default_model().to_json().replace("MISSING_POLICY_FIXED_VALUE",
@@ -164,6 +185,9 @@ def test_workers_keep_the_thread_budget_and_a_numba_cache_of_their_own(client):
     def cache() -> tuple[str, int]:
         folder = os.environ["NUMBA_CACHE_DIR"]
         return folder, sum(name.endswith(".nbi") for _, _, names in os.walk(folder) for name in names)
+
+    malloc = client.run(lambda: {k: os.environ.get(k) for k in D.WORKER_MALLOC_ENV})
+    assert list(malloc.values()) == [D.WORKER_MALLOC_ENV] * 2, "set before the worker processes started"
 
     caches = list(client.run(cache).values())
     assert len({folder for folder, _ in caches}) == 2 and all(count > 0 for _, count in caches)

@@ -73,13 +73,19 @@ def test_workers_map_one_shared_build_of_the_run(seeded_workers):
 
     suite, seeding = seeded_workers
     loadtest.wait_for_snapshot_everywhere(suite.target, seeding["run"], workers=2, timeout=30)
-    children = subprocess.run(["pgrep", "-P", str(suite.process.pid), "-f", "multiprocessing.spawn"],
-                              capture_output=True, text=True, check=False).stdout.split()
-    mapped = {}
-    for pid in children:
-        maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
-        mapped[pid] = {line.split(None, 5)[5] for line in maps if "cvh-snapshots-" in line and "/run-" in line}
-    assert len(mapped) == 2 and all(mapped.values()), mapped
+    deadline = time.monotonic() + 15
+    while True:  # each worker's mappings as /proc shows them
+        children = subprocess.run(["pgrep", "-P", str(suite.process.pid), "-f", "multiprocessing.spawn"],
+                                  capture_output=True, text=True, check=False).stdout.split()
+        mapped = {}
+        for pid in children:
+            maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+            mapped[pid] = {line.split(None, 5)[5] for line in maps if "cvh-snapshots-" in line and "/run-" in line}
+        if len(mapped) == 2 and all(mapped.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    commands = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:200] for pid in mapped}
+    assert len(mapped) == 2 and all(mapped.values()), (mapped, commands, suite.log_tail())
     first, second = mapped.values()
     assert first == second, "both workers map the same files"
     folder = Path(next(iter(first))).parent.parent

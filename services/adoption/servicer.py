@@ -246,7 +246,9 @@ class AdoptionServicer(pb_grpc.AdoptionServiceServicer):
             for name, value in zip(names, values):
                 entry.signals[name].value = value
                 set_timestamp(entry.signals[name].observe_time, now)
-        await self._registry().RecordSignals(request, timeout=60)
+        # wait_for_ready: a registry restarting (its channel backing off after refused connections) is waited
+        # for, not failed at once; the signals would otherwise wait for the next evaluation.
+        await self._registry().RecordSignals(request, timeout=50, wait_for_ready=True)
 
     def _registry(self) -> registry_service_pb2_grpc.RegistryServiceStub:
         if self._registry_stub is None:

@@ -35,7 +35,10 @@ def priority(hierarchy, customer_id: str) -> pb.Priority:
 
 
 def found(hierarchy, customer_id: str) -> bool:
-    """Whether GetPriority knows the customer (NOT_FOUND: not registered)."""
+    """Whether GetPriority knows the customer (NOT_FOUND: not registered). Until the hierarchy has read the
+    registry's customers (feed_sequence 0) it answers anyone with the default: that is not knowing them."""
+    if not hierarchy.GetSnapshotInfo(pb.GetSnapshotInfoRequest()).feed_sequence:
+        return False
     try:
         priority(hierarchy, customer_id)
         return True

@@ -290,9 +290,11 @@ class HierarchyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetAuthorityUsage(self, request, context):
-        """Decisions, authority used and the escalation rate of one goodwill period,
-        per tier and per person, optionally for one tier or one person.
-        Errors: INVALID_TIER_ID, INVALID_PERSON, INVALID_PERIOD.
+        """Decisions, authority used and the escalation rate of one goodwill period
+        (or any time range), per tier and per person, optionally for one tier or
+        one person.
+        Errors: INVALID_TIER_ID, INVALID_PERSON, INVALID_PERIOD,
+        INVALID_START_TIME, INVALID_END_TIME.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

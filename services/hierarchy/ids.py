@@ -92,8 +92,8 @@ def in_parts(count: int) -> list[tuple[int, int]]:
 
 
 def columnar(ids: Sequence[str] | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets int64, UTF-8 bytes uint8) of ``ids`` (a list of str, or an Arrow string array): Arrow copies
-    the strings into one buffer in C."""
+    """(offsets int64 from 0, UTF-8 bytes uint8) of ``ids`` (a list of str, or an Arrow string array): Arrow
+    copies the strings into one buffer in C. A slice of a larger array is given its own bytes only."""
     array = ids if isinstance(ids, pa.Array) else pa.array(ids, pa.large_string())
     if array.type != pa.large_string():
         array = array.cast(pa.large_string())
@@ -101,7 +101,14 @@ def columnar(ids: Sequence[str] | pa.Array) -> tuple[np.ndarray, np.ndarray]:
     offsets = np.frombuffer(offsets, np.int64)[array.offset:array.offset + len(array) + 1] if len(array) \
         else np.zeros(1, np.int64)
     data = np.frombuffer(data, np.uint8) if data is not None and len(array) else np.empty(0, np.uint8)
+    if offsets[0]:
+        data, offsets = data[offsets[0]:offsets[-1]], offsets - offsets[0]
     return offsets, data
+
+
+def arrow(offsets: np.ndarray, data: np.ndarray) -> pa.Array:
+    """Ids held as ``columnar`` gives them, as an Arrow large_string array over the same buffers (zero copy)."""
+    return pa.LargeStringArray.from_buffers(len(offsets) - 1, pa.py_buffer(offsets), pa.py_buffer(data))
 
 
 def table_size(rows: int) -> int:
@@ -126,10 +133,7 @@ class IdIndex:
 
     @classmethod
     def of(cls, ids: Sequence[str] | pa.Array) -> IdIndex:
-        offsets, data = columnar(ids)
-        if len(offsets) and offsets[0]:  # a slice of a larger buffer
-            data, offsets = data[offsets[0]:offsets[-1]], offsets - offsets[0]
-        return cls(offsets, data)
+        return cls(*columnar(ids))
 
     def __len__(self) -> int:
         """Rows, deleted ones' included (ids reachable: ``len(self) - self.deleted``)."""
@@ -200,7 +204,7 @@ class IdIndex:
 
     def arrow(self) -> pa.Array:
         """The rows held columnar as an Arrow large_string array (zero copy; ids added since not included)."""
-        return pa.LargeStringArray.from_buffers(self.base, pa.py_buffer(self.offsets), pa.py_buffer(self.data))
+        return arrow(self.offsets, self.data)
 
     def alive(self) -> np.ndarray:
         """Per row, whether its id is still held (False for deleted customers' rows)."""

@@ -31,9 +31,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
-from services.hierarchy.ids import IdIndex
+from services.hierarchy.ids import IdIndex, arrow, columnar
 from services.hierarchy.snapshot import RunResults, Snapshot
 
 # Arrays of one value per row: written with spare rows for the customers created between runs.
@@ -94,7 +93,7 @@ def store(path: Path, snap: Snapshot, results: RunResults, inheritance_rule: int
     for j, scores in enumerate(snap.sorted_dimension_scores):
         _write(building / f"sorted_dimension_scores.{j}.npy", scores)
     for name in ("customer_ids", "previous_ids"):
-        offsets, data = _columnar(getattr(results, name))
+        offsets, data = columnar(getattr(results, name))
         _write(building / f"results.{name}.offsets.npy", offsets)
         _write(building / f"results.{name}.data.npy", data)
     for name in RESULT_FIELDS:
@@ -151,13 +150,13 @@ def load(path: Path) -> tuple[Snapshot, RunResults, int]:
     about = meta["results"]
     results = RunResults(
         about["run"], about["score_time_us"], list(tiers(about["tiers"])), about["dimensions"],
-        _arrow(mapped("results.customer_ids.offsets"), mapped("results.customer_ids.data")),
+        arrow(mapped("results.customer_ids.offsets"), mapped("results.customer_ids.data")),
         *(mapped(f"results.{name}") for name in ("dimension_scores", "composite", "tier_levels", "ranks",
                                                  "percentiles")),
         previous_levels=mapped("results.previous_levels"), bad_profit=mapped("results.bad_profit"),
         run_money=mapped("results.run_money"), previous_run=about["previous_run"],
         previous_time_us=about["previous_time_us"],
-        previous_ids=_arrow(mapped("results.previous_ids.offsets"), mapped("results.previous_ids.data")),
+        previous_ids=arrow(mapped("results.previous_ids.offsets"), mapped("results.previous_ids.data")),
         previous_composite=mapped("results.previous_composite"))
     return snap, results, meta["inheritance_rule"]
 
@@ -198,18 +197,3 @@ def _write(path: Path, array: np.ndarray, spare: int = 0) -> None:
         start = out.tell()
         out.write(array.reshape(-1).view(np.uint8))
         out.truncate(start + int(np.prod(header["shape"], dtype=np.int64)) * array.itemsize)
-
-
-def _columnar(ids) -> tuple[np.ndarray, np.ndarray]:
-    from services.hierarchy.ids import columnar
-
-    offsets, data = columnar(ids)
-    if len(offsets) and offsets[0]:
-        data, offsets = data[offsets[0]:offsets[-1]], offsets - offsets[0]
-    return offsets, data
-
-
-def _arrow(offsets: np.ndarray, data: np.ndarray) -> pa.Array:
-    """The ids as an Arrow large_string array over the mapped buffers (zero copy)."""
-    return pa.LargeStringArray.from_buffers(len(offsets) - 1, pa.py_buffer(offsets), pa.py_buffer(data))
-

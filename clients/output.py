@@ -47,6 +47,15 @@ def quantity(value: float) -> str:
     return f"{value:,.2f}".rstrip("0").rstrip(".")
 
 
+MINOR_UNITS = 100  # minor units to a major one: amounts are read and shown with two decimals
+
+
+def money(amount_minor: int, currency: str = "") -> str:
+    """An amount in minor units as people read it: major units of two decimals ("1,234.50 EUR"), as the tier
+    policy's limits and budgets are shown everywhere."""
+    return f"{amount_minor / MINOR_UNITS:,.2f} {currency}".rstrip()
+
+
 def percent(share: float) -> str:
     """A share (0..1) for people, in one format everywhere: one decimal, "< 0.1 %" for a sliver that is
     not nothing, an en dash when unknown."""

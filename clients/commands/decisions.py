@@ -6,12 +6,11 @@ import argparse
 import decimal
 
 from clients.commands.common import connect, point_in_time
-from clients.output import fail, message_dict, print_json, print_table
+from clients.output import MINOR_UNITS, fail, message_dict, money, print_json, print_table
 from cvh.hierarchy.v1 import hierarchy_service_pb2 as pb
 
 KINDS = {"credit": pb.DECISION_KIND_GOODWILL_CREDIT, "waiver": pb.DECISION_KIND_FEE_WAIVER,
          "offer": pb.DECISION_KIND_OFFER, "escalation": pb.DECISION_KIND_ESCALATION}
-MINOR_UNITS = 100  # amounts are given and shown in major units of two decimals, as `cvh priority` shows limits
 
 
 def amount(text: str) -> decimal.Decimal:
@@ -51,8 +50,7 @@ def decide(args: argparse.Namespace) -> int:
         contact = f"{step.contact} ({step.level})" if step.contact else "the tier's escalation path"
         print(f"  needs escalation: {decision.escalation_note}; hand it to {contact}")
     if decision.kind == pb.DECISION_KIND_GOODWILL_CREDIT:
-        print(f"  goodwill left this period: {decision.goodwill_remaining_minor / MINOR_UNITS:,.2f} "
-              f"{decision.currency}")
+        print(f"  goodwill left this period: {money(decision.goodwill_remaining_minor, decision.currency)}")
     return 0
 
 
@@ -86,7 +84,7 @@ def print_usage(usage: pb.AuthorityUsage, indent: str = "") -> None:
 
 def _figures(f: pb.AuthorityUsageFigures) -> list[str]:
     return [f"{f.decisions:,}", f"{f.within_authority:,}", f"{f.escalations:,}", f"{f.escalation_rate:.0%}",
-            f"{f.goodwill_granted_minor / MINOR_UNITS:,.2f}", f"{f.waivers_and_offers:,}"]
+            money(f.goodwill_granted_minor), f"{f.waivers_and_offers:,}"]
 
 
 def add_parsers(commands, client: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 
 from clients.client import customer_id
 from clients.commands.common import connect, enum_word, whole_number
-from clients.output import counted, message_dict, number, percent, print_json, print_table
+from clients.output import counted, message_dict, money, number, percent, print_json, print_table
 from clients.pyramid import check_suffix, tier_layers, value_by_level, value_word
 from cvh.common.v1 import common_pb2
 from cvh.hierarchy.v1 import hierarchy_service_pb2 as pb
@@ -74,13 +74,13 @@ def print_priority(p: pb.Priority) -> None:
           f"routing priority {policy.routing_priority}")
     authority = policy.authority
     limit = authority.goodwill_credit_limit_minor
-    may = [f"goodwill credit up to {limit / 100:,.2f} {authority.currency}".strip() if limit else "no goodwill credit"]
+    may = [f"goodwill credit up to {money(limit, authority.currency)}" if limit else "no goodwill credit"]
     if authority.may_waive_fees:
         may.append("may waive fees")
     may += list(authority.offers)
     print(f"  may do     {'; '.join(may)}")
     if limit and p.HasField("goodwill_remaining_minor"):
-        print(f"  goodwill   {p.goodwill_remaining_minor / 100:,.2f} {authority.currency} left this period "
+        print(f"  goodwill   {money(p.goodwill_remaining_minor, authority.currency)} left this period "
               f"(since {p.goodwill_period_start.ToDatetime():%Y-%m-%d})")
     for member in p.team:
         source = f" (from {customer_id(member.inherited_from)})" if member.inherited_from else ""
